@@ -1,0 +1,38 @@
+"""Errors a user can act on. Each names the file, row, field or component at fault."""
+
+
+class PpmlopsError(Exception):
+    """Base class: the message is meant for the person running the pipeline."""
+
+
+class SpecError(PpmlopsError):
+    """A pipeline spec is missing, malformed or inconsistent."""
+
+
+class DataError(PpmlopsError):
+    """A data source cannot be read or does not have the declared shape."""
+
+
+class ValidationFailed(PpmlopsError):
+    """A Great Expectations expectation failed on the staged snapshot."""
+
+
+class PolicyError(PpmlopsError):
+    """The policy could not be evaluated (syntax error, engine crash, unreachable server)."""
+
+
+class PolicyRefused(PpmlopsError):
+    """The policy decided against the action; `reasons` lists why."""
+
+    def __init__(self, action: str, reasons: list[str]):
+        self.action = action
+        self.reasons = list(reasons)
+        super().__init__(f"policy refused to {action}: " + "; ".join(self.reasons or ["no reason given"]))
+
+
+class BudgetExceeded(PpmlopsError):
+    """A privacy filter refused a step that would overspend the run's budget."""
+
+
+class TrainingError(PpmlopsError):
+    """Training could not start or did not finish (Ray unreachable, worker failure)."""

@@ -1,0 +1,66 @@
+"""Settings, read from the environment at call time so a DAG picks up changes without restart.
+
+Every variable is listed, with its default, in the README's "Settings" table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _home() -> Path:
+    if os.environ.get("PPMLOPS_HOME"):
+        return Path(os.environ["PPMLOPS_HOME"]).expanduser()
+    if os.environ.get("AIRFLOW_HOME"):
+        return Path(os.environ["AIRFLOW_HOME"]).expanduser() / "ppmlops"
+    return Path.home() / ".ppmlops"
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    data_dir: Path | None
+    policy_path: Path
+    opa_url: str | None
+    opa_timeout_s: float
+    ray_address: str | None
+    secure_rng: bool | None
+    pseudonym_key: str | None
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "registry"
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load() -> Settings:
+    home = _home()
+    secure = os.environ.get("PPMLOPS_SECURE_RNG")
+    return Settings(
+        home=home,
+        db_url=os.environ.get("PPMLOPS_DB_URL") or f"sqlite:///{home / 'ppmlops.db'}",
+        data_dir=Path(os.environ["PPMLOPS_DATA"]).expanduser() if os.environ.get("PPMLOPS_DATA") else None,
+        policy_path=Path(os.environ.get("PPMLOPS_POLICY") or REPO_ROOT / "policies.rego"),
+        opa_url=os.environ.get("PPMLOPS_OPA_URL") or None,
+        opa_timeout_s=float(os.environ.get("PPMLOPS_OPA_TIMEOUT_S", "5")),
+        ray_address=os.environ.get("RAY_ADDRESS") or None,
+        # None: follow the spec; set: force secure RNG on or off for every run.
+        secure_rng=None if secure in (None, "") else _flag("PPMLOPS_SECURE_RNG", False),
+        pseudonym_key=os.environ.get("PPMLOPS_PSEUDONYM_KEY") or None,
+    )
