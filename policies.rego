@@ -1,0 +1,502 @@
+# ppmlops compliance policy (CMFM: the compliance monitoring and filtering module).
+#
+# Three decisions. Each is an object and is defined for every input, so a caller that gets
+# "undefined" back knows the policy itself is broken and refuses (fails closed):
+#
+#   data.ppmlops.budget  {"epsilon": n, "delta": n, "reasons": [..]}   the run's (epsilon, delta)
+#   data.ppmlops.train   {"allow": bool, "reasons": [..]}               may the run train at all
+#   data.ppmlops.deploy  {"outcome": "allow" | "deny" | "needs_approval", "reasons": [..]}
+#
+# The input documents are built by ppmlops.pipeline; their shape is checked below and a field
+# that is missing or of the wrong type is itself a deny reason. That check matters: a rule
+# whose body reads a missing field is undefined, and an undefined deny rule would let the run
+# through.
+#
+# Rego v1 syntax. Tests: tests/policies/test_policies.rego, run with `ppmlops policy test`
+# (or `opa test policies.rego tests/policies` where an OPA binary exists).
+package ppmlops
+
+# ---------------------------------------------------------------------------------------------
+# Regulation profiles. Compliance edits these numbers; the rules below read them.
+#
+#   max_run_epsilon        most epsilon one run may spend
+#   max_delta_factor       delta must be < max_delta_factor / rows (1 means delta < 1/n)
+#   min_consent_coverage   share of source rows with consent below which training is refused
+#   risk_discount          run epsilon is scaled by (1 - risk_discount * risk score)
+#   min_epsilon            below this a run cannot learn anything useful: refuse to train
+#   require_secure_rng_in_production   production models must be trained with a CSPRNG
+#   needs_approval_risk    deploys at or above this risk score wait for a human
+#   approval_environments  deploys to these environments always wait for a human
+# ---------------------------------------------------------------------------------------------
+profiles := {
+	"gdpr": {
+		"max_run_epsilon": 3,
+		"max_delta_factor": 1,
+		"min_consent_coverage": 0.9,
+		"risk_discount": 0.5,
+		"min_epsilon": 0.05,
+		"require_secure_rng_in_production": true,
+		"needs_approval_risk": 0.7,
+		"approval_environments": [],
+	},
+	"hipaa": {
+		"max_run_epsilon": 1,
+		"max_delta_factor": 0.1,
+		"min_consent_coverage": 0.95,
+		"risk_discount": 0.6,
+		"min_epsilon": 0.05,
+		"require_secure_rng_in_production": true,
+		"needs_approval_risk": 0.5,
+		"approval_environments": ["production"],
+	},
+	"ccpa": {
+		"max_run_epsilon": 5,
+		"max_delta_factor": 1,
+		"min_consent_coverage": 0.5,
+		"risk_discount": 0.4,
+		"min_epsilon": 0.05,
+		"require_secure_rng_in_production": true,
+		"needs_approval_risk": 0.8,
+		"approval_environments": [],
+	},
+	"none": {
+		"max_run_epsilon": 10,
+		"max_delta_factor": 1,
+		"min_consent_coverage": 0,
+		"risk_discount": 0.25,
+		"min_epsilon": 0.01,
+		"require_secure_rng_in_production": true,
+		"needs_approval_risk": 0.9,
+		"approval_environments": [],
+	},
+}
+
+# Fields a model card must state before its model may serve.
+required_card_fields := [
+	"model_name", "dataset_id", "data_sha256", "epsilon", "delta",
+	"accountant", "metrics", "intended_use",
+]
+
+# Deploy targets the pipeline may name; anything else is refused rather than treated as
+# "not production", so a typo such as "prod" cannot skip the production checks.
+environments := {"development", "test", "staging", "production"}
+
+# Float noise allowed when comparing a spend with the plan it was filtered against.
+epsilon_tolerance := 1e-9
+
+# ---------------------------------------------------------------------------------------------
+# budget
+# ---------------------------------------------------------------------------------------------
+budget := {
+	"epsilon": _run_epsilon,
+	"delta": input.dataset.delta,
+	"reasons": _budget_reasons,
+} if {
+	_train_input_ok
+} else := {
+	"epsilon": 0,
+	"delta": 0,
+	"reasons": sort(_train_input_errors),
+}
+
+# Helpers below are guarded by _train_input_ok so that each is total: an engine that evaluates
+# the whole package (regorus does under `with`) must not hit a type error on bad input.
+_remaining := max([0, input.ledger.epsilon_remaining]) if _train_input_ok
+
+_limits := {
+	"request.epsilon_cap": input.request.epsilon_cap,
+	"request.run_epsilon": input.request.run_epsilon,
+	sprintf("%s max_run_epsilon", [input.dataset.regulation]): _profile.max_run_epsilon,
+	"ledger.epsilon_remaining": _remaining,
+} if _train_input_ok
+
+_base_epsilon := min([v | some v in _limits])
+
+_risk_factor := 1 - (_profile.risk_discount * input.risk.score) if _train_input_ok
+
+_scaled_epsilon := max([0, _base_epsilon * _risk_factor])
+
+# The risk factor is at most 1 for every profile above, but an edited profile must still
+# never plan more than the ledger has left.
+_run_epsilon := min([_scaled_epsilon, _remaining])
+
+_budget_reasons := array.concat(
+	sort([sprintf("bound by %s = %s", [k, fmt(v)]) | some k, v in _limits; v == _base_epsilon]),
+	array.concat(_risk_reasons, [
+		sprintf("delta %s from dataset %s", [num(input.dataset.delta), input.dataset.id]),
+	]),
+) if _train_input_ok
+
+_risk_reasons := [sprintf(
+	"scaled by %s for risk score %s (%s): %s -> %s",
+	[fmt(_risk_factor), fmt(input.risk.score), _risk_level, fmt(_base_epsilon), fmt(_run_epsilon)],
+)] if _train_input_ok
+
+_risk_level := object.get(input.risk, "level", "level not given") if is_object(input.risk)
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny)}
+
+_train_deny contains msg if {
+	some msg in _train_input_errors
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	_remaining < _profile.min_epsilon
+	msg := sprintf("budget spent: %s of %s used (%s left; the %s minimum for a run is %s)", [
+		fmt(input.ledger.epsilon_spent), fmt(input.dataset.epsilon_budget),
+		fmt(_remaining), input.dataset.regulation, fmt(_profile.min_epsilon),
+	])
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	_remaining >= _profile.min_epsilon
+	_run_epsilon < _profile.min_epsilon
+	msg := sprintf("planned run epsilon %s is below the %s minimum %s (%s)", [
+		fmt(_run_epsilon), input.dataset.regulation, fmt(_profile.min_epsilon),
+		concat("; ", _budget_reasons),
+	])
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	some msg in _delta_errors
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	input.consent.coverage < _profile.min_consent_coverage
+	msg := sprintf("consent coverage %s is below the %s minimum %s (%v of %v source rows refused)", [
+		fmt(input.consent.coverage), input.dataset.regulation, fmt(_profile.min_consent_coverage),
+		object.get(input.consent, "rows_refused", "?"), object.get(input.consent, "rows_in", "?"),
+	])
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	count(input.risk.direct_identifiers_in_features) > 0
+	msg := sprintf("direct identifiers among training features: %s", [
+		concat(", ", sort([sprintf("%v", [c]) | some c in input.risk.direct_identifiers_in_features])),
+	])
+}
+
+# ---------------------------------------------------------------------------------------------
+# deploy
+# ---------------------------------------------------------------------------------------------
+deploy := {"outcome": "deny", "reasons": sort(_deploy_deny)} if {
+	count(_deploy_deny) > 0
+} else := {"outcome": "needs_approval", "reasons": sort(_deploy_approval)} if {
+	count(_deploy_approval) > 0
+} else := {"outcome": "allow", "reasons": []}
+
+_deploy_deny contains msg if {
+	some msg in _deploy_input_errors
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.privacy.epsilon_spent > input.privacy.epsilon_planned + epsilon_tolerance
+	msg := sprintf("run spent epsilon %s, more than the %s planned: the privacy filter did not hold", [
+		fmt(input.privacy.epsilon_spent), fmt(input.privacy.epsilon_planned),
+	])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.privacy.epsilon_planned > _profile.max_run_epsilon + epsilon_tolerance
+	msg := sprintf("run planned epsilon %s, above the %s maximum %s per run", [
+		fmt(input.privacy.epsilon_planned), input.dataset.regulation, fmt(_profile.max_run_epsilon),
+	])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.privacy.dataset_epsilon_total > input.privacy.dataset_epsilon_budget
+	msg := sprintf("dataset %s has spent epsilon %s across all runs, over its budget of %s", [
+		input.dataset.id, fmt(input.privacy.dataset_epsilon_total), fmt(input.privacy.dataset_epsilon_budget),
+	])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	some msg in _delta_errors
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.privacy.accountant != "rdp"
+	msg := sprintf("accountant is %q; deploys need the RDP accountant that the privacy filter and ledger use", [
+		input.privacy.accountant,
+	])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.privacy.filter != true
+	msg := "run was not governed by a privacy filter, so its adaptive noise schedule is not covered by the accountant"
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	lower := object.get(input.audit, "epsilon_lower_bound", null)
+	lower != null
+	lower > input.privacy.epsilon_spent
+	msg := sprintf("empirical privacy audit found epsilon >= %s, above the %s the accountant claims: the accounting is wrong", [
+		fmt(lower), fmt(input.privacy.epsilon_spent),
+	])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.metrics.accuracy < input.metrics.min_accuracy
+	msg := sprintf("accuracy %s is below the required %s", [fmt(input.metrics.accuracy), fmt(input.metrics.min_accuracy)])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	input.run.environment == "production"
+	_profile.require_secure_rng_in_production
+	input.privacy.secure_rng != true
+	msg := sprintf("production run trained without secure RNG (%s requires it)", [input.dataset.regulation])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	missing := [f | some f in required_card_fields; _blank(object.get(input.model_card, f, null))]
+	count(missing) > 0
+	msg := sprintf("model card is missing required fields: %s", [concat(", ", missing)])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	some f in ["epsilon", "delta"]
+	value := object.get(input.model_card, f, null)
+	not _blank(value)
+	not is_number(value)
+	msg := sprintf("model card field %s must be a number, got %s", [f, type_name(value)])
+}
+
+# A card may overstate the privacy cost (that is conservative) but never understate it.
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	is_number(input.model_card.epsilon)
+	input.model_card.epsilon < input.privacy.epsilon_spent - epsilon_tolerance
+	msg := sprintf("model card states epsilon %s, less than the %s the run spent", [
+		fmt(input.model_card.epsilon), fmt(input.privacy.epsilon_spent),
+	])
+}
+
+_deploy_deny contains msg if {
+	_deploy_input_ok
+	is_number(input.model_card.delta)
+	input.model_card.delta < input.privacy.delta
+	msg := sprintf("model card states delta %s, less than the run's %s", [num(input.model_card.delta), num(input.privacy.delta)])
+}
+
+_deploy_approval contains msg if {
+	_deploy_input_ok
+	input.risk.score >= _profile.needs_approval_risk
+	msg := sprintf("risk score %s (%s) is at or above the %s approval threshold %s", [
+		fmt(input.risk.score), _risk_level, input.dataset.regulation, fmt(_profile.needs_approval_risk),
+	])
+}
+
+_deploy_approval contains msg if {
+	_deploy_input_ok
+	input.run.environment in _profile.approval_environments
+	msg := sprintf("%s requires a human approval for every deploy to %s", [
+		input.dataset.regulation, input.run.environment,
+	])
+}
+
+# ---------------------------------------------------------------------------------------------
+# shared checks
+# ---------------------------------------------------------------------------------------------
+_profile := profiles[input.dataset.regulation]
+
+# delta * rows >= factor is delta >= factor / rows without a division.
+_delta_errors contains msg if {
+	delta := _delta
+	is_number(delta)
+	is_number(input.dataset.rows)
+	delta * input.dataset.rows >= _profile.max_delta_factor
+	factor := num(_profile.max_delta_factor)
+	msg := sprintf("delta %s is not below %s/rows = %s/%s (%s)", [
+		num(delta), factor, factor, num(input.dataset.rows), input.dataset.regulation,
+	])
+}
+
+# Train plans with the dataset's delta; a deploy is judged on the delta the run reports.
+_delta := input.privacy.delta if {
+	is_object(input.privacy)
+} else := input.dataset.delta
+
+_blank(v) if v == null
+
+_blank(v) if v == ""
+
+_blank(v) if v == []
+
+_blank(v) if v == {}
+
+# Number formatting for reasons. The numbers are for people (the exact values are in the
+# input), and the text must be the same whichever engine runs: OPA and regorus print floats
+# differently through %v, so every number goes through these. Each is total over numbers: a
+# formatter that came out undefined would make the deny rule using it undefined too.
+
+# Two decimals.
+fmt(x) := sprintf("%s%d.%02d", [_sign(x, cents), whole, cents - (whole * 100)]) if {
+	cents := round(abs(x) * 100)
+	whole := floor(cents / 100)
+}
+
+_sign(x, cents) := "-" if {
+	x < 0
+	cents > 0
+} else := ""
+
+# Whole numbers as such, small ones as "1.00e-5", the rest with two decimals.
+num(x) := sprintf("%d", [x]) if {
+	x == floor(x)
+	abs(x) < 1e15
+} else := fmt(x) if {
+	abs(x) >= 0.01
+} else := sprintf("%se-%d", [fmt(x * _powers[k]), k]) if {
+	k := min([i | some i, p in _powers; abs(x) * p >= 1])
+} else := sprintf("%v", [x])
+
+_powers := [
+	1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000,
+	10000000000, 100000000000, 1000000000000, 10000000000000, 100000000000000,
+	1000000000000000, 10000000000000000, 100000000000000000, 1000000000000000000,
+]
+
+# ---------------------------------------------------------------------------------------------
+# input shape
+# ---------------------------------------------------------------------------------------------
+_dataset_fields := [
+	[["dataset", "id"], "string"],
+	[["dataset", "regulation"], "string"],
+	[["dataset", "rows"], "number"],
+	[["dataset", "epsilon_budget"], "number"],
+	[["dataset", "delta"], "number"],
+	[["risk", "score"], "number"],
+]
+
+_train_fields := array.concat(_dataset_fields, [
+	[["ledger", "epsilon_spent"], "number"],
+	[["ledger", "epsilon_remaining"], "number"],
+	[["risk", "direct_identifiers_in_features"], "array"],
+	[["consent", "coverage"], "number"],
+	[["request", "run_epsilon"], "number"],
+	[["request", "epsilon_cap"], "number"],
+])
+
+_deploy_fields := array.concat(_dataset_fields, [
+	[["run", "id"], "string"],
+	[["run", "environment"], "string"],
+	[["privacy", "accountant"], "string"],
+	[["privacy", "filter"], "boolean"],
+	[["privacy", "epsilon_planned"], "number"],
+	[["privacy", "epsilon_spent"], "number"],
+	[["privacy", "delta"], "number"],
+	[["privacy", "dataset_epsilon_total"], "number"],
+	[["privacy", "dataset_epsilon_budget"], "number"],
+	[["privacy", "secure_rng"], "boolean"],
+	[["metrics", "accuracy"], "number"],
+	[["metrics", "min_accuracy"], "number"],
+	[["audit"], "object"],
+	[["model_card"], "object"],
+])
+
+# [path, low, high]: inclusive bounds that make every rule above well defined.
+_ranges := [
+	[["dataset", "rows"], 1, 1e15],
+	[["dataset", "epsilon_budget"], 0, 1e6],
+	[["dataset", "delta"], 0, 1],
+	[["risk", "score"], 0, 1],
+	[["ledger", "epsilon_spent"], 0, 1e6],
+	[["consent", "coverage"], 0, 1],
+	[["request", "run_epsilon"], 0, 1e6],
+	[["request", "epsilon_cap"], 0, 1e6],
+	[["privacy", "epsilon_planned"], 0, 1e6],
+	[["privacy", "epsilon_spent"], 0, 1e6],
+	[["privacy", "delta"], 0, 1],
+	[["privacy", "dataset_epsilon_total"], 0, 1e6],
+	[["privacy", "dataset_epsilon_budget"], 0, 1e6],
+	[["metrics", "accuracy"], 0, 1],
+	[["metrics", "min_accuracy"], 0, 1],
+]
+
+_shape_errors(fields) := {"input must be a JSON object"} if {
+	not is_object(input)
+} else := {msg |
+	some [path, want] in fields
+	got := type_name(object.get(input, path, null))
+	got != want
+	msg := sprintf("input.%s: expected %s, got %s", [concat(".", path), want, _describe(got)])
+}
+
+_describe(t) := "nothing (missing or null)" if t == "null"
+else := t
+
+_value_errors(fields) := {msg |
+	is_object(input)
+	some [path, low, high] in _ranges
+	[path, "number"] in fields
+	value := object.get(input, path, null)
+	is_number(value)
+	not _within(value, low, high)
+	msg := sprintf("input.%s: %s is outside [%s, %s]", [concat(".", path), num(value), num(low), num(high)])
+}
+
+_within(v, low, high) if {
+	v >= low
+	v <= high
+}
+
+_common_value_errors contains msg if {
+	is_object(input)
+	rows := object.get(input, ["dataset", "rows"], null)
+	is_number(rows)
+	rows != floor(rows)
+	msg := sprintf("input.dataset.rows: %s is not a whole number", [num(rows)])
+}
+
+_common_value_errors contains msg if {
+	is_object(input)
+	regulation := object.get(input, ["dataset", "regulation"], null)
+	is_string(regulation)
+	not profiles[regulation]
+	msg := sprintf("input.dataset.regulation: no profile for %q (profiles: %s)", [
+		regulation, concat(", ", sort(object.keys(profiles))),
+	])
+}
+
+_train_input_errors := (_shape_errors(_train_fields) | _value_errors(_train_fields)) | _common_value_errors
+
+_deploy_input_errors := ((_shape_errors(_deploy_fields) | _value_errors(_deploy_fields)) | _common_value_errors) | _deploy_extra_errors
+
+_deploy_extra_errors contains msg if {
+	is_object(input)
+	environment := object.get(input, ["run", "environment"], null)
+	is_string(environment)
+	not environment in environments
+	msg := sprintf("input.run.environment: %q is not one of %s", [environment, concat(", ", sort(environments))])
+}
+
+_deploy_extra_errors contains msg if {
+	is_object(input)
+	lower := object.get(input, ["audit", "epsilon_lower_bound"], null)
+	not is_number(lower)
+	lower != null
+	msg := sprintf("input.audit.epsilon_lower_bound: expected number or null, got %s", [type_name(lower)])
+}
+
+_train_input_ok if count(_train_input_errors) == 0
+
+_deploy_input_ok if count(_deploy_input_errors) == 0

@@ -1,0 +1,352 @@
+# Unit tests for policies.rego. Run: `ppmlops policy test`, pytest tests/unit/test_policy_rules.py,
+# or `opa test policies.rego tests/policies` where an OPA binary exists.
+package ppmlops_test
+
+import data.ppmlops
+
+# The documents the pipeline builds for the demo dataset (see ppmlops.pipeline).
+train_input := {
+	"dataset": {
+		"id": "demo_customers", "regulation": "gdpr", "rows": 4700,
+		"epsilon_budget": 3.0, "delta": 1e-5, "public": false,
+	},
+	"ledger": {"epsilon_spent": 0.0, "epsilon_remaining": 3.0},
+	"risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
+	"consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
+	"request": {"run_epsilon": 1.0, "epsilon_cap": 1.0},
+}
+
+deploy_input := {
+	"run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
+	"dataset": train_input.dataset,
+	"risk": {"score": 0.42, "level": "medium"},
+	"privacy": {
+		"accountant": "rdp", "filter": true, "epsilon_planned": 1.0, "epsilon_spent": 0.97,
+		"delta": 1e-5, "dataset_epsilon_total": 1.97, "dataset_epsilon_budget": 3.0,
+		"secure_rng": false, "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80,
+	},
+	"metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
+	"audit": {"epsilon_lower_bound": null},
+	"model_card": {
+		"model_name": "demo_customers_mlp", "dataset_id": "demo_customers", "data_sha256": "ab12",
+		"epsilon": 0.97, "delta": 1e-5, "accountant": "rdp",
+		"metrics": {"accuracy": 0.81, "auc": 0.86}, "intended_use": "demo churn scoring",
+	},
+}
+
+close(a, b) if abs(a - b) < 1e-9
+
+train_with(patch) := object.union(train_input, patch)
+
+deploy_with(patch) := object.union(deploy_input, patch)
+
+# --- budget ---------------------------------------------------------------------------------
+
+test_budget_bound_by_request if {
+	b := ppmlops.budget with input as train_input
+	close(b.epsilon, 0.79) # min(1, 1, 3, 3) * (1 - 0.5 * 0.42)
+	b.delta == 1e-5
+	"bound by request.epsilon_cap = 1.00" in b.reasons
+	"bound by request.run_epsilon = 1.00" in b.reasons
+	"scaled by 0.79 for risk score 0.42 (medium): 1.00 -> 0.79" in b.reasons
+	"delta 1.00e-5 from dataset demo_customers" in b.reasons
+}
+
+test_number_formatting if {
+	ppmlops.num(4700) == "4700"
+	ppmlops.num(0.5) == "0.50"
+	ppmlops.num(1e-5) == "1.00e-5"
+	ppmlops.num(2.5e-7) == "2.50e-7"
+	ppmlops.num(0.001) == "1.00e-3"
+	ppmlops.num(1e-30) != ""
+	ppmlops.fmt(2.98) == "2.98"
+	ppmlops.fmt(3) == "3.00"
+	ppmlops.fmt(-0.5) == "-0.50"
+	ppmlops.fmt(-0.001) == "0.00"
+}
+
+test_budget_bound_by_ledger if {
+	b := ppmlops.budget with input as train_with({"ledger": {"epsilon_spent": 2.5, "epsilon_remaining": 0.5}})
+	close(b.epsilon, 0.395)
+	b.reasons[0] == "bound by ledger.epsilon_remaining = 0.50"
+	count([r | some r in b.reasons; startswith(r, "bound by")]) == 1
+}
+
+test_budget_bound_by_profile if {
+	b := ppmlops.budget with input as train_with({
+		"dataset": {"regulation": "hipaa"},
+		"request": {"run_epsilon": 2.0, "epsilon_cap": 2.5},
+	})
+	close(b.epsilon, 1 * (1 - (0.6 * 0.42)))
+	b.reasons[0] == "bound by hipaa max_run_epsilon = 1.00"
+}
+
+test_budget_never_above_remaining if {
+	b := ppmlops.budget with input as train_with({
+		"risk": {"score": 0},
+		"ledger": {"epsilon_spent": 2.7, "epsilon_remaining": 0.3},
+	})
+	close(b.epsilon, 0.3)
+}
+
+test_budget_zero_risk_keeps_binding_limit if {
+	b := ppmlops.budget with input as train_with({"risk": {"score": 0}})
+	close(b.epsilon, 1.0)
+}
+
+test_budget_overspent_ledger_plans_nothing if {
+	b := ppmlops.budget with input as train_with({"ledger": {"epsilon_spent": 3.2, "epsilon_remaining": -0.2}})
+	b.epsilon == 0
+}
+
+test_budget_defined_for_malformed_input if {
+	b := ppmlops.budget with input as {"dataset": {"id": "x"}}
+	b.epsilon == 0
+	"input.ledger.epsilon_remaining: expected number, got nothing (missing or null)" in b.reasons
+}
+
+# --- train ----------------------------------------------------------------------------------
+
+test_train_allows_demo if {
+	d := ppmlops.train with input as train_input
+	d.allow == true
+	d.reasons == []
+}
+
+test_train_denies_spent_budget if {
+	d := ppmlops.train with input as train_with({"ledger": {"epsilon_spent": 2.98, "epsilon_remaining": 0.02}})
+	d.allow == false
+	d.reasons == ["budget spent: 2.98 of 3.00 used (0.02 left; the gdpr minimum for a run is 0.05)"]
+}
+
+test_train_denies_plan_below_minimum if {
+	# 0.06 * (1 - 0.5 * 0.9) = 0.033 < 0.05, although the ledger has plenty left
+	d := ppmlops.train with input as train_with({
+		"risk": {"score": 0.9},
+		"request": {"epsilon_cap": 0.06},
+	})
+	d.allow == false
+	count(d.reasons) == 1
+	startswith(d.reasons[0], "planned run epsilon 0.03 is below the gdpr minimum 0.05")
+}
+
+test_train_denies_delta_at_one_over_rows if {
+	d := ppmlops.train with input as train_with({"dataset": {"rows": 100000}})
+	d.allow == false
+	d.reasons == ["delta 1.00e-5 is not below 1/rows = 1/100000 (gdpr)"]
+}
+
+test_train_allows_delta_just_below_one_over_rows if {
+	d := ppmlops.train with input as train_with({"dataset": {"rows": 99999}})
+	d.allow == true
+}
+
+test_train_denies_low_consent if {
+	d := ppmlops.train with input as train_with({"consent": {"coverage": 0.85, "rows_refused": 900}})
+	d.allow == false
+	d.reasons == ["consent coverage 0.85 is below the gdpr minimum 0.90 (900 of 6000 source rows refused)"]
+}
+
+test_train_denies_direct_identifiers if {
+	d := ppmlops.train with input as train_with({"risk": {"direct_identifiers_in_features": ["ssn", "email"]}})
+	d.allow == false
+	d.reasons == ["direct identifiers among training features: email, ssn"]
+}
+
+test_train_lists_every_reason if {
+	d := ppmlops.train with input as train_with({
+		"ledger": {"epsilon_spent": 3.0, "epsilon_remaining": 0},
+		"consent": {"coverage": 0.1},
+		"risk": {"direct_identifiers_in_features": ["ssn"]},
+	})
+	d.allow == false
+	count(d.reasons) == 3
+}
+
+test_train_denies_unknown_regulation if {
+	d := ppmlops.train with input as train_with({"dataset": {"regulation": "pdpa"}})
+	d.allow == false
+	d.reasons == [`input.dataset.regulation: no profile for "pdpa" (profiles: ccpa, gdpr, hipaa, none)`]
+}
+
+test_train_denies_missing_field if {
+	d := ppmlops.train with input as json.remove(train_input, ["consent/coverage"])
+	d.allow == false
+	d.reasons == ["input.consent.coverage: expected number, got nothing (missing or null)"]
+}
+
+test_train_denies_wrong_type if {
+	d := ppmlops.train with input as train_with({"dataset": {"rows": "4700"}})
+	d.allow == false
+	d.reasons == ["input.dataset.rows: expected number, got string"]
+}
+
+test_train_denies_out_of_range if {
+	d := ppmlops.train with input as train_with({"risk": {"score": 1.5}})
+	d.allow == false
+	d.reasons == ["input.risk.score: 1.50 is outside [0, 1]"]
+}
+
+test_train_denies_non_object_input if {
+	d := ppmlops.train with input as ["not", "an", "object"]
+	d.allow == false
+	d.reasons == ["input must be a JSON object"]
+}
+
+test_train_profile_none_has_no_consent_floor if {
+	d := ppmlops.train with input as train_with({"dataset": {"regulation": "none"}, "consent": {"coverage": 0}})
+	d.allow == true
+}
+
+# --- deploy ---------------------------------------------------------------------------------
+
+test_deploy_allows_demo if {
+	d := ppmlops.deploy with input as deploy_input
+	d.outcome == "allow"
+	d.reasons == []
+}
+
+test_deploy_tolerates_float_noise_in_spend if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_spent": 1.0000000000001}, "model_card": {"epsilon": 1.0000000000001}})
+	d.outcome == "allow"
+}
+
+test_deploy_denies_overspent_run if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_spent": 1.01}, "model_card": {"epsilon": 1.01}})
+	d.outcome == "deny"
+	d.reasons == ["run spent epsilon 1.01, more than the 1.00 planned: the privacy filter did not hold"]
+}
+
+test_deploy_denies_dataset_over_budget if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"dataset_epsilon_total": 3.01}})
+	d.outcome == "deny"
+	d.reasons == ["dataset demo_customers has spent epsilon 3.01 across all runs, over its budget of 3.00"]
+}
+
+test_deploy_denies_plan_above_profile_maximum if {
+	d := ppmlops.deploy with input as deploy_with({"dataset": {"regulation": "hipaa"}, "privacy": {"epsilon_planned": 2.0}})
+	d.outcome == "deny"
+	d.reasons == ["run planned epsilon 2.00, above the hipaa maximum 1.00 per run"]
+}
+
+test_deploy_denies_large_delta if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"delta": 1e-3}, "model_card": {"delta": 1e-3}})
+	d.outcome == "deny"
+	d.reasons == ["delta 1.00e-3 is not below 1/rows = 1/4700 (gdpr)"]
+}
+
+test_deploy_denies_other_accountant if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"accountant": "prv"}})
+	d.outcome == "deny"
+	d.reasons == [`accountant is "prv"; deploys need the RDP accountant that the privacy filter and ledger use`]
+}
+
+test_deploy_denies_run_without_filter if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"filter": false}})
+	d.outcome == "deny"
+	d.reasons == ["run was not governed by a privacy filter, so its adaptive noise schedule is not covered by the accountant"]
+}
+
+test_deploy_denies_audit_above_claim if {
+	d := ppmlops.deploy with input as deploy_with({"audit": {"epsilon_lower_bound": 1.5}})
+	d.outcome == "deny"
+	d.reasons == ["empirical privacy audit found epsilon >= 1.50, above the 0.97 the accountant claims: the accounting is wrong"]
+}
+
+test_deploy_allows_audit_below_claim if {
+	d := ppmlops.deploy with input as deploy_with({"audit": {"epsilon_lower_bound": 0.4}})
+	d.outcome == "allow"
+}
+
+test_deploy_denies_low_accuracy if {
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"accuracy": 0.55}})
+	d.outcome == "deny"
+	d.reasons == ["accuracy 0.55 is below the required 0.60"]
+}
+
+test_deploy_denies_production_without_secure_rng if {
+	d := ppmlops.deploy with input as deploy_with({"run": {"environment": "production"}})
+	d.outcome == "deny"
+	d.reasons == ["production run trained without secure RNG (gdpr requires it)"]
+}
+
+test_deploy_allows_production_with_secure_rng if {
+	d := ppmlops.deploy with input as deploy_with({"run": {"environment": "production"}, "privacy": {"secure_rng": true}})
+	d.outcome == "allow"
+}
+
+test_deploy_denies_unknown_environment if {
+	d := ppmlops.deploy with input as deploy_with({"run": {"environment": "prod"}})
+	d.outcome == "deny"
+	d.reasons == [`input.run.environment: "prod" is not one of development, production, staging, test`]
+}
+
+test_deploy_denies_incomplete_model_card if {
+	card := json.remove(deploy_input.model_card, ["intended_use", "data_sha256"])
+	d := ppmlops.deploy with input as json.patch(deploy_input, [{"op": "replace", "path": "/model_card", "value": object.union(card, {"accountant": ""})}])
+	d.outcome == "deny"
+	d.reasons == ["model card is missing required fields: data_sha256, accountant, intended_use"]
+}
+
+test_deploy_denies_card_understating_epsilon if {
+	d := ppmlops.deploy with input as deploy_with({"model_card": {"epsilon": 0.5}})
+	d.outcome == "deny"
+	d.reasons == ["model card states epsilon 0.50, less than the 0.97 the run spent"]
+}
+
+test_deploy_denies_missing_manifest_section if {
+	d := ppmlops.deploy with input as json.remove(deploy_input, ["audit"])
+	d.outcome == "deny"
+	d.reasons == ["input.audit: expected object, got nothing (missing or null)"]
+}
+
+test_deploy_needs_approval_for_high_risk if {
+	d := ppmlops.deploy with input as deploy_with({"risk": {"score": 0.7, "level": "high"}})
+	d.outcome == "needs_approval"
+	d.reasons == ["risk score 0.70 (high) is at or above the gdpr approval threshold 0.70"]
+}
+
+test_deploy_needs_approval_when_profile_demands_it if {
+	d := ppmlops.deploy with input as deploy_with({
+		"dataset": {"regulation": "hipaa"},
+		"run": {"environment": "production"},
+		"privacy": {"secure_rng": true},
+		"risk": {"score": 0.1, "level": "low"},
+	})
+	d.outcome == "needs_approval"
+	d.reasons == ["hipaa requires a human approval for every deploy to production"]
+}
+
+test_deploy_deny_takes_precedence_over_approval if {
+	d := ppmlops.deploy with input as deploy_with({"risk": {"score": 0.9}, "metrics": {"accuracy": 0.1}})
+	d.outcome == "deny"
+	d.reasons == ["accuracy 0.10 is below the required 0.60"]
+}
+
+# --- malformed input: every decision stays defined and refuses -------------------------------
+# `with input as` makes regorus evaluate the whole package, so these also check that no helper
+# rule raises a type error on bad input.
+
+test_train_denies_non_numeric_risk if {
+	d := ppmlops.train with input as train_with({"risk": {"score": "high"}})
+	d.allow == false
+	d.reasons == ["input.risk.score: expected number, got string"]
+}
+
+test_budget_plans_nothing_for_non_object_section if {
+	b := ppmlops.budget with input as object.union(train_input, {"risk": "high"})
+	b.epsilon == 0
+	"input.risk.score: expected number, got nothing (missing or null)" in b.reasons
+}
+
+test_deploy_denies_null_section if {
+	d := ppmlops.deploy with input as object.union(deploy_input, {"risk": null})
+	d.outcome == "deny"
+	d.reasons == ["input.risk.score: expected number, got nothing (missing or null)"]
+}
+
+test_deploy_denies_non_boolean_filter if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"filter": "yes"}})
+	d.outcome == "deny"
+	d.reasons == ["input.privacy.filter: expected boolean, got string"]
+}

@@ -1,0 +1,386 @@
+"""ppmlops.compliance.engine: decisions from the real policy, and every way evaluation fails
+closed, through the embedded child-process engine and over HTTP to an OPA Data API server."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import regorus
+
+from ppmlops.compliance import ENGINE_EMBEDDED, ENGINE_OPA, evaluate
+from ppmlops.compliance.rego_worker import FAULT_ENV, format_engine_error
+from ppmlops.settings import REPO_ROOT
+
+POLICY = REPO_ROOT / "policies.rego"
+
+TRAIN_INPUT = {
+    "dataset": {"id": "demo_customers", "regulation": "gdpr", "rows": 4700, "epsilon_budget": 3.0,
+                "delta": 1e-5, "public": False},
+    "ledger": {"epsilon_spent": 0.0, "epsilon_remaining": 3.0},
+    "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
+    "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
+    "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0},
+}
+
+DEPLOY_INPUT = {
+    "run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
+    "dataset": TRAIN_INPUT["dataset"],
+    "risk": {"score": 0.42, "level": "medium"},
+    "privacy": {"accountant": "rdp", "filter": True, "epsilon_planned": 1.0, "epsilon_spent": 0.97,
+                "delta": 1e-5, "dataset_epsilon_total": 1.97, "dataset_epsilon_budget": 3.0,
+                "secure_rng": False, "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80},
+    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
+    "audit": {"epsilon_lower_bound": None},
+    "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers",
+                   "data_sha256": "ab12", "epsilon": 0.97, "delta": 1e-5, "accountant": "rdp",
+                   "metrics": {"accuracy": 0.81}, "intended_use": "demo churn scoring"},
+}
+
+
+def patched(doc: dict, **sections: dict) -> dict:
+    out = copy.deepcopy(doc)
+    for section, values in sections.items():
+        out[section].update(values)
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    for var in ("PPMLOPS_OPA_URL", "PPMLOPS_POLICY", "PPMLOPS_OPA_TIMEOUT_S", FAULT_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# decisions from the real policy, embedded engine
+# ---------------------------------------------------------------------------------------------
+def test_train_allows_demo_run():
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT)
+    assert (d.outcome, d.allowed, d.reasons, d.error) == ("allow", True, [], None)
+    assert d.engine == ENGINE_EMBEDDED
+    assert d.policy_hash == sha256_file(POLICY)
+    assert re.fullmatch(r"[0-9a-f]{32}", d.id)
+    assert d.time.endswith("+00:00")
+    assert d.result == {"allow": True, "reasons": []}
+    assert d.input == TRAIN_INPUT and d.input is not TRAIN_INPUT
+
+
+def test_train_denies_spent_budget_with_reason():
+    d = evaluate("data.ppmlops.train", patched(TRAIN_INPUT, ledger={"epsilon_spent": 2.98, "epsilon_remaining": 0.02}))
+    assert (d.outcome, d.allowed, d.error) == ("deny", False, None)
+    assert d.reasons == ["budget spent: 2.98 of 3.00 used (0.02 left; the gdpr minimum for a run is 0.05)"]
+
+
+def test_budget_is_allow_with_the_planned_epsilon():
+    d = evaluate("data.ppmlops.budget", TRAIN_INPUT)
+    assert d.outcome == "allow" and d.error is None
+    assert d.result["epsilon"] == pytest.approx(0.79)
+    assert d.result["delta"] == 1e-5
+    assert "bound by request.epsilon_cap = 1.00" in d.reasons
+
+
+def test_budget_with_nothing_to_spend_is_deny():
+    d = evaluate("data.ppmlops.budget", patched(TRAIN_INPUT, ledger={"epsilon_spent": 3.0, "epsilon_remaining": 0.0}))
+    assert d.outcome == "deny" and d.error is None
+    assert d.result["epsilon"] == 0
+
+
+def test_deploy_allow_deny_and_needs_approval():
+    assert evaluate("data.ppmlops.deploy", DEPLOY_INPUT).outcome == "allow"
+
+    denied = evaluate("data.ppmlops.deploy", patched(DEPLOY_INPUT, metrics={"accuracy": 0.5}))
+    assert (denied.outcome, denied.allowed) == ("deny", False)
+    assert denied.reasons == ["accuracy 0.50 is below the required 0.60"]
+
+    risky = evaluate("data.ppmlops.deploy", patched(DEPLOY_INPUT, risk={"score": 0.75, "level": "high"}))
+    assert (risky.outcome, risky.allowed) == ("needs_approval", False)
+    assert risky.reasons == ["risk score 0.75 (high) is at or above the gdpr approval threshold 0.70"]
+
+
+def test_policy_edits_apply_at_the_next_evaluation(tmp_path):
+    policy = tmp_path / "policies.rego"
+    shutil.copy(POLICY, policy)
+    first = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert first.outcome == "allow"
+
+    text = policy.read_text()
+    edited = text.replace('"min_consent_coverage": 0.9,', '"min_consent_coverage": 0.99,', 1)
+    assert edited != text
+    policy.write_text(edited)
+    second = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert second.outcome == "deny"
+    assert second.reasons == ["consent coverage 0.95 is below the gdpr minimum 0.99 (300 of 6000 source rows refused)"]
+    assert second.policy_hash == sha256_file(policy) != first.policy_hash
+
+
+def test_policy_path_from_settings(monkeypatch, tmp_path):
+    policy = tmp_path / "other.rego"
+    policy.write_text('package ppmlops\n\ntrain := {"allow": false, "reasons": ["closed for maintenance"]}\n')
+    monkeypatch.setenv("PPMLOPS_POLICY", str(policy))
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT)
+    assert d.reasons == ["closed for maintenance"]
+    assert d.policy_hash == sha256_file(policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# fail closed: embedded engine
+# ---------------------------------------------------------------------------------------------
+def assert_failed_closed(d, *fragments: str) -> None:
+    assert d.outcome == "deny" and d.allowed is False
+    assert d.error, "a failed evaluation must carry its error"
+    assert d.reasons == [d.error]
+    for fragment in fragments:
+        assert fragment in d.error, f"{fragment!r} not in {d.error!r}"
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    policy = tmp_path / "broken.rego"
+    policy.write_text('package ppmlops\n\ntrain := {"allow": true}\ndeploy := if {\n')
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert_failed_closed(d, f"{policy}:4:")
+    assert d.policy_hash == sha256_file(policy)
+
+
+def test_compile_error_found_at_evaluation_names_file_and_line(tmp_path):
+    policy = tmp_path / "unsafe.rego"
+    policy.write_text("package ppmlops\n\ntrain := {\"allow\": x}\n")
+    assert_failed_closed(evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy), f"{policy}:3:", "unsafe")
+
+
+def test_undefined_decision_is_deny():
+    assert_failed_closed(evaluate("data.ppmlops.no_such_rule", TRAIN_INPUT), "undefined")
+
+
+def test_rule_undefined_for_this_input_is_deny(tmp_path):
+    policy = tmp_path / "partial.rego"
+    policy.write_text('package ppmlops\n\ntrain := {"allow": true, "reasons": []} if input.ok\n')
+    assert_failed_closed(evaluate("data.ppmlops.train", {"ok": False}, policy_path=policy), "undefined")
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ('{"allow": "yes"}', "not true or false"),
+    ('{"outcome": "maybe"}', "not one of allow, deny, needs_approval"),
+    ('{"allow": true, "reasons": "none"}', "not a list of strings"),
+    ("42", "not a decision object"),
+    ('{"epsilon": -1, "delta": 0.1}', "not a finite number >= 0"),
+    ('{"something": 1}', "without allow, outcome or epsilon/delta"),
+])
+def test_malformed_result_is_deny(tmp_path, value, fragment):
+    policy = tmp_path / "odd.rego"
+    policy.write_text(f"package ppmlops\n\ntrain := {value}\n")
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert_failed_closed(d, fragment)
+    assert d.result is not None  # the raw value is kept for the audit trail
+
+
+def test_deny_without_reason_gets_one(tmp_path):
+    policy = tmp_path / "terse.rego"
+    policy.write_text('package ppmlops\n\ntrain := {"allow": false}\n')
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert d.outcome == "deny" and d.error is None
+    assert d.reasons == ["data.ppmlops.train gave outcome deny without a reason"]
+
+
+def test_engine_crash_is_contained_and_reported(monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "segv")
+    d = evaluate("data.ppmlops.deploy", DEPLOY_INPUT)
+    assert_failed_closed(d, "Rego engine crashed: killed by signal 11 (SIGSEGV)")
+    assert d.policy_hash == sha256_file(POLICY)
+
+
+def test_engine_timeout_is_deny(monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "hang")
+    monkeypatch.setenv("PPMLOPS_OPA_TIMEOUT_S", "0.5")
+    assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "did not answer within 0.5s")
+
+
+def test_engine_garbage_answer_is_deny(monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "garbage")
+    assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "not JSON")
+
+
+def test_missing_policy_file_is_deny(tmp_path):
+    missing = tmp_path / "nowhere.rego"
+    assert_failed_closed(evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=missing), f"{missing} not found")
+
+
+def test_non_json_input_is_deny():
+    assert_failed_closed(
+        evaluate("data.ppmlops.train", patched(TRAIN_INPUT, risk={"score": float("nan")})), "not a JSON document")
+
+
+def test_query_must_be_a_rule_reference():
+    assert_failed_closed(evaluate("data.ppmlops.train; true", TRAIN_INPUT), "not a rule reference")
+
+
+def test_engine_error_formatting():
+    raw = "\n--> /p/policies.rego:3:6\n  |\n3 | x := if {\n  |      ^\nerror: unexpected keyword `if`\n\nStack backtrace:\n 0: x"
+    assert format_engine_error(raw) == "/p/policies.rego:3:6: unexpected keyword `if` (in `x := if {`)"
+
+
+# ---------------------------------------------------------------------------------------------
+# OPA server over HTTP
+# ---------------------------------------------------------------------------------------------
+class FakeOpa:
+    """The parts of OPA's REST API the engine uses, evaluating with regorus (no OPA binary here).
+
+    mode: "normal"; "undefined" (every query answers {}); "error" (every query answers 500);
+    "swap" (GET /v1/policies returns a different module than was PUT).
+    """
+
+    def __init__(self, mode: str = "normal"):
+        self.mode = mode
+        self.policies: dict[str, str] = {}
+        self.requests: list[tuple[str, str]] = []
+        opa = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_PUT(self):
+                opa.requests.append(("PUT", self.path))
+                policy_id = self.path.removeprefix("/v1/policies/")
+                text = self._body().decode()
+                try:
+                    regorus.Engine().add_policy(policy_id, text)
+                except RuntimeError as err:
+                    m = re.search(r"-->\s*\S+?:(\d+):(\d+)", str(err))
+                    msg = re.search(r"error:\s*(.+)", str(err))
+                    self._reply(400, {"code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
+                                      "errors": [{"code": "rego_parse_error", "message": msg.group(1) if msg else str(err),
+                                                  "location": {"file": policy_id, "row": int(m.group(1)), "col": int(m.group(2))}}]})
+                    return
+                opa.policies[policy_id] = text
+                self._reply(200, {})
+
+            def do_GET(self):
+                opa.requests.append(("GET", self.path))
+                policy_id = self.path.removeprefix("/v1/policies/")
+                if policy_id not in opa.policies:
+                    self._reply(404, {"code": "resource_not_found", "message": f"storage_not_found_error: policy id {policy_id!r}"})
+                    return
+                raw = opa.policies[policy_id] + ("\n# replaced by someone else\n" if opa.mode == "swap" else "")
+                self._reply(200, {"result": {"id": policy_id, "raw": raw}})
+
+            def do_POST(self):
+                opa.requests.append(("POST", self.path))
+                body = json.loads(self._body() or b"{}")
+                if opa.mode == "undefined":
+                    self._reply(200, {})
+                    return
+                if opa.mode == "error":
+                    self._reply(500, {"code": "internal_error", "message": "storage failure"})
+                    return
+                engine = regorus.Engine()
+                for pid, text in opa.policies.items():
+                    engine.add_policy(pid, text)
+                engine.set_input_json(json.dumps(body.get("input")))
+                query = "data." + self.path.removeprefix("/v1/data/").strip("/").replace("/", ".")
+                result = json.loads(engine.eval_query_as_json(query)).get("result")
+                self._reply(200, {"result": result[0]["expressions"][0]["value"]} if result else {})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> "FakeOpa":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_opa_decisions_match_embedded(monkeypatch):
+    embedded = {q: evaluate(q, i) for q, i in [("data.ppmlops.train", TRAIN_INPUT),
+                                                ("data.ppmlops.budget", TRAIN_INPUT),
+                                                ("data.ppmlops.deploy", DEPLOY_INPUT)]}
+    risky_deploy = patched(DEPLOY_INPUT, risk={"score": 0.9})
+    with FakeOpa() as opa:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", opa.url)
+        for query, before in embedded.items():
+            d = evaluate(query, before.input)
+            assert d.engine == ENGINE_OPA
+            assert d.error is None, d.error
+            assert (d.outcome, d.reasons, d.result) == (before.outcome, before.reasons, before.result)
+            assert d.policy_hash == before.policy_hash == sha256_file(POLICY)
+        assert evaluate("data.ppmlops.deploy", risky_deploy).outcome == "needs_approval"
+        denied = evaluate("data.ppmlops.train", patched(TRAIN_INPUT, consent={"coverage": 0.5}))
+        assert denied.outcome == "deny" and denied.error is None
+    assert opa.policies["ppmlops"] == POLICY.read_text()
+    assert ("PUT", "/v1/policies/ppmlops") in opa.requests
+    assert ("POST", "/v1/data/ppmlops/deploy") in opa.requests
+
+
+def test_opa_rejecting_the_policy_names_local_file_and_line(monkeypatch, tmp_path):
+    policy = tmp_path / "broken.rego"
+    policy.write_text('package ppmlops\n\ntrain := {"allow": true}\ndeploy := if {\n')
+    with FakeOpa() as opa:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", opa.url)
+        d = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert_failed_closed(d, f"{policy}:4:")
+    assert d.engine == ENGINE_OPA
+
+
+def test_opa_unreachable_is_deny_naming_the_url(monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("PPMLOPS_OPA_URL", url)
+    d = evaluate("data.ppmlops.deploy", DEPLOY_INPUT)
+    assert_failed_closed(d, f"OPA server at {url} is unreachable")
+    assert d.engine == ENGINE_OPA
+
+
+def test_opa_undefined_is_deny(monkeypatch):
+    with FakeOpa(mode="undefined") as opa:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", opa.url)
+        assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "undefined")
+
+
+def test_opa_server_error_is_deny(monkeypatch):
+    with FakeOpa(mode="error") as opa:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", opa.url)
+        assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "HTTP 500")
+
+
+def test_opa_policy_replaced_during_evaluation_is_deny(monkeypatch):
+    with FakeOpa(mode="swap") as opa:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", opa.url)
+        assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "changed while")
+
+
+def test_opa_url_with_a_path_is_refused(monkeypatch):
+    monkeypatch.setenv("PPMLOPS_OPA_URL", "http://127.0.0.1:8181/v1")
+    assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "has a path")
+
+
+def test_invalid_settings_are_deny(monkeypatch):
+    monkeypatch.setenv("PPMLOPS_OPA_TIMEOUT_S", "soon")
+    assert_failed_closed(evaluate("data.ppmlops.train", TRAIN_INPUT), "settings are invalid")
