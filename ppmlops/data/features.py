@@ -1,0 +1,84 @@
+"""Feature encoding from the spec alone.
+
+Ranges and category lists come from the pipeline spec, never from the rows: a min, max, mean or
+category set computed on private data is a release the training epsilon does not cover, and a
+width that depended on the data would change the model's shape from run to run.
+
+numeric      clip to the declared [low, high] (log1p of value and bounds first when `log`),
+             then scale to [0, 1]; one column named after the feature
+categorical  one-hot over the declared categories in declared order; columns `name=category`
+label        1 where the value equals label.positive, 0 for every other declared value
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ppmlops.errors import DataError
+from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec
+
+
+def feature_names(spec: PipelineSpec) -> list[str]:
+    names: list[str] = []
+    for f in spec.dataset.features:
+        if isinstance(f, NumericFeature):
+            names.append(f.name)
+        else:
+            names.extend(f"{f.name}={c}" for c in f.categories)
+    return names
+
+
+def encode(df: pd.DataFrame, spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """X (float32, n x width), y (int64, 1 == label.positive) and the column names of X."""
+    ds = spec.dataset
+    needed = [f.name for f in ds.features] + [ds.label.column]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(f"cannot encode: column(s) {missing} missing from the frame (has {list(df.columns)})")
+    n = len(df)
+    blocks: list[np.ndarray] = []
+    for f in ds.features:
+        if isinstance(f, NumericFeature):
+            blocks.append(_numeric(df[f.name], f)[:, None])
+        else:
+            blocks.append(_one_hot(df[f.name], f))
+    X = np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+    y = _label(df[ds.label.column], ds.label.positive, ds.label.values)
+    return X, y, feature_names(spec)
+
+
+def _numeric(col: pd.Series, f: NumericFeature) -> np.ndarray:
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"cannot encode column {f.name}: position {row} holds {col.iloc[row]!r}, not a finite number "
+                        f"({int(bad.sum())} such rows); ingestion should have quarantined it")
+    lo, hi = f.range
+    if f.log:
+        if lo <= -1:
+            raise DataError(f"cannot encode column {f.name}: log scaling needs a range above -1, got [{lo:g}, {hi:g}]")
+        values, lo, hi = np.log1p(np.clip(values, f.range[0], f.range[1])), np.log1p(lo), np.log1p(hi)
+    return (np.clip(values, lo, hi) - lo) / (hi - lo)
+
+
+def _one_hot(col: pd.Series, f: CategoricalFeature) -> np.ndarray:
+    codes = pd.Index(f.categories, dtype=object).get_indexer(col.to_numpy(dtype=object))  # -1: unknown
+    unknown = codes < 0
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise DataError(f"cannot encode column {f.name}: position {row} holds {col.iloc[row]!r}, not a declared category "
+                        f"({int(unknown.sum())} such rows); ingestion should have quarantined it")
+    out = np.zeros((len(codes), len(f.categories)), dtype=np.float32)
+    out[np.arange(len(codes)), codes] = 1.0
+    return out
+
+
+def _label(col: pd.Series, positive: str, values: list[str]) -> np.ndarray:
+    text = col.astype("string")
+    known = text.isin(values).fillna(False).to_numpy(dtype=bool)
+    if not known.all():
+        row = int(np.flatnonzero(~known)[0])
+        raise DataError(f"cannot encode label {col.name}: position {row} holds {col.iloc[row]!r}, not one of {values}")
+    return (text == positive).to_numpy(dtype=bool).astype(np.int64)

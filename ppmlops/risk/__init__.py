@@ -1,0 +1,1 @@
+"""PRAM, the privacy risk assessment module: see ppmlops.risk.assess for the score and its weights."""

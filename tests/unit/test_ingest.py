@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ppmlops.data.ingest import IngestResult, ingest, snapshot_sha256
+from ppmlops.data.synthetic import generate
+from ppmlops.errors import DataError
+from ppmlops.spec import PipelineSpec, load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_DOC = yaml.safe_load((REPO / "dags" / "pipelines" / "demo.yaml").read_text())
+
+SMALL = {
+    "name": "small",
+    "dataset": {
+        "id": "small",
+        "source": {"path": "PLACEHOLDER"},
+        "label": {"column": "y", "positive": "yes", "values": ["yes", "no"]},
+        "consent": {"column": "consent"},
+        "identifiers": ["email"],
+        "features": [
+            {"name": "age", "type": "numeric", "range": [18, 90]},
+            {"name": "plan", "type": "categorical", "categories": ["basic", "premium"]},
+        ],
+    },
+    "privacy": {"epsilon": 1.0, "delta": 1e-5, "run_epsilon": 1.0},
+    "training": {"test_fraction": 0.5, "seed": 0},
+    "deploy": {"model_name": "small"},
+}
+
+
+HOLDOUT = "email,age,plan,consent,y\nz@x,50,basic,yes,no\n"
+
+
+def small_spec(path: Path, test_path: Path | None = None, **dataset) -> PipelineSpec:
+    """A two-feature spec over `path`; a one-row held-out file keeps tiny tests off the hash split."""
+    doc = copy.deepcopy(SMALL)
+    doc["dataset"]["source"] = {"path": str(path)}
+    if test_path is None:
+        test_path = path.parent / "holdout.csv"
+        test_path.write_text(HOLDOUT)
+    doc["dataset"]["test_source"] = {"path": str(test_path)}
+    doc["dataset"].update(dataset)
+    return parse_spec(doc)
+
+
+def demo_spec(tmp: Path, rows: int = 6000) -> PipelineSpec:
+    doc = copy.deepcopy(DEMO_DOC)
+    doc["dataset"]["source"] = {"path": str(tmp / "demo" / "customers.csv"), "generate": {"rows": rows, "seed": 7}}
+    return parse_spec(doc)
+
+
+def quarantine(result: IngestResult) -> list[dict[str, str]]:
+    with open(result.quarantine_path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    spec = demo_spec(tmp)
+    return spec, ingest(spec, tmp / "run"), tmp
+
+
+# --------------------------------------------------------------------------- demo data
+
+
+def test_demo_counts_reconcile(demo):
+    spec, r, tmp = demo
+    source = generate(6000, 7)
+    assert Path(spec.dataset.source.resolved_path()).exists()  # generated on first use
+    assert r.rows_in == 6000
+    assert r.rows_in == r.rows_staged + r.rows_quarantined
+    assert r.rows_staged == r.rows_train + r.rows_test
+    assert r.quarantine_reasons["no consent"] == (source["consent"] == "no").sum()
+    assert sum(r.quarantine_reasons.values()) == r.rows_quarantined
+    assert set(r.quarantine_reasons) == {"no consent", "invalid label", "invalid value", "unknown category"}
+    rows = quarantine(r)
+    assert len(rows) == r.rows_quarantined
+    assert len(Path(r.quarantine_path).read_text().splitlines()) == r.rows_quarantined + 1
+    # every quarantined row keeps its original columns, and its line number points at it
+    for q in rows[:50]:
+        original = source.iloc[int(q["_line"]) - 2]
+        assert q["customer_id"] == original["customer_id"] and q["email"] == original["email"]
+    assert 0.15 < r.rows_test / r.rows_staged < 0.25
+
+
+def test_demo_snapshot_has_only_features_and_label(demo):
+    spec, r, _ = demo
+    expected = [f.name for f in spec.dataset.features] + ["churned"]
+    for path in (r.snapshot_train, r.snapshot_test):
+        df = pd.read_parquet(path)
+        assert list(df.columns) == expected
+        assert not set(df.columns) & set(spec.dataset.identifiers + ["consent"])
+        assert set(df["churned"]) <= {"yes", "no"}  # label kept as its original strings
+        assert df["age"].dtype == "float64"
+    assert len(pd.read_parquet(r.snapshot_train)) == r.rows_train
+    assert r.columns == expected
+    assert set(r.dropped_columns) == set(spec.dataset.identifiers) | {"consent"}
+
+
+def test_demo_hash_is_canonical_and_deterministic(demo, tmp_path):
+    spec, r, _ = demo
+    assert snapshot_sha256(r.snapshot_train, r.snapshot_test) == r.sha256
+    again = ingest(spec, tmp_path / "again")
+    assert again.sha256 == r.sha256 and again.source_sha256 == r.source_sha256
+    assert again.rows_train == r.rows_train
+    json.dumps(r.to_dict())  # JSON-serialisable
+    assert IngestResult(**r.to_dict()) == r
+
+
+def test_split_keeps_rows_in_their_partition_when_data_grows(tmp_path):
+    base = generate(1000, 2)
+    grown = pd.concat([base, generate(400, 9)], ignore_index=True)
+    results = {}
+    for name, df in (("base", base), ("grown", grown)):
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+        doc = copy.deepcopy(DEMO_DOC)
+        doc["dataset"]["source"] = {"path": str(tmp_path / f"{name}.csv")}
+        results[name] = ingest(parse_spec(doc), tmp_path / name)
+
+    def rows(path):
+        return Counter(map(tuple, pd.read_parquet(path).astype(str).to_numpy().tolist()))
+
+    assert not rows(results["base"].snapshot_test) - rows(results["grown"].snapshot_test)
+    assert not rows(results["base"].snapshot_train) - rows(results["grown"].snapshot_train)
+
+
+# --------------------------------------------------------------------------- hand-made files
+
+
+MESSY = """\
+email,age,plan,consent,y
+a@x.org,30,basic,yes,yes
+b@x.org,31,premium,NO,yes
+c@x.org,abc,basic,yes,no
+d@x.org,40,basic,yes,maybe
+e@x.org,95,basic,Yes,no
+f@x.org,41,gold,yes,no
+g@x.org,42,basic,yes,no,extra
+h@x.org,43
+"i@x.org
+continued",44,premium,true,no
+j@x.org,,basic,yes,
+
+k@x.org,45,premium,y,no
+l@x.org,1e400,basic,yes,no
+m@x.org,50,basic,yes,yes
+"""
+
+
+def test_quarantine_reasons_and_line_numbers(tmp_path):
+    src = tmp_path / "messy.csv"
+    src.write_text(MESSY)
+    r = ingest(small_spec(src), tmp_path / "run")
+    assert r.rows_in == 13 + 1  # the blank line is not a row; one held-out row
+    assert r.rows_in == r.rows_staged + r.rows_quarantined
+    assert r.rows_train == 4  # a, i (multi-line), k, m
+    got = {int(q["_line"]): q for q in quarantine(r)}
+    assert {line: q["_reason"] for line, q in got.items()} == {
+        3: "column consent: 'NO' does not grant consent",
+        4: "column age: 'abc' is not a number",
+        5: "column y: 'maybe' is not one of ['yes', 'no']",
+        6: "column age: 95 is outside the declared range [18, 90]",
+        7: "column plan: 'gold' is not a declared category",
+        8: "line 8 has 6 fields, the header has 5",
+        9: "line 9 has 2 fields, the header has 5",
+        12: "column y: label is empty; column age: value is empty",
+        15: "column age: '1e400' is not a finite number",
+    }
+    assert r.quarantine_reasons == {"no consent": 1, "invalid value": 3, "invalid label": 2,
+                                    "unknown category": 1, "malformed line": 2}
+    assert got[8]["_raw"] == "g@x.org,42,basic,yes,no,extra" and got[8]["email"] == ""
+    assert got[4]["email"] == "c@x.org" and got[4]["age"] == "abc"  # original values kept
+    assert all(q["_source"] == str(src) for q in got.values())
+    assert sorted(pd.read_parquet(r.snapshot_train)["age"]) == [30.0, 44.0, 45.0, 50.0]
+
+
+def test_test_source_has_its_own_lines_and_source(tmp_path):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,31,basic,yes,no\n")
+    test.write_text("email,age,plan,consent,y\nc@x,32,basic,yes,no\nd@x,33,silver,yes,no\ne@x,34,basic,no,no\n")
+    r = ingest(small_spec(train, test), tmp_path / "run")
+    assert (r.rows_in, r.rows_train, r.rows_test, r.rows_quarantined) == (5, 2, 1, 2)
+    q = quarantine(r)
+    assert [(x["_source"], x["_line"]) for x in q] == [(str(test), "3"), (str(test), "4")]
+    assert [s["rows_in"] for s in r.sources] == [2, 3]
+    assert r.split.startswith("test_source")
+
+
+def test_parquet_source(tmp_path):
+    src = tmp_path / "data.parquet"
+    table = pa.table({
+        "email": ["a@x", "b@x", "c@x", "d@x", None],
+        "age": pa.array([30, 31, None, 200, 44], pa.int64()),
+        "plan": ["basic", "premium", "basic", "basic", "premium"],
+        "consent": pa.array([True, True, True, True, False]),
+        "y": ["yes", "no", "no", "yes", "no"],
+    })
+    pq.write_table(table, src)
+    r = ingest(small_spec(src), tmp_path / "run")
+    assert (r.rows_in, r.rows_train, r.rows_quarantined) == (5 + 1, 2, 3)
+    reasons = {int(q["_line"]): q["_reason"] for q in quarantine(r)}
+    assert reasons == {
+        3: "column age: value is empty",
+        4: "column age: 200 is outside the declared range [18, 90]",
+        5: "column consent: 'False' does not grant consent",
+    }
+    assert r.sources[0]["format"] == "parquet"
+
+
+def test_latin1_is_reported_with_its_line(tmp_path):
+    src = tmp_path / "latin1.csv"
+    src.write_bytes("email,age,plan,consent,y\na@x,30,basic,yes,yes\nJos\xe9@x,31,basic,yes,no\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv: line 3: .*not valid UTF-8"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_file_is_named(tmp_path):
+    src = tmp_path / "nope.csv"
+    with pytest.raises(DataError, match=r"nope\.csv: data source not found"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+@pytest.mark.parametrize("content,message", [("", "file is empty"), ("\n\n", "file is empty"),
+                                              ("email,age,plan,consent,y\n", "has a header but no data rows")])
+def test_empty_file_is_named(tmp_path, content, message):
+    src = tmp_path / "empty.csv"
+    src.write_text(content)
+    with pytest.raises(DataError, match=rf"empty\.csv: {message}"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+@pytest.mark.parametrize("column,role", [("y", "label"), ("plan", "feature"), ("consent", "consent")])
+def test_missing_column_is_named(tmp_path, column, role):
+    header = [c for c in ["email", "age", "plan", "consent", "y"] if c != column]
+    src = tmp_path / "cols.csv"
+    src.write_text(",".join(header) + "\n" + ",".join("1" for _ in header) + "\n")
+    with pytest.raises(DataError, match=rf"cols\.csv: missing column\(s\) required by the spec: {column} \({role}\)"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+def test_duplicate_header_is_named(tmp_path):
+    src = tmp_path / "dup.csv"
+    src.write_text("email,age,age,plan,consent,y\n")
+    with pytest.raises(DataError, match=r"dup\.csv: header names columns more than once: \['age'\]"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+def test_nothing_left_after_quarantine_is_an_error_but_quarantine_is_kept(tmp_path):
+    src = tmp_path / "refused.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,no,yes\nb@x,31,basic,no,no\n")
+    with pytest.raises(DataError, match=r"no rows left for the training partition.*no consent"):
+        ingest(small_spec(src), tmp_path / "run")
+    assert len((tmp_path / "run" / "quarantine.csv").read_text().splitlines()) == 3
+
+
+# --------------------------------------------------------------------------- UCI Adult
+
+
+def test_adult(adult_dir, tmp_path):
+    spec = load_spec(REPO / "dags" / "pipelines" / "adult_income.yaml")
+    start = time.perf_counter()
+    r = ingest(spec, tmp_path / "run")
+    seconds = time.perf_counter() - start
+    assert r.rows_in == 32561 + 16281
+    assert (r.rows_train, r.rows_test, r.rows_quarantined) == (32561, 16281, 0)
+    assert r.rows_in == r.rows_staged + r.rows_quarantined
+    test = pd.read_parquet(r.snapshot_test)
+    assert set(test["income"]) == {"<=50K", ">50K"}  # test.csv labels carry no trailing dot
+    assert (test["income"] == ">50K").sum() == 3846
+    assert set(r.dropped_columns) == {"fnlwgt", "education"}
+    assert [s["path"] for s in r.sources] == [str(adult_dir / "train.csv"), str(adult_dir / "test.csv")]
+    print(f"adult ingest: {seconds:.2f}s")
