@@ -1,0 +1,233 @@
+"""`ppmlops privacy ...` and `ppmlops ledger ...`: the accountant and the ledger from a shell.
+
+Arguments are read as text and checked here rather than by argparse `type=` so that a bad value
+gives one line naming the argument (argparse would add a usage block) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, Callable
+
+from ppmlops.errors import PpmlopsError
+
+USAGE_ERROR = 2
+
+
+class _BadArgument(Exception):
+    def __init__(self, argument: str, message: str):
+        super().__init__(f"argument {argument}: {message}")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `privacy` and `ledger` commands to an argparse subparsers object."""
+    privacy = subparsers.add_parser("privacy", help="privacy accounting (RDP)",
+                                    description="Renyi DP accounting for DP-SGD (Poisson-subsampled Gaussian).")
+    psub = privacy.add_subparsers(dest="privacy_command", required=True)
+
+    p = psub.add_parser("epsilon", help="epsilon of a schedule of DP-SGD segments",
+                        description="Compose segments of DP-SGD steps and convert to (epsilon, delta).")
+    p.add_argument("--segment", action="append", required=True, metavar="SIGMA,Q,STEPS",
+                   help="noise multiplier, Poisson sampling rate and step count; repeat for more segments")
+    p.add_argument("--delta", required=True, metavar="D")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_guarded(_epsilon, "ppmlops privacy epsilon"))
+
+    p = psub.add_parser("calibrate", help="smallest noise multiplier for a target epsilon",
+                        description="Find the smallest noise multiplier whose epsilon is within the target.")
+    p.add_argument("--epsilon", required=True, metavar="E")
+    p.add_argument("--delta", required=True, metavar="D")
+    p.add_argument("--sample-rate", required=True, metavar="Q")
+    p.add_argument("--steps", required=True, metavar="T")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_guarded(_calibrate, "ppmlops privacy calibrate"))
+
+    ledger = subparsers.add_parser("ledger", help="the privacy ledger",
+                                   description="Per-dataset privacy spend recorded by training runs.")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    p = lsub.add_parser("show", help="entries and total epsilon per dataset")
+    p.add_argument("--dataset", metavar="ID")
+    p.add_argument("--db-url", metavar="URL", help="SQLAlchemy URL (default: PPMLOPS_DB_URL or the home's SQLite file)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_guarded(_ledger_show, "ppmlops ledger show"))
+
+
+def _guarded(func: Callable[[argparse.Namespace], int], prog: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except _BadArgument as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return USAGE_ERROR
+        except PpmlopsError as err:
+            print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return USAGE_ERROR
+    run.__name__ = func.__name__
+    run.__doc__ = func.__doc__
+    return run
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+def _number(text: str, argument: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise _BadArgument(argument, f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise _BadArgument(argument, f"{text!r} is not a finite number")
+    return value
+
+
+def _positive(text: str, argument: str) -> float:
+    value = _number(text, argument)
+    if value <= 0:
+        raise _BadArgument(argument, f"must be > 0, got {text}")
+    return value
+
+
+def _sample_rate(text: str, argument: str) -> float:
+    value = _number(text, argument)
+    if not 0 < value <= 1:
+        raise _BadArgument(argument, f"sampling rate must be in (0, 1], got {text}")
+    return value
+
+
+def _delta(text: str, argument: str = "--delta") -> float:
+    value = _number(text, argument)
+    if not 0 < value < 1:
+        raise _BadArgument(argument, f"delta must be in (0, 1), got {text}")
+    return value
+
+
+def _count(text: str, argument: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise _BadArgument(argument, f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise _BadArgument(argument, f"must be >= {minimum}, got {text}")
+    return value
+
+
+def _segment(text: str):
+    from ppmlops.privacy.accountant import Segment
+
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3:
+        raise _BadArgument("--segment", f"expected SIGMA,Q,STEPS (three comma-separated values), got {text!r}")
+    sigma = _positive(parts[0], f"--segment {text!r}: SIGMA")
+    q = _sample_rate(parts[1], f"--segment {text!r}: Q")
+    steps = _count(parts[2], f"--segment {text!r}: STEPS", 0)
+    return Segment(sigma, q, steps)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def _json_safe(value: Any) -> Any:
+    """Strict JSON: infinite epsilons (no finite bound at any order) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(_json_safe(doc), indent=2, allow_nan=False))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt_eps(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.4f}"
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def _epsilon(args: argparse.Namespace) -> int:
+    from ppmlops.privacy.accountant import epsilon_from_rdp, rdp_curve
+
+    segments = [_segment(s) for s in args.segment]
+    delta = _delta(args.delta)
+    eps, order = epsilon_from_rdp(rdp_curve(segments), delta)
+    if args.json:
+        _print_json({
+            "epsilon": eps, "order": order, "delta": delta, "accountant": "rdp",
+            "segments": [{"noise_multiplier": s.noise_multiplier, "sample_rate": s.sample_rate, "steps": s.steps}
+                         for s in segments],
+        })
+        return 0
+    print(_table(["segment", "noise_multiplier", "sample_rate", "steps"],
+                 [[i + 1, f"{s.noise_multiplier:g}", f"{s.sample_rate:g}", s.steps] for i, s in enumerate(segments)]))
+    print(f"\nepsilon = {_fmt_eps(eps)} at delta = {delta:g} (RDP, optimal order {order:g})")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp, step_rdp
+
+    target = _positive(args.epsilon, "--epsilon")
+    delta = _delta(args.delta)
+    q = _sample_rate(args.sample_rate, "--sample-rate")
+    steps = _count(args.steps, "--steps", 1)
+    sigma = calibrate_noise(target, delta, q, steps)
+    achieved, order = epsilon_from_rdp(steps * step_rdp(sigma, q), delta)
+    if args.json:
+        _print_json({"noise_multiplier": sigma, "epsilon": achieved, "order": order, "target_epsilon": target,
+                     "delta": delta, "sample_rate": q, "steps": steps})
+        return 0
+    print(_table(["target_epsilon", "delta", "sample_rate", "steps", "noise_multiplier", "epsilon"],
+                 [[f"{target:g}", f"{delta:g}", f"{q:g}", steps, f"{sigma:.6g}", _fmt_eps(achieved)]]))
+    return 0
+
+
+def _ledger_show(args: argparse.Namespace) -> int:
+    from ppmlops import settings
+    from ppmlops.privacy.accountant import ORDERS
+    from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
+
+    db_url = args.db_url or settings.load().db_url
+    if sqlite_file_missing(db_url):
+        # Reading must not create a database as a side effect.
+        if args.dataset is not None:
+            raise PpmlopsError(f"dataset {args.dataset!r} is not in the privacy ledger (no database at {db_url})")
+        doc = {"datasets": [], "accountant": "rdp", "orders": list(ORDERS)}
+    else:
+        ledger = Ledger(db_url)
+        try:
+            doc = ledger.summary(args.dataset)
+        finally:
+            ledger.close()
+    if args.json:
+        _print_json(doc)
+        return 0
+    if not doc["datasets"]:
+        print("privacy ledger is empty")
+        return 0
+    blocks = []
+    for ds in doc["datasets"]:
+        delta = "-" if ds["delta"] is None else f"{ds['delta']:g}"
+        head = (f"dataset {ds['dataset_id']}: epsilon spent {_fmt_eps(ds['epsilon_spent'])} of "
+                f"{_fmt_eps(ds['epsilon_budget'])} at delta {delta} "
+                f"(remaining {_fmt_eps(ds['epsilon_remaining'])})")
+        parts = ", ".join(f"{name} {_fmt_eps(eps)}" for name, eps in ds["partitions"].items())
+        rows = [[e["id"], e["run_id"], e["partition"], f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
+                 e["steps"], e["status"], e["created_at"], e["note"]] for e in ds["entries"]]
+        table = _table(["id", "run", "partition", "sigma", "q", "steps", "status", "created_at", "note"], rows)
+        blocks.append(head + (f"\n  partitions: {parts}" if parts else "") + "\n" + table)
+    print("\n\n".join(blocks))
+    return 0

@@ -1,0 +1,123 @@
+"""`privacy epsilon`, `privacy calibrate` and `ledger show`, through a parser built like ppmlops.cli's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from ppmlops.privacy import cli as privacy_cli
+from ppmlops.privacy.accountant import Segment, epsilon
+from ppmlops.privacy.ledger import Ledger
+
+Q = 256 / 32561
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="ppmlops")
+    sub = parser.add_subparsers(dest="command", required=True)
+    privacy_cli.register(sub)
+    args = parser.parse_args(argv)
+    code = args.func(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_epsilon_json(capsys):
+    code, out, err = run(["privacy", "epsilon", "--segment", f"1.1,{Q},1271", "--segment", "2.0,1,3",
+                          "--delta", "1e-5", "--json"], capsys)
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["epsilon"] == pytest.approx(epsilon([Segment(1.1, Q, 1271), Segment(2.0, 1.0, 3)], 1e-5), rel=1e-12)
+    assert doc["order"] > 1 and doc["delta"] == 1e-5 and len(doc["segments"]) == 2
+
+
+def test_epsilon_human(capsys):
+    code, out, _ = run(["privacy", "epsilon", "--segment", "1.1,0.01,1000", "--delta", "1e-5"], capsys)
+    assert code == 0
+    expected = epsilon([Segment(1.1, 0.01, 1000)], 1e-5)
+    assert f"epsilon = {expected:.4f} at delta = 1e-05" in out
+    assert "noise_multiplier" in out.splitlines()[0]
+
+
+def test_calibrate_json_round_trips(capsys):
+    code, out, _ = run(["privacy", "calibrate", "--epsilon", "1", "--delta", "1e-5",
+                        "--sample-rate", str(Q), "--steps", "1271", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["epsilon"] <= 1.0
+    assert doc["epsilon"] == pytest.approx(epsilon([Segment(doc["noise_multiplier"], Q, 1271)], 1e-5), rel=1e-12)
+    assert epsilon([Segment(doc["noise_multiplier"] * 0.999, Q, 1271)], 1e-5) > 1.0
+
+
+def test_calibrate_human(capsys):
+    code, out, _ = run(["privacy", "calibrate", "--epsilon", "3", "--delta", "1e-5",
+                        "--sample-rate", "0.01", "--steps", "500"], capsys)
+    assert code == 0 and "noise_multiplier" in out and len(out.strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["privacy", "epsilon", "--segment", "1.0,abc,10", "--delta", "1e-5"], "--segment '1.0,abc,10': Q"),
+    (["privacy", "epsilon", "--segment", "1.0,1.5,10", "--delta", "1e-5"], "(0, 1]"),
+    (["privacy", "epsilon", "--segment", "1.0,0,10", "--delta", "1e-5"], "Q"),
+    (["privacy", "epsilon", "--segment", "0,0.1,10", "--delta", "1e-5"], "SIGMA"),
+    (["privacy", "epsilon", "--segment", "1.0,0.1", "--delta", "1e-5"], "SIGMA,Q,STEPS"),
+    (["privacy", "epsilon", "--segment", "1.0,0.1,2.5", "--delta", "1e-5"], "STEPS"),
+    (["privacy", "epsilon", "--segment", "1.0,0.1,10", "--delta", "1"], "--delta"),
+    (["privacy", "epsilon", "--segment", "1.0,0.1,10", "--delta", "nan"], "--delta"),
+    (["privacy", "calibrate", "--epsilon", "-1", "--delta", "1e-5", "--sample-rate", "0.1", "--steps", "10"],
+     "--epsilon"),
+    (["privacy", "calibrate", "--epsilon", "1", "--delta", "1e-5", "--sample-rate", "2", "--steps", "10"],
+     "--sample-rate"),
+    (["privacy", "calibrate", "--epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.1", "--steps", "0"],
+     "--steps"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(argv, named, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert named in err and "error" in err
+
+
+def test_ledger_show(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    led = Ledger(url)
+    led.register_dataset("adult", epsilon_budget=4.0, delta=1e-5)
+    led.complete(led.reserve(dataset_id="adult", run_id="run-1", segment=Segment(1.1, Q, 127), note="epoch 1"))
+    led.reserve(dataset_id="adult", run_id="run-2", segment=Segment(1.1, Q, 127))
+    total = epsilon([Segment(1.1, Q, 127)] * 2, 1e-5)
+
+    code, out, _ = run(["ledger", "show", "--db-url", url, "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    [ds] = doc["datasets"]
+    assert ds["epsilon_spent"] == pytest.approx(total, rel=1e-12) and len(ds["entries"]) == 2
+
+    code, out, _ = run(["ledger", "show", "--db-url", url, "--dataset", "adult"], capsys)
+    assert code == 0
+    assert f"epsilon spent {total:.4f} of 4.0000 at delta 1e-05" in out
+    assert "run-1" in out and "reserved" in out and "completed" in out and "epoch 1" in out
+
+
+def test_ledger_show_defaults_to_settings_db_url(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'home.db'}"
+    monkeypatch.setenv("PPMLOPS_DB_URL", url)
+    Ledger(url).register_dataset("d", epsilon_budget=1.0, delta=1e-6)
+    code, out, _ = run(["ledger", "show", "--json"], capsys)
+    assert code == 0 and [d["dataset_id"] for d in json.loads(out)["datasets"]] == ["d"]
+
+
+def test_ledger_show_missing_database_is_not_created(tmp_path, capsys):
+    path = tmp_path / "absent.db"
+    code, out, _ = run(["ledger", "show", "--db-url", f"sqlite:///{path}"], capsys)
+    assert code == 0 and "empty" in out and not path.exists()
+    code, out, err = run(["ledger", "show", "--db-url", f"sqlite:///{path}", "--dataset", "x"], capsys)
+    assert code == 2 and "'x'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ledger_show_unknown_dataset(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url)
+    code, _, err = run(["ledger", "show", "--db-url", url, "--dataset", "nope"], capsys)
+    assert code == 2 and "'nope' is not in the privacy ledger" in err
