@@ -35,7 +35,6 @@ class Settings:
     opa_timeout_s: float
     ray_address: str | None
     secure_rng: bool | None
-    pseudonym_key: str | None
 
     @property
     def runs_dir(self) -> Path:
@@ -62,5 +61,4 @@ def load() -> Settings:
         ray_address=os.environ.get("RAY_ADDRESS") or None,
         # None: follow the spec; set: force secure RNG on or off for every run.
         secure_rng=None if secure in (None, "") else _flag("PPMLOPS_SECURE_RNG", False),
-        pseudonym_key=os.environ.get("PPMLOPS_PSEUDONYM_KEY") or None,
     )

@@ -29,12 +29,27 @@ class SyntheticSource(_Model):
 
     rows: int = Field(6000, ge=100)
     seed: int = 7
+    consent_detail: bool = False  # add consent_purposes and consent_expires columns (see synthetic.generate)
+
+
+Encoding = Literal["utf-8", "latin-1", "cp1252"]
 
 
 class Source(_Model):
     path: str
     format: Literal["csv", "parquet"] | None = None
     generate: SyntheticSource | None = None
+    # CSV only. UTF-8 is strict (a stray byte is an error naming its line) because guessing an
+    # encoding can silently change values; legacy exports declare latin-1 or cp1252.
+    encoding: Encoding = "utf-8"
+    delimiter: str | None = None  # None: detected from the first lines among , ; tab |
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 1 or v in {'"', "\r", "\n"}):
+            raise ValueError(f"delimiter must be one character other than a quote or newline, got {v!r}")
+        return v
 
     def resolved_path(self) -> Path:
         return Path(expand_env(self.path)).expanduser()
@@ -93,8 +108,35 @@ class Label(_Model):
 
 
 class Consent(_Model):
+    """Which rows may be used. A row is used only if every rule that is configured holds.
+
+    column           the consent flag; a value among `granted` (case-insensitive) means given
+    purposes_column  the purposes the person consented to, separated by , ; or | (case-insensitive);
+                     `purpose` must be among them
+    expiry_column    the last day (ISO 8601 date, or a datetime whose date is taken) on which the
+                     consent holds; a row whose date lies before the run's date is refused, an
+                     unreadable date is refused, an empty one means "no expiry" unless
+                     `expiry_required`
+    """
+
     column: str
     granted: list[str] = ["true", "yes", "1", "y"]  # values (case-insensitive) that mean consent given
+    purposes_column: str | None = None
+    purpose: str = Field("training", min_length=1)
+    expiry_column: str | None = None
+    expiry_required: bool = False
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> "Consent":
+        cols = [c for c in (self.column, self.purposes_column, self.expiry_column) if c is not None]
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"consent column, purposes_column and expiry_column must differ, got {cols}")
+        if self.expiry_required and self.expiry_column is None:
+            raise ValueError("expiry_required needs an expiry_column")
+        return self
+
+    def columns(self) -> list[str]:
+        return [c for c in (self.column, self.purposes_column, self.expiry_column) if c is not None]
 
 
 class Dataset(_Model):
@@ -105,6 +147,15 @@ class Dataset(_Model):
     features: list[Feature] = Field(min_length=1)
     consent: Consent | None = None
     identifiers: list[str] = []  # direct identifiers present in the source; never trained on
+    # Identifiers to stage as keyed pseudonyms (HMAC-SHA256, key from the environment variable
+    # named by pseudonym_key_env) in a column `<name>_pseudonym` of the snapshot, for joins and
+    # de-duplication; never a feature. The others in `identifiers` are dropped.
+    pseudonymize: list[str] = []
+    pseudonym_key_env: str = Field("PPMLOPS_PSEUDONYM_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Category declarations for the risk assessment; a declaration beats what the scan detects.
+    quasi_identifiers: list[str] = []  # counted in k-anonymity when they are features
+    special_categories: list[str] = []  # GDPR Art. 9 data or protected characteristics
+    not_sensitive: list[str] = []  # reviewed: none of the above whatever the scan says (kept in the report)
     regulation: Regulation = "gdpr"
     public: bool = False
 
@@ -117,6 +168,27 @@ class Dataset(_Model):
         clash = set(names) & (set(self.identifiers) | {self.label.column})
         if clash:
             raise ValueError(f"columns {sorted(clash)} are features and also identifiers or the label")
+        for field_name in ("identifiers", "pseudonymize", "quasi_identifiers", "special_categories", "not_sensitive"):
+            values = getattr(self, field_name)
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"{field_name} lists {twice} more than once")
+        stray = sorted(set(self.pseudonymize) - set(self.identifiers))
+        if stray:
+            raise ValueError(f"pseudonymize lists {stray}, which are not among identifiers")
+        pseudonyms = {f"{c}_pseudonym" for c in self.pseudonymize}
+        taken = sorted(pseudonyms & (set(names) | {self.label.column}))
+        if taken:
+            raise ValueError(f"pseudonym column(s) {taken} would clash with a feature or the label")
+        declared = set(self.identifiers) | set(self.quasi_identifiers) | set(self.special_categories)
+        contradicted = sorted(set(self.not_sensitive) & declared)
+        if contradicted:
+            raise ValueError(f"columns {contradicted} are declared not_sensitive and also identifiers, "
+                             "quasi-identifiers or special categories")
+        if self.consent is not None:
+            used = set(self.consent.columns()) & (set(names) | {self.label.column})
+            if used:
+                raise ValueError(f"consent column(s) {sorted(used)} are also features or the label")
         return self
 
 

@@ -7,21 +7,27 @@ line number in that file; for Parquet, the 1-based row number), `_reason` and, f
 could not be split into the header's columns, `_raw` (the whole record). Rows are checked in
 this order, and a row is quarantined under the category of its first problem:
 
-  1. consent   -- consent column not among spec.consent.granted (case-insensitive): "no consent";
-                  nothing else is checked on a row whose owner did not consent
+  1. consent   -- the consent flag not among spec.consent.granted (case-insensitive), the
+                  required purpose not among the consented purposes, or the consent expired
+                  before the run's date (ppmlops.data.consent): "no consent", with the reason
+                  saying which; nothing else is checked on a row whose owner did not consent
   2. label     -- empty or not among label.values: "invalid label"
   3. numeric   -- not a finite number, or outside the declared range: "invalid value"
   4. category  -- not among the declared categories: "unknown category"
   and, before all of these, a line with the wrong number of fields: "malformed line".
 
-The snapshot holds only feature and label columns (identifier and other columns never leave
-this module), numeric features as float64 and categorical features and the label as their
-original strings. Its `sha256` is taken over a canonical CSV serialization, not the Parquet
+The snapshot holds the feature and label columns, numeric features as float64 and categorical
+features and the label as their original strings, and, for identifiers the spec asks to
+pseudonymize, a column `<name>_pseudonym` with the keyed HMAC of the value (ppmlops.data.
+pseudonymize) for joins; identifier and other columns never leave this module otherwise. Its `sha256` is taken over a canonical CSV serialization, not the Parquet
 bytes, so it stays the same across pyarrow versions.
 
 Without a test_source, the test partition is chosen per row by a keyed hash of the row's
 content (key: spec.training.seed), so a row keeps its partition when the dataset grows between
 retraining runs; the ledger's per-partition accounting relies on that.
+
+Sources are read through ppmlops.data.reading: CSV in the declared encoding with the declared
+or detected delimiter, Parquet as text.
 """
 
 from __future__ import annotations
@@ -35,9 +41,13 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ppmlops.data.consent import ConsentRules, today
+from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
+from ppmlops.data.reading import SourceReader
 from ppmlops.errors import DataError
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source
 
@@ -71,6 +81,10 @@ class IngestResult:
     dropped_columns: list[str] = field(default_factory=list)  # source columns that were not staged
     sources: list[dict[str, Any]] = field(default_factory=list)  # per file: path, format, sha256, rows
     split: str = ""
+    # consent refusals by rule (flag, purpose, expired); they add up to quarantine_reasons["no consent"]
+    consent_refusals: dict[str, int] = field(default_factory=dict)
+    consent_as_of: str = ""  # the date consent expiry was judged on
+    pseudonymized: dict[str, str] = field(default_factory=dict)  # source column -> staged pseudonym column
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +101,8 @@ class SourceTable:
     lines: list[int]
     ragged: list[tuple[int, str, str]]  # (line, raw record, why)
     sha256: str
+    encoding: str | None = None  # CSV only
+    delimiter: str | None = None  # CSV only
 
     @property
     def rows_in(self) -> int:
@@ -105,107 +121,34 @@ def read_source(source: Source) -> SourceTable:
     if source.generate is not None and not path.exists():
         from ppmlops.data.synthetic import write_demo
 
-        write_demo(path, source.generate.rows, source.generate.seed)
+        write_demo(path, source.generate.rows, source.generate.seed, source.generate.consent_detail)
     fmt = source.resolved_format()
-    return read_csv(path) if fmt == "csv" else read_parquet(path)
+    if fmt == "csv":
+        return read_csv(path, source.encoding, source.delimiter)
+    return read_parquet(path)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: data source not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a data file") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read data source: {err.strerror or err}") from None
-    if not data.strip():
-        raise DataError(f"{path}: file is empty (expected a header line and data rows)")
-    return data
-
-
-def read_csv(path: Path) -> SourceTable:
-    raw = _read_bytes(path)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: line {line}: byte 0x{raw[err.start]:02x} is not valid UTF-8 "
-            "(only UTF-8 sources are supported)"
-        ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
+def _read_all(reader: SourceReader) -> SourceTable:
     records: list[list[str]] = []
     lines: list[int] = []
     ragged: list[tuple[int, str, str]] = []
-    prev_end = 0
-    try:
-        for fields in reader:
-            start, prev_end = prev_end + 1, reader.line_num
-            if not fields:  # a blank line carries no row
-                continue
-            if header is None:
-                header = _check_header(path, fields)
-                continue
-            if len(fields) != len(header):
-                why = f"line {start} has {len(fields)} fields, the header has {len(header)}"
-                ragged.append((start, _to_csv_line(fields), why))
-                continue
-            records.append(fields)
-            lines.append(start)
-    except csv.Error as err:
-        raise DataError(f"{path}: line {reader.line_num}: cannot parse CSV: {err}") from None
-    if header is None:
-        raise DataError(f"{path}: file is empty (expected a header line and data rows)")
+    for chunk in reader:
+        records.extend(chunk.records)
+        lines.extend(chunk.lines)
+        ragged.extend(chunk.ragged)
     if not records and not ragged:
-        raise DataError(f"{path}: has a header but no data rows")
-    return SourceTable(path, "csv", header, records, lines, ragged, hashlib.sha256(raw).hexdigest())
+        what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
+        raise DataError(f"{reader.path}: {what}")
+    return SourceTable(reader.path, reader.format, reader.header, records, lines, ragged, reader.sha256,
+                       reader.encoding if reader.format == "csv" else None, reader.delimiter)
+
+
+def read_csv(path: Path, encoding: str = "utf-8", delimiter: str | None = None) -> SourceTable:
+    return _read_all(SourceReader(path, "csv", encoding, delimiter))
 
 
 def read_parquet(path: Path) -> SourceTable:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    raw = _read_bytes(path)
-    try:
-        table = pq.read_table(pa.BufferReader(raw))
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: cannot read Parquet: {err}") from None
-    header = _check_header(path, [str(n) for n in table.column_names])
-    if table.num_rows == 0:
-        raise DataError(f"{path}: has columns but no data rows")
-    columns = [[_as_text(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
-    records = [list(r) for r in zip(*columns)]
-    lines = list(range(1, table.num_rows + 1))
-    return SourceTable(path, "parquet", header, records, lines, [], hashlib.sha256(raw).hexdigest())
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _check_header(path: Path, names: list[str]) -> list[str]:
-    header = [n.strip() for n in names]
-    for i, name in enumerate(header, start=1):
-        if not name:
-            raise DataError(f"{path}: column {i} of the header has no name")
-    dupes = sorted({n for n in header if header.count(n) > 1})
-    if dupes:
-        raise DataError(f"{path}: header names columns more than once: {dupes}")
-    return header
-
-
-def _to_csv_line(fields: Sequence[str]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(fields)
-    return buf.getvalue()
+    return _read_all(SourceReader(path, "parquet"))
 
 
 # --------------------------------------------------------------------------- checking
@@ -214,32 +157,32 @@ def _to_csv_line(fields: Sequence[str]) -> str:
 class _RowChecker:
     """The spec's rules for one source file, with column positions resolved once."""
 
-    def __init__(self, spec: PipelineSpec, table: SourceTable):
+    def __init__(self, spec: PipelineSpec, table: SourceTable, as_of: date, key: bytes | None):
         ds = spec.dataset
         required = {ds.label.column: "label"} | {f.name: "feature" for f in ds.features}
         if ds.consent is not None:
-            required[ds.consent.column] = "consent"
+            required |= {c: "consent" for c in ds.consent.columns()}
+        required |= {c: "identifier to pseudonymize" for c in ds.pseudonymize}
         missing = [f"{col} ({role})" for col, role in required.items() if col not in table.header]
         if missing:
             raise DataError(
                 f"{table.path}: missing column(s) required by the spec: {', '.join(missing)}; "
                 f"the file has {table.header}"
             )
-        self.consent = None
-        if ds.consent is not None:
-            self.consent = (ds.consent.column, table.index(ds.consent.column),
-                            {g.strip().lower() for g in ds.consent.granted})
+        self.consent = ConsentRules(ds.consent, table.header, as_of, table.path) if ds.consent is not None else None
+        self.pseudonyms = [(pseudonym_column(c), table.index(c)) for c in ds.pseudonymize]
+        self.key = key
         self.label = (ds.label.column, table.index(ds.label.column), set(ds.label.values), ds.label.values)
         self.numeric = [(f.name, table.index(f.name), f.range) for f in ds.features if isinstance(f, NumericFeature)]
         self.categorical = [(f.name, table.index(f.name), set(f.categories))
                             for f in ds.features if isinstance(f, CategoricalFeature)]
 
-    def check(self, rec: list[str]) -> tuple[str, str] | dict[str, Any]:
-        """(category, reason) for a row to quarantine, else the row's staged values by column."""
+    def check(self, rec: list[str]) -> tuple[str, str, str] | dict[str, Any]:
+        """(category, reason, consent rule) for a row to quarantine, else the row's staged values by column."""
         if self.consent is not None:
-            col, i, granted = self.consent
-            if rec[i].strip().lower() not in granted:
-                return NO_CONSENT, f"column {col}: {rec[i]!r} does not grant consent"
+            refused = self.consent.check(rec)
+            if refused is not None:
+                return NO_CONSENT, refused[1], refused[0]
         problems: list[tuple[str, str]] = []
         out: dict[str, Any] = {}
         col, i, allowed, ordered = self.label
@@ -273,7 +216,9 @@ class _RowChecker:
             else:
                 problems.append((UNKNOWN_CATEGORY, f"column {col}: {rec[i]!r} is not a declared category"))
         if problems:
-            return problems[0][0], "; ".join(p[1] for p in problems)
+            return problems[0][0], "; ".join(p[1] for p in problems), ""
+        for name, i in self.pseudonyms:
+            out[name] = pseudonym(self.key, rec[i])
         return out
 
 
@@ -296,25 +241,29 @@ class _Quarantined:
     raw: str = ""
 
 
-def _sort_rows(spec: PipelineSpec, table: SourceTable) -> tuple[_Partition, list[_Quarantined], Counter]:
-    checker = _RowChecker(spec, table)
+def _sort_rows(spec: PipelineSpec, table: SourceTable, as_of: date,
+               key: bytes | None) -> tuple[_Partition, list[_Quarantined], Counter, Counter]:
+    checker = _RowChecker(spec, table, as_of, key)
     accepted = _Partition()
     quarantined: list[_Quarantined] = []
     reasons: Counter = Counter()
+    refusals: Counter = Counter()
     for line, raw, why in table.ragged:
         quarantined.append(_Quarantined(table.path, table.header, line, None, why, raw))
         reasons[MALFORMED_LINE] += 1
     for rec, line in zip(table.records, table.lines):
         result = checker.check(rec)
         if isinstance(result, tuple):
-            category, reason = result
+            category, reason, rule = result
             quarantined.append(_Quarantined(table.path, table.header, line, rec, reason))
             reasons[category] += 1
+            if rule:
+                refusals[rule] += 1
         else:
             accepted.rows.append(result)
             accepted.keys.append(rec)
     quarantined.sort(key=lambda q: q.line)
-    return accepted, quarantined, reasons
+    return accepted, quarantined, reasons, refusals
 
 
 def _hash_split(part: _Partition, seed: int, fraction: float) -> tuple[_Partition, _Partition]:
@@ -329,7 +278,9 @@ def _hash_split(part: _Partition, seed: int, fraction: float) -> tuple[_Partitio
 
 
 def snapshot_columns(spec: PipelineSpec) -> list[str]:
-    return [f.name for f in spec.dataset.features] + [spec.dataset.label.column]
+    """Features in spec order, the label, then the pseudonym columns (never features)."""
+    ds = spec.dataset
+    return [f.name for f in ds.features] + [ds.label.column] + [pseudonym_column(c) for c in ds.pseudonymize]
 
 
 def _arrow_schema(spec: PipelineSpec):
@@ -338,6 +289,7 @@ def _arrow_schema(spec: PipelineSpec):
     fields = [pa.field(f.name, pa.float64() if isinstance(f, NumericFeature) else pa.string(), nullable=False)
               for f in spec.dataset.features]
     fields.append(pa.field(spec.dataset.label.column, pa.string(), nullable=False))
+    fields += [pa.field(pseudonym_column(c), pa.string(), nullable=False) for c in spec.dataset.pseudonymize]
     return pa.schema(fields, metadata={"ppmlops.dataset_id": spec.dataset.id})
 
 
@@ -423,21 +375,26 @@ def source_sha256(tables: list[SourceTable]) -> str:
 # --------------------------------------------------------------------------- the stage
 
 
-def ingest(spec: PipelineSpec, run_dir: Path) -> IngestResult:
+def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None) -> IngestResult:
+    """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: today, UTC)."""
     ds = spec.dataset
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    as_of = as_of or today()
+    # Read the key before any data: a run that cannot pseudonymize must not stage anything.
+    key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
 
     main = read_source(ds.source)
-    accepted, quarantined, reasons = _sort_rows(spec, main)
+    accepted, quarantined, reasons, refusals = _sort_rows(spec, main, as_of, key)
     tables = [main]
     per_file = [(main, accepted.rows, quarantined)]
     if ds.test_source is not None:
         held = read_source(ds.test_source)
-        test, q_test, r_test = _sort_rows(spec, held)
+        test, q_test, r_test, f_test = _sort_rows(spec, held, as_of, key)
         train = accepted
         quarantined = quarantined + q_test
         reasons += r_test
+        refusals += f_test
         tables.append(held)
         per_file.append((held, test.rows, q_test))
         split = f"test_source {held.path}"
@@ -448,7 +405,8 @@ def ingest(spec: PipelineSpec, run_dir: Path) -> IngestResult:
 
     rows_in = sum(t.rows_in for t in tables)
     rows_staged = len(train.rows) + len(test.rows)
-    if rows_in != rows_staged + len(quarantined) or sum(reasons.values()) != len(quarantined):
+    if (rows_in != rows_staged + len(quarantined) or sum(reasons.values()) != len(quarantined)
+            or sum(refusals.values()) != reasons.get(NO_CONSENT, 0)):
         raise DataError(
             f"{ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} staged, "
             f"{len(quarantined)} quarantined"
@@ -493,7 +451,11 @@ def ingest(spec: PipelineSpec, run_dir: Path) -> IngestResult:
         sources=[
             {"path": str(t.path), "format": t.format, "sha256": t.sha256, "rows_in": t.rows_in,
              "rows_accepted": len(ok), "rows_quarantined": len(q)}
+            | ({"encoding": t.encoding, "delimiter": t.delimiter} if t.format == "csv" else {})
             for t, ok, q in per_file
         ],
         split=split,
+        consent_refusals=dict(sorted(refusals.items())),
+        consent_as_of=as_of.isoformat() if ds.consent is not None else "",
+        pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
     )

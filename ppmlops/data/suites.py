@@ -6,12 +6,19 @@ The suite pins the staged snapshot to what the spec declares:
   - no nulls; numeric features are numbers within their declared range; categorical features
     and the label take only declared values;
   - sensitivity checks: no value in any string column (categorical features, label) looks like
-    an e-mail address, a phone number, a US SSN or a payment card number. The category checks
-    already imply this for the generated suite; these stay meaningful when someone widens a
-    category list or edits the suite by hand, and they name the kind of leak when they fail.
+    an e-mail address, a phone number, a US SSN, a payment card number, an IBAN or an IP
+    address. The category checks already imply this for the generated suite; these stay
+    meaningful when someone widens a category list or edits the suite by hand, and they name
+    the kind of leak when they fail. The regular expressions are deliberately wider than the
+    risk scan's detectors (no checksums): in a training column even an invalid card number is
+    worth a look;
+  - pseudonym columns (dataset.pseudonymize) hold only HMAC-SHA256 hex digests (or nothing), so
+    a raw identifier can never pass as a pseudonym.
 
-Generated suites are committed under expectations/ and may be edited there; regenerate with
-    python -m ppmlops.data.suites dags/pipelines/<spec>.yaml [expectations/<dataset id>.json]
+Suites are generated from a risk scan by `ppmlops risk suggest SPEC --out expectations/<id>.json`
+(ppmlops.risk.suggest, which adds the scan's findings to the suite's meta), committed under
+expectations/ and edited there by people; `python -m ppmlops.data.suites SPEC [OUT]` writes the
+spec-only suite without a scan.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ppmlops.data.pseudonymize import pseudonym_column
 from ppmlops.spec import NumericFeature, PipelineSpec
 
 # Most specific first: sensitive_kind() reports the first match.
@@ -31,10 +39,15 @@ from ppmlops.spec import NumericFeature, PipelineSpec
 # written for Python's re, which is what the pandas engine uses.
 SENSITIVE_PATTERNS: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
     "ssn": r"\b\d{3}[- ]\d{2}[- ]\d{4}\b",
     "credit_card": r"\b(?:\d[ -]?){12,18}\d\b",
     "phone": r"(?:\+\d{1,3}[\s.-]?)?\(?\d{2,4}\)?[\s.-]\d{3,4}[\s.-]?\d{3,4}",
+    "ipv4": r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])",
+    "ipv6": r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])|"
+            r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:?){1,6}(?![\w:])",
 }
+PSEUDONYM_PATTERN = r"^(?:[0-9a-f]{64})?$"
 
 _SENSITIVE = [(kind, re.compile(rx)) for kind, rx in SENSITIVE_PATTERNS.items()]
 
@@ -87,7 +100,8 @@ def _expectation(kind: str, check: str, **kwargs: Any) -> dict[str, Any]:
 
 def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
     ds = spec.dataset
-    columns = [f.name for f in ds.features] + [ds.label.column]
+    pseudonyms = [pseudonym_column(c) for c in ds.pseudonymize]
+    columns = [f.name for f in ds.features] + [ds.label.column] + pseudonyms
     exps: list[dict[str, Any]] = [
         _expectation("expect_table_columns_to_match_set", "schema", column_set=columns, exact_match=True),
         _expectation("expect_table_row_count_to_be_between", "schema", min_value=1),
@@ -109,10 +123,12 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
                              column=ds.label.column, value_set=list(ds.label.values)))
     string_columns.append(ds.label.column)
     for col in string_columns:
-        for kind, regex in SENSITIVE_PATTERNS.items():
-            e = _expectation("expect_column_values_to_not_match_regex", "sensitivity", column=col, regex=regex)
-            e["meta"]["pattern"] = kind
-            exps.append(e)
+        exps.extend(sensitivity_expectations(col))
+    for col in pseudonyms:
+        exps.append(_expectation("expect_column_values_to_not_be_null", "completeness", column=col))
+        e = _expectation("expect_column_values_to_match_regex", "pseudonym", column=col, regex=PSEUDONYM_PATTERN)
+        e["meta"]["pattern"] = "hmac_sha256_hex"
+        exps.append(e)
     return {
         "name": ds.id,
         "expectations": exps,
@@ -123,20 +139,36 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
             "dataset_id": ds.id,
         },
         "notes": (
-            f"Staged snapshot of dataset {ds.id}: exactly the declared features and label, "
-            "declared ranges and categories, and no direct identifiers in string columns."
+            f"Staged snapshot of dataset {ds.id}: exactly the declared features and label"
+            + (" (and pseudonym columns)" if pseudonyms else "")
+            + ", declared ranges and categories, and no direct identifiers in string columns."
         ),
     }
 
 
+def sensitivity_expectations(column: str) -> list[dict[str, Any]]:
+    """One not-match-regex expectation per sensitive pattern, for a column that must stay clean."""
+    out = []
+    for kind, regex in SENSITIVE_PATTERNS.items():
+        e = _expectation("expect_column_values_to_not_match_regex", "sensitivity", column=column, regex=regex)
+        e["meta"]["pattern"] = kind
+        out.append(e)
+    return out
+
+
 def write_suite(spec: PipelineSpec, path: Path | str) -> Path:
     """Write the suite JSON for `spec` to `path` (atomically, parents created)."""
+    return write_suite_doc(suite_from_spec(spec), path)
+
+
+def write_suite_doc(doc: dict[str, Any], path: Path | str) -> Path:
+    """Write a suite document to `path` (atomically, parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(suite_from_spec(spec), fh, indent=2)
+            json.dump(doc, fh, indent=2)
             fh.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a suite is a shared, committed config file
         os.replace(tmp, path)

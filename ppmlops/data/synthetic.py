@@ -50,8 +50,19 @@ MALFORMED_RATE = 0.005
 MALFORMED_KINDS = ("non_numeric_age", "empty_label", "unknown_category", "out_of_range")
 
 
-def generate(n_rows: int, seed: int) -> pd.DataFrame:
-    """The demo table as strings, exactly as it is written to CSV."""
+# With consent_detail: shares of consenting rows whose purposes leave out training, and whose
+# consent expired (dates before 2024; the others run to 2030 or later).
+PURPOSE_REFUSED_RATE = 0.01
+EXPIRED_RATE = 0.01
+
+
+def generate(n_rows: int, seed: int, consent_detail: bool = False) -> pd.DataFrame:
+    """The demo table as strings, exactly as it is written to CSV.
+
+    `consent_detail` adds `consent_purposes` and `consent_expires` after `consent` (for
+    spec.dataset.consent.purposes_column / expiry_column); they come from a generator of their
+    own, so every other column is the same with or without them.
+    """
     if n_rows < len(MALFORMED_KINDS):
         raise ValueError(f"n_rows must be at least {len(MALFORMED_KINDS)}, got {n_rows}")
     rng = np.random.default_rng(seed)
@@ -108,15 +119,37 @@ def generate(n_rows: int, seed: int) -> pd.DataFrame:
         },
         columns=COLUMNS,
     ).astype(str)
-    _break_some_rows(df, rng)
+    broken = _break_some_rows(df, rng)
+    if consent_detail:
+        _add_consent_detail(df, np.random.default_rng([seed, 1]), broken)
     return df
 
 
-def write_demo(path: Path, n_rows: int, seed: int) -> Path:
+def _add_consent_detail(df: pd.DataFrame, rng: np.random.Generator, broken: np.ndarray) -> None:
+    """Purposes and expiry per row; refusals fall on consenting rows that are not broken, so each
+    quarantined row has one cause."""
+    n = len(df)
+    purposes = rng.choice(["training;analytics", "training", "analytics;training;marketing"], n)
+    expires = [f"{y}-{m:02d}-{d:02d}" for y, m, d in zip(rng.integers(2030, 2036, n), rng.integers(1, 13, n),
+                                                          rng.integers(1, 29, n))]
+    candidates = np.setdiff1d(np.flatnonzero(df["consent"].to_numpy() == "yes"), broken)
+    picked = rng.choice(candidates, min(len(candidates), round((PURPOSE_REFUSED_RATE + EXPIRED_RATE) * n)),
+                        replace=False)
+    cut = round(PURPOSE_REFUSED_RATE * n)
+    for row in picked[:cut]:
+        purposes[row] = rng.choice(["analytics", "marketing;analytics", ""])
+    for row in picked[cut:]:
+        expires[row] = f"{rng.integers(2019, 2024)}-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}"
+    at = df.columns.get_loc("consent") + 1
+    df.insert(at, "consent_purposes", purposes)
+    df.insert(at + 1, "consent_expires", expires)
+
+
+def write_demo(path: Path, n_rows: int, seed: int, consent_detail: bool = False) -> Path:
     """Write the demo table to `path` as CSV; readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = generate(n_rows, seed)
+    df = generate(n_rows, seed, consent_detail)
     # A unique temporary name in the target folder: two runs generating at once each replace
     # the file with a complete copy, and os.replace is atomic within one filesystem.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -172,7 +205,7 @@ def _national_ids(rng: np.random.Generator, n: int) -> list[str]:
     return [f"{a:03d}-{g:02d}-{s:04d}" for a, g, s in zip(area, group, serial)]
 
 
-def _break_some_rows(df: pd.DataFrame, rng: np.random.Generator) -> None:
+def _break_some_rows(df: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
     """Make ~0.5 % of rows malformed, cycling through the kinds ingestion must quarantine.
 
     Only consenting rows are broken, so each broken row is quarantined for its defect and the
@@ -191,3 +224,4 @@ def _break_some_rows(df: pd.DataFrame, rng: np.random.Generator) -> None:
             df.loc[row, "plan"] = "gold"
         else:
             df.loc[row, "tenure_months"] = "-5" if (i // 4) % 2 else "400"
+    return rows

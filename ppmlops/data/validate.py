@@ -7,15 +7,19 @@ with the snapshot passed as the batch parameter. GX is imported inside `validate
 import takes seconds and DAG parsing must stay fast.
 
 validation.json in the output folder keeps GX's own result JSON per snapshot next to a short
-summary. Strings in results that look like e-mail addresses, phone numbers, SSNs or card
-numbers are masked there, because the whole point of the sensitivity checks is that such
-values must not spread into more files.
+summary, and data_docs/ holds GX's data docs (HTML: the suite and each snapshot's validation
+result; open data_docs/index.html), built from the same ephemeral context into a local site.
+Strings in results that look like e-mail addresses, phone numbers, SSNs, card numbers, IBANs
+or IP addresses are masked in both, because the whole point of the sensitivity checks is that
+such values must not spread into more files: the stored results are masked before the docs
+are rendered from them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,8 +34,8 @@ def load_suite_doc(suite_path: Path) -> dict[str, Any]:
     try:
         text = suite_path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"{suite_path}: expectation suite not found "
-                        "(generate one with `python -m ppmlops.data.suites <spec.yaml>`)") from None
+        raise DataError(f"{suite_path}: expectation suite not found (generate one with "
+                        f"`ppmlops risk suggest <spec.yaml> --out {suite_path}`)") from None
     except OSError as err:
         raise DataError(f"{suite_path}: cannot read expectation suite: {err.strerror or err}") from None
     try:
@@ -103,6 +107,7 @@ def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Pa
         per_snapshot.append({"snapshot": path, "success": result["success"],
                              "statistics": result["statistics"], "gx_result": result})
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "success": not failed,
         "suite": doc["name"],
@@ -111,8 +116,8 @@ def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Pa
         "failed": failed,
         "snapshots": [p for p, _ in frames],
         "great_expectations_version": gx.__version__,
+        "data_docs": build_data_docs(context, out_dir / DATA_DOCS_DIR),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "validation.json"
     _write_json(report_path, {**summary, "results": per_snapshot})
     summary["report_path"] = str(report_path)
@@ -123,6 +128,45 @@ def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Pa
                   for f in failed]
         raise ValidationFailed("\n".join(lines))
     return summary
+
+
+DATA_DOCS_DIR = "data_docs"
+_SITE = "ppmlops_run"
+
+
+def build_data_docs(context: Any, target: Path) -> dict[str, Any]:
+    """GX data docs of every validation the context holds, masked, as a static site in `target`.
+
+    A failure to render is reported in the result rather than raised: the validation itself has
+    been decided and recorded in validation.json by then.
+    """
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        store = context.validation_results_store
+        for key in store.list_keys():
+            result = store.get(key)
+            for r in result.results:
+                r.result = mask_sensitive(r.result or {})
+                if r.exception_info:
+                    r.exception_info = mask_sensitive(r.exception_info)
+            store.set(key, result)
+        context.add_data_docs_site(_SITE, {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(tmp)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        context.build_data_docs(site_names=[_SITE])
+        if not (tmp / "index.html").exists():
+            raise RuntimeError("GX built no index.html")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        return {"index": str(target / "index.html"), "pages": sorted(
+            str(p.relative_to(target)) for p in target.rglob("*.html"))}
+    except Exception as err:  # GX raises many types while rendering; none should undo the validation
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"error": f"data docs not built: {type(err).__name__}: {err}"}
 
 
 def _read_snapshot(path: Path):

@@ -286,3 +286,124 @@ def test_adult(adult_dir, tmp_path):
     assert set(r.dropped_columns) == {"fnlwgt", "education"}
     assert [s["path"] for s in r.sources] == [str(adult_dir / "train.csv"), str(adult_dir / "test.csv")]
     print(f"adult ingest: {seconds:.2f}s")
+
+
+# --------------------------------------------------------------------------- consent rules, pseudonyms, formats
+
+
+CONSENT_CSV = """\
+email,age,plan,consent,purposes,consent_until,y
+a@x.org,30,basic,yes,training;analytics,2030-01-01,yes
+b@x.org,31,basic,yes,analytics,2030-01-01,no
+c@x.org,32,basic,yes,TRAINING,2023-12-31,no
+d@x.org,33,basic,yes,training,,yes
+e@x.org,34,basic,yes,training,soon,no
+f@x.org,35,basic,no,training,2030-01-01,no
+g@x.org,36,premium,yes,training|marketing,2024-06-01T23:59:00Z,no
+h@x.org,37,premium,yes,,2030-01-01,yes
+"""
+
+
+def consent_spec(tmp_path: Path, **consent) -> PipelineSpec:
+    src = tmp_path / "consent.csv"
+    src.write_text(CONSENT_CSV)
+    holdout = tmp_path / "holdout_c.csv"
+    holdout.write_text("email,age,plan,consent,purposes,consent_until,y\nz@x,50,basic,yes,training,2030-01-01,no\n")
+    rules = {"column": "consent", "purposes_column": "purposes", "expiry_column": "consent_until", **consent}
+    return small_spec(src, holdout, consent=rules)
+
+
+def test_consent_purposes_and_expiry_quarantine_with_reasons(tmp_path):
+    from datetime import date
+
+    r = ingest(consent_spec(tmp_path), tmp_path / "run", as_of=date(2024, 6, 1))
+    got = {int(q["_line"]): q["_reason"] for q in quarantine(r)}
+    assert got == {
+        3: "column purposes: 'analytics' does not include the purpose 'training'",
+        4: "column consent_until: consent expired on 2023-12-31 (run date 2024-06-01)",
+        6: "column consent_until: 'soon' is not an ISO 8601 date (YYYY-MM-DD)",
+        7: "column consent: 'no' does not grant consent",
+        9: "column purposes: no purpose does not include the purpose 'training'",
+    }
+    assert r.quarantine_reasons == {"no consent": 5}
+    assert r.consent_refusals == {"expired": 2, "flag": 1, "purpose": 2}
+    assert sum(r.consent_refusals.values()) == r.quarantine_reasons["no consent"]
+    assert r.rows_in == r.rows_staged + r.rows_quarantined == 8 + 1
+    assert r.consent_as_of == "2024-06-01"
+    # the expiry day itself still counts; the next day it does not
+    later = ingest(consent_spec(tmp_path), tmp_path / "later", as_of=date(2024, 6, 2))
+    assert later.consent_refusals["expired"] == 3
+
+
+def test_expiry_can_be_required(tmp_path):
+    from datetime import date
+
+    r = ingest(consent_spec(tmp_path, expiry_required=True), tmp_path / "run", as_of=date(2024, 6, 1))
+    reasons = {int(q["_line"]): q["_reason"] for q in quarantine(r)}
+    assert reasons[5] == "column consent_until: no expiry date, and the spec requires one"
+
+
+def test_consent_columns_must_exist(tmp_path):
+    src = tmp_path / "c.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\n")
+    spec = small_spec(src, consent={"column": "consent", "purposes_column": "purposes"})
+    with pytest.raises(DataError, match=r"c\.csv: missing column\(s\) required by the spec: purposes \(consent\)"):
+        ingest(spec, tmp_path / "run")
+
+
+KEY = "k" * 32
+
+
+def test_pseudonymize_needs_the_key_and_stages_nothing_without_it(tmp_path, monkeypatch):
+    src = tmp_path / "p.csv"
+    src.write_text("email,age,plan,consent,y\na@x.org,30,basic,yes,yes\nb@x.org,31,basic,yes,no\n")
+    spec = small_spec(src, pseudonymize=["email"])
+    monkeypatch.delenv("PPMLOPS_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(DataError, match=r"environment variable PPMLOPS_PSEUDONYM_KEY, which is not set"):
+        ingest(spec, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("snapshot_*"))
+    monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", "short")
+    with pytest.raises(DataError, match=r"key in PPMLOPS_PSEUDONYM_KEY is 5 bytes; use at least 16"):
+        ingest(spec, tmp_path / "run")
+
+
+def test_pseudonyms_are_keyed_hmacs_outside_the_feature_set(tmp_path, monkeypatch):
+    import hashlib
+    import hmac
+
+    from ppmlops.data.features import encode, feature_names
+
+    src = tmp_path / "p.csv"
+    src.write_text("email,age,plan,consent,y\n a@x.org ,30,basic,yes,yes\nb@x.org,31,basic,yes,no\n,32,basic,yes,no\n")
+    spec = small_spec(src, pseudonymize=["email"])
+    monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", KEY)
+    r = ingest(spec, tmp_path / "run")
+    df = pd.read_parquet(r.snapshot_train)
+    assert list(df.columns) == ["age", "plan", "y", "email_pseudonym"] == r.columns
+    assert r.pseudonymized == {"email": "email_pseudonym"} and "email" in r.dropped_columns
+    expected = hmac.new(KEY.encode(), b"ppmlops-pseudonym-v1\x00a@x.org", hashlib.sha256).hexdigest()
+    assert df["email_pseudonym"].tolist() == [expected, hmac.new(
+        KEY.encode(), b"ppmlops-pseudonym-v1\x00b@x.org", hashlib.sha256).hexdigest(), ""]
+    assert hashlib.sha256(b"a@x.org").hexdigest() not in df["email_pseudonym"].tolist()  # never a plain hash
+    assert "a@x.org" not in Path(r.snapshot_train).read_bytes().decode("latin-1")
+    X, y, names = encode(df, spec)
+    assert names == feature_names(spec) and "email_pseudonym" not in names and X.shape == (3, 1 + 2)
+    monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", "another key of 32 bytes.........")
+    other = pd.read_parquet(ingest(spec, tmp_path / "other").snapshot_train)
+    assert other["email_pseudonym"][0] != expected  # the key matters
+
+
+def test_declared_latin1_and_semicolons(tmp_path):
+    src = tmp_path / "latin.csv"
+    src.write_bytes("email;age;plan;consent;y\nJosé@x;30;basic;yes;yes\nb@x;31;basic;yes;no;extra\n".encode("latin-1"))
+    spec = small_spec(src)
+    with pytest.raises(DataError, match=r"latin\.csv: line 2: byte 0xe9 .*set source\.encoding to latin-1"):
+        ingest(spec, tmp_path / "run")
+    doc_spec = small_spec(src)
+    doc = doc_spec.model_dump()
+    doc["dataset"]["source"]["encoding"] = "latin-1"
+    r = ingest(PipelineSpec.model_validate(doc), tmp_path / "run")
+    assert r.sources[0]["encoding"] == "latin-1" and r.sources[0]["delimiter"] == ";"
+    assert r.rows_train == 1
+    q = quarantine(r)
+    assert q[0]["_line"] == "3" and q[0]["_raw"] == "b@x;31;basic;yes;no;extra"

@@ -112,3 +112,37 @@ def test_label_is_learnable(table):
 def test_too_few_rows_rejected():
     with pytest.raises(ValueError, match=re.escape("at least 4")):
         generate(2, 0)
+
+
+def test_consent_detail_adds_two_columns_and_changes_nothing_else(table):
+    detailed = generate(6000, 7, consent_detail=True)
+    assert list(detailed.columns) == COLUMNS[:COLUMNS.index("consent") + 1] + [
+        "consent_purposes", "consent_expires"] + COLUMNS[COLUMNS.index("consent") + 1:]
+    pd.testing.assert_frame_equal(detailed[COLUMNS], table)
+    no_training = ~detailed["consent_purposes"].str.split(";").apply(lambda p: "training" in p)
+    expired = detailed["consent_expires"] < "2024"
+    assert 50 <= no_training.sum() <= 70 and 50 <= expired.sum() <= 70
+    # refusals by purpose or expiry fall on rows that consented and are not broken
+    assert (detailed.loc[no_training | expired, "consent"] == "yes").all()
+    assert not (no_training & expired).any()
+
+
+def test_demo_with_consent_detail_reconciles(tmp_path):
+    import copy
+    from datetime import date
+
+    import yaml
+
+    from ppmlops.data.ingest import ingest
+    from ppmlops.spec import parse_spec
+
+    doc = copy.deepcopy(yaml.safe_load((REPO / "dags" / "pipelines" / "demo.yaml").read_text()))
+    doc["dataset"]["source"] = {"path": str(tmp_path / "c.csv"),
+                                "generate": {"rows": 3000, "seed": 7, "consent_detail": True}}
+    doc["dataset"]["consent"] = {"column": "consent", "purposes_column": "consent_purposes",
+                                 "expiry_column": "consent_expires"}
+    r = ingest(parse_spec(doc), tmp_path / "run", as_of=date(2025, 1, 1))
+    assert set(r.consent_refusals) == {"flag", "purpose", "expired"}
+    assert sum(r.consent_refusals.values()) == r.quarantine_reasons["no consent"]
+    assert r.rows_in == r.rows_staged + r.rows_quarantined == 3000
+    assert 1 - r.quarantine_reasons["no consent"] / r.rows_in > 0.9  # still above the GDPR policy's floor

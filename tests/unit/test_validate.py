@@ -165,3 +165,46 @@ def test_adult_snapshots_pass(adult_dir, tmp_path):
     r = ingest(spec, tmp_path / "run")
     result = validate([r.snapshot_train, r.snapshot_test], spec.suite_path(REPO), tmp_path / "run")
     assert result["success"] and result["suite"] == "uci_adult"
+
+
+# --------------------------------------------------------------------------- data docs, pseudonyms
+
+
+def test_data_docs_are_built_with_the_run_and_masked(staged, tmp_path):
+    def leak(df):
+        df.loc[3, "region"] = "jane.doe@example.com"
+        return df
+
+    bad = tampered(staged, tmp_path, leak)
+    with pytest.raises(ValidationFailed):
+        validate([bad], DEMO_SUITE, tmp_path)
+    report = json.loads((tmp_path / "validation.json").read_text())
+    docs = report["data_docs"]
+    assert docs["index"] == str(tmp_path / "data_docs" / "index.html")
+    pages = [p for p in docs["pages"] if p.startswith("validations/")]
+    assert len(pages) == 1 and (tmp_path / "data_docs" / "expectations" / "demo_customers.html").exists()
+    html = "".join(p.read_text(errors="replace") for p in (tmp_path / "data_docs").rglob("*.html"))
+    assert "jane.doe@example.com" not in html and "j***@e***.com" in html
+    # a second validation replaces the site rather than piling up pages
+    _, r, _ = staged
+    validate([r.snapshot_train], DEMO_SUITE, tmp_path)
+    assert len(list((tmp_path / "data_docs" / "validations").rglob("*.html"))) == 1
+
+
+def test_pseudonym_columns_are_pinned_to_hmac_digests(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", "k" * 32)
+    doc = copy.deepcopy(DEMO_DOC)
+    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": 600, "seed": 2}}
+    doc["dataset"]["pseudonymize"] = ["email", "customer_id"]
+    spec = parse_spec(doc)
+    r = ingest(spec, tmp_path / "run")
+    suite = write_suite(spec, tmp_path / "suite.json")
+    kinds = {(e["type"], e["kwargs"].get("column")) for e in suite_from_spec(spec)["expectations"]}
+    assert ("expect_column_values_to_match_regex", "email_pseudonym") in kinds
+    assert validate([r.snapshot_train, r.snapshot_test], suite, tmp_path / "ok")["success"]
+    df = pd.read_parquet(r.snapshot_train)
+    df.loc[0, "email_pseudonym"] = "someone@example.com"  # a raw value where a pseudonym belongs
+    bad = tmp_path / "bad.parquet"
+    df.to_parquet(bad, index=False)
+    with pytest.raises(ValidationFailed, match=r"expect_column_values_to_match_regex on email_pseudonym"):
+        validate([bad], suite, tmp_path / "bad")

@@ -1,0 +1,141 @@
+"""Re-identification risk: equivalence classes over the quasi-identifiers, k-anonymity and uniqueness.
+
+Rows that agree on every quasi-identifier form an equivalence class. A table is k-anonymous if
+every class has at least k rows; the risk reported is the share of rows in classes smaller than
+k (those rows can be singled out among fewer than k people by someone who knows the
+quasi-identifiers), and uniqueness is the share of rows alone in their class.
+
+`ClassCounter` counts classes over a stream of any length in bounded memory: each row's
+quasi-identifier tuple is hashed to 64 bits (pandas' hash of the stripped strings) and the hash
+goes to one of 2^b partition files by its top bits; each partition is then counted on its own.
+Memory is one partition at a time, about 8 bytes x rows / 2^b. Two different tuples share a
+hash with probability about n^2 / 2^65 (3e-6 for ten million rows), which would merge two
+classes and can only understate the risk by that much.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class ClassStats:
+    k: int
+    quasi_identifiers: list[str]
+    rows: int
+    classes: int
+    smallest_class: int
+    rows_below_k: int
+    classes_below_k: int
+    unique_rows: int
+
+    @property
+    def share_below_k(self) -> float:
+        return self.rows_below_k / self.rows if self.rows else 0.0
+
+    @property
+    def uniqueness(self) -> float:
+        return self.unique_rows / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"share_below_k": self.share_below_k, "uniqueness": self.uniqueness}
+
+
+def _stats_from_counts(counts: np.ndarray, k: int, qi: Sequence[str]) -> ClassStats:
+    return ClassStats(
+        k=k, quasi_identifiers=list(qi), rows=int(counts.sum()), classes=int(len(counts)),
+        smallest_class=int(counts.min()) if len(counts) else 0,
+        rows_below_k=int(counts[counts < k].sum()), classes_below_k=int((counts < k).sum()),
+        unique_rows=int((counts == 1).sum()))
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: h * MIX + next keeps column order significant
+
+
+def row_hashes(columns: Sequence[Sequence[str]]) -> np.ndarray:
+    """One uint64 per row over the given columns' values (strings, already normalized by the caller).
+
+    Each column is hashed by pandas (SipHash of the string, vectorized) and the columns are
+    chained as h = h x MIX + column hash (mod 2^64), so ("a", "bc") and ("ab", "c") differ.
+    """
+    import pandas as pd
+
+    out: np.ndarray | None = None
+    with np.errstate(over="ignore"):
+        for col in columns:
+            h = pd.util.hash_array(np.asarray(col, dtype=object), categorize=False)
+            out = h if out is None else out * _MIX + h
+    return out if out is not None else np.zeros(0, dtype=np.uint64)
+
+
+def class_stats(frame, qi: Sequence[str], k: int) -> ClassStats:
+    """Equivalence classes of an in-memory table (a pandas DataFrame) over columns `qi`."""
+    if not qi or frame.empty:
+        return _stats_from_counts(np.zeros(0, dtype=np.int64), k, qi)
+    sizes = frame.groupby(list(qi), dropna=False, observed=True).size().to_numpy()
+    return _stats_from_counts(sizes, k, qi)
+
+
+class ClassCounter:
+    """Equivalence-class sizes over a stream of rows, spilled to disk by hash partition."""
+
+    BUFFER = 1 << 21  # hashes held before a flush (16 MiB)
+
+    def __init__(self, quasi_identifiers: Sequence[str], expected_bytes: int = 0, workdir: Path | None = None):
+        self.quasi_identifiers = list(quasi_identifiers)
+        # Roughly 32 MiB of source per partition keeps each partition's array small.
+        self.bits = min(12, max(4, math.ceil(math.log2(max(1, expected_bytes / (32 << 20)))) if expected_bytes else 4))
+        self._dir = Path(tempfile.mkdtemp(prefix="ppmlops-classes-", dir=workdir))
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self.rows = 0
+
+    def add(self, hashes: np.ndarray) -> None:
+        if len(hashes) == 0:
+            return
+        self._pending.append(hashes.astype(np.uint64, copy=False))
+        self._pending_n += len(hashes)
+        self.rows += len(hashes)
+        if self._pending_n >= self.BUFFER:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        h = np.concatenate(self._pending)
+        self._pending, self._pending_n = [], 0
+        part = (h >> np.uint64(64 - self.bits)).astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        h, part = h[order], part[order]
+        bounds = np.searchsorted(part, np.arange((1 << self.bits) + 1))
+        for p in range(1 << self.bits):
+            lo, hi = bounds[p], bounds[p + 1]
+            if hi > lo:
+                with open(self._dir / f"{p:04d}.u64", "ab") as fh:
+                    h[lo:hi].tofile(fh)
+
+    def finish(self, k: int) -> ClassStats:
+        """The class statistics; partitions are counted one at a time and the spill removed."""
+        try:
+            self._flush()
+            total = _stats_from_counts(np.zeros(0, dtype=np.int64), k, self.quasi_identifiers)
+            for path in sorted(self._dir.glob("*.u64")):
+                _, counts = np.unique(np.fromfile(path, dtype=np.uint64), return_counts=True)
+                part = _stats_from_counts(counts, k, self.quasi_identifiers)
+                total.smallest_class = (part.smallest_class if not total.classes
+                                        else min(total.smallest_class, part.smallest_class))
+                for name in ("rows", "classes", "rows_below_k", "classes_below_k", "unique_rows"):
+                    setattr(total, name, getattr(total, name) + getattr(part, name))
+            return total
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)

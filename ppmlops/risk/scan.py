@@ -1,0 +1,234 @@
+"""One streaming pass over source files: counts, a uniform row sample, and equivalence classes.
+
+Nothing here holds more than one chunk of rows, the sample and the class counter's buffer, so
+a file larger than memory is scanned in bounded memory:
+
+- malformed (ragged) lines are counted with their line numbers, and written to a quarantine CSV
+  when one is asked for;
+- rows whose owner did not consent (when consent rules are given) are counted by rule and
+  otherwise ignored: nothing about them enters the sample or the classes;
+- the sample is a bottom-k sample: every usable row draws a key from a seeded generator and
+  the `sample_rows` rows with the smallest keys are kept, which is a uniform sample without
+  replacement whatever the file's length, the same for the same seed and file;
+- rows' quasi-identifier tuples, when columns are given, are hashed into a ClassCounter.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from operator import itemgetter
+from datetime import date
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ppmlops.data.consent import ConsentRules
+from ppmlops.data.reading import SourceReader, detect_encoding
+from ppmlops.errors import DataError
+from ppmlops.risk.kanon import ClassCounter, ClassStats, row_hashes
+from ppmlops.spec import Consent
+
+MAX_LINES_LISTED = 20
+
+
+@dataclass(frozen=True)
+class SourceInput:
+    path: Path
+    format: str = "csv"
+    encoding: str = "utf-8"  # or "auto" (ppmlops.data.reading.detect_encoding)
+    delimiter: str | None = None
+
+    @classmethod
+    def of(cls, path: Path | str, fmt: str | None = None, encoding: str = "auto",
+           delimiter: str | None = None) -> "SourceInput":
+        path = Path(path)
+        if fmt is None:
+            suffix = path.suffix.lower()
+            fmt = "parquet" if suffix in {".parquet", ".pq"} else "csv"
+        return cls(path, fmt, encoding, delimiter)
+
+
+@dataclass
+class FileScan:
+    path: Path
+    format: str
+    encoding: str | None
+    delimiter: str | None
+    header: list[str]
+    sha256: str = ""
+    bytes: int = 0
+    rows_in: int = 0  # data records, malformed ones included
+    rows_malformed: int = 0
+    malformed_lines: list[int] = field(default_factory=list)  # the first MAX_LINES_LISTED
+    rows_refused: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "encoding": self.encoding,
+                "delimiter": self.delimiter, "columns": len(self.header), "sha256": self.sha256,
+                "bytes": self.bytes, "rows_in": self.rows_in, "rows_malformed": self.rows_malformed,
+                "malformed_lines": self.malformed_lines, "rows_refused": self.rows_refused,
+                "consent_refusals": self.refusals}
+
+
+@dataclass
+class ScanData:
+    header: list[str]  # union of the files' columns, first-seen order
+    files: list[FileScan]
+    rows_used: int  # well-formed rows that passed consent
+    sample: dict[str, list[str]]  # column -> its values in the sampled rows that have the column
+    sample_rows: int
+    classes: ClassStats | None = None
+
+    @property
+    def rows_in(self) -> int:
+        return sum(f.rows_in for f in self.files)
+
+    @property
+    def rows_refused(self) -> int:
+        return sum(f.rows_refused for f in self.files)
+
+    @property
+    def rows_malformed(self) -> int:
+        return sum(f.rows_malformed for f in self.files)
+
+    def refusals(self) -> dict[str, int]:
+        total: Counter = Counter()
+        for f in self.files:
+            total.update(f.refusals)
+        return dict(sorted(total.items()))
+
+
+class _Sample:
+    """Bottom-k sample of (file index, record) pairs."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.keys = np.zeros(0)
+        self.rows: list[tuple[int, list[str]]] = []
+
+    def offer(self, file_index: int, records: list[list[str]]) -> None:
+        if not records:
+            return
+        keys = self.rng.random(len(records))
+        if self.size <= 0:
+            return
+        if len(self.rows) >= self.size:
+            cut = self.keys.max()
+            keep = np.flatnonzero(keys < cut)
+        else:
+            keep = np.arange(len(records))
+        if len(keep) == 0:
+            return
+        self.keys = np.concatenate([self.keys, keys[keep]])
+        self.rows.extend((file_index, records[i]) for i in keep)
+        if len(self.rows) > self.size:
+            best = np.argpartition(self.keys, self.size - 1)[: self.size]
+            best.sort()
+            self.keys = self.keys[best]
+            self.rows = [self.rows[i] for i in best]
+
+
+def scan_sources(
+    sources: Sequence[SourceInput],
+    *,
+    consent: Consent | None = None,
+    as_of: date | None = None,
+    sample_rows: int = 10_000,
+    seed: int = 0,
+    qi_columns: Sequence[str] | None = None,
+    k: int = 5,
+    quarantine: Path | None = None,
+    chunk_rows: int = 50_000,
+) -> ScanData:
+    if consent is not None and as_of is None:
+        raise ValueError("consent rules need the run date (as_of)")
+    readers = []
+    for src in sources:
+        encoding = detect_encoding(src.path) if src.format == "csv" and src.encoding == "auto" else src.encoding
+        readers.append(SourceReader(src.path, src.format, encoding, src.delimiter, chunk_rows))
+    header: list[str] = []
+    for r in readers:
+        header.extend(c for c in r.header if c not in header)
+    missing = [c for c in (qi_columns or []) if not any(c in r.header for r in readers)]
+    if missing:
+        raise DataError(f"quasi-identifier column(s) {missing} are in none of "
+                        f"{', '.join(str(r.path) for r in readers)}")
+    counter = (ClassCounter(qi_columns, sum(os.path.getsize(r.path) for r in readers))
+               if qi_columns else None)
+    sample = _Sample(sample_rows, seed)
+    files: list[FileScan] = []
+    rows_used = 0
+    writer = _QuarantineWriter(quarantine) if quarantine is not None else None
+    try:
+        for index, reader in enumerate(readers):
+            info = FileScan(reader.path, reader.format, reader.encoding if reader.format == "csv" else None,
+                            reader.delimiter, reader.header, bytes=os.path.getsize(reader.path))
+            rules = ConsentRules(consent, reader.header, as_of, reader.path) if consent is not None else None
+            refusals: Counter = Counter()
+            qi_index = [reader.header.index(c) if c in reader.header else None for c in (qi_columns or [])]
+            for chunk in reader:
+                for line, raw, why in chunk.ragged:
+                    info.rows_malformed += 1
+                    if len(info.malformed_lines) < MAX_LINES_LISTED:
+                        info.malformed_lines.append(line)
+                    if writer is not None:
+                        writer.write(reader.path, line, why, raw)
+                records = chunk.records
+                if rules is not None:
+                    records, refused = rules.split(records)
+                    refusals.update(refused)
+                rows_used += len(records)
+                sample.offer(index, records)
+                if counter is not None and records:
+                    # Stripped, so " Male" and "Male" fall in one class, as ingestion would stage them.
+                    counter.add(row_hashes([list(map(str.strip, map(itemgetter(i), records))) if i is not None
+                                            else [""] * len(records) for i in qi_index]))
+            info.rows_in = reader.rows_in
+            info.sha256 = reader.sha256
+            info.rows_refused = sum(refusals.values())
+            info.refusals = dict(sorted(refusals.items()))
+            if info.rows_in == 0:
+                raise DataError(f"{reader.path}: has a header but no data rows")
+            files.append(info)
+        classes = counter.finish(k) if counter is not None else None
+    finally:
+        if counter is not None:
+            counter.close()
+        if writer is not None:
+            writer.close()
+
+    values: dict[str, list[str]] = {c: [] for c in header}
+    for file_index, rec in sample.rows:
+        for c, v in zip(readers[file_index].header, rec):
+            values[c].append(v)
+    return ScanData(header, files, rows_used, values, len(sample.rows), classes)
+
+
+def class_stats_of(sources: Sequence[SourceInput], qi: Sequence[str], k: int, *, consent: Consent | None = None,
+                   as_of: date | None = None, chunk_rows: int = 50_000) -> ClassStats:
+    """A second pass for equivalence classes only, when the quasi-identifiers are known late."""
+    return scan_sources(sources, consent=consent, as_of=as_of, sample_rows=0, qi_columns=qi, k=k,
+                        chunk_rows=chunk_rows).classes
+
+
+class _QuarantineWriter:
+    """Malformed lines, in the quarantine file's format (ppmlops.data.ingest)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w", encoding="utf-8", newline="")
+        self.writer = csv.writer(self.fh, lineterminator="\n")
+        self.writer.writerow(["_source", "_line", "_reason", "_raw"])
+
+    def write(self, source: Path, line: int, reason: str, raw: str) -> None:
+        self.writer.writerow([str(source), line, reason, raw])
+
+    def close(self) -> None:
+        self.fh.close()
