@@ -1,0 +1,240 @@
+"""DP-SGD on a local two-worker Ray Train cluster: privacy accounting, noise, filter, failures.
+
+One Ray runtime (3 CPUs: two workers plus slack) serves every test in this module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ppmlops.errors import TrainingError
+from ppmlops.privacy.accountant import Segment, epsilon_from_rdp
+from ppmlops.privacy.filter import plan_budget
+from ppmlops.privacy.ledger import Ledger
+from ppmlops.training.dp_worker import EpochSettings, opacus_divisor
+from ppmlops.training.launch import TrainJob, sample_rate_for, train_on_ray
+from ppmlops.training.metrics import accuracy, majority_rate
+from ppmlops.training.models import build_model, predict_proba
+
+pytestmark = pytest.mark.ray
+
+DELTA = 1e-5
+N_TRAIN, N_TEST, N_FEATURES, BATCH = 2000, 500, 10, 64
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    # The tuners and the noise loop below live in this test module, which workers cannot import.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=N_FEATURES)
+    X = rng.normal(size=(N_TRAIN + N_TEST, N_FEATURES)).astype(np.float32)
+    # imbalanced (about 70/30) so that "beats the majority" means something
+    y = (X @ w + 0.3 * rng.normal(size=len(X)) > 0.8).astype(np.int64)
+    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
+
+
+@pytest.fixture
+def ledger_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).register_dataset("synth", epsilon_budget=50.0, delta=DELTA)
+    return url
+
+
+def _job(data, ledger_url, tmp_path, run_id, *, epochs, budget, sigma=1.0, tuner=None, **kw) -> TrainJob:
+    X, y, Xt, yt = data
+    fields = dict(
+        run_id=run_id, dataset_id="synth", ledger_url=ledger_url, delta=DELTA,
+        X_train=X, y_train=y, X_test=Xt, y_test=yt, model_kind="logistic", hidden=[],
+        epochs=epochs, batch_size=BATCH, learning_rate=0.5, momentum=0.0, max_grad_norm=1.0,
+        noise_multiplier=sigma, budget_rdp=[float(b) for b in budget], secure_rng=False, seed=0,
+        workers=2, storage_path=str(tmp_path / "ray"), tuner=tuner,
+    )
+    fields.update(kw)
+    return TrainJob(**fields)
+
+
+def test_unreachable_ray_address_names_it(data, ledger_url, tmp_path):
+    # First in the module: it needs this process not yet connected to any Ray.
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray runtime is already connected in this process")
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    job = _job(data, ledger_url, tmp_path, "run-unreachable", epochs=1,
+               budget=plan_budget([Segment(1.0, q, steps)]), ray_address="127.0.0.1:1")
+    with pytest.raises(TrainingError, match="127.0.0.1:1"):
+        train_on_ray(job)
+
+
+class RaiseNoiseInEpochTwo:
+    """A tuner (picklable, runs on rank 0) that raises sigma for epoch 2."""
+
+    def __call__(self, epoch, history, current):
+        return EpochSettings(1.0 if epoch == 1 else 1.25, current.max_grad_norm, current.learning_rate)
+
+
+def test_two_workers_train_and_account_every_epoch(ray_runtime, data, ledger_url, tmp_path):
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    budget = plan_budget([Segment(1.0, q, steps), Segment(1.25, q, steps)])
+    job = _job(data, ledger_url, tmp_path, "run-main", epochs=2, budget=budget, tuner=RaiseNoiseInEpochTwo())
+    result = train_on_ray(job)
+
+    assert result.stopped_reason == "completed"
+    assert result.epochs_completed == 2 and len(result.history) == 2
+    assert (result.sample_rate, result.steps) == (q, steps)
+    assert result.noise_multiplier == 1.25
+
+    # the noised model learned something real
+    model = build_model("logistic", N_FEATURES)
+    model.load_state_dict(result.state_dict)
+    _, _, Xt, yt = data
+    acc = accuracy(yt, (predict_proba(model, Xt).numpy() >= 0.5).astype(np.int64))
+    assert acc > majority_rate(yt) + 0.05
+    assert result.history[-1]["holdout_accuracy"] == pytest.approx(acc)
+
+    # ledger: one entry per epoch, written ahead and completed, with what Opacus used
+    entries = Ledger(ledger_url).entries(dataset_id="synth", run_id="run-main")
+    assert [e.id for e in entries] == result.ledger_entries
+    assert [e.status for e in entries] == ["completed", "completed"]
+    assert [e.noise_multiplier for e in entries] == [1.0, 1.25]
+    assert [e.steps for e in entries] == [steps, steps]
+    for epoch, entry in zip(result.history, entries):
+        assert entry.partition == "train"
+        ranks = epoch["ranks"]
+        assert sorted(r["rank"] for r in ranks) == [0, 1]
+        for r in ranks:
+            # 1/len(data_loader) and the rate Opacus's own accountant recorded, on every rank
+            assert r["sample_rate"] == r["opacus_sample_rate"] == entry.sample_rate == q
+            assert r["steps"] == r["opacus_steps"] == steps
+            assert r["divisor"] == opacus_divisor(N_TRAIN, q)
+            # identical settings on both ranks, equal to rank 0's broadcast decision
+            assert (r["noise_multiplier"], r["max_grad_norm"], r["learning_rate"]) == (
+                epoch["noise_multiplier"], epoch["max_grad_norm"], epoch["learning_rate"])
+
+    # the run's epsilon: ledger total == filter's spent curve converted once
+    eps_ledger = Ledger(ledger_url).epsilon_spent("synth", run_id="run-main")
+    eps_filter, _ = epsilon_from_rdp(np.asarray(result.rdp_spent), DELTA)
+    assert eps_ledger == pytest.approx(eps_filter, rel=1e-12)
+    assert result.history[-1]["epsilon_spent"] == pytest.approx(eps_filter, rel=1e-12)
+    assert 0 < result.history[0]["epsilon_spent"] < result.history[1]["epsilon_spent"]
+
+
+def test_filter_refusal_stops_cleanly_after_two_of_three_epochs(ray_runtime, data, ledger_url, tmp_path):
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    budget = plan_budget([Segment(1.0, q, steps)] * 2)
+    result = train_on_ray(_job(data, ledger_url, tmp_path, "run-refused", epochs=3, budget=budget))
+
+    assert result.epochs_completed == 2
+    assert result.stopped_reason.startswith("privacy filter refused epoch 3")
+    entries = Ledger(ledger_url).entries(dataset_id="synth", run_id="run-refused")
+    assert len(entries) == 2 and all(e.status == "completed" for e in entries)
+    assert result.ledger_entries == [e.id for e in entries]
+    assert np.array_equal(np.asarray(result.rdp_spent), budget)  # the plan, spent exactly
+
+
+def test_dataset_budget_in_the_ledger_stops_the_run_cleanly(ray_runtime, data, tmp_path):
+    # The filter would allow 3 epochs, but the dataset's lifetime budget (epsilon 2.1) only
+    # covers the first (epsilon 1.98 after epoch 1, 2.32 after 2): the ledger refuses epoch 2.
+    url = f"sqlite:///{tmp_path / 'small.db'}"
+    Ledger(url).register_dataset("synth", epsilon_budget=2.1, delta=DELTA)
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    result = train_on_ray(_job(data, url, tmp_path, "run-ledger", epochs=3,
+                               budget=plan_budget([Segment(1.0, q, steps)] * 3)))
+    assert result.epochs_completed == 1
+    assert result.stopped_reason.startswith("privacy ledger refused epoch 2")
+    assert [e.status for e in Ledger(url).entries(run_id="run-ledger")] == ["completed"]
+    assert Ledger(url).epsilon_spent("synth") <= 2.1
+
+
+class FailInEpochTwo:
+    def __call__(self, epoch, history, current):
+        if epoch == 2:
+            raise RuntimeError("tuner exploded")
+        return current
+
+
+def test_worker_failure_raises_and_rerun_resumes_from_checkpoint(ray_runtime, data, ledger_url, tmp_path):
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    budget = plan_budget([Segment(1.0, q, steps)] * 2)
+    job = _job(data, ledger_url, tmp_path, "run-resume", epochs=2, budget=budget, tuner=FailInEpochTwo())
+    with pytest.raises(TrainingError, match="tuner exploded"):
+        train_on_ray(job)
+    ledger = Ledger(ledger_url)
+    assert [e.status for e in ledger.entries(run_id="run-resume")] == ["completed"]
+
+    job.tuner = None  # same run id and storage: Ray Train hands the last checkpoint back
+    result = train_on_ray(job)
+    assert result.stopped_reason == "completed"
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    entries = ledger.entries(run_id="run-resume")
+    assert len(entries) == 2 and result.ledger_entries == [e.id for e in entries]
+    assert np.array_equal(np.asarray(result.rdp_spent), budget)
+
+
+def _one_noise_step(config):
+    """One DP-SGD step with every per-sample gradient zero, on each of two Ray workers."""
+    import torch.distributed as dist
+
+    from ppmlops.training.dp_worker import make_private_ddp, seed_epoch
+
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(200, 100, bias=False))
+    X, y = torch.zeros(config["n"], 200), torch.zeros(config["n"], dtype=torch.int64)
+    q, steps = config["q"], config["steps"]
+    parts = make_private_ddp(net, X, y, sample_rate=q, steps=steps, noise_multiplier=config["sigma"],
+                             max_grad_norm=config["clip"], learning_rate=config["lr"], momentum=0.0,
+                             secure_mode=False)
+    seed_epoch(parts, seed=0, run_id="noise", epoch=1, rank=rank)
+    w0 = net[0].weight.detach().clone()
+    xb, yb = next(iter(parts.loader))
+    parts.optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(parts.module(xb)[:, :2], yb).backward()
+    parts.optimizer.step()
+    delta = (net[0].weight.detach() - w0).flatten()
+    gathered = [None, None]
+    dist.all_gather_object(gathered, delta)
+    if rank == 0:
+        return [d.numpy() for d in gathered]
+    return None
+
+
+def test_noise_is_added_once_on_rank_zero_with_the_opacus_divisor(ray_runtime, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    n, sigma, clip, lr = N_TRAIN, 1.3, 0.7, 0.5
+    q, steps = sample_rate_for(n, BATCH, 2)
+    trainer = TorchTrainer(
+        _one_noise_step,
+        train_loop_config=dict(n=n, q=q, steps=steps, sigma=sigma, clip=clip, lr=lr),
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="noise", storage_path=str(tmp_path / "ray")),
+    )
+    d0, d1 = trainer.fit().return_value
+    assert np.array_equal(d0, d1)  # both ranks applied the same (rank 0's) noise
+    # 2 ranks, expected_batch_size int(n*q)/2 = 31 each, all-reduce mean: net divisor int(n*q) = 62
+    assert opacus_divisor(n, q) == 62
+    expected = lr * sigma * clip / opacus_divisor(n, q)
+    sd = float(np.std(d0))
+    # 20,000 draws: the sample std is within 3% of the truth with overwhelming probability;
+    # noise on both ranks would give sqrt(2) times it, none would give 0.
+    assert sd == pytest.approx(expected, rel=0.03)
+    assert abs(float(np.mean(d0))) < 5 * expected / math.sqrt(d0.size)
