@@ -1,0 +1,205 @@
+"""Latency of one policy decision, per engine and query, on this machine.
+
+    .venv/bin/python benchmarks/policy_latency.py [--decisions 30]
+
+For each of data.ppmlops.train, .budget and .deploy on the demo inputs (the shapes the pipeline
+sends), times --decisions calls of ppmlops.compliance.evaluate, as the caller waits for them,
+after one warm-up call that is reported on its own:
+
+* embedded: the default engine, regorus in a fresh child process per decision (interpreter
+  start and `import regorus` included, which is most of it);
+* opa-http: the OPA engine path (opa-python-client: PUT the policy, POST the Data API query,
+  GET the policy back to check its hash) against a server on 127.0.0.1 started here.
+
+The opa-http figures are for THIS TEST SERVER, not for a real OPA: it is Python's
+http.server evaluating with regorus (compiling at PUT, like OPA; the engine PUTs the policy
+at every decision, so every figure includes one compile), so it says what the client side and
+three loopback round trips cost, not how fast OPA evaluates. Every decision
+is checked (no error, expected outcome) before its time counts. Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import regorus
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ppmlops.compliance import evaluate  # noqa: E402
+from ppmlops.compliance.engine import ENGINE_EMBEDDED, ENGINE_OPA  # noqa: E402
+
+DATASET = {"id": "demo_customers", "regulation": "gdpr", "rows": 4700, "epsilon_budget": 3.0, "delta": 1e-5,
+           "public": False}
+TRAIN_INPUT = {
+    "dataset": DATASET,
+    "ledger": {"epsilon_spent": 0.0, "epsilon_remaining": 3.0},
+    "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
+    "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
+    "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0},
+}
+DEPLOY_INPUT = {
+    "run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
+    "dataset": DATASET,
+    "risk": {"score": 0.42, "level": "medium"},
+    "privacy": {"accountant": "rdp", "filter": True, "epsilon_planned": 1.0, "epsilon_spent": 0.97, "delta": 1e-5,
+                "dataset_epsilon_total": 1.97, "dataset_epsilon_budget": 3.0, "secure_rng": False,
+                "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80},
+    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
+    "audit": {"attack": "loss_threshold", "members": 2350, "non_members": 2350, "auc": 0.51,
+              "tpr_at_1pct_fpr": 0.012, "epsilon_lower_bound": 0.0, "delta": 1e-5, "threshold": -0.41,
+              "confidence": 0.95},
+    "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers", "data_sha256": "ab12",
+                   "epsilon": 0.97, "delta": 1e-5, "accountant": "rdp", "metrics": {"accuracy": 0.81},
+                   "intended_use": "demo churn scoring"},
+}
+# (query, input, expected outcome): a decision that came out otherwise is a failure, not a time.
+CASES = [
+    ("data.ppmlops.train", TRAIN_INPUT, "allow"),
+    ("data.ppmlops.budget", TRAIN_INPUT, "allow"),
+    ("data.ppmlops.deploy", DEPLOY_INPUT, "allow"),
+]
+
+
+class LoopbackOpa:
+    """The part of OPA's REST API the engine uses: PUT/GET /v1/policies/<id>, POST /v1/data/<path>.
+    Policies are compiled at PUT (a rejected one answers 400) and each query evaluates a clone.
+
+    One request at a time, on the server thread: a regorus Engine may only be used and dropped
+    on the thread that made it. HTTP/1.0 (a connection per request) so that a client holding a
+    keep-alive connection can never stall the next one."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, str] = {}
+        self.compiled: regorus.Engine | None = None
+        opa = self
+
+        class Handler(BaseHTTPRequestHandler):
+            # Headers and body go out in two writes; without this, Nagle's algorithm and the
+            # client's delayed ACK add ~40 ms to every response, which no real server pays.
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_PUT(self):
+                policy_id = self.path.removeprefix("/v1/policies/")
+                text = self._body().decode()
+                policies = {**opa.raw, policy_id: text}
+                engine = regorus.Engine()
+                try:
+                    for pid, src in policies.items():
+                        engine.add_policy(pid, src)
+                except RuntimeError as err:
+                    self._reply(400, {"code": "invalid_parameter", "message": str(err).strip().splitlines()[-1]})
+                    return
+                opa.raw, opa.compiled = policies, engine
+                self._reply(200, {})
+
+            def do_GET(self):
+                policy_id = self.path.removeprefix("/v1/policies/")
+                raw = opa.raw.get(policy_id)
+                if raw is None:
+                    self._reply(404, {"code": "resource_not_found", "message": f"policy id {policy_id!r}"})
+                else:
+                    self._reply(200, {"result": {"id": policy_id, "raw": raw}})
+
+            def do_POST(self):
+                body = json.loads(self._body() or b"{}")
+                engine = opa.compiled.clone() if opa.compiled is not None else regorus.Engine()
+                engine.set_input_json(json.dumps(body.get("input")))
+                query = "data." + self.path.removeprefix("/v1/data/").strip("/").replace("/", ".")
+                result = json.loads(engine.eval_query_as_json(query)).get("result")
+                self._reply(200, {"result": result[0]["expressions"][0]["value"]} if result else {})
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self.server.serve_forever(poll_interval=0.05)
+        finally:
+            self.compiled = None  # dropped on the thread that made it, as regorus requires
+
+    def __enter__(self) -> "LoopbackOpa":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def time_decisions(engine: str, query: str, doc: dict, expected: str, n: int) -> tuple[float, list[float]]:
+    """(warm-up ms, n timed ms) of evaluate(query, doc); exits naming the decision if one fails."""
+    times = []
+    for i in range(n + 1):
+        t = time.perf_counter()
+        d = evaluate(query, doc)
+        ms = (time.perf_counter() - t) * 1e3
+        if d.error is not None or d.outcome != expected or d.engine != engine:
+            sys.exit(f"{engine} {query} decision {i}: outcome {d.outcome} via {d.engine}, expected {expected} via "
+                     f"{engine}; reasons {d.reasons}")
+        times.append(ms)
+    return times[0], times[1:]
+
+
+def p95(values: list[float]) -> float:
+    # Nearest-rank: the smallest value at or above 95% of the sample (no interpolation).
+    ordered = sorted(values)
+    return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decisions", type=int, default=30, help="timed decisions per engine and query (default 30)")
+    args = ap.parse_args()
+    if args.decisions < 1:
+        ap.error("--decisions must be at least 1")
+
+    os.environ["PPMLOPS_HOME"] = tempfile.mkdtemp(prefix="ppmlops-bench-")
+    for var in ("PPMLOPS_OPA_URL", "PPMLOPS_POLICY", "PPMLOPS_OPA_TIMEOUT_S"):
+        os.environ.pop(var, None)
+
+    print(f"policy decision latency, ms per decision as the caller waits; {args.decisions} timed decisions "
+          f"per row after one warm-up; {os.cpu_count()} CPUs")
+    print(f"{'engine':<10} {'query':<22} {'median':>8} {'p95':>8} {'min':>8} {'warm-up':>8} {'n':>4}")
+    rows = [(ENGINE_EMBEDDED, "embedded")]
+    with LoopbackOpa() as opa:
+        for engine, label in rows + [(ENGINE_OPA, "opa-http")]:
+            if engine == ENGINE_OPA:
+                os.environ["PPMLOPS_OPA_URL"] = opa.url
+            for query, doc, expected in CASES:
+                first, times = time_decisions(engine, query, doc, expected, args.decisions)
+                print(f"{label:<10} {query:<22} {statistics.median(times):8.2f} {p95(times):8.2f} {min(times):8.2f} "
+                      f"{first:8.2f} {len(times):4d}")
+        os.environ.pop("PPMLOPS_OPA_URL", None)
+    print("opa-http rows are against the loopback test server in this script (Python http.server + regorus), "
+          "not a real OPA.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
