@@ -1,0 +1,154 @@
+"""The `ppmlops` command: what operators and compliance officers run outside Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ppmlops import settings as settings_mod
+from ppmlops.errors import PpmlopsError
+
+
+def _print(doc: object, as_json: bool, text: str) -> None:
+    print(json.dumps(doc, indent=2, default=str) if as_json else text)
+
+
+def _spec_check(args: argparse.Namespace) -> int:
+    from ppmlops.spec import load_spec
+
+    for path in args.files:
+        spec = load_spec(path)
+        print(f"{path}: ok ({spec.dag_id}, dataset {spec.dataset.id}, {len(spec.dataset.features)} features)")
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from ppmlops.data.synthetic import write_demo
+
+    path = write_demo(Path(args.out), args.rows, args.seed)
+    print(f"wrote {args.rows} rows to {path}")
+    return 0
+
+
+def _policy_eval(args: argparse.Namespace) -> int:
+    from ppmlops.compliance.engine import evaluate
+
+    try:
+        doc = json.loads(Path(args.input).read_text()) if args.input != "-" else json.load(sys.stdin)
+    except (OSError, json.JSONDecodeError) as err:
+        raise PpmlopsError(f"cannot read policy input {args.input}: {err}") from None
+    decision = evaluate(args.query, doc, policy_path=Path(args.policy) if args.policy else None)
+    _print(decision.to_dict(), args.json,
+           f"{decision.query}: {decision.outcome}" + "".join(f"\n  - {r}" for r in decision.reasons))
+    return 0 if decision.allowed else 1
+
+
+def _policy_test(args: argparse.Namespace) -> int:
+    from ppmlops.compliance.policy_tests import run_policy_tests
+
+    s = settings_mod.load()
+    results = run_policy_tests(Path(args.policy) if args.policy else s.policy_path, Path(args.tests))
+    failed = [r for r in results if not r[1]]
+    for name, passed, message in results:
+        print(f"{'PASS' if passed else 'FAIL'}: {name}" + (f"  ({message})" if message and not passed else ""))
+    print("-" * 40)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed or not results else 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from ppmlops.audit.log import AuditLog
+
+    problems = AuditLog(args.db_url or settings_mod.load().db_url).verify()
+    for p in problems:
+        print(p)
+    print("audit log intact" if not problems else f"{len(problems)} problem(s) in the audit log")
+    return 1 if problems else 0
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    from ppmlops.audit.log import AuditLog
+
+    records = AuditLog(args.db_url or settings_mod.load().db_url).records(run_id=args.run, dataset_id=args.dataset)
+    text = "\n".join(
+        f"{r['seq']}\t{r['recorded_at']}\t{r['run_id']}\t{r['stage']}\t{r['decision']['query']}\t"
+        f"{r['decision']['outcome']}" + "".join(f"\n\t- {why}" for why in r["decision"]["reasons"])
+        for r in records)
+    _print(records, args.json, text or "no decisions recorded")
+    return 0
+
+
+def _registry_show(args: argparse.Namespace) -> int:
+    from ppmlops.registry.store import Registry
+
+    reg = Registry(settings_mod.load().registry_dir)
+    doc = {"model": args.model, "versions": reg.versions(args.model), "production": reg.alias(args.model, "production")}
+    if args.version:
+        doc["card"] = reg.card(args.model, args.version)
+    _print(doc, args.json, json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ppmlops.privacy import cli as privacy_cli
+
+    parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    privacy_cli.register(sub)
+
+    spec = sub.add_parser("spec", help="pipeline specs").add_subparsers(dest="spec_command", required=True)
+    p = spec.add_parser("check", help="validate spec files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_spec_check)
+
+    demo = sub.add_parser("demo-data", help="write the synthetic demo table")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--rows", type=int, default=6000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_demo_data)
+
+    policy = sub.add_parser("policy", help="Rego policy").add_subparsers(dest="policy_command", required=True)
+    p = policy.add_parser("eval", help="evaluate a query on an input document")
+    p.add_argument("--query", required=True, help="e.g. data.ppmlops.deploy")
+    p.add_argument("--input", required=True, help="JSON file, or - for stdin")
+    p.add_argument("--policy", help="policy file (default: PPMLOPS_POLICY or policies.rego)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_policy_eval)
+    p = policy.add_parser("test", help="run the policy's Rego tests, like `opa test`")
+    p.add_argument("--policy")
+    p.add_argument("--tests", default=str(settings_mod.REPO_ROOT / "tests" / "policies"))
+    p.set_defaults(func=_policy_test)
+
+    audit = sub.add_parser("audit", help="decision records").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="check the hash chain of the audit log")
+    p.add_argument("--db-url")
+    p.set_defaults(func=_audit_verify)
+    p = audit.add_parser("show", help="list decisions")
+    p.add_argument("--db-url")
+    p.add_argument("--run")
+    p.add_argument("--dataset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_audit_show)
+
+    registry = sub.add_parser("registry", help="model registry").add_subparsers(dest="registry_command", required=True)
+    p = registry.add_parser("show", help="versions, aliases and a model card")
+    p.add_argument("model")
+    p.add_argument("--version", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_registry_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PpmlopsError as err:
+        print(f"ppmlops: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

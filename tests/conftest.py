@@ -1,0 +1,58 @@
+"""Test-wide settings: every test session gets its own Airflow home and ppmlops home.
+
+Environment variables are set here, at import, because Airflow reads its configuration when it
+is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="ppmlops-tests-"))
+
+os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["PPMLOPS_HOME"] = str(_SESSION_DIR / "ppmlops")
+os.environ.pop("PPMLOPS_DB_URL", None)
+os.environ.pop("PPMLOPS_OPA_URL", None)
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# The DAG file generates DAGs from this folder: the repo's specs plus a small end-to-end one.
+_PIPELINES = _SESSION_DIR / "pipelines"
+_PIPELINES.mkdir()
+for _spec in (REPO / "dags" / "pipelines").glob("*.yaml"):
+    (_PIPELINES / _spec.name).write_text(_spec.read_text())
+E2E_SPEC = _PIPELINES / "e2e_small.yaml"
+E2E_SPEC.write_text((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
+os.environ["PPMLOPS_PIPELINES"] = str(_PIPELINES)
+if not os.environ.get("PPMLOPS_DATA") and (REPO.parent / "shared" / "data").is_dir():
+    os.environ["PPMLOPS_DATA"] = str(REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata database for dag.test() runs."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return home
+
+
+@pytest.fixture(scope="session")
+def adult_dir() -> Path:
+    """UCI Adult from $PPMLOPS_DATA/adult; CI and developers point PPMLOPS_DATA at ../shared/data."""
+    data = os.environ.get("PPMLOPS_DATA")
+    if not data or not (Path(data) / "adult" / "train.csv").exists():
+        pytest.fail("UCI Adult not found: set PPMLOPS_DATA to the folder holding adult/train.csv")
+    return Path(data) / "adult"

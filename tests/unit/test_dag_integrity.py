@@ -1,0 +1,53 @@
+"""Every DAG file imports cleanly and every spec becomes a DAG of the expected shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ppmlops.spec import load_specs
+
+REPO = Path(__file__).resolve().parents[2]
+EXPECTED_TASKS = {"ingest", "validate", "assess", "plan", "train", "evaluate", "gate", "deploy", "withhold"}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_one_dag_per_repo_spec(dagbag):
+    specs = load_specs(REPO / "dags" / "pipelines")
+    assert {s.name for _, s in specs} >= {"demo_churn", "adult_income"}
+    for _, spec in specs:
+        assert spec.dag_id in dagbag.dags, f"no DAG for {spec.name}"
+
+
+@pytest.mark.parametrize("dag_id", ["ppmlops_demo_churn", "ppmlops_adult_income"])
+def test_dag_shape(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert set(dag.task_dict) == EXPECTED_TASKS
+    chain = ["ingest", "validate", "assess", "plan", "train", "evaluate", "gate"]
+    for up, down in zip(chain, chain[1:]):
+        assert dag.task_dict[up].downstream_task_ids == {down}
+    assert dag.task_dict["gate"].downstream_task_ids == {"deploy", "withhold"}
+    assert dag.max_active_runs == 1
+
+
+def test_params_have_json_schema_types(dagbag):
+    params = dagbag.dags["ppmlops_demo_churn"].params
+    schema = {k: params.get_param(k).schema for k in params.keys()}
+    assert schema["epsilon_cap"]["type"] == "number"
+    assert schema["epochs"]["type"] == "integer"
+    assert schema["workers"]["type"] == "integer"
+    assert schema["seed"]["type"] == "integer"
+    assert schema["environment"]["enum"] == ["development", "production"]
+    # The trigger form cannot ask for more than the spec allows one run to spend.
+    assert schema["epsilon_cap"]["maximum"] == 1.0
