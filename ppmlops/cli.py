@@ -93,10 +93,12 @@ def _registry_show(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from ppmlops.privacy import cli as privacy_cli
+    from ppmlops.risk import cli as risk_cli
 
     parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     privacy_cli.register(sub)
+    risk_cli.register(sub)
 
     spec = sub.add_parser("spec", help="pipeline specs").add_subparsers(dest="spec_command", required=True)
     p = spec.add_parser("check", help="validate spec files")

@@ -119,9 +119,19 @@ def assess(ctx: RunContext) -> dict[str, Any]:
     from ppmlops.data.ingest import IngestResult
     from ppmlops.risk.assess import assess as run_assess
 
+    from ppmlops.risk.report import IdentifierInFeatures
+
     report = run_assess(ctx.spec, IngestResult(**_fields_of(IngestResult, ctx.read("ingest"))))
     (ctx.run_dir / "risk.txt").write_text(report.summary())
-    return report.to_dict()
+    record = report.to_dict()
+    try:
+        report.raise_if_identifiers_in_features()
+    except IdentifierInFeatures as e:
+        # The officer needs the report of a stopped run as much as of a finished one.
+        ctx.write("assess", record)
+        ctx.write("refused", {"stage": "assess", "reasons": [str(e)], "columns": e.columns})
+        raise
+    return record
 
 
 def _policy_dataset(ctx: RunContext, staged: dict[str, Any]) -> dict[str, Any]:
@@ -271,35 +281,41 @@ def train(ctx: RunContext) -> dict[str, Any]:
 
 @_timed
 def evaluate(ctx: RunContext) -> dict[str, Any]:
-    """Utility on the held-out partition.
+    """Utility on the held-out partition, then the empirical privacy audit.
 
-    These metrics are exact, so they are a release about the held-out rows that the training
-    epsilon does not cover; the model card says so.
+    The utility metrics are exact, so they are a release about the held-out rows that the
+    training epsilon does not cover; the model card says so. The audit attacks the model with
+    its own training rows as members and the held-out rows as non-members.
     """
-    import numpy as np
-    import torch
-
+    from ppmlops.audit.membership import membership_audit
     from ppmlops.data.features import encode
-    from ppmlops.training.metrics import accuracy, roc_auc
-    from ppmlops.training.models import build_model
+    from ppmlops.training.metrics import evaluate as utility, majority_rate
 
     staged, trained = ctx.read("ingest"), ctx.read("train")
     X, y, _ = encode(_read_parquet(staged["snapshot_test"]), ctx.spec)
-    saved = torch.load(trained["model_path"], weights_only=True)
-    model = build_model(saved["kind"], X.shape[1], saved["hidden"])
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    with torch.no_grad():
-        scores = torch.softmax(model(torch.from_numpy(X)), dim=1)[:, 1].numpy()
-    majority = float(max(np.mean(y), 1 - np.mean(y))) if len(y) else 0.0
+    X_members, y_members, _ = encode(_read_parquet(staged["snapshot_train"]), ctx.spec)
+    model = _load_model(trained["model_path"], X.shape[1])
+    audit = membership_audit(model, X_members, y_members, X, y, delta=trained["delta"], seed=ctx.params.seed)
     return {
         "rows": int(len(y)),
-        "accuracy": accuracy(y, scores),
-        "auc": roc_auc(y, scores),
-        "majority_baseline": majority,
+        **utility(model, X, y),
+        "majority_baseline": majority_rate(y),
         "partition": "holdout",
         "note": "exact metrics on the held-out partition; those rows are not covered by the training epsilon",
+        "audit": audit.to_dict(),
     }
+
+
+def _load_model(path: str, n_features: int):
+    import torch
+
+    from ppmlops.training.models import build_model
+
+    saved = torch.load(path, weights_only=True)
+    model = build_model(saved["kind"], n_features, saved["hidden"])
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model
 
 
 def model_card(ctx: RunContext) -> dict[str, Any]:
@@ -329,6 +345,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
         "secure_rng": trained["secure_rng"],
         "metrics": {k: evaluated[k] for k in ("accuracy", "auc", "majority_baseline", "rows")},
         "metrics_note": evaluated["note"],
+        "privacy_audit": evaluated["audit"],
         "intended_use": spec.description or f"{spec.name} retraining",
     }
 
@@ -358,7 +375,7 @@ def gate(ctx: RunContext) -> dict[str, Any]:
             "steps": trained["steps"],
         },
         "metrics": {"accuracy": evaluated["accuracy"], "auc": evaluated["auc"], "min_accuracy": spec.deploy.min_accuracy},
-        "audit": {"epsilon_lower_bound": None},
+        "audit": evaluated["audit"],
         "model_card": card,
     }
     decision = _decide(ctx, "data.ppmlops.deploy", manifest, stage="gate")
@@ -448,7 +465,9 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         out.update(epsilon_spent=r["run_epsilon_spent"], dataset_epsilon_total=r["dataset_epsilon_total"],
                    epochs=r["epochs_completed"], stopped_reason=r["stopped_reason"])
     if "evaluate" in records:
-        out.update(accuracy=records["evaluate"]["accuracy"], auc=records["evaluate"]["auc"])
+        r = records["evaluate"]
+        out.update(accuracy=r["accuracy"], auc=r["auc"], audit_auc=r["audit"]["auc"],
+                   audit_epsilon_lower_bound=r["audit"]["epsilon_lower_bound"])
     if "gate" in records:
         out.update(decision=records["gate"]["outcome"], decision_reasons=records["gate"]["reasons"])
     if "deploy" in records:
@@ -470,7 +489,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  risk score {num('risk_score', '{:.3f}')} ({s.get('risk_level', '-')})",
         f"  epsilon planned {num('epsilon_planned')}, spent {num('epsilon_spent')} at delta {num('delta', '{:.0e}')}; "
         f"dataset total {num('dataset_epsilon_total')}",
-        f"  accuracy {num('accuracy', '{:.4f}')}, AUC {num('auc', '{:.4f}')}",
+        f"  accuracy {num('accuracy', '{:.4f}')}, AUC {num('auc', '{:.4f}')}; membership attack AUC "
+        f"{num('audit_auc', '{:.3f}')}, epsilon lower bound {num('audit_epsilon_lower_bound', '{:.3f}')}",
         f"  decision {s.get('decision', '-')}" + (f": {'; '.join(s['decision_reasons'])}" if s.get("decision_reasons") else ""),
         f"  model version {s.get('model_name', '-')} v{s['model_version']}" if "model_version" in s else "  model not deployed",
         f"  run directory {s['run_dir']}",
