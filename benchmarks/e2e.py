@@ -50,7 +50,9 @@ def main() -> int:
             print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
             print(f"run {i} failed (exit {proc.returncode})")
             return 1
-        summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+        # Airflow's task logs share stdout; the summary is the last top-level JSON object.
+        out = "\n" + proc.stdout
+        summary = json.loads(out[out.rindex("\n{\n") + 1:])
         rows.append((total, summary))
 
     print(f"\n{'stage':<12}" + "".join(f"{'run ' + str(i):>10}" for i in range(len(rows))))

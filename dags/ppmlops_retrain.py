@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pendulum
+from airflow.providers.standard.operators.hitl import HITLBranchOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -38,6 +39,43 @@ def _stage(spec: PipelineSpec, fn):
         raise AirflowFailException(str(err)) from err
 
 
+class DeployApproval(HITLBranchOperator):
+    """The needs-approval branch of the deploy gate: a person approves or rejects in the UI.
+
+    The policy's reasons become the request's body, and the answer is written to the run and the
+    audit log before the branch is taken, so a deployed model always names who approved it.
+    """
+
+    APPROVE, REJECT = "Approve", "Reject"
+
+    def __init__(self, *, spec: PipelineSpec, **kwargs):
+        super().__init__(
+            subject=f"Deploy {spec.deploy.model_name} trained on {spec.dataset.id}?",
+            options=[self.APPROVE, self.REJECT],
+            options_mapping={self.APPROVE: "deploy", self.REJECT: "rejected"},
+            **kwargs,
+        )
+        self.spec = spec
+
+    def execute(self, context):
+        ctx = _context(self.spec)
+        gate = ctx.read("gate")
+        self.body = ("The deploy policy asks for a person's approval:\n\n"
+                     + "\n".join(f"- {r}" for r in gate["reasons"])
+                     + f"\n\nRun {ctx.run_id}; manifest: {ctx.run_dir / 'manifest.json'}")
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        if "error" not in event:
+            user = event.get("responded_by_user") or {}
+            at = event.get("responded_at")
+            pipeline.record_approval(
+                _context(self.spec), approved=event["chosen_options"] == [self.APPROVE],
+                user=str(user.get("name") or user.get("id") or "unknown"),
+                responded_at=at.isoformat() if hasattr(at, "isoformat") else str(at), channel="airflow-hitl")
+        return super().execute_complete(context, event)
+
+
 def build_dag(spec: PipelineSpec):
     defaults = pipeline.RunParams.defaults(spec)
 
@@ -57,7 +95,7 @@ def build_dag(spec: PipelineSpec):
             "workers": Param(defaults.workers, type="integer", minimum=1, maximum=256,
                              description="Ray Train workers"),
             "seed": Param(defaults.seed, type="integer", minimum=0),
-            "environment": Param(defaults.environment, type="string", enum=["development", "production"],
+            "environment": Param(defaults.environment, type="string", enum=["development", "test", "staging", "production"],
                                  description="production runs must use secure RNG (policy)"),
         },
         default_args={"retries": 0},
@@ -91,9 +129,12 @@ def build_dag(spec: PipelineSpec):
         @task.branch
         def gate():
             decision = _stage(spec, pipeline.gate)
-            return "deploy" if decision["allowed"] else "withhold"
+            if decision["allowed"]:
+                return "deploy"
+            return "approve" if decision["outcome"] == "needs_approval" else "withhold"
 
-        @task
+        # Reached from the gate (allow) or from a person's approval: one success is enough.
+        @task(trigger_rule="none_failed_min_one_success")
         def deploy():
             out = _stage(spec, pipeline.deploy)
             log.info("\n%s", pipeline.format_summary(pipeline.summary(_context(spec))))
@@ -108,7 +149,18 @@ def build_dag(spec: PipelineSpec):
             raise AirflowFailException(
                 f"deployment {decision['outcome']} by policy: " + "; ".join(decision["reasons"]))
 
-        ingest() >> validate() >> assess() >> plan() >> train() >> evaluate() >> gate() >> [deploy(), withhold()]
+        @task
+        def rejected():
+            ctx = _context(spec)
+            answer = ctx.read("approval")
+            log.info("\n%s", pipeline.format_summary(pipeline.summary(ctx)))
+            raise AirflowFailException(f"deployment rejected by {answer['by']} at {answer['at']}")
+
+        decided = ingest() >> validate() >> assess() >> plan() >> train() >> evaluate() >> gate()
+        approve = DeployApproval(task_id="approve", spec=spec)
+        deployed = deploy()
+        decided >> [deployed, withhold(), approve]
+        approve >> [deployed, rejected()]
 
     return retrain()
 

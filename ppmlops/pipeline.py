@@ -397,11 +397,16 @@ def deploy(ctx: RunContext) -> dict[str, Any]:
     from ppmlops.registry.store import Registry
 
     decision = ctx.read("gate")
-    if not decision["allowed"]:
+    approval = _read_optional(ctx, "approval")
+    approved = decision["outcome"] == "needs_approval" and bool(approval and approval["approved"])
+    if not (decision["allowed"] or approved):
         # The DAG branches around this stage; this guards every other caller.
-        raise PolicyRefused("deploy", decision["reasons"])
+        raise PolicyRefused("deploy", decision["reasons"] + (
+            ["awaiting a person's approval"] if decision["outcome"] == "needs_approval" and not approval else []))
     card = model_card(ctx)
     card["policy_decision"] = {k: decision[k] for k in ("decision_id", "outcome", "reasons", "policy_hash", "engine")}
+    if approved:
+        card["approval"] = approval
     registry = Registry(ctx.settings.registry_dir)
     version = registry.register(ctx.spec.deploy.model_name, Path(ctx.read("train")["model_path"]), card)
     registry.set_alias(ctx.spec.deploy.model_name, "production", version)
@@ -409,7 +414,41 @@ def deploy(ctx: RunContext) -> dict[str, Any]:
             "path": str(registry.model_path(ctx.spec.deploy.model_name, version))}
 
 
+def record_approval(ctx: RunContext, *, approved: bool, user: str, responded_at: str, channel: str) -> dict[str, Any]:
+    """A person's answer to a needs-approval gate, in the run and in the hash-chained audit log.
+
+    The record takes the shape of a policy decision so that `ppmlops audit verify|show` cover it
+    like any other; its engine names the channel the answer came through.
+    """
+    import uuid
+    from datetime import datetime, timezone
+
+    from ppmlops.audit.log import AuditLog
+
+    gate_record = ctx.read("gate")
+    if gate_record["outcome"] != "needs_approval":
+        raise PpmlopsError(f"run {ctx.run_id}: the deploy gate said {gate_record['outcome']!r}; there is nothing to approve")
+    outcome = "approved" if approved else "rejected"
+    record = {
+        "approved": approved, "outcome": outcome, "by": user, "at": responded_at, "channel": channel,
+        "gate_decision_id": gate_record["decision_id"], "gate_reasons": gate_record["reasons"],
+    }
+    AuditLog(ctx.settings.db_url).record({
+        "id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(), "query": "human approval of deploy",
+        "input": {"gate_decision_id": gate_record["decision_id"], "reasons": gate_record["reasons"]},
+        "result": record, "outcome": outcome, "allowed": approved,
+        "reasons": [f"{outcome} by {user} at {responded_at}"], "engine": channel,
+        "policy_hash": gate_record["policy_hash"], "error": None,
+    }, run_id=ctx.run_id, dataset_id=ctx.spec.dataset.id, stage="approval")
+    return ctx.write("approval", record)
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _read_optional(ctx: RunContext, name: str) -> dict[str, Any] | None:
+    path = ctx.run_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _decide(ctx: RunContext, query: str, policy_input: dict[str, Any], *, stage: str):
@@ -446,7 +485,7 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
 def summary(ctx: RunContext) -> dict[str, Any]:
     """What happened in this run, from the stage records present (a failed run has fewer)."""
     records = {}
-    for name in (*STAGES, "refused"):
+    for name in (*STAGES, "approval", "refused"):
         path = ctx.run_dir / f"{name}.json"
         if path.exists():
             records[name] = json.loads(path.read_text())
@@ -470,6 +509,9 @@ def summary(ctx: RunContext) -> dict[str, Any]:
                    audit_epsilon_lower_bound=r["audit"]["epsilon_lower_bound"])
     if "gate" in records:
         out.update(decision=records["gate"]["outcome"], decision_reasons=records["gate"]["reasons"])
+    if "approval" in records:
+        r = records["approval"]
+        out.update(approval=f"{r['outcome']} by {r['by']}")
     if "deploy" in records:
         out.update(model_version=records["deploy"]["version"], model_name=records["deploy"]["model_name"])
     if "refused" in records:
@@ -491,7 +533,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"dataset total {num('dataset_epsilon_total')}",
         f"  accuracy {num('accuracy', '{:.4f}')}, AUC {num('auc', '{:.4f}')}; membership attack AUC "
         f"{num('audit_auc', '{:.3f}')}, epsilon lower bound {num('audit_epsilon_lower_bound', '{:.3f}')}",
-        f"  decision {s.get('decision', '-')}" + (f": {'; '.join(s['decision_reasons'])}" if s.get("decision_reasons") else ""),
+        f"  decision {s.get('decision', '-')}" + (f": {'; '.join(s['decision_reasons'])}" if s.get("decision_reasons") else "")
+        + (f" ({s['approval']})" if "approval" in s else ""),
         f"  model version {s.get('model_name', '-')} v{s['model_version']}" if "model_version" in s else "  model not deployed",
         f"  run directory {s['run_dir']}",
     ]

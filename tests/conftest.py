@@ -22,6 +22,11 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["PPMLOPS_HOME"] = str(_SESSION_DIR / "ppmlops")
+# A compliance officer who answers needs-approval gates through Airflow's REST API in the tests.
+APPROVER, APPROVER_PASSWORD = "officer", "approve-in-tests"
+os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{APPROVER}:admin"
+os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(_SESSION_DIR / "passwords.json")
+(_SESSION_DIR / "passwords.json").write_text(f'{{"{APPROVER}": "{APPROVER_PASSWORD}"}}')
 os.environ.pop("PPMLOPS_DB_URL", None)
 os.environ.pop("PPMLOPS_OPA_URL", None)
 os.environ.pop("RAY_ADDRESS", None)

@@ -9,7 +9,8 @@ import pytest
 from ppmlops.spec import load_specs
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED_TASKS = {"ingest", "validate", "assess", "plan", "train", "evaluate", "gate", "deploy", "withhold"}
+EXPECTED_TASKS = {"ingest", "validate", "assess", "plan", "train", "evaluate", "gate", "deploy", "withhold",
+                  "approve", "rejected"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,12 @@ def test_dag_shape(dagbag, dag_id):
     chain = ["ingest", "validate", "assess", "plan", "train", "evaluate", "gate"]
     for up, down in zip(chain, chain[1:]):
         assert dag.task_dict[up].downstream_task_ids == {down}
-    assert dag.task_dict["gate"].downstream_task_ids == {"deploy", "withhold"}
+    assert dag.task_dict["gate"].downstream_task_ids == {"deploy", "withhold", "approve"}
+    # needs-approval: a person's answer branches to deploy or to the failing "rejected" task
+    approve = dag.task_dict["approve"]
+    assert approve.downstream_task_ids == {"deploy", "rejected"}
+    assert approve.options_mapping == {"Approve": "deploy", "Reject": "rejected"}
+    assert dag.task_dict["deploy"].trigger_rule == "none_failed_min_one_success"
     assert dag.max_active_runs == 1
 
 
@@ -48,6 +54,6 @@ def test_params_have_json_schema_types(dagbag):
     assert schema["epochs"]["type"] == "integer"
     assert schema["workers"]["type"] == "integer"
     assert schema["seed"]["type"] == "integer"
-    assert schema["environment"]["enum"] == ["development", "production"]
+    assert schema["environment"]["enum"] == ["development", "test", "staging", "production"]
     # The trigger form cannot ask for more than the spec allows one run to spend.
     assert schema["epsilon_cap"]["maximum"] == 1.0

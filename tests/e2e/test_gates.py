@@ -1,0 +1,178 @@
+"""Deploy gates end to end: a person approves or rejects in Airflow, policy edits apply at the next
+decision, and a broken policy stops deployment with the file and line."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ppmlops import pipeline, settings
+from ppmlops.errors import PolicyRefused
+from ppmlops.spec import load_spec
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[2]
+ORIGINAL_POLICY = (REPO / "policies.rego").read_text()
+# The compliance officer's edit: GDPR deploys to staging need a person's approval.
+GDPR_EMPTY = '"needs_approval_risk": 0.7,\n\t\t"approval_environments": [],'
+GDPR_STAGING = '"needs_approval_risk": 0.7,\n\t\t"approval_environments": ["staging"],'
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    assert GDPR_EMPTY in ORIGINAL_POLICY, "the test's edit no longer matches policies.rego"
+    path = tmp_path_factory.mktemp("policy") / "policies.rego"
+    path.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
+    before = os.environ.get("PPMLOPS_POLICY")
+    os.environ["PPMLOPS_POLICY"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("PPMLOPS_POLICY", None)
+    else:
+        os.environ["PPMLOPS_POLICY"] = before
+
+
+@pytest.fixture(scope="module")
+def dag_and_spec(airflow_db, policy_file):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    spec = load_spec(Path(os.environ["PPMLOPS_PIPELINES"]) / "e2e_small.yaml")
+    return bag.dags[spec.dag_id], spec
+
+
+class Approver(threading.Thread):
+    """Waits for the run's approval request, then answers it through Airflow's REST API as the
+    officer would from the UI (the same PATCH the Required Actions page sends)."""
+
+    def __init__(self, dag_id: str, option: str):
+        super().__init__(daemon=True)
+        self.dag_id, self.option = dag_id, option
+        self.status: int | None = None
+        self.error: str | None = None
+        self.asked: dict | None = None
+
+    def run(self):
+        try:
+            self._answer()
+        except Exception as e:  # reported by the test, not lost in the thread
+            self.error = f"{type(e).__name__}: {e}"
+
+    def _answer(self):
+        from fastapi.testclient import TestClient
+        from sqlalchemy import select
+
+        from airflow.api_fastapi.app import create_app
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from tests.conftest import APPROVER, APPROVER_PASSWORD
+
+        deadline = time.monotonic() + 600
+        run_id = None
+        while run_id is None and time.monotonic() < deadline:
+            with create_session() as session:
+                ti = session.scalars(select(TaskInstance).where(
+                    TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == "approve",
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT)).first()
+                run_id = ti.run_id if ti else None
+            time.sleep(0.5)
+        if run_id is None:
+            self.error = "the approval task never waited for input"
+            return
+        client = TestClient(create_app("core"))
+        token = client.post("/auth/token", json={"username": APPROVER, "password": APPROVER_PASSWORD})
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        url = f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+        self.asked = client.get(url, headers=headers).json()
+        reply = client.patch(url, headers=headers, json={"chosen_options": [self.option], "params_input": {}})
+        self.status = reply.status_code
+        if reply.status_code != 200:
+            self.error = reply.text
+
+
+def run_with_answer(dag, spec, option: str):
+    approver = Approver(dag.dag_id, option)
+    approver.start()
+    conf = {"environment": "staging", "epochs": 1}
+    run = dag.test(run_conf=conf)
+    approver.join(timeout=60)
+    assert approver.error is None, approver.error
+    ctx = pipeline.RunContext(spec=spec, run_id=run.run_id, params=pipeline.RunParams.from_mapping(spec, conf))
+    return run, ctx, approver
+
+
+def audit_stages(ctx):
+    from ppmlops.audit.log import AuditLog
+
+    return [(r["stage"], r["decision"]["outcome"]) for r in AuditLog(settings.load().db_url).records(run_id=ctx.run_id)]
+
+
+@pytest.fixture(scope="module")
+def approved_run(dag_and_spec):
+    dag, spec = dag_and_spec
+    return run_with_answer(dag, spec, "Approve")
+
+
+def test_needs_approval_waits_for_a_person_then_deploys(dag_and_spec, approved_run):
+    from ppmlops.registry.store import Registry
+
+    _, spec = dag_and_spec
+    run, ctx, approver = approved_run
+    summary = pipeline.summary(ctx)
+    assert str(run.state) == "success", pipeline.format_summary(summary)
+    assert summary["decision"] == "needs_approval"
+    assert "requires a human approval for every deploy to staging" in approver.asked["body"]
+    card = Registry(settings.load().registry_dir).card(spec.deploy.model_name, summary["model_version"])
+    assert card["approval"]["approved"] is True and card["approval"]["by"] == "officer"
+    assert card["policy_decision"]["outcome"] == "needs_approval"
+    assert ("gate", "needs_approval") in audit_stages(ctx)
+    assert ("approval", "approved") in audit_stages(ctx)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["withhold"] == "skipped" and states["rejected"] == "skipped" and states["deploy"] == "success"
+
+
+def test_rejected_approval_deploys_nothing(dag_and_spec):
+    dag, spec = dag_and_spec
+    run, ctx, _ = run_with_answer(dag, spec, "Reject")
+    assert str(run.state) == "failed"
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["deploy"] == "skipped" and states["rejected"] == "failed"
+    assert "model_version" not in pipeline.summary(ctx)
+    assert ("approval", "rejected") in audit_stages(ctx)
+    with pytest.raises(PolicyRefused):
+        pipeline.deploy(ctx)
+
+
+def test_policy_edits_apply_at_the_next_decision(approved_run, policy_file):
+    """Same process, same loaded DAG: the gate reads the policy file fresh every time."""
+    _, ctx, _ = approved_run
+    assert pipeline.gate(ctx)["outcome"] == "needs_approval"
+    policy_file.write_text(ORIGINAL_POLICY)
+    try:
+        assert pipeline.gate(ctx)["outcome"] == "allow"
+    finally:
+        policy_file.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
+
+
+def test_a_policy_syntax_error_denies_with_file_and_line(approved_run, policy_file):
+    _, ctx, _ = approved_run
+    lines = ORIGINAL_POLICY.splitlines()
+    broken_line = next(i for i, line in enumerate(lines) if line.startswith("deploy := ")) + 1
+    lines[broken_line - 1] = lines[broken_line - 1].replace(":=", ":= {{", 1)
+    policy_file.write_text("\n".join(lines) + "\n")
+    try:
+        gate = pipeline.gate(ctx)
+    finally:
+        policy_file.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
+    assert gate["outcome"] == "deny" and not gate["allowed"]
+    text = " ".join(gate["reasons"]) + " " + (gate["error"] or "")
+    assert f"{policy_file}:{broken_line}" in text, text
+    with pytest.raises(PolicyRefused):
+        pipeline.deploy(ctx)
+
