@@ -46,10 +46,15 @@ def _policy_eval(args: argparse.Namespace) -> int:
 
 
 def _policy_test(args: argparse.Namespace) -> int:
-    from ppmlops.compliance.policy_tests import run_policy_tests
+    from ppmlops.compliance.policy_tests import run_policy_tests, run_policy_tests_opa
 
     s = settings_mod.load()
-    results = run_policy_tests(Path(args.policy) if args.policy else s.policy_path, Path(args.tests))
+    policy = Path(args.policy) if args.policy else s.policy_path
+    if s.opa_url:
+        print(f"evaluating through the OPA server at {s.opa_url}")
+        results = run_policy_tests_opa(s.opa_url, policy, Path(args.tests), timeout_s=s.opa_timeout_s)
+    else:
+        results = run_policy_tests(policy, Path(args.tests))
     failed = [r for r in results if not r[1]]
     for name, passed, message in results:
         print(f"{'PASS' if passed else 'FAIL'}: {name}" + (f"  ({message})" if message and not passed else ""))

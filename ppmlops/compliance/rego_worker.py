@@ -14,6 +14,7 @@ Requests:
   {"op": "eval", "policies": [{"path", "text"}], "query": "data.pkg.rule", "input": ...}
       -> {"ok": true, "defined": bool, "value": ...}
   {"op": "test", "policies": [{"path", "text"}]}
+  {"op": "list_tests", "policies": [{"path", "text"}]}  (names only; the OPA path evaluates them)
       -> {"ok": true, "results": [{"name", "passed", "message"}]}
 Any failure -> {"ok": false, "error": "<one line naming file:line:col where known>"}.
 """
@@ -163,6 +164,9 @@ def main() -> int:
                 response = _eval(regorus, req)
             elif req.get("op") == "test":
                 response = _test(regorus, req)
+            elif req.get("op") == "list_tests":
+                tests = _test_rules(_engine(regorus, req["policies"]))
+                response = {"ok": True, "tests": [{"package": p, "name": n, "where": w} for p, n, w in tests]}
             else:
                 response = {"ok": False, "error": f"unknown worker op {req.get('op')!r}"}
         except RuntimeError as err:  # regorus reports parse and evaluation errors this way

@@ -71,7 +71,7 @@ class Approver(threading.Thread):
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
         from airflow.utils.state import TaskInstanceState
-        from tests.conftest import APPROVER, APPROVER_PASSWORD
+        from conftest import APPROVER, APPROVER_PASSWORD  # the module pytest loaded, not a second copy
 
         deadline = time.monotonic() + 600
         run_id = None

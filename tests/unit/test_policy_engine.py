@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 import shutil
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import regorus
 
 from ppmlops.compliance import ENGINE_EMBEDDED, ENGINE_OPA, evaluate
 from ppmlops.compliance.rego_worker import FAULT_ENV, format_engine_error
 from ppmlops.settings import REPO_ROOT
+
+from opa_server import FakeOpa  # tests/ is on sys.path (rootdir conftest)
 
 POLICY = REPO_ROOT / "policies.rego"
 
@@ -234,89 +232,6 @@ def test_engine_error_formatting():
 # ---------------------------------------------------------------------------------------------
 # OPA server over HTTP
 # ---------------------------------------------------------------------------------------------
-class FakeOpa:
-    """The parts of OPA's REST API the engine uses, evaluating with regorus (no OPA binary here).
-
-    mode: "normal"; "undefined" (every query answers {}); "error" (every query answers 500);
-    "swap" (GET /v1/policies returns a different module than was PUT).
-    """
-
-    def __init__(self, mode: str = "normal"):
-        self.mode = mode
-        self.policies: dict[str, str] = {}
-        self.requests: list[tuple[str, str]] = []
-        opa = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes:
-                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
-
-            def do_PUT(self):
-                opa.requests.append(("PUT", self.path))
-                policy_id = self.path.removeprefix("/v1/policies/")
-                text = self._body().decode()
-                try:
-                    regorus.Engine().add_policy(policy_id, text)
-                except RuntimeError as err:
-                    m = re.search(r"-->\s*\S+?:(\d+):(\d+)", str(err))
-                    msg = re.search(r"error:\s*(.+)", str(err))
-                    self._reply(400, {"code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
-                                      "errors": [{"code": "rego_parse_error", "message": msg.group(1) if msg else str(err),
-                                                  "location": {"file": policy_id, "row": int(m.group(1)), "col": int(m.group(2))}}]})
-                    return
-                opa.policies[policy_id] = text
-                self._reply(200, {})
-
-            def do_GET(self):
-                opa.requests.append(("GET", self.path))
-                policy_id = self.path.removeprefix("/v1/policies/")
-                if policy_id not in opa.policies:
-                    self._reply(404, {"code": "resource_not_found", "message": f"storage_not_found_error: policy id {policy_id!r}"})
-                    return
-                raw = opa.policies[policy_id] + ("\n# replaced by someone else\n" if opa.mode == "swap" else "")
-                self._reply(200, {"result": {"id": policy_id, "raw": raw}})
-
-            def do_POST(self):
-                opa.requests.append(("POST", self.path))
-                body = json.loads(self._body() or b"{}")
-                if opa.mode == "undefined":
-                    self._reply(200, {})
-                    return
-                if opa.mode == "error":
-                    self._reply(500, {"code": "internal_error", "message": "storage failure"})
-                    return
-                engine = regorus.Engine()
-                for pid, text in opa.policies.items():
-                    engine.add_policy(pid, text)
-                engine.set_input_json(json.dumps(body.get("input")))
-                query = "data." + self.path.removeprefix("/v1/data/").strip("/").replace("/", ".")
-                result = json.loads(engine.eval_query_as_json(query)).get("result")
-                self._reply(200, {"result": result[0]["expressions"][0]["value"]} if result else {})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> "FakeOpa":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_opa_decisions_match_embedded(monkeypatch):
     embedded = {q: evaluate(q, i) for q, i in [("data.ppmlops.train", TRAIN_INPUT),
                                                 ("data.ppmlops.budget", TRAIN_INPUT),
