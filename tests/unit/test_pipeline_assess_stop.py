@@ -1,0 +1,37 @@
+"""The pipeline stops at assess, before plan and train, when a direct identifier is a feature."""
+
+from __future__ import annotations
+
+import pytest
+
+from ppmlops import pipeline
+from ppmlops.risk.report import IdentifierInFeatures
+from ppmlops.spec import parse_spec
+
+
+def test_an_email_column_among_features_stops_the_run_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    emails = [f"person{i}@example.org" for i in range(60)]
+    src = tmp_path / "train.csv"
+    src.write_text("contact,age,y\n" + "\n".join(
+        f"{e},{20 + i % 50},{'yes' if i % 3 else 'no'}" for i, e in enumerate(emails)) + "\n")
+    spec = parse_spec({
+        "name": "leaky",
+        "dataset": {"id": "leaky", "source": {"path": str(src)},
+                    "label": {"column": "y", "positive": "yes", "values": ["yes", "no"]},
+                    "features": [{"name": "contact", "type": "categorical", "categories": emails},
+                                 {"name": "age", "type": "numeric", "range": [18, 90]}]},
+        "privacy": {"epsilon": 1.0, "delta": 1e-5, "run_epsilon": 1.0},
+        "deploy": {"model_name": "leaky"},
+    })
+    ctx = pipeline.RunContext(spec=spec, run_id="run-1", params=pipeline.RunParams.defaults(spec))
+    pipeline.ingest(ctx)
+    with pytest.raises(IdentifierInFeatures, match="contact"):
+        pipeline.assess(ctx)
+    assert ctx.read("assess")["level"] == "high"
+    refused = ctx.read("refused")
+    assert refused["stage"] == "assess" and refused["columns"] == ["contact"]
+    assert "contact (email" in refused["reasons"][0]
+    assert not (ctx.run_dir / "plan.json").exists() and not (ctx.run_dir / "train.json").exists()
+    summary = pipeline.summary(ctx)
+    assert summary["decision"] == "refused to train" and summary["risk_level"] == "high"
