@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from typing import Any, Callable
+from typing import Any
 
+from ppmlops.cli_guard import USAGE_ERROR, BadArgument, guarded
 from ppmlops.errors import PpmlopsError
 
-USAGE_ERROR = 2
+
+def _guarded_usage(func, prog):
+    # Every privacy/ledger failure is about what the caller asked for: a usage error.
+    return guarded(func, prog, data_error=USAGE_ERROR, one_line=True)
 
 
-class _BadArgument(Exception):
-    def __init__(self, argument: str, message: str):
-        super().__init__(f"argument {argument}: {message}")
+
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +35,7 @@ def register(subparsers: Any) -> None:
                    help="noise multiplier, Poisson sampling rate and step count; repeat for more segments")
     p.add_argument("--delta", required=True, metavar="D")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=_guarded(_epsilon, "ppmlops privacy epsilon"))
+    p.set_defaults(func=_guarded_usage(_epsilon, "ppmlops privacy epsilon"))
 
     p = psub.add_parser("calibrate", help="smallest noise multiplier for a target epsilon",
                         description="Find the smallest noise multiplier whose epsilon is within the target.")
@@ -43,7 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sample-rate", required=True, metavar="Q")
     p.add_argument("--steps", required=True, metavar="T")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=_guarded(_calibrate, "ppmlops privacy calibrate"))
+    p.set_defaults(func=_guarded_usage(_calibrate, "ppmlops privacy calibrate"))
 
     ledger = subparsers.add_parser("ledger", help="the privacy ledger",
                                    description="Per-dataset privacy spend recorded by training runs.")
@@ -52,22 +53,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", metavar="ID")
     p.add_argument("--db-url", metavar="URL", help="SQLAlchemy URL (default: PPMLOPS_DB_URL or the home's SQLite file)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=_guarded(_ledger_show, "ppmlops ledger show"))
+    p.set_defaults(func=_guarded_usage(_ledger_show, "ppmlops ledger show"))
 
 
-def _guarded(func: Callable[[argparse.Namespace], int], prog: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except _BadArgument as err:
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            return USAGE_ERROR
-        except PpmlopsError as err:
-            print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-            return USAGE_ERROR
-    run.__name__ = func.__name__
-    run.__doc__ = func.__doc__
-    return run
 
 
 # -- argument parsing --------------------------------------------------------------------------
@@ -76,30 +64,30 @@ def _number(text: str, argument: str) -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise _BadArgument(argument, f"{text!r} is not a number") from None
+        raise BadArgument(argument, f"{text!r} is not a number") from None
     if not math.isfinite(value):
-        raise _BadArgument(argument, f"{text!r} is not a finite number")
+        raise BadArgument(argument, f"{text!r} is not a finite number")
     return value
 
 
 def _positive(text: str, argument: str) -> float:
     value = _number(text, argument)
     if value <= 0:
-        raise _BadArgument(argument, f"must be > 0, got {text}")
+        raise BadArgument(argument, f"must be > 0, got {text}")
     return value
 
 
 def _sample_rate(text: str, argument: str) -> float:
     value = _number(text, argument)
     if not 0 < value <= 1:
-        raise _BadArgument(argument, f"sampling rate must be in (0, 1], got {text}")
+        raise BadArgument(argument, f"sampling rate must be in (0, 1], got {text}")
     return value
 
 
 def _delta(text: str, argument: str = "--delta") -> float:
     value = _number(text, argument)
     if not 0 < value < 1:
-        raise _BadArgument(argument, f"delta must be in (0, 1), got {text}")
+        raise BadArgument(argument, f"delta must be in (0, 1), got {text}")
     return value
 
 
@@ -107,9 +95,9 @@ def _count(text: str, argument: str, minimum: int) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise _BadArgument(argument, f"{text!r} is not a whole number") from None
+        raise BadArgument(argument, f"{text!r} is not a whole number") from None
     if value < minimum:
-        raise _BadArgument(argument, f"must be >= {minimum}, got {text}")
+        raise BadArgument(argument, f"must be >= {minimum}, got {text}")
     return value
 
 
@@ -118,7 +106,7 @@ def _segment(text: str):
 
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 3:
-        raise _BadArgument("--segment", f"expected SIGMA,Q,STEPS (three comma-separated values), got {text!r}")
+        raise BadArgument("--segment", f"expected SIGMA,Q,STEPS (three comma-separated values), got {text!r}")
     sigma = _positive(parts[0], f"--segment {text!r}: SIGMA")
     q = _sample_rate(parts[1], f"--segment {text!r}: Q")
     steps = _count(parts[2], f"--segment {text!r}: STEPS", 0)

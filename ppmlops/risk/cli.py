@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ppmlops.errors import PpmlopsError
+from ppmlops.cli_guard import BadArgument, guarded
 
-DATA_ERROR, USAGE_ERROR = 1, 2
 REGULATIONS = ("gdpr", "hipaa", "ccpa", "none")
 
 
-class _BadArgument(Exception):
-    def __init__(self, argument: str, message: str):
-        super().__init__(f"argument {argument}: {message}")
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +36,7 @@ def register(subparsers: Any) -> None:
     _input_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", metavar="REPORT.json", help="also write the JSON report to this file")
-    p.set_defaults(func=_guarded(_scan, "ppmlops risk scan"))
+    p.set_defaults(func=guarded(_scan, "ppmlops risk scan"))
 
     p = sub.add_parser("suggest", help="write a Great Expectations suite from a scan",
                        description="Scan, then write an expectation suite with the sensitivity rules "
@@ -49,7 +44,7 @@ def register(subparsers: Any) -> None:
     _input_arguments(p)
     p.add_argument("--out", required=True, metavar="SUITE.json", help="where to write the suite")
     p.add_argument("--name", metavar="NAME", help="suite name (default: the dataset id or the file's stem)")
-    p.set_defaults(func=_guarded(_suggest, "ppmlops risk suggest"))
+    p.set_defaults(func=guarded(_suggest, "ppmlops risk suggest"))
 
 
 def _input_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,19 +72,6 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine", metavar="PATH", help="write malformed lines here (CSV with _line and _reason)")
 
 
-def _guarded(func: Callable[[argparse.Namespace], int], prog: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except _BadArgument as err:
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            return USAGE_ERROR
-        except PpmlopsError as err:
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            return DATA_ERROR
-    run.__name__ = func.__name__
-    run.__doc__ = func.__doc__
-    return run
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -103,9 +85,9 @@ def _int(text: str, argument: str, minimum: int) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise _BadArgument(argument, f"{text!r} is not a whole number") from None
+        raise BadArgument(argument, f"{text!r} is not a whole number") from None
     if value < minimum:
-        raise _BadArgument(argument, f"must be >= {minimum}, got {text}")
+        raise BadArgument(argument, f"must be >= {minimum}, got {text}")
     return value
 
 
@@ -113,9 +95,9 @@ def _delta(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _BadArgument("--delta", f"{text!r} is not a number") from None
+        raise BadArgument("--delta", f"{text!r} is not a number") from None
     if not 0 < value < 1:
-        raise _BadArgument("--delta", f"delta must be in (0, 1), got {text}")
+        raise BadArgument("--delta", f"delta must be in (0, 1), got {text}")
     return value
 
 
@@ -124,7 +106,7 @@ def _delimiter(text: str | None) -> str | None:
         return None
     text = {"tab": "\t", "\\t": "\t"}.get(text.lower(), text)
     if len(text) != 1 or text in {'"', "\r", "\n"}:
-        raise _BadArgument("--delimiter", f"expected one character or 'tab', got {text!r}")
+        raise BadArgument("--delimiter", f"expected one character or 'tab', got {text!r}")
     return text
 
 
@@ -134,7 +116,7 @@ def _as_of(text: str | None) -> date | None:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise _BadArgument("--as-of", f"{text!r} is not a date (YYYY-MM-DD)") from None
+        raise BadArgument("--as-of", f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _is_spec(path: str) -> bool:
@@ -155,7 +137,7 @@ def _report(args: argparse.Namespace):
             ("--special-categories", args.special_categories), ("--not-sensitive", args.not_sensitive),
             ("--delta", args.delta), ("--k", args.k), ("--quarantine", args.quarantine)) if value]
         if ignored:
-            raise _BadArgument(ignored[0], "the spec declares this; edit the spec instead")
+            raise BadArgument(ignored[0], "the spec declares this; edit the spec instead")
         spec = load_spec(args.path)
         return spec, assess_spec(spec, sample_rows=sample_rows, as_of=as_of)
     consent = None
@@ -167,9 +149,9 @@ def _report(args: argparse.Namespace):
         try:
             consent = Consent(**fields)
         except ValueError as err:
-            raise _BadArgument("--consent-column", str(err).splitlines()[-1]) from None
+            raise BadArgument("--consent-column", str(err).splitlines()[-1]) from None
     elif args.purposes_column or args.expiry_column:
-        raise _BadArgument("--purposes-column" if args.purposes_column else "--expiry-column",
+        raise BadArgument("--purposes-column" if args.purposes_column else "--expiry-column",
                            "needs --consent-column (the consent flag)")
     declarations = Declarations(
         identifiers=frozenset(_columns(args.identifiers)),
