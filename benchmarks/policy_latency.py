@@ -21,22 +21,21 @@ is checked (no error, expected outcome) before its time counts. Loopback only; s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-import regorus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from ppmlops.compliance import evaluate  # noqa: E402
 from ppmlops.compliance.engine import ENGINE_EMBEDDED, ENGINE_OPA  # noqa: E402
+
+from opa_server import FakeOpa as LoopbackOpa  # noqa: E402  the tests' OPA Data API server
 
 DATASET = {"id": "demo_customers", "regulation": "gdpr", "rows": 4700, "epsilon_budget": 3.0, "delta": 1e-5,
            "public": False}
@@ -68,88 +67,6 @@ CASES = [
     ("data.ppmlops.budget", TRAIN_INPUT, "allow"),
     ("data.ppmlops.deploy", DEPLOY_INPUT, "allow"),
 ]
-
-
-class LoopbackOpa:
-    """The part of OPA's REST API the engine uses: PUT/GET /v1/policies/<id>, POST /v1/data/<path>.
-    Policies are compiled at PUT (a rejected one answers 400) and each query evaluates a clone.
-
-    One request at a time, on the server thread: a regorus Engine may only be used and dropped
-    on the thread that made it. HTTP/1.0 (a connection per request) so that a client holding a
-    keep-alive connection can never stall the next one."""
-
-    def __init__(self) -> None:
-        self.raw: dict[str, str] = {}
-        self.compiled: regorus.Engine | None = None
-        opa = self
-
-        class Handler(BaseHTTPRequestHandler):
-            # Headers and body go out in two writes; without this, Nagle's algorithm and the
-            # client's delayed ACK add ~40 ms to every response, which no real server pays.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes:
-                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
-
-            def do_PUT(self):
-                policy_id = self.path.removeprefix("/v1/policies/")
-                text = self._body().decode()
-                policies = {**opa.raw, policy_id: text}
-                engine = regorus.Engine()
-                try:
-                    for pid, src in policies.items():
-                        engine.add_policy(pid, src)
-                except RuntimeError as err:
-                    self._reply(400, {"code": "invalid_parameter", "message": str(err).strip().splitlines()[-1]})
-                    return
-                opa.raw, opa.compiled = policies, engine
-                self._reply(200, {})
-
-            def do_GET(self):
-                policy_id = self.path.removeprefix("/v1/policies/")
-                raw = opa.raw.get(policy_id)
-                if raw is None:
-                    self._reply(404, {"code": "resource_not_found", "message": f"policy id {policy_id!r}"})
-                else:
-                    self._reply(200, {"result": {"id": policy_id, "raw": raw}})
-
-            def do_POST(self):
-                body = json.loads(self._body() or b"{}")
-                engine = opa.compiled.clone() if opa.compiled is not None else regorus.Engine()
-                engine.set_input_json(json.dumps(body.get("input")))
-                query = "data." + self.path.removeprefix("/v1/data/").strip("/").replace("/", ".")
-                result = json.loads(engine.eval_query_as_json(query)).get("result")
-                self._reply(200, {"result": result[0]["expressions"][0]["value"]} if result else {})
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        try:
-            self.server.serve_forever(poll_interval=0.05)
-        finally:
-            self.compiled = None  # dropped on the thread that made it, as regorus requires
-
-    def __enter__(self) -> "LoopbackOpa":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 def time_decisions(engine: str, query: str, doc: dict, expected: str, n: int) -> tuple[float, list[float]]:
@@ -196,7 +113,7 @@ def main() -> int:
                 print(f"{label:<10} {query:<22} {statistics.median(times):8.2f} {p95(times):8.2f} {min(times):8.2f} "
                       f"{first:8.2f} {len(times):4d}")
         os.environ.pop("PPMLOPS_OPA_URL", None)
-    print("opa-http rows are against the loopback test server in this script (Python http.server + regorus), "
+    print("opa-http rows are against the loopback test server in tests/opa_server.py (Python http.server + regorus), "
           "not a real OPA.")
     return 0
 
