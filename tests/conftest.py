@@ -44,6 +44,16 @@ if not os.environ.get("PPMLOPS_DATA") and (REPO.parent / "shared" / "data").is_d
     os.environ["PPMLOPS_DATA"] = str(REPO.parent / "shared" / "data")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_local_ray_left_behind():
+    """Each module starts without a Ray runtime: a local Ray that ppmlops started for one
+    module's runs would otherwise be the one the next module's tests connect to."""
+    yield
+    launch = sys.modules.get("ppmlops.training.launch")
+    if launch is not None:
+        launch.shutdown_local_ray()
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated SQLite metadata database for dag.test() runs."""

@@ -211,14 +211,15 @@ def test_unreachable_or_malformed_ray_address(address, match):
     assert address in str(err.value)
 
 
-def test_secure_rng_job_fails_before_starting_a_local_ray(tmp_path):
+def test_secure_rng_job_fails_before_starting_a_local_ray(tmp_path, monkeypatch):
     import ray
 
     from ppmlops.privacy.accountant import ORDERS
+    from ppmlops.training import dp_worker
     from ppmlops.training.launch import TrainJob, train_on_ray
 
-    if secure_rng_available() or ray.is_initialized():
-        pytest.skip("needs no torchcsprng and no Ray in this process")
+    monkeypatch.setattr(dp_worker, "secure_rng_available", lambda: False)  # as on this machine
+    assert not ray.is_initialized(), "an earlier test module left Ray running (see tests/conftest.py)"
     X = np.zeros((10, 2), np.float32)
     y = np.zeros(10, np.int64)
     job = TrainJob(run_id="r", dataset_id="d", ledger_url=f"sqlite:///{tmp_path / 'l.db'}", delta=1e-5,
