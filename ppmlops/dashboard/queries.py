@@ -1,0 +1,294 @@
+"""What the dashboard shows, read from the ledger, the audit log, the registry and run folders.
+
+Plain functions of Settings that return JSON-safe dicts: app.py serves them as JSON and html.py
+renders them. Nothing here writes; a missing SQLite database is reported, not created (opening
+a Ledger on a missing file would create an empty one and show "no datasets", which is wrong).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ppmlops.errors import PpmlopsError
+from ppmlops.settings import Settings
+
+# Run folders are named after the run id with everything else replaced, as RunContext.run_dir does.
+_RUN_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class Unavailable(PpmlopsError):
+    """The ledger / audit database cannot be opened or read."""
+
+
+class NotFound(PpmlopsError):
+    """The dataset, decision or run asked for does not exist."""
+
+
+def jsonable(value: Any) -> Any:
+    """A copy that strict JSON accepts: non-finite floats become "inf"/"nan" strings (an unbounded
+    epsilon is information, null would hide it), numpy scalars become Python ones."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+# -- the database -----------------------------------------------------------------------------
+
+def safe_url(db_url: str) -> str:
+    try:
+        return make_url(db_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only used in messages
+        return "(an unparseable database URL)"
+
+
+@functools.lru_cache(maxsize=8)
+def _open(db_url: str):
+    # One engine pool per URL rather than per request; settings are still read per request, so a
+    # changed PPMLOPS_DB_URL simply opens (and caches) the other database.
+    from ppmlops.audit.log import AuditLog
+    from ppmlops.privacy.ledger import Ledger
+
+    return Ledger(db_url), AuditLog(db_url)
+
+
+def stores(settings: Settings):
+    """(Ledger, AuditLog) on settings.db_url, or Unavailable with a message a person can act on."""
+    from ppmlops.privacy.ledger import sqlite_file_missing
+
+    url = settings.db_url
+    try:
+        missing = sqlite_file_missing(url)
+    except Exception:  # noqa: BLE001 - an invalid URL: Ledger() below says what is wrong with it
+        missing = False
+    if missing:
+        raise Unavailable(
+            f"no ppmlops database at {safe_url(url)}: no pipeline has run with this PPMLOPS_HOME "
+            f"({settings.home}) yet, or PPMLOPS_HOME / PPMLOPS_DB_URL point somewhere else")
+    try:
+        return _open(url)
+    except (PpmlopsError, SQLAlchemyError, ImportError, OSError) as err:
+        raise Unavailable(f"cannot open the ppmlops database at {safe_url(url)}: {_first_line(err)}") from None
+
+
+@contextlib.contextmanager
+def _reading(settings: Settings) -> Iterator[None]:
+    try:
+        yield
+    except SQLAlchemyError as err:  # e.g. the server went away after the engine was cached
+        raise Unavailable(f"reading the ppmlops database at {safe_url(settings.db_url)} failed: "
+                          f"{_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# -- privacy budgets --------------------------------------------------------------------------
+
+def budgets(settings: Settings) -> dict:
+    """Every dataset in the ledger: budget, spend, what is left, per partition."""
+    ledger, _ = stores(settings)
+    with _reading(settings):
+        summary = ledger.summary()
+    return jsonable({"accountant": summary["accountant"], "datasets": [_budget(d) for d in summary["datasets"]]})
+
+
+def _budget(d: dict) -> dict:
+    budget, spent = d["epsilon_budget"], d["epsilon_spent"]
+    return {
+        "dataset_id": d["dataset_id"],
+        "epsilon_budget": budget,
+        "delta": d["delta"],
+        "epsilon_spent": spent,
+        "epsilon_remaining": d["epsilon_remaining"],
+        "fraction_spent": (spent / budget) if budget and spent is not None else None,
+        "partitions": d["partitions"],
+        "runs": d["runs"],
+        "entry_count": len(d["entries"]),
+        # Reserved entries count in the totals (write-ahead); many of them mean crashed runs.
+        "reserved_count": sum(e["status"] == "reserved" for e in d["entries"]),
+    }
+
+
+def dataset(settings: Settings, dataset_id: str) -> dict:
+    """One dataset's budget, what each run spent per partition, and every ledger entry."""
+    ledger, _ = stores(settings)
+    with _reading(settings):
+        try:
+            [d] = ledger.summary(dataset_id)["datasets"]
+        except PpmlopsError:
+            raise NotFound(f"dataset {dataset_id!r} is not in the privacy ledger") from None
+        runs = []
+        for run_id in d["runs"]:
+            mine = [e for e in d["entries"] if e["run_id"] == run_id]
+            # A run's own epsilon: its entries composed on their own, at the dataset's delta.
+            by_partition = ledger.epsilon_by_partition(dataset_id, run_id=run_id) if d["delta"] is not None else {}
+            runs.append({
+                "run_id": run_id,
+                "epsilon": max(by_partition.values(), default=0.0) if d["delta"] is not None else None,
+                "epsilon_by_partition": by_partition,
+                "entries": len(mine),
+                "steps": sum(e["steps"] for e in mine),
+                "statuses": sorted({e["status"] for e in mine}),
+            })
+    return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"]})
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+def decisions(settings: Settings, run_id: str | None = None, dataset_id: str | None = None,
+              limit: int | None = 200) -> dict:
+    """Audit records matching the filter, newest first (at most `limit`), and the chain's state."""
+    _, log = stores(settings)
+    with _reading(settings):
+        records = log.records(run_id=run_id, dataset_id=dataset_id)
+        chain = chain_status(log)
+    shown = records[-limit:] if limit else records
+    return jsonable({
+        "filter": {"run_id": run_id, "dataset_id": dataset_id},
+        "total": len(records),
+        "records": list(reversed(shown)),
+        "chain": chain,
+    })
+
+
+def chain_status(log: Any) -> dict:
+    problems = log.verify()
+    head = log.head()
+    return {
+        "intact": not problems,
+        "problems": problems,
+        "records": head["seq"] if head else 0,
+        "head": head,
+        # Checked without an anchor kept elsewhere: cutting off the newest records, or rewriting
+        # the whole chain with fresh hashes, cannot show here (see AuditLog.verify).
+        "anchored": False,
+    }
+
+
+def run_decisions(settings: Settings, run_folder: str) -> dict:
+    """Decisions of the run stored in `run_folder` (run ids are sanitised into folder names)."""
+    _, log = stores(settings)
+    with _reading(settings):
+        records = [r for r in log.records() if r.get("run_id") and _RUN_DIR_CHARS.sub("_", r["run_id"]) == run_folder]
+        chain = chain_status(log)
+    return jsonable({"filter": {"run_id": records[0]["run_id"] if records else run_folder, "dataset_id": None},
+                     "total": len(records), "records": list(reversed(records)), "chain": chain})
+
+
+def decision(settings: Settings, seq: int) -> dict:
+    _, log = stores(settings)
+    with _reading(settings):
+        found = [r for r in log.records() if r["seq"] == seq]
+        chain = chain_status(log)
+    if not found:
+        raise NotFound(f"the audit log has no record with seq {seq}")
+    return jsonable({"record": found[0], "chain": chain})
+
+
+# -- models -----------------------------------------------------------------------------------
+
+def models(settings: Settings) -> dict:
+    """Every model in the registry: versions newest first with their cards, and aliases."""
+    from ppmlops.registry.store import Registry, RegistryError
+
+    root = settings.registry_dir
+    registry = Registry(root)
+    out = []
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if not child.is_dir() or not _SAFE_NAME.match(child.name):
+            continue
+        name = child.name
+        try:
+            history = registry.alias_history(name)
+            aliases = {a: registry.alias(name, a) for a in dict.fromkeys(h["alias"] for h in history)}
+            error = None
+        except RegistryError as err:  # a damaged aliases.json: show it, keep the versions
+            history, aliases, error = [], {}, str(err)
+        versions = []
+        for version in reversed(registry.versions(name)):
+            try:
+                versions.append({"version": version, "card": registry.card(name, version)})
+            except RegistryError as err:
+                versions.append({"version": version, "card": None, "error": str(err)})
+        if versions or aliases or error:
+            out.append({"model_name": name, "aliases": aliases, "production": aliases.get("production"),
+                        "versions": versions, "alias_history": history, "error": error})
+    return jsonable({"registry_dir": str(root), "models": out})
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+def runs(settings: Settings, limit: int = 50) -> dict:
+    """Run folders, most recently written first: which stage records exist, and the gate's outcome."""
+    found = []
+    root = settings.runs_dir
+    for pipe in sorted(root.iterdir()) if root.is_dir() else []:
+        if not pipe.is_dir() or not _SAFE_NAME.match(pipe.name):
+            continue
+        for run in pipe.iterdir():
+            records = _record_files(run) if run.is_dir() and _SAFE_NAME.match(run.name) else []
+            if records:
+                found.append((max(p.stat().st_mtime for p in records), pipe.name, run, records))
+    found.sort(key=lambda t: t[0], reverse=True)
+    out = []
+    for mtime, pipeline, run, records in found[:limit]:
+        gate = _load(run / "gate.json") if (run / "gate.json").exists() else {}
+        out.append({"pipeline": pipeline, "run": run.name, "records": [p.stem for p in records],
+                    "modified": mtime, "outcome": gate.get("outcome") if isinstance(gate, dict) else None})
+    return jsonable({"runs_dir": str(root), "runs": out})
+
+
+def run(settings: Settings, pipeline: str, run_id: str) -> dict:
+    """Every JSON record of one run, stages in pipeline order, and train's per-epoch history."""
+    from ppmlops.pipeline import STAGES
+
+    folder = run_dir(settings, pipeline, run_id)
+    order = {name: i for i, name in enumerate(STAGES)}
+    files = sorted(_record_files(folder), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+    records = {p.stem: _load(p) for p in files}
+    train = records.get("train")
+    history = train.get("history") if isinstance(train, dict) else None
+    return jsonable({"pipeline": pipeline, "run": folder.name, "run_dir": str(folder), "records": records,
+                     "epochs": history if isinstance(history, list) else []})
+
+
+def run_dir(settings: Settings, pipeline: str, run_id: str) -> Path:
+    """The run's folder; raw Airflow run ids are accepted. Names that could leave runs_dir are refused."""
+    name = _RUN_DIR_CHARS.sub("_", run_id)
+    for part in (pipeline, name):
+        if not _SAFE_NAME.match(part):
+            raise NotFound(f"no run {pipeline!r}/{run_id!r}: not a pipeline / run folder name")
+    folder = settings.runs_dir / pipeline / name
+    if not folder.is_dir() or not _record_files(folder):
+        raise NotFound(f"no run {pipeline!r}/{run_id!r} under {settings.runs_dir}")
+    return folder
+
+
+def _record_files(folder: Path) -> list[Path]:
+    # Dot files are the stages' half-written temporaries.
+    return [p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith(".")]
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return {"error": f"{path.name} could not be read: {err}"}
