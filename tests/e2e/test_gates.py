@@ -149,6 +149,27 @@ def test_rejected_approval_deploys_nothing(dag_and_spec):
         pipeline.deploy(ctx)
 
 
+def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec, policy_file):
+    """A compliance officer freezes deployments with one added rule; the DAG obeys at its gate."""
+    dag, spec = dag_and_spec
+    edited = policy_file.read_text()
+    policy_file.write_text(edited + '\n_deploy_deny contains "deployments frozen by the compliance office"\n')
+    try:
+        conf = {"epochs": 1}
+        run = dag.test(run_conf=conf)
+    finally:
+        policy_file.write_text(edited)
+    ctx = pipeline.RunContext(spec=spec, run_id=run.run_id, params=pipeline.RunParams.from_mapping(spec, conf))
+    assert str(run.state) == "failed"
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["gate"] == "success" and states["withhold"] == "failed"
+    assert states["deploy"] == "skipped" and states["approve"] == "skipped"
+    summary = pipeline.summary(ctx)
+    assert summary["decision"] == "deny" and "model_version" not in summary
+    assert "deployments frozen by the compliance office" in summary["decision_reasons"]
+    assert ("gate", "deny") in audit_stages(ctx)
+
+
 def test_policy_edits_apply_at_the_next_decision(approved_run, policy_file):
     """Same process, same loaded DAG: the gate reads the policy file fresh every time."""
     _, ctx, _ = approved_run
