@@ -97,6 +97,8 @@ def build_dag(spec: PipelineSpec):
             "seed": Param(defaults.seed, type="integer", minimum=0),
             "environment": Param(defaults.environment, type="string", enum=["development", "test", "staging", "production"],
                                  description="production runs must use secure RNG (policy)"),
+            "tuner": Param(spec.training.tuner, type="string", enum=["fixed", "rule", "bayes"],
+                           description="ANOM: how noise, clip norm and learning rate change between epochs"),
         },
         default_args={"retries": 0},
         doc_md=__doc__,

@@ -30,6 +30,7 @@ class RunParams:
     workers: int
     seed: int
     environment: str = "development"
+    tuner: str = ""  # "" follows the spec's training.tuner
 
     @classmethod
     def defaults(cls, spec: PipelineSpec) -> "RunParams":
@@ -187,6 +188,7 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     run_epsilon = float(budget.result["epsilon"])
     delta = float(budget.result.get("delta", spec.privacy.delta))
 
+    holdout_noise = _plan_holdout(ctx, ledger, staged, delta)
     q, steps_per_epoch = sample_rate_for(staged["rows_train"], spec.training.batch_size, p.workers)
     total_steps = steps_per_epoch * p.epochs
     # The run alone must stay within its grant, and the dataset's composed total within its
@@ -210,10 +212,33 @@ def plan(ctx: RunContext) -> dict[str, Any]:
         "steps_per_epoch": steps_per_epoch,
         "epochs": p.epochs,
         "budget_rdp": [float(x) for x in budget_curve],
+        "holdout_noise": holdout_noise,
+        "tuner": p.tuner or spec.training.tuner,
         "reasons": budget.reasons,
         "decisions": [train_decision.id, budget.id],
         "policy_input": policy_input,
     }
+
+
+def _plan_holdout(ctx: RunContext, ledger, staged: dict[str, Any], delta: float) -> float | None:
+    """Noise for the per-epoch noisy holdout accuracy: within the spec's holdout grant for this
+    run, and the holdout partition's composed total within the dataset's lifetime budget."""
+    from ppmlops.errors import BudgetExceeded
+    from ppmlops.tuning import signals
+
+    spec, epochs = ctx.spec, ctx.params.epochs
+    conflict = signals.split_conflict(ledger.entries(spec.dataset.id), staged["split"])
+    if conflict:
+        ctx.write("refused", {"stage": "plan", "reasons": [conflict]})
+        raise PolicyRefused("train", [conflict])
+    if spec.privacy.holdout_epsilon <= 0 or not staged["rows_test"]:
+        return None
+    prior = ledger.rdp_spent(spec.dataset.id, partition=signals.PARTITION)
+    try:
+        return max(signals.holdout_noise(spec.privacy.holdout_epsilon, delta, epochs),
+                   signals.holdout_noise(spec.privacy.epsilon, delta, epochs, prior_rdp=prior))
+    except BudgetExceeded:
+        return None  # nothing left for the held-out rows: the tuner works without the signal
 
 
 @_timed
@@ -224,6 +249,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     from ppmlops.data.features import encode
     from ppmlops.privacy.ledger import Ledger
     from ppmlops.training.launch import TrainJob, train_on_ray
+    from ppmlops.tuning.tuners import make_tuner
 
     spec, p = ctx.spec, ctx.params
     staged, planned = ctx.read("ingest"), ctx.read("plan")
@@ -255,6 +281,10 @@ def train(ctx: RunContext) -> dict[str, Any]:
         cpus_per_worker=spec.ray.cpus_per_worker,
         storage_path=str(ctx.run_dir / "ray"),
         ray_address=ctx.settings.ray_address,
+        tuner=make_tuner(planned["tuner"], seed=p.seed, learning_rate=spec.training.learning_rate,
+                         max_grad_norm=spec.training.max_grad_norm),
+        holdout_noise=planned["holdout_noise"],
+        split=staged["split"],
     )
     result = train_on_ray(job)
     model_path = ctx.run_dir / "model.pt"
@@ -273,6 +303,8 @@ def train(ctx: RunContext) -> dict[str, Any]:
         "stopped_reason": result.stopped_reason,
         "history": result.history,
         "ledger_entries": result.ledger_entries,
+        "tuner": planned["tuner"],
+        "epsilon_by_partition": ledger.epsilon_by_partition(spec.dataset.id, run_id=ctx.run_id),
         "run_epsilon_spent": ledger.epsilon_spent(spec.dataset.id, run_id=ctx.run_id),
         "dataset_epsilon_total": ledger.epsilon_spent(spec.dataset.id),
         "delta": planned["delta"],

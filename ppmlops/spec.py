@@ -196,6 +196,9 @@ class Privacy(_Model):
     epsilon: float = Field(gt=0, le=100)  # the dataset's lifetime budget, all runs composed
     delta: float = Field(gt=0, lt=1)
     run_epsilon: float = Field(gt=0, le=100)  # the most one run may spend
+    # What one run may spend on the held-out partition for the tuner's noisy accuracy (0: nothing
+    # is released about those rows). Parallel to training: the dataset's epsilon is the worse of the two.
+    holdout_epsilon: float = Field(0.5, ge=0, le=100)
 
     @model_validator(mode="after")
     def _run_within_dataset(self) -> "Privacy":
@@ -215,6 +218,7 @@ class Training(_Model):
     learning_rate: float = Field(0.5, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    tuner: Literal["fixed", "rule", "bayes"] = "bayes"  # ANOM: how settings change between epochs
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
     secure_rng: bool = False  # production runs set true (policy checks it); tests may not

@@ -422,6 +422,7 @@ def train_loop_per_worker(config: dict) -> None:
     net = build_model(job["model_kind"], X.shape[1], job["hidden"])
     settings = EpochSettings(job["noise_multiplier"], job["max_grad_norm"], job["learning_rate"]).checked()
     tuner: Tuner | None = config.get("tuner")
+    explained: dict | None = None
 
     start_epoch, history, ledger_entries, filter_state = 1, [], [], None
     ckpt = ray.train.get_checkpoint()
@@ -433,6 +434,8 @@ def train_loop_per_worker(config: dict) -> None:
         net.load_state_dict(weights)
         start_epoch = int(state["epoch"]) + 1
         history, ledger_entries, filter_state = state["history"], state["ledger_entries"], state["filter"]
+        if tuner is not None and state.get("tuner") is not None and hasattr(tuner, "load_state_dict"):
+            tuner.load_state_dict(state["tuner"])
         if history:
             last = history[-1]
             settings = EpochSettings(last["noise_multiplier"], last["max_grad_norm"], last["learning_rate"]).checked()
@@ -477,8 +480,15 @@ def train_loop_per_worker(config: dict) -> None:
             try:
                 if setup_error:
                     raise TrainingError(setup_error)
+                explained = None
                 if tuner is not None:
-                    settings = EpochSettings(*_settings_tuple(tuner(epoch, list(history), settings))).checked()
+                    if hasattr(tuner, "observe_budget"):
+                        # Tuners that lower noise must know what the filter can still afford.
+                        tuner.observe_budget(remaining=filt.budget - filt.spent, sample_rate=q, steps=steps,
+                                             epochs_left=job["epochs"] - epoch + 1, delta=delta)
+                    proposal = tuner(epoch, list(history), settings)
+                    explained = getattr(proposal, "explanation", None)
+                    settings = EpochSettings(*_settings_tuple(getattr(proposal, "settings", proposal))).checked()
                 segment = Segment(settings.noise_multiplier, q, steps)
                 need = segment_rdp(segment)
                 if not filt.admits(need):
@@ -505,7 +515,7 @@ def train_loop_per_worker(config: dict) -> None:
                 _say(f"[run {run_id}] {stopped_reason}")
             state = None
             if rank == 0:
-                state = _state(job, epoch - 1, history, ledger_entries, filt, stopped_reason, q, steps)
+                state = _state(job, epoch - 1, history, ledger_entries, filt, stopped_reason, q, steps, tuner)
             _report({"epoch": epoch - 1, "stopped": 1}, net, parts.optimizer, state)
             break
 
@@ -541,25 +551,50 @@ def train_loop_per_worker(config: dict) -> None:
             ledger.complete(decision["entry"])
             spent = filt.spent
             eps, _ = epsilon_from_rdp(spent, delta)
-            from ppmlops.training.metrics import accuracy
-            from ppmlops.training.models import predict_proba
-
-            acc = accuracy(y_test, (predict_proba(net, X_test).numpy() >= 0.5).astype(np.int64)) if len(y_test) else float("nan")
+            acc, holdout_entry = _release_holdout_accuracy(job, ledger, net, X_test, y_test, epoch)
             seconds = time.perf_counter() - t0
             history.append({
                 "epoch": epoch, "noise_multiplier": settings.noise_multiplier,
                 "max_grad_norm": settings.max_grad_norm, "learning_rate": settings.learning_rate,
                 "steps": steps, "sample_rate": q, "epsilon_spent": eps, "delta": delta,
-                "holdout_accuracy": acc, "seconds": seconds, "ledger_entry": decision["entry"],
-                "ranks": all_seen,
+                "holdout_accuracy_noisy": acc, "holdout_entry": holdout_entry, "seconds": seconds,
+                "ledger_entry": decision["entry"], "ranks": all_seen, **({"tuner": explained} if explained else {}),
             })
+            shown = "not released" if acc is None else f"{acc:.3f}"
             _say(f"[run {run_id}] epoch {epoch}/{job['epochs']} | sigma {settings.noise_multiplier:.2f} "
-                 f"clip {settings.max_grad_norm:.2f} lr {settings.learning_rate:.2f} | steps {steps} | "
-                 f"eps spent {eps:.2f} (delta {delta:g}) | holdout acc {acc:.3f} | {seconds:.1f}s")
-            metrics.update(epsilon_spent=eps, holdout_accuracy=acc, noise_multiplier=settings.noise_multiplier,
-                           max_grad_norm=settings.max_grad_norm, learning_rate=settings.learning_rate)
-            state = _state(job, epoch, history, ledger_entries, filt, "completed", q, steps)
+                 f"clip {settings.max_grad_norm:.2f} lr {settings.learning_rate:.3g} | steps {steps} | "
+                 f"eps spent {eps:.2f} (delta {delta:g}) | noisy holdout acc {shown} | {seconds:.1f}s"
+                 + (f" | tuner: {explained['why']}" if explained else ""))
+            metrics.update(epsilon_spent=eps, noise_multiplier=settings.noise_multiplier,
+                           max_grad_norm=settings.max_grad_norm, learning_rate=settings.learning_rate,
+                           **({} if acc is None else {"holdout_accuracy_noisy": acc}))
+            state = _state(job, epoch, history, ledger_entries, filt, "completed", q, steps, tuner)
         _report(metrics, net, parts.optimizer, state)
+
+
+def _release_holdout_accuracy(job: dict, ledger, net, X_test, y_test, epoch: int) -> tuple[float | None, int | None]:
+    """Noisy accuracy on the held-out partition, its cost written to the ledger before it is computed.
+
+    None when the plan granted no holdout budget or the dataset cannot afford it any more: the
+    run goes on without the signal rather than release an unaccounted number.
+    """
+    from ppmlops.training.models import predict_proba
+    from ppmlops.tuning import signals
+
+    sigma = job.get("holdout_noise")
+    if not sigma or y_test is None or not len(y_test):
+        return None, None
+    try:
+        entry = ledger.reserve(dataset_id=job["dataset_id"], run_id=job["run_id"],
+                               segment=signals.release_segment(sigma), partition=signals.PARTITION,
+                               note=signals.entry_note(epoch, job.get("split", "")))
+    except BudgetExceeded as e:
+        _say(f"[run {job['run_id']}] no holdout accuracy for epoch {epoch}: {e}")
+        return None, None
+    correct = int(((predict_proba(net, X_test).numpy() >= 0.5).astype(np.int64) == y_test).sum())
+    acc = signals.noisy_accuracy(correct, len(y_test), sigma)
+    ledger.complete(entry)
+    return acc, int(entry)
 
 
 def _charge_unrecorded_entries(ledger, filt, dataset_id: str, run_id: str, recorded: list[int]) -> None:
@@ -585,11 +620,12 @@ def _settings_tuple(s) -> tuple[float, float, float]:
 
 
 def _state(job: dict, epoch: int, history: list, ledger_entries: list, filt, stopped_reason: str,
-           q: float, steps: int) -> dict:
+           q: float, steps: int, tuner=None) -> dict:
     return {
         "run_id": job["run_id"], "epoch": epoch, "history": history, "ledger_entries": ledger_entries,
         "filter": _jsonable(filt.state_dict()), "rdp_spent": _curve_list(filt.spent),
         "stopped_reason": stopped_reason, "sample_rate": q, "steps_per_epoch": steps,
+        "tuner": _jsonable(tuner.state_dict()) if hasattr(tuner, "state_dict") else None,
     }
 
 

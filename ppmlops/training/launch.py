@@ -42,7 +42,7 @@ class TrainJob:
     delta: float
     X_train: np.ndarray  # float32 (n, d), already encoded
     y_train: np.ndarray  # int64 {0,1}
-    X_test: np.ndarray  # held-out partition: rank 0 reports accuracy on it after each epoch
+    X_test: np.ndarray  # held-out partition: rank 0 releases a noisy accuracy on it (holdout_noise)
     y_test: np.ndarray
     model_kind: str
     hidden: list[int]
@@ -63,6 +63,10 @@ class TrainJob:
     # Called on rank 0 before every epoch with (epoch, history, current settings); returns the
     # epoch's EpochSettings. Must be picklable. None keeps the settings above for every epoch.
     tuner: Tuner | None = field(default=None, repr=False)
+    # Noise multiplier of the per-epoch noisy holdout accuracy (ledger partition "holdout");
+    # None releases nothing about the held-out rows. `split` describes the train/holdout split.
+    holdout_noise: float | None = None
+    split: str = ""
 
 
 @dataclass

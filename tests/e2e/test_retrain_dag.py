@@ -66,7 +66,11 @@ def test_ledger_matches_dp_accounting(e2e_run):
     _, spec, ctx = e2e_run
     ledger = Ledger(settings.load().db_url)
     entries = ledger.entries(spec.dataset.id, run_id=ctx.run_id)
-    assert len(entries) == ctx.read("train")["epochs_completed"] == 2
+    epochs = ctx.read("train")["epochs_completed"]
+    assert epochs == 2
+    # both partitions are in the ledger: the training steps and the tuner's noisy holdout accuracy
+    assert sorted(e.partition for e in entries) == ["holdout"] * epochs + ["train"] * epochs
+    assert set(ctx.read("train")["epsilon_by_partition"]) == {"train", "holdout"}
     total = ledger.epsilon_spent(spec.dataset.id)
     assert total == pytest.approx(dp_accounting_epsilon(ledger.entries(spec.dataset.id), spec.privacy.delta), rel=1e-6)
     # What the run reports is what the ledger holds, and within what the policy granted.

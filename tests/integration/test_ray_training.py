@@ -106,7 +106,8 @@ def test_two_workers_train_and_account_every_epoch(ray_runtime, data, ledger_url
     _, _, Xt, yt = data
     acc = accuracy(yt, (predict_proba(model, Xt).numpy() >= 0.5).astype(np.int64))
     assert acc > majority_rate(yt) + 0.05
-    assert result.history[-1]["holdout_accuracy"] == pytest.approx(acc)
+    # without a holdout budget nothing about the held-out rows is released
+    assert all(h["holdout_accuracy_noisy"] is None and h["holdout_entry"] is None for h in result.history)
 
     # ledger: one entry per epoch, written ahead and completed, with what Opacus used
     entries = Ledger(ledger_url).entries(dataset_id="synth", run_id="run-main")
@@ -237,3 +238,46 @@ def test_noise_is_added_once_on_rank_zero_with_the_opacus_divisor(ray_runtime, t
     # noise on both ranks would give sqrt(2) times it, none would give 0.
     assert sd == pytest.approx(expected, rel=0.03)
     assert abs(float(np.mean(d0))) < 5 * expected / math.sqrt(d0.size)
+
+
+def test_bayes_tuner_with_noisy_holdout_on_two_workers(ray_runtime, data, ledger_url, tmp_path):
+    """ANOM end to end on Ray: rank 0's tuner changes the settings, every rank trains with them,
+    and every released number (training steps, noisy holdout accuracy) is in the ledger."""
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import RdpAccountant
+
+    from ppmlops.privacy.accountant import ORDERS
+    from ppmlops.tuning.tuners import BayesTuner
+
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    budget = plan_budget([Segment(1.0, q, steps)] * 4)
+    job = _job(data, ledger_url, tmp_path, "run-bayes", epochs=4, budget=budget, tuner=BayesTuner(seed=1),
+               holdout_noise=20.0, split="keyed hash of each row (seed 0), test fraction 0.2")
+    result = train_on_ray(job)
+
+    assert result.stopped_reason == "completed" and result.epochs_completed == 4
+    for h in result.history:
+        assert h["tuner"]["tuner"] == "bayes" and h["tuner"]["why"].startswith("bayes")
+        assert {(r["noise_multiplier"], r["max_grad_norm"], r["learning_rate"]) for r in h["ranks"]} == {
+            (h["noise_multiplier"], h["max_grad_norm"], h["learning_rate"])}
+        assert 0.0 <= h["holdout_accuracy_noisy"] <= 1.0
+    assert len({(h["max_grad_norm"], h["learning_rate"]) for h in result.history}) > 1
+    assert "predicted_gain" in result.history[-1]["tuner"] and "acquisition" in result.history[-1]["tuner"]
+
+    entries = Ledger(ledger_url).entries(dataset_id="synth", run_id="run-bayes")
+    holdout = [e for e in entries if e.partition == "holdout"]
+    assert [e.id for e in holdout] == [h["holdout_entry"] for h in result.history]
+    assert all((e.noise_multiplier, e.sample_rate, e.steps, e.status) == (20.0, 1.0, 1, "completed") for e in holdout)
+    assert all(e.note.endswith("split keyed hash of each row (seed 0), test fraction 0.2") for e in holdout)
+    # the filter paid for exactly the training entries, and never more than the budget
+    train_rdp = sum(e.rdp for e in entries if e.partition == "train")
+    np.testing.assert_allclose(result.rdp_spent, train_rdp, rtol=1e-12)
+    assert np.all(np.asarray(result.rdp_spent) <= np.asarray(budget) * (1 + 1e-12))
+
+    # Google's dp-accounting, from the ledger's own segments, partitions in parallel
+    by_partition: dict[str, RdpAccountant] = {}
+    for e in entries:
+        acc = by_partition.setdefault(e.partition, RdpAccountant(orders=list(ORDERS)))
+        acc.compose(dp_event.PoissonSampledDpEvent(e.sample_rate, dp_event.GaussianDpEvent(e.noise_multiplier)), e.steps)
+    expected = max(a.get_epsilon(DELTA) for a in by_partition.values())
+    assert Ledger(ledger_url).epsilon_spent("synth", run_id="run-bayes") == pytest.approx(expected, rel=1e-6)

@@ -54,6 +54,7 @@ def test_params_have_json_schema_types(dagbag):
     assert schema["epochs"]["type"] == "integer"
     assert schema["workers"]["type"] == "integer"
     assert schema["seed"]["type"] == "integer"
+    assert schema["tuner"]["enum"] == ["fixed", "rule", "bayes"]
     assert schema["environment"]["enum"] == ["development", "test", "staging", "production"]
     # The trigger form cannot ask for more than the spec allows one run to spend.
     assert schema["epsilon_cap"]["maximum"] == 1.0

@@ -1,0 +1,220 @@
+"""ANOM tuners: between DP-SGD epochs, propose the next epoch's noise, clip norm and learning rate.
+
+A tuner runs on rank 0 of the Ray Train workers (it is pickled into the job) and sees only what
+is private-safe: its own earlier choices and the noisy holdout accuracy that the worker released
+and charged to the ledger (ppmlops.tuning.signals). It never decides what is spent: every
+proposal still passes the run's privacy filter, which refuses an epoch that would overspend.
+
+To keep proposals admissible, a tuner is told before each epoch what the filter has left
+(`observe_budget`) and never proposes a noise multiplier below the smallest one that keeps every
+remaining epoch affordable at the same noise (`min_affordable_sigma`). Noise can therefore fall
+below the plan's only when earlier epochs spent less than planned.
+
+Every proposal carries an explanation (what the tuner saw, why it chose, predicted gain and
+acquisition value where it has them, budget left as epsilon); the worker stores it in the epoch's
+history, prints it on the progress line and saves it with the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ppmlops.privacy.accountant import Segment, epsilon_from_rdp, segment_rdp
+from ppmlops.training.dp_worker import EpochSettings
+
+NAMES = ("fixed", "rule", "bayes")
+SIGNAL = "holdout_accuracy_noisy"
+
+
+@dataclass
+class Proposal:
+    settings: EpochSettings
+    explanation: dict[str, Any]
+
+
+def min_affordable_sigma(remaining: np.ndarray, sample_rate: float, steps: int, epochs_left: int) -> float:
+    """Smallest noise multiplier whose `epochs_left` epochs fit in `remaining` at every order."""
+    def fits(sigma: float) -> bool:
+        return bool(np.all(epochs_left * segment_rdp(Segment(sigma, sample_rate, steps)) <= remaining))
+
+    lo, hi = 0.05, 1.0
+    while not fits(hi):
+        hi *= 2
+        if hi > 1e4:
+            return math.inf  # nothing is affordable: the filter will stop the run
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi * (1 + 1e-9)  # the admissible side, away from the float boundary
+
+
+@dataclass
+class _Budget:
+    remaining: list[float] = field(default_factory=list)
+    sample_rate: float = 0.0
+    steps: int = 0
+    epochs_left: int = 0
+    delta: float = 1e-5
+
+    def floor(self) -> float:
+        if not self.remaining:
+            return 0.0
+        return min_affordable_sigma(np.asarray(self.remaining), self.sample_rate, self.steps, self.epochs_left)
+
+    def epsilon_left(self) -> float:
+        return float(epsilon_from_rdp(np.maximum(np.asarray(self.remaining), 0.0), self.delta)[0]) if self.remaining else math.nan
+
+
+class Tuner:
+    """Base: keeps the budget view; subclasses implement `propose`."""
+
+    name = "base"
+
+    def __init__(self, *, seed: int = 0):
+        self.seed = seed
+        self.budget = _Budget()
+
+    def observe_budget(self, *, remaining, sample_rate: float, steps: int, epochs_left: int, delta: float) -> None:
+        self.budget = _Budget([float(x) for x in remaining], float(sample_rate), int(steps), int(epochs_left), float(delta))
+
+    def __call__(self, epoch: int, history: list[dict], current: EpochSettings) -> Proposal:
+        settings, why, extra = self.propose(epoch, history, current)
+        floor = self.budget.floor()
+        if settings.noise_multiplier < floor:
+            settings = EpochSettings(floor, settings.max_grad_norm, settings.learning_rate)
+            why += f"; noise raised to {floor:.3g}, the least the remaining budget affords"
+        explanation = {"tuner": self.name, "why": why, "saw": _seen(history),
+                       "epsilon_left_before": self.budget.epsilon_left(), "sigma_floor": floor, **extra}
+        return Proposal(settings.checked(), explanation)
+
+    def propose(self, epoch: int, history: list[dict], current: EpochSettings):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state.get("seed", self.seed))
+
+
+class FixedTuner(Tuner):
+    """The baseline: the plan's calibrated settings for every epoch."""
+
+    name = "fixed"
+
+    def propose(self, epoch, history, current):
+        return current, "fixed: the plan's calibrated settings", {}
+
+
+class RuleTuner(Tuner):
+    """The paper's Algorithm 1 on the noisy holdout accuracy.
+
+    When accuracy fell by more than the release's own noise could explain (risk of divergence),
+    raise the noise and lower the clip norm; otherwise let the noise fall gradually (by `decay`,
+    never below what the budget affords) and keep the clip. The paper's clip rule follows a
+    noised gradient-norm quantile; that statistic is not released here (it would need its own
+    noise and ledger entry), so the clip only reacts to the accuracy signal.
+    """
+
+    name = "rule"
+
+    def __init__(self, *, seed: int = 0, decay: float = 0.9, raise_by: float = 1.15, clip_cut: float = 0.8,
+                 tolerance: float = 0.01):
+        super().__init__(seed=seed)
+        self.decay, self.raise_by, self.clip_cut, self.tolerance = decay, raise_by, clip_cut, tolerance
+
+    def propose(self, epoch, history, current):
+        accs = [h.get(SIGNAL) for h in history if h.get(SIGNAL) is not None]
+        if len(accs) < 2:
+            return (EpochSettings(current.noise_multiplier * self.decay, current.max_grad_norm, current.learning_rate),
+                    "rule: no trend yet, noise falls gradually", {})
+        drop = accs[-2] - accs[-1]
+        if drop > self.tolerance:
+            return (EpochSettings(current.noise_multiplier * self.raise_by, current.max_grad_norm * self.clip_cut,
+                                  current.learning_rate),
+                    f"rule: noisy accuracy fell by {drop:.3f} (> {self.tolerance}): more noise, tighter clip", {})
+        return (EpochSettings(current.noise_multiplier * self.decay, current.max_grad_norm, current.learning_rate),
+                f"rule: noisy accuracy held ({-drop:+.3f}): noise falls gradually", {})
+
+
+class BayesTuner(Tuner):
+    """Bayesian optimisation (bayesian-optimization, GP + UCB) of noisy holdout accuracy over
+    (noise above the affordable floor, clip norm, learning rate), one observation per epoch."""
+
+    name = "bayes"
+    KAPPA = 2.0
+
+    def __init__(self, *, seed: int = 0, base_learning_rate: float = 0.5, base_clip: float = 1.0):
+        super().__init__(seed=seed)
+        self.base_lr, self.base_clip = float(base_learning_rate), float(base_clip)
+        self.points: list[tuple[dict, float]] = []  # (params, noisy accuracy after the epoch they ran)
+        self.pending: dict | None = None
+
+    def _bounds(self) -> dict[str, tuple[float, float]]:
+        return {"noise_factor": (1.0, 1.6),
+                "log_clip": (math.log(self.base_clip / 4), math.log(self.base_clip * 2)),
+                "log_lr": (math.log(self.base_lr / 4), math.log(self.base_lr * 2))}
+
+    def propose(self, epoch, history, current):
+        from bayes_opt import BayesianOptimization, acquisition
+
+        if self.pending is not None and history and history[-1].get(SIGNAL) is not None:
+            self.points.append((self.pending, float(history[-1][SIGNAL])))
+        self.pending = None
+        if history and history[-1].get(SIGNAL) is None:
+            return current, "bayes: no noisy holdout accuracy released, settings kept", {}
+        opt = BayesianOptimization(f=None, pbounds=self._bounds(), verbose=0,
+                                   random_state=self.seed * 1000 + len(self.points),
+                                   acquisition_function=acquisition.UpperConfidenceBound(kappa=self.KAPPA))
+        for params, target in self.points:
+            opt.register(params=params, target=target)
+        params = {k: float(v) for k, v in opt.suggest().items()}
+        extra: dict[str, Any] = {"observations": len(self.points)}
+        if len(self.points) >= 2:
+            x = np.array([[params[k] for k in sorted(params)]])
+            mean, std = opt._gp.predict(x, return_std=True)  # the model suggest() just fitted
+            last = self.points[-1][1]
+            extra.update(predicted_accuracy=float(mean[0]), predicted_gain=float(mean[0] - last),
+                         acquisition=float(mean[0] + self.KAPPA * std[0]))
+            why = f"bayes: UCB over {len(self.points)} epochs predicts accuracy {mean[0]:.3f}"
+        else:
+            why = f"bayes: exploring ({len(self.points)} observations, prior only)"
+        self.pending = params
+        floor = self.budget.floor() or current.noise_multiplier
+        settings = EpochSettings(floor * params["noise_factor"], math.exp(params["log_clip"]), math.exp(params["log_lr"]))
+        extra["params"] = params
+        return settings, why, extra
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "points": [[p, t] for p, t in self.points], "pending": self.pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.points = [(dict(p), float(t)) for p, t in state.get("points", [])]
+        self.pending = state.get("pending")
+
+
+def make_tuner(name: str, *, seed: int = 0, learning_rate: float = 0.5, max_grad_norm: float = 1.0) -> Tuner:
+    if name == "fixed":
+        return FixedTuner(seed=seed)
+    if name == "rule":
+        return RuleTuner(seed=seed)
+    if name == "bayes":
+        return BayesTuner(seed=seed, base_learning_rate=learning_rate, base_clip=max_grad_norm)
+    raise ValueError(f"unknown tuner {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def _seen(history: list[dict]) -> dict[str, Any]:
+    if not history:
+        return {}
+    last = history[-1]
+    return {k: last.get(k) for k in ("epoch", SIGNAL, "noise_multiplier", "max_grad_norm", "learning_rate",
+                                      "epsilon_spent")}
+
+
+__all__ = ["NAMES", "Proposal", "Tuner", "FixedTuner", "RuleTuner", "BayesTuner", "make_tuner",
+           "min_affordable_sigma"]

@@ -1,0 +1,120 @@
+"""ANOM tuners and the private-safe holdout signal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ppmlops.privacy.accountant import ORDERS, Segment, segment_rdp
+from ppmlops.privacy.ledger import Ledger
+from ppmlops.training.dp_worker import EpochSettings
+from ppmlops.tuning import signals
+from ppmlops.tuning.tuners import BayesTuner, FixedTuner, RuleTuner, make_tuner, min_affordable_sigma
+
+Q, STEPS = 0.01, 100
+PLAN = EpochSettings(1.2, 1.0, 0.5)
+
+
+def budget_for(sigma: float, epochs: int) -> np.ndarray:
+    return epochs * segment_rdp(Segment(sigma, Q, STEPS))
+
+
+def observe(tuner, remaining, epochs_left):
+    tuner.observe_budget(remaining=remaining, sample_rate=Q, steps=STEPS, epochs_left=epochs_left, delta=1e-5)
+
+
+def test_holdout_release_is_the_gaussian_mechanism_in_the_ledger():
+    sigma = 7.0
+    np.testing.assert_allclose(segment_rdp(signals.release_segment(sigma)), np.asarray(ORDERS) / (2 * sigma**2),
+                               rtol=1e-12)
+
+
+def test_noisy_accuracy_is_noisy_and_clipped_to_a_rate():
+    draws = [signals.noisy_accuracy(500, 1000, 10.0) for _ in range(400)]
+    assert 0.0 <= min(draws) and max(draws) <= 1.0
+    assert np.std(draws) == pytest.approx(0.01, rel=0.2)  # sigma / rows
+    assert np.mean(draws) == pytest.approx(0.5, abs=0.003)
+
+
+def test_holdout_noise_spends_the_grant():
+    from ppmlops.privacy.accountant import epsilon
+
+    sigma = signals.holdout_noise(0.5, 1e-5, 4)
+    assert epsilon([signals.release_segment(sigma)] * 4, 1e-5) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_a_changed_split_is_named(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    ledger.register_dataset("d", epsilon_budget=5.0, delta=1e-5)
+    entry = ledger.reserve(dataset_id="d", run_id="r1", segment=signals.release_segment(10.0),
+                           partition=signals.PARTITION, note=signals.entry_note(1, "seed 0, fraction 0.2"))
+    ledger.complete(entry)
+    assert signals.split_conflict(ledger.entries("d"), "seed 0, fraction 0.2") is None
+    reason = signals.split_conflict(ledger.entries("d"), "seed 1, fraction 0.2")
+    assert "held-out partition changed" in reason and "seed 0, fraction 0.2" in reason
+
+
+def test_min_affordable_sigma_is_the_plan_when_nothing_was_spent():
+    floor = min_affordable_sigma(budget_for(1.2, 5), Q, STEPS, 5)
+    assert floor == pytest.approx(1.2, rel=1e-6)
+    assert np.all(5 * segment_rdp(Segment(floor, Q, STEPS)) <= budget_for(1.2, 5))
+    # having spent less than planned, the rest may use less noise
+    assert min_affordable_sigma(budget_for(1.2, 5), Q, STEPS, 3) < 1.2
+    assert math.isinf(min_affordable_sigma(np.zeros(len(ORDERS)), Q, STEPS, 1))
+
+
+def test_fixed_keeps_the_plan_and_explains():
+    tuner = FixedTuner()
+    observe(tuner, budget_for(1.2, 5), 5)
+    proposal = tuner(1, [], PLAN)
+    assert proposal.settings.max_grad_norm == 1.0 and proposal.settings.noise_multiplier == pytest.approx(1.2, rel=1e-6)
+    assert proposal.explanation["tuner"] == "fixed" and proposal.explanation["epsilon_left_before"] > 0
+
+
+def test_rule_raises_noise_on_a_drop_and_never_goes_below_the_affordable_floor():
+    tuner = RuleTuner()
+    observe(tuner, budget_for(1.2, 5), 3)  # 3 epochs left of a 5-epoch budget: the floor is lower
+    history = [{"epoch": 1, "holdout_accuracy_noisy": 0.80}, {"epoch": 2, "holdout_accuracy_noisy": 0.70}]
+    up = tuner(3, history, PLAN)
+    assert up.settings.noise_multiplier > PLAN.noise_multiplier and up.settings.max_grad_norm < 1.0
+    assert "fell by 0.100" in up.explanation["why"]
+    history[-1]["holdout_accuracy_noisy"] = 0.81
+    observe(tuner, budget_for(1.2, 5), 5)  # nothing spent, all 5 left: the floor is the plan
+    down = tuner(3, history, PLAN)
+    assert down.settings.noise_multiplier == pytest.approx(1.2, rel=1e-6)
+    assert "least the remaining budget affords" in down.explanation["why"]
+
+
+def test_bayes_explores_then_predicts_and_resumes_from_its_state():
+    tuner = BayesTuner(seed=3)
+    history = []
+    for epoch in range(1, 5):
+        observe(tuner, budget_for(1.2, 5), 6 - epoch)
+        p = tuner(epoch, history, PLAN)
+        assert p.settings.noise_multiplier >= p.explanation["sigma_floor"]
+        assert 0.25 - 1e-9 <= p.settings.max_grad_norm <= 2.0 + 1e-9
+        history.append({"epoch": epoch, "holdout_accuracy_noisy": 0.6 + 0.05 * epoch,
+                        "noise_multiplier": p.settings.noise_multiplier})
+    assert {"predicted_gain", "acquisition", "predicted_accuracy"} <= set(p.explanation)
+    assert p.explanation["acquisition"] >= p.explanation["predicted_accuracy"]
+
+    restored = make_tuner("bayes", seed=3)
+    restored.load_state_dict(tuner.state_dict())
+    observe(tuner, budget_for(1.2, 5), 1)
+    observe(restored, budget_for(1.2, 5), 1)
+    history.append({"epoch": 5, "holdout_accuracy_noisy": 0.9})
+    assert tuner(6, history, PLAN).settings == restored(6, history, PLAN).settings
+
+
+def test_no_signal_keeps_the_settings():
+    tuner = BayesTuner()
+    observe(tuner, budget_for(1.2, 5), 4)
+    p = tuner(2, [{"epoch": 1, "holdout_accuracy_noisy": None}], PLAN)
+    assert "no noisy holdout accuracy" in p.explanation["why"]
+
+
+def test_unknown_tuner_is_named():
+    with pytest.raises(ValueError, match="unknown tuner 'grid'"):
+        make_tuner("grid")
