@@ -110,7 +110,7 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     from ppmlops.data.validate import validate as run_validate
 
     staged = ctx.read("ingest")
-    suite = ctx.spec.suite_path(settings_mod.REPO_ROOT)
+    suite = ctx.spec.suite_path(ctx.settings.project_root)
     return run_validate([staged["snapshot_train"], staged["snapshot_test"]], suite, ctx.run_dir)
 
 

@@ -35,6 +35,7 @@ class Settings:
     opa_timeout_s: float
     ray_address: str | None
     secure_rng: bool | None
+    project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/ (and policies.rego)
 
     @property
     def runs_dir(self) -> Path:
@@ -51,14 +52,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def load() -> Settings:
     home = _home()
     secure = os.environ.get("PPMLOPS_SECURE_RNG")
+    # A source checkout is its own project root; an installed package (the Docker image) is told.
+    root = Path(os.environ.get("PPMLOPS_PROJECT_ROOT") or REPO_ROOT)
     return Settings(
         home=home,
         db_url=os.environ.get("PPMLOPS_DB_URL") or f"sqlite:///{home / 'ppmlops.db'}",
         data_dir=Path(os.environ["PPMLOPS_DATA"]).expanduser() if os.environ.get("PPMLOPS_DATA") else None,
-        policy_path=Path(os.environ.get("PPMLOPS_POLICY") or REPO_ROOT / "policies.rego"),
+        policy_path=Path(os.environ.get("PPMLOPS_POLICY") or root / "policies.rego"),
         opa_url=os.environ.get("PPMLOPS_OPA_URL") or None,
         opa_timeout_s=float(os.environ.get("PPMLOPS_OPA_TIMEOUT_S", "5")),
         ray_address=os.environ.get("RAY_ADDRESS") or None,
         # None: follow the spec; set: force secure RNG on or off for every run.
         secure_rng=None if secure in (None, "") else _flag("PPMLOPS_SECURE_RNG", False),
+        project_root=root,
     )

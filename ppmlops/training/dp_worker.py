@@ -423,6 +423,7 @@ def train_loop_per_worker(config: dict) -> None:
     settings = EpochSettings(job["noise_multiplier"], job["max_grad_norm"], job["learning_rate"]).checked()
     tuner: Tuner | None = config.get("tuner")
     explained: dict | None = None
+    tuner_seconds = 0.0
 
     start_epoch, history, ledger_entries, filter_state = 1, [], [], None
     ckpt = ray.train.get_checkpoint()
@@ -480,13 +481,15 @@ def train_loop_per_worker(config: dict) -> None:
             try:
                 if setup_error:
                     raise TrainingError(setup_error)
-                explained = None
+                explained, tuner_seconds = None, 0.0
                 if tuner is not None:
                     if hasattr(tuner, "observe_budget"):
                         # Tuners that lower noise must know what the filter can still afford.
                         tuner.observe_budget(remaining=filt.budget - filt.spent, sample_rate=q, steps=steps,
                                              epochs_left=job["epochs"] - epoch + 1, delta=delta)
+                    tuner_t0 = time.perf_counter()
                     proposal = tuner(epoch, list(history), settings)
+                    tuner_seconds = time.perf_counter() - tuner_t0
                     explained = getattr(proposal, "explanation", None)
                     settings = EpochSettings(*_settings_tuple(getattr(proposal, "settings", proposal))).checked()
                 segment = Segment(settings.noise_multiplier, q, steps)
@@ -558,6 +561,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "max_grad_norm": settings.max_grad_norm, "learning_rate": settings.learning_rate,
                 "steps": steps, "sample_rate": q, "epsilon_spent": eps, "delta": delta,
                 "holdout_accuracy_noisy": acc, "holdout_entry": holdout_entry, "seconds": seconds,
+                "tuner_seconds": tuner_seconds,
                 "ledger_entry": decision["entry"], "ranks": all_seen, **({"tuner": explained} if explained else {}),
             })
             shown = "not released" if acc is None else f"{acc:.3f}"
