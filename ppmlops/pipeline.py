@@ -285,6 +285,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                          max_grad_norm=spec.training.max_grad_norm),
         holdout_noise=planned["holdout_noise"],
         split=staged["split"],
+        max_failures=spec.ray.max_failures,
     )
     result = train_on_ray(job)
     model_path = ctx.run_dir / "model.pt"

@@ -228,6 +228,7 @@ class RayConfig(_Model):
     workers: int = Field(2, ge=1, le=256)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    max_failures: int = Field(2, ge=0, le=100)  # Ray Train restarts from the last epoch checkpoint
 
 
 class Deploy(_Model):

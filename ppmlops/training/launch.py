@@ -67,6 +67,7 @@ class TrainJob:
     # None releases nothing about the held-out rows. `split` describes the train/holdout split.
     holdout_noise: float | None = None
     split: str = ""
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
 
 
 @dataclass
@@ -259,8 +260,10 @@ def train_on_ray(job: TrainJob) -> TrainResult:
                                      resources_per_worker={"CPU": job.cpus_per_worker}),
         run_config=RunConfig(
             name=job.run_id, storage_path=_storage_path(job),
-            # A retry would replay from the checkpoint; a failed run is instead re-run on purpose.
-            failure_config=FailureConfig(max_failures=0),
+            # A lost worker restarts the group from the last epoch checkpoint (filter, ledger entry
+            # ids, tuner state included); an epoch reserved but not checkpointed is charged again
+            # on restart (_charge_unrecorded_entries), so a retry can over-count, never under-count.
+            failure_config=FailureConfig(max_failures=job.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )

@@ -6,6 +6,7 @@ One Ray runtime (3 CPUs: two workers plus slack) serves every test in this modul
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,7 +174,8 @@ class FailInEpochTwo:
 def test_worker_failure_raises_and_rerun_resumes_from_checkpoint(ray_runtime, data, ledger_url, tmp_path):
     q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
     budget = plan_budget([Segment(1.0, q, steps)] * 2)
-    job = _job(data, ledger_url, tmp_path, "run-resume", epochs=2, budget=budget, tuner=FailInEpochTwo())
+    job = _job(data, ledger_url, tmp_path, "run-resume", epochs=2, budget=budget, tuner=FailInEpochTwo(),
+               max_failures=0)
     with pytest.raises(TrainingError, match="tuner exploded"):
         train_on_ray(job)
     ledger = Ledger(ledger_url)
@@ -281,3 +283,80 @@ def test_bayes_tuner_with_noisy_holdout_on_two_workers(ray_runtime, data, ledger
         acc.compose(dp_event.PoissonSampledDpEvent(e.sample_rate, dp_event.GaussianDpEvent(e.noise_multiplier)), e.steps)
     expected = max(a.get_epsilon(DELTA) for a in by_partition.values())
     assert Ledger(ledger_url).epsilon_spent("synth", run_id="run-bayes") == pytest.approx(expected, rel=1e-6)
+
+
+class MarkAndPauseFromEpochTwo:
+    """A tuner (rank 0) that writes its process id before epoch 2 and, the first time, waits
+    there to be killed; the restarted rank 0 finds the mark and goes on."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, epoch, history, current):
+        import os
+        import time
+
+        if epoch == 2:
+            first = not os.path.exists(self.marker)
+            with open(self.marker, "a") as f:
+                f.write(f"{epoch} {os.getpid()}\n")
+            if first:
+                time.sleep(120)
+        return current
+
+
+def _committed_checkpoints(run_dir) -> int:
+    """Checkpoints Ray Train's controller has committed for a run (its snapshot file)."""
+    import json
+
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return 0
+    try:
+        return len(json.loads(snapshot.read_text()).get("checkpoint_results") or [])
+    except ValueError:  # being rewritten
+        return 0
+
+
+def test_killed_worker_restarts_from_the_checkpoint_and_the_ledger_stays_exact(ray_runtime, data, ledger_url,
+                                                                               tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    budget = plan_budget([Segment(1.0, q, steps)] * 3)
+    marker = tmp_path / "rank0.pids"
+    job = _job(data, ledger_url, tmp_path, "run-kill", epochs=3, budget=budget,
+               tuner=MarkAndPauseFromEpochTwo(str(marker)), max_failures=2)
+    killed: list[int] = []
+
+    def kill_rank0_once():
+        # Kill rank 0 while it decides epoch 2, once the controller has committed epoch 1's
+        # checkpoint: a kill before that would (correctly) restart from scratch.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if marker.exists() and marker.read_text().strip() and _committed_checkpoints(
+                    Path(job.storage_path) / job.run_id) >= 1:
+                pid = int(marker.read_text().split()[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_rank0_once, daemon=True)
+    killer.start()
+    result = train_on_ray(job)
+    killer.join(timeout=5)
+
+    assert killed, "the worker was never killed"
+    pids = [int(line.split()[1]) for line in marker.read_text().splitlines()]
+    assert len(pids) == 2 and pids[0] == killed[0] and pids[1] != pids[0], pids
+    assert result.stopped_reason == "completed" and [h["epoch"] for h in result.history] == [1, 2, 3]
+    entries = Ledger(ledger_url).entries(dataset_id="synth", run_id="run-kill")
+    # epoch 2 was decided but never reserved before the kill: exactly one entry per epoch
+    assert [e.status for e in entries] == ["completed"] * 3
+    assert [h["ledger_entry"] for h in result.history] == [e.id for e in entries]
+    np.testing.assert_allclose(result.rdp_spent, sum(e.rdp for e in entries), rtol=1e-12)
+    reported, _ = epsilon_from_rdp(np.asarray(result.rdp_spent), DELTA)
+    assert reported == pytest.approx(Ledger(ledger_url).epsilon_spent("synth", run_id="run-kill"), rel=1e-9)

@@ -58,7 +58,7 @@ def test_a_changed_split_is_named(tmp_path):
 
 def test_min_affordable_sigma_is_the_plan_when_nothing_was_spent():
     floor = min_affordable_sigma(budget_for(1.2, 5), Q, STEPS, 5)
-    assert floor == pytest.approx(1.2, rel=1e-6)
+    assert floor == pytest.approx(1.2, rel=2e-4)
     assert np.all(5 * segment_rdp(Segment(floor, Q, STEPS)) <= budget_for(1.2, 5))
     # having spent less than planned, the rest may use less noise
     assert min_affordable_sigma(budget_for(1.2, 5), Q, STEPS, 3) < 1.2
@@ -69,7 +69,7 @@ def test_fixed_keeps_the_plan_and_explains():
     tuner = FixedTuner()
     observe(tuner, budget_for(1.2, 5), 5)
     proposal = tuner(1, [], PLAN)
-    assert proposal.settings.max_grad_norm == 1.0 and proposal.settings.noise_multiplier == pytest.approx(1.2, rel=1e-6)
+    assert proposal.settings.max_grad_norm == 1.0 and proposal.settings.noise_multiplier == pytest.approx(1.2, rel=2e-4)
     assert proposal.explanation["tuner"] == "fixed" and proposal.explanation["epsilon_left_before"] > 0
 
 
@@ -83,7 +83,7 @@ def test_rule_raises_noise_on_a_drop_and_never_goes_below_the_affordable_floor()
     history[-1]["holdout_accuracy_noisy"] = 0.81
     observe(tuner, budget_for(1.2, 5), 5)  # nothing spent, all 5 left: the floor is the plan
     down = tuner(3, history, PLAN)
-    assert down.settings.noise_multiplier == pytest.approx(1.2, rel=1e-6)
+    assert down.settings.noise_multiplier == pytest.approx(1.2, rel=2e-4)
     assert "least the remaining budget affords" in down.explanation["why"]
 
 
