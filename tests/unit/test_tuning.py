@@ -34,7 +34,8 @@ def test_holdout_release_is_the_gaussian_mechanism_in_the_ledger():
 def test_noisy_accuracy_is_noisy_and_clipped_to_a_rate():
     draws = [signals.noisy_accuracy(500, 1000, 10.0) for _ in range(400)]
     assert 0.0 <= min(draws) and max(draws) <= 1.0
-    assert np.std(draws) == pytest.approx(0.01, rel=0.2)  # sigma / rows
+    # c~ / (c~ + w~) with N(0, 10^2) on c = w = 500: std about sigma * sqrt(c^2 + w^2) / n^2
+    assert np.std(draws) == pytest.approx(10.0 * np.sqrt(2 * 500**2) / 1000**2, rel=0.2)
     assert np.mean(draws) == pytest.approx(0.5, abs=0.003)
 
 
