@@ -94,6 +94,8 @@ def build_dag(spec: PipelineSpec):
             "epochs": Param(defaults.epochs, type="integer", minimum=1, maximum=1000),
             "workers": Param(defaults.workers, type="integer", minimum=1, maximum=256,
                              description="Ray Train workers"),
+            "use_gpu": Param(defaults.use_gpu, type="boolean",
+                             description="one GPU per Ray Train worker (NCCL); the cluster needs GPU nodes"),
             "seed": Param(defaults.seed, type="integer", minimum=0),
             "environment": Param(defaults.environment, type="string", enum=["development", "test", "staging", "production"],
                                  description="production runs must use secure RNG (policy)"),

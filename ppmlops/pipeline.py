@@ -31,6 +31,7 @@ class RunParams:
     seed: int
     environment: str = "development"
     tuner: str = ""  # "" follows the spec's training.tuner
+    use_gpu: bool = False
 
     @classmethod
     def defaults(cls, spec: PipelineSpec) -> "RunParams":
@@ -39,6 +40,7 @@ class RunParams:
             epochs=spec.training.epochs,
             workers=spec.ray.workers,
             seed=spec.training.seed,
+            use_gpu=spec.ray.use_gpu,
         )
 
     @classmethod
@@ -46,6 +48,9 @@ class RunParams:
         base = asdict(cls.defaults(spec))
         for key, value in (values or {}).items():
             if key in base and value is not None:
+                if isinstance(base[key], bool) and isinstance(value, str):
+                    # `bool("false")` is True: a --conf or API caller may send strings
+                    value = value.strip().lower() in {"1", "true", "yes", "on"}
                 base[key] = type(base[key])(value)
         return cls(**base)
 
@@ -243,7 +248,19 @@ def _plan_holdout(ctx: RunContext, ledger, staged: dict[str, Any], delta: float)
 
 @_timed
 def train(ctx: RunContext) -> dict[str, Any]:
-    """Opacus DP-SGD on Ray Train workers under the plan's privacy filter."""
+    """Opacus DP-SGD on Ray Train workers under the plan's privacy filter.
+
+    With PPMLOPS_RAY_JOBS_URL set the stage runs as a Ray job (`python -m ppmlops.training`)
+    and this process only follows it; otherwise this process is the Ray driver.
+    """
+    if ctx.settings.ray_jobs_url:
+        from ppmlops.training.jobs import train_as_ray_job
+
+        return train_as_ray_job(ctx)
+    return train_here(ctx)
+
+
+def train_here(ctx: RunContext) -> dict[str, Any]:
     import torch
 
     from ppmlops.data.features import encode
@@ -277,7 +294,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
         secure_rng=secure,
         seed=p.seed,
         workers=p.workers,
-        use_gpu=spec.ray.use_gpu,
+        use_gpu=p.use_gpu,
         cpus_per_worker=spec.ray.cpus_per_worker,
         storage_path=str(ctx.run_dir / "ray"),
         ray_address=ctx.settings.ray_address,

@@ -34,6 +34,7 @@ class Settings:
     opa_url: str | None
     opa_timeout_s: float
     ray_address: str | None
+    ray_jobs_url: str | None  # set: train through a Ray Jobs submission instead of as the Ray driver
     secure_rng: bool | None
     project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/ (and policies.rego)
 
@@ -62,6 +63,7 @@ def load() -> Settings:
         opa_url=os.environ.get("PPMLOPS_OPA_URL") or None,
         opa_timeout_s=float(os.environ.get("PPMLOPS_OPA_TIMEOUT_S", "5")),
         ray_address=os.environ.get("RAY_ADDRESS") or None,
+        ray_jobs_url=os.environ.get("PPMLOPS_RAY_JOBS_URL") or None,
         # None: follow the spec; set: force secure RNG on or off for every run.
         secure_rng=None if secure in (None, "") else _flag("PPMLOPS_SECURE_RNG", False),
         project_root=root,

@@ -407,6 +407,7 @@ def train_loop_per_worker(config: dict) -> None:
     job = config["job"]
     run_id, seed, delta = job["run_id"], int(job["seed"]), float(job["delta"])
     device = ray.train.torch.get_device() if job["use_gpu"] else torch.device("cpu")
+    node = ray.get_runtime_context().get_node_id()
 
     X = _tensor(_resolve(config["X_train"]), torch.float32)
     y = _tensor(_resolve(config["y_train"]), torch.int64)
@@ -533,7 +534,7 @@ def train_loop_per_worker(config: dict) -> None:
         taken = train_epoch(parts, device)
         counted = opacus_steps(parts.engine) - before
         seen = {
-            "rank": rank, "steps": taken, "opacus_steps": counted,
+            "rank": rank, "node": node, "device": str(device), "steps": taken, "opacus_steps": counted,
             "noise_multiplier": float(parts.optimizer.noise_multiplier),
             "max_grad_norm": float(parts.optimizer.max_grad_norm),
             "learning_rate": float(parts.optimizer.param_groups[0]["lr"]),

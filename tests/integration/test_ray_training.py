@@ -17,14 +17,14 @@ from ppmlops.privacy.accountant import Segment, epsilon_from_rdp
 from ppmlops.privacy.filter import plan_budget
 from ppmlops.privacy.ledger import Ledger
 from ppmlops.training.dp_worker import EpochSettings, opacus_divisor
-from ppmlops.training.launch import TrainJob, sample_rate_for, train_on_ray
+from ppmlops.training.launch import sample_rate_for, train_on_ray
 from ppmlops.training.metrics import accuracy, majority_rate
 from ppmlops.training.models import build_model, predict_proba
 
 pytestmark = pytest.mark.ray
 
-DELTA = 1e-5
-N_TRAIN, N_TEST, N_FEATURES, BATCH = 2000, 500, 10, 64
+from synthetic_jobs import BATCH, DELTA, N_FEATURES, N_TRAIN  # tests/integration/synthetic_jobs.py
+from synthetic_jobs import make_job as _job
 
 
 @pytest.fixture(scope="module")
@@ -39,36 +39,6 @@ def ray_runtime():
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(3)
-    w = rng.normal(size=N_FEATURES)
-    X = rng.normal(size=(N_TRAIN + N_TEST, N_FEATURES)).astype(np.float32)
-    # imbalanced (about 70/30) so that "beats the majority" means something
-    y = (X @ w + 0.3 * rng.normal(size=len(X)) > 0.8).astype(np.int64)
-    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
-
-
-@pytest.fixture
-def ledger_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    Ledger(url).register_dataset("synth", epsilon_budget=50.0, delta=DELTA)
-    return url
-
-
-def _job(data, ledger_url, tmp_path, run_id, *, epochs, budget, sigma=1.0, tuner=None, **kw) -> TrainJob:
-    X, y, Xt, yt = data
-    fields = dict(
-        run_id=run_id, dataset_id="synth", ledger_url=ledger_url, delta=DELTA,
-        X_train=X, y_train=y, X_test=Xt, y_test=yt, model_kind="logistic", hidden=[],
-        epochs=epochs, batch_size=BATCH, learning_rate=0.5, momentum=0.0, max_grad_norm=1.0,
-        noise_multiplier=sigma, budget_rdp=[float(b) for b in budget], secure_rng=False, seed=0,
-        workers=2, storage_path=str(tmp_path / "ray"), tuner=tuner,
-    )
-    fields.update(kw)
-    return TrainJob(**fields)
 
 
 def test_unreachable_ray_address_names_it(data, ledger_url, tmp_path):

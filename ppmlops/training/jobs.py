@@ -1,0 +1,129 @@
+"""Train through a Ray Jobs submission: the Airflow worker needs neither torch nor a Ray driver.
+
+The task submits ``python -m ppmlops.training REQUEST`` to the cluster's job server
+(``PPMLOPS_RAY_JOBS_URL``, the dashboard address such as ``http://ray-head:8265``), streams the
+job's log (the per-epoch progress lines) into its own log, and returns the record the job wrote
+to the run directory. A job that fails or is stopped fails the task with Ray's message and the
+end of the job's log; a task that is killed stops its job.
+
+The run directory and the ledger must be the same for the task and the job: both read
+``PPMLOPS_HOME`` (shared storage on a cluster) and ``PPMLOPS_DB_URL``, which are passed on in
+the job's runtime environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ppmlops.errors import TrainingError
+
+if TYPE_CHECKING:
+    from ppmlops.pipeline import RunContext
+
+REQUEST_FILE = "train_request.json"
+# Passed to the job so that it writes where this task reads; Ray sets RAY_ADDRESS for the job
+# itself, and PPMLOPS_RAY_JOBS_URL stays out so the job trains in place.
+# Nothing secret goes here: the dashboard shows a job's runtime environment.
+FORWARDED_ENV = ("PPMLOPS_HOME", "PPMLOPS_DB_URL", "PPMLOPS_SECURE_RNG", "PPMLOPS_PROJECT_ROOT")
+_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def submission_id(ctx: "RunContext") -> str:
+    """A stable id per run, so a retried task finds the job its last attempt started."""
+    return f"ppmlops-{ctx.spec.name}-{ctx.run_dir.name}"
+
+
+def write_request(ctx: "RunContext") -> str:
+    """Everything the job needs to rebuild this run's context; the job reads it from shared storage."""
+    from dataclasses import asdict
+
+    path = ctx.run_dir / REQUEST_FILE
+    path.write_text(json.dumps({"spec": ctx.spec.model_dump(mode="json"), "run_id": ctx.run_id,
+                                "params": asdict(ctx.params)}, indent=2))
+    return str(path)
+
+
+def _client(url: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(url)
+    except Exception as e:  # ConnectionError, or RuntimeError for a server that is not Ray's
+        raise TrainingError(f"cannot reach the Ray job server at {url!r} (PPMLOPS_RAY_JOBS_URL): "
+                            f"{type(e).__name__}: {e}") from None
+
+
+def _status(job_or_status) -> str:
+    status = getattr(job_or_status, "status", job_or_status)
+    return str(getattr(status, "value", status))
+
+
+def _earlier_attempt(client, base_id: str):
+    """The latest job an earlier attempt of this task submitted for the run, if any."""
+    mine = [j for j in client.list_jobs()
+            if j.submission_id == base_id or (j.submission_id or "").startswith(base_id + "--attempt")]
+    return (max(mine, key=lambda j: j.start_time or 0), len(mine)) if mine else (None, 0)
+
+
+def follow(client, job_id: str, *, echo: Callable[[str], None] = print, poll_s: float = 1.0) -> str:
+    """Stream the job's new log text until it ends; return its final status."""
+    shown = 0
+    while True:
+        status = _status(client.get_job_status(job_id))
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            for line in logs[shown:].rstrip("\n").split("\n"):
+                echo(f"[ray job {job_id}] {line}")
+            shown = len(logs)
+        if status in _TERMINAL:
+            return status
+        time.sleep(poll_s)
+
+
+def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the train stage as a Ray job and return the record it wrote."""
+    url = ctx.settings.ray_jobs_url
+    client = _client(url)
+    request = write_request(ctx)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.setdefault("PPMLOPS_HOME", str(ctx.settings.home))
+    env.setdefault("PPMLOPS_DB_URL", ctx.settings.db_url)
+    stale = ctx.run_dir / "train.json"
+    base_id = submission_id(ctx)
+    earlier, attempts = _earlier_attempt(client, base_id)
+    if earlier is not None and _status(earlier) not in {"FAILED", "STOPPED"}:
+        # A retried task follows the job its last attempt left running (or finished).
+        job_id = earlier.submission_id
+        echo(f"[run {ctx.run_id}] following Ray job {job_id} ({_status(earlier)}) on {url}")
+    else:
+        # A failed attempt's job is not reused: the new one resumes from Ray Train's last
+        # checkpoint of the same run (same RunConfig name and storage path).
+        stale.unlink(missing_ok=True)  # only the job's own record may count as its result
+        job_id = client.submit_job(
+            entrypoint=f"python -m ppmlops.training {request}",
+            submission_id=base_id if not attempts else f"{base_id}--attempt{attempts + 1}",
+            runtime_env={"env_vars": env}, metadata={"ppmlops_run": ctx.run_id})
+        echo(f"[run {ctx.run_id}] training as Ray job {job_id} on {url}")
+    try:
+        status = follow(client, job_id, echo=echo)
+    except BaseException:
+        # The task was killed or lost the job server: do not leave the job training unwatched.
+        try:
+            client.stop_job(job_id)
+        except Exception:
+            pass
+        raise
+    if status != "SUCCEEDED":
+        info = client.get_job_info(job_id)
+        tail = "\n".join(client.get_job_logs(job_id).rstrip().splitlines()[-15:])
+        raise TrainingError(f"Ray job {job_id} {status}: {info.message}\n--- last lines of its log ---\n{tail}")
+    if not stale.exists():
+        raise TrainingError(f"Ray job {job_id} succeeded but wrote no train record at {stale}: "
+                            "do the job and this task share PPMLOPS_HOME?")
+    record = json.loads(stale.read_text())
+    record.pop("seconds", None)
+    record["ray_job"] = {"submission_id": job_id, "jobs_url": url}
+    return record
