@@ -109,7 +109,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                 raise TrainingError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from e
             return
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(num_cpus=num_cpus, log_to_driver=True)
         except Exception as e:
             raise TrainingError(f"cannot start a local Ray runtime: {type(e).__name__}: {e}") from e
         _started_here = True

@@ -36,7 +36,7 @@ def ray_runtime():
 
     # The tuners and the noise loop below live in this test module, which workers cannot import.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=3, log_to_driver=True)
     yield
     ray.shutdown()
 

@@ -55,6 +55,16 @@ def test_params_have_json_schema_types(dagbag):
     assert schema["workers"]["type"] == "integer"
     assert schema["seed"]["type"] == "integer"
     assert schema["tuner"]["enum"] == ["fixed", "rule", "bayes"]
+    assert schema["use_gpu"]["type"] == "boolean" and params["use_gpu"] is False
     assert schema["environment"]["enum"] == ["development", "test", "staging", "production"]
     # The trigger form cannot ask for more than the spec allows one run to spend.
     assert schema["epsilon_cap"]["maximum"] == 1.0
+
+
+@pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False), ("true", True), (None, False)])
+def test_use_gpu_param_reaches_the_run(given, expected):
+    from ppmlops import pipeline
+    from ppmlops.spec import load_spec
+
+    spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
+    assert pipeline.RunParams.from_mapping(spec, {"use_gpu": given}).use_gpu is expected
