@@ -266,8 +266,11 @@ def opacus_steps(engine) -> int:
     return sum(int(n) for _, _, n in engine.accountant.history)
 
 
-def train_epoch(parts: PrivateParts, device: torch.device) -> int:
-    """One pass of `steps` DP-SGD steps; returns the optimizer steps actually taken."""
+def train_epoch(parts: PrivateParts, device: torch.device, counts: list[int] | None = None) -> int:
+    """One pass of `steps` DP-SGD steps; returns the optimizer steps actually taken.
+
+    With `counts` ([clipped, unclipped]), adds this rank's exact per-row clipping counts: the
+    caller noises their epoch sum before anything leaves the worker (tuning.signals)."""
     parts.module.train()
     taken = 0
     with warnings.catch_warnings():
@@ -275,11 +278,12 @@ def train_epoch(parts: PrivateParts, device: torch.device) -> int:
         # outputs only; that is exactly what per-sample gradients need.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for xb, yb in parts.loader:
-            taken += _step(parts, xb, yb, device)
+            taken += _step(parts, xb, yb, device, counts)
     return taken
 
 
-def _step(parts: PrivateParts, xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> int:
+def _step(parts: PrivateParts, xb: torch.Tensor, yb: torch.Tensor, device: torch.device,
+          counts: list[int] | None = None) -> int:
     """One DP-SGD step on a (possibly empty) batch; 1 if Opacus took it."""
     xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
     parts.optimizer.zero_grad(set_to_none=True)
@@ -287,8 +291,18 @@ def _step(parts: PrivateParts, xb: torch.Tensor, yb: torch.Tensor, device: torch
     # The mean loss, but 0 rather than NaN on an empty batch; Opacus rescales by the batch size.
     loss = F.cross_entropy(out, yb, reduction="sum") / max(len(yb), 1)
     loss.backward()
+    if counts is not None and len(yb):
+        clipped = int((per_sample_norms(parts.optimizer) > parts.optimizer.max_grad_norm).sum())
+        counts[0] += clipped
+        counts[1] += len(yb) - clipped
     parts.optimizer.step()
     return 0 if parts.optimizer._is_last_step_skipped else 1
+
+
+def per_sample_norms(optimizer) -> torch.Tensor:
+    """Each row's gradient norm before clipping, as Opacus's clipping computes it."""
+    norms = [g.reshape(len(g), -1).norm(2, dim=-1) for g in optimizer.grad_samples]
+    return torch.stack(norms, dim=1).norm(2, dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,6 +415,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from ppmlops.privacy.accountant import Segment, epsilon_from_rdp, segment_rdp
+    from ppmlops.tuning import signals
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -498,16 +513,22 @@ def train_loop_per_worker(config: dict) -> None:
                 if not filt.admits(need):
                     decision = {"stop": _refusal_reason(epoch, filt.spent, need, filt.budget, delta)}
                 else:
+                    # Tuners that follow the clipped fraction get it released jointly with the
+                    # gradient, inside the same per-step noise budget (tuning.signals).
+                    sigma_b = (signals.count_noise(settings.noise_multiplier)
+                               if getattr(tuner, "wants_clipped_fraction", False) else None)
                     try:
                         entry = ledger.reserve(dataset_id=job["dataset_id"], run_id=run_id, segment=segment,
-                                               partition="train", note=f"epoch {epoch}")
+                                               partition="train",
+                                               note=signals.train_note(epoch, settings.noise_multiplier,
+                                                                       settings.max_grad_norm, sigma_b))
                     except BudgetExceeded as e:
                         # The dataset's lifetime budget (other runs included) is the binding one.
                         decision = {"stop": f"privacy ledger refused epoch {epoch}: {e}"}
                     else:
                         ledger_entries.append(int(entry))
                         filt.spend(need)
-                        decision = {"settings": asdict(settings), "entry": int(entry)}
+                        decision = {"settings": asdict(settings), "entry": int(entry), "count_noise": sigma_b}
             except Exception as e:  # every rank must learn of it, or the others wait forever
                 decision = {"error": f"rank 0 could not start epoch {epoch}: {type(e).__name__}: {e}"}
         decision = _broadcast(decision, device)
@@ -524,14 +545,16 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
         settings = EpochSettings(**decision["settings"])
-        parts.optimizer.noise_multiplier = settings.noise_multiplier
+        sigma_b = decision["count_noise"]
+        parts.optimizer.noise_multiplier = signals.gradient_noise(settings.noise_multiplier, sigma_b)
         parts.optimizer.max_grad_norm = settings.max_grad_norm
         for group in parts.optimizer.param_groups:
             group["lr"] = settings.learning_rate
         seed_epoch(parts, seed=seed, run_id=run_id, epoch=epoch, rank=rank)
 
         before = opacus_steps(parts.engine)
-        taken = train_epoch(parts, device)
+        counts = [0, 0] if sigma_b else None
+        taken = train_epoch(parts, device, counts)
         counted = opacus_steps(parts.engine) - before
         seen = {
             "rank": rank, "node": node, "device": str(device), "steps": taken, "opacus_steps": counted,
@@ -541,6 +564,7 @@ def train_loop_per_worker(config: dict) -> None:
             "sample_rate": 1.0 / len(parts.loader),
             "opacus_sample_rate": float(parts.engine.accountant.history[-1][1]),
             "divisor": float(parts.optimizer.expected_batch_size * world),
+            "count_noise": sigma_b, "counts": counts,  # exact: gathered to rank 0, never released as is
         }
         all_seen = _gather(seen)
         bad = [s for s in all_seen if s["steps"] != steps or s["opacus_steps"] != steps]
@@ -556,12 +580,19 @@ def train_loop_per_worker(config: dict) -> None:
             spent = filt.spent
             eps, _ = epsilon_from_rdp(spent, delta)
             acc, holdout_entry = _release_holdout_accuracy(job, ledger, net, X_test, y_test, epoch)
+            clipped_fraction = None
+            if sigma_b:
+                clipped_fraction = signals.noisy_clipped_fraction(
+                    sum(s["counts"][0] for s in all_seen), sum(s["counts"][1] for s in all_seen), sigma_b, steps)
+            for s in all_seen:
+                s.pop("counts")
             seconds = time.perf_counter() - t0
             history.append({
                 "epoch": epoch, "noise_multiplier": settings.noise_multiplier,
                 "max_grad_norm": settings.max_grad_norm, "learning_rate": settings.learning_rate,
                 "steps": steps, "sample_rate": q, "epsilon_spent": eps, "delta": delta,
                 "holdout_accuracy_noisy": acc, "holdout_entry": holdout_entry, "seconds": seconds,
+                "clipped_fraction_noisy": clipped_fraction, "count_noise": sigma_b,
                 "tuner_seconds": tuner_seconds,
                 "ledger_entry": decision["entry"], "ranks": all_seen, **({"tuner": explained} if explained else {}),
             })

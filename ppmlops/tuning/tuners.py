@@ -28,6 +28,7 @@ from ppmlops.training.dp_worker import EpochSettings
 
 NAMES = ("fixed", "rule", "bayes")
 SIGNAL = "holdout_accuracy_noisy"
+CLIP_SIGNAL = "clipped_fraction_noisy"
 
 
 @dataclass
@@ -113,34 +114,45 @@ class FixedTuner(Tuner):
 
 
 class RuleTuner(Tuner):
-    """The paper's Algorithm 1 on the noisy holdout accuracy.
+    """The paper's Algorithm 1 on the noisy holdout accuracy and the noisy clipped fraction.
 
-    When accuracy fell by more than the release's own noise could explain (risk of divergence),
-    raise the noise and lower the clip norm; otherwise let the noise fall gradually (by `decay`,
-    never below what the budget affords) and keep the clip. The paper's clip rule follows a
-    noised gradient-norm quantile; that statistic is not released here (it would need its own
-    noise and ledger entry), so the clip only reacts to the accuracy signal.
+    When accuracy fell by more than `tolerance` (risk of divergence), raise the noise and cut the
+    clip norm; otherwise let the noise fall gradually (by `decay`, never below what the budget
+    affords) and let the clip norm follow the `quantile` of the per-row gradient norms by
+    geometric updates on the noisy fraction of rows left unclipped (Andrew et al. 2021):
+    C <- C * exp(-eta * (unclipped - quantile)). That fraction is released jointly with the
+    gradient inside the epoch's own noise (tuning.signals), so it costs no extra epsilon.
     """
 
     name = "rule"
+    wants_clipped_fraction = True  # the worker releases it for this tuner only
 
     def __init__(self, *, seed: int = 0, decay: float = 0.9, raise_by: float = 1.15, clip_cut: float = 0.8,
-                 tolerance: float = 0.01):
+                 tolerance: float = 0.01, quantile: float = 0.5, eta: float = 0.2):
         super().__init__(seed=seed)
         self.decay, self.raise_by, self.clip_cut, self.tolerance = decay, raise_by, clip_cut, tolerance
+        self.quantile, self.eta = quantile, eta
+
+    def _clip_following_quantile(self, history, current) -> tuple[float, str]:
+        clipped = history[-1].get(CLIP_SIGNAL) if history else None
+        if clipped is None:
+            return current.max_grad_norm, "clip kept (no clipped fraction released yet)"
+        unclipped = 1.0 - clipped
+        clip = current.max_grad_norm * math.exp(-self.eta * (unclipped - self.quantile))
+        return clip, (f"clip {current.max_grad_norm:.3g} -> {clip:.3g} toward the {self.quantile:g} quantile of "
+                      f"gradient norms (noisy unclipped fraction {unclipped:.2f})")
 
     def propose(self, epoch, history, current):
         accs = [h.get(SIGNAL) for h in history if h.get(SIGNAL) is not None]
-        if len(accs) < 2:
-            return (EpochSettings(current.noise_multiplier * self.decay, current.max_grad_norm, current.learning_rate),
-                    "rule: no trend yet, noise falls gradually", {})
-        drop = accs[-2] - accs[-1]
-        if drop > self.tolerance:
+        drop = accs[-2] - accs[-1] if len(accs) >= 2 else None
+        if drop is not None and drop > self.tolerance:
             return (EpochSettings(current.noise_multiplier * self.raise_by, current.max_grad_norm * self.clip_cut,
                                   current.learning_rate),
                     f"rule: noisy accuracy fell by {drop:.3f} (> {self.tolerance}): more noise, tighter clip", {})
-        return (EpochSettings(current.noise_multiplier * self.decay, current.max_grad_norm, current.learning_rate),
-                f"rule: noisy accuracy held ({-drop:+.3f}): noise falls gradually", {})
+        clip, clip_why = self._clip_following_quantile(history, current)
+        trend = "no trend yet" if drop is None else f"noisy accuracy held ({-drop:+.3f})"
+        return (EpochSettings(current.noise_multiplier * self.decay, clip, current.learning_rate),
+                f"rule: {trend}: noise falls gradually; {clip_why}", {})
 
 
 class BayesTuner(Tuner):
@@ -214,7 +226,7 @@ def _seen(history: list[dict]) -> dict[str, Any]:
     if not history:
         return {}
     last = history[-1]
-    return {k: last.get(k) for k in ("epoch", SIGNAL, "noise_multiplier", "max_grad_norm", "learning_rate",
+    return {k: last.get(k) for k in ("epoch", SIGNAL, CLIP_SIGNAL, "noise_multiplier", "max_grad_norm", "learning_rate",
                                       "epsilon_spent")}
 
 

@@ -255,6 +255,31 @@ def test_bayes_tuner_with_noisy_holdout_on_two_workers(ray_runtime, data, ledger
     assert Ledger(ledger_url).epsilon_spent("synth", run_id="run-bayes") == pytest.approx(expected, rel=1e-6)
 
 
+def test_rule_tuner_gets_the_clipped_fraction_inside_the_epochs_noise(ray_runtime, data, ledger_url, tmp_path):
+    from ppmlops.tuning import signals
+    from ppmlops.tuning.tuners import RuleTuner
+
+    q, steps = sample_rate_for(N_TRAIN, BATCH, 2)
+    budget = plan_budget([Segment(1.0, q, steps)] * 2)
+    job = _job(data, ledger_url, tmp_path, "run-rule", epochs=2, budget=budget, tuner=RuleTuner(),
+               holdout_noise=20.0, split="keyed hash of each row (seed 0), test fraction 0.2")
+    result = train_on_ray(job)
+
+    assert result.stopped_reason == "completed" and result.epochs_completed == 2
+    entries = [e for e in Ledger(ledger_url).entries(dataset_id="synth", run_id="run-rule") if e.partition == "train"]
+    for h, e in zip(result.history, entries):
+        sigma, sigma_b = h["noise_multiplier"], h["count_noise"]
+        assert sigma_b == pytest.approx(5 * sigma) and 0.0 <= h["clipped_fraction_noisy"] <= 1.0
+        # both ranks' gradients got the larger sigma_g; the ledger charges the joint step's sigma
+        assert {r["noise_multiplier"] for r in h["ranks"]} == {signals.gradient_noise(sigma, sigma_b)}
+        assert all("counts" not in r for r in h["ranks"])  # exact counts never leave the worker
+        assert e.noise_multiplier == sigma and "(clipped, unclipped) row counts" in e.note
+    assert "quantile" in result.history[1]["tuner"]["why"] or "fell by" in result.history[1]["tuner"]["why"]
+    assert result.history[1]["tuner"]["saw"]["clipped_fraction_noisy"] == result.history[0]["clipped_fraction_noisy"]
+    train_rdp = sum(e.rdp for e in entries)
+    np.testing.assert_allclose(result.rdp_spent, train_rdp, rtol=1e-12)
+
+
 class MarkAndPauseFromEpochTwo:
     """A tuner (rank 0) that writes its process id before epoch 2 and, the first time, waits
     there to be killed; the restarted rank 0 finds the mark and goes on."""

@@ -21,6 +21,7 @@ from ppmlops.training.dp_worker import (
     make_private_ddp,
     opacus_divisor,
     opacus_steps,
+    per_sample_norms,
     secure_rng_available,
     seed_epoch,
     train_epoch,
@@ -229,3 +230,30 @@ def test_secure_rng_job_fails_before_starting_a_local_ray(tmp_path, monkeypatch)
     with pytest.raises(TrainingError, match="torchcsprng"):
         train_on_ray(job)
     assert not ray.is_initialized()
+
+
+def test_clipping_counts_match_the_rows_per_sample_gradient_norms(gloo_world_of_one):
+    n = steps = 50
+    X, y = torch.randn(n, 4) * 3, torch.randint(0, 2, (n,))
+    net = build_model("logistic", 4)
+    parts = _private(net, X, y, 1 / steps, steps, clip=0.5)
+    # per-row norms from Opacus's grad samples equal each row's own gradient, computed alone
+    # (the loss is the batch mean, as in _step; Opacus undoes the mean in its grad samples)
+    xb, yb = X[:6], y[:6]
+    parts.optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(parts.module(xb), yb).backward()
+    got = per_sample_norms(parts.optimizer)
+    for i in range(6):
+        single = build_model("logistic", 4)
+        single.load_state_dict({k.removeprefix("_module."): v for k, v in net.state_dict().items()})
+        torch.nn.functional.cross_entropy(single(xb[i:i + 1]), yb[i:i + 1], reduction="sum").backward()
+        want = torch.sqrt(sum((p.grad ** 2).sum() for p in single.parameters()))
+        assert got[i].item() == pytest.approx(want.item(), rel=1e-5)
+    parts.optimizer.zero_grad(set_to_none=True)
+
+    seed_epoch(parts, seed=0, run_id="t", epoch=1, rank=0)
+    counts = [0, 0]
+    assert train_epoch(parts, torch.device("cpu"), counts) == steps
+    sampled = sum(len(b) for b in (seed_epoch(parts, seed=0, run_id="t", epoch=1, rank=0) or parts.sampler))
+    assert sum(counts) == sampled  # every sampled row counted once, clipped or not
+    assert counts[0] > 0  # with clip 0.5 on inputs of scale 3, some rows are clipped

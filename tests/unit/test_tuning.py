@@ -119,3 +119,39 @@ def test_no_signal_keeps_the_settings():
 def test_unknown_tuner_is_named():
     with pytest.raises(ValueError, match="unknown tuner 'grid'"):
         make_tuner("grid")
+
+
+@pytest.mark.parametrize("clipped, grows", [(0.9, True), (0.1, False)])
+def test_rule_clip_follows_the_noisy_gradient_norm_quantile(clipped, grows):
+    tuner = RuleTuner(quantile=0.5, eta=0.2)
+    observe(tuner, budget_for(1.2, 5), 4)
+    history = [{"epoch": 1, "holdout_accuracy_noisy": 0.8, "clipped_fraction_noisy": clipped}]
+    p = tuner(2, history, PLAN)
+    # most rows clipped: the median norm is above C, so C grows; few clipped: C shrinks
+    assert p.settings.max_grad_norm == pytest.approx(math.exp(-0.2 * ((1 - clipped) - 0.5)))
+    assert (p.settings.max_grad_norm > 1.0) is grows
+    assert "quantile" in p.explanation["why"] and p.explanation["saw"]["clipped_fraction_noisy"] == clipped
+    assert RuleTuner.wants_clipped_fraction and not getattr(BayesTuner, "wants_clipped_fraction", False)
+
+
+def test_joint_release_keeps_the_step_noise_multiplier():
+    """Andrew et al.: gradient noise sigma_g and count noise sigma_b jointly cost a step of sigma."""
+    sigma = 1.3
+    sigma_b = signals.count_noise(sigma)
+    sigma_g = signals.gradient_noise(sigma, sigma_b)
+    assert sigma_b == 5 * sigma and sigma_g > sigma
+    assert sigma_g ** -2 + sigma_b ** -2 == pytest.approx(sigma ** -2, rel=1e-12)
+    assert signals.gradient_noise(sigma, None) == sigma
+    with pytest.raises(ValueError):
+        signals.gradient_noise(sigma, sigma)  # the counts cannot take all of the step's noise
+    note = signals.train_note(2, sigma, 1.0, sigma_b)
+    assert "clipped, unclipped" in note and f"{sigma_b:.6g}" in note and f"{sigma_g:.6g}" in note
+
+
+def test_noisy_clipped_fraction_is_centred_with_the_epoch_sum_noise():
+    steps, sigma_b = 100, 5.0
+    draws = np.array([signals.noisy_clipped_fraction(3000, 1000, sigma_b, steps) for _ in range(400)])
+    assert np.all((draws >= 0) & (draws <= 1))
+    assert draws.mean() == pytest.approx(0.75, abs=0.01)
+    # each count carries N(0, (sigma_b sqrt(steps))^2) = N(0, 50^2): about 0.0125 on the fraction
+    assert 0.005 < draws.std() < 0.03
