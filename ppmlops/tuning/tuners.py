@@ -169,9 +169,18 @@ class BayesTuner(Tuner):
         self.pending: dict | None = None
 
     def _bounds(self) -> dict[str, tuple[float, float]]:
-        return {"noise_factor": (1.0, 1.6),
-                "log_clip": (math.log(self.base_clip / 4), math.log(self.base_clip * 2)),
-                "log_lr": (math.log(self.base_lr / 4), math.log(self.base_lr * 2))}
+        # Searched: the noise above the affordable floor (only a little: every bit more is budget
+        # left unspent), the clip norm, and the step size lr x clip. Once most rows are clipped,
+        # an update's size is about lr x clip, so that product (not lr alone) is what a run with
+        # few steps must get right; searching it directly decouples it from the clip.
+        step = self.base_lr * self.base_clip
+        return {"noise_factor": (1.0, 1.2),
+                "log_clip": (math.log(self.base_clip / 10), math.log(self.base_clip * 2)),
+                "log_step": (math.log(step / 2), math.log(step * 8))}
+
+    def _first(self) -> dict[str, float]:
+        """The centre of the box: the usual first design point, and no random first epoch."""
+        return {k: (lo + hi) / 2 for k, (lo, hi) in self._bounds().items()}
 
     def propose(self, epoch, history, current):
         from bayes_opt import BayesianOptimization, acquisition
@@ -186,7 +195,7 @@ class BayesTuner(Tuner):
                                    acquisition_function=acquisition.UpperConfidenceBound(kappa=self.KAPPA))
         for params, target in self.points:
             opt.register(params=params, target=target)
-        params = {k: float(v) for k, v in opt.suggest().items()}
+        params = self._first() if not self.points else {k: float(v) for k, v in opt.suggest().items()}
         extra: dict[str, Any] = {"observations": len(self.points)}
         if len(self.points) >= 2:
             x = np.array([[params[k] for k in sorted(params)]])
@@ -199,7 +208,8 @@ class BayesTuner(Tuner):
             why = f"bayes: exploring ({len(self.points)} observations, prior only)"
         self.pending = params
         floor = self.budget.floor() or current.noise_multiplier
-        settings = EpochSettings(floor * params["noise_factor"], math.exp(params["log_clip"]), math.exp(params["log_lr"]))
+        clip = math.exp(params["log_clip"])
+        settings = EpochSettings(floor * params["noise_factor"], clip, math.exp(params["log_step"]) / clip)
         extra["params"] = params
         return settings, why, extra
 
