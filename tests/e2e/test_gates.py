@@ -62,6 +62,21 @@ class Approver(threading.Thread):
             self._answer()
         except Exception as e:  # reported by the test, not lost in the thread
             self.error = f"{type(e).__name__}: {e}"
+        if self.error:
+            self._fail_waiting_task()
+
+    def _fail_waiting_task(self):
+        """dag.test() waits for an answer forever: end the run so the test can report the error."""
+        from sqlalchemy import update
+
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        with create_session() as session:
+            session.execute(update(TaskInstance).where(
+                TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == "approve",
+                TaskInstance.state == TaskInstanceState.AWAITING_INPUT).values(state=TaskInstanceState.FAILED))
 
     def _answer(self):
         from fastapi.testclient import TestClient

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic_jobs import BATCH, DELTA, N_FEATURES, N_TRAIN, make_data, make_ledger  # tests/integration/
+from synthetic_jobs import make_job as _job
 
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.accountant import Segment, epsilon_from_rdp
@@ -23,8 +25,15 @@ from ppmlops.training.models import build_model, predict_proba
 
 pytestmark = pytest.mark.ray
 
-from synthetic_jobs import BATCH, DELTA, N_FEATURES, N_TRAIN  # tests/integration/synthetic_jobs.py
-from synthetic_jobs import make_job as _job
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+@pytest.fixture
+def ledger_url(tmp_path):
+    return make_ledger(tmp_path)
 
 
 @pytest.fixture(scope="module")
