@@ -51,6 +51,17 @@ class Approver(threading.Thread):
     officer would from the UI (the same PATCH the Required Actions page sends)."""
 
     def __init__(self, dag_id: str, option: str):
+        # Import the API app and configure the ORM here, on the main thread: importing model
+        # modules in this thread while dag.test() configures SQLAlchemy's mappers on the main one
+        # deadlocks on Python's import lock against SQLAlchemy's configure lock.
+        import airflow.api_fastapi.app  # noqa: F401
+        import fastapi.testclient  # noqa: F401
+        from sqlalchemy.orm import configure_mappers
+
+        from airflow.models import import_all_models
+
+        import_all_models()
+        configure_mappers()
         super().__init__(daemon=True)
         self.dag_id, self.option = dag_id, option
         self.status: int | None = None
