@@ -1,8 +1,13 @@
-"""A small synthetic training job shared by the Ray integration tests."""
+"""A small synthetic training job shared by the Ray integration tests.
+
+Test modules import the `data` and `ledger_url` fixtures from here by name (a second
+conftest.py would shadow the root one, which tests import by name).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ppmlops.privacy.ledger import Ledger
 from ppmlops.training.launch import TrainJob
@@ -37,3 +42,13 @@ def make_job(data, ledger_url, tmp_path, run_id, *, epochs, budget, sigma=1.0, t
     )
     fields.update(kw)
     return TrainJob(**fields)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+@pytest.fixture
+def ledger_url(tmp_path):
+    return make_ledger(tmp_path)

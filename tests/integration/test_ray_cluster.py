@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from synthetic_jobs import BATCH, DELTA, N_TRAIN, make_data, make_job, make_ledger
+from synthetic_jobs import BATCH, DELTA, N_TRAIN, data, ledger_url, make_job  # noqa: F401 (fixtures)
 
 from ppmlops import pipeline
 from ppmlops.errors import TrainingError
@@ -27,16 +27,6 @@ from ppmlops.training.launch import sample_rate_for, shutdown_local_ray, train_o
 from ppmlops.training.local_cluster import start_local_cluster
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_data()
-
-
-@pytest.fixture
-def ledger_url(tmp_path):
-    return make_ledger(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic_jobs import BATCH, DELTA, N_FEATURES, N_TRAIN, make_data, make_ledger  # tests/integration/
+from synthetic_jobs import BATCH, DELTA, N_FEATURES, N_TRAIN, data, ledger_url  # noqa: F401 (fixtures)
 from synthetic_jobs import make_job as _job
 
 from ppmlops.errors import TrainingError
@@ -24,16 +24,6 @@ from ppmlops.training.metrics import accuracy, majority_rate
 from ppmlops.training.models import build_model, predict_proba
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_data()
-
-
-@pytest.fixture
-def ledger_url(tmp_path):
-    return make_ledger(tmp_path)
 
 
 @pytest.fixture(scope="module")
