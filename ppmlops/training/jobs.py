@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -91,7 +92,7 @@ def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) 
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env.setdefault("PPMLOPS_HOME", str(ctx.settings.home))
     env.setdefault("PPMLOPS_DB_URL", ctx.settings.db_url)
-    stale = ctx.run_dir / "train.json"
+    record_path = ctx.run_dir / "train.json"
     base_id = submission_id(ctx)
     earlier, attempts = _earlier_attempt(client, base_id)
     if earlier is not None and _status(earlier) not in {"FAILED", "STOPPED"}:
@@ -101,29 +102,32 @@ def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) 
     else:
         # A failed attempt's job is not reused: the new one resumes from Ray Train's last
         # checkpoint of the same run (same RunConfig name and storage path).
-        stale.unlink(missing_ok=True)  # only the job's own record may count as its result
+        record_path.unlink(missing_ok=True)  # only this job's own record may count as its result
         job_id = client.submit_job(
-            entrypoint=f"python -m ppmlops.training {request}",
+            entrypoint=f"python -m ppmlops.training {shlex.quote(request)}",
             submission_id=base_id if not attempts else f"{base_id}--attempt{attempts + 1}",
             runtime_env={"env_vars": env}, metadata={"ppmlops_run": ctx.run_id})
         echo(f"[run {ctx.run_id}] training as Ray job {job_id} on {url}")
     try:
         status = follow(client, job_id, echo=echo)
-    except BaseException:
+    except BaseException as e:
         # The task was killed or lost the job server: do not leave the job training unwatched.
         try:
             client.stop_job(job_id)
         except Exception:
             pass
+        if isinstance(e, Exception):
+            raise TrainingError(f"lost track of Ray job {job_id} on {url} (asked it to stop): "
+                                f"{type(e).__name__}: {e}") from e
         raise
     if status != "SUCCEEDED":
         info = client.get_job_info(job_id)
         tail = "\n".join(client.get_job_logs(job_id).rstrip().splitlines()[-15:])
         raise TrainingError(f"Ray job {job_id} {status}: {info.message}\n--- last lines of its log ---\n{tail}")
-    if not stale.exists():
-        raise TrainingError(f"Ray job {job_id} succeeded but wrote no train record at {stale}: "
+    if not record_path.exists():
+        raise TrainingError(f"Ray job {job_id} succeeded but wrote no train record at {record_path}: "
                             "do the job and this task share PPMLOPS_HOME?")
-    record = json.loads(stale.read_text())
+    record = json.loads(record_path.read_text())
     record.pop("seconds", None)
     record["ray_job"] = {"submission_id": job_id, "jobs_url": url}
     return record

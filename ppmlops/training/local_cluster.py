@@ -60,6 +60,25 @@ class LocalCluster:
                          for p in sorted(self.temp_dir.glob("node-*.log")))
 
 
+def _use_token_auth(ray_cli: str, env: dict[str, str]) -> None:
+    """Token auth for the nodes and for this process, with the token in ~/.ray/auth_token.
+
+    As a local `ray.init()` does in Ray 2.60. Made explicit because `ray start` turns token auth
+    on whenever that file exists, and a driver whose mode is unset then cannot connect.
+    """
+    made = subprocess.run([ray_cli, "get-auth-token", "--generate"], capture_output=True, text=True, env=env)
+    if made.returncode != 0:
+        raise TrainingError(f"cannot set up a Ray auth token for the local cluster: {made.stderr.strip()[-500:]}")
+    env["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_MODE"] = "token"  # this process connects to the cluster too
+    try:  # Ray reads the mode into a cached config: refresh it as ray.init() itself does
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except ImportError:
+        pass
+
+
 def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, timeout_s: float = 120.0,
                         object_store_bytes: int = 150_000_000) -> LocalCluster:
     """Start a head and `nodes - 1` more nodes; return once all are alive and jobs can be submitted."""
@@ -79,6 +98,7 @@ def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, timeout_s: float
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
     ray_cli = str(Path(sys.executable).parent / "ray")
+    _use_token_auth(ray_cli, env)
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
               f"--object-store-memory={object_store_bytes}", f"--dashboard-agent-listen-port={{port}}", "--block"]
 
