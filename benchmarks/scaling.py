@@ -56,11 +56,12 @@ def train_once(X, y, Xt, yt, *, workers: int, epochs: int, kind: str, hidden: li
 
 
 def job_round_trip(client, entrypoint: str) -> float:
+    from ppmlops.training.jobs import follow
+
     t0 = time.perf_counter()
     job = client.submit_job(entrypoint=entrypoint)
-    while str(getattr(status := client.get_job_status(job), "value", status)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-        time.sleep(0.1)
-    if str(getattr(status, "value", status)) != "SUCCEEDED":
+    status = follow(client, job, echo=lambda line: None, poll_s=0.1)
+    if status != "SUCCEEDED":
         raise RuntimeError(f"job {entrypoint!r} ended {status}: {client.get_job_logs(job)[-2000:]}")
     return time.perf_counter() - t0
 

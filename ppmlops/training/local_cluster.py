@@ -100,11 +100,12 @@ def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, timeout_s: float
     ray_cli = str(Path(sys.executable).parent / "ray")
     _use_token_auth(ray_cli, env)
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
-              f"--object-store-memory={object_store_bytes}", f"--dashboard-agent-listen-port={{port}}", "--block"]
+              f"--object-store-memory={object_store_bytes}", "--block"]
 
     def start(name: str, args: list[str]) -> None:
         out = (cluster.temp_dir / f"node-{name}.log").open("w")
-        argv = [ray_cli, "start", *args, *(a.format(port=free_port()) for a in common)]
+        # Each node's dashboard agent needs a port of its own: the default one is shared.
+        argv = [ray_cli, "start", *args, *common, f"--dashboard-agent-listen-port={free_port()}"]
         cluster._procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                                start_new_session=True))
 
