@@ -99,8 +99,8 @@ budget := {
 	"reasons": sort(_train_input_errors),
 }
 
-# Helpers below are guarded by _train_input_ok so that each is total: an engine that evaluates
-# the whole package (regorus does under `with`) must not hit a type error on bad input.
+# Helpers below are guarded by _train_input_ok so that each is total: arithmetic on a missing
+# or non-numeric field must not raise a type error, whichever rule asks for the helper.
 _remaining := max([0, input.ledger.epsilon_remaining]) if _train_input_ok
 
 _limits := {
@@ -344,8 +344,9 @@ _blank(v) if v == []
 _blank(v) if v == {}
 
 # Number formatting for reasons. The numbers are for people (the exact values are in the
-# input), and the text must be the same whichever engine runs: OPA and regorus print floats
-# differently through %v, so every number goes through these. Each is total over numbers: a
+# input). OPA's sprintf prints a number such as 1e-05 (as Python's json writes small floats) as
+# a string and big.Float products such as 0.001 * 1000 can land a hair below 1, so these use
+# integer arithmetic on rounded values and never a float verb. Each is total over numbers: a
 # formatter that came out undefined would make the deny rule using it undefined too.
 
 # Two decimals.
@@ -359,15 +360,25 @@ _sign(x, cents) := "-" if {
 	cents > 0
 } else := ""
 
-# Whole numbers as such, small ones as "1.00e-5", the rest with two decimals.
-num(x) := sprintf("%d", [x]) if {
+# Whole numbers as such, small ones as "1.00e-5", the rest with two decimals. (floor(x) is x
+# here, but as OPA's integer: sprintf's %d prints a literal such as 1e15 as a string.)
+num(x) := sprintf("%d", [floor(x)]) if {
 	x == floor(x)
-	abs(x) < 1e15
+	abs(x) <= 1e15
 } else := fmt(x) if {
 	abs(x) >= 0.01
-} else := sprintf("%se-%d", [fmt(x * _powers[k]), k]) if {
-	k := min([i | some i, p in _powers; abs(x) * p >= 1])
+} else := _scientific(x, 19 - count(format_int(floor(y * 1000000000000000000), 10))) if {
+	# |x| * 10^18 has 19 - k digits before the point, for 10^-k <= |x| < 10^-(k-1).
+	y := abs(x)
+	y >= 1e-18
 } else := sprintf("%v", [x])
+
+# x as m * 10^-k. The two-decimal mantissa can round up to 10.00 (9.996e-4, or 0.001 when the
+# product lands below 1); that is 1.00 at the next power.
+_scientific(x, k) := sprintf("%se-%d", [m, k]) if {
+	m := fmt(x * _powers[k])
+	not m in {"10.00", "-10.00"}
+} else := sprintf("%se-%d", [fmt((x * _powers[k]) / 10), k - 1])
 
 _powers := [
 	1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000,

@@ -1,5 +1,5 @@
-# Unit tests for policies.rego. Run: `ppmlops policy test`, pytest tests/unit/test_policy_rules.py,
-# or `opa test policies.rego tests/policies` where an OPA binary exists.
+# Unit tests for policies.rego. Run: `ppmlops policy test [--coverage]` (OPA's engine, embedded),
+# pytest tests/unit/test_policy_rules.py, or `opa test policies.rego tests/policies`.
 package ppmlops_test
 
 import data.ppmlops
@@ -57,8 +57,13 @@ test_number_formatting if {
 	ppmlops.num(0.5) == "0.50"
 	ppmlops.num(1e-5) == "1.00e-5"
 	ppmlops.num(2.5e-7) == "2.50e-7"
-	ppmlops.num(0.001) == "1.00e-3"
+	ppmlops.num(0.001) == "1.00e-3" # 0.001 * 1000 is a hair below 1 in OPA's arithmetic
+	ppmlops.num(9.996e-4) == "1.00e-3" # the mantissa rounds up to 10.00
+	ppmlops.num(-1e-5) == "-1.00e-5"
+	ppmlops.num(1e-18) == "1.00e-18"
 	ppmlops.num(1e-30) != ""
+	ppmlops.num(1e15) == "1000000000000000" # not sprintf's "%!d(string=1e15)"
+	ppmlops.num(1e16) == "10000000000000000.00"
 	ppmlops.fmt(2.98) == "2.98"
 	ppmlops.fmt(3) == "3.00"
 	ppmlops.fmt(-0.5) == "-0.50"
@@ -187,6 +192,18 @@ test_train_denies_out_of_range if {
 	d.reasons == ["input.risk.score: 1.50 is outside [0, 1]"]
 }
 
+test_train_denies_fractional_rows if {
+	d := ppmlops.train with input as train_with({"dataset": {"rows": 4700.5}})
+	d.allow == false
+	d.reasons == ["input.dataset.rows: 4700.50 is not a whole number"]
+}
+
+test_train_denies_rows_out_of_range if {
+	d := ppmlops.train with input as train_with({"dataset": {"rows": 0}})
+	d.allow == false
+	"input.dataset.rows: 0 is outside [1, 1000000000000000]" in d.reasons
+}
+
 test_train_denies_non_object_input if {
 	d := ppmlops.train with input as ["not", "an", "object"]
 	d.allow == false
@@ -294,6 +311,33 @@ test_deploy_denies_card_understating_epsilon if {
 	d.reasons == ["model card states epsilon 0.50, less than the 0.97 the run spent"]
 }
 
+test_deploy_denies_card_with_empty_fields if {
+	d := ppmlops.deploy with input as json.patch(deploy_input, [
+		{"op": "replace", "path": "/model_card/metrics", "value": {}},
+		{"op": "replace", "path": "/model_card/intended_use", "value": []},
+	])
+	d.outcome == "deny"
+	d.reasons == ["model card is missing required fields: metrics, intended_use"]
+}
+
+test_deploy_denies_card_with_non_numeric_epsilon if {
+	d := ppmlops.deploy with input as deploy_with({"model_card": {"epsilon": "0.97"}})
+	d.outcome == "deny"
+	d.reasons == ["model card field epsilon must be a number, got string"]
+}
+
+test_deploy_denies_card_understating_delta if {
+	d := ppmlops.deploy with input as deploy_with({"model_card": {"delta": 1e-6}})
+	d.outcome == "deny"
+	d.reasons == ["model card states delta 1.00e-6, less than the run's 1.00e-5"]
+}
+
+test_deploy_denies_non_numeric_audit_bound if {
+	d := ppmlops.deploy with input as deploy_with({"audit": {"epsilon_lower_bound": "0.4"}})
+	d.outcome == "deny"
+	d.reasons == ["input.audit.epsilon_lower_bound: expected number or null, got string"]
+}
+
 test_deploy_denies_missing_manifest_section if {
 	d := ppmlops.deploy with input as json.remove(deploy_input, ["audit"])
 	d.outcome == "deny"
@@ -324,7 +368,7 @@ test_deploy_deny_takes_precedence_over_approval if {
 }
 
 # --- malformed input: every decision stays defined and refuses -------------------------------
-# `with input as` makes regorus evaluate the whole package, so these also check that no helper
+# These also check that no helper
 # rule raises a type error on bad input.
 
 test_train_denies_non_numeric_risk if {
