@@ -50,17 +50,46 @@ def _policy_test(args: argparse.Namespace) -> int:
 
     s = settings_mod.load()
     policy = Path(args.policy) if args.policy else s.policy_path
+    want_coverage = args.coverage or args.coverage_json is not None
     if s.opa_url:
+        if want_coverage:
+            raise PpmlopsError("--coverage needs the embedded OPA engine: OPA's REST API reports no coverage. "
+                               "Unset PPMLOPS_OPA_URL for this command (the embedded engine is OPA's too).")
         print(f"evaluating through the OPA server at {s.opa_url}")
-        results = run_policy_tests_opa(s.opa_url, policy, Path(args.tests), timeout_s=s.opa_timeout_s)
+        report = run_policy_tests_opa(s.opa_url, policy, Path(args.tests), timeout_s=s.opa_timeout_s)
     else:
-        results = run_policy_tests(policy, Path(args.tests))
-    failed = [r for r in results if not r[1]]
-    for name, passed, message in results:
+        report = run_policy_tests(policy, Path(args.tests), coverage=want_coverage)
+    for name, passed, message in report.results:
         print(f"{'PASS' if passed else 'FAIL'}: {name}" + (f"  ({message})" if message and not passed else ""))
     print("-" * 40)
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed or not results else 0
+    print(f"{len(report.results) - len(report.failed)} passed, {len(report.failed)} failed")
+    if report.coverage is not None:
+        _print_coverage(report.coverage, args.coverage)
+        if args.coverage_json:
+            Path(args.coverage_json).write_text(json.dumps(report.coverage.opa_json, indent=2) + "\n")
+            print(f"coverage report (the JSON `opa test --coverage` prints) written to {args.coverage_json}")
+    return 1 if report.failed or not report.results else 0
+
+
+def _print_coverage(coverage, with_lines: bool) -> None:
+    from ppmlops.compliance.coverage import row_spans
+
+    def shown(path: str) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return path
+
+    rows = [(shown(f.path), f.covered_lines, f.not_covered_lines, f.percent, f.not_covered_rows) for f in coverage.files]
+    width = max([len("total")] + [len(r[0]) for r in rows])
+    print("coverage (OPA's cover tracer, in lines):")
+    print(f"  {'file':<{width}}  {'covered':>7}  {'not covered':>11}  {'coverage':>8}")
+    for path, covered, missed, percent, missed_rows in rows:
+        print(f"  {path:<{width}}  {covered:7d}  {missed:11d}  {percent:7.1f}%")
+        if with_lines and missed_rows:
+            print(f"      not covered: {row_spans(missed_rows)}")
+    print(f"  {'total':<{width}}  {coverage.covered_lines:7d}  {coverage.not_covered_lines:11d}  "
+          f"{coverage.percent:7.1f}%")
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -126,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = policy.add_parser("test", help="run the policy's Rego tests, like `opa test`")
     p.add_argument("--policy")
     p.add_argument("--tests", default=str(settings_mod.REPO_ROOT / "tests" / "policies"))
+    p.add_argument("--coverage", action="store_true",
+                   help="report line coverage per file, with the lines not covered (like `opa test --coverage`)")
+    p.add_argument("--coverage-json", metavar="FILE",
+                   help="also write OPA's coverage report (the JSON `opa test --coverage` prints) to FILE")
     p.set_defaults(func=_policy_test)
 
     audit = sub.add_parser("audit", help="decision records").add_subparsers(dest="audit_command", required=True)

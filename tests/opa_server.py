@@ -1,37 +1,42 @@
-"""A loopback HTTP server speaking the parts of OPA's REST API ppmlops uses, for tests.
+"""Loopback HTTP servers for the OPA-server path of ppmlops.compliance, for tests and benchmarks.
 
-No OPA binary can be installed here, so the server evaluates with regorus; what is under test is
-ppmlops's HTTP client side: pushing modules, Data API queries, errors and fail-closed handling.
+No OPA binary can be installed here, so `FakeOpa` speaks the parts of OPA's REST API ppmlops uses
+and evaluates with OPA's own Go engine (the library ppmlops's embedded engine runs,
+opa-golib-python-bindings): the decisions are OPA's; what is simulated is only the HTTP server
+around them. `SilentServer` accepts connections and never answers, like a wedged OPA.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import regorus
+from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
+
+_ERROR = re.compile(r"(?P<file>[^\s:]+):(?P<row>\d+): (?P<code>rego_\w+): (?P<msg>[^\n]*)")
 
 
 class FakeOpa:
-    """The parts of OPA's REST API ppmlops uses: PUT/GET/DELETE /v1/policies/<id>, POST /v1/data/<path>.
+    """PUT/GET/DELETE /v1/policies/<id>, POST /v1/data/<path>, evaluated by OPA's engine.
 
     mode: "normal"; "undefined" (every query answers {}); "error" (every query answers 500);
     "swap" (GET /v1/policies returns a different module than was PUT).
 
-    Modules are compiled at PUT (a rejected one answers 400 with OPA's error shape) and every
-    query evaluates a clone, as OPA does not recompile per query; the benchmark relies on that.
-    One request at a time on the server thread: a regorus Engine may only be used and dropped on
-    the thread that made it. HTTP/1.0 (a connection per request) so a client holding a keep-alive
-    connection can never stall the next one.
+    As in OPA's server, a PUT compiles all modules (a rejected one answers 400 with OPA's error
+    shape and changes nothing) and a PUT of the text already stored under that id is accepted
+    without recompiling; queries evaluate the compiled modules. HTTP/1.0 (a connection per
+    request), one request at a time.
     """
 
     def __init__(self, mode: str = "normal"):
         self.mode = mode
         self.policies: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
-        self._compiled: regorus.Engine | None = None
+        self.compiles = 0
+        self._engine: OpaEngine | None = None
         opa = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,16 +62,14 @@ class FakeOpa:
                 opa.requests.append(("PUT", self.path))
                 policy_id = self.path.removeprefix("/v1/policies/")
                 text = self._body().decode()
-                try:
-                    regorus.Engine().add_policy(policy_id, text)
-                except RuntimeError as err:
-                    m = re.search(r"-->\s*\S+?:(\d+):(\d+)", str(err))
-                    msg = re.search(r"error:\s*(.+)", str(err))
-                    self._reply(400, {"code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
-                                      "errors": [{"code": "rego_parse_error", "message": msg.group(1) if msg else str(err),
-                                                  "location": {"file": policy_id, "row": int(m.group(1)), "col": int(m.group(2))}}]})
+                if opa.policies.get(policy_id) == text:
+                    self._reply(200, {})
                     return
-                opa._set({**opa.policies, policy_id: text})
+                try:
+                    opa._set({**opa.policies, policy_id: text})
+                except OpaError as err:
+                    self._reply(400, _compile_error(err.message))
+                    return
                 self._reply(200, {})
 
             def do_DELETE(self):
@@ -90,33 +93,41 @@ class FakeOpa:
             def do_POST(self):
                 opa.requests.append(("POST", self.path))
                 body = json.loads(self._body() or b"{}")
-                if opa.mode == "undefined":
+                if opa.mode == "undefined" or opa._engine is None:
                     self._reply(200, {})
                     return
                 if opa.mode == "error":
                     self._reply(500, {"code": "internal_error", "message": "storage failure"})
                     return
-                engine = opa._compiled.clone() if opa._compiled is not None else regorus.Engine()
-                engine.set_input_json(json.dumps(body.get("input")))
-                query = "data." + self.path.removeprefix("/v1/data/").strip("/").replace("/", ".")
-                result = json.loads(engine.eval_query_as_json(query)).get("result")
-                self._reply(200, {"result": result[0]["expressions"][0]["value"]} if result else {})
+                path = self.path.removeprefix("/v1/data/").strip("/").replace("/", ".")
+                try:
+                    value = opa._engine.eval_document(path, body.get("input"))
+                except OpaUndefinedError:
+                    self._reply(200, {})
+                    return
+                except OpaError as err:
+                    self._reply(500, {"code": "internal_error", "message": err.message})
+                    return
+                self._reply(200, {"result": value})
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def _set(self, policies: dict[str, str]) -> None:
-        engine = regorus.Engine()
-        for pid, text in policies.items():
-            engine.add_policy(pid, text)
-        self.policies, self._compiled = policies, engine
-
-    def _serve(self) -> None:
+        engine = OpaEngine()
+        engine.print_handler = lambda message, location: None
         try:
-            self.server.serve_forever(poll_interval=0.05)
-        finally:
-            self._compiled = None  # dropped on the thread that made it, as regorus requires
+            for policy_id, text in policies.items():
+                engine.add_policy(policy_id, text)
+            engine.eval_query("true")  # compiles every module, as OPA's PUT does
+        except OpaError:
+            engine.close()
+            raise
+        old, self._engine, self.policies = self._engine, engine, policies
+        self.compiles += 1
+        if old is not None:
+            old.close()
 
     def __enter__(self) -> "FakeOpa":
         self.thread.start()
@@ -126,3 +137,63 @@ class FakeOpa:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+        if self._engine is not None:
+            self._engine.close()
+
+
+def _compile_error(message: str) -> dict:
+    """OPA's 400 body for a module that does not parse or compile."""
+    errors = [{"code": m["code"], "message": m["msg"].strip(),
+               "location": {"file": m["file"], "row": int(m["row"])}} for m in _ERROR.finditer(message)]
+    return {"code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
+            "errors": errors or [{"code": "rego_compile_error", "message": message}]}
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers, until the block ends.
+
+    trickle=True: starts an HTTP response and then sends one header byte every 0.2 s, forever,
+    so that no single read waits long enough to time out.
+    """
+
+    def __init__(self, *, trickle: bool = False):
+        self.trickle = trickle
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            self._held.append(conn)  # held open, never read, never answered
+            if self.trickle:
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not self._stop.wait(0.2):
+                conn.sendall(b"a")
+        except OSError:  # the client gave up and closed
+            pass
+
+    def __enter__(self) -> "SilentServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._sock.close()

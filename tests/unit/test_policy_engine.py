@@ -1,22 +1,27 @@
 """ppmlops.compliance.engine: decisions from the real policy, and every way evaluation fails
-closed, through the embedded child-process engine and over HTTP to an OPA Data API server."""
+closed, through the embedded OPA engine (a long-lived worker process) and over HTTP to an OPA
+Data API server."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import multiprocessing
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from ppmlops.compliance import ENGINE_EMBEDDED, ENGINE_OPA, evaluate
-from ppmlops.compliance.rego_worker import FAULT_ENV, format_engine_error
+from ppmlops.compliance.embedded import worker_stats
+from ppmlops.compliance.opa_http import clip
+from ppmlops.compliance.opa_worker import FAULT_ENV, format_opa_error
 from ppmlops.settings import REPO_ROOT
 
-from opa_server import FakeOpa  # tests/ is on sys.path (rootdir conftest)
+from opa_server import FakeOpa, SilentServer  # tests/ is on sys.path (rootdir conftest)
 
 POLICY = REPO_ROOT / "policies.rego"
 
@@ -193,21 +198,101 @@ def test_deny_without_reason_gets_one(tmp_path):
 
 
 def test_engine_crash_is_contained_and_reported(monkeypatch):
+    assert evaluate("data.ppmlops.deploy", DEPLOY_INPUT).outcome == "allow"  # a running worker
     monkeypatch.setenv(FAULT_ENV, "segv")
     d = evaluate("data.ppmlops.deploy", DEPLOY_INPUT)
-    assert_failed_closed(d, "Rego engine crashed: killed by signal 11 (SIGSEGV)")
+    assert_failed_closed(d, "OPA engine crashed: killed by signal 11 (SIGSEGV) while evaluating "
+                            f"data.ppmlops.deploy over {POLICY}")
     assert d.policy_hash == sha256_file(POLICY)
 
 
 def test_engine_timeout_is_deny(monkeypatch):
+    assert evaluate("data.ppmlops.deploy", DEPLOY_INPUT).outcome == "allow"
     monkeypatch.setenv(FAULT_ENV, "hang")
     monkeypatch.setenv("PPMLOPS_OPA_TIMEOUT_S", "0.5")
-    assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "did not answer within 0.5s")
+    started = time.monotonic()
+    d = evaluate("data.ppmlops.deploy", DEPLOY_INPUT)
+    assert_failed_closed(d, "OPA engine did not answer within 0.5s evaluating data.ppmlops.deploy", "stopped it")
+    assert time.monotonic() - started < 5
 
 
 def test_engine_garbage_answer_is_deny(monkeypatch):
+    assert evaluate("data.ppmlops.deploy", DEPLOY_INPUT).outcome == "allow"
     monkeypatch.setenv(FAULT_ENV, "garbage")
     assert_failed_closed(evaluate("data.ppmlops.deploy", DEPLOY_INPUT), "not JSON")
+
+
+@pytest.mark.parametrize("fault", ["segv", "hang", "garbage"])
+def test_worker_is_replaced_after_a_fault(monkeypatch, fault):
+    assert evaluate("data.ppmlops.train", TRAIN_INPUT).outcome == "allow"
+    before = worker_stats()
+    monkeypatch.setenv(FAULT_ENV, fault)
+    monkeypatch.setenv("PPMLOPS_OPA_TIMEOUT_S", "0.5")
+    assert evaluate("data.ppmlops.train", TRAIN_INPUT).error
+    monkeypatch.delenv(FAULT_ENV)
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT)
+    assert (d.outcome, d.error) == ("allow", None)
+    after = worker_stats()
+    assert after.pid != before.pid  # a new process ...
+    assert (after.decisions, after.compiles, after.compiled) == (1, 1, True)  # ... that compiled afresh
+
+
+def test_one_worker_serves_every_decision_and_compiles_an_unchanged_policy_once():
+    evaluate("data.ppmlops.train", TRAIN_INPUT)
+    first = worker_stats()
+    for query, doc in [("data.ppmlops.budget", TRAIN_INPUT), ("data.ppmlops.deploy", DEPLOY_INPUT)] * 3:
+        assert evaluate(query, doc).error is None
+    last = worker_stats()
+    assert last.pid == first.pid
+    assert last.decisions == first.decisions + 6
+    assert last.compiles == first.compiles and last.compiled is False
+
+
+def test_edited_policy_is_compiled_at_the_next_decision_by_the_same_worker(tmp_path):
+    policy = tmp_path / "policies.rego"
+    shutil.copy(POLICY, policy)
+    assert evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy).outcome == "allow"
+    before = worker_stats()
+    policy.write_text(policy.read_text().replace('"min_consent_coverage": 0.9,', '"min_consent_coverage": 0.99,', 1))
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    after = worker_stats()
+    assert d.outcome == "deny"
+    assert (after.pid, after.compiles, after.compiled) == (before.pid, before.compiles + 1, True)
+    evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
+    assert (worker_stats().compiles, worker_stats().compiled) == (after.compiles, False)
+
+
+def test_a_broken_policy_does_not_cost_the_worker(tmp_path):
+    evaluate("data.ppmlops.train", TRAIN_INPUT)
+    pid = worker_stats().pid
+    broken = tmp_path / "broken.rego"
+    broken.write_text("package ppmlops\n\ntrain := {\n")
+    assert evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=broken).error
+    assert evaluate("data.ppmlops.train", TRAIN_INPUT).outcome == "allow"
+    assert worker_stats().pid == pid
+
+
+def _decide_in_child(conn) -> None:
+    d = evaluate("data.ppmlops.train", TRAIN_INPUT)
+    conn.send((d.outcome, d.error, worker_stats().pid))
+    conn.close()
+
+
+def test_a_forked_process_starts_its_own_worker():
+    # Airflow forks task processes; a child must never talk over its parent's worker pipes.
+    evaluate("data.ppmlops.train", TRAIN_INPUT)
+    parent_worker = worker_stats().pid
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_decide_in_child, args=(theirs,))
+    child.start()
+    assert ours.poll(60), "the forked child gave no decision"
+    outcome, error, child_worker = ours.recv()
+    child.join(10)
+    assert (outcome, error) == ("allow", None)
+    assert child_worker != parent_worker
+    assert evaluate("data.ppmlops.train", TRAIN_INPUT).outcome == "allow"
+    assert worker_stats().pid == parent_worker
 
 
 def test_missing_policy_file_is_deny(tmp_path):
@@ -225,8 +310,21 @@ def test_query_must_be_a_rule_reference():
 
 
 def test_engine_error_formatting():
-    raw = "\n--> /p/policies.rego:3:6\n  |\n3 | x := if {\n  |      ^\nerror: unexpected keyword `if`\n\nStack backtrace:\n 0: x"
-    assert format_engine_error(raw) == "/p/policies.rego:3:6: unexpected keyword `if` (in `x := if {`)"
+    # As OPA reports a parse error (three entries for one mistake).
+    raw = ("3 errors occurred:\n/p/policies.rego:4: rego_parse_error: unexpected if keyword\n\tdeploy := if {\n"
+           "\t          ^\n/p/policies.rego:4: rego_parse_error: unexpected if keyword: expected rule value term\n"
+           "\tdeploy := if {\n\t          ^\n/p/policies.rego:5: rego_parse_error: unexpected eof token\n\t\n\t^")
+    assert format_opa_error(raw) == ("/p/policies.rego:4: unexpected if keyword (in `deploy := if {`) "
+                                     "(and 2 more errors after it)")
+    compile_error = "bundle activation failed: 1 error occurred: /p/u.rego:3: rego_unsafe_var_error: var x is unsafe"
+    assert format_opa_error(compile_error) == "/p/u.rego:3: var x is unsafe"
+
+
+def test_clip_never_cuts_a_word():
+    text = "word " * 100
+    clipped = clip(text, 52)
+    assert clipped == "word " * 9 + "word [...]"
+    assert clip("short", 52) == "short"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +359,25 @@ def test_opa_rejecting_the_policy_names_local_file_and_line(monkeypatch, tmp_pat
         d = evaluate("data.ppmlops.train", TRAIN_INPUT, policy_path=policy)
     assert_failed_closed(d, f"{policy}:4:")
     assert d.engine == ENGINE_OPA
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["silent", "trickling"])
+def test_opa_server_that_never_answers_is_denied_within_one_deadline(monkeypatch, trickle):
+    with SilentServer(trickle=trickle) as server:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", server.url)
+        monkeypatch.setenv("PPMLOPS_OPA_TIMEOUT_S", "1")
+        started = time.monotonic()
+        d = evaluate("data.ppmlops.deploy", DEPLOY_INPUT)
+        elapsed = time.monotonic() - started
+        accepted = server.accepted
+    assert d.engine == ENGINE_OPA
+    assert_failed_closed(d)
+    assert d.error == (
+        f"OPA server at {server.url} did not answer within 1s (one limit for the whole decision: pushing the "
+        "policy, the query and reading the policy back; it was pushing the policy (PUT /v1/policies/ppmlops)). "
+        "Check that the server is up and reachable from here, or raise PPMLOPS_OPA_TIMEOUT_S.")
+    assert accepted == 1  # no retry
+    assert 0.9 <= elapsed < 3, elapsed  # one deadline, not one per request and retry (was 16 s at 5 s)
 
 
 def test_opa_unreachable_is_deny_naming_the_url(monkeypatch):

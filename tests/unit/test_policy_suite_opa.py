@@ -1,4 +1,5 @@
-"""`ppmlops policy test` through an OPA server: the same Rego tests, verdicts over the Data API."""
+"""`ppmlops policy test` through an OPA server: the same Rego tests, verdicts over the Data API
+(from the loopback server in tests/opa_server.py, which evaluates with OPA's engine)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ TESTS = REPO_ROOT / "tests" / "policies"
 
 
 def test_every_policy_test_passes_over_http_as_embedded():
-    embedded = run_policy_tests(POLICY, TESTS)
+    embedded = run_policy_tests(POLICY, TESTS).results
     with FakeOpa() as opa:
-        over_http = run_policy_tests_opa(opa.url, POLICY, TESTS)
+        over_http = run_policy_tests_opa(opa.url, POLICY, TESTS).results
         posted = [path for method, path in opa.requests if method == "POST"]
         left = set(opa.policies)
     assert [r[0] for r in over_http] == [r[0] for r in embedded]
@@ -33,7 +34,7 @@ def test_a_failing_test_fails_over_http(tmp_path):
         "package ppmlops_test\n\nimport data.ppmlops\n\n"
         "test_allows_everything if {\n\tppmlops.deploy.outcome == \"allow\" with input as {}\n}\n")
     with FakeOpa() as opa:
-        results = run_policy_tests_opa(opa.url, POLICY, tmp_path)
+        results = run_policy_tests_opa(opa.url, POLICY, tmp_path).results
     assert results == [("data.ppmlops_test.test_allows_everything", False,
                         f"{tmp_path / 'test_fail.rego'}:5: undefined (an expression in its body was false)")]
 
@@ -52,3 +53,11 @@ def test_cli_uses_the_server_when_opa_url_is_set(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"evaluating through the OPA server at {opa.url}" in out and " 0 failed" in out
+
+
+def test_cli_refuses_coverage_over_http(monkeypatch, capsys):
+    with FakeOpa() as opa:
+        monkeypatch.setenv("PPMLOPS_OPA_URL", opa.url)
+        code = main(["policy", "test", "--coverage"])
+    assert code == 2
+    assert "OPA's REST API reports no coverage" in capsys.readouterr().err
