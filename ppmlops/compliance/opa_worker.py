@@ -252,7 +252,9 @@ def _fault(kind: str, out) -> None:
 
 def _die_with_parent() -> None:
     # A parent that is killed outright cannot stop a worker stuck in a long evaluation; the
-    # kernel can (Linux; elsewhere the worker ends at its next read of the closed stdin).
+    # kernel can (Linux; elsewhere the worker ends at its next read of the closed stdin). Linux
+    # sends it when the parent *thread* that started the worker ends: the parent then finds the
+    # worker dead before its next request and starts another, so no decision is lost to it.
     try:
         import ctypes
 
