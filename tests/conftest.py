@@ -44,6 +44,10 @@ E2E_SPEC.write_text((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
 os.environ["PPMLOPS_PIPELINES"] = str(_PIPELINES)
 if not os.environ.get("PPMLOPS_DATA") and (REPO.parent / "shared" / "data").is_dir():
     os.environ["PPMLOPS_DATA"] = str(REPO.parent / "shared" / "data")
+# Tests stage sources from pytest's tmp_path folders: the temp folder is a data root here, next to
+# the defaults (tests of the confinement itself set PPMLOPS_DATA_ROOTS their own way).
+os.environ["PPMLOPS_DATA_ROOTS"] = os.pathsep.join(
+    [tempfile.gettempdir(), os.environ["PPMLOPS_HOME"], str(REPO)] + [os.environ.get("PPMLOPS_DATA", "")])
 
 
 @pytest.fixture(autouse=True, scope="module")

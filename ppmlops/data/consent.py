@@ -43,7 +43,9 @@ class ConsentRules:
     def __init__(self, consent: Consent, header: Sequence[str], as_of: date, path: Path | str = "<source>"):
         missing = [c for c in consent.columns() if c not in header]
         if missing:
-            raise DataError(f"{path}: missing consent column(s) {missing}; the file has {list(header)}")
+            from ppmlops.data.reading import missing_columns
+
+            raise missing_columns(Path(path), [(c, "consent") for c in missing], header)
         self.consent = consent
         self.as_of = as_of
         self.flag = (consent.column, list(header).index(consent.column), {g.strip().lower() for g in consent.granted})

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Sequence
 
 from ppmlops.data.consent import ConsentRules, today
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
-from ppmlops.data.reading import SourceReader
+from ppmlops.data.reading import SourceReader, missing_columns
 from ppmlops.errors import DataError
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source
 
@@ -163,12 +163,9 @@ class _RowChecker:
         if ds.consent is not None:
             required |= {c: "consent" for c in ds.consent.columns()}
         required |= {c: "identifier to pseudonymize" for c in ds.pseudonymize}
-        missing = [f"{col} ({role})" for col, role in required.items() if col not in table.header]
+        missing = [(col, role) for col, role in required.items() if col not in table.header]
         if missing:
-            raise DataError(
-                f"{table.path}: missing column(s) required by the spec: {', '.join(missing)}; "
-                f"the file has {table.header}"
-            )
+            raise missing_columns(table.path, missing, table.header)
         self.consent = ConsentRules(ds.consent, table.header, as_of, table.path) if ds.consent is not None else None
         self.pseudonyms = [(pseudonym_column(c), table.index(c)) for c in ds.pseudonymize]
         self.key = key

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import gc
 import hashlib
 import io
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,8 +245,38 @@ def check_header(path: Path, names: Sequence[str]) -> list[str]:
             raise DataError(f"{path}: column {i} of the header has no name")
     dupes = sorted({n for n in header if header.count(n) > 1})
     if dupes:
-        raise DataError(f"{path}: header names columns more than once: {dupes}")
+        shown = [d for d in dupes if looks_like_name(d)]
+        raise DataError(f"{path}: header names columns more than once: {shown}"
+                        + (f" and {len(dupes) - len(shown)} other(s)" if len(shown) < len(dupes) else ""))
     return header
+
+
+# What a column name looks like. The first line of a file that is not the expected CSV (a wrong
+# path, a wrong delimiter, no header) is data, and a message must not show data: header entries
+# are shown only when they look like names, and even then only as a hint for a name the spec has.
+_NAME_LIKE = re.compile(r"[^\W\d][\w .()/-]{0,63}")
+
+
+def looks_like_name(text: str) -> bool:
+    return bool(_NAME_LIKE.fullmatch(text)) and "@" not in text
+
+
+def missing_columns(path: Path, wanted: Sequence[tuple[str, str]], header: Sequence[str]) -> DataError:
+    """The error for spec columns (name, role) that the file's header lacks.
+
+    Names the missing columns and, for each, a header entry that differs only in case or by a
+    typo when there is one; the header itself is not listed (see _NAME_LIKE).
+    """
+    names = [h for h in header if looks_like_name(h)]
+    parts = []
+    for col, role in wanted:
+        same_case = [h for h in names if h.lower() == col.lower()]
+        close = same_case or difflib.get_close_matches(col, names, n=1, cutoff=0.8)
+        parts.append(f"{col} ({role})" + (f" - the file has {close[0]!r}" if close else ""))
+    width = len(header)
+    hint = (" - one column only: is the delimiter right (source.delimiter)?" if width == 1 else "")
+    return DataError(f"{path}: missing column(s) required by the spec: {', '.join(parts)}; the file's "
+                     f"header has {width} column(s){hint} (run `head -1` on the file to see them)")
 
 
 def to_csv_line(fields: Sequence[str], delimiter: str = ",") -> str:
