@@ -16,12 +16,26 @@ def _print(doc: object, as_json: bool, text: str) -> None:
 
 
 def _spec_check(args: argparse.Namespace) -> int:
-    from ppmlops.spec import load_spec
+    """Every file is checked, each reported; the exit status is 1 if any is invalid."""
+    from ppmlops.spec import load_each
 
-    for path in args.files:
-        spec = load_spec(path)
-        print(f"{path}: ok ({spec.dag_id}, dataset {spec.dataset.id}, {len(spec.dataset.features)} features)")
-    return 0
+    results = load_each(args.files)
+    seen: dict[str, str] = {}
+    bad = 0
+    for r in results:
+        if r.spec is not None and r.spec.dag_id in seen:
+            print(f"{r.path}: invalid: pipeline name {r.spec.name!r} is already used by {seen[r.spec.dag_id]} "
+                  f"(each spec needs its own name: it is the DAG id)")
+            bad += 1
+        elif r.spec is not None:
+            seen[r.spec.dag_id] = str(r.path)
+            print(f"{r.path}: ok ({r.spec.dag_id}, dataset {r.spec.dataset.id}, {len(r.spec.dataset.features)} features)")
+        else:
+            print(str(r.error) if str(r.error).startswith(str(r.path)) else f"{r.path}: {r.error}")
+            bad += 1
+    if len(results) > 1 or bad:
+        print(f"{len(results) - bad} ok, {bad} invalid")
+    return 1 if bad else 0
 
 
 def _demo_data(args: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -428,3 +429,35 @@ def load_spec(path: Path | str) -> PipelineSpec:
 def load_specs(folder: Path | str) -> list[tuple[Path, PipelineSpec]]:
     """Every *.yaml under `folder`, sorted; raises on the first invalid one."""
     return [(p, load_spec(p)) for p in sorted(Path(folder).glob("*.yaml"))]
+
+
+@dataclass(frozen=True)
+class SpecLoad:
+    """One spec file's outcome: the spec, or the error; `name` is the file's `name:` field when
+    it is a usable pipeline name even though the spec is invalid (so its DAG id stays known)."""
+
+    path: Path
+    spec: PipelineSpec | None
+    error: SpecError | None
+    name: str | None = None
+
+
+def load_each(paths: Iterable[Path | str]) -> list[SpecLoad]:
+    """Load every file on its own: one invalid spec never stops the others from loading."""
+    out = []
+    for path in map(Path, paths):
+        try:
+            spec = load_spec(path)
+            out.append(SpecLoad(path, spec, None, spec.name))
+        except SpecError as err:
+            out.append(SpecLoad(path, None, err, _raw_name(path)))
+    return out
+
+
+def _raw_name(path: Path) -> str | None:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name) else None
