@@ -38,6 +38,19 @@ CHUNK_ROWS = 50_000
 # The csv module's default (128 KiB) rejects long free-text fields; an unclosed quote still
 # fails, at the line where the runaway field started.
 FIELD_LIMIT = 64 * 1024 * 1024
+# A record may span lines (a quoted field holding line breaks). One that spans more than this,
+# or whose quoted text holds RUNAWAY_RECORDS or more lines that look like records of the file
+# (as many delimiters as a row has), is an unclosed quote that swallowed the rows after it.
+MAX_RECORD_LINES = 1000
+RUNAWAY_RECORDS = 2
+
+
+class UnclosedQuote(DataError):
+    """A quoted field opened on `line` and swallowed the lines after it."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
 
 
 class EncodingMismatch(DataError):
@@ -150,6 +163,8 @@ class SourceReader:
                         break
                 for fields in reader:
                     start, prev_end = prev_end + 1, reader.line_num
+                    if prev_end > start and self._runaway(fields, start, prev_end, width):
+                        raise self._unclosed(start, prev_end, "runs to line")
                     if len(fields) == width:
                         records.append(fields)
                         lines.append(start)
@@ -161,15 +176,35 @@ class SourceReader:
                             chunk = Chunk()
                             records, lines = chunk.records, chunk.lines
                     elif fields:  # a blank line carries no row
-                        why = f"line {start} has {len(fields)} fields, the header has {width}"
+                        where = f"line {start}" if prev_end == start else f"the record on lines {start}-{prev_end}"
+                        why = f"{where} has {len(fields)} fields, the header has {width}"
                         chunk.ragged.append((start, to_csv_line(fields, self.delimiter), why))
             except csv.Error as err:
+                if "field larger than field limit" in str(err):
+                    raise self._unclosed(prev_end + 1, reader.line_num, "is still open at line") from None
                 raise DataError(f"{self.path}: line {reader.line_num}: cannot parse CSV: {err}") from None
             finally:
                 if collecting:
                     gc.enable()
         if chunk:
             yield chunk
+
+    def _runaway(self, fields: list[str], start: int, end: int, width: int) -> bool:
+        if end - start + 1 > MAX_RECORD_LINES:
+            return True
+        if width < 3:
+            return False  # one delimiter per line is common in prose; only the span counts
+        d = self.delimiter
+        looks_like_rows = sum(line.count(d) >= width - 1
+                              for f in fields if "\n" in f or "\r" in f for line in f.splitlines()[1:])
+        return looks_like_rows >= RUNAWAY_RECORDS
+
+    def _unclosed(self, start: int, end: int, how: str) -> UnclosedQuote:
+        return UnclosedQuote(
+            f"{self.path}: line {start}: a quoted field opens on this line and {how} {end}, taking in the "
+            f"lines after it as its text: an unclosed quote (\"). Nothing was staged from this file; close "
+            f"or remove the quote on line {start} (a field that holds line breaks must end with a quote)",
+            start)
 
     @contextmanager
     def _decoding(self) -> Iterator[None]:

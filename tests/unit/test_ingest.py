@@ -407,3 +407,53 @@ def test_declared_latin1_and_semicolons(tmp_path):
     assert r.rows_train == 1
     q = quarantine(r)
     assert q[0]["_line"] == "3" and q[0]["_raw"] == "b@x;31;basic;yes;no;extra"
+
+
+# --------------------------------------------------------------------------- unclosed quotes
+
+
+def _rows(n: int) -> list[str]:
+    return [f"p{i}@x.org,{20 + i % 60},{'basic' if i % 3 else 'premium'},yes,{'yes' if i % 2 else 'no'}"
+            for i in range(n)]
+
+
+def test_an_unclosed_quote_stops_the_run_naming_its_line(tmp_path):
+    """6,000 rows, one quote never closed on line 2,001: before, the rest of the file became one
+    "malformed line" and the run trained on a third of the data."""
+    rows = _rows(6000)
+    rows[1999] = rows[1999].replace("p1999@x.org", '"p1999@x.org')  # line 2001 (the header is line 1)
+    src = tmp_path / "quote.csv"
+    src.write_text("email,age,plan,consent,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"quote\.csv: line 2001: a quoted field opens on this line and runs to "
+                       r"line 6001, taking in the lines after it as its text: an unclosed quote") as err:
+        ingest(small_spec(src), tmp_path / "run")
+    assert err.value.line == 2001 and "p2000" not in str(err.value)
+    assert not (tmp_path / "run" / "snapshot_train.parquet").exists()
+
+
+def test_a_stray_quote_that_closes_later_is_caught_too(tmp_path):
+    rows = _rows(50)
+    rows[9] = rows[9].replace("basic", '"basic').replace("premium", '"premium')
+    rows[30] = rows[30].replace("@x.org", '@x.org"')  # a second stray quote closes the runaway field
+    src = tmp_path / "stray.csv"
+    src.write_text("email,age,plan,consent,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"stray\.csv: line 11: a quoted field opens on this line and runs to line 32"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+def test_quoted_line_breaks_in_a_field_are_still_fine(tmp_path):
+    src = tmp_path / "notes.csv"
+    src.write_text('email,age,plan,consent,y\n"a@x\nsecond line, with a comma\nthird",30,basic,yes,yes\n'
+                   'b@x,31,basic,yes,no\n')
+    r = ingest(small_spec(src), tmp_path / "run")
+    assert (r.rows_in, r.rows_train, r.rows_quarantined) == (2 + 1, 2, 0)
+
+
+def test_a_runaway_record_is_caught_by_its_length_in_a_narrow_file(tmp_path, monkeypatch):
+    from ppmlops.data import reading
+
+    monkeypatch.setattr(reading, "MAX_RECORD_LINES", 5)
+    src = tmp_path / "narrow.csv"
+    src.write_text("a,b\n" + '1,"x\n' + "".join(f"{i},y\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"narrow\.csv: line 2: a quoted field opens on this line and runs to line 22"):
+        list(reading.SourceReader(src))
