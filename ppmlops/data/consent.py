@@ -23,7 +23,8 @@ FLAG, PURPOSE, EXPIRED = "flag", "purpose", "expired"
 KINDS = (FLAG, PURPOSE, EXPIRED)
 
 _SPLIT = re.compile(r"[,;|]")
-_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",
+                       re.ASCII)  # ISO 8601 digits are ASCII
 
 
 def parse_expiry(text: str) -> date | None:

@@ -59,8 +59,9 @@ INVALID_VALUE = "invalid value"
 UNKNOWN_CATEGORY = "unknown category"
 MALFORMED_LINE = "malformed line"
 
-# Plain decimal or scientific notation; float() alone would also take "1_000", "nan" and "inf".
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# Plain decimal or scientific notation in ASCII digits; float() alone would also take "1_000",
+# "nan", "inf" and other scripts' digits ("٣٠", "３０"), which no declared range was written for.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass

@@ -457,3 +457,19 @@ def test_a_runaway_record_is_caught_by_its_length_in_a_narrow_file(tmp_path, mon
     src.write_text("a,b\n" + '1,"x\n' + "".join(f"{i},y\n" for i in range(20)))
     with pytest.raises(DataError, match=r"narrow\.csv: line 2: a quoted field opens on this line and runs to line 22"):
         list(reading.SourceReader(src))
+
+
+def test_only_ascii_digits_are_numbers(tmp_path):
+    src = tmp_path / "digits.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,\u0663\u0660,basic,yes,no\n"
+                   "c@x,\uff13\uff10,basic,yes,no\nd@x,3\u06f0,basic,yes,no\n", encoding="utf-8")
+    r = ingest(small_spec(src), tmp_path / "run")
+    assert r.rows_train == 1 and r.quarantine_reasons == {"invalid value": 3}
+    assert all(q["_reason"].endswith("is not a number") for q in quarantine(r))
+
+
+def test_consent_expiry_dates_need_ascii_digits():
+    from ppmlops.data.consent import parse_expiry
+
+    assert parse_expiry("2030-01-31").isoformat() == "2030-01-31"
+    assert parse_expiry("\u0662\u0660\u0663\u0660-01-31") is None
