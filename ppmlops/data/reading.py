@@ -68,7 +68,7 @@ class Chunk:
 
     records: list[list[str]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
-    ragged: list[tuple[int, str, str]] = field(default_factory=list)  # (line, raw record, why)
+    ragged: list[tuple[int, list[str], str]] = field(default_factory=list)  # (line, its fields, why)
 
     def __len__(self) -> int:
         return len(self.records) + len(self.ragged)
@@ -178,7 +178,7 @@ class SourceReader:
                     elif fields:  # a blank line carries no row
                         where = f"line {start}" if prev_end == start else f"the record on lines {start}-{prev_end}"
                         why = f"{where} has {len(fields)} fields, the header has {width}"
-                        chunk.ragged.append((start, to_csv_line(fields, self.delimiter), why))
+                        chunk.ragged.append((start, fields, why))
             except csv.Error as err:
                 if "field larger than field limit" in str(err):
                     raise self._unclosed(prev_end + 1, reader.line_num, "is still open at line") from None
