@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pendulum
@@ -18,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from ppmlops import pipeline
 from ppmlops.errors import PpmlopsError
-from ppmlops.spec import PipelineSpec, load_specs
+from ppmlops.spec import PipelineSpec, load_each, load_spec
 
 log = logging.getLogger(__name__)
 # PPMLOPS_PIPELINES points a deployment (or the test suite) at another folder of specs.
@@ -169,15 +170,107 @@ def build_dag(spec: PipelineSpec):
     return retrain()
 
 
-for _path, _spec in load_specs(PIPELINES):
-    globals()[_spec.dag_id] = build_dag(_spec)
+def invalid_spec_dag(dag_id: str, path: Path, message: str):
+    """What an invalid spec becomes: a DAG that says what is wrong and fails with it when run.
+
+    Airflow 3.3 records an import error per DAG *file* and marks every DAG of a file that has one
+    stale (dag_processing/collection.py, _update_import_errors), so raising for one bad spec, or
+    any per-DAG error, would take every pipeline of this file off the scheduler. Instead the bad
+    spec keeps its DAG id (its `name:` when readable), loses its schedule, and shows the error in
+    its description, its docs and the log of its one task; the DAG processor's log has it too.
+    """
+
+    @dag(
+        dag_id=dag_id,
+        description=f"INVALID pipeline spec {path.name}: fix the file; see Docs or run the DAG for the error",
+        doc_md=f"### Invalid pipeline spec\n\n`{path}` could not be loaded; this pipeline does not run "
+               f"until it is fixed (`ppmlops spec check {path}`).\n\n```\n{message}\n```\n",
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        tags=["ppmlops", "invalid-spec"],
+    )
+    def invalid():
+        @task(task_id="invalid_spec", retries=0)
+        def report():
+            raise AirflowFailException(message)
+
+        report()
+
+    return invalid()
+
+
+def _load_all(folder: Path) -> dict[str, tuple[Path, PipelineSpec | None, str | None]]:
+    """dag_id -> (file, spec or None, error or None) for every spec in `folder`, each on its own."""
+    out: dict[str, tuple[Path, PipelineSpec | None, str | None]] = {}
+    for r in load_each(sorted(folder.glob("*.yaml"))):
+        error = str(r.error) if r.error is not None else None
+        dag_id = f"ppmlops_{r.name}" if r.name else None
+        if dag_id in out:
+            error = (f"{r.path}: pipeline name {r.name!r} is already used by {out[dag_id][0]}; "
+                     f"each spec needs its own name (it is the DAG id)")
+            dag_id = None
+        if dag_id is None:
+            dag_id = "ppmlops_invalid_" + re.sub(r"[^A-Za-z0-9_.-]", "_", r.path.stem)
+        if error is not None:
+            log.error("pipeline spec %s is invalid; DAG %s will fail until it is fixed:\n%s", r.path, dag_id, error)
+            out[dag_id] = (r.path, None, error)
+        else:
+            out[dag_id] = (r.path, r.spec, None)
+    return out
+
+
+def _dag_for(dag_id: str, path: Path, spec: PipelineSpec | None, error: str | None):
+    if spec is not None:
+        try:
+            built = build_dag(spec)
+            built.validate()  # what Airflow checks when it bags the DAG (e.g. the schedule)
+            return built
+        except Exception as err:  # noqa: BLE001 - e.g. a schedule Airflow cannot read; only this spec fails
+            what = (f"schedule {spec.schedule!r} is not a schedule Airflow reads (a cron expression, "
+                    f"a preset such as @daily, or null)" if type(err).__name__ == "AirflowTimetableInvalid"
+                    else "Airflow cannot build the DAG")
+            error = f"{path}: {what}: {type(err).__name__}: {err}"
+            log.error("pipeline spec %s: %s", path, error)
+            _forget(spec.dag_id)
+    return invalid_spec_dag(dag_id, path, error or f"{path}: invalid pipeline spec")
+
+
+def _forget(dag_id: str) -> None:
+    """Drop a DAG that failed to build from Airflow's auto-registration (the @dag decorator
+    registers it on construction), so the DAG processor does not bag it next to its placeholder."""
+    from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+    for entry in [e for e in DagContext.autoregistered_dags if e[0].dag_id == dag_id]:
+        DagContext.autoregistered_dags.discard(entry)
+
+
+def pick(argument: str):
+    """(spec, DAG) for a spec file anywhere, or a pipeline name in PIPELINES; SystemExit says why not."""
+    candidate = Path(argument)
+    if candidate.is_file():
+        # Built from this very file, which need not be in PPMLOPS_PIPELINES.
+        try:
+            spec = load_spec(candidate)
+        except PpmlopsError as err:
+            raise SystemExit(str(err)) from None
+        return spec, build_dag(spec)
+    found = [(d, v) for d, v in _load_all(PIPELINES).items() if argument in (d, d.removeprefix("ppmlops_"))]
+    if not found:
+        raise SystemExit(f"no pipeline named {argument!r} in {PIPELINES}, and no spec file {argument}")
+    [(dag_id, (_, spec, error))] = found
+    if spec is None:
+        raise SystemExit(error)
+    return spec, globals()[dag_id]
+
+
+for _dag_id, (_path, _spec, _error) in _load_all(PIPELINES).items():
+    globals()[_dag_id] = _dag_for(_dag_id, _path, _spec, _error)
 
 
 if __name__ == "__main__":
     import argparse
     import json
-
-    from ppmlops.spec import load_spec
 
     parser = argparse.ArgumentParser(description="Run one retraining DAG in-process (dag.test()).")
     parser.add_argument("pipeline", help="spec name (e.g. demo_churn) or path to a spec file")
@@ -185,15 +278,8 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
 
-    candidate = Path(args.pipeline)
-    if candidate.exists():
-        spec = load_spec(candidate)
-    else:
-        matches = [s for _, s in load_specs(PIPELINES) if args.pipeline in (s.name, s.dag_id)]
-        if not matches:
-            raise SystemExit(f"no pipeline named {args.pipeline!r} in {PIPELINES}")
-        spec = matches[0]
-    run = globals()[spec.dag_id].test(run_conf=json.loads(args.conf))
+    spec, the_dag = pick(args.pipeline)
+    run = the_dag.test(run_conf=json.loads(args.conf))
     ctx = pipeline.RunContext(spec=spec, run_id=run.run_id,
                               params=pipeline.RunParams.from_mapping(spec, json.loads(args.conf)))
     result = pipeline.summary(ctx)

@@ -16,12 +16,26 @@ def _print(doc: object, as_json: bool, text: str) -> None:
 
 
 def _spec_check(args: argparse.Namespace) -> int:
-    from ppmlops.spec import load_spec
+    """Every file is checked, each reported; the exit status is 1 if any is invalid."""
+    from ppmlops.spec import load_each
 
-    for path in args.files:
-        spec = load_spec(path)
-        print(f"{path}: ok ({spec.dag_id}, dataset {spec.dataset.id}, {len(spec.dataset.features)} features)")
-    return 0
+    results = load_each(args.files)
+    seen: dict[str, str] = {}
+    bad = 0
+    for r in results:
+        if r.spec is not None and r.spec.dag_id in seen:
+            print(f"{r.path}: invalid: pipeline name {r.spec.name!r} is already used by {seen[r.spec.dag_id]} "
+                  f"(each spec needs its own name: it is the DAG id)")
+            bad += 1
+        elif r.spec is not None:
+            seen[r.spec.dag_id] = str(r.path)
+            print(f"{r.path}: ok ({r.spec.dag_id}, dataset {r.spec.dataset.id}, {len(r.spec.dataset.features)} features)")
+        else:
+            print(str(r.error) if str(r.error).startswith(str(r.path)) else f"{r.path}: {r.error}")
+            bad += 1
+    if len(results) > 1 or bad:
+        print(f"{len(results) - bad} ok, {bad} invalid")
+    return 1 if bad else 0
 
 
 def _demo_data(args: argparse.Namespace) -> int:
@@ -92,14 +106,57 @@ def _print_coverage(coverage, with_lines: bool) -> None:
           f"{coverage.percent:7.1f}%")
 
 
-def _audit_verify(args: argparse.Namespace) -> int:
+def _audit_log(args: argparse.Namespace):
     from ppmlops.audit.log import AuditLog
 
-    problems = AuditLog(args.db_url or settings_mod.load().db_url).verify()
+    return AuditLog(args.db_url or settings_mod.load().db_url)
+
+
+def _read_anchor(text: str):
+    from ppmlops.audit.log import ChainHead
+
+    path = Path(text)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise PpmlopsError(f"--anchor {path}: cannot read the file ({err})") from None
+    return ChainHead.parse(text)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    anchor = _read_anchor(args.anchor) if args.anchor else None
+    log = _audit_log(args)
+    try:
+        problems = log.verify(anchor=anchor, allow_empty=args.allow_empty)
+    except PpmlopsError as err:
+        print(f"audit log NOT verified: {err}")
+        return 1
     for p in problems:
         print(p)
-    print("audit log intact" if not problems else f"{len(problems)} problem(s) in the audit log")
-    return 1 if problems else 0
+    if problems:
+        print(f"audit log NOT intact: {len(problems)} problem(s) in {log.url}")
+        return 1
+    head = log.chain_head()
+    if head is None:
+        print(f"audit log in {log.url} is empty (accepted: --allow-empty)")
+    else:
+        print(f"audit log intact: {head.count} record(s), head {head}"
+              + (f", matches the anchor {anchor}" if anchor else " (no anchor given: a cut-off tail cannot show)"))
+    return 0
+
+
+def _audit_head(args: argparse.Namespace) -> int:
+    log = _audit_log(args)
+    problems = log.verify()
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        raise PpmlopsError(f"the audit log in {log.url} does not verify; a head of it would anchor the damage")
+    head = log.chain_head()
+    _print(head.to_dict() | {"database": log.url}, args.json,
+           f"{head}\n(keep this outside the database; check with: ppmlops audit verify --anchor {head})")
+    return 0
 
 
 def _audit_show(args: argparse.Namespace) -> int:
@@ -162,9 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_policy_test)
 
     audit = sub.add_parser("audit", help="decision records").add_subparsers(dest="audit_command", required=True)
-    p = audit.add_parser("verify", help="check the hash chain of the audit log")
+    p = audit.add_parser("verify", help="check the hash chain of the audit log (fails on a missing or empty log)")
     p.add_argument("--db-url")
+    p.add_argument("--anchor", metavar="HEAD",
+                   help="a head kept outside the database: COUNT:HASH, or a file holding `audit head --json`; "
+                        "catches deleted newest records and a truncated or replaced log")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="the log is new: no table or no records yet is not a failure")
     p.set_defaults(func=_audit_verify)
+    p = audit.add_parser("head", help="print the chain head (record count and newest hash) to keep as an anchor")
+    p.add_argument("--db-url")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_audit_head)
     p = audit.add_parser("show", help="list decisions")
     p.add_argument("--db-url")
     p.add_argument("--run")

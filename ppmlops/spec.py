@@ -7,13 +7,15 @@ that the training epsilon does not cover.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ppmlops.errors import SpecError
 
@@ -51,13 +53,21 @@ class Source(_Model):
             raise ValueError(f"delimiter must be one character other than a quote or newline, got {v!r}")
         return v
 
+    # Set by PipelineSpec: the spec's declared variables and where in the spec this source is.
+    _variables: dict[str, str] = PrivateAttr(default_factory=dict)
+    _field: str = PrivateAttr(default="source.path")
+
     def resolved_path(self) -> Path:
-        return Path(expand_env(self.path)).expanduser()
+        """The path with variables expanded, symlinks and `..` resolved, inside the data roots."""
+        return confine(self._expanded(), self._field)
+
+    def _expanded(self) -> Path:
+        return Path(expand_env(self.path, self._variables, self._field)).expanduser()
 
     def resolved_format(self) -> str:
         if self.format:
             return self.format
-        suffix = self.resolved_path().suffix.lower()
+        suffix = self._expanded().suffix.lower()
         if suffix in {".parquet", ".pq"}:
             return "parquet"
         if suffix in {".csv", ".txt", ".data"}:
@@ -74,6 +84,9 @@ class NumericFeature(_Model):
     @field_validator("range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(x) for x in v):
+            # Scaling by an infinite width would encode every value as 0: the feature would vanish.
+            raise ValueError(f"range must be two finite numbers [low, high], got {list(v)}")
         if not v[0] < v[1]:
             raise ValueError(f"range must be [low, high] with low < high, got {list(v)}")
         return v
@@ -240,6 +253,9 @@ class PipelineSpec(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     schedule: str | None = None
+    # Names a spec may use as ${NAME} besides PPMLOPS_DATA and PPMLOPS_HOME, with their defaults;
+    # an environment variable of the same name overrides the default (see expand_env).
+    variables: dict[str, str] = {}
     dataset: Dataset
     privacy: Privacy
     model: ModelSpec = ModelSpec()
@@ -248,42 +264,142 @@ class PipelineSpec(_Model):
     validation_suite: str | None = None  # path under expectations/; default expectations/<dataset id>.json
     deploy: Deploy
 
+    @field_validator("variables")
+    @classmethod
+    def _variable_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            why = _unusable_variable(name)
+            if why:
+                raise ValueError(f"variable {name!r} cannot be declared: {why}")
+        return v
+
+    @model_validator(mode="after")
+    def _variables_known(self) -> "PipelineSpec":
+        sources = [("dataset.source.path", self.dataset.source)]
+        if self.dataset.test_source is not None:
+            sources.append(("dataset.test_source.path", self.dataset.test_source))
+        templated = [(f, s.path) for f, s in sources]
+        if self.validation_suite is not None:
+            templated.append(("validation_suite", self.validation_suite))
+        for field_name, text in templated:
+            for m in _VAR.finditer(text):
+                if m.group(1) not in BUILTIN_VARIABLES and m.group(1) not in self.variables:
+                    raise ValueError(_unknown_variable(m.group(1), field_name))
+            if _VAR.sub("", text).count("$"):
+                raise ValueError(f"{field_name}: a '$' that is not part of ${{NAME}} or ${{NAME:-default}}")
+        for field_name, source in sources:
+            source._variables = dict(self.variables)
+            source._field = field_name
+        return self
+
     @property
     def dag_id(self) -> str:
         return f"ppmlops_{self.name}"
 
     def suite_path(self, repo_root: Path) -> Path:
         rel = self.validation_suite or f"expectations/{self.dataset.id}.json"
-        path = Path(expand_env(rel))
+        path = Path(expand_env(rel, self.variables, "validation_suite"))
         return path if path.is_absolute() else repo_root / path
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${NAME} or ${NAME:-default}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+BUILTIN_VARIABLES = ("PPMLOPS_DATA", "PPMLOPS_HOME")
+# A spec is not a place to route secrets through: a path with a key in it ends up in task logs.
+_SECRET_LIKE = re.compile(r"KEY|SECRET|TOKEN|PASS|PWD|CREDENTIAL|PRIVATE|AUTH|CERT|COOKIE|SESSION|DSN|_URL$|_URI$",
+                          re.IGNORECASE)
 
 
-def expand_env(text: str) -> str:
-    """Expand ${VAR} and ${VAR:-default}; an unset variable without a default is an error."""
+def _unusable_variable(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return "a name is letters, digits and _ and does not start with a digit"
+    if name in BUILTIN_VARIABLES:
+        return "it is built in (set it in the environment)"
+    if name.upper().startswith(("PPMLOPS_", "AIRFLOW", "RAY_")):
+        return "names starting with PPMLOPS_, AIRFLOW or RAY_ are settings, not spec variables"
+    if _SECRET_LIKE.search(name):
+        return "its name looks like a secret's (key, token, password, URL...); secrets never go into a spec"
+    return ""
+
+
+def _unknown_variable(name: str, field_name: str) -> str:
+    return (f"{field_name}: ${{{name}}} is not a variable this spec may use: use PPMLOPS_DATA or "
+            f"PPMLOPS_HOME, or declare it under the top-level `variables:` with a default "
+            f"(other environment variables are never read)")
+
+
+def expand_env(text: str, variables: dict[str, str] | None = None, field_name: str = "path") -> str:
+    """Expand ${NAME} and ${NAME:-default} in a spec field, from an allowlist only.
+
+    NAME is PPMLOPS_DATA, PPMLOPS_HOME (default: the settings' home) or a name the spec declares
+    under `variables:` (the environment variable of that name, else the declared default). Any
+    other name is a SpecError naming it and the field: the environment is never read for it,
+    and no message shows a variable's value.
+    """
+    variables = variables or {}
 
     def sub(m: re.Match[str]) -> str:
-        value = os.environ.get(m.group(1))
+        name, default = m.group(1), m.group(2)
+        if name not in BUILTIN_VARIABLES and name not in variables:
+            raise SpecError(_unknown_variable(name, field_name))
+        value = os.environ.get(name)
         if value:
             return value
-        if m.group(2) is not None:
-            return m.group(2)
-        if m.group(1) == "PPMLOPS_HOME":
+        if default is not None:
+            return default
+        if name in variables:
+            return variables[name]
+        if name == "PPMLOPS_HOME":
             from ppmlops import settings
 
             return str(settings.load().home)
-        raise SpecError(f"environment variable {m.group(1)} is not set (used in {text!r})")
+        raise SpecError(f"{field_name}: uses ${{{name}}}, and the environment variable {name} is not set; "
+                        f"set it to the folder it names, or give a default with ${{{name}:-/some/folder}}")
 
-    return _ENV.sub(sub, text)
+    return _VAR.sub(sub, text)
+
+
+def data_roots() -> list[Path]:
+    """Folders spec sources must lie in: PPMLOPS_DATA_ROOTS (os.pathsep-separated) if set, else
+    PPMLOPS_DATA, PPMLOPS_HOME and the project root; each with symlinks resolved."""
+    from ppmlops import settings
+
+    raw = os.environ.get("PPMLOPS_DATA_ROOTS")
+    if raw:
+        roots = [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    else:
+        s = settings.load()
+        roots = [r for r in (s.data_dir, s.home, s.project_root) if r is not None]
+    return [r.resolve() for r in roots]
+
+
+def confine(path: Path, field_name: str = "path") -> Path:
+    """`path` with symlinks and `..` resolved, or a SpecError if that lies outside every data root.
+
+    Resolved first, so neither a symlink nor `..` can lead out of a root. The error names the
+    path and the setting, never what the file holds.
+    """
+    resolved = path.resolve()
+    roots = data_roots()
+    if any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        return resolved
+    shown = os.pathsep.join(str(r) for r in roots)
+    via = f" (via {path})" if resolved != path.absolute() else ""
+    raise SpecError(
+        f"{field_name}: {resolved}{via} is outside the data roots ({shown}); sources must lie under "
+        f"PPMLOPS_DATA, PPMLOPS_HOME or the project root, or under a folder listed in PPMLOPS_DATA_ROOTS "
+        f"(os.pathsep-separated; setting it replaces those defaults)")
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid pipeline spec"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {loc or '(top level)'}: {e['msg']}")
+        msg = e["msg"]
+        if not loc and msg.startswith("Value error, "):
+            lines.append(f"  {msg.removeprefix('Value error, ')}")  # names its own field
+        else:
+            lines.append(f"  {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 
@@ -313,3 +429,35 @@ def load_spec(path: Path | str) -> PipelineSpec:
 def load_specs(folder: Path | str) -> list[tuple[Path, PipelineSpec]]:
     """Every *.yaml under `folder`, sorted; raises on the first invalid one."""
     return [(p, load_spec(p)) for p in sorted(Path(folder).glob("*.yaml"))]
+
+
+@dataclass(frozen=True)
+class SpecLoad:
+    """One spec file's outcome: the spec, or the error; `name` is the file's `name:` field when
+    it is a usable pipeline name even though the spec is invalid (so its DAG id stays known)."""
+
+    path: Path
+    spec: PipelineSpec | None
+    error: SpecError | None
+    name: str | None = None
+
+
+def load_each(paths: Iterable[Path | str]) -> list[SpecLoad]:
+    """Load every file on its own: one invalid spec never stops the others from loading."""
+    out = []
+    for path in map(Path, paths):
+        try:
+            spec = load_spec(path)
+            out.append(SpecLoad(path, spec, None, spec.name))
+        except SpecError as err:
+            out.append(SpecLoad(path, None, err, _raw_name(path)))
+    return out
+
+
+def _raw_name(path: Path) -> str | None:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name) else None

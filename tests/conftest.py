@@ -7,10 +7,12 @@ is first imported.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -42,6 +44,10 @@ E2E_SPEC.write_text((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
 os.environ["PPMLOPS_PIPELINES"] = str(_PIPELINES)
 if not os.environ.get("PPMLOPS_DATA") and (REPO.parent / "shared" / "data").is_dir():
     os.environ["PPMLOPS_DATA"] = str(REPO.parent / "shared" / "data")
+# Tests stage sources from pytest's tmp_path folders: the temp folder is a data root here, next to
+# the defaults (tests of the confinement itself set PPMLOPS_DATA_ROOTS their own way).
+os.environ["PPMLOPS_DATA_ROOTS"] = os.pathsep.join(
+    [tempfile.gettempdir(), os.environ["PPMLOPS_HOME"], str(REPO)] + [os.environ.get("PPMLOPS_DATA", "")])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,3 +77,63 @@ def adult_dir() -> Path:
     if not data or not (Path(data) / "adult" / "train.csv").exists():
         pytest.fail("UCI Adult not found: set PPMLOPS_DATA to the folder holding adult/train.csv")
     return Path(data) / "adult"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server's URL (its `postgres` database): PPMLOPS_TEST_PG_URL (./dev test starts
+    one), else a throwaway server started here from Debian's binaries and stopped at the end.
+    No server is a failure, not a skip: the ledger and audit log must work on PostgreSQL."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import pg_server
+
+    url = os.environ.get("PPMLOPS_TEST_PG_URL")
+    base = None
+    if not url:
+        base = Path(tempfile.mkdtemp(prefix="ppmlops-pg-"))
+        try:
+            url = pg_server.start(base)
+        except pg_server.PostgresUnavailable as err:
+            pytest.fail(f"PostgreSQL for the tests could not be started: {err}", pytrace=False)
+    _wait_for_postgres(url)
+    yield url
+    if base is not None:
+        pg_server.stop(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_for_postgres(url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as err:  # noqa: BLE001 - reported as the fixture's failure
+        from ppmlops.db import redact
+
+        pytest.fail(f"PostgreSQL at {redact(url)} (PPMLOPS_TEST_PG_URL) does not answer: "
+                    f"{' '.join(str(getattr(err, 'orig', err)).split())}", pytrace=False)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres_server, request) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test module (dropped afterwards)."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    module = request.module.__name__.rsplit(".", 1)[-1][:30]
+    name = f"t_{module}_{secrets.token_hex(4)}".lower()
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield sa.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()

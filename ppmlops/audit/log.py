@@ -5,27 +5,36 @@ hash, error) with the run, dataset and pipeline stage it was made for. Records a
 hash = sha256(prev_hash + canonical JSON of the record), the record including its own seq, so
 editing, deleting or reordering a record breaks the chain at that record and `verify` names it.
 
-A chain alone cannot reveal that its newest records were cut off, nor a wholesale rewrite by
-someone who recomputes every hash; keep `head()` somewhere else (a task log, a ticket) and
-pass it back to `verify(anchor=...)` to check for either.
+A chain alone cannot reveal that its newest records were cut off, that all were deleted, nor
+a wholesale rewrite by someone who recomputes every hash. The chain's head (record count and
+newest hash, `chain_head()`) is published outside the database (each run's records, the task
+log, `ppmlops audit head`) and passed back as `verify(anchor=...)` to catch those. A missing
+table or an empty log is a problem for `verify` unless the caller says the log is new
+(`allow_empty`), and nothing that only reads ever creates the database or the table: a wrong
+URL must not read as an empty, intact log.
 
-Lives in the same database as the privacy ledger (settings.db_url), table `audit_log`.
+Lives in the same database as the privacy ledger (settings.db_url, opened through ppmlops.db),
+table `audit_log`. Appends are serialised: BEGIN IMMEDIATE on SQLite, a table lock (EXCLUSIVE
+mode: other appends wait, readers do not) on PostgreSQL; seq is also the primary key, so two
+writers that still raced would collide and one would retry rather than fork the chain.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (Column, Index, Integer, MetaData, String, Table, Text, create_engine, event,
-                        insert, select)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, func, insert, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ppmlops import db
+from ppmlops.errors import PpmlopsError
 
 GENESIS = "0" * 64
+TABLE = "audit_log"
 
 # Copied out of the hashed record into columns so records can be found without parsing JSON;
 # verify() checks each column against the record it was copied from.
@@ -34,7 +43,7 @@ _DECISION_COLUMNS = ("id", "query", "outcome", "engine", "policy_hash")
 
 _metadata = MetaData()
 audit_log = Table(
-    "audit_log",
+    TABLE,
     _metadata,
     # Assigned by record(), not by the database, so that two writers racing for the same seq
     # collide on the primary key and one retries, instead of forking the chain.
@@ -56,6 +65,7 @@ audit_log = Table(
 )
 
 _WRITE_RETRIES = 20
+_HEX64 = frozenset("0123456789abcdef")
 
 
 def canonical_json(doc: Any) -> str:
@@ -67,44 +77,110 @@ def chain_hash(prev_hash: str, record_json: str) -> str:
     return hashlib.sha256((prev_hash + record_json).encode("utf-8")).hexdigest()
 
 
-def _engine_for(db_url: str) -> Engine:
-    if db_url.startswith("sqlite"):
-        engine = create_engine(db_url, connect_args={"timeout": 30})
-        database = engine.url.database
-        if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+class BadAnchor(PpmlopsError):
+    """An anchor that is not COUNT:HASH nor the JSON `ppmlops audit head --json` prints."""
 
-        # pysqlite begins transactions lazily, at the first write; two appenders could then both
-        # read the same last seq. BEGIN IMMEDIATE takes the write lock before that read.
-        @event.listens_for(engine, "connect")
-        def _no_implicit_begin(dbapi_conn, _record):  # noqa: ANN001
-            dbapi_conn.isolation_level = None
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn):  # noqa: ANN001
-            immediate = conn.get_execution_options().get("ppmlops_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+@dataclass(frozen=True)
+class ChainHead:
+    """What to keep outside the database: how many records the log held and the newest one's hash.
 
-        return engine
-    return create_engine(db_url, pool_pre_ping=True)
+    In an intact chain the newest record's seq equals the count; both are kept so that a head
+    read from a damaged log still says what it saw.
+    """
+
+    count: int
+    seq: int
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "seq": self.seq, "hash": self.hash}
+
+    def __str__(self) -> str:
+        return f"{self.count}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ChainHead":
+        """COUNT:HASH, or the JSON object printed by `ppmlops audit head --json`."""
+        text = text.strip()
+        what = ("an audit anchor is COUNT:HASH (e.g. 12:3fa4...), or a file holding what "
+                "`ppmlops audit head --json` printed")
+        if text.startswith("{"):
+            try:
+                doc = json.loads(text)
+                count, hash_ = int(doc["count"]), str(doc["hash"])
+                seq = int(doc.get("seq", count))
+            except (ValueError, KeyError, TypeError):
+                raise BadAnchor(f"{what}; this JSON lacks count and hash") from None
+        else:
+            count_text, sep, hash_ = text.partition(":")
+            if not sep or not count_text.strip().isdigit():
+                raise BadAnchor(what)
+            count = seq = int(count_text)
+            hash_ = hash_.strip()
+        if count < 1 or len(hash_) != 64 or not set(hash_) <= _HEX64:
+            raise BadAnchor(f"{what}; the count must be at least 1 and the hash 64 hex digits")
+        return cls(count, seq, hash_)
+
+
+def _as_head(anchor: ChainHead | dict | str) -> ChainHead:
+    if isinstance(anchor, ChainHead):
+        return anchor
+    if isinstance(anchor, str):
+        return ChainHead.parse(anchor)
+    seq = anchor.get("seq")
+    count = anchor.get("count", seq)
+    return ChainHead.parse(json.dumps({"count": count, "seq": seq if seq is not None else count,
+                                       "hash": anchor.get("hash")}))
 
 
 class AuditLog:
+    """The audit log at a SQLAlchemy URL. Constructing one touches nothing; record() creates the
+    table on first use, and the reading methods never create the database or the table."""
+
     def __init__(self, db_url: str):
         self.db_url = db_url
-        self._engine = _engine_for(db_url)
-        _metadata.create_all(self._engine, tables=[audit_log])
+        self._engine = db.make_engine(db_url)
+        self._table_ready = False
+
+    @property
+    def url(self) -> str:
+        """The URL with its password hidden, for messages."""
+        return db.redact(self.db_url)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _ensure_table(self) -> None:
+        if self._table_ready:
+            return
+        db.ensure_parent(self.db_url)
+        for attempt in range(3):
+            try:
+                with db.transaction(self._engine, self.db_url, write=True, doing="create the audit log in") as conn:
+                    _metadata.create_all(conn, tables=[audit_log])
+                break
+            except (IntegrityError, DBAPIError):
+                # Two processes creating the table at once (PostgreSQL): the loser finds it on retry.
+                if attempt == 2:
+                    raise
+        self._table_ready = True
 
     def record(self, decision: Any, *, run_id: str | None = None, dataset_id: str | None = None,
                stage: str = "") -> int:
-        """Append `decision` (a Decision or its to_dict()) and return its seq."""
+        """Append `decision` (a Decision or its to_dict()), whatever its outcome; return its seq."""
         doc = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
         missing = [k for k in _DECISION_COLUMNS if k not in doc]
         if missing:
             raise ValueError(f"decision lacks {', '.join(missing)}; pass a ppmlops.compliance Decision")
+        self._ensure_table()
         for _ in range(_WRITE_RETRIES):
             try:
-                with self._engine.connect().execution_options(ppmlops_write=True) as conn, conn.begin():
+                with db.transaction(self._engine, self.db_url, write=True, doing="append to the audit log in") as conn:
+                    if conn.dialect.name == "postgresql":
+                        conn.exec_driver_sql(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
                     last = conn.execute(
                         select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
                     ).first()
@@ -129,17 +205,27 @@ class AuditLog:
                 return seq
             except IntegrityError:
                 continue  # another writer appended seq first; read the new head and go again
-        raise RuntimeError(f"audit log {self.db_url}: could not append after {_WRITE_RETRIES} attempts")
+        raise PpmlopsError(f"audit log at {self.url}: could not append after {_WRITE_RETRIES} attempts "
+                           f"(another writer kept taking the next seq)")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _has_table(self, conn: Any) -> bool:
+        return inspect(conn).has_table(TABLE)
+
+    def _reading(self):
+        db.must_exist(self.db_url)
+        return db.transaction(self._engine, self.db_url, doing="read the audit log in")
 
     def records(self, run_id: str | None = None, dataset_id: str | None = None) -> list[dict]:
-        """Records in seq order: the hashed record plus its hash and prev_hash."""
+        """Records in seq order: the hashed record plus its hash and prev_hash ([] if none yet)."""
         query = select(audit_log).order_by(audit_log.c.seq)
         if run_id is not None:
             query = query.where(audit_log.c.run_id == run_id)
         if dataset_id is not None:
             query = query.where(audit_log.c.dataset_id == dataset_id)
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+        with self._reading() as conn:
+            rows = conn.execute(query).all() if self._has_table(conn) else []
         out = []
         for row in rows:
             body = json.loads(row.record)
@@ -148,18 +234,34 @@ class AuditLog:
             out.append(body)
         return out
 
-    def head(self) -> dict | None:
-        """{"seq", "hash"} of the newest record, to keep outside the database as an anchor."""
-        with self._engine.connect() as conn:
+    def chain_head(self) -> ChainHead | None:
+        """The head to publish outside the database; None when nothing has been recorded."""
+        with self._reading() as conn:
+            if not self._has_table(conn):
+                return None
+            count = conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
             last = conn.execute(
                 select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
             ).first()
-        return {"seq": last.seq, "hash": last.hash} if last else None
+        return ChainHead(int(count), last.seq, last.hash) if last else None
 
-    def verify(self, anchor: dict | None = None) -> list[str]:
-        """[] when the chain is intact; otherwise one message per broken record."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(select(audit_log).order_by(audit_log.c.seq)).all()
+    def head(self) -> dict | None:
+        """chain_head() as a dict: {"count", "seq", "hash"}."""
+        h = self.chain_head()
+        return h.to_dict() if h else None
+
+    def verify(self, anchor: ChainHead | dict | str | None = None, *, allow_empty: bool = False) -> list[str]:
+        """[] when the chain is intact; otherwise one message per problem.
+
+        A missing table or a log without records is a problem unless `allow_empty` (a new log)
+        and no anchor says there were records. An unreachable or missing database raises
+        DatabaseUnavailable: nothing was verified.
+        """
+        head = _as_head(anchor) if anchor is not None else None
+        with self._reading() as conn:
+            rows = conn.execute(select(audit_log).order_by(audit_log.c.seq)).all() if self._has_table(conn) else None
+        if not rows:
+            return self._empty_problems(rows is None, head, allow_empty)
         problems: list[str] = []
         expected_seq, prev_hash = 1, GENESIS
         by_seq = {}
@@ -176,15 +278,42 @@ class AuditLog:
                 problems.append(f"{name}: content does not match its hash: edited")
             problems.extend(_column_problems(name, row))
             expected_seq, prev_hash = row.seq + 1, row.hash
-        if anchor is not None:
-            anchored = by_seq.get(anchor.get("seq"))
-            if anchored is None:
-                problems.append(f"anchored audit record seq {anchor.get('seq')} is missing: "
-                                f"the log was cut back to seq {expected_seq - 1}")
-            elif anchored.hash != anchor.get("hash"):
-                problems.append(f"audit record seq {anchored.seq} (decision {anchored.id}) does not have "
-                                f"the anchored hash: the chain was rewritten")
+        if head is not None:
+            problems.extend(_anchor_problems(head, by_seq, len(rows), expected_seq - 1))
         return problems
+
+    def _empty_problems(self, no_table: bool, head: ChainHead | None, allow_empty: bool) -> list[str]:
+        where = (f"the database {self.url} has no audit_log table" if no_table
+                 else f"the audit log in {self.url} holds no records")
+        if head is not None:
+            return [f"{where}, but the anchor says it held {head.count} record(s) up to hash "
+                    f"{head.hash[:12]}...: the log was deleted or the URL points at another database"]
+        if allow_empty:
+            return []
+        return [f"{where}: nothing to verify. If PPMLOPS_DB_URL / PPMLOPS_HOME are right and no decision "
+                f"has been recorded yet, say so with --allow-empty (allow_empty=True)"]
+
+
+def chain_head(db_url: str) -> ChainHead | None:
+    """The audit log's head at db_url, e.g. to store in a run's records right after recording."""
+    log = AuditLog(db_url)
+    try:
+        return log.chain_head()
+    finally:
+        log.close()
+
+
+def _anchor_problems(head: ChainHead, by_seq: dict, count: int, last_seq: int) -> list[str]:
+    problems = []
+    anchored = by_seq.get(head.seq)
+    if anchored is None:
+        problems.append(f"anchored audit record seq {head.seq} is missing: the log was cut back to seq {last_seq}")
+    elif anchored.hash != head.hash:
+        problems.append(f"audit record seq {anchored.seq} (decision {anchored.id}) does not have the anchored "
+                        f"hash {head.hash[:12]}...: the chain was rewritten")
+    elif count < head.count:
+        problems.append(f"the log holds {count} record(s), the anchor {head.count}: records were deleted")
+    return problems
 
 
 def _column_problems(name: str, row: Any) -> list[str]:

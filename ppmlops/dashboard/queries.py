@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ppmlops.errors import PpmlopsError
@@ -51,10 +50,9 @@ def jsonable(value: Any) -> Any:
 # -- the database -----------------------------------------------------------------------------
 
 def safe_url(db_url: str) -> str:
-    try:
-        return make_url(db_url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only used in messages
-        return "(an unparseable database URL)"
+    from ppmlops.db import redact
+
+    return redact(db_url)
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,7 +23,8 @@ FLAG, PURPOSE, EXPIRED = "flag", "purpose", "expired"
 KINDS = (FLAG, PURPOSE, EXPIRED)
 
 _SPLIT = re.compile(r"[,;|]")
-_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",
+                       re.ASCII)  # ISO 8601 digits are ASCII
 
 
 def parse_expiry(text: str) -> date | None:
@@ -43,7 +44,9 @@ class ConsentRules:
     def __init__(self, consent: Consent, header: Sequence[str], as_of: date, path: Path | str = "<source>"):
         missing = [c for c in consent.columns() if c not in header]
         if missing:
-            raise DataError(f"{path}: missing consent column(s) {missing}; the file has {list(header)}")
+            from ppmlops.data.reading import missing_columns
+
+            raise missing_columns(Path(path), [(c, "consent") for c in missing], header)
         self.consent = consent
         self.as_of = as_of
         self.flag = (consent.column, list(header).index(consent.column), {g.strip().lower() for g in consent.granted})

@@ -35,7 +35,7 @@ def encode(df: pd.DataFrame, spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray
     needed = [f.name for f in ds.features] + [ds.label.column]
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise DataError(f"cannot encode: column(s) {missing} missing from the frame (has {list(df.columns)})")
+        raise DataError(f"cannot encode: column(s) {missing} missing from the staged snapshot ({len(df.columns)} columns)")
     n = len(df)
     blocks: list[np.ndarray] = []
     for f in ds.features:
@@ -53,7 +53,7 @@ def _numeric(col: pd.Series, f: NumericFeature) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"cannot encode column {f.name}: position {row} holds {col.iloc[row]!r}, not a finite number "
+        raise DataError(f"cannot encode column {f.name}: row {row} is not a finite number "
                         f"({int(bad.sum())} such rows); ingestion should have quarantined it")
     lo, hi = f.range
     if f.log:
@@ -68,7 +68,7 @@ def _one_hot(col: pd.Series, f: CategoricalFeature) -> np.ndarray:
     unknown = codes < 0
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
-        raise DataError(f"cannot encode column {f.name}: position {row} holds {col.iloc[row]!r}, not a declared category "
+        raise DataError(f"cannot encode column {f.name}: row {row} is not a declared category "
                         f"({int(unknown.sum())} such rows); ingestion should have quarantined it")
     out = np.zeros((len(codes), len(f.categories)), dtype=np.float32)
     out[np.arange(len(codes)), codes] = 1.0
@@ -80,5 +80,5 @@ def _label(col: pd.Series, positive: str, values: list[str]) -> np.ndarray:
     known = text.isin(values).fillna(False).to_numpy(dtype=bool)
     if not known.all():
         row = int(np.flatnonzero(~known)[0])
-        raise DataError(f"cannot encode label {col.name}: position {row} holds {col.iloc[row]!r}, not one of {values}")
+        raise DataError(f"cannot encode label {col.name}: row {row} is not one of {values}")
     return (text == positive).to_numpy(dtype=bool).astype(np.int64)

@@ -2,10 +2,10 @@
 
 Every value is read as text and coerced per the spec, so nothing is lost to type guessing.
 Each data row ends up in exactly one place: the training snapshot, the test snapshot or the
-quarantine file, which keeps the row's original columns plus `_source` (file), `_line` (1-based
-line number in that file; for Parquet, the 1-based row number), `_reason` and, for lines that
-could not be split into the header's columns, `_raw` (the whole record). Rows are checked in
-this order, and a row is quarantined under the category of its first problem:
+quarantine file (ppmlops.data.quarantine: `_source` (file), `_line` (1-based line number in that
+file; for Parquet, the 1-based row number), `_reason`, a keyed `_record_hmac`, and no direct
+identifiers, nothing else of a row whose owner refused, never a malformed line's text). Rows
+are checked in this order, and a row is quarantined under the category of its first problem:
 
   1. consent   -- the consent flag not among spec.consent.granted (case-insensitive), the
                   required purpose not among the consented purposes, or the consent expired
@@ -19,8 +19,13 @@ this order, and a row is quarantined under the category of its first problem:
 The snapshot holds the feature and label columns, numeric features as float64 and categorical
 features and the label as their original strings, and, for identifiers the spec asks to
 pseudonymize, a column `<name>_pseudonym` with the keyed HMAC of the value (ppmlops.data.
-pseudonymize) for joins; identifier and other columns never leave this module otherwise. Its `sha256` is taken over a canonical CSV serialization, not the Parquet
-bytes, so it stays the same across pyarrow versions.
+pseudonymize) for joins; identifier and other columns never leave this module otherwise. Its
+`sha256` is taken over a canonical CSV serialization, not the Parquet bytes, so it stays the
+same across pyarrow versions.
+
+Everything streams: a chunk of rows (reading.CHUNK_ROWS) is read, checked, split, appended to
+the snapshots (one Parquet row group per chunk) and the quarantine file, and hashed, before the
+next is read, so memory does not grow with the source (benchmarks/ingest_memory.py).
 
 Without a test_source, the test partition is chosen per row by a keyed hash of the row's
 content (key: spec.training.seed), so a row keeps its partition when the dataset grows between
@@ -38,16 +43,16 @@ import io
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
+from ppmlops.data import quarantine
 from ppmlops.data.consent import ConsentRules, today
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
-from ppmlops.data.reading import SourceReader
+from ppmlops.data.reading import CHUNK_ROWS, SourceReader, missing_columns
 from ppmlops.errors import DataError
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source
 
@@ -59,8 +64,9 @@ INVALID_VALUE = "invalid value"
 UNKNOWN_CATEGORY = "unknown category"
 MALFORMED_LINE = "malformed line"
 
-# Plain decimal or scientific notation; float() alone would also take "1_000", "nan" and "inf".
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# Plain decimal or scientific notation in ASCII digits; float() alone would also take "1_000",
+# "nan", "inf" and other scripts' digits ("٣٠", "３０"), which no declared range was written for.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass
@@ -85,38 +91,18 @@ class IngestResult:
     consent_refusals: dict[str, int] = field(default_factory=dict)
     consent_as_of: str = ""  # the date consent expiry was judged on
     pseudonymized: dict[str, str] = field(default_factory=dict)  # source column -> staged pseudonym column
+    quarantine_retention_days: int = quarantine.DEFAULT_RETENTION_DAYS
+    quarantine_expired: list[str] = field(default_factory=list)  # earlier runs' quarantine files deleted now
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
-class SourceTable:
-    """A source file as text: well-formed records, their line numbers, and the ragged lines."""
-
-    path: Path
-    format: str
-    header: list[str]
-    records: list[list[str]]
-    lines: list[int]
-    ragged: list[tuple[int, str, str]]  # (line, raw record, why)
-    sha256: str
-    encoding: str | None = None  # CSV only
-    delimiter: str | None = None  # CSV only
-
-    @property
-    def rows_in(self) -> int:
-        return len(self.records) + len(self.ragged)
-
-    def index(self, column: str) -> int:
-        return self.header.index(column)
-
-
 # --------------------------------------------------------------------------- reading
 
 
-def read_source(source: Source) -> SourceTable:
-    """Read a spec source (CSV or Parquet) as strings; generate the demo table first if asked."""
+def open_source(source: Source, chunk_rows: int = CHUNK_ROWS) -> SourceReader:
+    """A reader over a spec source (CSV or Parquet, as text); generates the demo table first if asked."""
     path = source.resolved_path()
     if source.generate is not None and not path.exists():
         from ppmlops.data.synthetic import write_demo
@@ -124,31 +110,8 @@ def read_source(source: Source) -> SourceTable:
         write_demo(path, source.generate.rows, source.generate.seed, source.generate.consent_detail)
     fmt = source.resolved_format()
     if fmt == "csv":
-        return read_csv(path, source.encoding, source.delimiter)
-    return read_parquet(path)
-
-
-def _read_all(reader: SourceReader) -> SourceTable:
-    records: list[list[str]] = []
-    lines: list[int] = []
-    ragged: list[tuple[int, str, str]] = []
-    for chunk in reader:
-        records.extend(chunk.records)
-        lines.extend(chunk.lines)
-        ragged.extend(chunk.ragged)
-    if not records and not ragged:
-        what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
-        raise DataError(f"{reader.path}: {what}")
-    return SourceTable(reader.path, reader.format, reader.header, records, lines, ragged, reader.sha256,
-                       reader.encoding if reader.format == "csv" else None, reader.delimiter)
-
-
-def read_csv(path: Path, encoding: str = "utf-8", delimiter: str | None = None) -> SourceTable:
-    return _read_all(SourceReader(path, "csv", encoding, delimiter))
-
-
-def read_parquet(path: Path) -> SourceTable:
-    return _read_all(SourceReader(path, "parquet"))
+        return SourceReader(path, "csv", source.encoding, source.delimiter, chunk_rows=chunk_rows)
+    return SourceReader(path, "parquet", chunk_rows=chunk_rows)
 
 
 # --------------------------------------------------------------------------- checking
@@ -157,24 +120,22 @@ def read_parquet(path: Path) -> SourceTable:
 class _RowChecker:
     """The spec's rules for one source file, with column positions resolved once."""
 
-    def __init__(self, spec: PipelineSpec, table: SourceTable, as_of: date, key: bytes | None):
+    def __init__(self, spec: PipelineSpec, path: Path, header: list[str], as_of: date, key: bytes | None):
         ds = spec.dataset
         required = {ds.label.column: "label"} | {f.name: "feature" for f in ds.features}
         if ds.consent is not None:
             required |= {c: "consent" for c in ds.consent.columns()}
         required |= {c: "identifier to pseudonymize" for c in ds.pseudonymize}
-        missing = [f"{col} ({role})" for col, role in required.items() if col not in table.header]
+        missing = [(col, role) for col, role in required.items() if col not in header]
         if missing:
-            raise DataError(
-                f"{table.path}: missing column(s) required by the spec: {', '.join(missing)}; "
-                f"the file has {table.header}"
-            )
-        self.consent = ConsentRules(ds.consent, table.header, as_of, table.path) if ds.consent is not None else None
-        self.pseudonyms = [(pseudonym_column(c), table.index(c)) for c in ds.pseudonymize]
+            raise missing_columns(path, missing, header)
+        index = header.index
+        self.consent = ConsentRules(ds.consent, header, as_of, path) if ds.consent is not None else None
+        self.pseudonyms = [(pseudonym_column(c), index(c)) for c in ds.pseudonymize]
         self.key = key
-        self.label = (ds.label.column, table.index(ds.label.column), set(ds.label.values), ds.label.values)
-        self.numeric = [(f.name, table.index(f.name), f.range) for f in ds.features if isinstance(f, NumericFeature)]
-        self.categorical = [(f.name, table.index(f.name), set(f.categories))
+        self.label = (ds.label.column, index(ds.label.column), set(ds.label.values), ds.label.values)
+        self.numeric = [(f.name, index(f.name), f.range) for f in ds.features if isinstance(f, NumericFeature)]
+        self.categorical = [(f.name, index(f.name), set(f.categories))
                             for f in ds.features if isinstance(f, CategoricalFeature)]
 
     def check(self, rec: list[str]) -> tuple[str, str, str] | dict[str, Any]:
@@ -225,56 +186,14 @@ class _RowChecker:
 # --------------------------------------------------------------------------- staging
 
 
-@dataclass
-class _Partition:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    keys: list[list[str]] = field(default_factory=list)  # the original records, for the hash split
+def _split_key(seed: int) -> bytes:
+    return hashlib.sha256(f"ppmlops-split:{seed}".encode()).digest()  # any int seed, fixed-size key
 
 
-@dataclass
-class _Quarantined:
-    source: Path
-    header: list[str]
-    line: int
-    record: list[str] | None
-    reason: str
-    raw: str = ""
-
-
-def _sort_rows(spec: PipelineSpec, table: SourceTable, as_of: date,
-               key: bytes | None) -> tuple[_Partition, list[_Quarantined], Counter, Counter]:
-    checker = _RowChecker(spec, table, as_of, key)
-    accepted = _Partition()
-    quarantined: list[_Quarantined] = []
-    reasons: Counter = Counter()
-    refusals: Counter = Counter()
-    for line, raw, why in table.ragged:
-        quarantined.append(_Quarantined(table.path, table.header, line, None, why, raw))
-        reasons[MALFORMED_LINE] += 1
-    for rec, line in zip(table.records, table.lines):
-        result = checker.check(rec)
-        if isinstance(result, tuple):
-            category, reason, rule = result
-            quarantined.append(_Quarantined(table.path, table.header, line, rec, reason))
-            reasons[category] += 1
-            if rule:
-                refusals[rule] += 1
-        else:
-            accepted.rows.append(result)
-            accepted.keys.append(rec)
-    quarantined.sort(key=lambda q: q.line)
-    return accepted, quarantined, reasons, refusals
-
-
-def _hash_split(part: _Partition, seed: int, fraction: float) -> tuple[_Partition, _Partition]:
-    key = hashlib.sha256(f"ppmlops-split:{seed}".encode()).digest()  # any int seed, fixed-size key
-    train, test = _Partition(), _Partition()
-    for row, rec in zip(part.rows, part.keys):
-        digest = hashlib.blake2b("\x1f".join(rec).encode("utf-8"), digest_size=8, key=key).digest()
-        target = test if int.from_bytes(digest, "big") / 2**64 < fraction else train
-        target.rows.append(row)
-        target.keys.append(rec)
-    return train, test
+def _is_test(rec: Sequence[str], key: bytes, fraction: float) -> bool:
+    """The keyed hash of the row's content decides its partition (see the module docstring)."""
+    digest = hashlib.blake2b("\x1f".join(rec).encode("utf-8"), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def snapshot_columns(spec: PipelineSpec) -> list[str]:
@@ -293,14 +212,16 @@ def _arrow_schema(spec: PipelineSpec):
     return pa.schema(fields, metadata={"ppmlops.dataset_id": spec.dataset.id})
 
 
-def _write_parquet(path: Path, spec: PipelineSpec, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _canonical_part(name: str, columns: Sequence[str]) -> str:
+    return f"# partition {name}\n" + _canonical_rows([columns], floats=False)
 
-    schema = _arrow_schema(spec)
-    table = pa.table({name: [r[name] for r in rows] for name in schema.names}, schema=schema)
-    with _atomic(path) as tmp:
-        pq.write_table(table, tmp)
+
+def _canonical_rows(rows: Iterable[Sequence[Any]], floats: bool = True) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        w.writerow([repr(float(v)) if floats and isinstance(v, float) else v for v in row])
+    return buf.getvalue()
 
 
 def canonical_sha256(partitions: Iterable[tuple[str, Sequence[str], Iterable[Sequence[Any]]]]) -> str:
@@ -311,151 +232,216 @@ def canonical_sha256(partitions: Iterable[tuple[str, Sequence[str], Iterable[Seq
     """
     h = hashlib.sha256()
     for name, columns, rows in partitions:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        buf.write(f"# partition {name}\n")
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([repr(float(v)) if isinstance(v, float) else v for v in row])
-        h.update(buf.getvalue().encode("utf-8"))
+        h.update(_canonical_part(name, columns).encode("utf-8"))
+        h.update(_canonical_rows(rows).encode("utf-8"))
     return h.hexdigest()
 
 
-def snapshot_sha256(train_path: str | Path, test_path: str | Path) -> str:
-    """The content hash of staged snapshot files, recomputed from the Parquet values."""
+def _parquet_rows(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[list[str], list[tuple]]]:
     import pyarrow.parquet as pq
 
-    parts = []
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        yield batch.schema.names, list(zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns))))
+
+
+def snapshot_sha256(train_path: str | Path, test_path: str | Path) -> str:
+    """The content hash of staged snapshot files, recomputed from the Parquet values, in batches."""
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
     for name, path in (("train", train_path), ("test", test_path)):
-        table = pq.read_table(path)
-        cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
-        parts.append((name, table.column_names, zip(*cols)))
-    return canonical_sha256(parts)
+        h.update(_canonical_part(name, pq.ParquetFile(path).schema_arrow.names).encode("utf-8"))
+        for _, rows in _parquet_rows(path):
+            h.update(_canonical_rows(rows).encode("utf-8"))
+    return h.hexdigest()
 
 
-def _write_quarantine(path: Path, items: list[_Quarantined], headers: list[list[str]]) -> None:
-    columns: list[str] = []
-    for h in headers:
-        columns.extend(c for c in h if c not in columns)
-    columns.extend(c for c in QUARANTINE_COLUMNS if c not in columns)
-    with _atomic(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(columns)
-            for q in items:
-                values = dict(zip(q.header, q.record)) if q.record is not None else {}
-                values.update(_source=str(q.source), _line=q.line, _reason=q.reason, _raw=q.raw)
-                w.writerow([values.get(c, "") for c in columns])
+class _Snapshot:
+    """One partition's Parquet snapshot, written a row group per chunk into a temporary file."""
+
+    def __init__(self, path: Path, spec: PipelineSpec, columns: list[str]):
+        self.path, self.columns, self.rows = path, columns, 0
+        self._schema = _arrow_schema(spec)
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._writer = None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, self._schema)
+        table = pa.table({c: [r[c] for r in rows] for c in self.columns}, schema=self._schema)
+        self._writer.write_table(table)
+        self.rows += len(rows)
+
+    def commit(self) -> None:
+        if self._writer is None:
+            raise RuntimeError("an empty partition is refused before commit")
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._tmp.unlink(missing_ok=True)
 
 
-class _atomic:
-    """A temporary path next to `path` that replaces it on success and is removed on failure."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> str:
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            Path(self.tmp).unlink(missing_ok=True)
-
-
-def source_sha256(tables: list[SourceTable]) -> str:
-    if len(tables) == 1:
-        return tables[0].sha256  # equals `sha256sum <file>`
-    return hashlib.sha256("".join(f"{t.sha256}  {t.path.name}\n" for t in tables).encode()).hexdigest()
+def source_sha256(readers: list[SourceReader]) -> str:
+    if len(readers) == 1:
+        return readers[0].sha256  # equals `sha256sum <file>`
+    return hashlib.sha256("".join(f"{r.sha256}  {r.path.name}\n" for r in readers).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None) -> IngestResult:
-    """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: today, UTC)."""
+@dataclass
+class _Counts:
+    accepted: int = 0
+    quarantined: int = 0
+
+
+# Rows per chunk: the chunk's records, their staged rows and its Parquet row group are what ingest
+# holds at once (about 2 KiB a row in Python objects); 20,000 keeps that near 40 MiB.
+INGEST_CHUNK_ROWS = 20_000
+
+
+def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
+           chunk_rows: int = INGEST_CHUNK_ROWS) -> IngestResult:
+    """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: today, UTC).
+
+    Streams: each file is read, checked, split and written a chunk of rows at a time (memory
+    does not grow with the file). The training partition's content hash is taken as its rows
+    are written; the test partition's is read back from its snapshot at the end, because the
+    canonical hash puts every training row first.
+    """
+    from ppmlops import settings
+
     ds = spec.dataset
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     as_of = as_of or today()
     # Read the key before any data: a run that cannot pseudonymize must not stage anything.
     key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
+    retention = quarantine.retention_days()
 
-    main = read_source(ds.source)
-    accepted, quarantined, reasons, refusals = _sort_rows(spec, main, as_of, key)
-    tables = [main]
-    per_file = [(main, accepted.rows, quarantined)]
+    readers = [open_source(ds.source, chunk_rows)]
     if ds.test_source is not None:
-        held = read_source(ds.test_source)
-        test, q_test, r_test, f_test = _sort_rows(spec, held, as_of, key)
-        train = accepted
-        quarantined = quarantined + q_test
-        reasons += r_test
-        refusals += f_test
-        tables.append(held)
-        per_file.append((held, test.rows, q_test))
-        split = f"test_source {held.path}"
-    else:
-        fraction = spec.training.test_fraction
-        train, test = _hash_split(accepted, spec.training.seed, fraction)
-        split = f"keyed hash of each row (seed {spec.training.seed}), test fraction {fraction:g}"
-
-    rows_in = sum(t.rows_in for t in tables)
-    rows_staged = len(train.rows) + len(test.rows)
-    if (rows_in != rows_staged + len(quarantined) or sum(reasons.values()) != len(quarantined)
-            or sum(refusals.values()) != reasons.get(NO_CONSENT, 0)):
-        raise DataError(
-            f"{ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} staged, "
-            f"{len(quarantined)} quarantined"
-        )
-
-    quarantine_path = run_dir / "quarantine.csv"
-    _write_quarantine(quarantine_path, quarantined, [t.header for t in tables])
-    for name, part in (("training", train), ("test", test)):
-        if not part.rows:
-            raise DataError(
-                f"{ds.id}: no rows left for the {name} partition after quarantine "
-                f"({dict(reasons)}); see {quarantine_path}"
-            )
-
+        readers.append(open_source(ds.test_source, chunk_rows))
+    checkers = [_RowChecker(spec, r.path, r.header, as_of, key) for r in readers]
     columns = snapshot_columns(spec)
-    train_path, test_path = run_dir / "snapshot_train.parquet", run_dir / "snapshot_test.parquet"
-    _write_parquet(train_path, spec, train.rows)
-    _write_parquet(test_path, spec, test.rows)
-    digest = canonical_sha256(
-        (name, columns, ([r[c] for c in columns] for r in part.rows))
-        for name, part in (("train", train), ("test", test))
-    )
+    train = _Snapshot(run_dir / "snapshot_train.parquet", spec, columns)
+    test = _Snapshot(run_dir / "snapshot_test.parquet", spec, columns)
+    quarantine_path = run_dir / quarantine.FILE_NAME
+    q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, settings.load().home)
+    q = quarantine.QuarantineWriter(quarantine_path, [r.header for r in readers], ds.identifiers, q_key)
+    reasons: Counter = Counter()
+    refusals: Counter = Counter()
+    counts = [_Counts() for _ in readers]
+    split_key, fraction = _split_key(spec.training.seed), spec.training.test_fraction
+    train_hash = hashlib.sha256(_canonical_part("train", columns).encode("utf-8"))
+    committed = False
+    try:
+        for n, (reader, checker) in enumerate(zip(readers, checkers)):
+            for chunk in reader:
+                to_train, to_test, quarantined = [], [], 0
+                # Quarantine rows in line order: the ragged lines sit among the chunk's records.
+                events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in chunk.ragged]
+                for rec, line in zip(chunk.records, chunk.lines):
+                    result = checker.check(rec)
+                    if isinstance(result, tuple):
+                        events.append((line, 1, (rec, result)))
+                    elif n == 1:
+                        to_test.append(result)
+                    elif ds.test_source is None and _is_test(rec, split_key, fraction):
+                        to_test.append(result)
+                    else:
+                        to_train.append(result)
+                events.sort(key=lambda e: e[0])
+                for line, kind, payload in events:
+                    if kind == 0:
+                        fields, why = payload
+                        q.malformed(reader.path, line, why, fields)
+                        reasons[MALFORMED_LINE] += 1
+                    else:
+                        rec, (category, reason, rule) = payload
+                        if category == NO_CONSENT:
+                            q.refused(reader.path, line, reason, rec)
+                        else:
+                            q.invalid(reader.path, line, reason, reader.header, rec)
+                        reasons[category] += 1
+                        if rule:
+                            refusals[rule] += 1
+                    quarantined += 1
+                train.write(to_train)
+                test.write(to_test)
+                train_hash.update(_canonical_rows([r[c] for c in columns] for r in to_train).encode("utf-8"))
+                counts[n].accepted += len(to_train) + len(to_test)
+                counts[n].quarantined += quarantined
+            if reader.rows_in == 0:
+                what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
+                raise DataError(f"{reader.path}: {what}")
+        q.commit()
+        committed = True
+        rows_in = sum(r.rows_in for r in readers)
+        rows_staged = train.rows + test.rows
+        if (rows_in != rows_staged + q.rows or sum(reasons.values()) != q.rows
+                or sum(refusals.values()) != reasons.get(NO_CONSENT, 0)):
+            raise DataError(f"{ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} "
+                            f"staged, {q.rows} quarantined")
+        for name, part in (("training", train), ("test", test)):
+            if not part.rows:
+                raise DataError(f"{ds.id}: no rows left for the {name} partition after quarantine "
+                                f"({dict(reasons)}); see {quarantine_path}")
+        train.commit()
+        test.commit()
+    except BaseException:
+        if not committed:
+            q.abort()
+        train.abort()
+        test.abort()
+        raise
+
+    h = train_hash
+    h.update(_canonical_part("test", columns).encode("utf-8"))
+    for _, rows in _parquet_rows(test.path, chunk_rows):
+        h.update(_canonical_rows(rows).encode("utf-8"))
+    expired = quarantine.expire(run_dir, ds.id, retention)
     staged = set(columns)
     dropped: list[str] = []
-    for t in tables:
-        dropped.extend(c for c in t.header if c not in staged and c not in dropped)
+    for r in readers:
+        dropped.extend(c for c in r.header if c not in staged and c not in dropped)
+    split = (f"test_source {readers[1].path}" if ds.test_source is not None
+             else f"keyed hash of each row (seed {spec.training.seed}), test fraction {fraction:g}")
     return IngestResult(
         dataset_id=ds.id,
         rows_in=rows_in,
         rows_staged=rows_staged,
-        rows_train=len(train.rows),
-        rows_test=len(test.rows),
-        rows_quarantined=len(quarantined),
+        rows_train=train.rows,
+        rows_test=test.rows,
+        rows_quarantined=q.rows,
         quarantine_reasons=dict(sorted(reasons.items())),
-        snapshot_train=str(train_path),
-        snapshot_test=str(test_path),
+        snapshot_train=str(train.path),
+        snapshot_test=str(test.path),
         quarantine_path=str(quarantine_path),
-        sha256=digest,
-        source_sha256=source_sha256(tables),
+        sha256=h.hexdigest(),
+        source_sha256=source_sha256(readers),
         columns=columns,
         dropped_columns=dropped,
         sources=[
-            {"path": str(t.path), "format": t.format, "sha256": t.sha256, "rows_in": t.rows_in,
-             "rows_accepted": len(ok), "rows_quarantined": len(q)}
-            | ({"encoding": t.encoding, "delimiter": t.delimiter} if t.format == "csv" else {})
-            for t, ok, q in per_file
+            {"path": str(r.path), "format": r.format, "sha256": r.sha256, "rows_in": r.rows_in,
+             "rows_accepted": c.accepted, "rows_quarantined": c.quarantined}
+            | ({"encoding": r.encoding, "delimiter": r.delimiter} if r.format == "csv" else {})
+            for r, c in zip(readers, counts)
         ],
         split=split,
         consent_refusals=dict(sorted(refusals.items())),
         consent_as_of=as_of.isoformat() if ds.consent is not None else "",
         pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
+        quarantine_retention_days=retention,
+        quarantine_expired=expired,
     )

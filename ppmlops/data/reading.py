@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import gc
 import hashlib
 import io
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,19 @@ CHUNK_ROWS = 50_000
 # The csv module's default (128 KiB) rejects long free-text fields; an unclosed quote still
 # fails, at the line where the runaway field started.
 FIELD_LIMIT = 64 * 1024 * 1024
+# A record may span lines (a quoted field holding line breaks). One that spans more than this,
+# or whose quoted text holds RUNAWAY_RECORDS or more lines that look like records of the file
+# (as many delimiters as a row has), is an unclosed quote that swallowed the rows after it.
+MAX_RECORD_LINES = 1000
+RUNAWAY_RECORDS = 2
+
+
+class UnclosedQuote(DataError):
+    """A quoted field opened on `line` and swallowed the lines after it."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
 
 
 class EncodingMismatch(DataError):
@@ -53,7 +68,7 @@ class Chunk:
 
     records: list[list[str]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
-    ragged: list[tuple[int, str, str]] = field(default_factory=list)  # (line, raw record, why)
+    ragged: list[tuple[int, list[str], str]] = field(default_factory=list)  # (line, its fields, why)
 
     def __len__(self) -> int:
         return len(self.records) + len(self.ragged)
@@ -148,6 +163,8 @@ class SourceReader:
                         break
                 for fields in reader:
                     start, prev_end = prev_end + 1, reader.line_num
+                    if prev_end > start and self._runaway(fields, start, prev_end, width):
+                        raise self._unclosed(start, prev_end, "runs to line")
                     if len(fields) == width:
                         records.append(fields)
                         lines.append(start)
@@ -159,15 +176,35 @@ class SourceReader:
                             chunk = Chunk()
                             records, lines = chunk.records, chunk.lines
                     elif fields:  # a blank line carries no row
-                        why = f"line {start} has {len(fields)} fields, the header has {width}"
-                        chunk.ragged.append((start, to_csv_line(fields, self.delimiter), why))
+                        where = f"line {start}" if prev_end == start else f"the record on lines {start}-{prev_end}"
+                        why = f"{where} has {len(fields)} fields, the header has {width}"
+                        chunk.ragged.append((start, fields, why))
             except csv.Error as err:
+                if "field larger than field limit" in str(err):
+                    raise self._unclosed(prev_end + 1, reader.line_num, "is still open at line") from None
                 raise DataError(f"{self.path}: line {reader.line_num}: cannot parse CSV: {err}") from None
             finally:
                 if collecting:
                     gc.enable()
         if chunk:
             yield chunk
+
+    def _runaway(self, fields: list[str], start: int, end: int, width: int) -> bool:
+        if end - start + 1 > MAX_RECORD_LINES:
+            return True
+        if width < 3:
+            return False  # one delimiter per line is common in prose; only the span counts
+        d = self.delimiter
+        looks_like_rows = sum(line.count(d) >= width - 1
+                              for f in fields if "\n" in f or "\r" in f for line in f.splitlines()[1:])
+        return looks_like_rows >= RUNAWAY_RECORDS
+
+    def _unclosed(self, start: int, end: int, how: str) -> UnclosedQuote:
+        return UnclosedQuote(
+            f"{self.path}: line {start}: a quoted field opens on this line and {how} {end}, taking in the "
+            f"lines after it as its text: an unclosed quote (\"). Nothing was staged from this file; close "
+            f"or remove the quote on line {start} (a field that holds line breaks must end with a quote)",
+            start)
 
     @contextmanager
     def _decoding(self) -> Iterator[None]:
@@ -243,8 +280,38 @@ def check_header(path: Path, names: Sequence[str]) -> list[str]:
             raise DataError(f"{path}: column {i} of the header has no name")
     dupes = sorted({n for n in header if header.count(n) > 1})
     if dupes:
-        raise DataError(f"{path}: header names columns more than once: {dupes}")
+        shown = [d for d in dupes if looks_like_name(d)]
+        raise DataError(f"{path}: header names columns more than once: {shown}"
+                        + (f" and {len(dupes) - len(shown)} other(s)" if len(shown) < len(dupes) else ""))
     return header
+
+
+# What a column name looks like. The first line of a file that is not the expected CSV (a wrong
+# path, a wrong delimiter, no header) is data, and a message must not show data: header entries
+# are shown only when they look like names, and even then only as a hint for a name the spec has.
+_NAME_LIKE = re.compile(r"[^\W\d][\w .()/-]{0,63}")
+
+
+def looks_like_name(text: str) -> bool:
+    return bool(_NAME_LIKE.fullmatch(text)) and "@" not in text
+
+
+def missing_columns(path: Path, wanted: Sequence[tuple[str, str]], header: Sequence[str]) -> DataError:
+    """The error for spec columns (name, role) that the file's header lacks.
+
+    Names the missing columns and, for each, a header entry that differs only in case or by a
+    typo when there is one; the header itself is not listed (see _NAME_LIKE).
+    """
+    names = [h for h in header if looks_like_name(h)]
+    parts = []
+    for col, role in wanted:
+        same_case = [h for h in names if h.lower() == col.lower()]
+        close = same_case or difflib.get_close_matches(col, names, n=1, cutoff=0.8)
+        parts.append(f"{col} ({role})" + (f" - the file has {close[0]!r}" if close else ""))
+    width = len(header)
+    hint = (" - one column only: is the delimiter right (source.delimiter)?" if width == 1 else "")
+    return DataError(f"{path}: missing column(s) required by the spec: {', '.join(parts)}; the file's "
+                     f"header has {width} column(s){hint} (run `head -1` on the file to see them)")
 
 
 def to_csv_line(fields: Sequence[str], delimiter: str = ",") -> str:

@@ -145,7 +145,8 @@ NAME_RULES: list[tuple[str, str, str]] = [
     ("address", DIRECT, r"(^|_)(street|address|addr|street_address|home_address|address_line_?\d?)($|_)"),
     ("record_id", DIRECT, r"^(customer|client|patient|member|account|user|employee|person|subscriber|policy|"
                           r"claim|student|voter|citizen)_?(id|number|no|nr|uuid|key)$"),
-    ("postal_code", QUASI, r"(^|_)(zip|zipcode|zip_code|postal|postal_code|postcode|post_code|plz|cep)($|_)"),
+    ("postal_code", QUASI, r"(^|_)(zip\d?|zipcode|zip_code|postal|postal_code|postalcode|postcode|post_code|plz|"
+                           r"cep|cp|code_postal|codigo_postal|postleitzahl|pincode|pin_code|postnummer|postnr)($|_)"),
     ("birth_date", QUASI, r"(^|_)(dob|birthdate|birth_date|date_of_birth|birth_year|year_of_birth|birthday)($|_)"),
     ("age", QUASI, r"^(age|age_years|age_group|age_band|age_at_\w+)$"),
     ("sex", QUASI, r"^(sex|gender)$"),
@@ -159,7 +160,8 @@ NAME_RULES: list[tuple[str, str, str]] = [
     ("religion", SPECIAL, r"(^|_)(religion|religious|faith|belief|beliefs|denomination)($|_)"),
     ("health", SPECIAL, r"(^|_)(health|diagnosis|diagnoses|disease|disability|medical|icd\d*|medication|"
                         r"prescription|pregnancy|pregnant|hiv|symptoms?|(medical|health|chronic|"
-                        r"pre_existing)_condition)($|_)"),
+                        r"pre_existing)_condition|dx\d*|diag\d*|cpt\d*|hcpcs|procedure|proc_code|px\d*|ndc|"
+                        r"drug|drug_code|rx|rx_code)($|_)"),
     ("political_opinion", SPECIAL, r"(^|_)(political|politics|party_affiliation|voting_intention)($|_)"),
     ("union_membership", SPECIAL, r"(^|_)(union|trade_union|union_member(ship)?)($|_)"),
     ("marital_status", SPECIAL, r"(^|_)(marital|marital_status|civil_status)($|_)"),
@@ -197,6 +199,12 @@ def name_hints(column: str) -> frozenset[str]:
         hints.add("ssn")
     if name_matches(column).get(QUASI) == "postal_code":
         hints.add("postal")
+    if re.search(r"(^|_)(dx\d*|diag\d*|diagnosis|diagnoses|icd\d*|icd_?\d*_?codes?|condition_code)($|_)", name):
+        hints.add("diagnosis")
+    if re.search(r"(^|_)(cpt\d*|hcpcs|procedure|procedures|proc|proc_code|px\d*)($|_)", name):
+        hints.add("procedure")
+    if re.search(r"(^|_)(ndc|drug|drug_code|rx|rx_code|medication|medication_code)($|_)", name):
+        hints.add("drug")
     if re.search(r"(^|_)(first|given|fore)_?name$|^(firstname|forename)$", name):
         hints.add("given")
     elif re.search(r"(^|_)(last|family|sur|maiden)_?name$|^(surname|lastname)$", name):
@@ -204,6 +212,18 @@ def name_hints(column: str) -> frozenset[str]:
     elif direct == "name":
         hints.add("full")
     return frozenset(hints)
+
+
+# Columns that look like a consent flag (ppmlops risk scan points them out when the spec or the
+# command line declares no consent column).
+_CONSENT_NAME = re.compile(
+    r"(^|_)(consent\w*|consented|opt_?in|opted_?in|gdpr(_\w+)?|agreed?_(to_)?terms|accepted_terms|terms_accepted|"
+    r"tos_accepted|accepts?_terms|permission(_to_\w+)?|allow_(contact|marketing|research|processing)|"
+    r"marketing_(consent|opt_?in|ok|allowed)|data_sharing(_ok|_allowed)?|research_ok|can_contact)($|_)")
+
+
+def looks_like_consent(column: str) -> bool:
+    return _CONSENT_NAME.search(normalize(column)) is not None
 
 
 def names_birth_date(column: str) -> bool:

@@ -12,7 +12,9 @@ most one finding. The evidence:
   the dates read as birth dates: in the past, implied ages 0-115 for 90 % of them, median age
   at least 16, ages spread over 5 years or more) or postal codes; a special category (or sex)
   when at least 60 % of a low-cardinality column's values are words of one vocabulary of
-  ppmlops.risk.vocabulary and at least one of its distinctive words occurs;
+  ppmlops.risk.vocabulary and at least one of its distinctive words occurs; data concerning
+  health (kind `health`) when at least half its values are medical codes (ICD-10, ICD-9, CPT/
+  HCPCS, NDC: ppmlops.risk.detectors.health_code, with what the name admits);
 - values, free-text column (median of 4 or more words of letters per value): each value is searched
   (ppmlops.risk.detectors.find); the column is a direct identifier (kind `free_text`) when a
   direct kind occurs in at least FREE_TEXT_MIN_ROWS sampled values and in at least
@@ -61,6 +63,7 @@ NAME_CONFIDENCE = {DIRECT: 0.6, QUASI: 0.8, SPECIAL: 0.8}
 STRENGTH = {
     "email": 0.97, "iban": 0.99, "credit_card": 0.97, "ssn": 0.9, "ipv4": 0.9, "ipv6": 0.95, "phone": 0.85,
     "address": 0.8, "name": 0.8, "date": 0.8, "birth_date": 0.85, "postal_code": 0.8, "free_text": 0.8,
+    "health": 0.85,
 }
 VOCABULARY_STRENGTH = 0.7
 
@@ -203,6 +206,14 @@ def _structured_evidence(column: str, values: list[str], hints: frozenset[str], 
                                      {qkind: round(share, 4)}, _examples(matching))
             break
 
+    codes = [detectors.health_code(v, hints) for v in values]
+    code_kinds = Counter(c for c in codes if c)
+    coded = sum(code_kinds.values())
+    if coded / n >= VALUE_SHARE_THRESHOLD:
+        share = coded / n
+        found[SPECIAL] = _Evidence("health", ["values"], share, _values_confidence("health", share), coded,
+                                   {k: round(c / n, 4) for k, c in sorted(code_kinds.items())},
+                                   _examples(v for v, c in zip(values, codes) if c))
     distinct = set(v.lower() for v in values)
     if len(distinct) <= VOCABULARY_MAX_DISTINCT:
         for kind, vocab in SPECIAL_VOCABULARIES.items():

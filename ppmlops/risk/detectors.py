@@ -29,6 +29,19 @@ pattern alone fires on order numbers, amounts and dates:
   address       a house number, a capitalised street name and a street type (Street, Ave,
                 Road, ...), or a German/Dutch street (...strasse 12)
 
+Coded health data (GDPR Art. 9 data concerning health), by `health_code(value, hints)`:
+
+  icd10         ICD-10(-CM) diagnosis: letter (not U), digit, digit or A/B, then a dot and 1-4
+                characters (E11.9, S72.001A); the undotted form (I10, E119) only where the column
+                name says diagnosis (dx, diag, icd, ...): alone it is any short product code
+  icd9          ICD-9-CM: V and E codes with their dot (V45.81, E880.9); NNN.NN (250.00) only
+                under a diagnosis name, as a bare decimal is an amount
+  cpt           CPT category II/III (1234F, 0075T) by value; five bare digits (99213) and HCPCS
+                level II (J1100) only where the name says procedure (cpt, hcpcs, proc, ...): a
+                bare 5-digit number is as likely a postal code, a count or an id
+  ndc           National Drug Code with its dashes (4-4-2, 5-3-2, 5-4-1, 5-4-2); 10-11 bare
+                digits only where the name says drug (ndc, drug, rx, medication code)
+
 `classify(value)` applies them in that priority order to a whole structured value; `find(text)`
 searches a free text and lets a span claimed by a stronger detector (an IBAN, a card) hide the
 weaker patterns inside it (the phone-like digit groups of a card number).
@@ -263,6 +276,49 @@ def is_postal_code(value: str, hinted: bool = False) -> bool:
     return hinted and _POSTAL_HINTED.fullmatch(value) is not None
 
 
+# ---------------------------------------------------------------------------------------------- health codes
+
+HEALTH_CODE_KINDS = ("icd10", "icd9", "cpt", "ndc")
+_ICD10_DOTTED = re.compile(r"[A-TV-Z]\d[0-9AB]\.[0-9A-TV-Z]{1,4}")
+_ICD10_BARE = re.compile(r"[A-TV-Z]\d[0-9AB][0-9A-TV-Z]{0,4}")
+_ICD9_DOTTED = re.compile(r"V\d{2}\.\d{1,2}|E\d{3}\.\d")
+_ICD9_HINTED = re.compile(r"\d{3}(?:\.\d{1,2})?|V\d{2}(?:\.?\d{1,2})?|E\d{3}(?:\.?\d)?")
+_CPT_DISTINCT = re.compile(r"\d{4}[FT]")
+_CPT_HINTED = re.compile(r"\d{5}|\d{4}[FTU]|[A-CEGHJ-MP-V]\d{4}")
+_NDC_DASHED = re.compile(r"\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2}")
+_NDC_HINTED = re.compile(r"\d{10,11}")
+
+
+def health_code(value: str, hints: frozenset[str] = frozenset()) -> str | None:
+    """The kind of medical code one value is (icd10, icd9, cpt, ndc), or None.
+
+    `hints` from the column name (ppmlops.risk.categories.name_hints): 'diagnosis' admits
+    undotted ICD-10 and bare ICD-9 codes, 'procedure' five-digit CPT and HCPCS codes, 'drug'
+    undashed NDCs.
+    """
+    value = value.strip().upper() if "diagnosis" in hints or "procedure" in hints else value.strip()
+    if not value or len(value) > 13:
+        return None
+    if _ICD10_DOTTED.fullmatch(value):
+        return "icd10"
+    if _ICD9_DOTTED.fullmatch(value):
+        return "icd9"
+    if _NDC_DASHED.fullmatch(value):
+        return "ndc"
+    if _CPT_DISTINCT.fullmatch(value):
+        return "cpt"
+    if "diagnosis" in hints:
+        if _ICD9_HINTED.fullmatch(value) and not _ICD10_BARE.fullmatch(value):
+            return "icd9"
+        if _ICD10_BARE.fullmatch(value):
+            return "icd10"
+    if "procedure" in hints and _CPT_HINTED.fullmatch(value):
+        return "cpt"
+    if "drug" in hints and _NDC_HINTED.fullmatch(value):
+        return "ndc"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- phone
 
 _PHONE_CHARS = re.compile(r"\+?[\d(][\d\s().\-/]{5,22}\d")
@@ -402,6 +458,8 @@ def classify(value: str, hints: frozenset[str] = frozenset()) -> str | None:
             return "date"
         if is_postal_code(value, hinted="postal" in hints):
             return "postal_code"
+        if _NDC_DASHED.fullmatch(value):
+            return None  # a drug code (health_code), whose 0-led digit groups read like a trunk-prefix phone
         if is_phone(value):
             return "phone"
         if is_address(value):

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ppmlops.errors import PpmlopsError
-from ppmlops.risk.categories import DIRECT
+from ppmlops.risk.categories import DIRECT, looks_like_consent
 
 
 class IdentifierInFeatures(PpmlopsError):
@@ -44,6 +44,12 @@ class RiskReport:
     source: dict[str, Any] = field(default_factory=dict)  # files scanned: encoding, delimiter, rows, malformed lines
     overridden: list[dict[str, Any]] = field(default_factory=list)  # detections a declaration overrode
     dismissed: list[dict[str, Any]] = field(default_factory=list)  # name-only detections the values contradict
+    # With no consent column declared: columns whose name says consent (opt_in, gdpr_ok, ...).
+    possible_consent_columns: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.possible_consent_columns and self.consent and not self.consent.get("declared"):
+            self.possible_consent_columns = [c for c in self.source.get("columns", []) if looks_like_consent(c)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +108,9 @@ class RiskReport:
                          f"{c.get('refusals', {})}" + (f" as of {c['as_of']}" if c.get("as_of") else ""))
         elif self.consent:
             lines.append("consent: no consent column declared")
+            for c in self.possible_consent_columns:
+                lines.append(f"  possible consent column: {c}: declare it in dataset.consent "
+                             f"(ppmlops risk scan: --consent-column {c})")
         if self.source.get("files"):
             for s in self.source["files"]:
                 bad = (f", {s['rows_malformed']} malformed line(s) e.g. {s['malformed_lines'][:5]}"

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppmlops.data.consent import ConsentRules
-from ppmlops.data.reading import SourceReader, detect_encoding
+from ppmlops.data.reading import SourceReader, detect_encoding, to_csv_line
 from ppmlops.errors import DataError
 from ppmlops.risk.kanon import ClassCounter, ClassStats, row_hashes
 from ppmlops.spec import Consent
@@ -173,12 +173,12 @@ def scan_sources(
             refusals: Counter = Counter()
             qi_index = [reader.header.index(c) if c in reader.header else None for c in (qi_columns or [])]
             for chunk in reader:
-                for line, raw, why in chunk.ragged:
+                for line, fields, why in chunk.ragged:
                     info.rows_malformed += 1
                     if len(info.malformed_lines) < MAX_LINES_LISTED:
                         info.malformed_lines.append(line)
                     if writer is not None:
-                        writer.write(reader.path, line, why, raw)
+                        writer.write(reader.path, line, why, to_csv_line(fields, reader.delimiter or ","))
                 records = chunk.records
                 if rules is not None:
                     records, refused = rules.split(records)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,114 @@ def test_use_gpu_param_reaches_the_run(given, expected):
 
     spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
     assert pipeline.RunParams.from_mapping(spec, {"use_gpu": given}).use_gpu is expected
+
+
+# --------------------------------------------------------------------------- invalid specs
+
+
+def _folder(tmp_path: Path, **files: str) -> Path:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def _demo_named(name: str, **changes: str) -> str:
+    text = (REPO / "dags" / "pipelines" / "demo.yaml").read_text().replace("name: demo_churn", f"name: {name}")
+    for old, new in changes.items():
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture()
+def mixed(tmp_path, monkeypatch):
+    """A pipelines folder with two good specs and four bad ones."""
+    folder = _folder(
+        tmp_path,
+        **{"a_good.yaml": _demo_named("good_one"),
+           "b_typo.yaml": _demo_named("typo_one", **{"epochs: 4": "epochs: many"}),
+           "c_broken.yaml": "name: [unclosed",
+           "d_copy.yaml": _demo_named("good_one"),
+           "e_cron.yaml": _demo_named("bad_cron", **{'schedule: "@weekly"': 'schedule: "every tuesday"'}),
+           "f_good.yaml": _demo_named("good_two")})
+    monkeypatch.setenv("PPMLOPS_PIPELINES", str(folder))
+    from airflow.dag_processing.dagbag import DagBag
+
+    return folder, DagBag(dag_folder=str(REPO / "dags" / "ppmlops_retrain.py"))
+
+
+def test_one_invalid_spec_does_not_take_the_others_down(mixed):
+    folder, bag = mixed
+    # No import error for the file: Airflow 3.3 would mark every DAG of the file stale.
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {"ppmlops_good_one", "ppmlops_good_two", "ppmlops_typo_one",
+                             "ppmlops_invalid_c_broken", "ppmlops_invalid_d_copy", "ppmlops_bad_cron"}
+    assert set(bag.dags["ppmlops_good_one"].task_dict) == EXPECTED_TASKS
+    assert set(bag.dags["ppmlops_good_two"].task_dict) == EXPECTED_TASKS
+
+
+@pytest.mark.parametrize("dag_id,file,message", [
+    ("ppmlops_typo_one", "b_typo.yaml", r"b_typo\.yaml: invalid pipeline spec\n  training\.epochs: Input should be a valid integer"),
+    ("ppmlops_invalid_c_broken", "c_broken.yaml", r"c_broken\.yaml: not valid YAML"),
+    ("ppmlops_invalid_d_copy", "d_copy.yaml", r"d_copy\.yaml: pipeline name 'good_one' is already used by .*a_good\.yaml"),
+    ("ppmlops_bad_cron", "e_cron.yaml", r"e_cron\.yaml: schedule 'every tuesday' is not a schedule Airflow reads"),
+])
+def test_an_invalid_spec_becomes_a_dag_that_fails_with_its_error(mixed, dag_id, file, message):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    folder, bag = mixed
+    dag = bag.dags[dag_id]
+    assert "invalid-spec" in dag.tags and type(dag.timetable).__name__ == "NullTimetable"
+    assert dag.description.startswith(f"INVALID pipeline spec {file}")
+    assert re.search(message, dag.doc_md)
+    with pytest.raises(AirflowFailException, match=message):
+        dag.task_dict["invalid_spec"].python_callable()
+
+
+def _dag_module(monkeypatch, folder: Path):
+    monkeypatch.setenv("PPMLOPS_PIPELINES", str(folder))
+    spec = importlib.util.spec_from_file_location("ppmlops_retrain_under_test", REPO / "dags" / "ppmlops_retrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_spec_file_outside_the_pipelines_folder_runs_by_path(tmp_path, monkeypatch):
+    module = _dag_module(monkeypatch, _folder(tmp_path, **{"a.yaml": _demo_named("in_folder")}))
+    elsewhere = tmp_path / "elsewhere" / "mine.yaml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(_demo_named("my_own"))
+    spec, dag = module.pick(str(elsewhere))
+    assert spec.name == "my_own" and dag.dag_id == "ppmlops_my_own" and set(dag.task_dict) == EXPECTED_TASKS
+    spec, dag = module.pick("in_folder")
+    assert dag.dag_id == "ppmlops_in_folder"
+
+
+def test_picking_an_invalid_or_unknown_pipeline_says_why(tmp_path, monkeypatch):
+    module = _dag_module(monkeypatch, _folder(tmp_path, **{"b.yaml": _demo_named("broken", **{"epochs: 4": "epochs: -1"})}))
+    with pytest.raises(SystemExit, match=r"b\.yaml: invalid pipeline spec\n  training\.epochs"):
+        module.pick("broken")
+    with pytest.raises(SystemExit, match=r"no pipeline named 'nothing' in .*, and no spec file nothing"):
+        module.pick("nothing")
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text("name: [unclosed")
+    with pytest.raises(SystemExit, match=r"bad\.yaml: not valid YAML"):
+        module.pick(str(bad_file))
+
+
+def test_spec_check_reports_every_file(tmp_path, capsys):
+    from ppmlops import cli
+
+    folder = _folder(tmp_path, **{"a.yaml": _demo_named("one"), "b.yaml": "name: [unclosed",
+                                  "c.yaml": _demo_named("two", **{"epochs: 4": "epochs: -1"}),
+                                  "d.yaml": _demo_named("one")})
+    files = [str(folder / n) for n in ("a.yaml", "b.yaml", "c.yaml", "d.yaml")]
+    assert cli.main(["spec", "check", *files]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{files[0]}: ok (ppmlops_one, dataset demo_customers, 9 features)"
+    assert out[1].startswith(f"{files[1]}: not valid YAML")
+    assert any(line.startswith(f"{files[2]}: invalid pipeline spec") for line in out)
+    assert any(line.startswith(f"{files[3]}: invalid: pipeline name 'one' is already used by {files[0]}") for line in out)
+    assert out[-1] == "1 ok, 3 invalid"
+    assert cli.main(["spec", "check", files[0]]) == 0

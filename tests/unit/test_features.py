@@ -70,13 +70,15 @@ def test_width_is_fixed_by_the_spec_not_the_data():
     assert y.tolist() == [0]
 
 
-def test_unknown_category_and_bad_values_are_errors():
-    with pytest.raises(DataError, match=r"column plan: position 0 holds 'gold', not a declared category"):
+def test_unknown_category_and_bad_values_are_errors_that_do_not_show_the_value():
+    with pytest.raises(DataError, match=r"column plan: row 0 is not a declared category") as err:
         encode(frame(plan=["gold"]), DEMO)
-    with pytest.raises(DataError, match=r"column age: position 1 holds .*not a finite number"):
+    assert "gold" not in str(err.value)
+    with pytest.raises(DataError, match=r"column age: row 1 is not a finite number"):
         encode(frame(age=[30.0, float("nan")]), DEMO)
-    with pytest.raises(DataError, match=r"label churned: position 0 holds 'maybe'"):
+    with pytest.raises(DataError, match=r"label churned: row 0 is not one of") as err:
         encode(frame(churned=["maybe"]), DEMO)
+    assert "maybe" not in str(err.value)
     with pytest.raises(DataError, match=r"column\(s\) \['plan'\] missing"):
         encode(frame().drop(columns=["plan"]), DEMO)
 

@@ -89,10 +89,16 @@ def test_demo_counts_reconcile(demo):
     rows = quarantine(r)
     assert len(rows) == r.rows_quarantined
     assert len(Path(r.quarantine_path).read_text().splitlines()) == r.rows_quarantined + 1
-    # every quarantined row keeps its original columns, and its line number points at it
-    for q in rows[:50]:
+    # no direct identifier is kept; a refused row keeps nothing but where, why and its HMAC; the
+    # others keep their other columns, and the line number points at the row
+    assert not set(rows[0]) & set(spec.dataset.identifiers)
+    for q in rows[:200]:
         original = source.iloc[int(q["_line"]) - 2]
-        assert q["customer_id"] == original["customer_id"] and q["email"] == original["email"]
+        if q["_reason"].startswith("column consent"):
+            assert q["age"] == q["plan"] == q["consent"] == ""
+        else:
+            assert q["age"] == original["age"] and q["plan"] == original["plan"]
+        assert len(q["_record_hmac"]) == 64
     assert 0.15 < r.rows_test / r.rows_staged < 0.25
 
 
@@ -181,8 +187,12 @@ def test_quarantine_reasons_and_line_numbers(tmp_path):
     }
     assert r.quarantine_reasons == {"no consent": 1, "invalid value": 3, "invalid label": 2,
                                     "unknown category": 1, "malformed line": 2}
-    assert got[8]["_raw"] == "g@x.org,42,basic,yes,no,extra" and got[8]["email"] == ""
-    assert got[4]["email"] == "c@x.org" and got[4]["age"] == "abc"  # original values kept
+    # a malformed line: its field count and keyed hash, never its text; no identifier anywhere
+    assert got[8]["_fields"] == "6" and got[8]["age"] == "" and len(got[8]["_record_hmac"]) == 64
+    assert "email" not in got[4] and got[4]["age"] == "abc"  # the bad value is kept, to be fixed
+    assert got[3]["age"] == got[3]["plan"] == "" and got[3]["_reason"].startswith("column consent")
+    text = Path(r.quarantine_path).read_text()
+    assert "@x.org" not in text
     assert all(q["_source"] == str(src) for q in got.values())
     assert sorted(pd.read_parquet(r.snapshot_train)["age"]) == [30.0, 44.0, 45.0, 50.0]
 
@@ -406,4 +416,182 @@ def test_declared_latin1_and_semicolons(tmp_path):
     assert r.sources[0]["encoding"] == "latin-1" and r.sources[0]["delimiter"] == ";"
     assert r.rows_train == 1
     q = quarantine(r)
-    assert q[0]["_line"] == "3" and q[0]["_raw"] == "b@x;31;basic;yes;no;extra"
+    assert q[0]["_line"] == "3" and q[0]["_fields"] == "6" and "b@x" not in Path(r.quarantine_path).read_text()
+
+
+# --------------------------------------------------------------------------- unclosed quotes
+
+
+def _rows(n: int) -> list[str]:
+    return [f"p{i}@x.org,{20 + i % 60},{'basic' if i % 3 else 'premium'},yes,{'yes' if i % 2 else 'no'}"
+            for i in range(n)]
+
+
+def test_an_unclosed_quote_stops_the_run_naming_its_line(tmp_path):
+    """6,000 rows, one quote never closed on line 2,001: before, the rest of the file became one
+    "malformed line" and the run trained on a third of the data."""
+    rows = _rows(6000)
+    rows[1999] = rows[1999].replace("p1999@x.org", '"p1999@x.org')  # line 2001 (the header is line 1)
+    src = tmp_path / "quote.csv"
+    src.write_text("email,age,plan,consent,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"quote\.csv: line 2001: a quoted field opens on this line and runs to "
+                       r"line 6001, taking in the lines after it as its text: an unclosed quote") as err:
+        ingest(small_spec(src), tmp_path / "run")
+    assert err.value.line == 2001 and "p2000" not in str(err.value)
+    assert not (tmp_path / "run" / "snapshot_train.parquet").exists()
+
+
+def test_a_stray_quote_that_closes_later_is_caught_too(tmp_path):
+    rows = _rows(50)
+    rows[9] = rows[9].replace("basic", '"basic').replace("premium", '"premium')
+    rows[30] = rows[30].replace("@x.org", '@x.org"')  # a second stray quote closes the runaway field
+    src = tmp_path / "stray.csv"
+    src.write_text("email,age,plan,consent,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"stray\.csv: line 11: a quoted field opens on this line and runs to line 32"):
+        ingest(small_spec(src), tmp_path / "run")
+
+
+def test_quoted_line_breaks_in_a_field_are_still_fine(tmp_path):
+    src = tmp_path / "notes.csv"
+    src.write_text('email,age,plan,consent,y\n"a@x\nsecond line, with a comma\nthird",30,basic,yes,yes\n'
+                   'b@x,31,basic,yes,no\n')
+    r = ingest(small_spec(src), tmp_path / "run")
+    assert (r.rows_in, r.rows_train, r.rows_quarantined) == (2 + 1, 2, 0)
+
+
+def test_a_runaway_record_is_caught_by_its_length_in_a_narrow_file(tmp_path, monkeypatch):
+    from ppmlops.data import reading
+
+    monkeypatch.setattr(reading, "MAX_RECORD_LINES", 5)
+    src = tmp_path / "narrow.csv"
+    src.write_text("a,b\n" + '1,"x\n' + "".join(f"{i},y\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"narrow\.csv: line 2: a quoted field opens on this line and runs to line 22"):
+        list(reading.SourceReader(src))
+
+
+def test_only_ascii_digits_are_numbers(tmp_path):
+    src = tmp_path / "digits.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,\u0663\u0660,basic,yes,no\n"
+                   "c@x,\uff13\uff10,basic,yes,no\nd@x,3\u06f0,basic,yes,no\n", encoding="utf-8")
+    r = ingest(small_spec(src), tmp_path / "run")
+    assert r.rows_train == 1 and r.quarantine_reasons == {"invalid value": 3}
+    assert all(q["_reason"].endswith("is not a number") for q in quarantine(r))
+
+
+def test_consent_expiry_dates_need_ascii_digits():
+    from ppmlops.data.consent import parse_expiry
+
+    assert parse_expiry("2030-01-31").isoformat() == "2030-01-31"
+    assert parse_expiry("\u0662\u0660\u0663\u0660-01-31") is None
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_streaming_keeps_the_canonical_hash_and_split(demo, tmp_path):
+    """The values ingest gave before it streamed (e5b07a2, same generated table)."""
+    spec, r, _ = demo
+    assert r.sha256 == "f7f3145e40ca8e9a7afea7e1acc8fb4d6f04d985ab07afd2adebebbd32a3cec7"
+    assert (r.rows_train, r.rows_test, r.rows_quarantined) == (4489, 1091, 420)
+    small = ingest(spec, tmp_path / "small_chunks", chunk_rows=97)  # many chunks, many row groups
+    assert small.sha256 == r.sha256 and small.rows_train == r.rows_train
+    assert pq.ParquetFile(small.snapshot_train).num_row_groups > 40
+    assert Path(small.quarantine_path).read_text() == Path(r.quarantine_path).read_text()
+
+
+def test_a_failed_ingest_leaves_no_partial_files(tmp_path):
+    rows = _rows(300)
+    rows[250] = rows[250].replace("basic", '"basic').replace("premium", '"premium')
+    src = tmp_path / "late.csv"
+    src.write_text("email,age,plan,consent,y\n" + "\n".join(rows) + "\n" + "\n".join(_rows(10)) + "\n")
+    with pytest.raises(DataError, match="unclosed quote"):
+        ingest(small_spec(src), tmp_path / "run", chunk_rows=50)  # fails after chunks were written
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- quarantine minimisation
+
+
+def test_quarantine_hmac_key_is_a_0600_file_per_dataset_without_a_pseudonym_key(tmp_path, monkeypatch):
+    from ppmlops.data.quarantine import record_hmac
+
+    monkeypatch.delenv("PPMLOPS_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    src = tmp_path / "refused.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,31,basic,no,no\nc@x,32,basic,yes,no\n")
+    first = quarantine(ingest(small_spec(src), tmp_path / "run1"))
+    key_file = tmp_path / "home" / "keys" / "small.quarantine.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = bytes.fromhex(key_file.read_text().strip())
+    assert first[0]["_record_hmac"] == record_hmac(key, ["b@x", "31", "basic", "no", "no"])
+    second = quarantine(ingest(small_spec(src), tmp_path / "run2"))
+    assert second[0]["_record_hmac"] == first[0]["_record_hmac"]  # traceable across runs
+
+
+def test_quarantine_hmac_uses_the_pseudonym_key_when_set(tmp_path, monkeypatch):
+    import hashlib
+    import hmac
+
+    monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", "q" * 32)
+    src = tmp_path / "refused.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,31,basic,no,no\nc@x,32,basic,yes,no\n")
+    [row] = quarantine(ingest(small_spec(src), tmp_path / "run"))
+    expected = hmac.new(b"q" * 32, b"ppmlops-quarantine-v1\x00" + "\x1f".join(["b@x", "31", "basic", "no", "no"]).encode(),
+                        hashlib.sha256).hexdigest()
+    assert row["_record_hmac"] == expected
+
+
+def test_quarantine_stays_readable_at_the_default_csv_field_limit(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "long.csv"
+    src.write_text("email,age,plan,consent,y,notes\na@x,30,basic,yes,yes,short\n"
+                   f'b@x,abc,basic,yes,no,"{"x" * 300_000}"\nc@x,32,basic,yes,no,ok\n')
+    r = ingest(small_spec(src), tmp_path / "run")
+    # A fresh interpreter: this one raised csv's limit for reading sources.
+    script = ("import csv,sys; rows=list(csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')));"
+              "print(len(rows), len(rows[0]['notes']))")
+    out = subprocess.run([sys.executable, "-c", script, r.quarantine_path], capture_output=True, text=True, check=True)
+    n, width = map(int, out.stdout.split())
+    assert n == 1 and width < 131072
+
+
+def _earlier_run(runs: Path, name: str, dataset_id: str, age_days: float) -> Path:
+    import os
+
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "ingest.json").write_text(json.dumps({"dataset_id": dataset_id}))
+    q = folder / "quarantine.csv"
+    q.write_text("_source,_line\n")
+    old = time.time() - age_days * 86400
+    os.utime(q, (old, old))
+    return q
+
+
+def test_old_quarantine_files_of_the_dataset_are_deleted_at_the_next_ingest(tmp_path, monkeypatch):
+    monkeypatch.delenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", raising=False)
+    runs = tmp_path / "runs" / "small"
+    old = _earlier_run(runs, "run-old", "small", 45)
+    recent = _earlier_run(runs, "run-recent", "small", 3)
+    other = _earlier_run(runs, "run-other", "another_dataset", 400)
+    src = tmp_path / "data.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,31,basic,no,no\n")
+    r = ingest(small_spec(src), runs / "run-new")
+    assert r.quarantine_retention_days == 30 and r.quarantine_expired == [str(old)]
+    assert not old.exists() and recent.exists() and other.exists()
+    assert Path(r.quarantine_path).exists()
+    monkeypatch.setenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", "0")
+    r = ingest(small_spec(src), runs / "run-newer")
+    # run-new has no ingest.json (the pipeline writes it after ingest): not a run folder to touch
+    assert r.quarantine_expired == [str(recent)]
+    assert other.exists() and (runs / "run-new" / "quarantine.csv").exists()
+
+
+def test_a_bad_retention_setting_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", "a month")
+    src = tmp_path / "data.csv"
+    src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\n")
+    with pytest.raises(DataError, match=r"PPMLOPS_QUARANTINE_RETENTION_DAYS must be a whole number of days >= 0"):
+        ingest(small_spec(src), tmp_path / "run")

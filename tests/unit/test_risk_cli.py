@@ -133,3 +133,16 @@ def test_tab_delimited_file_with_malformed_lines(tmp_path, capsys):
     assert code == 0 and doc["source"]["files"][0]["delimiter"] == "\t"
     assert doc["source"]["files"][0]["malformed_lines"] == [32]
     assert "line 32 has 3 fields, the header has 2" in quarantine.read_text()
+
+
+def test_scan_points_at_a_possible_consent_column(capsys):
+    clinical = Path(__file__).resolve().parents[1] / "fixtures" / "risk" / "clinical.csv"
+    code, out, _ = run(["risk", "scan", str(clinical)], capsys)
+    assert code == 0
+    assert ("  possible consent column: opt_in_research: declare it in dataset.consent "
+            "(ppmlops risk scan: --consent-column opt_in_research)") in out.splitlines()
+    assert "dx1: health, special category" in out and "zip5: postal code, quasi identifier" in out
+    code, out, _ = run(["risk", "scan", str(clinical), "--json"], capsys)
+    assert json.loads(out)["possible_consent_columns"] == ["opt_in_research"]
+    code, out, _ = run(["risk", "scan", str(clinical), "--consent-column", "opt_in_research"], capsys)
+    assert "possible consent column" not in out

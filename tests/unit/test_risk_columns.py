@@ -32,8 +32,15 @@ def found_by_column(result) -> dict[str, set[tuple[str, str]]]:
     return out
 
 
-def test_labelled_columns_precision_and_recall(table):
-    header, sample, labels = table
+def load_table(name: str):
+    with open(FIXTURES / f"{name}.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header, data = rows[0], rows[1:]
+    labels = json.loads((FIXTURES / f"{name}_labels.json").read_text())
+    return header, {c: [r[i] for r in data] for i, c in enumerate(header)}, labels
+
+
+def assert_precision_and_recall(header, sample, labels, title: str):
     result = classify_columns(header, sample, set(header), as_of=date.fromisoformat(labels["as_of"]))
     got = found_by_column(result)
     tp, fp, fn = Counter(), Counter(), Counter()
@@ -53,9 +60,42 @@ def test_labelled_columns_precision_and_recall(table):
         r = tp[k] / (tp[k] + fn[k]) if tp[k] + fn[k] else 1.0
         lines.append(f"{k[0]:18} {k[1]:12} precision {p:.2f} recall {r:.2f}")
         assert p >= 0.95 and r >= 0.95, f"{k}: precision {p:.2f}, recall {r:.2f}"
-    print("\ncolumn classification on tests/fixtures/risk/columns.csv\n" + "\n".join(lines))
+    print(f"\ncolumn classification on tests/fixtures/risk/{title}\n" + "\n".join(lines))
     negatives = [c for c in header if not labels["columns"][c]]
-    assert len(negatives) >= 15 and not any(c in got for c in negatives)
+    assert not any(c in got for c in negatives), {c: got[c] for c in negatives if c in got}
+    return negatives, tp
+
+
+def test_labelled_columns_precision_and_recall(table):
+    negatives, _ = assert_precision_and_recall(*table, "columns.csv")
+    assert len(negatives) >= 15
+
+
+def test_clinical_columns_precision_and_recall():
+    """Coded health data, 5-digit postal codes and a consent column in a table PRAM has not seen."""
+    negatives, tp = assert_precision_and_recall(*load_table("clinical"), "clinical.csv")
+    assert tp[("special_category", "health")] == 7 and tp[("quasi_identifier", "postal_code")] == 2
+    assert len(negatives) >= 8
+
+
+def test_health_codes_need_a_name_when_the_value_alone_is_ambiguous():
+    header, sample, labels = load_table("clinical")
+    renamed = {"col_a": sample["dx1"], "col_b": sample["proc_cpt"], "col_c": sample["zip5"],
+               "col_d": sample["principal_code"], "col_e": sample["ndc"]}
+    got = found_by_column(classify_columns(list(renamed), renamed, set(renamed)))
+    # ICD-10 with dots (dx1 is mostly dotted) and dashed NDCs say what they are; bare CPT numbers
+    # and ZIPs do not.
+    health = {("special_category", "health")}
+    assert got == {"col_a": health, "col_d": health, "col_e": health}
+
+
+def test_name_rules_for_special_categories():
+    from ppmlops.risk.categories import SPECIAL, name_matches
+
+    for column, kind in [("religion", "religion"), ("Religious_Affiliation", "religion"), ("faith", "religion"),
+                         ("denomination", "religion"), ("diagnosis", "health"), ("dx2", "health"),
+                         ("proc_cpt", "health"), ("ndc", "health"), ("marital_status", "marital_status")]:
+        assert name_matches(column).get(SPECIAL) == kind, column
 
 
 def test_findings_carry_share_confidence_and_masked_examples(table):

@@ -139,3 +139,41 @@ def test_masked_examples_do_not_reveal_the_value(value):
     masked = mask_value(value)
     assert masked != value and "*" in masked
     assert sum(c.isdigit() for c in masked) <= 2  # at most the last two digits show
+
+
+# --------------------------------------------------------------------------- medical codes
+
+DIAGNOSIS, PROCEDURE, DRUG = frozenset({"diagnosis"}), frozenset({"procedure"}), frozenset({"drug"})
+
+
+@pytest.mark.parametrize("value,hints,kind", [
+    ("E11.9", frozenset(), "icd10"), ("S72.001A", frozenset(), "icd10"), ("J45.909", frozenset(), "icd10"),
+    ("I10", DIAGNOSIS, "icd10"), ("i10", DIAGNOSIS, "icd10"), ("E119", DIAGNOSIS, "icd10"),
+    ("V45.81", frozenset(), "icd10"),  # also a valid ICD-10 external-cause code
+    ("E880.9", frozenset(), "icd9"), ("250.00", DIAGNOSIS, "icd9"), ("401.9", DIAGNOSIS, "icd9"), ("496", DIAGNOSIS, "icd9"),
+    ("3074F", frozenset(), "cpt"), ("0075T", frozenset(), "cpt"), ("99213", PROCEDURE, "cpt"), ("J1100", PROCEDURE, "cpt"),
+    ("0002-3227-30", frozenset(), "ndc"), ("68180-513-01", frozenset(), "ndc"), ("50090-2875-0", frozenset(), "ndc"),
+    ("00002322730", DRUG, "ndc"),
+])
+def test_health_codes(value, hints, kind):
+    assert detectors.health_code(value, hints) == kind
+
+
+@pytest.mark.parametrize("value,hints,why", [
+    ("I10", frozenset(), "a short code without a diagnosis name is any product code"),
+    ("250.00", frozenset(), "an amount unless the name says diagnosis"),
+    ("99213", frozenset(), "a bare 5-digit number: a postal code, a count or an id"),
+    ("99213", frozenset({"postal"}), "under a postal-code name it is a ZIP, not a procedure"),
+    ("J1100", frozenset(), "a lot or product code without a procedure name"),
+    ("12345-6789", frozenset(), "ZIP+4 has two groups"),
+    ("1.2.9", DIAGNOSIS, "a version number"),
+    ("U07.1", frozenset(), "ICD-10 U codes are reserved; not taken without a name"),
+    ("DD-6953", frozenset(), "a product code"),
+    ("2021-03-04", DIAGNOSIS, "a date"),
+])
+def test_not_health_codes(value, hints, why):
+    assert detectors.health_code(value, hints) is None, why
+
+
+def test_a_drug_code_is_not_a_phone():
+    assert classify("0002-3227-30") is None and classify("0161 496 0000") == "phone"

@@ -1,0 +1,109 @@
+"""Ingest throughput and peak memory on a generated CSV much larger than what ingest may hold.
+
+    .venv/bin/python benchmarks/ingest_memory.py                     # 1 GiB file in /tmp, ingested, deleted
+    .venv/bin/python benchmarks/ingest_memory.py --size-mb 200
+
+Writes the customer table of benchmarks/risk_scan.py (identifiers, quasi-identifiers, a consent
+flag, numbers) of the given size, then runs the ingest stage on it in a child process, so the
+reported peak resident memory (ru_maxrss) is ingest's own: imports, one chunk of rows, the
+Parquet writers' buffers, not the file. Prints rows per second, MiB per second, the peak memory
+next to the file size, and what was staged (the snapshots and the quarantine file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+SPEC = {
+    "name": "ingest_memory",
+    "dataset": {
+        "id": "ingest_memory",
+        "source": {"path": "PLACEHOLDER"},
+        "label": {"column": "churned", "positive": "yes", "values": ["yes", "no"]},
+        "consent": {"column": "consent"},
+        "identifiers": ["customer_id", "email", "phone", "ssn", "zip", "dob"],
+        "features": [
+            {"name": "age", "type": "numeric", "range": [0, 120]},
+            {"name": "sex", "type": "categorical", "categories": ["female", "male"]},
+            {"name": "plan", "type": "categorical", "categories": ["basic", "plus", "premium"]},
+            {"name": "monthly_spend", "type": "numeric", "range": [0, 10000], "log": True},
+        ],
+    },
+    "privacy": {"epsilon": 1.0, "delta": 1e-6, "run_epsilon": 1.0},
+    "deploy": {"model_name": "ingest_memory"},
+}
+
+
+def ingest_child(path: Path, run_dir: Path) -> dict:
+    """Runs in the child: the ingest stage, timed, with this process's peak memory."""
+    import resource
+
+    from ppmlops.data.ingest import ingest
+    from ppmlops.spec import parse_spec
+
+    doc = json.loads(json.dumps(SPEC))
+    doc["dataset"]["source"]["path"] = str(path)
+    spec = parse_spec(doc)
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    r = ingest(spec, run_dir)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "rows": r.rows_in, "train": r.rows_train, "test": r.rows_test,
+            "quarantined": r.rows_quarantined, "reasons": r.quarantine_reasons,
+            "peak_rss_mb": peak_kb / 1024, "rss_after_imports_mb": base_kb / 1024,
+            "snapshot_mb": (Path(r.snapshot_train).stat().st_size + Path(r.snapshot_test).stat().st_size) / 2**20,
+            "quarantine_mb": Path(r.quarantine_path).stat().st_size / 2**20}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=float, default=1024)
+    ap.add_argument("--child", nargs=2, metavar=("CSV", "RUN_DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(ingest_child(Path(args.child[0]), Path(args.child[1]))))
+        return 0
+
+    loader = importlib.util.spec_from_file_location("risk_scan_bench", HERE / "risk_scan.py")
+    risk_scan = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(risk_scan)
+    work = Path(tempfile.mkdtemp(prefix="ppmlops-ingest-bench-", dir="/tmp"))
+    try:
+        path = work / "customers.csv"
+        t = time.perf_counter()
+        rows = risk_scan.generate(path, int(args.size_mb * 1024 * 1024))
+        size = path.stat().st_size
+        print(f"generated {path}: {size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent), "PPMLOPS_HOME": str(work / "home"),
+               "PPMLOPS_DATA_ROOTS": str(work)}
+        child = subprocess.run([sys.executable, __file__, "--child", str(path), str(work / "run")],
+                               capture_output=True, text=True, env=env)
+        if child.returncode != 0:
+            print(child.stderr, file=sys.stderr)
+            return child.returncode
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"ingest: {r['rows']} rows in {r['seconds']:.1f}s = {r['rows'] / r['seconds']:,.0f} rows/s, "
+              f"{size / 2**20 / r['seconds']:.1f} MiB/s")
+        print(f"peak resident memory of the ingesting process: {r['peak_rss_mb']:.0f} MiB "
+              f"({r['rss_after_imports_mb']:.0f} MiB after imports) for a {size / 2**20:.0f} MiB file")
+        print(f"staged: train {r['train']}, test {r['test']} ({r['snapshot_mb']:.0f} MiB of Parquet); "
+              f"quarantined {r['quarantined']} {r['reasons']} ({r['quarantine_mb']:.1f} MiB)")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

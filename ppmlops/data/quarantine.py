@@ -1,0 +1,165 @@
+"""The quarantine file: every row ingestion could not or may not use, minimised.
+
+Each run writes `quarantine.csv` in its run folder so that a person can see what was left out
+and why. It keeps no more than that needs:
+
+- every row: `_source` (file), `_line` (1-based line, or row for Parquet), `_reason`, and
+  `_record_hmac`, a keyed HMAC-SHA256 of the record's fields, to trace a row across runs and
+  files without keeping it (HMAC, not a plain hash: identifiers are guessable, so a plain hash
+  of a record could be matched against candidates);
+- rows whose owner did not consent: nothing else. The person refused; the run keeps only that
+  it refused their row;
+- other well-formed rows (a bad value, label or category): their columns except the spec's
+  direct identifiers (`dataset.identifiers`, pseudonymized ones included), so the bad value can
+  be found and fixed; a cell is cut at CELL_LIMIT characters, which keeps every row readable by
+  Python's csv module at its default field limit (128 KiB);
+- lines that could not be split into the header's columns: `_fields`, how many fields the line
+  had; never its text, which holds the identifiers too.
+
+The HMAC key is the pseudonymization key when it is configured (the environment variable the
+spec names, default PPMLOPS_PSEUDONYM_KEY), else a per-dataset random key created once under
+PPMLOPS_HOME/keys/ with mode 0600. Either way with its own domain-separation prefix, so these
+MACs never equal the staged pseudonyms.
+
+Retention: at each ingest, the quarantine files of the same dataset's earlier runs in the same
+pipeline's runs folder that are older than PPMLOPS_QUARANTINE_RETENTION_DAYS (default 30; 0
+removes every earlier one) are deleted, so refused rows are not kept a copy per run forever.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ppmlops.data.pseudonymize import MIN_KEY_BYTES
+from ppmlops.errors import DataError
+
+FILE_NAME = "quarantine.csv"
+META_COLUMNS = ("_source", "_line", "_reason", "_record_hmac", "_fields")
+CELL_LIMIT = 10_000
+RETENTION_ENV = "PPMLOPS_QUARANTINE_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 30
+_CONTEXT = b"ppmlops-quarantine-v1\x00"
+
+
+def hmac_key(dataset_id: str, key_env: str, home: Path) -> bytes:
+    """The key for `_record_hmac`: the pseudonym key if set (and long enough), else the dataset's
+    own key file under `home`/keys, created with 0600 on first use."""
+    configured = os.environ.get(key_env, "").encode("utf-8")
+    if len(configured) >= MIN_KEY_BYTES:
+        return configured
+    folder = home / "keys"
+    path = folder / f"{dataset_id}.quarantine.key"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = bytes.fromhex(path.read_text().strip())
+        else:
+            key = secrets.token_bytes(32)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key.hex() + "\n")
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read or create the quarantine key {path}: {getattr(err, 'strerror', None) or err}; "
+                        f"set {key_env} or fix the folder's permissions") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise DataError(f"the quarantine key {path} is damaged (too short); delete it to make a new one")
+    return key
+
+
+def record_hmac(key: bytes, fields: Sequence[str]) -> str:
+    return hmac.new(key, _CONTEXT + "\x1f".join(fields).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _cell(value: str) -> str:
+    if len(value) <= CELL_LIMIT:
+        return value
+    return value[:CELL_LIMIT] + f"...[{len(value) - CELL_LIMIT} more characters cut]"
+
+
+class QuarantineWriter:
+    """Streams quarantined rows to `path` (written next to it, moved in place by `commit`)."""
+
+    def __init__(self, path: Path, headers: Sequence[Sequence[str]], identifiers: Sequence[str], key: bytes):
+        self.path = path
+        dropped = set(identifiers)
+        self.columns: list[str] = []
+        for header in headers:
+            self.columns.extend(c for c in header if c not in self.columns and c not in dropped)
+        self.columns.extend(c for c in META_COLUMNS if c not in self.columns)
+        self._key = key
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
+        self._csv = csv.writer(self._fh, lineterminator="\n")
+        self._csv.writerow(self.columns)
+        self.rows = 0
+
+    def refused(self, source: Path, line: int, reason: str, record: Sequence[str]) -> None:
+        """A row whose owner did not consent: where, why and its HMAC only."""
+        self._row(source, line, reason, record_hmac(self._key, record), {})
+
+    def invalid(self, source: Path, line: int, reason: str, header: Sequence[str], record: Sequence[str]) -> None:
+        """A well-formed row with a bad value: its non-identifier columns are kept."""
+        self._row(source, line, reason, record_hmac(self._key, record), dict(zip(header, record)))
+
+    def malformed(self, source: Path, line: int, reason: str, fields: Sequence[str]) -> None:
+        """A line with the wrong number of fields: its field count, never its text."""
+        self._row(source, line, reason, record_hmac(self._key, fields), {"_fields": str(len(fields))})
+
+    def _row(self, source: Path, line: int, reason: str, mac: str, values: dict[str, str]) -> None:
+        values |= {"_source": str(source), "_line": str(line), "_reason": reason, "_record_hmac": mac}
+        self._csv.writerow([_cell(values[c]) if c in values else "" for c in self.columns])
+        self.rows += 1
+
+    def commit(self) -> None:
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def retention_days() -> int:
+    raw = os.environ.get(RETENTION_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETENTION_DAYS
+    try:
+        days = int(raw)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise DataError(f"{RETENTION_ENV} must be a whole number of days >= 0 (0: keep only the newest run's "
+                        f"quarantine), not {raw!r}")
+    return days
+
+
+def expire(run_dir: Path, dataset_id: str, days: int, now: float | None = None) -> list[str]:
+    """Delete earlier runs' quarantine files of `dataset_id` older than `days`; return their paths.
+
+    Only sibling run folders of `run_dir` whose ingest.json names the same dataset are touched.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for other in sorted(run_dir.parent.iterdir()) if run_dir.parent.is_dir() else []:
+        target = other / FILE_NAME
+        if other == run_dir or not target.is_file():
+            continue
+        try:
+            if json.loads((other / "ingest.json").read_text()).get("dataset_id") != dataset_id:
+                continue
+            if now - target.stat().st_mtime < days * 86400:
+                continue
+            target.unlink()
+        except (OSError, ValueError, AttributeError):
+            continue  # not a run folder of this pipeline, or already gone
+        removed.append(str(target))
+    return removed
