@@ -24,7 +24,7 @@ package ppmlops
 #   min_consent_coverage   share of source rows with consent below which training is refused
 #   risk_discount          run epsilon is scaled by (1 - risk_discount * risk score)
 #   min_epsilon            below this a run cannot learn anything useful: refuse to train
-#   require_secure_rng_in_production   production models must be trained with a CSPRNG
+#   (every deploy needs randomness "secure": a reproducible run's draws can be replayed)
 #   needs_approval_risk    deploys at or above this risk score wait for a human
 #   approval_environments  deploys to these environments always wait for a human
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +35,6 @@ profiles := {
 		"min_consent_coverage": 0.9,
 		"risk_discount": 0.5,
 		"min_epsilon": 0.05,
-		"require_secure_rng_in_production": true,
 		"needs_approval_risk": 0.7,
 		"approval_environments": [],
 	},
@@ -45,7 +44,6 @@ profiles := {
 		"min_consent_coverage": 0.95,
 		"risk_discount": 0.6,
 		"min_epsilon": 0.05,
-		"require_secure_rng_in_production": true,
 		"needs_approval_risk": 0.5,
 		"approval_environments": ["production"],
 	},
@@ -55,7 +53,6 @@ profiles := {
 		"min_consent_coverage": 0.5,
 		"risk_discount": 0.4,
 		"min_epsilon": 0.05,
-		"require_secure_rng_in_production": true,
 		"needs_approval_risk": 0.8,
 		"approval_environments": [],
 	},
@@ -65,7 +62,6 @@ profiles := {
 		"min_consent_coverage": 0,
 		"risk_discount": 0.25,
 		"min_epsilon": 0.01,
-		"require_secure_rng_in_production": true,
 		"needs_approval_risk": 0.9,
 		"approval_environments": [],
 	},
@@ -73,7 +69,7 @@ profiles := {
 
 # Fields a model card must state before its model may serve.
 required_card_fields := [
-	"model_name", "dataset_id", "data_sha256", "epsilon", "delta",
+	"model_name", "dataset_id", "data_fingerprint", "epsilon", "delta",
 	"accountant", "metrics", "intended_use",
 ]
 
@@ -143,21 +139,24 @@ _train_deny contains msg if {
 	some msg in _train_input_errors
 }
 
+# What the run already released (its noisy counts) is part of its epsilon; training gets the rest.
+_released := object.get(input.ledger, "epsilon_released", 0) if _train_input_ok
+
 _train_deny contains msg if {
 	_train_input_ok
-	_remaining < _profile.min_epsilon
-	msg := sprintf("budget spent: %s of %s used (%s left; the %s minimum for a run is %s)", [
-		fmt(input.ledger.epsilon_spent), fmt(input.dataset.epsilon_budget),
-		fmt(_remaining), input.dataset.regulation, fmt(_profile.min_epsilon),
+	_remaining - _released < _profile.min_epsilon
+	msg := sprintf("budget spent: %s of the lifetime budget (epsilon %s) is used; training could add at most epsilon %s, below the %s minimum %s", [
+		_percent(object.get(input.ledger, "share_used", 1)), fmt(input.dataset.epsilon_budget),
+		fmt(max([0, _remaining - _released])), input.dataset.regulation, fmt(_profile.min_epsilon),
 	])
 }
 
 _train_deny contains msg if {
 	_train_input_ok
-	_remaining >= _profile.min_epsilon
-	_run_epsilon < _profile.min_epsilon
-	msg := sprintf("planned run epsilon %s is below the %s minimum %s (%s)", [
-		fmt(_run_epsilon), input.dataset.regulation, fmt(_profile.min_epsilon),
+	_remaining - _released >= _profile.min_epsilon
+	_run_epsilon - _released < _profile.min_epsilon
+	msg := sprintf("planned run epsilon %s leaves %s for training after the run's noisy counts, below the %s minimum %s (%s)", [
+		fmt(_run_epsilon), fmt(max([0, _run_epsilon - _released])), input.dataset.regulation, fmt(_profile.min_epsilon),
 		concat("; ", _budget_reasons),
 	])
 }
@@ -165,6 +164,23 @@ _train_deny contains msg if {
 _train_deny contains msg if {
 	_train_input_ok
 	some msg in _delta_errors
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	object.get(input.ledger, "holdout_epsilon_remaining", 0) < _profile.min_epsilon
+	msg := sprintf("the held-out rows' lifetime budget is spent (a run could get %s, the %s minimum is %s): no noisy evaluation, so no deploy decision, is possible", [
+		fmt(object.get(input.ledger, "holdout_epsilon_remaining", 0)), input.dataset.regulation, fmt(_profile.min_epsilon),
+	])
+}
+
+_train_deny contains msg if {
+	_train_input_ok
+	object.get(input.request, "randomness", "secure") != "secure"
+	object.get(input.request, "environment", "development") in {"staging", "production"}
+	msg := sprintf("randomness %q cannot deploy to %s (its draws can be replayed): train with randomness secure", [
+		object.get(input.request, "randomness", ""), object.get(input.request, "environment", ""),
+	])
 }
 
 _train_deny contains msg if {
@@ -199,25 +215,25 @@ _deploy_deny contains msg if {
 
 _deploy_deny contains msg if {
 	_deploy_input_ok
-	input.privacy.epsilon_spent > input.privacy.epsilon_planned + epsilon_tolerance
-	msg := sprintf("run spent epsilon %s, more than the %s planned: the privacy filter did not hold", [
-		fmt(input.privacy.epsilon_spent), fmt(input.privacy.epsilon_planned),
+	input.privacy.epsilon_used > input.privacy.epsilon + epsilon_tolerance
+	msg := sprintf("run used epsilon %s, more than its fixed budget %s: the privacy filter did not hold", [
+		fmt(input.privacy.epsilon_used), fmt(input.privacy.epsilon),
 	])
 }
 
 _deploy_deny contains msg if {
 	_deploy_input_ok
-	input.privacy.epsilon_planned > _profile.max_run_epsilon + epsilon_tolerance
-	msg := sprintf("run planned epsilon %s, above the %s maximum %s per run", [
-		fmt(input.privacy.epsilon_planned), input.dataset.regulation, fmt(_profile.max_run_epsilon),
+	input.privacy.epsilon > _profile.max_run_epsilon + epsilon_tolerance
+	msg := sprintf("run's epsilon %s is above the %s maximum %s per run", [
+		fmt(input.privacy.epsilon), input.dataset.regulation, fmt(_profile.max_run_epsilon),
 	])
 }
 
 _deploy_deny contains msg if {
 	_deploy_input_ok
-	input.privacy.dataset_epsilon_total > input.privacy.dataset_epsilon_budget
-	msg := sprintf("dataset %s has spent epsilon %s across all runs, over its budget of %s", [
-		input.dataset.id, fmt(input.privacy.dataset_epsilon_total), fmt(input.privacy.dataset_epsilon_budget),
+	input.privacy.dataset_share_used > 1
+	msg := sprintf("dataset %s has used %s of its lifetime budget (epsilon %s)", [
+		input.dataset.id, _percent(input.privacy.dataset_share_used), fmt(input.dataset.epsilon_budget),
 	])
 }
 
@@ -244,9 +260,9 @@ _deploy_deny contains msg if {
 	_deploy_input_ok
 	lower := object.get(input.audit, "epsilon_lower_bound", null)
 	lower != null
-	lower > input.privacy.epsilon_spent
-	msg := sprintf("empirical privacy audit found epsilon >= %s, above the %s the accountant claims: the accounting is wrong", [
-		fmt(lower), fmt(input.privacy.epsilon_spent),
+	lower > input.privacy.epsilon
+	msg := sprintf("the canary audit found epsilon >= %s, above the %s the accountant claims: the accounting is wrong", [
+		fmt(lower), fmt(input.privacy.epsilon),
 	])
 }
 
@@ -258,10 +274,10 @@ _deploy_deny contains msg if {
 
 _deploy_deny contains msg if {
 	_deploy_input_ok
-	input.run.environment == "production"
-	_profile.require_secure_rng_in_production
-	input.privacy.secure_rng != true
-	msg := sprintf("production run trained without secure RNG (%s requires it)", [input.dataset.regulation])
+	input.privacy.randomness != "secure"
+	msg := sprintf("trained with randomness %q: anyone who knows the seed and run id can replay its draws, so its epsilon holds against no adversary; only randomness \"secure\" deploys", [
+		input.privacy.randomness,
+	])
 }
 
 _deploy_deny contains msg if {
@@ -284,9 +300,9 @@ _deploy_deny contains msg if {
 _deploy_deny contains msg if {
 	_deploy_input_ok
 	is_number(input.model_card.epsilon)
-	input.model_card.epsilon < input.privacy.epsilon_spent - epsilon_tolerance
-	msg := sprintf("model card states epsilon %s, less than the %s the run spent", [
-		fmt(input.model_card.epsilon), fmt(input.privacy.epsilon_spent),
+	input.model_card.epsilon < input.privacy.epsilon - epsilon_tolerance
+	msg := sprintf("model card states epsilon %s, less than the run's %s", [
+		fmt(input.model_card.epsilon), fmt(input.privacy.epsilon),
 	])
 }
 
@@ -360,6 +376,14 @@ _sign(x, cents) := "-" if {
 	cents > 0
 } else := ""
 
+# A share as a percentage with one decimal.
+_percent(x) := concat("", [_one_decimal(x * 100), "%"])
+
+_one_decimal(x) := sprintf("%d.%d", [whole, tenths - (whole * 10)]) if {
+	tenths := round(abs(x) * 10)
+	whole := floor(tenths / 10)
+}
+
 # Whole numbers as such, small ones as "1.00e-5", the rest with two decimals. (floor(x) is x
 # here, but as OPA's integer: sprintf's %d prints a literal such as 1e15 as a string.)
 num(x) := sprintf("%d", [floor(x)]) if {
@@ -412,12 +436,11 @@ _deploy_fields := array.concat(_dataset_fields, [
 	[["run", "environment"], "string"],
 	[["privacy", "accountant"], "string"],
 	[["privacy", "filter"], "boolean"],
-	[["privacy", "epsilon_planned"], "number"],
-	[["privacy", "epsilon_spent"], "number"],
+	[["privacy", "epsilon"], "number"],
+	[["privacy", "epsilon_used"], "number"],
 	[["privacy", "delta"], "number"],
-	[["privacy", "dataset_epsilon_total"], "number"],
-	[["privacy", "dataset_epsilon_budget"], "number"],
-	[["privacy", "secure_rng"], "boolean"],
+	[["privacy", "dataset_share_used"], "number"],
+	[["privacy", "randomness"], "string"],
 	[["metrics", "accuracy"], "number"],
 	[["metrics", "min_accuracy"], "number"],
 	[["audit"], "object"],
@@ -434,11 +457,10 @@ _ranges := [
 	[["consent", "coverage"], 0, 1],
 	[["request", "run_epsilon"], 0, 1e6],
 	[["request", "epsilon_cap"], 0, 1e6],
-	[["privacy", "epsilon_planned"], 0, 1e6],
-	[["privacy", "epsilon_spent"], 0, 1e6],
+	[["privacy", "epsilon"], 0, 1e6],
+	[["privacy", "epsilon_used"], 0, 1e6],
 	[["privacy", "delta"], 0, 1],
-	[["privacy", "dataset_epsilon_total"], 0, 1e6],
-	[["privacy", "dataset_epsilon_budget"], 0, 1e6],
+	[["privacy", "dataset_share_used"], 0, 1e6],
 	[["metrics", "accuracy"], 0, 1],
 	[["metrics", "min_accuracy"], 0, 1],
 ]

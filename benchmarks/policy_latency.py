@@ -46,30 +46,8 @@ from ppmlops.compliance.engine import ENGINE_EMBEDDED, ENGINE_OPA  # noqa: E402
 
 from opa_server import FakeOpa as LoopbackOpa  # noqa: E402  the tests' OPA Data API server
 
-DATASET = {"id": "demo_customers", "regulation": "gdpr", "rows": 4700, "epsilon_budget": 3.0, "delta": 1e-5,
-           "public": False}
-TRAIN_INPUT = {
-    "dataset": DATASET,
-    "ledger": {"epsilon_spent": 0.0, "epsilon_remaining": 3.0},
-    "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
-    "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
-    "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0},
-}
-DEPLOY_INPUT = {
-    "run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
-    "dataset": DATASET,
-    "risk": {"score": 0.42, "level": "medium"},
-    "privacy": {"accountant": "rdp", "filter": True, "epsilon_planned": 1.0, "epsilon_spent": 0.97, "delta": 1e-5,
-                "dataset_epsilon_total": 1.97, "dataset_epsilon_budget": 3.0, "secure_rng": False,
-                "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80},
-    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
-    "audit": {"attack": "loss_threshold", "members": 2350, "non_members": 2350, "auc": 0.51,
-              "tpr_at_1pct_fpr": 0.012, "epsilon_lower_bound": 0.0, "delta": 1e-5, "threshold": -0.41,
-              "confidence": 0.95},
-    "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers", "data_sha256": "ab12",
-                   "epsilon": 0.97, "delta": 1e-5, "accountant": "rdp", "metrics": {"accuracy": 0.81},
-                   "intended_use": "demo churn scoring"},
-}
+from ppmlops.compliance.examples import DEPLOY_INPUT, TRAIN_INPUT  # noqa: E402
+
 # (query, input, expected outcome): a decision that came out otherwise is a failure, not a time.
 CASES = [
     ("data.ppmlops.train", TRAIN_INPUT, "allow"),

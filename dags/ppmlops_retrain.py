@@ -19,23 +19,28 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from ppmlops import pipeline
 from ppmlops.errors import PpmlopsError
+from ppmlops.run.records import ApprovalRecord, GateRecord
 from ppmlops.spec import PipelineSpec, load_each, load_spec
+from ppmlops.stages.approval import record_approval
+from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.tuning.protocol import TUNER_NAMES
 
 log = logging.getLogger(__name__)
 # PPMLOPS_PIPELINES points a deployment (or the test suite) at another folder of specs.
 PIPELINES = Path(os.environ.get("PPMLOPS_PIPELINES") or Path(__file__).parent / "pipelines")
 
 
-def _context(spec: PipelineSpec) -> pipeline.RunContext:
+def _context(spec: PipelineSpec) -> RunContext:
     ctx = get_current_context()
-    params = pipeline.RunParams.from_mapping(spec, dict(ctx["params"]))
-    return pipeline.RunContext(spec=spec, run_id=ctx["run_id"], params=params)
+    params = RunParams.from_mapping(spec, dict(ctx["params"]))
+    return RunContext(spec=spec, run_id=ctx["run_id"], params=params)
 
 
-def _stage(spec: PipelineSpec, fn):
-    """Run a stage; a problem the user can act on fails the task without retries."""
+def _stage(spec: PipelineSpec, name: str) -> dict:
+    """Run a stage and hand its public record on as XCom; a problem the user can act on fails
+    the task without retries."""
     try:
-        return fn(_context(spec))
+        return pipeline.STAGE_RUNNERS[name](_context(spec)).model_dump(mode="json")
     except PpmlopsError as err:
         raise AirflowFailException(str(err)) from err
 
@@ -60,9 +65,9 @@ class DeployApproval(HITLBranchOperator):
 
     def execute(self, context):
         ctx = _context(self.spec)
-        gate = ctx.read("gate")
+        gate = ctx.store.read(GateRecord)
         self.body = ("The deploy policy asks for a person's approval:\n\n"
-                     + "\n".join(f"- {r}" for r in gate["reasons"])
+                     + "\n".join(f"- {r}" for r in gate.reasons)
                      + f"\n\nRun {ctx.run_id}; manifest: {ctx.run_dir / 'manifest.json'}")
         return super().execute(context)
 
@@ -70,7 +75,7 @@ class DeployApproval(HITLBranchOperator):
         if "error" not in event:
             user = event.get("responded_by_user") or {}
             at = event.get("responded_at")
-            pipeline.record_approval(
+            record_approval(
                 _context(self.spec), approved=event["chosen_options"] == [self.APPROVE],
                 user=str(user.get("name") or user.get("id") or "unknown"),
                 responded_at=at.isoformat() if hasattr(at, "isoformat") else str(at), channel="airflow-hitl")
@@ -78,7 +83,7 @@ class DeployApproval(HITLBranchOperator):
 
 
 def build_dag(spec: PipelineSpec):
-    defaults = pipeline.RunParams.defaults(spec)
+    defaults = RunParams.defaults(spec)
 
     @dag(
         dag_id=spec.dag_id,
@@ -99,8 +104,8 @@ def build_dag(spec: PipelineSpec):
                              description="one GPU per Ray Train worker (NCCL); the cluster needs GPU nodes"),
             "seed": Param(defaults.seed, type="integer", minimum=0),
             "environment": Param(defaults.environment, type="string", enum=["development", "test", "staging", "production"],
-                                 description="production runs must use secure RNG (policy)"),
-            "tuner": Param(spec.training.tuner, type="string", enum=["fixed", "rule", "bayes"],
+                                 description="production moves the production alias; others their own"),
+            "tuner": Param(spec.training.tuner, type="string", enum=list(TUNER_NAMES),
                            description="ANOM: how noise, clip norm and learning rate change between epochs"),
         },
         default_args={"retries": 0},
@@ -109,31 +114,31 @@ def build_dag(spec: PipelineSpec):
     def retrain():
         @task
         def ingest():
-            return _stage(spec, pipeline.ingest)
+            return _stage(spec, "ingest")
 
         @task
         def validate():
-            return _stage(spec, pipeline.validate)
+            return _stage(spec, "validate")
 
         @task
         def assess():
-            return _stage(spec, pipeline.assess)
+            return _stage(spec, "assess")
 
         @task
         def plan():
-            return _stage(spec, pipeline.plan)
+            return _stage(spec, "plan")
 
         @task
         def train():
-            return _stage(spec, pipeline.train)
+            return _stage(spec, "train")
 
         @task
         def evaluate():
-            return _stage(spec, pipeline.evaluate)
+            return _stage(spec, "evaluate")
 
         @task.branch
         def gate():
-            decision = _stage(spec, pipeline.gate)
+            decision = _stage(spec, "gate")
             if decision["allowed"]:
                 return "deploy"
             return "approve" if decision["outcome"] == "needs_approval" else "withhold"
@@ -141,25 +146,24 @@ def build_dag(spec: PipelineSpec):
         # Reached from the gate (allow) or from a person's approval: one success is enough.
         @task(trigger_rule="none_failed_min_one_success")
         def deploy():
-            out = _stage(spec, pipeline.deploy)
+            out = _stage(spec, "deploy")
             log.info("\n%s", pipeline.format_summary(pipeline.summary(_context(spec))))
             return out
 
         @task
         def withhold():
             ctx = _context(spec)
-            decision = ctx.read("gate")
+            decision = ctx.store.read(GateRecord)
             log.info("\n%s", pipeline.format_summary(pipeline.summary(ctx)))
             # Fail the run so a denied or unapproved model is visible, not a quiet green run.
-            raise AirflowFailException(
-                f"deployment {decision['outcome']} by policy: " + "; ".join(decision["reasons"]))
+            raise AirflowFailException(f"deployment {decision.outcome} by policy: " + "; ".join(decision.reasons))
 
         @task
         def rejected():
             ctx = _context(spec)
-            answer = ctx.read("approval")
+            answer = ctx.store.read(ApprovalRecord)
             log.info("\n%s", pipeline.format_summary(pipeline.summary(ctx)))
-            raise AirflowFailException(f"deployment rejected by {answer['by']} at {answer['at']}")
+            raise AirflowFailException(f"deployment rejected by {answer.by} at {answer.at}")
 
         decided = ingest() >> validate() >> assess() >> plan() >> train() >> evaluate() >> gate()
         approve = DeployApproval(task_id="approve", spec=spec)
@@ -280,8 +284,7 @@ if __name__ == "__main__":
 
     spec, the_dag = pick(args.pipeline)
     run = the_dag.test(run_conf=json.loads(args.conf))
-    ctx = pipeline.RunContext(spec=spec, run_id=run.run_id,
-                              params=pipeline.RunParams.from_mapping(spec, json.loads(args.conf)))
+    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, json.loads(args.conf)))
     result = pipeline.summary(ctx)
     result["dag_run_state"] = str(run.state)
     print(json.dumps(result, indent=2, default=str) if args.json else pipeline.format_summary(result)

@@ -46,6 +46,19 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage_fingerprint(args: argparse.Namespace) -> int:
+    import re
+
+    from ppmlops import settings
+    from ppmlops.data.lineage import fingerprint
+
+    if not re.fullmatch(r"[0-9a-f]{64}", args.sha256):
+        print("ppmlops lineage fingerprint: expected a 64-character lowercase hex SHA-256", file=sys.stderr)
+        return 2
+    print(fingerprint(settings.load().home, args.sha256))
+    return 0
+
+
 def _policy_eval(args: argparse.Namespace) -> int:
     from ppmlops.compliance.engine import evaluate
 
@@ -237,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_audit_show)
+
+    lineage = sub.add_parser("lineage", help="data fingerprints").add_subparsers(dest="lineage_command", required=True)
+    p = lineage.add_parser("fingerprint", help="the keyed fingerprint of a snapshot's content hash (as on a card)")
+    p.add_argument("sha256", help="the snapshot's content hash (private/ingest.json of a run)")
+    p.set_defaults(func=_lineage_fingerprint)
 
     registry = sub.add_parser("registry", help="model registry").add_subparsers(dest="registry_command", required=True)
     p = registry.add_parser("show", help="versions, aliases and a model card")

@@ -35,7 +35,7 @@ class Settings:
     opa_timeout_s: float
     ray_address: str | None
     ray_jobs_url: str | None  # set: train through a Ray Jobs submission instead of as the Ray driver
-    secure_rng: bool | None
+    randomness: str | None  # None: follow the spec; 'secure' or 'reproducible' forces it (benchmarks)
     project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/ (and policies.rego)
 
     @property
@@ -52,7 +52,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def load() -> Settings:
     home = _home()
-    secure = os.environ.get("PPMLOPS_SECURE_RNG")
+    randomness = os.environ.get("PPMLOPS_RANDOMNESS") or None
+    if randomness not in (None, "secure", "reproducible"):
+        raise ValueError(f"PPMLOPS_RANDOMNESS must be secure or reproducible, got {randomness!r}")
     # A source checkout is its own project root; an installed package (the Docker image) is told.
     root = Path(os.environ.get("PPMLOPS_PROJECT_ROOT") or REPO_ROOT)
     return Settings(
@@ -64,7 +66,6 @@ def load() -> Settings:
         opa_timeout_s=float(os.environ.get("PPMLOPS_OPA_TIMEOUT_S", "5")),
         ray_address=os.environ.get("RAY_ADDRESS") or None,
         ray_jobs_url=os.environ.get("PPMLOPS_RAY_JOBS_URL") or None,
-        # None: follow the spec; set: force secure RNG on or off for every run.
-        secure_rng=None if secure in (None, "") else _flag("PPMLOPS_SECURE_RNG", False),
+        randomness=randomness,
         project_root=root,
     )

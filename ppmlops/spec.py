@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ppmlops.errors import SpecError
+from ppmlops.tuning.protocol import TUNER_NAMES
 
 Regulation = Literal["gdpr", "hipaa", "ccpa", "none"]
 
@@ -171,6 +172,9 @@ class Dataset(_Model):
     not_sensitive: list[str] = []  # reviewed: none of the above whatever the scan says (kept in the report)
     regulation: Regulation = "gdpr"
     public: bool = False
+    # A public, approximate row count (e.g. the size of a published extract). Only used to fix
+    # the dataset's accounting order at registration; the run is sized by a noisy count.
+    expected_rows: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _columns_disjoint(self) -> "Dataset":
@@ -208,10 +212,17 @@ class Dataset(_Model):
 class Privacy(_Model):
     epsilon: float = Field(gt=0, le=100)  # the dataset's lifetime budget, all runs composed
     delta: float = Field(gt=0, lt=1)
-    run_epsilon: float = Field(gt=0, le=100)  # the most one run may spend
-    # What one run may spend on the held-out partition for the tuner's noisy accuracy (0: nothing
-    # is released about those rows). Parallel to training: the dataset's epsilon is the worse of the two.
-    holdout_epsilon: float = Field(0.5, ge=0, le=100)
+    run_epsilon: float = Field(gt=0, le=100)  # the most one run may spend on its training rows
+    # What one run may spend on the held-out partition: the final noisy evaluation and, for tuners
+    # that read it, a noisy accuracy after every epoch. Parallel to training: the dataset's
+    # epsilon is the worse of the two partitions.
+    holdout_epsilon: float = Field(0.5, gt=0, le=100)
+    # The run's noisy row counts (rows by partition and quarantine reason, k-anonymity) released
+    # at assess, which size the run and feed the risk score: this epsilon alone, every partition.
+    stats_epsilon: float = Field(0.2, gt=0, le=10)
+    # The Renyi order of the dataset's lifetime filter; default: chosen at registration from the
+    # spec's run shape and dataset.expected_rows (see ppmlops.privacy.lifetime).
+    accounting_order: float | None = Field(None, gt=1)
 
     @model_validator(mode="after")
     def _run_within_dataset(self) -> "Privacy":
@@ -226,15 +237,33 @@ class ModelSpec(_Model):
 
 
 class Training(_Model):
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "secure_rng" in data:
+            raise ValueError("training.secure_rng was replaced by training.randomness: 'secure' (the default: a "
+                             "CSPRNG seeded from OS entropy) or 'reproducible' (tests and benchmarks only; its "
+                             "models cannot be deployed)")
+        return data
+
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(256, ge=1)  # expected batch size under Poisson sampling
     learning_rate: float = Field(0.5, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    tuner: Literal["fixed", "rule", "bayes"] = "bayes"  # ANOM: how settings change between epochs
+    tuner: Literal[TUNER_NAMES] = "bayes"  # ANOM: how settings change between epochs
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
-    secure_rng: bool = False  # production runs set true (policy checks it); tests may not
+    # secure: every draw that touches private rows from a CSPRNG keyed by the OS, never recorded.
+    # reproducible: keyed from (seed, run id); replayable by anyone, so never deployable.
+    randomness: Literal["secure", "reproducible"] = "secure"
+
+
+class Audit(_Model):
+    """The canary audit (Steinke, Nasr & Jagielski 2023) run on every trained model."""
+
+    canaries: int = Field(256, ge=0, le=100_000)
+    confidence: float = Field(0.95, gt=0, lt=1)
 
 
 class RayConfig(_Model):
@@ -261,6 +290,7 @@ class PipelineSpec(_Model):
     model: ModelSpec = ModelSpec()
     training: Training = Training()
     ray: RayConfig = RayConfig()
+    audit: Audit = Audit()
     validation_suite: str | None = None  # path under expectations/; default expectations/<dataset id>.json
     deploy: Deploy
 

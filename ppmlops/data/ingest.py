@@ -311,10 +311,11 @@ INGEST_CHUNK_ROWS = 20_000
 
 
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
-           chunk_rows: int = INGEST_CHUNK_ROWS) -> IngestResult:
+           chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = ()) -> IngestResult:
     """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: today, UTC).
 
-    Streams: each file is read, checked, split and written a chunk of rows at a time (memory
+    `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
+    the retention setting are deleted. Streams: each file is read, checked, split and written a chunk of rows at a time (memory
     does not grow with the file). The training partition's content hash is taken as its rows
     are written; the test partition's is read back from its snapshot at the end, because the
     canonical hash puts every training row first.
@@ -410,7 +411,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
     h.update(_canonical_part("test", columns).encode("utf-8"))
     for _, rows in _parquet_rows(test.path, chunk_rows):
         h.update(_canonical_rows(rows).encode("utf-8"))
-    expired = quarantine.expire(run_dir, ds.id, retention)
+    expired = quarantine.expire(earlier, retention)
     staged = set(columns)
     dropped: list[str] = []
     for r in readers:

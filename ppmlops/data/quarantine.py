@@ -36,7 +36,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from ppmlops.data.pseudonymize import MIN_KEY_BYTES
 from ppmlops.errors import DataError
@@ -142,24 +142,18 @@ def retention_days() -> int:
     return days
 
 
-def expire(run_dir: Path, dataset_id: str, days: int, now: float | None = None) -> list[str]:
-    """Delete earlier runs' quarantine files of `dataset_id` older than `days`; return their paths.
-
-    Only sibling run folders of `run_dir` whose ingest.json names the same dataset are touched.
-    """
+def expire(folders: Iterable[Path], days: int, now: float | None = None) -> list[str]:
+    """Delete the quarantine files in `folders` (earlier runs of the same dataset, chosen by the
+    caller, which knows the run layout) older than `days`; return their paths."""
     now = time.time() if now is None else now
     removed = []
-    for other in sorted(run_dir.parent.iterdir()) if run_dir.parent.is_dir() else []:
-        target = other / FILE_NAME
-        if other == run_dir or not target.is_file():
-            continue
+    for folder in folders:
+        target = Path(folder) / FILE_NAME
         try:
-            if json.loads((other / "ingest.json").read_text()).get("dataset_id") != dataset_id:
-                continue
-            if now - target.stat().st_mtime < days * 86400:
+            if not target.is_file() or now - target.stat().st_mtime < days * 86400:
                 continue
             target.unlink()
-        except (OSError, ValueError, AttributeError):
-            continue  # not a run folder of this pipeline, or already gone
+        except OSError:
+            continue  # already gone
         removed.append(str(target))
     return removed

@@ -122,10 +122,13 @@ def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Pa
     _write_json(report_path, {**summary, "results": per_snapshot})
     summary["report_path"] = str(report_path)
     if failed:
-        lines = [f"suite {doc['name']} ({suite_path}): {len(failed)} of {evaluated} expectations failed "
-                 f"(details in {report_path})"]
-        lines += [f"  - {f['expectation']} on {f['column'] or 'the table'} in {f['snapshot']}: {f['summary']}"
-                  for f in failed]
+        # Counts, observed values and examples describe private rows: they stay in the report in
+        # the run's private folder; the message names the expectations and columns only.
+        lines = [f"suite {doc['name']} ({suite_path}): {len(failed)} of {evaluated} expectations failed; "
+                 f"the counts and examples are in {report_path} (inside the run folder, not logged)"]
+        lines += [f"  - {f['expectation']} on {f['column'] or 'the table'}"
+                  + (f" (values that look like {f['pattern'].replace('_', ' ')})" if f.get("pattern") else "")
+                  + f" in {Path(f['snapshot']).name}" for f in failed]
         raise ValidationFailed("\n".join(lines))
     return summary
 

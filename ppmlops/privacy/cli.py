@@ -55,6 +55,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_guarded_usage(_ledger_show, "ppmlops ledger show"))
 
+    p = lsub.add_parser("set-budget", help="change a dataset's lifetime budget (recorded in the audit log)",
+                        description="A lifetime budget is fixed when the dataset is registered; this is the one "
+                                    "way to change it, and the change is appended to the hash-chained audit log.")
+    p.add_argument("dataset", metavar="ID")
+    p.add_argument("--epsilon", required=True, metavar="E")
+    p.add_argument("--delta", metavar="D", help="default: keep the registered delta")
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    p.add_argument("--by", default=None, help="who (default: $USER)")
+    p.add_argument("--db-url", metavar="URL")
+    p.set_defaults(func=_guarded_usage(_ledger_set_budget, "ppmlops ledger set-budget"))
+
+    p = lsub.add_parser("close", help="end a run's grant (released when the run used none of it)")
+    p.add_argument("dataset", metavar="ID")
+    p.add_argument("run", metavar="RUN_ID")
+    p.add_argument("--db-url", metavar="URL")
+    p.set_defaults(func=_guarded_usage(_ledger_close, "ppmlops ledger close"))
+
 
 
 
@@ -209,13 +226,55 @@ def _ledger_show(args: argparse.Namespace) -> int:
     blocks = []
     for ds in doc["datasets"]:
         delta = "-" if ds["delta"] is None else f"{ds['delta']:g}"
-        head = (f"dataset {ds['dataset_id']}: epsilon spent {_fmt_eps(ds['epsilon_spent'])} of "
-                f"{_fmt_eps(ds['epsilon_budget'])} at delta {delta} "
-                f"(remaining {_fmt_eps(ds['epsilon_remaining'])})")
+        used = "-" if ds["share_used"] is None else f"{ds['share_used']:.1%}"
+        head = (f"dataset {ds['dataset_id']}: {used} of the lifetime budget epsilon {_fmt_eps(ds['epsilon_budget'])} "
+                f"at delta {delta} used (Renyi filter at order {ds['accounting_order']:g})")
         parts = ", ".join(f"{name} {_fmt_eps(eps)}" for name, eps in ds["partitions"].items())
-        rows = [[e["id"], e["run_id"], e["partition"], f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
-                 e["steps"], e["status"], e["created_at"], e["note"]] for e in ds["entries"]]
-        table = _table(["id", "run", "partition", "sigma", "q", "steps", "status", "created_at", "note"], rows)
-        blocks.append(head + (f"\n  partitions: {parts}" if parts else "") + "\n" + table)
+        rows = [[e["id"], e["run_id"], e["partition"], e["kind"], f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
+                 e["steps"], e["status"], e["randomness"], e["created_at"], e["note"]] for e in ds["entries"]]
+        table = _table(["id", "run", "partition", "kind", "sigma", "q", "steps", "status", "randomness", "created_at",
+                        "note"], rows)
+        blocks.append(head + (f"\n  epsilon at that order by partition (information): {parts}" if parts else "")
+                      + "\n" + table)
     print("\n\n".join(blocks))
+    return 0
+
+
+def _open_ledger(db_url: str | None):
+    from ppmlops import settings
+    from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
+
+    url = db_url or settings.load().db_url
+    if sqlite_file_missing(url):
+        raise PpmlopsError(f"there is no privacy ledger at {url}")
+    return Ledger(url)
+
+
+def _ledger_set_budget(args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+    from datetime import datetime, timezone
+
+    from ppmlops.audit.log import AuditLog
+
+    epsilon = _positive(args.epsilon, "--epsilon")
+    delta = None if args.delta is None else _delta(args.delta)
+    ledger = _open_ledger(args.db_url)
+    before, after = ledger.set_budget(args.dataset, epsilon_budget=epsilon, delta=delta)
+    who = args.by or getpass.getuser()
+    change = {"dataset_id": args.dataset, "before": {"epsilon": before.epsilon, "delta": before.delta},
+              "after": {"epsilon": after.epsilon, "delta": after.delta}, "reason": args.reason, "by": who}
+    AuditLog(ledger.db_url).record({
+        "id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(),
+        "query": "change of a lifetime privacy budget", "input": change, "result": change, "outcome": "allow",
+        "allowed": True, "reasons": [f"{who}: {args.reason}"], "engine": "ppmlops ledger set-budget",
+        "policy_hash": "", "error": None}, run_id="-", dataset_id=args.dataset, stage="ledger")
+    print(f"dataset {args.dataset}: lifetime budget epsilon {before.epsilon:g} at delta {before.delta:g} -> "
+          f"epsilon {after.epsilon:g} at delta {after.delta:g} (recorded in the audit log)")
+    return 0
+
+
+def _ledger_close(args: argparse.Namespace) -> int:
+    status = _open_ledger(args.db_url).close_grant(dataset_id=args.dataset, run_id=args.run)
+    print(f"run {args.run} on {args.dataset}: grant {status}")
     return 0

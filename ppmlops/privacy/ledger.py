@@ -1,18 +1,28 @@
 """The privacy ledger: every DP release charged against a dataset, composed for life.
 
-Budgets belong to a dataset, not to a run: the ledger adds the RDP curves of all entries on a
-dataset (across runs and steps) and converts to (epsilon, delta) once, for the total, at the
-dataset's registered delta. Entries are written ahead of the steps they pay for ("reserved",
-committed before reserve() returns) and marked "completed" afterwards; totals count both, so
-a crash between the two can only over-count.
+Budgets belong to a dataset, not to a run. Three kinds of entry:
 
-Partitions are disjoint row sets (e.g. "train" and a held-out "validation" split chosen
-without looking at the data). A row is in exactly one partition, so the dataset's guarantee is
-the worst partition's (parallel composition): curves are summed within a partition and the
-maximum is taken across partitions.
+* ``release``: a noisy statistic released now (the counts a run publishes at assess), charged
+  to every partition it touches;
+* ``grant``: a run's whole budget, its privacy filter's fixed RDP curve per partition, reserved
+  at plan before any step runs. Under adaptive settings the filter guarantees that curve, not
+  the curve a run happens to spend, so the grant is what the run costs (it is released, and
+  stops counting, only when the run used none of it);
+* ``usage``: what a run actually spent under its grant (an epoch of DP-SGD, a noisy holdout
+  accuracy), written ahead of the step it pays for. Usage rows are the run filter's state and
+  the dashboard's "used of the run's budget"; the dataset totals count the grant instead.
 
-SQLAlchemy Core; an SQLite file by default (WAL, busy timeout, write transactions taken with
-BEGIN IMMEDIATE so concurrent Ray workers and Airflow tasks serialise), Postgres by URL.
+Every entry carries the randomness mode of the run that made it ("secure" or "reproducible").
+
+Dataset totals add the RDP curves of every counted entry within a partition (partitions are
+disjoint row sets: the training rows and the held-out rows) and take the worst partition
+(parallel composition). Admission is the lifetime filter of ppmlops.privacy.lifetime: one Renyi
+order fixed at registration, checked in the same transaction as the insert, so concurrent runs
+cannot jointly overspend. The lifetime budget and delta are fixed at registration; `set_budget`
+changes them explicitly (the CLI records that in the audit log).
+
+SQLAlchemy Core through ppmlops.db: an SQLite file by default (writers take BEGIN IMMEDIATE),
+PostgreSQL by URL (the dataset row is locked FOR UPDATE).
 """
 
 from __future__ import annotations
@@ -21,39 +31,25 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
-from sqlalchemy import (
-    Column,
-    Double,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, inspect, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ppmlops import db
 
 from ppmlops.errors import BudgetExceeded, PpmlopsError
-from ppmlops.privacy.accountant import (
-    ORDERS,
-    Segment,
-    check_delta,
-    epsilon_from_rdp,
-    segment_rdp,
-)
+from ppmlops.privacy.accountant import ORDERS, Segment, check_delta, epsilon_from_rdp, segment_rdp
+from ppmlops.privacy.lifetime import LifetimeBudget, choose_order
+from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
 
 MECHANISMS = ("subsampled_gaussian", "gaussian")
-RESERVED, COMPLETED = "reserved", "completed"
+KINDS = ("release", "grant", "usage")
+COUNTED = ("release", "grant")
+RESERVED, COMPLETED, RELEASED = "reserved", "completed", "released"
+TRAIN, HOLDOUT = "train", "holdout"
 
 _metadata = MetaData()
 
@@ -63,6 +59,7 @@ datasets_table = Table(
     Column("dataset_id", String(200), primary_key=True),
     Column("epsilon_budget", Double, nullable=False),
     Column("delta", Double, nullable=False),
+    Column("accounting_order", Double, nullable=True),  # NULL only in databases from before 0.2
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
 )
@@ -74,11 +71,14 @@ ledger_table = Table(
     Column("dataset_id", String(200), nullable=False, index=True),
     Column("run_id", String(200), nullable=False, index=True),
     Column("partition", String(100), nullable=False),
+    Column("kind", String(16), nullable=False, server_default="release"),
+    Column("key", String(200), nullable=True),  # the release's name within its run, for idempotence
     Column("mechanism", String(64), nullable=False),
     Column("noise_multiplier", Double, nullable=False),
     Column("sample_rate", Double, nullable=False),
     Column("steps", Integer, nullable=False),
     Column("status", String(16), nullable=False),
+    Column("randomness", String(16), nullable=False, server_default="unrecorded"),
     Column("created_at", String(40), nullable=False),
     Column("completed_at", String(40), nullable=True),
     Column("note", Text, nullable=False, default=""),
@@ -88,6 +88,30 @@ ledger_table = Table(
     Column("rdp", Text, nullable=False),
 )
 
+# Columns added since the first schema; existing databases get them on open (ALTER TABLE ADD).
+_ADDED = {
+    "privacy_datasets": {"accounting_order": "DOUBLE PRECISION"},
+    "privacy_ledger": {"kind": "VARCHAR(16) NOT NULL DEFAULT 'release'", "key": "VARCHAR(200)",
+                       "randomness": "VARCHAR(16) NOT NULL DEFAULT 'unrecorded'"},
+}
+
+
+class BudgetMismatch(PpmlopsError):
+    """A spec asks for another lifetime budget than the dataset was registered with."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One piece of a charge: a segment of a mechanism on one partition."""
+
+    partition: str
+    segment: Segment
+    mechanism: str = "subsampled_gaussian"
+    note: str = ""
+
+    def rdp(self) -> np.ndarray:
+        return segment_rdp(self.segment)
+
 
 @dataclass(frozen=True)
 class LedgerEntry:
@@ -95,11 +119,14 @@ class LedgerEntry:
     dataset_id: str
     run_id: str
     partition: str
+    kind: str
+    key: str | None
     mechanism: str
     noise_multiplier: float
     sample_rate: float
     steps: int
     status: str
+    randomness: str
     created_at: str
     note: str
     rdp: np.ndarray = field(compare=False, repr=False)  # read-only, on ORDERS
@@ -109,13 +136,17 @@ class LedgerEntry:
     def segment(self) -> Segment:
         return Segment(self.noise_multiplier, self.sample_rate, self.steps)
 
+    @property
+    def counted(self) -> bool:
+        return self.kind in COUNTED and self.status != RELEASED
+
     def to_dict(self) -> dict[str, Any]:
         """The entry's fields without its RDP curve."""
         return {
-            "id": self.id, "dataset_id": self.dataset_id, "run_id": self.run_id,
-            "partition": self.partition, "mechanism": self.mechanism,
-            "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
-            "steps": self.steps, "status": self.status, "created_at": self.created_at,
+            "id": self.id, "dataset_id": self.dataset_id, "run_id": self.run_id, "partition": self.partition,
+            "kind": self.kind, "key": self.key, "mechanism": self.mechanism,
+            "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate, "steps": self.steps,
+            "status": self.status, "randomness": self.randomness, "created_at": self.created_at,
             "completed_at": self.completed_at, "note": self.note,
         }
 
@@ -132,57 +163,30 @@ def _name(value: object, field_name: str) -> str:
     return value
 
 
-def _is_sqlite_file(db_url: str) -> tuple[bool, Path | None]:
-    url = make_url(db_url)
-    if url.get_backend_name() != "sqlite":
-        return False, None
-    db = url.database
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return True, None
-    return True, Path(db).expanduser()
-
-
 def sqlite_file_missing(db_url: str) -> bool:
     """True when db_url names an SQLite file that does not exist (read-only callers skip it)."""
-    is_sqlite, path = _is_sqlite_file(db_url)
-    return is_sqlite and path is not None and not path.exists()
+    path = db.sqlite_file(db_url)
+    return path is not None and not path.exists()
 
 
-def _make_engine(db_url: str) -> Engine:
-    try:
-        is_sqlite, path = _is_sqlite_file(db_url)
-    except ArgumentError:
-        raise PpmlopsError(f"ledger database URL is not a valid SQLAlchemy URL: {db_url!r}") from None
-    if not is_sqlite:
-        try:
-            return create_engine(db_url, pool_pre_ping=True)
-        except ImportError as err:
-            raise PpmlopsError(f"the database driver for the ledger URL is not installed: {err}") from None
+def _curves(entries: Iterable[LedgerEntry]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for e in entries:
+        out[e.partition] = out.get(e.partition, np.zeros(len(ORDERS))) + e.rdp
+    return out
 
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(db_url, connect_args={"timeout": 60})
-    else:
-        # One shared connection, or every checkout would see a different empty database.
-        engine = create_engine(db_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Take transaction control away from pysqlite so "begin" below decides the BEGIN kind.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 60000")
-        if path is not None:
-            cur.execute("PRAGMA journal_mode = WAL")
-        cur.close()
+def charge_curves(charges: Iterable[Charge]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for c in charges:
+        out[c.partition] = out.get(c.partition, np.zeros(len(ORDERS))) + c.rdp()
+    return out
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers lock at BEGIN, so a read-check-insert cannot interleave with another writer's.
-        mode = conn.get_execution_options().get("ppmlops_sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
 
-    return engine
+def best_order_epsilon(curves: Mapping[str, np.ndarray], delta: float) -> float:
+    """Worst partition's epsilon at its best order: valid for ONE run's fixed (non-adaptive)
+    budget curve, which is exactly what a grant is."""
+    return max((epsilon_from_rdp(c, delta)[0] for c in curves.values()), default=0.0)
 
 
 class Ledger:
@@ -190,119 +194,173 @@ class Ledger:
 
     def __init__(self, db_url: str):
         self.db_url = db_url
-        self._engine = _make_engine(db_url)
-        self._writer = self._engine.execution_options(ppmlops_sqlite_begin="IMMEDIATE")
+        db.ensure_parent(db_url)
+        self._engine = db.make_engine(db_url)
         for attempt in range(2):
             try:
-                with self._writer.begin() as conn:
+                with db.transaction(self._engine, db_url, write=True, doing="open the privacy ledger in") as conn:
                     _metadata.create_all(conn)
+                    _add_missing_columns(conn)
                 break
-            except DBAPIError as err:
+            except DBAPIError:
                 # Two processes creating the tables at once: the loser finds them on retry.
                 if attempt:
-                    raise PpmlopsError(f"cannot open the privacy ledger at {self._safe_url()}: {err.orig}") from None
+                    raise
 
-    def _safe_url(self) -> str:
-        return make_url(self.db_url).render_as_string(hide_password=True)
+    def safe_url(self) -> str:
+        return db.redact(self.db_url)
+
+    def _write(self):
+        return db.transaction(self._engine, self.db_url, write=True, doing="write to the privacy ledger in")
+
+    def _read(self):
+        return db.transaction(self._engine, self.db_url, doing="read the privacy ledger in")
 
     def close(self) -> None:
         self._engine.dispose()
 
     # -- datasets --------------------------------------------------------------------------
 
-    def register_dataset(self, dataset_id: str, *, epsilon_budget: float, delta: float) -> None:
-        """Create or update a dataset's lifetime budget; totals are converted at this delta."""
+    def register_dataset(self, dataset_id: str, *, epsilon_budget: float, delta: float,
+                         order: float | None = None, run_curve: np.ndarray | None = None) -> LifetimeBudget:
+        """Fix a dataset's lifetime budget on first use; later calls must ask for the same one.
+
+        `order` fixes the accounting order; otherwise it is chosen from `run_curve` (a typical
+        run from public facts) or by the heuristic. A later call with another epsilon or delta
+        raises BudgetMismatch: budgets change only through `set_budget`.
+        """
         dataset_id = _name(dataset_id, "dataset_id")
-        try:
-            budget = float(epsilon_budget)
-        except (TypeError, ValueError):
-            raise PpmlopsError(f"epsilon_budget must be a number, got {epsilon_budget!r}") from None
-        if not (math.isfinite(budget) and budget > 0):
-            raise PpmlopsError(f"epsilon_budget must be a finite number > 0, got {epsilon_budget!r}")
-        delta = check_delta(delta)
-        now = _now()
+        epsilon_budget, delta = _check_budget(epsilon_budget, delta)
         for attempt in range(2):
             try:
-                with self._writer.begin() as conn:
-                    exists = conn.execute(
-                        select(datasets_table.c.dataset_id).where(datasets_table.c.dataset_id == dataset_id)
-                    ).first()
-                    if exists:
-                        conn.execute(update(datasets_table).where(datasets_table.c.dataset_id == dataset_id)
-                                     .values(epsilon_budget=budget, delta=delta, updated_at=now))
-                    else:
+                with self._write() as conn:
+                    existing = self._budget(conn, dataset_id, lock=True)
+                    if existing is None:
+                        chosen = float(order) if order is not None else choose_order(epsilon_budget, delta, run_curve)
+                        budget = LifetimeBudget(dataset_id, epsilon_budget, delta, chosen)
+                        now = _now()
                         conn.execute(datasets_table.insert().values(
-                            dataset_id=dataset_id, epsilon_budget=budget, delta=delta,
-                            created_at=now, updated_at=now))
-                return
+                            dataset_id=dataset_id, epsilon_budget=epsilon_budget, delta=delta,
+                            accounting_order=chosen, created_at=now, updated_at=now))
+                        return budget
+                if existing.epsilon != epsilon_budget or existing.delta != delta:
+                    raise BudgetMismatch(
+                        f"dataset {dataset_id!r} is registered in the privacy ledger with a lifetime budget of "
+                        f"epsilon {existing.epsilon:g} at delta {existing.delta:g}, and the spec asks for epsilon "
+                        f"{epsilon_budget:g} at delta {delta:g}. A lifetime budget never changes silently: restore "
+                        f"the spec, or change the budget with `ppmlops ledger set-budget {dataset_id} --epsilon "
+                        f"{epsilon_budget:g} --delta {delta:g} --reason ...` (recorded in the audit log)")
+                return existing
             except IntegrityError:
-                # Postgres: another process inserted the row between our select and insert.
+                # PostgreSQL: another process registered it between our select and insert.
                 if attempt:
                     raise
+        raise AssertionError("unreachable")
 
-    def dataset(self, dataset_id: str) -> dict | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(select(datasets_table).where(datasets_table.c.dataset_id == dataset_id)).first()
+    def set_budget(self, dataset_id: str, *, epsilon_budget: float, delta: float | None = None,
+                   order: float | None = None) -> tuple[LifetimeBudget, LifetimeBudget]:
+        """Change a registered dataset's lifetime budget; returns (before, after).
+
+        Entries already charged stay; the filter now admits up to the new budget. The caller
+        records who changed it and why (`ppmlops ledger set-budget` writes the audit log).
+        """
+        dataset_id = _name(dataset_id, "dataset_id")
+        with self._write() as conn:
+            before = self._budget(conn, dataset_id, lock=True)
+            if before is None:
+                raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger")
+            eps, dlt = _check_budget(epsilon_budget, before.delta if delta is None else delta)
+            after = LifetimeBudget(dataset_id, eps, dlt, float(order) if order is not None else before.order)
+            curves = _curves(e for e in self._entries(conn, dataset_id) if e.counted)
+            spent = after.spent_epsilon(curves)
+            if spent > after.epsilon:
+                raise BudgetExceeded(
+                    f"dataset {dataset_id!r} has already spent epsilon {spent:.6g} at delta {after.delta:g} "
+                    f"(order {after.order:g}); a lifetime budget of {after.epsilon:g} would be below it")
+            conn.execute(update(datasets_table).where(datasets_table.c.dataset_id == dataset_id).values(
+                epsilon_budget=eps, delta=dlt, accounting_order=after.order, updated_at=_now()))
+        return before, after
+
+    def budget(self, dataset_id: str) -> LifetimeBudget | None:
+        with self._read() as conn:
+            return self._budget(conn, dataset_id)
+
+    def _budget(self, conn: Connection, dataset_id: str, *, lock: bool = False) -> LifetimeBudget | None:
+        query = select(datasets_table).where(datasets_table.c.dataset_id == dataset_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
             return None
-        return {"dataset_id": row.dataset_id, "epsilon_budget": row.epsilon_budget, "delta": row.delta}
+        # Registered before accounting orders were stored: the heuristic is what 0.2 would pick.
+        order = row.accounting_order if row.accounting_order is not None else choose_order(row.epsilon_budget, row.delta)
+        return LifetimeBudget(row.dataset_id, row.epsilon_budget, row.delta, float(order))
 
     def datasets(self) -> list[str]:
         """Registered datasets and any that have entries, sorted."""
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             registered = conn.execute(select(datasets_table.c.dataset_id)).scalars().all()
             charged = conn.execute(select(ledger_table.c.dataset_id).distinct()).scalars().all()
         return sorted(set(registered) | set(charged))
 
     # -- writing ---------------------------------------------------------------------------
 
-    def reserve(self, *, dataset_id: str, run_id: str, segment: Segment, partition: str = "train",
-                mechanism: str = "subsampled_gaussian", note: str = "",
-                enforce_budget: bool = True) -> int:
-        """Record a charge BEFORE its steps run; committed when this returns. Returns the entry id.
+    def charge(self, *, dataset_id: str, run_id: str, charges: list[Charge], kind: str, key: str,
+               randomness: str) -> list[int]:
+        """Admit and record a counted charge (a release or a run's grant) before anything is drawn.
 
-        With enforce_budget (the default), the reservation is refused with BudgetExceeded if it
-        would take the dataset's total epsilon over its registered budget; the check and the
-        insert are one transaction, so concurrent reservations cannot jointly overspend.
+        Idempotent by (run_id, kind, key): asking again for the same charge returns the entries
+        already recorded (a retried task must not pay twice) and re-admits a released grant.
+        Raises BudgetExceeded, charging nothing, when the lifetime filter refuses.
         """
-        dataset_id = _name(dataset_id, "dataset_id")
-        run_id = _name(run_id, "run_id")
-        partition = _name(partition, "partition")
-        if not isinstance(segment, Segment):
-            raise PpmlopsError(f"segment must be a Segment, got {type(segment).__name__}: {segment!r}")
-        if mechanism not in MECHANISMS:
-            raise PpmlopsError(f"mechanism must be one of {list(MECHANISMS)}, got {mechanism!r}")
-        if mechanism == "gaussian" and segment.sample_rate != 1.0:
-            raise PpmlopsError(f"mechanism 'gaussian' needs sample_rate 1 (no subsampling), got {segment.sample_rate}")
-        rdp = segment_rdp(segment)
-
-        with self._writer.begin() as conn:
-            ds = conn.execute(
-                select(datasets_table).where(datasets_table.c.dataset_id == dataset_id).with_for_update()
-            ).first()
-            if ds is None:
+        if kind not in COUNTED:
+            raise PpmlopsError(f"charge kind must be one of {list(COUNTED)}, got {kind!r}")
+        dataset_id, run_id = _name(dataset_id, "dataset_id"), _name(run_id, "run_id")
+        rows = [_entry_values(dataset_id, run_id, c, kind, key, randomness) for c in charges]
+        with self._write() as conn:
+            budget = self._budget(conn, dataset_id, lock=True)
+            if budget is None:
+                raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger; "
+                                   "register_dataset() it with its epsilon budget and delta first")
+            same = [e for e in self._entries(conn, dataset_id, run_id) if e.kind == kind and e.key == key]
+            if same and _same_charge(same, charges):
+                if all(e.status != RELEASED for e in same):
+                    return [e.id for e in same]
+            elif same:
                 raise PpmlopsError(
-                    f"dataset {dataset_id!r} is not registered in the privacy ledger; "
-                    "register_dataset() it with its epsilon budget and delta first")
-            if enforce_budget:
-                curves = self._partition_curves(conn, dataset_id)
-                curves[partition] = curves.get(partition, np.zeros(len(ORDERS))) + rdp
-                total, worst = self._max_epsilon(curves, ds.delta)
-                if total > ds.epsilon_budget:
-                    raise BudgetExceeded(
-                        f"ledger refused run {run_id!r}: dataset {dataset_id!r} would reach epsilon "
-                        f"{total:.6g} (partition {worst!r}) at delta {ds.delta:g}, over its budget "
-                        f"{ds.epsilon_budget:g}")
-            result = conn.execute(ledger_table.insert().values(
-                dataset_id=dataset_id, run_id=run_id, partition=partition, mechanism=mechanism,
-                noise_multiplier=segment.noise_multiplier, sample_rate=segment.sample_rate,
-                steps=segment.steps, status=RESERVED, created_at=_now(), completed_at=None,
-                note=str(note), orders=json.dumps(list(ORDERS)), rdp=json.dumps([float(x) for x in rdp])))
-            return int(result.inserted_primary_key[0])
+                    f"run {run_id!r} already has a {kind} {key!r} with other parameters; a run's {kind} "
+                    "cannot change once recorded (start a new run)")
+            counted = [e for e in self._entries(conn, dataset_id) if e.counted]
+            refusal = budget.refusal(_curves(counted), charge_curves(charges))
+            if refusal:
+                raise BudgetExceeded(f"ledger refused run {run_id!r}: {refusal}")
+            if same:  # a released grant asked for again: count it again
+                conn.execute(update(ledger_table).where(ledger_table.c.id.in_([e.id for e in same]))
+                             .values(status=RESERVED, completed_at=None))
+                return [e.id for e in same]
+            return [int(conn.execute(ledger_table.insert().values(**r)).inserted_primary_key[0]) for r in rows]
+
+    def record_usage(self, *, dataset_id: str, run_id: str, charge: Charge, key: str, randomness: str) -> int:
+        """Write what a run is about to spend under its grant (write-ahead). Idempotent by key:
+        a reserved row of the same key is adopted (its step never finished, so nothing it drew
+        was released); a completed one is an error (that release happened already)."""
+        dataset_id, run_id = _name(dataset_id, "dataset_id"), _name(run_id, "run_id")
+        with self._write() as conn:
+            entries = self._entries(conn, dataset_id, run_id)
+            if not any(e.kind == "grant" and e.partition == charge.partition and e.counted for e in entries):
+                raise PpmlopsError(f"run {run_id!r} has no grant on partition {charge.partition!r} of dataset "
+                                   f"{dataset_id!r}; plan the run first")
+            for e in entries:
+                if e.kind == "usage" and e.key == key:
+                    if e.status == COMPLETED:
+                        raise PpmlopsError(f"run {run_id!r} already completed release {key!r}")
+                    if e.segment != charge.segment or e.partition != charge.partition:
+                        raise PpmlopsError(f"run {run_id!r} reserved {key!r} with other parameters")
+                    return e.id
+            values = _entry_values(dataset_id, run_id, charge, "usage", key, randomness)
+            return int(conn.execute(ledger_table.insert().values(**values)).inserted_primary_key[0])
 
     def complete(self, entry_id: int) -> None:
-        """Mark a reserved entry as run. Completing twice is harmless."""
-        with self._writer.begin() as conn:
+        """Mark a reserved entry as done. Completing twice is harmless."""
+        with self._write() as conn:
             status = conn.execute(select(ledger_table.c.status).where(ledger_table.c.id == entry_id)).scalar()
             if status is None:
                 raise PpmlopsError(f"privacy ledger has no entry with id {entry_id!r}")
@@ -310,120 +368,151 @@ class Ledger:
                 conn.execute(update(ledger_table).where(ledger_table.c.id == entry_id)
                              .values(status=COMPLETED, completed_at=_now()))
 
+    def close_grant(self, *, dataset_id: str, run_id: str) -> str:
+        """End a run's grant: "completed" (it stays charged) when the run used any of it,
+        "released" (it stops counting) when it used nothing. Returns the new status."""
+        with self._write() as conn:
+            entries = self._entries(conn, dataset_id, run_id)
+            grants = [e for e in entries if e.kind == "grant" and e.status != RELEASED]
+            if not grants:
+                return RELEASED
+            used = any(e.kind == "usage" for e in entries)
+            status = COMPLETED if used else RELEASED
+            conn.execute(update(ledger_table).where(ledger_table.c.id.in_([e.id for e in grants]))
+                         .values(status=status, completed_at=_now()))
+            return status
+
     # -- reading ---------------------------------------------------------------------------
 
-    def entries(self, dataset_id: str | None = None, run_id: str | None = None) -> list[LedgerEntry]:
-        with self._engine.connect() as conn:
-            return self._entries(conn, dataset_id, run_id)
+    def entries(self, dataset_id: str | None = None, run_id: str | None = None,
+                kind: str | None = None) -> list[LedgerEntry]:
+        with self._read() as conn:
+            return [e for e in self._entries(conn, dataset_id, run_id) if kind is None or e.kind == kind]
 
-    def _entries(self, conn: Connection, dataset_id: str | None, run_id: str | None,
-                 partition: str | None = None) -> list[LedgerEntry]:
+    def _entries(self, conn: Connection, dataset_id: str | None, run_id: str | None = None) -> list[LedgerEntry]:
         query = select(ledger_table).order_by(ledger_table.c.id)
         if dataset_id is not None:
             query = query.where(ledger_table.c.dataset_id == dataset_id)
         if run_id is not None:
             query = query.where(ledger_table.c.run_id == run_id)
-        if partition is not None:
-            query = query.where(ledger_table.c.partition == partition)
-        return [self._entry(row) for row in conn.execute(query)]
+        return [_entry(row) for row in conn.execute(query)]
 
-    @staticmethod
-    def _entry(row: Any) -> LedgerEntry:
-        segment = Segment(row.noise_multiplier, row.sample_rate, row.steps)
-        stored_orders = tuple(float(a) for a in json.loads(row.orders))
-        if stored_orders == ORDERS:
-            rdp = np.asarray(json.loads(row.rdp), dtype=np.float64)
-        else:
-            # Written by a version with another order grid: the parameters are the record.
-            rdp = segment_rdp(segment)
-        rdp.setflags(write=False)
-        return LedgerEntry(
-            id=row.id, dataset_id=row.dataset_id, run_id=row.run_id, partition=row.partition,
-            mechanism=row.mechanism, noise_multiplier=segment.noise_multiplier,
-            sample_rate=segment.sample_rate, steps=segment.steps, status=row.status,
-            created_at=row.created_at, note=row.note or "", rdp=rdp, completed_at=row.completed_at)
+    def charged_curves(self, dataset_id: str, run_id: str | None = None) -> dict[str, np.ndarray]:
+        """Per partition, the RDP of every counted entry (releases and live grants)."""
+        return _curves(e for e in self.entries(dataset_id, run_id) if e.counted)
 
-    def _partition_curves(self, conn: Connection, dataset_id: str,
-                          run_id: str | None = None) -> dict[str, np.ndarray]:
-        curves: dict[str, np.ndarray] = {}
-        for e in self._entries(conn, dataset_id, run_id):
-            curves[e.partition] = curves.get(e.partition, np.zeros(len(ORDERS))) + e.rdp
-        return curves
+    def usage_curves(self, dataset_id: str, run_id: str) -> dict[str, np.ndarray]:
+        """Per partition, what the run's usage rows say it spent under its grant."""
+        return _curves(self.entries(dataset_id, run_id, kind="usage"))
 
-    @staticmethod
-    def _max_epsilon(curves: dict[str, np.ndarray], delta: float) -> tuple[float, str | None]:
-        best, worst = 0.0, None
-        for name in sorted(curves):
-            eps = epsilon_from_rdp(curves[name], delta)[0]
-            if worst is None or eps > best:
-                best, worst = eps, name
-        return best, worst
+    def spent(self, dataset_id: str) -> float:
+        """The dataset's spend under its lifetime filter (epsilon at its order and delta)."""
+        budget = self._require(dataset_id)
+        return budget.spent_epsilon(self.charged_curves(dataset_id))
 
-    def rdp_spent(self, dataset_id: str, partition: str | None = None, run_id: str | None = None) -> np.ndarray:
-        """RDP curve spent on a dataset (reserved and completed entries).
+    def epsilon_by_partition(self, dataset_id: str, run_id: str | None = None) -> dict[str, float]:
+        """Per partition: for a run, epsilon of its counted charges at their best order (a run's
+        curve is fixed before it starts); for the dataset, epsilon at the lifetime order."""
+        budget = self._require(dataset_id)
+        curves = self.charged_curves(dataset_id, run_id)
+        if run_id is not None:
+            return {p: epsilon_from_rdp(c, budget.delta)[0] for p, c in sorted(curves.items())}
+        return {p: budget.spent_epsilon({p: c}) for p, c in sorted(curves.items())}
 
-        With a partition: that partition's entries summed. Without: the per-order maximum over
-        partitions, a valid curve for the whole dataset by parallel composition (use it as
-        calibrate_noise's prior_rdp when a run touches every partition).
-        """
-        with self._engine.connect() as conn:
-            if partition is not None:
-                total = np.zeros(len(ORDERS))
-                for e in self._entries(conn, dataset_id, run_id, partition):
-                    total = total + e.rdp
-                return total
-            curves = self._partition_curves(conn, dataset_id, run_id)
-        if not curves:
-            return np.zeros(len(ORDERS))
-        return np.max(np.stack(list(curves.values())), axis=0)
-
-    def _delta_for(self, dataset_id: str, delta: float | None) -> float:
-        if delta is not None:
-            return check_delta(delta)
-        ds = self.dataset(dataset_id)
-        if ds is None:
-            raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger; pass delta explicitly")
-        return ds["delta"]
-
-    def epsilon_by_partition(self, dataset_id: str, delta: float | None = None,
-                             run_id: str | None = None) -> dict[str, float]:
-        delta = self._delta_for(dataset_id, delta)
-        with self._engine.connect() as conn:
-            curves = self._partition_curves(conn, dataset_id, run_id)
-        return {name: epsilon_from_rdp(curves[name], delta)[0] for name in sorted(curves)}
-
-    def epsilon_spent(self, dataset_id: str, delta: float | None = None, run_id: str | None = None) -> float:
-        """Epsilon of everything charged to the dataset (or one run of it): the worst partition,
-        each partition's curves composed and converted once. delta defaults to the registered one."""
-        by_partition = self.epsilon_by_partition(dataset_id, delta, run_id)
-        return max(by_partition.values(), default=0.0)
+    def _require(self, dataset_id: str) -> LifetimeBudget:
+        budget = self.budget(dataset_id)
+        if budget is None:
+            raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger")
+        return budget
 
     def summary(self, dataset_id: str | None = None) -> dict:
         """Per dataset: budget, spend, remaining, per-partition epsilon, runs and entries."""
         ids = [dataset_id] if dataset_id is not None else self.datasets()
         out = []
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             for ds_id in ids:
-                row = conn.execute(select(datasets_table).where(datasets_table.c.dataset_id == ds_id)).first()
-                entries = self._entries(conn, ds_id, None)
-                if row is None and not entries:
+                budget = self._budget(conn, ds_id)
+                entries = self._entries(conn, ds_id)
+                if budget is None and not entries:
                     raise PpmlopsError(f"dataset {ds_id!r} is not in the privacy ledger")
-                budget = row.epsilon_budget if row is not None else None
-                delta = row.delta if row is not None else None
-                curves: dict[str, np.ndarray] = {}
-                for e in entries:
-                    curves[e.partition] = curves.get(e.partition, np.zeros(len(ORDERS))) + e.rdp
-                partitions = ({name: epsilon_from_rdp(curves[name], delta)[0] for name in sorted(curves)}
-                              if delta is not None else {})
-                spent = max(partitions.values(), default=0.0) if delta is not None else None
+                curves = _curves(e for e in entries if e.counted)
+                partitions = {p: budget.spent_epsilon({p: c}) for p, c in sorted(curves.items())} if budget else {}
+                spent = max(partitions.values(), default=0.0) if budget else None
                 out.append({
                     "dataset_id": ds_id,
-                    "epsilon_budget": budget,
-                    "delta": delta,
-                    "epsilon_spent": spent,
-                    "epsilon_remaining": (max(0.0, budget - spent) if budget is not None else None),
+                    "epsilon_budget": budget.epsilon if budget else None,
+                    "delta": budget.delta if budget else None,
+                    "accounting_order": budget.order if budget else None,
+                    "share_used": budget.share_used(curves) if budget else None,
+                    "epsilon_spent": spent,  # at the dataset's order: information, see LifetimeBudget
+                    "epsilon_remaining": max(0.0, budget.epsilon - spent) if budget else None,
                     "partitions": partitions,
                     "runs": list(dict.fromkeys(e.run_id for e in entries)),
                     "entries": [e.to_dict() for e in entries],
                 })
-        return {"datasets": out, "accountant": "rdp", "orders": list(ORDERS)}
+        return {"datasets": out, "accountant": "rdp", "filter": "renyi, one order per dataset",
+                "orders": list(ORDERS)}
+
+
+def _check_budget(epsilon_budget: object, delta: object) -> tuple[float, float]:
+    try:
+        eps = float(epsilon_budget)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PpmlopsError(f"epsilon_budget must be a number, got {epsilon_budget!r}") from None
+    if not (math.isfinite(eps) and eps > 0):
+        raise PpmlopsError(f"epsilon_budget must be a finite number > 0, got {epsilon_budget!r}")
+    return eps, check_delta(delta)
+
+
+def _entry_values(dataset_id: str, run_id: str, c: Charge, kind: str, key: str, randomness: str) -> dict:
+    if not isinstance(c, Charge):
+        raise PpmlopsError(f"expected a Charge, got {type(c).__name__}")
+    _name(c.partition, "partition")
+    if c.mechanism not in MECHANISMS:
+        raise PpmlopsError(f"mechanism must be one of {list(MECHANISMS)}, got {c.mechanism!r}")
+    if c.mechanism == "gaussian" and c.segment.sample_rate != 1.0:
+        raise PpmlopsError(f"mechanism 'gaussian' needs sample_rate 1 (no subsampling), got {c.segment.sample_rate}")
+    if randomness not in RANDOMNESS_MODES:
+        raise PpmlopsError(f"randomness must be one of {list(RANDOMNESS_MODES)}, got {randomness!r}")
+    rdp = c.rdp()
+    return dict(dataset_id=dataset_id, run_id=run_id, partition=c.partition, kind=kind, key=_name(key, "key"),
+                mechanism=c.mechanism, noise_multiplier=c.segment.noise_multiplier,
+                sample_rate=c.segment.sample_rate, steps=c.segment.steps, status=RESERVED,
+                randomness=randomness, created_at=_now(), completed_at=None, note=str(c.note),
+                orders=json.dumps(list(ORDERS)), rdp=json.dumps([float(x) for x in rdp]))
+
+
+def _same_charge(entries: list[LedgerEntry], charges: list[Charge]) -> bool:
+    have = sorted((e.partition, e.mechanism, e.segment.noise_multiplier, e.segment.sample_rate, e.segment.steps)
+                  for e in entries)
+    want = sorted((c.partition, c.mechanism, c.segment.noise_multiplier, c.segment.sample_rate, c.segment.steps)
+                  for c in charges)
+    return have == want
+
+
+def _entry(row: Any) -> LedgerEntry:
+    segment = Segment(row.noise_multiplier, row.sample_rate, row.steps)
+    stored_orders = tuple(float(a) for a in json.loads(row.orders))
+    if stored_orders == ORDERS:
+        rdp = np.asarray(json.loads(row.rdp), dtype=np.float64)
+    else:
+        # Written by a version with another order grid: the parameters are the record.
+        rdp = segment_rdp(segment)
+    rdp.setflags(write=False)
+    return LedgerEntry(
+        id=row.id, dataset_id=row.dataset_id, run_id=row.run_id, partition=row.partition,
+        kind=row.kind or "release", key=row.key, mechanism=row.mechanism,
+        noise_multiplier=segment.noise_multiplier, sample_rate=segment.sample_rate, steps=segment.steps,
+        status=row.status, randomness=row.randomness or "unrecorded", created_at=row.created_at,
+        note=row.note or "", rdp=rdp, completed_at=row.completed_at)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring a database made by an earlier version up to this schema (entries are never lost:
+    old per-epoch entries become counted releases, exactly what they were charged as)."""
+    found = inspect(conn)
+    for table, columns in _ADDED.items():
+        have = {c["name"] for c in found.get_columns(table)}
+        for name, ddl in columns.items():
+            if name not in have:
+                conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))

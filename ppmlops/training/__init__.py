@@ -1,11 +1,7 @@
-"""Training: model builders, the DP-SGD worker loop (Opacus) and its Ray Train launcher."""
+"""Training: models, Poisson sampling, the DP-SGD step with CSPRNG noise, the epoch loop, and its
+Ray Train launcher (job, sampling, private_model, loop, ray_worker, launch), plus the Ray Jobs
+submission path (jobs, torch-free).
 
-from ppmlops.training.launch import TrainJob, TrainResult, sample_rate_for, shutdown_local_ray, train_on_ray
-from ppmlops.training.dp_worker import EpochSettings
-from ppmlops.training.metrics import accuracy, roc_auc
-from ppmlops.training.models import build_model, predict_proba
-
-__all__ = [
-    "EpochSettings", "TrainJob", "TrainResult", "accuracy", "build_model", "predict_proba", "roc_auc",
-    "sample_rate_for", "shutdown_local_ray", "train_on_ray",
-]
+Nothing is imported here on purpose: the Airflow side imports ppmlops.training.jobs and must
+not load torch.
+"""

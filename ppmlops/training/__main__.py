@@ -14,9 +14,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ppmlops import pipeline
     from ppmlops.errors import PpmlopsError
     from ppmlops.spec import PipelineSpec
+    from ppmlops.stages.context import RunContext, RunParams
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -25,21 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         request = json.loads(Path(args[0]).read_text())
         spec = PipelineSpec.model_validate(request["spec"])
-        ctx = pipeline.RunContext(spec, request["run_id"], pipeline.RunParams(**request["params"]))
+        ctx = RunContext(spec, request["run_id"], RunParams(**request["params"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"ppmlops.training: cannot read the train request {args[0]!r}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    from ppmlops.training.driver import train_here
+    from ppmlops.training.launch import shutdown_local_ray
+
     try:
-        record = pipeline.train_here(ctx)
+        record = train_here(ctx)
     except PpmlopsError as e:
         print(f"ppmlops.training: {e}", file=sys.stderr)
         return 1
     finally:
-        from ppmlops.training.launch import shutdown_local_ray
-
         shutdown_local_ray()
-    ctx.write("train", record)
-    print(f"[run {ctx.run_id}] train record written to {ctx.run_dir / 'train.json'}")
+    ctx.store.write(record)
+    print(f"[run {ctx.run_id}] train record written to {ctx.store.path_of(type(record))}")
     return 0
 
 

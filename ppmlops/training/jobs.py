@@ -20,15 +20,16 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ppmlops.errors import TrainingError
+from ppmlops.run.records import TrainRecord
 
 if TYPE_CHECKING:
-    from ppmlops.pipeline import RunContext
+    from ppmlops.stages.context import RunContext
 
 REQUEST_FILE = "train_request.json"
 # Passed to the job so that it writes where this task reads; Ray sets RAY_ADDRESS for the job
 # itself, and PPMLOPS_RAY_JOBS_URL stays out so the job trains in place.
 # Nothing secret goes here: the dashboard shows a job's runtime environment.
-FORWARDED_ENV = ("PPMLOPS_HOME", "PPMLOPS_DB_URL", "PPMLOPS_SECURE_RNG", "PPMLOPS_PROJECT_ROOT")
+FORWARDED_ENV = ("PPMLOPS_HOME", "PPMLOPS_DB_URL", "PPMLOPS_RANDOMNESS", "PPMLOPS_PROJECT_ROOT")
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -84,7 +85,7 @@ def follow(client, job_id: str, *, echo: Callable[[str], None] = print, poll_s: 
         time.sleep(poll_s)
 
 
-def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) -> "TrainRecord":
     """Run the train stage as a Ray job and return the record it wrote."""
     url = ctx.settings.ray_jobs_url
     client = _client(url)
@@ -92,7 +93,7 @@ def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) 
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env.setdefault("PPMLOPS_HOME", str(ctx.settings.home))
     env.setdefault("PPMLOPS_DB_URL", ctx.settings.db_url)
-    record_path = ctx.run_dir / "train.json"
+    record_path = ctx.store.path_of(TrainRecord)
     base_id = submission_id(ctx)
     earlier, attempts = _earlier_attempt(client, base_id)
     if earlier is not None and _status(earlier) not in {"FAILED", "STOPPED"}:
@@ -127,7 +128,5 @@ def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) 
     if not record_path.exists():
         raise TrainingError(f"Ray job {job_id} succeeded but wrote no train record at {record_path}: "
                             "do the job and this task share PPMLOPS_HOME?")
-    record = json.loads(record_path.read_text())
-    record.pop("seconds", None)
-    record["ray_job"] = {"submission_id": job_id, "jobs_url": url}
-    return record
+    record = ctx.store.read(TrainRecord)
+    return record.model_copy(update={"seconds": None, "ray_job": {"submission_id": job_id, "jobs_url": url}})

@@ -1,1 +1,5 @@
-"""ANOM: adaptive noise, clipping and learning rate between DP-SGD epochs (see ppmlops.tuning.tuners)."""
+"""ANOM: adaptive noise, clipping and learning rate between DP-SGD epochs.
+
+protocol (what the worker and a tuner exchange), tuners (fixed, rule, bayes), registry (by name),
+signals (the noisy statistics a tuner may read and what each costs).
+"""

@@ -1,12 +1,13 @@
 """ANOM tuners: between DP-SGD epochs, propose the next epoch's noise, clip norm and learning rate.
 
-A tuner runs on rank 0 of the Ray Train workers (it is pickled into the job) and sees only what
-is private-safe: its own earlier choices and the noisy holdout accuracy that the worker released
-and charged to the ledger (ppmlops.tuning.signals). It never decides what is spent: every
-proposal still passes the run's privacy filter, which refuses an epoch that would overspend.
+A tuner runs on rank 0 of the Ray Train workers and sees only what is private-safe: its own
+earlier choices and the statistics the worker released with their own noise and cost
+(ppmlops.tuning.signals). It never decides what is spent: every proposal still passes the run's
+privacy filter, which refuses an epoch that would overspend. The worker talks to tuners through
+ppmlops.tuning.protocol only; ppmlops.tuning.registry builds them by name.
 
-To keep proposals admissible, a tuner is told before each epoch what the filter has left
-(`observe_budget`) and never proposes a noise multiplier below the smallest one that keeps every
+To keep proposals admissible, a tuner is given before each epoch what the filter has left (a
+BudgetView) and never proposes a noise multiplier below the smallest one that keeps every
 remaining epoch affordable at the same noise (`min_affordable_sigma`). Noise can therefore fall
 below the plan's only when earlier epochs spent less than planned.
 
@@ -18,23 +19,15 @@ history, prints it on the progress line and saves it with the run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ppmlops.privacy.accountant import Segment, epsilon_from_rdp, segment_rdp
-from ppmlops.training.dp_worker import EpochSettings
+from ppmlops.tuning.protocol import BudgetView, EpochSettings, Proposal
 
-NAMES = ("fixed", "rule", "bayes")
 SIGNAL = "holdout_accuracy_noisy"
 CLIP_SIGNAL = "clipped_fraction_noisy"
-
-
-@dataclass
-class Proposal:
-    settings: EpochSettings
-    explanation: dict[str, Any]
 
 
 def min_affordable_sigma(remaining: np.ndarray, sample_rate: float, steps: int, epochs_left: int) -> float:
@@ -55,46 +48,47 @@ def min_affordable_sigma(remaining: np.ndarray, sample_rate: float, steps: int, 
     return hi  # always the admissible side
 
 
-@dataclass
-class _Budget:
-    remaining: list[float] = field(default_factory=list)
-    sample_rate: float = 0.0
-    steps: int = 0
-    epochs_left: int = 0
-    delta: float = 1e-5
+def _fits(budget: BudgetView | None, sigma: float) -> bool:
+    """Whether every remaining epoch fits at `sigma` exactly (the floor is found to 1e-4 only)."""
+    if budget is None or not budget.remaining:
+        return True
+    need = budget.epochs_left * segment_rdp(Segment(sigma, budget.sample_rate, budget.steps))
+    return bool(np.all(need <= np.asarray(budget.remaining)))
 
-    def floor(self) -> float:
-        if not self.remaining:
-            return 0.0
-        return min_affordable_sigma(np.asarray(self.remaining), self.sample_rate, self.steps, self.epochs_left)
 
-    def epsilon_left(self) -> float:
-        return float(epsilon_from_rdp(np.maximum(np.asarray(self.remaining), 0.0), self.delta)[0]) if self.remaining else math.nan
+def affordable_floor(budget: BudgetView | None) -> float:
+    if budget is None or not budget.remaining:
+        return 0.0
+    return min_affordable_sigma(np.asarray(budget.remaining), budget.sample_rate, budget.steps, budget.epochs_left)
+
+
+def epsilon_left(budget: BudgetView | None) -> float:
+    if budget is None or not budget.remaining:
+        return math.nan
+    return float(epsilon_from_rdp(np.maximum(np.asarray(budget.remaining), 0.0), budget.delta)[0])
 
 
 class Tuner:
-    """Base: keeps the budget view; subclasses implement `propose`."""
+    """Base: raises every proposal to the affordable floor and explains it; subclasses `choose`."""
 
     name = "base"
+    wants_holdout_accuracy = True
+    wants_clipped_fraction = False
 
     def __init__(self, *, seed: int = 0):
         self.seed = seed
-        self.budget = _Budget()
+        self._floor = 0.0
 
-    def observe_budget(self, *, remaining, sample_rate: float, steps: int, epochs_left: int, delta: float) -> None:
-        self.budget = _Budget([float(x) for x in remaining], float(sample_rate), int(steps), int(epochs_left), float(delta))
+    def propose(self, epoch: int, history: list[dict], current: EpochSettings, budget: BudgetView) -> Proposal:
+        self._floor = affordable_floor(budget)
+        settings, why, extra = self.choose(epoch, history, current)
+        if settings.noise_multiplier < self._floor and not _fits(budget, settings.noise_multiplier):
+            settings = EpochSettings(self._floor, settings.max_grad_norm, settings.learning_rate)
+            why += f"; noise raised to {self._floor:.3g}, the least the remaining budget affords"
+        details = {"epsilon_left_before": epsilon_left(budget), "sigma_floor": self._floor, **extra}
+        return Proposal(settings.checked(), why, {"saw": _seen(history), **details})
 
-    def __call__(self, epoch: int, history: list[dict], current: EpochSettings) -> Proposal:
-        settings, why, extra = self.propose(epoch, history, current)
-        floor = self.budget.floor()
-        if settings.noise_multiplier < floor:
-            settings = EpochSettings(floor, settings.max_grad_norm, settings.learning_rate)
-            why += f"; noise raised to {floor:.3g}, the least the remaining budget affords"
-        explanation = {"tuner": self.name, "why": why, "saw": _seen(history),
-                       "epsilon_left_before": self.budget.epsilon_left(), "sigma_floor": floor, **extra}
-        return Proposal(settings.checked(), explanation)
-
-    def propose(self, epoch: int, history: list[dict], current: EpochSettings):
+    def choose(self, epoch: int, history: list[dict], current: EpochSettings):
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -108,8 +102,9 @@ class FixedTuner(Tuner):
     """The baseline: the plan's calibrated settings for every epoch."""
 
     name = "fixed"
+    wants_holdout_accuracy = False  # it would not look: spend nothing on the held-out rows
 
-    def propose(self, epoch, history, current):
+    def choose(self, epoch, history, current):
         return current, "fixed: the plan's calibrated settings", {}
 
 
@@ -142,7 +137,7 @@ class RuleTuner(Tuner):
         return clip, (f"clip {current.max_grad_norm:.3g} -> {clip:.3g} toward the {self.quantile:g} quantile of "
                       f"gradient norms (noisy unclipped fraction {unclipped:.2f})")
 
-    def propose(self, epoch, history, current):
+    def choose(self, epoch, history, current):
         accs = [h.get(SIGNAL) for h in history if h.get(SIGNAL) is not None]
         drop = accs[-2] - accs[-1] if len(accs) >= 2 else None
         if drop is not None and drop > self.tolerance:
@@ -182,7 +177,7 @@ class BayesTuner(Tuner):
         """The centre of the box: the usual first design point, and no random first epoch."""
         return {k: (lo + hi) / 2 for k, (lo, hi) in self._bounds().items()}
 
-    def propose(self, epoch, history, current):
+    def choose(self, epoch, history, current):
         from bayes_opt import BayesianOptimization, acquisition
 
         if self.pending is not None and history and history[-1].get(SIGNAL) is not None:
@@ -207,7 +202,7 @@ class BayesTuner(Tuner):
         else:
             why = f"bayes: exploring ({len(self.points)} observations, prior only)"
         self.pending = params
-        floor = self.budget.floor() or current.noise_multiplier
+        floor = self._floor or current.noise_multiplier
         clip = math.exp(params["log_clip"])
         settings = EpochSettings(floor * params["noise_factor"], clip, math.exp(params["log_step"]) / clip)
         extra["params"] = params
@@ -222,23 +217,9 @@ class BayesTuner(Tuner):
         self.pending = state.get("pending")
 
 
-def make_tuner(name: str, *, seed: int = 0, learning_rate: float = 0.5, max_grad_norm: float = 1.0) -> Tuner:
-    if name == "fixed":
-        return FixedTuner(seed=seed)
-    if name == "rule":
-        return RuleTuner(seed=seed)
-    if name == "bayes":
-        return BayesTuner(seed=seed, base_learning_rate=learning_rate, base_clip=max_grad_norm)
-    raise ValueError(f"unknown tuner {name!r}; choose one of {', '.join(NAMES)}")
-
-
 def _seen(history: list[dict]) -> dict[str, Any]:
     if not history:
         return {}
     last = history[-1]
     return {k: last.get(k) for k in ("epoch", SIGNAL, CLIP_SIGNAL, "noise_multiplier", "max_grad_norm", "learning_rate",
-                                      "epsilon_spent")}
-
-
-__all__ = ["NAMES", "Proposal", "Tuner", "FixedTuner", "RuleTuner", "BayesTuner", "make_tuner",
-           "min_affordable_sigma"]
+                                      "epsilon_used")}

@@ -10,6 +10,8 @@ import yaml
 from ppmlops import pipeline, settings
 from ppmlops.errors import PolicyRefused
 from ppmlops.spec import parse_spec
+from ppmlops.stages import assess, deploy, ingest, plan, validate
+from ppmlops.stages.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 E2E_SPEC = Path(__file__).with_name("e2e_small.yaml")
@@ -30,7 +32,7 @@ def make_spec(**overrides):
 
 
 def run(spec, run_id):
-    ctx = pipeline.RunContext(spec=spec, run_id=run_id, params=pipeline.RunParams.defaults(spec))
+    ctx = RunContext(spec=spec, run_id=run_id, params=RunParams.defaults(spec))
     return ctx, pipeline.run_all(ctx)
 
 
@@ -41,40 +43,65 @@ def home(tmp_path, monkeypatch):
 
 
 def test_runs_accumulate_then_policy_refuses(home):
+    import math
+
     from ppmlops.audit.log import AuditLog
-    from ppmlops.privacy.accountant import Segment, calibrate_noise
-    from ppmlops.privacy.ledger import Ledger
+    from ppmlops.privacy.accountant import Segment
+    from ppmlops.privacy.ledger import Charge, Ledger
 
     spec = make_spec()
     ledger = Ledger(settings.load().db_url)
     _, first = run(spec, "run-1")
-    after_first = ledger.epsilon_spent(spec.dataset.id)
+    budget = ledger.budget(spec.dataset.id)
+    after_first = budget.share_used(ledger.charged_curves(spec.dataset.id))
     _, second = run(spec, "run-2")
-    after_second = ledger.epsilon_spent(spec.dataset.id)
+    after_second = budget.share_used(ledger.charged_curves(spec.dataset.id))
 
     assert {e.run_id for e in ledger.entries(spec.dataset.id)} == {"run-1", "run-2"}
-    assert after_first == pytest.approx(first["epsilon_spent"])
+    assert after_first == pytest.approx(first["dataset_share_used"])
     # Composition: the second run spends the same people's budget again.
-    assert after_first < after_second <= spec.privacy.epsilon
-    assert after_second == pytest.approx(second["dataset_epsilon_total"])
+    assert 0 < after_first < after_second <= 1
+    assert after_second == pytest.approx(second["dataset_share_used"])
 
-    # A crashed run reserved nearly all that is left (write-ahead: it counts although it never completed).
-    sigma = calibrate_noise(spec.privacy.epsilon - 0.01, spec.privacy.delta, 1.0, 1,
-                            prior_rdp=ledger.rdp_spent(spec.dataset.id))
-    ledger.reserve(dataset_id=spec.dataset.id, run_id="crashed", segment=Segment(sigma, 1.0, 1))
-    assert spec.privacy.epsilon - 0.05 < ledger.epsilon_spent(spec.dataset.id) <= spec.privacy.epsilon
+    # Another release took nearly all that is left (a charge counts whether or not it completed);
+    # what stays pays for the next run's count release and next to nothing more.
+    curves = ledger.charged_curves(spec.dataset.id)
+    [counts] = [e for e in ledger.entries(spec.dataset.id, run_id="run-1") if e.key == "counts" and e.partition == "train"]
+    keep = float(counts.rdp[budget.index]) + 1e-5
+    rooms = {p: budget.remaining_rdp(curves, p) - keep for p in ("train", "holdout")}
+    ledger.charge(dataset_id=spec.dataset.id, run_id="other", kind="release", key="big", randomness="secure",
+                  charges=[Charge(p, Segment(math.sqrt(budget.order / (2 * room)), 1.0, 1), "gaussian")
+                           for p, room in rooms.items()])
+    assert 0.9 < budget.share_used(ledger.charged_curves(spec.dataset.id)) <= 1
 
-    ctx = pipeline.RunContext(spec=spec, run_id="run-3", params=pipeline.RunParams.defaults(spec))
-    for stage in (pipeline.ingest, pipeline.validate, pipeline.assess):
-        stage(ctx)
+    ctx = RunContext(spec=spec, run_id="run-3", params=RunParams.defaults(spec))
+    for stage in (ingest, validate, assess):
+        stage.run(ctx)
     with pytest.raises(PolicyRefused) as refused:
-        pipeline.plan(ctx)
-    assert any("budget" in r.lower() for r in refused.value.reasons)
+        plan.run(ctx)
+    assert any("budget spent" in r for r in refused.value.reasons), refused.value.reasons
     assert not (ctx.run_dir / "train.json").exists()
     denied = [r["decision"] for r in AuditLog(settings.load().db_url).records(run_id="run-3")
               if r["decision"]["query"] == "data.ppmlops.train"]
     assert denied and denied[-1]["outcome"] == "deny"
-    assert pipeline.summary(ctx)["decision"] == "refused to train"
+    assert pipeline.summary(ctx)["decision"] == "refused at plan"
+    assert budget.share_used(ledger.charged_curves(spec.dataset.id)) <= 1
+
+
+def test_a_changed_lifetime_budget_in_the_spec_is_refused_not_applied(home):
+    from ppmlops.privacy.ledger import BudgetMismatch, Ledger
+
+    spec = make_spec()
+    ctx = RunContext(spec=spec, run_id="run-a", params=RunParams.defaults(spec))
+    for stage in (ingest, validate, assess):
+        stage.run(ctx)
+    bigger = make_spec(**{"privacy.epsilon": 30.0})
+    ctx = RunContext(spec=bigger, run_id="run-b", params=RunParams.defaults(bigger))
+    ingest.run(ctx)
+    validate.run(ctx)
+    with pytest.raises(BudgetMismatch, match="ppmlops ledger set-budget"):
+        assess.run(ctx)
+    assert Ledger(settings.load().db_url).budget(spec.dataset.id).epsilon == spec.privacy.epsilon
 
 
 def test_gate_denies_a_model_below_the_utility_floor(home):
@@ -87,4 +114,4 @@ def test_gate_denies_a_model_below_the_utility_floor(home):
     assert "model_version" not in summary
     assert Registry(settings.load().registry_dir).versions("floor_test") == []
     with pytest.raises(PolicyRefused):
-        pipeline.deploy(ctx)
+        deploy.run(ctx)

@@ -13,6 +13,8 @@ import pytest
 from ppmlops import pipeline, settings
 from ppmlops.errors import PolicyRefused
 from ppmlops.spec import load_spec
+from ppmlops.stages import deploy, gate
+from ppmlops.stages.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +131,7 @@ def run_with_answer(dag, spec, option: str):
     run = dag.test(run_conf=conf)
     approver.join(timeout=60)
     assert approver.error is None, approver.error
-    ctx = pipeline.RunContext(spec=spec, run_id=run.run_id, params=pipeline.RunParams.from_mapping(spec, conf))
+    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, conf))
     return run, ctx, approver
 
 
@@ -154,7 +156,11 @@ def test_needs_approval_waits_for_a_person_then_deploys(dag_and_spec, approved_r
     assert str(run.state) == "success", pipeline.format_summary(summary)
     assert summary["decision"] == "needs_approval"
     assert "requires a human approval for every deploy to staging" in approver.asked["body"]
-    card = Registry(settings.load().registry_dir).card(spec.deploy.model_name, summary["model_version"])
+    registry = Registry(settings.load().registry_dir)
+    card = registry.card(spec.deploy.model_name, summary["model_version"])
+    # a staging deploy moves staging's alias, never production's
+    assert registry.alias(spec.deploy.model_name, "staging") == summary["model_version"]
+    assert registry.alias(spec.deploy.model_name, "production") is None
     assert card["approval"]["approved"] is True and card["approval"]["by"] == "officer"
     assert card["policy_decision"]["outcome"] == "needs_approval"
     assert ("gate", "needs_approval") in audit_stages(ctx)
@@ -172,7 +178,7 @@ def test_rejected_approval_deploys_nothing(dag_and_spec):
     assert "model_version" not in pipeline.summary(ctx)
     assert ("approval", "rejected") in audit_stages(ctx)
     with pytest.raises(PolicyRefused):
-        pipeline.deploy(ctx)
+        deploy.run(ctx)
 
 
 def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec, policy_file):
@@ -185,7 +191,7 @@ def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec
         run = dag.test(run_conf=conf)
     finally:
         policy_file.write_text(edited)
-    ctx = pipeline.RunContext(spec=spec, run_id=run.run_id, params=pipeline.RunParams.from_mapping(spec, conf))
+    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, conf))
     assert str(run.state) == "failed"
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert states["gate"] == "success" and states["withhold"] == "failed"
@@ -199,10 +205,10 @@ def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec
 def test_policy_edits_apply_at_the_next_decision(approved_run, policy_file):
     """Same process, same loaded DAG: the gate reads the policy file fresh every time."""
     _, ctx, _ = approved_run
-    assert pipeline.gate(ctx)["outcome"] == "needs_approval"
+    assert gate.run(ctx).outcome == "needs_approval"
     policy_file.write_text(ORIGINAL_POLICY)
     try:
-        assert pipeline.gate(ctx)["outcome"] == "allow"
+        assert gate.run(ctx).outcome == "allow"
     finally:
         policy_file.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
 
@@ -214,12 +220,12 @@ def test_a_policy_syntax_error_denies_with_file_and_line(approved_run, policy_fi
     lines[broken_line - 1] = lines[broken_line - 1].replace(":=", ":= {{", 1)
     policy_file.write_text("\n".join(lines) + "\n")
     try:
-        gate = pipeline.gate(ctx)
+        decided = gate.run(ctx)
     finally:
         policy_file.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
-    assert gate["outcome"] == "deny" and not gate["allowed"]
-    text = " ".join(gate["reasons"]) + " " + (gate["error"] or "")
+    assert decided.outcome == "deny" and not decided.allowed
+    text = " ".join(decided.reasons) + " " + (decided.error or "")
     assert f"{policy_file}:{broken_line}" in text, text
     with pytest.raises(PolicyRefused):
-        pipeline.deploy(ctx)
+        deploy.run(ctx)
 

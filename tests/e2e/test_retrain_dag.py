@@ -1,109 +1,146 @@
-"""The retraining DAG end to end through Airflow's dag.test(): SQLite, local Ray, in-process Rego."""
+"""The retraining DAG end to end through Airflow's dag.test(): SQLite, local Ray, in-process OPA.
+
+Besides "it deploys", the privacy claims a run makes are checked here on the real run:
+Google's dp-accounting reproduces the card's epsilon from the plan's own settings, the card
+states the fixed budget curve's epsilon, and nothing exact about the private rows (the snapshot's
+hash, exact counts, real rows' losses) is in any record, XCom or card that leaves the run folder.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from ppmlops import pipeline, settings
+from ppmlops.run.records import CountsRelease, EvaluationRecord, PlanRecord, StagedData, TrainRecord
 from ppmlops.spec import load_spec
+from ppmlops.stages.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def dp_accounting_epsilon(entries, delta):
-    """Google's dp-accounting on the ledger's own segments; partitions compose in parallel."""
-    from dp_accounting import dp_event
-    from dp_accounting.rdp import RdpAccountant
-
-    from ppmlops.privacy.accountant import ORDERS
-
-    by_partition: dict[str, RdpAccountant] = {}
-    for e in entries:
-        acc = by_partition.setdefault(e.partition, RdpAccountant(orders=list(ORDERS)))
-        acc.compose(dp_event.PoissonSampledDpEvent(e.sample_rate, dp_event.GaussianDpEvent(e.noise_multiplier)), e.steps)
-    return max(acc.get_epsilon(delta) for acc in by_partition.values())
+CONF = {"epochs": 2, "seed": 3}
 
 
 @pytest.fixture(scope="module")
 def e2e_run(airflow_db):
-    import os
-
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     spec = load_spec(Path(os.environ["PPMLOPS_PIPELINES"]) / "e2e_small.yaml")
-    run = bag.dags[spec.dag_id].test(run_conf={"epochs": 2, "seed": 3})
-    ctx = pipeline.RunContext(spec=spec, run_id=run.run_id,
-                              params=pipeline.RunParams.from_mapping(spec, {"epochs": 2, "seed": 3}))
+    run = bag.dags[spec.dag_id].test(run_conf=CONF)
+    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, CONF))
     return run, spec, ctx
 
 
-def test_run_succeeds_and_deploys(e2e_run):
+def test_run_succeeds_with_secure_randomness_and_deploys_to_its_environment(e2e_run):
+    from ppmlops.registry.store import Registry
+
     run, spec, ctx = e2e_run
-    assert str(run.state) == "success", pipeline.format_summary(pipeline.summary(ctx))
     summary = pipeline.summary(ctx)
-    assert summary["decision"] == "allow"
-    assert summary["model_version"] >= 1
+    assert str(run.state) == "success", pipeline.format_summary(summary)
+    assert summary["decision"] == "allow" and summary["randomness"] == "secure"
+    registry = Registry(settings.load().registry_dir)
+    assert registry.alias(spec.deploy.model_name, "development") == summary["model_version"]
+    assert registry.alias(spec.deploy.model_name, "production") is None  # only a production run moves it
 
 
-def test_rows_reconcile(e2e_run):
-    _, spec, ctx = e2e_run
-    staged = ctx.read("ingest")
-    assert staged["rows_in"] == staged["rows_staged"] + staged["rows_quarantined"]
-    assert staged["rows_quarantined"] > 0  # the generator refuses consent for some rows
-    quarantined = Path(staged["quarantine_path"]).read_text().splitlines()
-    assert len(quarantined) - 1 == staged["rows_quarantined"]  # header + one line per row
+def test_rows_reconcile_exactly_inside_and_only_noisily_outside(e2e_run):
+    _, _, ctx = e2e_run
+    staged = ctx.store.read(StagedData).result
+    assert staged.rows_in == staged.rows_staged + staged.rows_quarantined and staged.rows_quarantined > 0
+    quarantined = Path(staged.quarantine_path).read_text().splitlines()
+    assert len(quarantined) - 1 == staged.rows_quarantined
+    assert Path(staged.quarantine_path).parent == ctx.store.private_dir
+    counts = ctx.store.read(CountsRelease)
+    sigma = counts.sigma_rows
+    assert abs(counts.rows_train - staged.rows_train) < 6 * sigma  # a noisy count, not an exact one
+    assert counts.ledger_entries and counts.noise_multiplier > 0
 
 
-def test_ledger_matches_dp_accounting(e2e_run):
-    from ppmlops.privacy.ledger import Ledger
+def test_dp_accounting_reproduces_the_cards_epsilon_from_the_plan(e2e_run):
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
 
-    _, spec, ctx = e2e_run
-    ledger = Ledger(settings.load().db_url)
-    entries = ledger.entries(spec.dataset.id, run_id=ctx.run_id)
-    epochs = ctx.read("train")["epochs_completed"]
-    assert epochs == 2
-    # both partitions are in the ledger: the training steps and the tuner's noisy holdout accuracy
-    assert sorted(e.partition for e in entries) == ["holdout"] * epochs + ["train"] * epochs
-    assert set(ctx.read("train")["epsilon_by_partition"]) == {"train", "holdout"}
-    total = ledger.epsilon_spent(spec.dataset.id)
-    assert total == pytest.approx(dp_accounting_epsilon(ledger.entries(spec.dataset.id), spec.privacy.delta), rel=1e-6)
-    # What the run reports is what the ledger holds, and within what the policy granted.
-    trained, planned = ctx.read("train"), ctx.read("plan")
-    assert trained["run_epsilon_spent"] == pytest.approx(
-        dp_accounting_epsilon(entries, spec.privacy.delta), rel=1e-6)
-    assert trained["run_epsilon_spent"] <= planned["run_epsilon"]
-
-
-def test_model_and_card_in_registry(e2e_run):
+    from ppmlops.privacy.accountant import ORDERS
     from ppmlops.registry.store import Registry
 
     _, spec, ctx = e2e_run
-    deployed = ctx.read("deploy")
-    reg = Registry(settings.load().registry_dir)
-    assert reg.alias(spec.deploy.model_name, "production") == deployed["version"]
-    card = reg.card(spec.deploy.model_name, deployed["version"])
-    assert card["dataset_id"] == spec.dataset.id
-    assert card["data_sha256"] == ctx.read("ingest")["sha256"]
-    assert card["epsilon"] == pytest.approx(ctx.read("train")["run_epsilon_spent"])
-    assert card["delta"] == spec.privacy.delta and card["accountant"] == "rdp"
-    assert card["policy_decision"]["outcome"] == "allow"
-    assert reg.model_path(spec.deploy.model_name, deployed["version"]).exists()
+    plan = ctx.store.read(PlanRecord).privacy
+    counts = ctx.store.read(CountsRelease)
+    stats = dp_accounting.GaussianDpEvent(counts.noise_multiplier)
+    train = rdp_privacy_accountant.RdpAccountant(orders=ORDERS)
+    train.compose(dp_accounting.ComposedDpEvent([stats, dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(plan.sample_rate, dp_accounting.GaussianDpEvent(plan.noise_multiplier)),
+        plan.steps_per_epoch * plan.epochs)]))
+    holdout = rdp_privacy_accountant.RdpAccountant(orders=ORDERS)
+    releases = [stats] + [dp_accounting.GaussianDpEvent(plan.holdout_sigma)] * plan.epochs
+    holdout.compose(dp_accounting.ComposedDpEvent(releases + [dp_accounting.GaussianDpEvent(plan.evaluation_sigma)]))
+    expected = max(train.get_epsilon(plan.delta), holdout.get_epsilon(plan.delta))
+    card = Registry(settings.load().registry_dir).card(spec.deploy.model_name, pipeline.summary(ctx)["model_version"])
+    assert card["epsilon"] == pytest.approx(expected, rel=1e-6)
+    assert card["epsilon"] == plan.epsilon  # the fixed budget curve, not the epochs' use
+    trained = ctx.store.read(TrainRecord)
+    assert trained.epsilon_used["train"] <= card["epsilon_by_partition"]["train"] + 1e-12
+    assert card["randomness"] == "secure" and card["accountant"] == "rdp"
+
+
+def test_the_ledger_holds_the_grant_the_usage_and_the_releases(e2e_run):
+    from ppmlops.privacy.ledger import Ledger
+
+    _, spec, ctx = e2e_run
+    entries = Ledger(settings.load().db_url).entries(spec.dataset.id, run_id=ctx.run_id)
+    kinds = {(e.kind, e.partition) for e in entries}
+    assert {("release", "train"), ("release", "holdout"), ("grant", "train"), ("grant", "holdout"),
+            ("usage", "train"), ("usage", "holdout")} <= kinds
+    assert all(e.status == "completed" and e.randomness == "secure" for e in entries)
+    usage = [e.key for e in entries if e.kind == "usage"]
+    assert usage == ["train/epoch-1", "holdout/epoch-1", "train/epoch-2", "holdout/epoch-2", "holdout/evaluation"]
+
+
+def _public_texts(ctx) -> dict[str, str]:
+    """Everything of this run that leaves the run folder: public records, manifest, XComs, the card."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from ppmlops.registry.store import Registry
+
+    texts = {p.name: p.read_text() for p in ctx.store.root.glob("*.json")}
+    with create_session() as session:
+        for x in session.query(XComModel).filter(XComModel.run_id == ctx.run_id).all():
+            texts[f"xcom {x.task_id}"] = json.dumps(x.value, default=str)
+    version = pipeline.summary(ctx)["model_version"]
+    texts["card"] = json.dumps(Registry(settings.load().registry_dir).card(ctx.spec.deploy.model_name, version))
+    texts["summary"] = json.dumps(pipeline.summary(ctx), default=str)
+    return texts
+
+
+def test_nothing_exact_about_private_rows_leaves_the_run_folder(e2e_run):
+    _, _, ctx = e2e_run
+    staged = ctx.store.read(StagedData).result
+    texts = _public_texts(ctx)
+    assert any(name.startswith("xcom") for name in texts)
+    for name, text in texts.items():
+        assert staged.sha256 not in text and staged.source_sha256 not in text, name  # fingerprints are keyed
+        for key in ("rows_staged", "quarantine_reasons", "snapshot_train", "threshold", "members"):
+            assert f'"{key}"' not in text, (name, key)
+    evaluated = ctx.store.read(EvaluationRecord)
+    assert evaluated.audit.canaries > 0 and evaluated.partition == "holdout"
 
 
 def test_decisions_recorded(e2e_run):
     from ppmlops.audit.log import AuditLog
+    from ppmlops.run.records import GateRecord
 
-    _, spec, ctx = e2e_run
+    _, _, ctx = e2e_run
     records = [r["decision"] for r in AuditLog(settings.load().db_url).records(run_id=ctx.run_id)]
     queries = [r["query"] for r in records]
     assert "data.ppmlops.train" in queries and "data.ppmlops.budget" in queries
     deploy = [r for r in records if r["query"] == "data.ppmlops.deploy"]
     assert len(deploy) == 1 and deploy[0]["outcome"] == "allow"
-    assert deploy[0]["policy_hash"] == ctx.read("gate")["policy_hash"]
+    assert deploy[0]["policy_hash"] == ctx.store.read(GateRecord).policy_hash
+    assert deploy[0]["input"]["privacy"]["randomness"] == "secure"
     assert AuditLog(settings.load().db_url).verify() == []

@@ -10,10 +10,10 @@ train_input := {
 		"id": "demo_customers", "regulation": "gdpr", "rows": 4700,
 		"epsilon_budget": 3.0, "delta": 1e-5, "public": false,
 	},
-	"ledger": {"epsilon_spent": 0.0, "epsilon_remaining": 3.0},
+	"ledger": {"epsilon_spent": 0.0, "share_used": 0.0, "epsilon_remaining": 3.0, "holdout_epsilon_remaining": 0.5},
 	"risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
 	"consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
-	"request": {"run_epsilon": 1.0, "epsilon_cap": 1.0},
+	"request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure"},
 }
 
 deploy_input := {
@@ -21,15 +21,15 @@ deploy_input := {
 	"dataset": train_input.dataset,
 	"risk": {"score": 0.42, "level": "medium"},
 	"privacy": {
-		"accountant": "rdp", "filter": true, "epsilon_planned": 1.0, "epsilon_spent": 0.97,
-		"delta": 1e-5, "dataset_epsilon_total": 1.97, "dataset_epsilon_budget": 3.0,
-		"secure_rng": false, "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80,
+		"accountant": "rdp", "filter": true, "epsilon": 1.0, "epsilon_used": 0.97,
+		"delta": 1e-5, "dataset_share_used": 0.4, "randomness": "secure",
+		"noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80,
 	},
 	"metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
 	"audit": {"epsilon_lower_bound": null},
 	"model_card": {
-		"model_name": "demo_customers_mlp", "dataset_id": "demo_customers", "data_sha256": "ab12",
-		"epsilon": 0.97, "delta": 1e-5, "accountant": "rdp",
+		"model_name": "demo_customers_mlp", "dataset_id": "demo_customers", "data_fingerprint": "hmac-sha256:ab12",
+		"epsilon": 1.0, "delta": 1e-5, "accountant": "rdp",
 		"metrics": {"accuracy": 0.81, "auc": 0.86}, "intended_use": "demo churn scoring",
 	},
 }
@@ -119,9 +119,33 @@ test_train_allows_demo if {
 }
 
 test_train_denies_spent_budget if {
-	d := ppmlops.train with input as train_with({"ledger": {"epsilon_spent": 2.98, "epsilon_remaining": 0.02}})
+	d := ppmlops.train with input as train_with({"ledger": {"share_used": 0.987, "epsilon_remaining": 0.02}})
 	d.allow == false
-	d.reasons == ["budget spent: 2.98 of 3.00 used (0.02 left; the gdpr minimum for a run is 0.05)"]
+	d.reasons == ["budget spent: 98.7% of the lifetime budget (epsilon 3.00) is used; training could add at most epsilon 0.02, below the gdpr minimum 0.05"]
+}
+
+test_train_counts_the_runs_own_release_against_the_remainder if {
+	# 0.3 could still be reached, but the run's noisy counts already took 0.28 of it
+	d := ppmlops.train with input as train_with({"ledger": {"epsilon_remaining": 0.3, "epsilon_released": 0.28}})
+	d.allow == false
+	d.reasons == ["budget spent: 0.0% of the lifetime budget (epsilon 3.00) is used; training could add at most epsilon 0.02, below the gdpr minimum 0.05"]
+}
+
+test_train_denies_spent_holdout_budget if {
+	d := ppmlops.train with input as train_with({"ledger": {"holdout_epsilon_remaining": 0.01}})
+	d.allow == false
+	d.reasons == ["the held-out rows' lifetime budget is spent (a run could get 0.01, the gdpr minimum is 0.05): no noisy evaluation, so no deploy decision, is possible"]
+}
+
+test_train_denies_reproducible_randomness_for_production if {
+	d := ppmlops.train with input as train_with({"request": {"environment": "production", "randomness": "reproducible"}})
+	d.allow == false
+	d.reasons == [`randomness "reproducible" cannot deploy to production (its draws can be replayed): train with randomness secure`]
+}
+
+test_train_allows_reproducible_randomness_for_development if {
+	d := ppmlops.train with input as train_with({"request": {"randomness": "reproducible"}})
+	d.allow == true
 }
 
 test_train_denies_plan_below_minimum if {
@@ -132,7 +156,7 @@ test_train_denies_plan_below_minimum if {
 	})
 	d.allow == false
 	count(d.reasons) == 1
-	startswith(d.reasons[0], "planned run epsilon 0.03 is below the gdpr minimum 0.05")
+	startswith(d.reasons[0], "planned run epsilon 0.03 leaves 0.03 for training after the run's noisy counts, below the gdpr minimum 0.05")
 }
 
 test_train_denies_delta_at_one_over_rows if {
@@ -160,7 +184,7 @@ test_train_denies_direct_identifiers if {
 
 test_train_lists_every_reason if {
 	d := ppmlops.train with input as train_with({
-		"ledger": {"epsilon_spent": 3.0, "epsilon_remaining": 0},
+		"ledger": {"share_used": 1.0, "epsilon_remaining": 0},
 		"consent": {"coverage": 0.1},
 		"risk": {"direct_identifiers_in_features": ["ssn"]},
 	})
@@ -224,26 +248,26 @@ test_deploy_allows_demo if {
 }
 
 test_deploy_tolerates_float_noise_in_spend if {
-	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_spent": 1.0000000000001}, "model_card": {"epsilon": 1.0000000000001}})
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_used": 1.0000000000001}})
 	d.outcome == "allow"
 }
 
 test_deploy_denies_overspent_run if {
-	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_spent": 1.01}, "model_card": {"epsilon": 1.01}})
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_used": 1.01}})
 	d.outcome == "deny"
-	d.reasons == ["run spent epsilon 1.01, more than the 1.00 planned: the privacy filter did not hold"]
+	d.reasons == ["run used epsilon 1.01, more than its fixed budget 1.00: the privacy filter did not hold"]
 }
 
 test_deploy_denies_dataset_over_budget if {
-	d := ppmlops.deploy with input as deploy_with({"privacy": {"dataset_epsilon_total": 3.01}})
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"dataset_share_used": 1.004}})
 	d.outcome == "deny"
-	d.reasons == ["dataset demo_customers has spent epsilon 3.01 across all runs, over its budget of 3.00"]
+	d.reasons == ["dataset demo_customers has used 100.4% of its lifetime budget (epsilon 3.00)"]
 }
 
 test_deploy_denies_plan_above_profile_maximum if {
-	d := ppmlops.deploy with input as deploy_with({"dataset": {"regulation": "hipaa"}, "privacy": {"epsilon_planned": 2.0}})
+	d := ppmlops.deploy with input as deploy_with({"dataset": {"regulation": "hipaa"}, "privacy": {"epsilon": 2.0}, "model_card": {"epsilon": 2.0}})
 	d.outcome == "deny"
-	d.reasons == ["run planned epsilon 2.00, above the hipaa maximum 1.00 per run"]
+	d.reasons == ["run's epsilon 2.00 is above the hipaa maximum 1.00 per run"]
 }
 
 test_deploy_denies_large_delta if {
@@ -267,7 +291,7 @@ test_deploy_denies_run_without_filter if {
 test_deploy_denies_audit_above_claim if {
 	d := ppmlops.deploy with input as deploy_with({"audit": {"epsilon_lower_bound": 1.5}})
 	d.outcome == "deny"
-	d.reasons == ["empirical privacy audit found epsilon >= 1.50, above the 0.97 the accountant claims: the accounting is wrong"]
+	d.reasons == ["the canary audit found epsilon >= 1.50, above the 1.00 the accountant claims: the accounting is wrong"]
 }
 
 test_deploy_allows_audit_below_claim if {
@@ -281,14 +305,15 @@ test_deploy_denies_low_accuracy if {
 	d.reasons == ["accuracy 0.55 is below the required 0.60"]
 }
 
-test_deploy_denies_production_without_secure_rng if {
-	d := ppmlops.deploy with input as deploy_with({"run": {"environment": "production"}})
+test_deploy_denies_reproducible_randomness_in_every_environment if {
+	some env in ["development", "test", "staging", "production"]
+	d := ppmlops.deploy with input as deploy_with({"run": {"environment": env}, "privacy": {"randomness": "reproducible"}})
 	d.outcome == "deny"
-	d.reasons == ["production run trained without secure RNG (gdpr requires it)"]
+	d.reasons == [`trained with randomness "reproducible": anyone who knows the seed and run id can replay its draws, so its epsilon holds against no adversary; only randomness "secure" deploys`]
 }
 
-test_deploy_allows_production_with_secure_rng if {
-	d := ppmlops.deploy with input as deploy_with({"run": {"environment": "production"}, "privacy": {"secure_rng": true}})
+test_deploy_allows_production_with_secure_randomness if {
+	d := ppmlops.deploy with input as deploy_with({"run": {"environment": "production"}})
 	d.outcome == "allow"
 }
 
@@ -299,16 +324,16 @@ test_deploy_denies_unknown_environment if {
 }
 
 test_deploy_denies_incomplete_model_card if {
-	card := json.remove(deploy_input.model_card, ["intended_use", "data_sha256"])
+	card := json.remove(deploy_input.model_card, ["intended_use", "data_fingerprint"])
 	d := ppmlops.deploy with input as json.patch(deploy_input, [{"op": "replace", "path": "/model_card", "value": object.union(card, {"accountant": ""})}])
 	d.outcome == "deny"
-	d.reasons == ["model card is missing required fields: data_sha256, accountant, intended_use"]
+	d.reasons == ["model card is missing required fields: data_fingerprint, accountant, intended_use"]
 }
 
 test_deploy_denies_card_understating_epsilon if {
 	d := ppmlops.deploy with input as deploy_with({"model_card": {"epsilon": 0.5}})
 	d.outcome == "deny"
-	d.reasons == ["model card states epsilon 0.50, less than the 0.97 the run spent"]
+	d.reasons == ["model card states epsilon 0.50, less than the run's 1.00"]
 }
 
 test_deploy_denies_card_with_empty_fields if {
@@ -354,7 +379,6 @@ test_deploy_needs_approval_when_profile_demands_it if {
 	d := ppmlops.deploy with input as deploy_with({
 		"dataset": {"regulation": "hipaa"},
 		"run": {"environment": "production"},
-		"privacy": {"secure_rng": true},
 		"risk": {"score": 0.1, "level": "low"},
 	})
 	d.outcome == "needs_approval"

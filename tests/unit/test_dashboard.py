@@ -18,7 +18,7 @@ from ppmlops.audit import AuditLog
 from ppmlops.compliance.engine import evaluate
 from ppmlops.dashboard import create_app
 from ppmlops.privacy.accountant import Segment
-from ppmlops.privacy.ledger import Ledger
+from ppmlops.privacy.ledger import Charge, Ledger
 from ppmlops.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +34,13 @@ def decision(n: int, outcome: str, reasons: list[str]) -> dict:
             "engine": "embedded-regorus", "policy_hash": "ab" * 32, "error": None}
 
 
+def charge(ledger, dataset, run, segment, *, partition="train", key="k", complete=True):
+    [entry] = ledger.charge(dataset_id=dataset, run_id=run, charges=[Charge(partition, segment)], kind="release",
+                            key=key, randomness="secure")
+    if complete:
+        ledger.complete(entry)
+
+
 @pytest.fixture()
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
@@ -46,12 +53,10 @@ def filled(home, tmp_path):
     ledger = Ledger(home.db_url)
     ledger.register_dataset(DS, epsilon_budget=3.0, delta=1e-5)
     ledger.register_dataset(ODD, epsilon_budget=1.0, delta=1e-6)
-    e1 = ledger.reserve(dataset_id=DS, run_id="run-1", segment=Segment(1.1, 0.01, 500))
-    ledger.complete(e1)
-    ledger.complete(ledger.reserve(dataset_id=DS, run_id="run-1", segment=Segment(1.5, 0.05, 20),
-                                   partition="validation", mechanism="subsampled_gaussian"))
-    ledger.reserve(dataset_id=DS, run_id="run-2", segment=Segment(1.3, 0.01, 300))  # never completed
-    ledger.complete(ledger.reserve(dataset_id=ODD, run_id="run-9", segment=Segment(2.0, 0.02, 100)))
+    charge(ledger, DS, "run-1", Segment(1.1, 0.01, 500))
+    charge(ledger, DS, "run-1", Segment(1.5, 0.05, 20), partition="validation", key="v")
+    charge(ledger, DS, "run-2", Segment(1.3, 0.01, 300), complete=False)  # never completed
+    charge(ledger, ODD, "run-9", Segment(2.0, 0.02, 100))
 
     log = AuditLog(home.db_url)
     # A real policy decision: the deploy rule on an incomplete manifest denies with reasons.
@@ -97,11 +102,11 @@ def test_budget_json_equals_the_ledger(filled, client):
     by_id = {d["dataset_id"]: d for d in body["datasets"]}
     assert set(by_id) == {DS, ODD}
     d = by_id[DS]
-    assert d["epsilon_spent"] == ledger.epsilon_spent(DS) > 0
+    assert d["epsilon_spent"] == ledger.spent(DS) > 0
     assert d["partitions"] == ledger.epsilon_by_partition(DS)
     assert set(d["partitions"]) == {"train", "validation"}
     assert d["epsilon_budget"] == 3.0 and d["delta"] == 1e-5
-    assert d["epsilon_remaining"] == pytest.approx(3.0 - ledger.epsilon_spent(DS))
+    assert d["epsilon_remaining"] == pytest.approx(3.0 - ledger.spent(DS))
     assert d["entry_count"] == 3 and d["reserved_count"] == 1
     assert d["runs"] == ["run-1", "run-2"]
 
@@ -109,14 +114,14 @@ def test_budget_json_equals_the_ledger(filled, client):
     assert [e["id"] for e in detail["entries"]] == [e.id for e in ledger.entries(DS)]
     spend = {r["run_id"]: r for r in detail["run_spend"]}
     for run_id in ("run-1", "run-2"):
-        assert spend[run_id]["epsilon"] == ledger.epsilon_spent(DS, run_id=run_id)
+        assert spend[run_id]["epsilon"] == max(ledger.epsilon_by_partition(DS, run_id=run_id).values())
         assert spend[run_id]["epsilon_by_partition"] == ledger.epsilon_by_partition(DS, run_id=run_id)
     assert spend["run-1"]["steps"] == 520 and spend["run-2"]["statuses"] == ["reserved"]
     # Composition across runs: the dataset total is below the sum of the runs' own epsilons.
     assert detail["epsilon_spent"] < sum(r["epsilon"] for r in spend.values())
 
     odd = client.get("/api/datasets/" + quote(ODD, safe="")).json()
-    assert odd["dataset_id"] == ODD and odd["epsilon_spent"] == ledger.epsilon_spent(ODD)
+    assert odd["dataset_id"] == ODD and odd["epsilon_spent"] == ledger.spent(ODD)
 
 
 def test_decisions_json_newest_first_with_filters_and_chain(filled, client):

@@ -557,36 +557,48 @@ def test_quarantine_stays_readable_at_the_default_csv_field_limit(tmp_path):
     assert n == 1 and width < 131072
 
 
-def _earlier_run(runs: Path, name: str, dataset_id: str, age_days: float) -> Path:
+def _earlier_run(runs: Path, spec, name: str, age_days: float) -> Path:
+    """A finished earlier run of `spec` through the ingest stage, its quarantine file aged."""
     import os
 
-    folder = runs / name
-    folder.mkdir(parents=True)
-    (folder / "ingest.json").write_text(json.dumps({"dataset_id": dataset_id}))
-    q = folder / "quarantine.csv"
-    q.write_text("_source,_line\n")
+    from ppmlops.stages import ingest as stage
+    from ppmlops.stages.context import RunContext, RunParams
+
+    ctx = RunContext(spec, name, RunParams.defaults(spec))
+    stage.run(ctx)
+    q = ctx.store.private_dir / "quarantine.csv"
     old = time.time() - age_days * 86400
     os.utime(q, (old, old))
     return q
 
 
 def test_old_quarantine_files_of_the_dataset_are_deleted_at_the_next_ingest(tmp_path, monkeypatch):
+    from ppmlops.stages import ingest as stage
+    from ppmlops.stages.context import RunContext, RunParams
+
     monkeypatch.delenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", raising=False)
-    runs = tmp_path / "runs" / "small"
-    old = _earlier_run(runs, "run-old", "small", 45)
-    recent = _earlier_run(runs, "run-recent", "small", 3)
-    other = _earlier_run(runs, "run-other", "another_dataset", 400)
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     src = tmp_path / "data.csv"
     src.write_text("email,age,plan,consent,y\na@x,30,basic,yes,yes\nb@x,31,basic,no,no\n")
-    r = ingest(small_spec(src), runs / "run-new")
+    spec = small_spec(src)
+    other_spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"id": "another_dataset"})})
+    runs = tmp_path / "home" / "runs"
+    monkeypatch.setenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", "100000")  # keep everything while they are made
+    old = _earlier_run(runs, spec, "run-old", 45)
+    recent = _earlier_run(runs, spec, "run-recent", 3)
+    other = _earlier_run(runs, other_spec, "run-other", 400)
+    monkeypatch.delenv("PPMLOPS_QUARANTINE_RETENTION_DAYS")
+    new = RunContext(spec, "run-new", RunParams.defaults(spec))
+    r = ingest(spec, new.store.private_dir, earlier=stage.earlier_runs(new))
     assert r.quarantine_retention_days == 30 and r.quarantine_expired == [str(old)]
     assert not old.exists() and recent.exists() and other.exists()
     assert Path(r.quarantine_path).exists()
     monkeypatch.setenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", "0")
-    r = ingest(small_spec(src), runs / "run-newer")
-    # run-new has no ingest.json (the pipeline writes it after ingest): not a run folder to touch
+    newer = RunContext(spec, "run-newer", RunParams.defaults(spec))
+    r = ingest(spec, newer.store.private_dir, earlier=stage.earlier_runs(newer))
+    # run-new wrote no ingest record (only the stage does): not a run folder to touch
     assert r.quarantine_expired == [str(recent)]
-    assert other.exists() and (runs / "run-new" / "quarantine.csv").exists()
+    assert other.exists() and (new.store.private_dir / "quarantine.csv").exists()
 
 
 def test_a_bad_retention_setting_is_named(tmp_path, monkeypatch):

@@ -6,7 +6,10 @@ import pytest
 
 from ppmlops import pipeline
 from ppmlops.risk.report import IdentifierInFeatures
+from ppmlops.run.records import ExactRisk, Refusal
 from ppmlops.spec import parse_spec
+from ppmlops.stages import assess, ingest
+from ppmlops.stages.context import RunContext, RunParams
 
 
 def test_an_email_column_among_features_stops_the_run_naming_it(tmp_path, monkeypatch):
@@ -24,14 +27,18 @@ def test_an_email_column_among_features_stops_the_run_naming_it(tmp_path, monkey
         "privacy": {"epsilon": 1.0, "delta": 1e-5, "run_epsilon": 1.0},
         "deploy": {"model_name": "leaky"},
     })
-    ctx = pipeline.RunContext(spec=spec, run_id="run-1", params=pipeline.RunParams.defaults(spec))
-    pipeline.ingest(ctx)
+    ctx = RunContext(spec=spec, run_id="run-1", params=RunParams.defaults(spec))
+    ingest.run(ctx)
     with pytest.raises(IdentifierInFeatures, match="contact"):
-        pipeline.assess(ctx)
-    assert ctx.read("assess")["level"] == "high"
-    refused = ctx.read("refused")
-    assert refused["stage"] == "assess" and refused["columns"] == ["contact"]
-    assert "contact (email" in refused["reasons"][0]
+        assess.run(ctx)
+    assert ctx.store.read(ExactRisk).report["level"] == "high"  # the officer's report, in private/
+    refused = ctx.store.read(Refusal)
+    assert refused.stage == "assess" and "contact (email" in refused.reasons[0]
     assert not (ctx.run_dir / "plan.json").exists() and not (ctx.run_dir / "train.json").exists()
     summary = pipeline.summary(ctx)
-    assert summary["decision"] == "refused to train" and summary["risk_level"] == "high"
+    assert summary["decision"] == "refused at assess"
+    # Found from public facts (the declared categories), so the refusal needs no charge: nothing
+    # was released about any row, and the dataset was never registered.
+    from ppmlops.privacy.ledger import Ledger
+
+    assert Ledger(ctx.settings.db_url).entries("leaky") == []

@@ -17,6 +17,7 @@ import pytest
 
 from ppmlops.compliance import ENGINE_EMBEDDED, ENGINE_OPA, evaluate
 from ppmlops.compliance.embedded import worker_stats
+from ppmlops.compliance import examples
 from ppmlops.compliance.opa_http import clip
 from ppmlops.compliance.opa_worker import FAULT_ENV, format_opa_error
 from ppmlops.settings import REPO_ROOT
@@ -25,28 +26,7 @@ from opa_server import FakeOpa, SilentServer  # tests/ is on sys.path (rootdir c
 
 POLICY = REPO_ROOT / "policies.rego"
 
-TRAIN_INPUT = {
-    "dataset": {"id": "demo_customers", "regulation": "gdpr", "rows": 4700, "epsilon_budget": 3.0,
-                "delta": 1e-5, "public": False},
-    "ledger": {"epsilon_spent": 0.0, "epsilon_remaining": 3.0},
-    "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
-    "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
-    "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0},
-}
-
-DEPLOY_INPUT = {
-    "run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
-    "dataset": TRAIN_INPUT["dataset"],
-    "risk": {"score": 0.42, "level": "medium"},
-    "privacy": {"accountant": "rdp", "filter": True, "epsilon_planned": 1.0, "epsilon_spent": 0.97,
-                "delta": 1e-5, "dataset_epsilon_total": 1.97, "dataset_epsilon_budget": 3.0,
-                "secure_rng": False, "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80},
-    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
-    "audit": {"epsilon_lower_bound": None},
-    "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers",
-                   "data_sha256": "ab12", "epsilon": 0.97, "delta": 1e-5, "accountant": "rdp",
-                   "metrics": {"accuracy": 0.81}, "intended_use": "demo churn scoring"},
-}
+TRAIN_INPUT, DEPLOY_INPUT = examples.TRAIN_INPUT, examples.DEPLOY_INPUT
 
 
 def patched(doc: dict, **sections: dict) -> dict:
@@ -82,9 +62,10 @@ def test_train_allows_demo_run():
 
 
 def test_train_denies_spent_budget_with_reason():
-    d = evaluate("data.ppmlops.train", patched(TRAIN_INPUT, ledger={"epsilon_spent": 2.98, "epsilon_remaining": 0.02}))
+    d = evaluate("data.ppmlops.train", patched(TRAIN_INPUT, ledger={"share_used": 0.987, "epsilon_remaining": 0.02}))
     assert (d.outcome, d.allowed, d.error) == ("deny", False, None)
-    assert d.reasons == ["budget spent: 2.98 of 3.00 used (0.02 left; the gdpr minimum for a run is 0.05)"]
+    assert d.reasons == ["budget spent: 98.7% of the lifetime budget (epsilon 3.00) is used; training could add "
+                         "at most epsilon 0.02, below the gdpr minimum 0.05"]
 
 
 def test_budget_is_allow_with_the_planned_epsilon():
@@ -96,7 +77,7 @@ def test_budget_is_allow_with_the_planned_epsilon():
 
 
 def test_budget_with_nothing_to_spend_is_deny():
-    d = evaluate("data.ppmlops.budget", patched(TRAIN_INPUT, ledger={"epsilon_spent": 3.0, "epsilon_remaining": 0.0}))
+    d = evaluate("data.ppmlops.budget", patched(TRAIN_INPUT, ledger={"share_used": 1.0, "epsilon_remaining": 0.0}))
     assert d.outcome == "deny" and d.error is None
     assert d.result["epsilon"] == 0
 

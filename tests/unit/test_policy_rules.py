@@ -41,7 +41,7 @@ def test_suite_covers_each_decision_and_reason(suite):
         "test_deploy_denies_dataset_over_budget", "test_deploy_denies_large_delta",
         "test_deploy_denies_other_accountant", "test_deploy_denies_run_without_filter",
         "test_deploy_denies_audit_above_claim", "test_deploy_denies_low_accuracy",
-        "test_deploy_denies_production_without_secure_rng", "test_deploy_denies_incomplete_model_card",
+        "test_deploy_denies_reproducible_randomness_in_every_environment", "test_deploy_denies_incomplete_model_card",
         "test_deploy_needs_approval_for_high_risk", "test_deploy_needs_approval_when_profile_demands_it",
         "test_number_formatting",
     }

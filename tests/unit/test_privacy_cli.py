@@ -82,22 +82,42 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, named, capsys):
 
 def test_ledger_show(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'l.db'}"
+    from ppmlops.privacy.ledger import Charge
+
     led = Ledger(url)
-    led.register_dataset("adult", epsilon_budget=4.0, delta=1e-5)
-    led.complete(led.reserve(dataset_id="adult", run_id="run-1", segment=Segment(1.1, Q, 127), note="epoch 1"))
-    led.reserve(dataset_id="adult", run_id="run-2", segment=Segment(1.1, Q, 127))
-    total = epsilon([Segment(1.1, Q, 127)] * 2, 1e-5)
+    budget = led.register_dataset("adult", epsilon_budget=4.0, delta=1e-5, order=10.0)
+    [e1] = led.charge(dataset_id="adult", run_id="run-1", charges=[Charge("train", Segment(1.1, Q, 127), note="epoch 1")],
+                      kind="grant", key="grant", randomness="secure")
+    led.complete(e1)
+    led.charge(dataset_id="adult", run_id="run-2", charges=[Charge("train", Segment(1.1, Q, 127))], kind="grant",
+               key="grant", randomness="secure")
+    share = budget.share_used(led.charged_curves("adult"))
 
     code, out, _ = run(["ledger", "show", "--db-url", url, "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
     [ds] = doc["datasets"]
-    assert ds["epsilon_spent"] == pytest.approx(total, rel=1e-12) and len(ds["entries"]) == 2
+    assert ds["share_used"] == pytest.approx(share, rel=1e-12) and len(ds["entries"]) == 2
+    assert ds["accounting_order"] == 10.0
 
     code, out, _ = run(["ledger", "show", "--db-url", url, "--dataset", "adult"], capsys)
     assert code == 0
-    assert f"epsilon spent {total:.4f} of 4.0000 at delta 1e-05" in out
-    assert "run-1" in out and "reserved" in out and "completed" in out and "epoch 1" in out
+    assert f"adult: {share:.1%} of the lifetime budget epsilon 4.0000 at delta 1e-05 used" in out
+    assert "run-1" in out and "reserved" in out and "completed" in out and "epoch 1" in out and "grant" in out
+
+
+def test_ledger_set_budget_is_explicit_and_audited(tmp_path, capsys):
+    from ppmlops.audit.log import AuditLog
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).register_dataset("adult", epsilon_budget=4.0, delta=1e-5)
+    code, out, _ = run(["ledger", "set-budget", "adult", "--epsilon", "5", "--reason", "board approved 2027 budget",
+                        "--by", "officer", "--db-url", url], capsys)
+    assert code == 0 and "epsilon 4 at delta 1e-05 -> epsilon 5" in out
+    assert Ledger(url).budget("adult").epsilon == 5.0
+    [record] = AuditLog(url).records(dataset_id="adult")
+    decision = record["decision"]
+    assert decision["reasons"] == ["officer: board approved 2027 budget"] and decision["input"]["before"]["epsilon"] == 4.0
 
 
 def test_ledger_show_defaults_to_settings_db_url(tmp_path, monkeypatch, capsys):

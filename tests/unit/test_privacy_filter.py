@@ -50,6 +50,20 @@ def test_refusal_names_the_binding_order_and_both_values():
     assert "1 of" in message
 
 
+@pytest.mark.parametrize("binding", [0, len(ORDERS) // 2, len(ORDERS) - 1])
+def test_a_step_over_budget_at_one_single_order_is_refused(binding):
+    """Every order counts: checking any one order, or the best one, is not a filter."""
+    budget = np.full(len(ORDERS), 10.0)
+    budget[binding] = 0.5
+    filt = PrivacyFilter(budget)
+    step = np.full(len(ORDERS), 0.3)
+    assert filt.admits(step)
+    filt.spend(step)
+    assert not filt.admits(step)
+    with pytest.raises(BudgetExceeded):
+        filt.spend(step)
+
+
 def test_adaptive_schedule_that_deviates_from_plan():
     """The tuner may lower noise mid-run; the filter stops it where the budget runs out."""
     filt = PrivacyFilter(plan_budget([Segment(1.2, Q, 500)]))

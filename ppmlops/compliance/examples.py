@@ -1,0 +1,35 @@
+"""Example policy inputs, in the shapes ppmlops.stages.plan and ppmlops.stages.card build them.
+
+For people writing policy (`ppmlops policy eval --input`), the engine tests and the latency
+benchmark: one copy of each document.
+"""
+
+from __future__ import annotations
+
+DATASET = {"id": "demo_customers", "regulation": "gdpr", "rows": 4700, "epsilon_budget": 3.0, "delta": 1e-5,
+           "public": False}
+
+TRAIN_INPUT = {
+    "dataset": DATASET,
+    "ledger": {"epsilon_spent": 0.0, "share_used": 0.0, "epsilon_remaining": 3.0, "epsilon_released": 0.0,
+               "holdout_epsilon_remaining": 0.5,
+               "accounting_order": 7.0},
+    "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
+    "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
+    "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure"},
+}
+
+DEPLOY_INPUT = {
+    "run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
+    "dataset": DATASET,
+    "risk": {"score": 0.42, "level": "medium"},
+    "privacy": {"accountant": "rdp", "filter": True, "randomness": "secure", "epsilon": 1.0, "epsilon_granted": 1.0,
+                "epsilon_used": 0.97, "delta": 1e-5, "dataset_share_used": 0.4, "noise_multiplier": 1.1,
+                "sample_rate": 0.05, "steps": 80},
+    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6, "majority_baseline": 0.7},
+    "audit": {"canaries": 256, "guesses": 102, "correct": 53, "epsilon_lower_bound": 0.0, "confidence": 0.95,
+              "delta": 1e-5},
+    "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers",
+                   "data_fingerprint": "hmac-sha256:ab12", "epsilon": 1.0, "delta": 1e-5, "accountant": "rdp",
+                   "metrics": {"accuracy": 0.81}, "intended_use": "demo churn scoring"},
+}

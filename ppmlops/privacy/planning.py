@@ -1,0 +1,170 @@
+"""A run's privacy plan from public facts only: the spec, the noisy counts, the ledger.
+
+Nothing here sees a private row. The size a run is sized by is the noisy training-row count
+released at assess; the update divisor, the sampling rate and the steps follow from it, so they
+are post-processing of a charged release (an exact n would be an unbounded release under
+add/remove adjacency).
+
+Two constraints fix each partition's noise, and the plan takes the larger noise:
+* the run's own guarantee: its fixed curve (this run's count release plus its grant) must convert
+  to at most the epsilon the policy granted (training rows) or the spec's holdout_epsilon (held-
+  out rows), at the run's delta, at the curve's best order (valid: the curve is fixed before the
+  run starts);
+* the dataset's lifetime filter: the grant must fit what the partition has left at the dataset's
+  order.
+
+Held-out rows pay for the tuner's per-epoch noisy accuracy (when the tuner uses it) and for the
+final noisy evaluation; the evaluation gets half the noise of a tuner release (four times its
+RDP), because the deploy gate reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ppmlops.errors import BudgetExceeded
+from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, epsilon_from_rdp, segment_rdp
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, charge_curves
+from ppmlops.privacy.lifetime import LifetimeBudget
+
+# The final evaluation costs as much as this many tuner releases (noise sigma / 2).
+EVALUATION_WEIGHT = 4
+# Every holdout grant's note ends with the split it was made under (see split_conflict).
+SPLIT_MARK = "; split "
+
+
+@dataclass(frozen=True)
+class EpochShape:
+    """Poisson sampling of a run, from public numbers."""
+
+    sample_rate: float
+    steps: int  # per epoch
+    divisor: float  # the expected batch: a public constant the noisy gradient sum is divided by
+
+    @classmethod
+    def of(cls, rows_estimate: float, canaries: int, batch_size: int) -> "EpochShape":
+        # Canaries join with probability 1/2 each; their expected number is public.
+        expected = max(1.0, float(rows_estimate)) + canaries / 2
+        steps = max(1, math.ceil(expected / batch_size))
+        q = 1.0 / steps
+        return cls(q, steps, expected * q)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    dataset_id: str
+    delta: float
+    epochs: int
+    shape: EpochShape
+    tuner_signals: bool  # release a noisy holdout accuracy after every epoch
+    holdout_epsilon: float
+    run_stats: Mapping[str, np.ndarray]  # this run's count release, per partition (already charged)
+    split: str  # how the held-out rows were chosen
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    noise_multiplier: float
+    holdout_sigma: float | None
+    evaluation_sigma: float
+    charges: tuple[Charge, ...]
+    epsilon_by_partition: dict[str, float]
+
+    @property
+    def epsilon(self) -> float:
+        return max(self.epsilon_by_partition.values())
+
+
+def _zeros() -> np.ndarray:
+    return np.zeros(len(ORDERS))
+
+
+def _holdout_units(req: RunRequest) -> int:
+    return (req.epochs if req.tuner_signals else 0) + EVALUATION_WEIGHT
+
+
+def released(req: RunRequest) -> dict[str, float]:
+    """Per partition, the epsilon of what this run already released (its noisy counts)."""
+    return {p: epsilon_from_rdp(req.run_stats.get(p, _zeros()), req.delta)[0] for p in (TRAIN, HOLDOUT)}
+
+
+def affordable(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: RunRequest) -> dict[str, float]:
+    """Per partition, the largest epsilon this run could still reach there, its count release
+    included (its own releases are in `charged` already); 0 when nothing more fits. Compare it
+    with `released`: the difference is what is left for training or for the held-out releases."""
+    steps = req.shape.steps * req.epochs
+    out = {}
+    for partition, q, n in ((TRAIN, req.shape.sample_rate, steps), (HOLDOUT, 1.0, _holdout_units(req))):
+        sigma = lifetime.min_noise(charged, partition, q, n)
+        if not math.isfinite(sigma):
+            out[partition] = 0.0
+            continue
+        curve = req.run_stats.get(partition, _zeros()) + segment_rdp(Segment(sigma, q, n))
+        out[partition] = epsilon_from_rdp(curve, req.delta)[0]
+    return out
+
+
+def plan_run(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: RunRequest,
+             run_epsilon: float) -> PlannedRun:
+    """The run's noise and grant; BudgetExceeded naming the partition when it cannot fit."""
+    steps = req.shape.steps * req.epochs
+    q = req.shape.sample_rate
+    before = released(req)
+    for partition, target, what in ((TRAIN, run_epsilon, "the run's epsilon"),
+                                    (HOLDOUT, req.holdout_epsilon, "privacy.holdout_epsilon")):
+        if target <= before[partition]:
+            raise BudgetExceeded(
+                f"{what} {target:.4g} leaves nothing for the {partition} rows after the run's noisy counts "
+                f"(epsilon {before[partition]:.4g}): raise it, or lower privacy.stats_epsilon")
+    sigma = max(
+        calibrate_noise(run_epsilon, req.delta, q, steps, prior_rdp=req.run_stats.get(TRAIN)),
+        lifetime.min_noise(charged, TRAIN, q, steps),
+    )
+    units = _holdout_units(req)
+    scale = max(
+        calibrate_noise(req.holdout_epsilon, req.delta, 1.0, units, prior_rdp=req.run_stats.get(HOLDOUT)),
+        lifetime.min_noise(charged, HOLDOUT, 1.0, units),
+    )
+    for partition, value in ((TRAIN, sigma), (HOLDOUT, scale)):
+        if not math.isfinite(value):
+            raise BudgetExceeded(f"dataset {req.dataset_id!r} has no lifetime budget left on its {partition} rows "
+                                 f"for a run of {req.epochs} epochs")
+    # One piece per epoch and per release, in the order the run spends them: the run's filter then
+    # adds exactly the same floats for its budget as for its spend, so a run that follows its plan
+    # to the last step is admitted with an exact comparison.
+    per_epoch = req.shape.steps
+    charges = [Charge(TRAIN, Segment(sigma, q, per_epoch), "subsampled_gaussian",
+                      f"grant: epoch {e} of {req.epochs}, {per_epoch} DP-SGD steps at Poisson rate {q:.6g}, "
+                      f"noise multiplier {sigma:.6g}") for e in range(1, req.epochs + 1)]
+    if req.tuner_signals:
+        charges += [Charge(HOLDOUT, Segment(scale, 1.0, 1), "gaussian",
+                           f"grant: noisy holdout accuracy after epoch {e} (discrete Gaussian, sigma {scale:.6g})"
+                           + SPLIT_MARK + req.split) for e in range(1, req.epochs + 1)]
+    charges.append(Charge(HOLDOUT, Segment(scale / 2, 1.0, 1), "gaussian",
+                          f"grant: the final noisy evaluation (discrete Gaussian, effective sigma {scale / 2:.6g})"
+                          + SPLIT_MARK + req.split))
+    grant = charge_curves(charges)
+    by_partition = {p: epsilon_from_rdp(req.run_stats.get(p, _zeros()) + grant[p], req.delta)[0]
+                    for p in sorted(grant)}
+    return PlannedRun(sigma, scale if req.tuner_signals else None, scale / 2, tuple(charges), by_partition)
+
+
+def split_conflict(entries, split: str) -> str | None:
+    """Why a run must be refused when earlier holdout charges of the dataset used another split.
+
+    Parallel composition of the training and held-out partitions holds only while every row
+    stays in one of them for life, that is, while the split is the same for every run.
+    """
+    for e in entries:
+        if e.partition == HOLDOUT and SPLIT_MARK in (e.note or ""):
+            earlier = e.note.split(SPLIT_MARK, 1)[1]
+            if earlier != split:
+                return (f"the held-out partition changed (earlier runs: {earlier!r}, this run: {split!r}); "
+                        "parallel composition of the train and holdout partitions needs the same split for "
+                        "every run of a dataset: restore the spec's seed, test_fraction or test_source, or "
+                        "use a new dataset id")
+    return None

@@ -1,0 +1,182 @@
+"""Randomness for every draw that touches private rows: noise, sampling masks, canary coins.
+
+Two modes, named on the model card and in every ledger entry:
+
+* ``secure`` (the default): each source is keyed from OS entropy (``os.urandom``) and the key is
+  never written down, so nobody can replay a run's draws. Continuous draws come from ChaCha20
+  (``randomgen.ChaCha`` with 20 rounds, the stream cipher behind Linux's own CSPRNG); integer
+  draws for the exact discrete Gaussian come from ``secrets``.
+* ``reproducible``: the same generators keyed from a hash of public parts (spec seed, run id,
+  epoch, rank, role). Replaying the run gives the same model bit for bit, so the privacy claim
+  does NOT hold against an adversary who knows those parts: for tests and benchmarks only, and
+  the deploy policy refuses such models.
+
+Floating point. A Gaussian sample added to a float carries information in its low bits about
+the value it was added to (Jin et al. 2022, arXiv 2112.05307; Holohan & Braghin 2021, arXiv
+2107.10138). Gradient noise therefore uses the mitigation Opacus's secure mode applies: the sum
+of four N(0, std^2) draws divided by 2 (same variance, a support too dense to invert).
+Released counts avoid floats altogether: they are integers plus an exact discrete Gaussian
+(Canonne, Kamath & Steinke 2020, arXiv 2004.00010, Algorithms 1-3), whose Renyi DP at sensitivity
+Delta is at most alpha Delta^2 / (2 sigma^2), the continuous Gaussian's, so the ledger charges it
+as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import secrets
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal, Sequence
+
+import numpy as np
+
+from ppmlops.errors import PpmlopsError
+
+Mode = Literal["secure", "reproducible"]
+MODES: tuple[Mode, ...] = ("secure", "reproducible")
+
+# sigma^2 of the discrete Gaussian is rounded UP to this grid, so the noise is never smaller
+# than planned and the rationals of the exact sampler stay small.
+_SIGMA2_GRID = 2**20
+
+
+class RandomnessError(PpmlopsError):
+    """A randomness mode or parameter is not usable."""
+
+
+def check_mode(mode: object) -> Mode:
+    if mode not in MODES:
+        raise RandomnessError(f"randomness must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def _key_from(parts: Sequence[object]) -> int:
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode("utf-8")).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True)
+class Randomness:
+    """How a run draws its random numbers: the mode plus, in reproducible mode only, public parts.
+
+    ``source(role, ...)`` hands out one independent stream per use; in secure mode every call
+    draws a fresh 256-bit key from the OS, so two sources never share a stream and none can be
+    reconstructed later.
+    """
+
+    mode: Mode = "secure"
+    parts: tuple[str, ...] = ()  # reproducible mode: e.g. (spec seed, run id)
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+    @classmethod
+    def secure(cls) -> "Randomness":
+        return cls("secure")
+
+    @classmethod
+    def reproducible(cls, *parts: object) -> "Randomness":
+        return cls("reproducible", tuple(str(p) for p in parts))
+
+    @property
+    def is_secure(self) -> bool:
+        return self.mode == "secure"
+
+    def source(self, role: str, *more: object) -> "NoiseSource":
+        if self.is_secure:
+            return NoiseSource(int.from_bytes(os.urandom(32), "big"), secure=True)
+        return NoiseSource(_key_from((*self.parts, role, *more)), secure=False)
+
+    def torch_seed(self, role: str, *more: object) -> int:
+        """A 63-bit seed for torch's own generator (model initialisation, which touches no
+        private row): fresh OS entropy in secure mode, derived from the parts otherwise."""
+        if self.is_secure:
+            return secrets.randbits(63)
+        return _key_from((*self.parts, role, *more)) >> (256 - 63)
+
+
+class NoiseSource:
+    """One stream of draws. Not picklable on purpose: a key must not travel or be stored."""
+
+    def __init__(self, key: int, *, secure: bool):
+        from randomgen import ChaCha
+
+        self._secure = secure
+        self._gen = np.random.Generator(ChaCha(key=key, rounds=20))
+        # Exact integer draws: the OS in secure mode, a seeded generator in reproducible mode.
+        self._ints = secrets.SystemRandom() if secure else random.Random(key)
+
+    def __reduce__(self):
+        raise TypeError("a NoiseSource holds a secret key and cannot be pickled; create one where it is used")
+
+    # -- continuous ---------------------------------------------------------------------------
+    def uniform(self, n: int) -> np.ndarray:
+        return self._gen.random(int(n))
+
+    def bernoulli(self, n: int, p: float) -> np.ndarray:
+        """n independent coins, each True with probability p (Poisson sampling masks)."""
+        return self._gen.random(int(n)) < float(p)
+
+    def gaussian(self, shape, std: float) -> np.ndarray:
+        """N(0, std^2) per element, as the sum of four draws / 2 (floating-point mitigation)."""
+        if std < 0 or not math.isfinite(std):
+            raise RandomnessError(f"noise std must be a finite number >= 0, got {std!r}")
+        shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+        total = self._gen.normal(0.0, std, size=shape)
+        for _ in range(3):
+            total += self._gen.normal(0.0, std, size=shape)
+        return total / 2.0
+
+    # -- exact, for counts ----------------------------------------------------------------------
+    def discrete_gaussian(self, sigma: float, size: int = 1) -> list[int]:
+        """`size` exact draws of the discrete Gaussian N_Z(0, sigma^2) (sigma^2 rounded up)."""
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise RandomnessError(f"discrete Gaussian sigma must be a finite number > 0, got {sigma!r}")
+        sigma2 = Fraction(math.ceil(sigma * sigma * _SIGMA2_GRID), _SIGMA2_GRID)
+        return [self._discrete_gaussian(sigma2) for _ in range(int(size))]
+
+    def _bernoulli(self, p: Fraction) -> bool:
+        return self._ints.randrange(p.denominator) < p.numerator
+
+    def _bernoulli_exp(self, gamma: Fraction) -> bool:
+        """Bernoulli(exp(-gamma)) for rational gamma >= 0 (CKS20 Algorithm 1)."""
+        while gamma > 1:
+            if not self._bernoulli_exp_small(Fraction(1)):
+                return False
+            gamma -= 1
+        return self._bernoulli_exp_small(gamma)
+
+    def _bernoulli_exp_small(self, gamma: Fraction) -> bool:
+        k = 1
+        while self._bernoulli(gamma / k):
+            k += 1
+        return k % 2 == 1
+
+    def _discrete_laplace(self, t: int) -> int:
+        """P(x) proportional to exp(-|x| / t) over the integers (CKS20 Algorithm 2)."""
+        while True:
+            u = self._ints.randrange(t)
+            if not self._bernoulli_exp(Fraction(u, t)):
+                continue
+            v = 0
+            while self._bernoulli_exp(Fraction(1)):
+                v += 1
+            x = u + t * v
+            negative = self._ints.randrange(2) == 1
+            if negative and x == 0:
+                continue
+            return -x if negative else x
+
+    def _discrete_gaussian(self, sigma2: Fraction) -> int:
+        """CKS20 Algorithm 3: discrete Laplace proposals accepted with the Gaussian ratio."""
+        t = math.isqrt(math.floor(sigma2)) + 1
+        while True:
+            y = self._discrete_laplace(t)
+            gamma = (abs(y) - sigma2 / t) ** 2 / (2 * sigma2)
+            if self._bernoulli_exp(gamma):
+                return y

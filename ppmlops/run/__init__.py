@@ -1,0 +1,1 @@
+"""A run: its typed records and its folder (ppmlops.run.records, ppmlops.run.store)."""

@@ -1,0 +1,319 @@
+"""Typed records: what each stage of a run hands to the next, and what leaves the run.
+
+Each record is one JSON file in the run's folder (ppmlops.run.store.RunStore reads and writes
+them). The boundary that matters for privacy is drawn here:
+
+* PRIVATE records (exact counts, the exact risk report, the canaries' coins) live under the
+  folder's ``private/`` and never leave it: no card, manifest, XCom, log line, MLflow run or
+  dashboard page reads them.
+* Every other record is PUBLIC: it holds only values that are public (the spec, schema, policy
+  text), DP releases that were charged to the ledger (noisy counts, noisy metrics), or
+  functions of those and of the DP-trained model (post-processing).
+
+So a reviewer checks one thing per field: is it public, charged, or post-processing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ppmlops.data.ingest import IngestResult
+
+Outcome = Literal["allow", "deny", "needs_approval"]
+
+
+class Record(BaseModel):
+    """A stage's output. FILE names it in the run folder; PRIVATE records stay in private/."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+    FILE: ClassVar[str]
+    PRIVATE: ClassVar[bool] = False
+
+    seconds: float | None = None  # the stage's wall time, set when the stage ends
+
+
+class Part(BaseModel):
+    """A piece of a record (not a file of its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+
+# --------------------------------------------------------------------------------------- ingest
+
+class StagedData(Record):
+    """PRIVATE. What ingestion staged, with the exact row counts and the snapshot paths."""
+
+    FILE: ClassVar[str] = "ingest.json"
+    PRIVATE: ClassVar[bool] = True
+    result: IngestResult
+
+
+class Staged(Record):
+    """PUBLIC. That the data was staged, and which (no counts: those are released at assess).
+
+    The fingerprint is an HMAC of the snapshot under the deployment's lineage key: a plain
+    SHA-256 of private rows would let anyone who knows all rows but one test guesses for it.
+    """
+
+    FILE: ClassVar[str] = "staged.json"
+    data_fingerprint: str
+    columns: list[str]
+    sources: list[str]
+    split: str
+    consent_as_of: str = ""
+
+
+class Validated(Record):
+    """PUBLIC. The suite passed (GX's report with counts and examples is private/validation.json)."""
+
+    FILE: ClassVar[str] = "validated.json"
+    suite: str
+    suite_path: str
+    evaluated: int
+    great_expectations_version: str
+
+
+# -------------------------------------------------------------------------------------- assess
+
+class CountsRelease(Record):
+    """PUBLIC. The run's noisy counts (one discrete-Gaussian release, charged at assess)."""
+
+    FILE: ClassVar[str] = "counts.json"
+    rows_train: int
+    rows_holdout: int
+    quarantined: dict[str, int]
+    k: int
+    k_unsafe_rows: int | None  # noisy rows in equivalence classes smaller than k (None: no quasi-identifiers)
+    sigma_rows: float
+    sigma_k: float | None
+    noise_multiplier: float  # the release's effective Gaussian noise multiplier (what the ledger charged)
+    ledger_entries: list[int]
+    epsilon: float  # the release alone, at the run's delta
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(self.quarantined.values())
+
+    @property
+    def rows_in(self) -> int:
+        return self.rows_train + self.rows_holdout + self.rows_quarantined
+
+
+class RiskComponent(Part):
+    name: str
+    weight: float
+    value: float
+    points: float
+    reason: str
+
+
+class PublicFinding(Part):
+    column: str
+    category: str
+    kind: str
+    by: list[str]
+    in_features: bool
+
+
+class RiskAssessment(Record):
+    """PUBLIC. PRAM's score from public facts (spec, schema, declared categories) and the noisy counts."""
+
+    FILE: ClassVar[str] = "risk.json"
+    score: float
+    level: str
+    components: list[RiskComponent]
+    findings: list[PublicFinding]
+    k: int
+    quasi_identifiers: list[str]
+    regulation: str
+
+
+class ExactRisk(Record):
+    """PRIVATE. PRAM's full report with value-based detections and exact statistics."""
+
+    FILE: ClassVar[str] = "assess.json"
+    PRIVATE: ClassVar[bool] = True
+    report: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------- plan
+
+class ChargeRecord(Part):
+    partition: str
+    mechanism: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    note: str = ""
+
+
+class PrivacyPlan(Part):
+    """Everything that fixes the run's privacy before the first step; the one copy every later
+    stage (and the Ray workers) reads."""
+
+    dataset_id: str
+    run_id: str
+    delta: float
+    randomness: Literal["secure", "reproducible"]
+    accounting_order: float
+    run_epsilon: float  # what the policy granted the run
+    epsilon: float  # the run's guarantee: its fixed curves (grant + its releases), worst partition
+    epsilon_by_partition: dict[str, float]
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_epoch: int
+    epochs: int
+    divisor: float  # a public constant: the noisy gradient sum is divided by it (expected batch)
+    rows_estimate: float  # the noisy training-row count q and steps come from
+    canaries: int
+    holdout_sigma: float | None  # per-epoch noisy holdout accuracy for the tuner; None: not released
+    evaluation_sigma: float  # the final noisy evaluation on the held-out rows
+    grant: list[ChargeRecord]
+    dataset_share_before: float  # of the dataset's lifetime budget (RDP at its order), before this grant
+    dataset_share_after: float
+
+
+class PlanRecord(Record):
+    FILE: ClassVar[str] = "plan.json"
+    privacy: PrivacyPlan
+    tuner: str
+    reasons: list[str]
+    decisions: list[str]
+    policy_input: dict[str, Any]
+
+
+class Refusal(Record):
+    FILE: ClassVar[str] = "refused.json"
+    stage: str
+    reasons: list[str]
+    decision_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------- train
+
+class RankReport(Part):
+    rank: int
+    node: str
+    device: str
+    steps: int
+
+
+class TunerNote(Part):
+    tuner: str
+    why: str
+    saw: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EpochRecord(Part):
+    epoch: int
+    noise_multiplier: float
+    max_grad_norm: float
+    learning_rate: float
+    steps: int
+    sample_rate: float
+    epsilon_used: float  # of the run's training budget, so far (the guarantee is the plan's epsilon)
+    holdout_accuracy_noisy: float | None = None
+    clipped_fraction_noisy: float | None = None
+    count_noise: float | None = None
+    gradient_noise: float | None = None  # the noise multiplier the gradient sum got (sigma_g when counts share it)
+    seconds: float = 0.0
+    tuner_seconds: float = 0.0
+    usage_entry: int | None = None
+    holdout_entry: int | None = None
+    ranks: list[RankReport] = Field(default_factory=list)
+    tuner: TunerNote | None = None
+
+
+class TrainRecord(Record):
+    FILE: ClassVar[str] = "train.json"
+    model_path: str
+    n_features: int
+    epochs_completed: int
+    stopped_reason: str
+    history: list[EpochRecord]
+    usage_entries: list[int]
+    tuner: str
+    randomness: str
+    epsilon_used: dict[str, float]
+    ray_job: dict[str, str] | None = None
+
+
+class Canaries(Record):
+    """PRIVATE. The audit's canaries and the secret coins that put each in training or not."""
+
+    FILE: ClassVar[str] = "canaries.json"
+    PRIVATE: ClassVar[bool] = True
+    n_features: int
+    scale: float
+    labels: list[int]
+    included: list[bool]
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+class CanaryAudit(Part):
+    """Steinke, Nasr & Jagielski 2023: an epsilon lower bound from canaries alone."""
+
+    canaries: int
+    guesses: int
+    correct: int
+    epsilon_lower_bound: float
+    confidence: float
+    delta: float
+
+
+class EvaluationRecord(Record):
+    """PUBLIC. Noisy utility on the held-out partition (charged under the grant) and the audit."""
+
+    FILE: ClassVar[str] = "evaluate.json"
+    accuracy: float
+    auc: float | None
+    majority_baseline: float
+    rows: int
+    sigma: float
+    partition: str = "holdout"
+    ledger_entry: int
+    audit: CanaryAudit
+
+
+# ---------------------------------------------------------------------------------- gate, deploy
+
+class GateRecord(Record):
+    FILE: ClassVar[str] = "gate.json"
+    outcome: Outcome
+    allowed: bool
+    reasons: list[str]
+    decision_id: str
+    policy_hash: str
+    engine: str
+    error: str | None = None
+    audit_head: dict[str, Any] | None = None
+
+
+class ApprovalRecord(Record):
+    FILE: ClassVar[str] = "approval.json"
+    approved: bool
+    outcome: Literal["approved", "rejected"]
+    by: str
+    at: str
+    channel: str
+    gate_decision_id: str
+    gate_reasons: list[str]
+
+
+class DeployRecord(Record):
+    FILE: ClassVar[str] = "deploy.json"
+    model_name: str
+    version: int
+    alias: str
+    path: str
+
+
+PUBLIC_RECORDS: tuple[type[Record], ...] = (
+    Staged, Validated, CountsRelease, RiskAssessment, PlanRecord, Refusal, TrainRecord, EvaluationRecord,
+    GateRecord, ApprovalRecord, DeployRecord,
+)
+PRIVATE_RECORDS: tuple[type[Record], ...] = (StagedData, ExactRisk, Canaries)

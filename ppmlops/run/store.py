@@ -1,0 +1,111 @@
+"""A run's folder: the one place that knows where a run's records, model and private files live.
+
+    <runs dir>/<pipeline>/<run folder>/           public records (plan.json, train.json, ...)
+                                      model.pt    the DP-trained model (public, post-processing)
+                                      private/    exact counts, the exact risk report, snapshots,
+                                                  the quarantine file, the canaries' coins
+
+Run folders are named after the run id with every character other than letters, digits, '_',
+'.' and '-' replaced (Airflow run ids carry ':' and '+'). Records are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from ppmlops.errors import PpmlopsError
+from ppmlops.run.records import PRIVATE_RECORDS, PUBLIC_RECORDS, Record
+
+R = TypeVar("R", bound=Record)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MODEL_FILE = "model.pt"
+
+
+def run_folder_name(run_id: str) -> str:
+    return _UNSAFE.sub("_", run_id)
+
+
+class RunStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, runs_dir: Path, pipeline: str, run_id: str) -> "RunStore":
+        return cls(Path(runs_dir) / pipeline / run_folder_name(run_id))
+
+    @classmethod
+    def existing(cls, runs_dir: Path, pipeline: str, folder: str) -> "RunStore":
+        """A run folder named by a caller (the dashboard's URL): refuse anything but a plain name."""
+        for what, name in (("pipeline", pipeline), ("run", folder)):
+            if not _SAFE_NAME.match(name or ""):
+                raise PpmlopsError(f"{what} name {name!r} is not a run folder name")
+        store = cls(Path(runs_dir) / pipeline / folder)
+        if not store.root.is_dir():
+            raise FileNotFoundError(f"no run {pipeline}/{folder}")
+        return store
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def private_dir(self) -> Path:
+        return self.root / "private"
+
+    def ensure(self) -> "RunStore":
+        self.private_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL_FILE
+
+    def path_of(self, cls: type[Record]) -> Path:
+        return (self.private_dir if cls.PRIVATE else self.root) / cls.FILE
+
+    # -- records --------------------------------------------------------------------------------
+    def write(self, record: R) -> R:
+        path = self.path_of(type(record))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(record.model_dump_json(indent=2))
+        tmp.replace(path)
+        return record
+
+    def read(self, cls: type[R]) -> R:
+        record = self.read_optional(cls)
+        if record is None:
+            raise PpmlopsError(f"{cls.FILE} is missing in {self.root}: the stage that writes it has not run")
+        return record
+
+    def read_optional(self, cls: type[R]) -> R | None:
+        path = self.path_of(cls)
+        if not path.exists():
+            return None
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise PpmlopsError(f"{path} is not a valid {cls.__name__} record ({where}: {first['msg']}); "
+                               "it was written by another ppmlops version or edited by hand") from None
+
+    def public_records(self) -> dict[str, Record]:
+        """Every public record present, by file stem (what the dashboard and the summary read)."""
+        out = {}
+        for cls in PUBLIC_RECORDS:
+            rec = self.read_optional(cls)
+            if rec is not None:
+                out[cls.FILE.removesuffix(".json")] = rec
+        return out
+
+    def read_json(self, name: str) -> dict:
+        """A public JSON file that is not a record (manifest.json), parsed; {} when absent."""
+        if any(cls.FILE == name for cls in PRIVATE_RECORDS) or "/" in name:
+            raise PpmlopsError(f"{name} is not a public file of a run")
+        path = self.root / name
+        return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,32 @@
+"""A person's answer to a needs-approval gate, in the run and in the hash-chained audit log.
+
+The record takes the shape of a policy decision so that `ppmlops audit verify|show` cover it
+like any other; its engine names the channel the answer came through.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from ppmlops.audit.log import AuditLog
+from ppmlops.errors import PpmlopsError
+from ppmlops.run.records import ApprovalRecord, GateRecord
+from ppmlops.stages.context import RunContext
+
+
+def record_approval(ctx: RunContext, *, approved: bool, user: str, responded_at: str, channel: str) -> ApprovalRecord:
+    gate = ctx.store.read(GateRecord)
+    if gate.outcome != "needs_approval":
+        raise PpmlopsError(f"run {ctx.run_id}: the deploy gate said {gate.outcome!r}; there is nothing to approve")
+    outcome = "approved" if approved else "rejected"
+    record = ApprovalRecord(approved=approved, outcome=outcome, by=user, at=responded_at, channel=channel,
+                            gate_decision_id=gate.decision_id, gate_reasons=gate.reasons)
+    AuditLog(ctx.settings.db_url).record({
+        "id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(), "query": "human approval of deploy",
+        "input": {"gate_decision_id": gate.decision_id, "reasons": gate.reasons},
+        "result": record.model_dump(exclude={"seconds"}), "outcome": outcome, "allowed": approved,
+        "reasons": [f"{outcome} by {user} at {responded_at}"], "engine": channel,
+        "policy_hash": gate.policy_hash, "error": None,
+    }, run_id=ctx.run_id, dataset_id=ctx.spec.dataset.id, stage="approval")
+    return ctx.store.write(record)

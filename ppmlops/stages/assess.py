@@ -1,0 +1,127 @@
+"""assess: PRAM's exact report (private), the run's noisy counts (charged), the public risk score.
+
+The counts are one release (ppmlops.privacy.releases), charged to every partition before it is
+drawn: every source row falls in exactly one bin of (training, held out, quarantined for each
+reason), so that histogram has sensitivity 1; the rows in equivalence classes smaller than k
+over the public quasi-identifiers move by at most k - 1 when one row is added or removed. The
+bins are fixed by the code, never by the data, so which reasons occurred is not revealed either.
+This is also where a dataset is first registered in the ledger: its first charge.
+"""
+
+from __future__ import annotations
+
+from ppmlops.data import ingest as ingest_mod
+from ppmlops.errors import PpmlopsError
+from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger
+from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
+from ppmlops.privacy.randomness import Randomness
+from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
+from ppmlops.risk.categories import DIRECT
+from ppmlops.risk.classify import Classification
+from ppmlops.risk.public import public_assessment, public_classification, quasi_identifier_features
+from ppmlops.risk.report import IdentifierInFeatures
+from ppmlops.risk.score import K_BY_REGULATION
+from ppmlops.run.records import CountsRelease, ExactRisk, Refusal, RiskAssessment, StagedData
+from ppmlops.stages.context import RunContext, timed
+
+# Quarantine bins, fixed in code: a bin per reason whatever the data holds.
+REASONS = (ingest_mod.NO_CONSENT, ingest_mod.INVALID_LABEL, ingest_mod.INVALID_VALUE,
+           ingest_mod.UNKNOWN_CATEGORY, ingest_mod.MALFORMED_LINE)
+OTHER = "other"
+
+
+def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
+    """The dataset's lifetime budget (fixed on first use; a changed spec is refused, not applied)."""
+    spec = ctx.spec
+    curve = None
+    if spec.dataset.expected_rows and spec.privacy.accounting_order is None:
+        curve = typical_run_curve(spec.privacy.run_epsilon, spec.privacy.delta, spec.dataset.expected_rows,
+                                  spec.training.batch_size, spec.training.epochs)
+    return ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta,
+                                   order=spec.privacy.accounting_order, run_curve=curve)
+
+
+def _exact_counts(result, k_unsafe: int | None) -> dict[str, dict[str, int]]:
+    quarantined = {r: 0 for r in REASONS} | {OTHER: 0}
+    for reason, n in result.quarantine_reasons.items():
+        quarantined[reason if reason in REASONS else OTHER] += int(n)
+    rows = {"train": result.rows_train, "holdout": result.rows_test} | {f"quarantine:{r}": n for r, n in quarantined.items()}
+    return {"rows": rows} | ({"k": {"k_unsafe": k_unsafe}} if k_unsafe is not None else {})
+
+
+def _k_unsafe(snapshot: str, qi: list[str], k: int) -> int | None:
+    if not qi:
+        return None
+    import pandas as pd
+
+    from ppmlops.risk.kanon import class_stats
+
+    return int(class_stats(pd.read_parquet(snapshot, columns=qi), qi, k).rows_below_k)
+
+
+def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> CountsRelease:
+    """Charge, draw and record the run's counts; a retried stage reuses what it released."""
+    done = ctx.store.read_optional(CountsRelease)
+    if done is not None:
+        for entry in done.ledger_entries:
+            ledger.complete(entry)
+        return done
+    spec, result = ctx.spec, ctx.store.read(StagedData).result
+    k = K_BY_REGULATION[spec.dataset.regulation]
+    exact = _exact_counts(result, _k_unsafe(result.snapshot_train, quasi_identifier_features(spec, found), k))
+    sigma = calibrate_noise(spec.privacy.stats_epsilon, spec.privacy.delta, 1.0, 1)
+    names = list(exact)
+    sens = [1 if g == "rows" else k - 1 for g in names]
+    # The row counts size the run and decide the consent check: they get 80% of the release's
+    # precision (the k-anonymity count contributes a quarter of the rows' RDP).
+    weights = [1.0 if g == "rows" else 2.0 * (k - 1) for g in names]
+    groups = {g: CountGroup(s, n) for g, s, n in zip(names, sigmas_for(sigma, weights, sens), sens)}
+    segment = release_segment(list(groups.values()))
+    note = f"noisy row counts by partition and quarantine reason{', and k-anonymity' if 'k' in groups else ''}"
+    entries = ledger.charge(dataset_id=spec.dataset.id, run_id=ctx.run_id, kind="release", key="counts",
+                            charges=[Charge(p, segment, "gaussian", note) for p in (TRAIN, HOLDOUT)],
+                            randomness=ctx.randomness)
+    source = (Randomness.secure() if ctx.randomness == "secure"
+              else Randomness.reproducible(ctx.params.seed, ctx.run_id)).source("counts")
+    noisy = noisy_counts(exact, groups, source)
+    rows = noisy.values["rows"]
+    record = ctx.store.write(CountsRelease(
+        rows_train=rows["train"], rows_holdout=rows["holdout"],
+        quarantined={r: rows[f"quarantine:{r}"] for r in (*REASONS, OTHER)}, k=k,
+        k_unsafe_rows=noisy.values["k"]["k_unsafe"] if "k" in noisy.values else None,
+        sigma_rows=groups["rows"].sigma, sigma_k=groups["k"].sigma if "k" in groups else None,
+        noise_multiplier=segment.noise_multiplier, ledger_entries=entries,
+        epsilon=epsilon_from_rdp(Charge(TRAIN, segment).rdp(), spec.privacy.delta)[0]))
+    for entry in entries:
+        ledger.complete(entry)
+    return record
+
+
+def _exact_report(ctx: RunContext) -> None:
+    """The officer's detailed report, with value-based findings: private, in the run folder only."""
+    from ppmlops.risk.assess import assess
+
+    report = assess(ctx.spec, ctx.store.read(StagedData).result)
+    (ctx.store.private_dir / "risk.txt").write_text(report.summary())
+    ctx.store.write(ExactRisk(report=report.to_dict()))
+
+
+@timed
+def run(ctx: RunContext) -> RiskAssessment:
+    result = ctx.store.read(StagedData).result
+    found = public_classification(ctx.spec, result.columns + result.dropped_columns)
+    leaked = [f for f in found.findings if f["category"] == DIRECT and f["in_features"]]
+    _exact_report(ctx)
+    if leaked:
+        err = IdentifierInFeatures(ctx.spec.dataset.id, leaked)
+        ctx.store.write(Refusal(stage="assess", reasons=[str(err)]))
+        raise err
+    ledger = Ledger(ctx.settings.db_url)
+    try:
+        register(ctx, ledger)
+        counts = release_counts(ctx, ledger, found)
+    except PpmlopsError as err:  # a changed budget in the spec, or a lifetime budget that is spent
+        ctx.store.write(Refusal(stage="assess", reasons=[str(err)]))
+        raise
+    return public_assessment(ctx.spec, found, counts)

@@ -1,0 +1,73 @@
+"""The model card and the deploy manifest, each built once from the run's PUBLIC records.
+
+Every number here is public (spec, policy), a charged DP release (noisy counts, noisy metrics),
+or post-processing of those and of the DP model (the canary audit). The epsilon is the run's
+fixed budget curve's (its guarantee under adaptive tuning), not what the epochs happened to use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ppmlops.run.records import (
+    CountsRelease, EvaluationRecord, PlanRecord, RiskAssessment, Staged, TrainRecord,
+)
+from ppmlops.stages.context import RunContext
+
+
+def _records(ctx: RunContext):
+    s = ctx.store
+    return (s.read(Staged), s.read(CountsRelease), s.read(PlanRecord).privacy, s.read(TrainRecord),
+            s.read(EvaluationRecord), s.read(RiskAssessment))
+
+
+def model_card(ctx: RunContext) -> dict[str, Any]:
+    staged, counts, plan, trained, evaluated, _ = _records(ctx)
+    spec = ctx.spec
+    return {
+        "model_name": spec.deploy.model_name, "pipeline": spec.name, "run_id": ctx.run_id,
+        "dataset_id": spec.dataset.id, "data_fingerprint": staged.data_fingerprint,
+        "rows_train": counts.rows_train, "rows_holdout": counts.rows_holdout,
+        "rows_note": f"noisy counts (discrete Gaussian, sigma {counts.sigma_rows:.3g}), charged at assess",
+        "model": {"kind": spec.model.kind, "hidden": list(spec.model.hidden), "n_features": trained.n_features},
+        "epsilon": plan.epsilon, "delta": plan.delta, "epsilon_by_partition": plan.epsilon_by_partition,
+        "epsilon_note": ("the run's fixed RDP budget curve (the privacy filter's guarantee), its count release "
+                         "included; the epochs may have used less"),
+        "epsilon_used": trained.epsilon_used, "run_epsilon_granted": plan.run_epsilon,
+        "dataset_share_used": plan.dataset_share_after, "accounting_order": plan.accounting_order,
+        "accountant": "rdp", "privacy_filter": True, "sampling": "poisson", "randomness": plan.randomness,
+        "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps_per_epoch,
+        "epochs": trained.epochs_completed, "stopped_reason": trained.stopped_reason,
+        "epoch_settings": [{"epoch": h.epoch, "noise_multiplier": h.noise_multiplier, "max_grad_norm": h.max_grad_norm,
+                            "learning_rate": h.learning_rate} for h in trained.history],
+        "tuner": trained.tuner,
+        "metrics": {"accuracy": evaluated.accuracy, "auc": evaluated.auc,
+                    "majority_baseline": evaluated.majority_baseline, "rows": evaluated.rows},
+        "metrics_note": (f"noisy releases on the held-out partition (discrete Gaussian, effective sigma "
+                         f"{evaluated.sigma:.3g}), charged to the ledger"),
+        "privacy_audit": evaluated.audit.model_dump(),
+        "intended_use": spec.description or f"{spec.name} retraining",
+    }
+
+
+def manifest(ctx: RunContext) -> dict[str, Any]:
+    """The deploy gate's input (data.ppmlops.deploy)."""
+    staged, counts, plan, trained, evaluated, risk = _records(ctx)
+    spec = ctx.spec
+    return {
+        "run": {"id": ctx.run_id, "environment": ctx.params.environment},
+        "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": max(1, counts.rows_train),
+                    "epsilon_budget": spec.privacy.epsilon, "delta": plan.delta, "public": spec.dataset.public},
+        "risk": {"score": risk.score, "level": risk.level},
+        "privacy": {
+            "accountant": "rdp", "filter": True, "randomness": plan.randomness,
+            "epsilon": plan.epsilon, "epsilon_granted": plan.run_epsilon,
+            "epsilon_used": max(trained.epsilon_used.values(), default=0.0), "delta": plan.delta,
+            "dataset_share_used": plan.dataset_share_after, "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate, "steps": plan.steps_per_epoch,
+        },
+        "metrics": {"accuracy": evaluated.accuracy, "auc": evaluated.auc, "min_accuracy": spec.deploy.min_accuracy,
+                    "majority_baseline": evaluated.majority_baseline},
+        "audit": evaluated.audit.model_dump(),
+        "model_card": model_card(ctx),
+    }

@@ -1,0 +1,26 @@
+"""gate: CMFM, the deploy policy on the manifest; every decision is recorded with its input."""
+
+from __future__ import annotations
+
+import json
+
+from ppmlops.audit.log import chain_head
+from ppmlops.run.records import GateRecord
+from ppmlops.stages.card import manifest
+from ppmlops.stages.context import RunContext, timed
+from ppmlops.stages.decide import decide
+
+MANIFEST_FILE = "manifest.json"
+
+
+@timed
+def run(ctx: RunContext) -> GateRecord:
+    doc = manifest(ctx)
+    decision = decide(ctx, "data.ppmlops.deploy", doc, stage="gate")
+    (ctx.store.root / MANIFEST_FILE).write_text(json.dumps(doc, indent=2, default=str))
+    # The audit log's head right after this decision, kept outside the database: `ppmlops audit
+    # verify --anchor` with it catches a log cut back to before this run.
+    head = chain_head(ctx.settings.db_url)
+    return GateRecord(outcome=decision.outcome, allowed=decision.allowed, reasons=decision.reasons,
+                      decision_id=decision.id, policy_hash=decision.policy_hash, engine=decision.engine,
+                      error=decision.error, audit_head=head.to_dict() if head else None)

@@ -1,0 +1,117 @@
+"""plan: the policy decides whether to train and the run's epsilon from public inputs only; the
+run's privacy is fixed (ppmlops.privacy.planning) and its grant reserved in the ledger.
+
+Everything the policy sees here is public or a charged release: the spec, the regulation, the
+ledger, the noisy counts and the risk score computed from them. A plan already recorded for
+this run is returned as it is (a retried task must not plan on a budget its own grant reduced).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ppmlops.errors import BudgetExceeded, PolicyRefused, PpmlopsError
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
+from ppmlops.privacy.lifetime import LifetimeBudget
+from ppmlops.privacy.planning import EpochShape, RunRequest, affordable, plan_run, released, split_conflict
+from ppmlops.privacy.session import reserve
+from ppmlops.run.grant import charge_records, grant_of
+from ppmlops.run.records import CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, Staged
+from ppmlops.stages.context import RunContext, timed
+from ppmlops.stages.decide import decide
+from ppmlops.tuning.registry import wants_holdout_accuracy
+
+# At most this share of the (noisy) training rows are canaries.
+MAX_CANARY_SHARE = 0.1
+
+
+def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None, action: str = "train"):
+    ctx.store.write(Refusal(stage="plan", reasons=reasons, decision_id=decision_id))
+    raise PolicyRefused(action, reasons)
+
+
+def canaries_for(ctx: RunContext, counts: CountsRelease) -> int:
+    return min(ctx.spec.audit.canaries, int(MAX_CANARY_SHARE * max(0, counts.rows_train)))
+
+
+def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, budget: LifetimeBudget,
+                 charged, req: RunRequest) -> dict[str, Any]:
+    spec, refused = ctx.spec, max(0, counts.quarantined.get("no consent", 0))
+    afford, already = affordable(budget, charged, req), released(req)
+    return {
+        "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": max(1, counts.rows_train),
+                    "epsilon_budget": budget.epsilon, "delta": budget.delta, "public": spec.dataset.public},
+        "ledger": {"epsilon_spent": budget.spent_epsilon(charged), "share_used": budget.share_used(charged),
+                   "epsilon_remaining": afford[TRAIN], "epsilon_released": already[TRAIN],
+                   "holdout_epsilon_remaining": max(0.0, afford[HOLDOUT] - already[HOLDOUT]),
+                   "accounting_order": budget.order},
+        "risk": {"score": risk.score, "level": risk.level,
+                 "direct_identifiers_in_features": sorted({f.column for f in risk.findings
+                                                           if f.category == "direct_identifier" and f.in_features})},
+        "consent": {"rows_in": max(1, counts.rows_in), "rows_refused": refused,
+                    "coverage": max(0.0, 1.0 - refused / max(1, counts.rows_in))},
+        "request": {"run_epsilon": spec.privacy.run_epsilon, "epsilon_cap": ctx.params.epsilon_cap,
+                    "environment": ctx.params.environment, "randomness": ctx.randomness},
+    }
+
+
+def _budget(ctx: RunContext, doc: dict[str, Any]) -> tuple[float, list[str], list[str]]:
+    """(run epsilon, reasons, decision ids) from the train and budget rules, or a refusal."""
+    train = decide(ctx, "data.ppmlops.train", doc, stage="plan")
+    if not train.allowed:
+        _refuse(ctx, train.reasons, train.id)
+    budget = decide(ctx, "data.ppmlops.budget", doc, stage="plan")
+    if not budget.allowed or not isinstance(budget.result, dict) or "epsilon" not in budget.result:
+        _refuse(ctx, budget.reasons or ["budget decision undefined"], budget.id, action="set a budget")
+    return float(budget.result["epsilon"]), budget.reasons, [train.id, budget.id]
+
+
+@timed
+def run(ctx: RunContext) -> PlanRecord:
+    done = ctx.store.read_optional(PlanRecord)
+    if done is not None:
+        return done
+    spec, store = ctx.spec, ctx.store
+    counts, risk, staged = store.read(CountsRelease), store.read(RiskAssessment), store.read(Staged)
+    ledger = Ledger(ctx.settings.db_url)
+    budget = ledger.budget(spec.dataset.id)
+    if budget is None:
+        raise PpmlopsError(f"dataset {spec.dataset.id!r} is not registered: the assess stage has not run")
+    conflict = split_conflict(ledger.entries(spec.dataset.id), staged.split)
+    if conflict:
+        _refuse(ctx, [conflict])
+    canaries = canaries_for(ctx, counts)
+    req = RunRequest(spec.dataset.id, budget.delta, ctx.params.epochs,
+                     EpochShape.of(counts.rows_train, canaries, spec.training.batch_size),
+                     wants_holdout_accuracy(ctx.tuner), spec.privacy.holdout_epsilon,
+                     ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split)
+    charged = ledger.charged_curves(spec.dataset.id)
+    doc = policy_input(ctx, counts, risk, budget, charged, req)
+    run_epsilon, reasons, decisions = _budget(ctx, doc)
+    try:
+        planned = plan_run(budget, charged, req, run_epsilon)
+    except BudgetExceeded as err:
+        _refuse(ctx, [str(err)])
+    privacy = PrivacyPlan(
+        dataset_id=spec.dataset.id, run_id=ctx.run_id, delta=budget.delta, randomness=ctx.randomness,
+        accounting_order=budget.order, run_epsilon=run_epsilon, epsilon=planned.epsilon,
+        epsilon_by_partition=planned.epsilon_by_partition, noise_multiplier=planned.noise_multiplier,
+        sample_rate=req.shape.sample_rate, steps_per_epoch=req.shape.steps, epochs=req.epochs,
+        divisor=req.shape.divisor, rows_estimate=float(max(1, counts.rows_train)), canaries=canaries,
+        holdout_sigma=planned.holdout_sigma, evaluation_sigma=planned.evaluation_sigma,
+        grant=charge_records(planned.charges), dataset_share_before=budget.share_used(charged),
+        dataset_share_after=budget.share_used(_plus(charged, planned.charges)))
+    try:
+        reserve(ledger, grant_of(privacy))
+    except BudgetExceeded as err:  # a concurrent run took the rest between our read and our write
+        _refuse(ctx, [str(err)])
+    return PlanRecord(privacy=privacy, tuner=ctx.tuner, reasons=reasons, decisions=decisions, policy_input=doc)
+
+
+def _plus(charged, charges):
+    from ppmlops.privacy.ledger import charge_curves
+
+    out = dict(charged)
+    for partition, curve in charge_curves(charges).items():
+        out[partition] = out[partition] + curve if partition in out else curve
+    return out

@@ -1,0 +1,47 @@
+"""What the train stage hands the Ray Train workers: one typed job (torch-free).
+
+The privacy part is the run's PrivacyPlan record itself (the one copy in plan.json), never a
+re-keyed dict. Arrays travel separately through Ray's object store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ppmlops.run.records import PrivacyPlan
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    plan: PrivacyPlan
+    ledger_url: str
+    model_kind: str
+    hidden: tuple[int, ...]
+    learning_rate: float
+    momentum: float
+    max_grad_norm: float
+    tuner: str
+    seed: int
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = ""  # Ray Train storage (checkpoints); shared by every node on a cluster
+    ray_address: str | None = None
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
+    init_path: str = ""  # rank 0 saves the initial weights here (the canary audit's reference point)
+    progress_prefix: str = field(default="", compare=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.plan.run_id
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What the workers leave in their last checkpoint, read back by the driver."""
+
+    epochs_completed: int
+    stopped_reason: str
+    history: list[dict]
+    usage_entries: list[int]
+    path: str = ""

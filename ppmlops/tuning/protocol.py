@@ -1,0 +1,71 @@
+"""What the DP-SGD worker and an ANOM tuner exchange, and nothing else.
+
+The worker depends on this module only (not on any tuner), and tuners depend on it and on the
+privacy package, so training and tuning never import each other. Torch-free.
+
+Before each epoch rank 0 gives the tuner the epoch number, the history of earlier epochs (only
+DP-released values: the settings it chose, noisy holdout accuracy, noisy clipped fraction,
+epsilon used) and a BudgetView of what the run's privacy filter has left; the tuner answers
+with a Proposal: the epoch's settings and an explanation in words. The filter still decides:
+a proposal that does not fit is refused and the run stops cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ppmlops.errors import TrainingError
+
+# The one list of tuner names (the spec, the DAG's Param and the registry all read it).
+TUNER_NAMES: tuple[str, ...] = ("fixed", "rule", "bayes")
+
+
+@dataclass(frozen=True)
+class EpochSettings:
+    """What rank 0 broadcasts before an epoch: every rank trains with exactly these."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    learning_rate: float
+
+    def checked(self) -> "EpochSettings":
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise TrainingError(f"epoch setting {name} must be a finite number > 0, got {value!r}")
+        return EpochSettings(float(self.noise_multiplier), float(self.max_grad_norm), float(self.learning_rate))
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """What the run's training filter has left, per Renyi order, and the shape of an epoch."""
+
+    remaining: tuple[float, ...]
+    sample_rate: float
+    steps: int
+    epochs_left: int
+    delta: float
+
+
+@dataclass
+class Proposal:
+    settings: EpochSettings
+    why: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Tuner(Protocol):
+    name: str
+    # Whether the worker must release the noisy holdout accuracy (charged to the holdout
+    # partition) and the noisy clipped fraction (inside the step's own noise) for this tuner.
+    wants_holdout_accuracy: bool
+    wants_clipped_fraction: bool
+
+    def propose(self, epoch: int, history: list[dict[str, Any]], current: EpochSettings,
+                budget: BudgetView) -> Proposal: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

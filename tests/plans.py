@@ -1,0 +1,50 @@
+"""A real privacy plan and worker job for a small synthetic dataset, without the pipeline.
+
+The planner, the ledger and the grant are the product's own; only the data is synthetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ppmlops.privacy.ledger import Ledger
+from ppmlops.privacy.planning import EpochShape, RunRequest, plan_run
+from ppmlops.privacy.session import reserve
+from ppmlops.run.grant import charge_records, grant_of
+from ppmlops.run.records import PrivacyPlan
+from ppmlops.training.job import WorkerJob
+from ppmlops.training.loop import Arrays
+from ppmlops.tuning.registry import wants_holdout_accuracy
+
+DELTA = 1e-5
+
+
+def synthetic(n: int = 600, d: int = 6, seed: int = 0, holdout: int = 200) -> Arrays:
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d)
+    X = rng.normal(size=(n + holdout, d)).astype(np.float32)
+    y = (X @ w + 0.3 * rng.normal(size=n + holdout) > 0).astype(np.int64)
+    return Arrays(X[:n], y[:n], X[n:], y[n:])
+
+
+def make_job(ledger_url: str, arrays: Arrays, *, run_id: str = "run-1", epochs: int = 2, batch: int = 64,
+             tuner: str = "fixed", randomness: str = "reproducible", run_epsilon: float = 1.0, seed: int = 0,
+             workers: int = 1, lifetime: float = 50.0, dataset: str = "synthetic", learning_rate: float = 0.5,
+             max_grad_norm: float = 1.0, holdout_epsilon: float = 0.5) -> WorkerJob:
+    ledger = Ledger(ledger_url)
+    budget = ledger.register_dataset(dataset, epsilon_budget=lifetime, delta=DELTA)
+    shape = EpochShape.of(len(arrays.y), 0, batch)
+    req = RunRequest(dataset, DELTA, epochs, shape, wants_holdout_accuracy(tuner), holdout_epsilon, {}, "test split")
+    charged = ledger.charged_curves(dataset)
+    planned = plan_run(budget, charged, req, run_epsilon)
+    plan = PrivacyPlan(
+        dataset_id=dataset, run_id=run_id, delta=DELTA, randomness=randomness, accounting_order=budget.order,
+        run_epsilon=run_epsilon, epsilon=planned.epsilon, epsilon_by_partition=planned.epsilon_by_partition,
+        noise_multiplier=planned.noise_multiplier, sample_rate=shape.sample_rate, steps_per_epoch=shape.steps,
+        epochs=epochs, divisor=shape.divisor, rows_estimate=float(len(arrays.y)), canaries=0,
+        holdout_sigma=planned.holdout_sigma, evaluation_sigma=planned.evaluation_sigma,
+        grant=charge_records(planned.charges), dataset_share_before=0.0, dataset_share_after=0.0)
+    reserve(ledger, grant_of(plan))
+    return WorkerJob(plan=plan, ledger_url=ledger_url, model_kind="logistic", hidden=(),
+                     learning_rate=learning_rate, momentum=0.0, max_grad_norm=max_grad_norm, tuner=tuner, seed=seed,
+                     workers=workers)
