@@ -38,9 +38,11 @@ def summary(ctx: RunContext) -> dict[str, Any]:
     out: dict[str, Any] = {"pipeline": ctx.spec.name, "run_id": ctx.run_id, "run_dir": str(s.root)}
     counts = s.read_optional(CountsRelease)
     if counts:
-        out.update(rows_in=counts.rows_in, rows_train=counts.rows_train, rows_holdout=counts.rows_holdout,
-                   rows_quarantined=counts.rows_quarantined,
-                   quarantined_by_reason={k: v for k, v in counts.quarantined.items() if v > 0})
+        # Noisy counts can come out below zero; shown clamped (the record keeps them unbiased).
+        shown = {k: max(0, v) for k, v in counts.quarantined.items()}
+        out.update(rows_train=max(0, counts.rows_train), rows_holdout=max(0, counts.rows_holdout),
+                   rows_quarantined=sum(shown.values()), quarantined_by_reason={k: v for k, v in shown.items() if v})
+        out["rows_in"] = out["rows_train"] + out["rows_holdout"] + out["rows_quarantined"]
     risk = s.read_optional(RiskAssessment)
     if risk:
         out.update(risk_score=risk.score, risk_level=risk.level)
