@@ -7,42 +7,84 @@ which is Airflow's `dag.test()` on the configured metadata database (SQLite by d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from pathlib import Path
+from typing import get_args
 
 import pendulum
 from airflow.providers.standard.operators.hitl import HITLBranchOperator
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from ppmlops import pipeline
-from ppmlops.errors import PpmlopsError
+from ppmlops.airflow import variables
+from ppmlops.data.window import DataInterval
+from ppmlops.db import DatabaseUnavailable
+from ppmlops.errors import PpmlopsError, TrainingError
 from ppmlops.run.records import ApprovalRecord, GateRecord
-from ppmlops.spec import PipelineSpec, load_each, load_spec
+from ppmlops.spec import Environment, PipelineSpec, load_each, load_spec
+from ppmlops.stages import gate as gate_stage
 from ppmlops.stages.approval import record_approval
 from ppmlops.stages.context import RunContext, RunParams
 from ppmlops.tuning.protocol import TUNER_NAMES
 
 log = logging.getLogger(__name__)
+stages_log = logging.getLogger("ppmlops.run")
 # PPMLOPS_PIPELINES points a deployment (or the test suite) at another folder of specs.
 PIPELINES = Path(os.environ.get("PPMLOPS_PIPELINES") or Path(__file__).parent / "pipelines")
 
 
+def _interval(ctx) -> DataInterval | None:
+    """The run's data interval; a manual run's is empty in Airflow 3: then it reaches up to its end."""
+    start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
+    if end is None:
+        return None
+    return DataInterval(start if start is not None and start < end else None, end)
+
+
+def _timetable(schedule: str | None):
+    """A cron expression or preset as a schedule of data intervals: each run covers [the previous
+    tick, its own tick) and reads that window. (Airflow 3's default for a cron string is a trigger
+    timetable, whose runs have an empty interval.)"""
+    if schedule is None or schedule in ("@once", "@continuous"):
+        return schedule
+    return CronDataIntervalTimetable(schedule, timezone=pendulum.UTC)
+
+
 def _context(spec: PipelineSpec) -> RunContext:
     ctx = get_current_context()
+    variables.apply_at_task_start()  # settings changed in Airflow since the scheduler started
     params = RunParams.from_mapping(spec, dict(ctx["params"]))
-    return RunContext(spec=spec, run_id=ctx["run_id"], params=params)
+    return RunContext(spec=spec, run_id=ctx["run_id"], params=params, interval=_interval(ctx))
 
 
 def _stage(spec: PipelineSpec, name: str) -> dict:
-    """Run a stage and hand its public record on as XCom; a problem the user can act on fails
-    the task without retries."""
+    """Run a stage, log its line, and hand its public record on as XCom.
+
+    A problem the user must fix (a spec, the data, a policy refusal) fails the task at once; a
+    fault that may pass (Ray, the database) is retried, which is safe: every release is idempotent
+    per run, and training resumes from its checkpoint.
+    """
     try:
-        return pipeline.STAGE_RUNNERS[name](_context(spec)).model_dump(mode="json")
+        record = pipeline.STAGE_RUNNERS[name](_context(spec))
+    except (TrainingError, DatabaseUnavailable):
+        raise
     except PpmlopsError as err:
         raise AirflowFailException(str(err)) from err
+    stages_log.info(pipeline.stage_line(name, record))
+    return record.model_dump(mode="json")
+
+
+def _finish(spec: PipelineSpec) -> dict:
+    """The run's summary: a block in the last task's log and the XCom `summary`."""
+    ctx = get_current_context()
+    summary = pipeline.summary(_context(spec))
+    logging.getLogger("ppmlops.run.summary").info("\n%s", pipeline.format_summary(summary))
+    ctx["ti"].xcom_push(key="summary", value=json.loads(json.dumps(summary, default=str)))
+    return summary
 
 
 class DeployApproval(HITLBranchOperator):
@@ -88,10 +130,10 @@ def build_dag(spec: PipelineSpec):
     @dag(
         dag_id=spec.dag_id,
         description=spec.description or None,
-        schedule=spec.schedule,
+        schedule=_timetable(spec.schedule),
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
-        max_active_runs=1,  # runs of one dataset share its budget: never plan two at once
+        max_active_runs=1,  # one scheduled run at a time (backfills take --max-active-runs; grants keep any safe)
         tags=["ppmlops", spec.dataset.id, spec.dataset.regulation],
         params={
             "epsilon_cap": Param(defaults.epsilon_cap, type="number", exclusiveMinimum=0,
@@ -103,12 +145,14 @@ def build_dag(spec: PipelineSpec):
             "use_gpu": Param(defaults.use_gpu, type="boolean",
                              description="one GPU per Ray Train worker (NCCL); the cluster needs GPU nodes"),
             "seed": Param(defaults.seed, type="integer", minimum=0),
-            "environment": Param(defaults.environment, type="string", enum=["development", "test", "staging", "production"],
+            "environment": Param(defaults.environment, type="string", enum=list(get_args(Environment)),
                                  description="production moves the production alias; others their own"),
             "tuner": Param(spec.training.tuner, type="string", enum=list(TUNER_NAMES),
                            description="ANOM: how noise, clip norm and learning rate change between epochs"),
         },
-        default_args={"retries": 0},
+        # Retries are safe: every release is idempotent per run and training resumes from its
+        # checkpoint; _stage fails a problem the user must fix at once, without them.
+        default_args={"retries": spec.retries.count, "retry_delay": spec.retries.delay},
         doc_md=__doc__,
     )
     def retrain():
@@ -138,23 +182,20 @@ def build_dag(spec: PipelineSpec):
 
         @task.branch
         def gate():
-            decision = _stage(spec, "gate")
-            if decision["allowed"]:
-                return "deploy"
-            return "approve" if decision["outcome"] == "needs_approval" else "withhold"
+            return gate_stage.next_task(GateRecord.model_validate(_stage(spec, "gate")))
 
         # Reached from the gate (allow) or from a person's approval: one success is enough.
         @task(trigger_rule="none_failed_min_one_success")
         def deploy():
             out = _stage(spec, "deploy")
-            log.info("\n%s", pipeline.format_summary(pipeline.summary(_context(spec))))
+            _finish(spec)
             return out
 
         @task
         def withhold():
             ctx = _context(spec)
             decision = ctx.store.read(GateRecord)
-            log.info("\n%s", pipeline.format_summary(pipeline.summary(ctx)))
+            _finish(spec)
             # Fail the run so a denied or unapproved model is visible, not a quiet green run.
             raise AirflowFailException(f"deployment {decision.outcome} by policy: " + "; ".join(decision.reasons))
 
@@ -162,7 +203,7 @@ def build_dag(spec: PipelineSpec):
         def rejected():
             ctx = _context(spec)
             answer = ctx.store.read(ApprovalRecord)
-            log.info("\n%s", pipeline.format_summary(pipeline.summary(ctx)))
+            _finish(spec)
             raise AirflowFailException(f"deployment rejected by {answer.by} at {answer.at}")
 
         decided = ingest() >> validate() >> assess() >> plan() >> train() >> evaluate() >> gate()
@@ -280,7 +321,25 @@ if __name__ == "__main__":
     parser.add_argument("pipeline", help="spec name (e.g. demo_churn) or path to a spec file")
     parser.add_argument("--conf", default="{}", help="run conf as JSON, e.g. '{\"epochs\": 2}'")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also Airflow's task logs and Ray's, Great Expectations' and Opacus' own output")
     args = parser.parse_args()
+    # What a person reads: stage lines, one line per epoch, the summary; --verbose brings the rest.
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("  %(message)s"))
+    ours = logging.getLogger("ppmlops")
+    ours.addHandler(console)
+    ours.setLevel(logging.INFO)
+    ours.propagate = args.verbose
+    logging.getLogger("ppmlops.run.summary").setLevel(logging.WARNING)  # printed once, below, with the run's state
+    if args.verbose:
+        os.environ["PPMLOPS_VERBOSE"] = "1"
+    else:
+        import warnings
+
+        # dag.test() runs the execution API in-process through Starlette's test client, whose
+        # httpx notice is about Airflow's internals, not this run.
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
     spec, the_dag = pick(args.pipeline)
     run = the_dag.test(run_conf=json.loads(args.conf))

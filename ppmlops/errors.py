@@ -24,10 +24,10 @@ class PolicyError(PpmlopsError):
 class PolicyRefused(PpmlopsError):
     """The policy decided against the action; `reasons` lists why."""
 
-    def __init__(self, action: str, reasons: list[str]):
+    def __init__(self, action: str, reasons: list[str], by: str = "policy"):
         self.action = action
         self.reasons = list(reasons)
-        super().__init__(f"policy refused to {action}: " + "; ".join(self.reasons or ["no reason given"]))
+        super().__init__(f"{by} refused to {action}: " + "; ".join(self.reasons or ["no reason given"]))
 
 
 class BudgetExceeded(PpmlopsError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ppmlops.run.records import (
-    ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, PlanRecord, Refusal,
+    ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, PlanRecord, Record, Refusal,
     RiskAssessment, TrainRecord,
 )
 from ppmlops.stages import assess, deploy, evaluate, gate, ingest, plan, train, validate
@@ -20,7 +20,8 @@ STAGES = ("ingest", "validate", "assess", "plan", "train", "evaluate", "gate", "
 STAGE_RUNNERS = {"ingest": ingest.run, "validate": validate.run, "assess": assess.run, "plan": plan.run,
                  "train": train.run, "evaluate": evaluate.run, "gate": gate.run, "deploy": deploy.run}
 
-__all__ = ["STAGES", "STAGE_RUNNERS", "RunContext", "RunParams", "run_all", "summary", "format_summary"]
+__all__ = ["STAGES", "STAGE_RUNNERS", "RunContext", "RunParams", "run_all", "summary", "format_summary",
+           "stage_line"]
 
 
 def run_all(ctx: RunContext) -> dict[str, Any]:
@@ -73,6 +74,32 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         out.update(decision=f"refused at {refused.stage}", decision_reasons=refused.reasons)
     out["stage_seconds"] = {k: v.seconds for k, v in s.public_records().items() if v.seconds is not None}
     return out
+
+
+def stage_line(name: str, record: Record) -> str:
+    """One line a person reads in the task log for a finished stage (public values only)."""
+    r: Any = record
+    lines = {
+        "ingest": lambda: f"staged {len(r.columns)} columns from {', '.join(r.sources)}; rows: {r.window.text()}",
+        "validate": lambda: f"suite {r.suite} passed ({r.evaluated} expectations)",
+        "assess": lambda: f"risk score {r.score:.3f} ({r.level})",
+        "plan": lambda: (f"epsilon {r.privacy.epsilon:.4g} at delta {r.privacy.delta:g}: noise multiplier "
+                         f"{r.privacy.noise_multiplier:.3g}, Poisson rate {r.privacy.sample_rate:.3g}, "
+                         f"{r.privacy.steps_per_epoch} steps x {r.privacy.epochs} epochs; lifetime budget used "
+                         f"{r.privacy.dataset_share_after:.1%} with this run"),
+        "train": lambda: (f"{r.epochs_completed} epochs ({r.stopped_reason}); epsilon used "
+                          f"{r.epsilon_used.get('train', 0):.4g} of the run's budget"),
+        "evaluate": lambda: (f"noisy accuracy {r.accuracy:.4f}, AUC {_num(r.auc)}, majority rate "
+                             f"{r.majority_baseline:.4f}; canary audit epsilon lower bound "
+                             f"{r.audit.epsilon_lower_bound:.3f}"),
+        "gate": lambda: f"decision {r.outcome}" + (f": {'; '.join(r.reasons)}" if r.reasons else ""),
+        "deploy": lambda: f"{r.model_name} v{r.version} registered, alias {r.alias}",
+    }
+    return f"{name}: {lines[name]()}" if name in lines else f"{name}: done"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from datetime import timedelta
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ class SyntheticSource(_Model):
     rows: int = Field(6000, ge=100)
     seed: int = 7
     consent_detail: bool = False  # add consent_purposes and consent_expires columns (see synthetic.generate)
+    # Add an `event_time` column spread over this many weeks up to the day the table is made
+    # (for windowed pipelines: each run then reads its own weeks).
+    event_weeks: int | None = Field(None, ge=1, le=520)
 
 
 Encoding = Literal["utf-8", "latin-1", "cp1252"]
@@ -58,9 +62,20 @@ class Source(_Model):
     _variables: dict[str, str] = PrivateAttr(default_factory=dict)
     _field: str = PrivateAttr(default="source.path")
 
-    def resolved_path(self) -> Path:
-        """The path with variables expanded, symlinks and `..` resolved, inside the data roots."""
-        return confine(self._expanded(), self._field)
+    def resolved_path(self, interval=None) -> Path:
+        """The path with variables expanded, {start:...}/{end:...} formatted for a partitioned
+        window's `interval` (ppmlops.data.window.DataInterval), symlinks and `..` resolved, inside
+        the data roots."""
+        expanded = self._expanded()
+        if interval is not None:
+            from ppmlops.data.window import format_partition
+
+            try:
+                expanded = Path(format_partition(str(expanded), interval))
+            except (KeyError, ValueError, IndexError) as err:
+                raise SpecError(f"{self._field}: cannot format the partition template for the run's interval: "
+                                f"{err}; use {{start:FORMAT}} or {{end:FORMAT}} with strftime codes") from None
+        return confine(expanded, self._field)
 
     def _expanded(self) -> Path:
         return Path(expand_env(self.path, self._variables, self._field)).expanduser()
@@ -153,6 +168,28 @@ class Consent(_Model):
         return [c for c in (self.column, self.purposes_column, self.expiry_column) if c is not None]
 
 
+class Window(_Model):
+    """How a run selects its rows for its data interval (see ppmlops.data.window)."""
+
+    column: str | None = None  # a timestamp column: rows in [start, end)
+    lookback: timedelta | None = None  # with column: rows in [end - lookback, end), e.g. P56D
+    partition: bool = False  # the source path holds {start:FORMAT} / {end:FORMAT}
+    whole_table: bool = False  # every row, whatever the interval
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> "Window":
+        modes = [m for m, on in (("column", self.column is not None), ("partition", self.partition),
+                                 ("whole_table", self.whole_table)) if on]
+        if len(modes) != 1:
+            raise ValueError("a window is exactly one of: column (a timestamp column), partition (the source "
+                             f"path holds {{start:%Y-%m-%d}} placeholders) or whole_table: true; got {modes or 'none'}")
+        if self.lookback is not None and self.column is None:
+            raise ValueError("lookback needs a window column")
+        if self.lookback is not None and self.lookback <= timedelta(0):
+            raise ValueError(f"lookback must be positive, got {self.lookback}")
+        return self
+
+
 class Dataset(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     source: Source
@@ -175,6 +212,8 @@ class Dataset(_Model):
     # A public, approximate row count (e.g. the size of a published extract). Only used to fix
     # the dataset's accounting order at registration; the run is sized by a noisy count.
     expected_rows: int | None = Field(None, ge=1)
+    # Which rows a run reads for its data interval; required when the pipeline has a schedule.
+    window: Window | None = None
 
     @model_validator(mode="after")
     def _columns_disjoint(self) -> "Dataset":
@@ -273,9 +312,29 @@ class RayConfig(_Model):
     max_failures: int = Field(2, ge=0, le=100)  # Ray Train restarts from the last epoch checkpoint
 
 
+Environment = Literal["development", "test", "staging", "production"]
+
+
 class Deploy(_Model):
     model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     min_accuracy: float = Field(0.0, ge=0, le=1)
+    # Where scheduled runs deploy (a manual run may pick another); each has its own alias.
+    environment: Environment = "development"
+
+
+class Retries(_Model):
+    """Airflow's retries for a task that failed on a fault that may pass (Ray, the database);
+    a problem the user must fix fails at once whatever this says."""
+
+    count: int = Field(2, ge=0, le=10)
+    delay: timedelta = timedelta(minutes=1)
+
+    @field_validator("delay")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError(f"retries.delay must be positive, got {v}")
+        return v
 
 
 class PipelineSpec(_Model):
@@ -293,6 +352,7 @@ class PipelineSpec(_Model):
     audit: Audit = Audit()
     validation_suite: str | None = None  # path under expectations/; default expectations/<dataset id>.json
     deploy: Deploy
+    retries: Retries = Retries()
 
     @field_validator("variables")
     @classmethod
@@ -302,6 +362,25 @@ class PipelineSpec(_Model):
             if why:
                 raise ValueError(f"variable {name!r} cannot be declared: {why}")
         return v
+
+    @model_validator(mode="after")
+    def _window_declared(self) -> "PipelineSpec":
+        window, ds = self.dataset.window, self.dataset
+        if self.schedule is not None and window is None:
+            raise ValueError("a scheduled pipeline must say which rows each run reads: dataset.window with a "
+                             "timestamp column, a partitioned source path, or whole_table: true (every run "
+                             "then trains on the same table)")
+        if window is not None and window.column is not None:
+            taken = {f.name for f in ds.features} | {ds.label.column} | set(ds.consent.columns() if ds.consent else [])
+            if window.column in taken:
+                raise ValueError(f"dataset.window.column {window.column!r} is also a feature, the label or a "
+                                 "consent column")
+        if window is not None and window.partition:
+            paths = [ds.source.path] + ([ds.test_source.path] if ds.test_source else [])
+            if not all("{start" in p or "{end" in p for p in paths):
+                raise ValueError("dataset.window.partition needs {start:FORMAT} or {end:FORMAT} in the source path "
+                                 "(e.g. events/{start:%Y-%m-%d}.csv)")
+        return self
 
     @model_validator(mode="after")
     def _variables_known(self) -> "PipelineSpec":

@@ -6,6 +6,7 @@ is first imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -121,22 +122,30 @@ def _wait_for_postgres(url: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def pg_url(postgres_server, request) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test module (dropped afterwards)."""
+@contextlib.contextmanager
+def fresh_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the server, dropped when the block ends."""
     import secrets
 
     import sqlalchemy as sa
 
-    module = request.module.__name__.rsplit(".", 1)[-1][:30]
-    name = f"t_{module}_{secrets.token_hex(4)}".lower()
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    name = f"t_{prefix[:30]}_{secrets.token_hex(4)}".lower()
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    try:
+        yield sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres_server, request) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test module (dropped afterwards)."""
+    with fresh_database(postgres_server, request.module.__name__.rsplit(".", 1)[-1]) as url:
+        yield url
 
 
 def free_port() -> int:

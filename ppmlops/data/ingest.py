@@ -44,13 +44,14 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ppmlops.data import quarantine
 from ppmlops.data.consent import ConsentRules, today
+from ppmlops.data.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
 from ppmlops.data.reading import CHUNK_ROWS, SourceReader, missing_columns
 from ppmlops.errors import DataError
@@ -93,25 +94,70 @@ class IngestResult:
     pseudonymized: dict[str, str] = field(default_factory=dict)  # source column -> staged pseudonym column
     quarantine_retention_days: int = quarantine.DEFAULT_RETENTION_DAYS
     quarantine_expired: list[str] = field(default_factory=list)  # earlier runs' quarantine files deleted now
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    window: RowWindow = field(default_factory=RowWindow)  # how rows were selected for the run's interval
+    rows_outside_window: int = 0  # source rows whose timestamp lies outside the run's window (not read)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def open_source(source: Source, chunk_rows: int = CHUNK_ROWS) -> SourceReader:
-    """A reader over a spec source (CSV or Parquet, as text); generates the demo table first if asked."""
-    path = source.resolved_path()
-    if source.generate is not None and not path.exists():
-        from ppmlops.data.synthetic import write_demo
+def open_source(source: Source, chunk_rows: int = CHUNK_ROWS, partition: DataInterval | None = None) -> SourceReader:
+    """A reader over a spec source (CSV or Parquet, as text); generates the demo table first if asked.
+    With `partition`, the source path is formatted for that interval."""
+    path = source.resolved_path(partition)
+    if source.generate is not None:
+        from ppmlops.data.synthetic import ensure_demo
 
-        write_demo(path, source.generate.rows, source.generate.seed, source.generate.consent_detail)
+        ensure_demo(path, source.generate)
     fmt = source.resolved_format()
     if fmt == "csv":
         return SourceReader(path, "csv", source.encoding, source.delimiter, chunk_rows=chunk_rows)
     return SourceReader(path, "parquet", chunk_rows=chunk_rows)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def _window(spec: PipelineSpec, interval: DataInterval | None):
+    """The spec's window and the interval it selects (None for a whole-table or windowless spec)."""
+    window = spec.dataset.window
+    if window is None or window.whole_table:
+        return window, interval
+    selected = interval or DataInterval.until_now()
+    return window, selected.with_lookback(window.lookback)
+
+
+def _describe_window(window, selected: DataInterval | None) -> RowWindow:
+    if window is None or window.whole_table:
+        return RowWindow()
+    return RowWindow.selecting("column" if window.column is not None else "partition", window.column, selected)
+
+
+@dataclass
+class _WindowFilter:
+    """Rows inside the interval (True), outside it (False), or with no timestamp (None)."""
+
+    index: int | None
+    interval: DataInterval | None
+    column: str = ""
+
+    @classmethod
+    def of(cls, window, selected: DataInterval | None, path: Path, header: list[str]) -> "_WindowFilter":
+        if window is None or window.column is None:
+            return cls(None, None)
+        if window.column not in header:
+            raise missing_columns(path, [(window.column, "window timestamp")], header)
+        return cls(header.index(window.column), selected, window.column)
+
+    def keep(self, rec: list[str]) -> bool | None:
+        if self.index is None:
+            return True
+        t = parse_timestamp(rec[self.index])
+        return None if t is None else self.interval.contains(t)
+
+
+def keep_invalid(window: _WindowFilter) -> tuple[str, str, str]:
+    return INVALID_VALUE, f"column {window.column}: not an ISO 8601 date or date-time (the run's window needs one)", ""
 
 
 # --------------------------------------------------------------------------- checking
@@ -311,8 +357,11 @@ INGEST_CHUNK_ROWS = 20_000
 
 
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
-           chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = ()) -> IngestResult:
-    """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: today, UTC).
+           chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
+           interval: DataInterval | None = None) -> IngestResult:
+    """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: the
+    interval's end, else today, UTC). `interval` is the run's data interval: the spec's
+    dataset.window selects the rows for it (ppmlops.data.window).
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
     the retention setting are deleted. Streams: each file is read, checked, split and written a chunk of rows at a time (memory
@@ -325,15 +374,19 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
     ds = spec.dataset
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    as_of = as_of or today()
+    window, selected = _window(spec, interval)
+    as_of = as_of or (selected.as_of if selected is not None else today())
     # Read the key before any data: a run that cannot pseudonymize must not stage anything.
     key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
     retention = quarantine.retention_days()
 
-    readers = [open_source(ds.source, chunk_rows)]
+    partition = selected if window is not None and window.partition else None
+    readers = [open_source(ds.source, chunk_rows, partition)]
     if ds.test_source is not None:
-        readers.append(open_source(ds.test_source, chunk_rows))
+        readers.append(open_source(ds.test_source, chunk_rows, partition))
     checkers = [_RowChecker(spec, r.path, r.header, as_of, key) for r in readers]
+    in_window = [_WindowFilter.of(window, selected, r.path, r.header) for r in readers]
+    outside = 0
     columns = snapshot_columns(spec)
     train = _Snapshot(run_dir / "snapshot_train.parquet", spec, columns)
     test = _Snapshot(run_dir / "snapshot_test.parquet", spec, columns)
@@ -353,7 +406,11 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
                 # Quarantine rows in line order: the ragged lines sit among the chunk's records.
                 events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in chunk.ragged]
                 for rec, line in zip(chunk.records, chunk.lines):
-                    result = checker.check(rec)
+                    keep = in_window[n].keep(rec)
+                    if keep is False:
+                        outside += 1
+                        continue
+                    result = checker.check(rec) if keep else keep_invalid(in_window[n])
                     if isinstance(result, tuple):
                         events.append((line, 1, (rec, result)))
                     elif n == 1:
@@ -390,7 +447,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
         committed = True
         rows_in = sum(r.rows_in for r in readers)
         rows_staged = train.rows + test.rows
-        if (rows_in != rows_staged + q.rows or sum(reasons.values()) != q.rows
+        if (rows_in != rows_staged + q.rows + outside or sum(reasons.values()) != q.rows
                 or sum(refusals.values()) != reasons.get(NO_CONSENT, 0)):
             raise DataError(f"{ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} "
                             f"staged, {q.rows} quarantined")
@@ -445,4 +502,6 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
         pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
         quarantine_retention_days=retention,
         quarantine_expired=expired,
+        window=_describe_window(window, selected),
+        rows_outside_window=outside,
     )

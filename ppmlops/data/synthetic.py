@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ppmlops.spec import SyntheticSource
 
 COLUMNS = [
     "customer_id", "name", "email", "phone", "national_id", "postal_code",
@@ -56,7 +61,8 @@ PURPOSE_REFUSED_RATE = 0.01
 EXPIRED_RATE = 0.01
 
 
-def generate(n_rows: int, seed: int, consent_detail: bool = False) -> pd.DataFrame:
+def generate(n_rows: int, seed: int, consent_detail: bool = False, event_weeks: int | None = None,
+             made_on: date | None = None) -> pd.DataFrame:
     """The demo table as strings, exactly as it is written to CSV.
 
     `consent_detail` adds `consent_purposes` and `consent_expires` after `consent` (for
@@ -122,7 +128,22 @@ def generate(n_rows: int, seed: int, consent_detail: bool = False) -> pd.DataFra
     broken = _break_some_rows(df, rng)
     if consent_detail:
         _add_consent_detail(df, np.random.default_rng([seed, 1]), broken)
+    if event_weeks:
+        _add_event_time(df, np.random.default_rng([seed, 2]), event_weeks, made_on or date.today())
     return df
+
+
+def _add_event_time(df: pd.DataFrame, rng: np.random.Generator, weeks: int, made_on: date) -> None:
+    """When each row happened: uniform over the `weeks` weeks before `made_on` (UTC, to the second)."""
+    end = datetime.combine(made_on, time(), tzinfo=timezone.utc)
+    seconds = rng.integers(1, weeks * 7 * 86400 + 1, len(df))
+    df.insert(1, "event_time", [(end - timedelta(seconds=int(s))).isoformat() for s in seconds])
+
+
+def ensure_demo(path: Path, made: "SyntheticSource") -> None:
+    """Write the demo table a spec's `source.generate` asks for, unless it is already there."""
+    if not Path(path).exists():
+        write_demo(path, made.rows, made.seed, made.consent_detail, made.event_weeks)
 
 
 def _add_consent_detail(df: pd.DataFrame, rng: np.random.Generator, broken: np.ndarray) -> None:
@@ -145,11 +166,12 @@ def _add_consent_detail(df: pd.DataFrame, rng: np.random.Generator, broken: np.n
     df.insert(at + 1, "consent_expires", expires)
 
 
-def write_demo(path: Path, n_rows: int, seed: int, consent_detail: bool = False) -> Path:
+def write_demo(path: Path, n_rows: int, seed: int, consent_detail: bool = False,
+               event_weeks: int | None = None) -> Path:
     """Write the demo table to `path` as CSV; readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = generate(n_rows, seed, consent_detail)
+    df = generate(n_rows, seed, consent_detail, event_weeks)
     # A unique temporary name in the target folder: two runs generating at once each replace
     # the file with a complete copy, and os.replace is atomic within one filesystem.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -5,12 +5,19 @@ Budgets belong to a dataset, not to a run. Three kinds of entry:
 * ``release``: a noisy statistic released now (the counts a run publishes at assess), charged
   to every partition it touches;
 * ``grant``: a run's whole budget, its privacy filter's fixed RDP curve per partition, reserved
-  at plan before any step runs. Under adaptive settings the filter guarantees that curve, not
-  the curve a run happens to spend, so the grant is what the run costs (it is released, and
-  stops counting, only when the run used none of it);
+  at plan before any step runs, so runs planned at the same time (a backfill) never plan on the
+  same remainder. Under adaptive settings the run's filter guarantees that curve, not the curve
+  the run happens to spend: the grant is the run's epsilon on its card;
 * ``usage``: what a run actually spent under its grant (an epoch of DP-SGD, a noisy holdout
   accuracy), written ahead of the step it pays for. Usage rows are the run filter's state and
-  the dashboard's "used of the run's budget"; the dataset totals count the grant instead.
+  the dashboard's "used of the run's budget".
+
+When a run ends its grant is closed: released where the run used none of it, else trimmed to
+its usage. Trimming is sound for the dataset's totals because the lifetime filter works at one
+Renyi order: there, the sequence of mechanisms may be chosen adaptively (Feldman & Zrnic 2021)
+and the usage rows are exactly the mechanisms that ran, each below the grant that admitted it
+(the run's filter holds usage under the grant at every order). A trimmed grant asked for again
+(a task cleared after its run ended) is admitted afresh by the lifetime filter.
 
 Every entry carries the randomness mode of the run that made it ("secure" or "reproducible").
 
@@ -48,7 +55,8 @@ from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
 MECHANISMS = ("subsampled_gaussian", "gaussian")
 KINDS = ("release", "grant", "usage")
 COUNTED = ("release", "grant")
-RESERVED, COMPLETED, RELEASED = "reserved", "completed", "released"
+RESERVED, COMPLETED, RELEASED, TRIMMED = "reserved", "completed", "released", "trimmed"
+LIVE = (RESERVED, COMPLETED)
 TRAIN, HOLDOUT = "train", "holdout"
 
 _metadata = MetaData()
@@ -136,10 +144,6 @@ class LedgerEntry:
     def segment(self) -> Segment:
         return Segment(self.noise_multiplier, self.sample_rate, self.steps)
 
-    @property
-    def counted(self) -> bool:
-        return self.kind in COUNTED and self.status != RELEASED
-
     def to_dict(self) -> dict[str, Any]:
         """The entry's fields without its RDP curve."""
         return {
@@ -167,6 +171,20 @@ def sqlite_file_missing(db_url: str) -> bool:
     """True when db_url names an SQLite file that does not exist (read-only callers skip it)."""
     path = db.sqlite_file(db_url)
     return path is not None and not path.exists()
+
+
+def counted(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
+    """What a dataset's totals add: its releases, its live grants, and the usage under trimmed grants."""
+    entries = list(entries)
+    trimmed = {(e.run_id, e.partition) for e in entries if e.kind == "grant" and e.status == TRIMMED}
+    return [e for e in entries if (e.kind in COUNTED and e.status in LIVE)
+            or (e.kind == "usage" and (e.run_id, e.partition) in trimmed)]
+
+
+def guaranteed(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
+    """A run's own guarantee: its releases and its whole grant (the run filter's fixed curve),
+    trimmed or not; a grant released unused is no part of it."""
+    return [e for e in entries if e.kind in COUNTED and e.status != RELEASED]
 
 
 def _curves(entries: Iterable[LedgerEntry]) -> dict[str, np.ndarray]:
@@ -271,7 +289,7 @@ class Ledger:
                 raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger")
             eps, dlt = _check_budget(epsilon_budget, before.delta if delta is None else delta)
             after = LifetimeBudget(dataset_id, eps, dlt, float(order) if order is not None else before.order)
-            curves = _curves(e for e in self._entries(conn, dataset_id) if e.counted)
+            curves = _curves(counted(self._entries(conn, dataset_id)))
             spent = after.spent_epsilon(curves)
             if spent > after.epsilon:
                 raise BudgetExceeded(
@@ -308,7 +326,7 @@ class Ledger:
         """Admit and record a counted charge (a release or a run's grant) before anything is drawn.
 
         Idempotent by (run_id, kind, key): asking again for the same charge returns the entries
-        already recorded (a retried task must not pay twice) and re-admits a released grant.
+        already recorded (a retried task must not pay twice) and re-admits a closed grant.
         Raises BudgetExceeded, charging nothing, when the lifetime filter refuses.
         """
         if kind not in COUNTED:
@@ -322,17 +340,16 @@ class Ledger:
                                    "register_dataset() it with its epsilon budget and delta first")
             same = [e for e in self._entries(conn, dataset_id, run_id) if e.kind == kind and e.key == key]
             if same and _same_charge(same, charges):
-                if all(e.status != RELEASED for e in same):
+                if all(e.status in LIVE for e in same):
                     return [e.id for e in same]
             elif same:
                 raise PpmlopsError(
                     f"run {run_id!r} already has a {kind} {key!r} with other parameters; a run's {kind} "
                     "cannot change once recorded (start a new run)")
-            counted = [e for e in self._entries(conn, dataset_id) if e.counted]
-            refusal = budget.refusal(_curves(counted), charge_curves(charges))
+            refusal = budget.refusal(_curves(counted(self._entries(conn, dataset_id))), charge_curves(charges))
             if refusal:
                 raise BudgetExceeded(f"ledger refused run {run_id!r}: {refusal}")
-            if same:  # a released grant asked for again: count it again
+            if same:  # a closed grant asked for again: admitted on top of its usage, then counted in full
                 conn.execute(update(ledger_table).where(ledger_table.c.id.in_([e.id for e in same]))
                              .values(status=RESERVED, completed_at=None))
                 return [e.id for e in same]
@@ -345,8 +362,8 @@ class Ledger:
         dataset_id, run_id = _name(dataset_id, "dataset_id"), _name(run_id, "run_id")
         with self._write() as conn:
             entries = self._entries(conn, dataset_id, run_id)
-            if not any(e.kind == "grant" and e.partition == charge.partition and e.counted for e in entries):
-                raise PpmlopsError(f"run {run_id!r} has no grant on partition {charge.partition!r} of dataset "
+            if not any(e.kind == "grant" and e.partition == charge.partition and e.status in LIVE for e in entries):
+                raise PpmlopsError(f"run {run_id!r} has no open grant on partition {charge.partition!r} of dataset "
                                    f"{dataset_id!r}; plan the run first")
             for e in entries:
                 if e.kind == "usage" and e.key == key:
@@ -369,18 +386,19 @@ class Ledger:
                              .values(status=COMPLETED, completed_at=_now()))
 
     def close_grant(self, *, dataset_id: str, run_id: str) -> str:
-        """End a run's grant: "completed" (it stays charged) when the run used any of it,
-        "released" (it stops counting) when it used nothing. Returns the new status."""
+        """End a run's grant, per partition: "trimmed" to the run's usage where it used any (the
+        dataset's totals then count the usage), "released" (it stops counting) where it used
+        none. Returns "trimmed" if any partition was used, else "released"."""
         with self._write() as conn:
             entries = self._entries(conn, dataset_id, run_id)
-            grants = [e for e in entries if e.kind == "grant" and e.status != RELEASED]
-            if not grants:
-                return RELEASED
-            used = any(e.kind == "usage" for e in entries)
-            status = COMPLETED if used else RELEASED
-            conn.execute(update(ledger_table).where(ledger_table.c.id.in_([e.id for e in grants]))
-                         .values(status=status, completed_at=_now()))
-            return status
+            used = {e.partition for e in entries if e.kind == "usage"}
+            grants = [e for e in entries if e.kind == "grant" and e.status in LIVE]
+            for status, ids in ((TRIMMED, [e.id for e in grants if e.partition in used]),
+                                (RELEASED, [e.id for e in grants if e.partition not in used])):
+                if ids:
+                    conn.execute(update(ledger_table).where(ledger_table.c.id.in_(ids))
+                                 .values(status=status, completed_at=_now()))
+            return TRIMMED if used else RELEASED
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -398,8 +416,8 @@ class Ledger:
         return [_entry(row) for row in conn.execute(query)]
 
     def charged_curves(self, dataset_id: str, run_id: str | None = None) -> dict[str, np.ndarray]:
-        """Per partition, the RDP of every counted entry (releases and live grants)."""
-        return _curves(e for e in self.entries(dataset_id, run_id) if e.counted)
+        """Per partition, the RDP the dataset's totals count (see `counted`), of one run or all."""
+        return _curves(counted(self.entries(dataset_id, run_id)))
 
     def usage_curves(self, dataset_id: str, run_id: str) -> dict[str, np.ndarray]:
         """Per partition, what the run's usage rows say it spent under its grant."""
@@ -411,12 +429,13 @@ class Ledger:
         return budget.spent_epsilon(self.charged_curves(dataset_id))
 
     def epsilon_by_partition(self, dataset_id: str, run_id: str | None = None) -> dict[str, float]:
-        """Per partition: for a run, epsilon of its counted charges at their best order (a run's
-        curve is fixed before it starts); for the dataset, epsilon at the lifetime order."""
+        """Per partition: for a run, its guarantee (releases and whole grant, a curve fixed before
+        it started) at the best order; for the dataset, epsilon at the lifetime order."""
         budget = self._require(dataset_id)
-        curves = self.charged_curves(dataset_id, run_id)
         if run_id is not None:
+            curves = _curves(guaranteed(self.entries(dataset_id, run_id)))
             return {p: epsilon_from_rdp(c, budget.delta)[0] for p, c in sorted(curves.items())}
+        curves = self.charged_curves(dataset_id)
         return {p: budget.spent_epsilon({p: c}) for p, c in sorted(curves.items())}
 
     def _require(self, dataset_id: str) -> LifetimeBudget:
@@ -435,7 +454,7 @@ class Ledger:
                 entries = self._entries(conn, ds_id)
                 if budget is None and not entries:
                     raise PpmlopsError(f"dataset {ds_id!r} is not in the privacy ledger")
-                curves = _curves(e for e in entries if e.counted)
+                curves = _curves(counted(entries))
                 partitions = {p: budget.spent_epsilon({p: c}) for p, c in sorted(curves.items())} if budget else {}
                 spent = max(partitions.values(), default=0.0) if budget else None
                 out.append({

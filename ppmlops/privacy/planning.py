@@ -64,6 +64,7 @@ class RunRequest:
     holdout_epsilon: float
     run_stats: Mapping[str, np.ndarray]  # this run's count release, per partition (already charged)
     split: str  # how the held-out rows were chosen
+    window: str = ""  # which rows the run read (its data window), for the grant's note
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def plan_run(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: R
     per_epoch = req.shape.steps
     charges = [Charge(TRAIN, Segment(sigma, q, per_epoch), "subsampled_gaussian",
                       f"grant: epoch {e} of {req.epochs}, {per_epoch} DP-SGD steps at Poisson rate {q:.6g}, "
-                      f"noise multiplier {sigma:.6g}") for e in range(1, req.epochs + 1)]
+                      f"noise multiplier {sigma:.6g}" + (f"; rows {req.window}" if req.window else ""))
+               for e in range(1, req.epochs + 1)]
     if req.tuner_signals:
         charges += [Charge(HOLDOUT, Segment(scale, 1.0, 1), "gaussian",
                            f"grant: noisy holdout accuracy after epoch {e} (discrete Gaussian, sigma {scale:.6g})"

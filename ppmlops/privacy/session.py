@@ -138,7 +138,7 @@ class PrivacySession:
                 "used": {p: [float(x) for x in f.spent] for p, f in sorted(self.filters.items())}}
 
     def close(self) -> str:
-        """End the run's grant ("completed" if anything was used, else "released")."""
+        """End the run's grant: "trimmed" to what it used, or "released" if it used nothing."""
         return self.ledger.close_grant(dataset_id=self.grant.dataset_id, run_id=self.grant.run_id)
 
 

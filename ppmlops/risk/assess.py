@@ -54,16 +54,18 @@ def value_kind(value: str) -> str | None:
     return detectors.classify(value)
 
 
-def _input(source: Source) -> SourceInput:
-    return SourceInput(source.resolved_path(), source.resolved_format(), source.encoding, source.delimiter)
+def _input(source: Source, partition=None) -> SourceInput:
+    return SourceInput(source.resolved_path(partition), source.resolved_format(), source.encoding, source.delimiter)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
 
 
-def assess(spec: PipelineSpec, ingest: IngestResult, *, sample_rows: int = SAMPLE_ROWS) -> RiskReport:
+def assess(spec: PipelineSpec, ingest: IngestResult, *, sample_rows: int = SAMPLE_ROWS,
+           partition=None) -> RiskReport:
+    """`partition`: the interval a partitioned window read (the files ingestion staged from)."""
     ds = spec.dataset
-    sources = [_input(ds.source)] + ([_input(ds.test_source)] if ds.test_source else [])
+    sources = [_input(ds.source, partition)] + ([_input(ds.test_source, partition)] if ds.test_source else [])
     as_of = date.fromisoformat(ingest.consent_as_of) if ingest.consent_as_of else today()
     data = scan_sources(sources, consent=ds.consent, as_of=as_of, sample_rows=sample_rows)
     digest = source_sha256(data.files)
@@ -101,10 +103,10 @@ def assess_spec(spec: PipelineSpec, *, sample_rows: int = SAMPLE_ROWS, as_of: da
     ds = spec.dataset
     sources = [_input(ds.source)] + ([_input(ds.test_source)] if ds.test_source else [])
     for s, src in zip(sources, [ds.source, ds.test_source]):
-        if src is not None and src.generate is not None and not s.path.exists():
-            from ppmlops.data.synthetic import write_demo
+        if src is not None and src.generate is not None:
+            from ppmlops.data.synthetic import ensure_demo
 
-            write_demo(s.path, src.generate.rows, src.generate.seed, src.generate.consent_detail)
+            ensure_demo(s.path, src.generate)
     features = [f.name for f in ds.features]
     return _scan_report(ds.id, sources, features + [ds.label.column], features, Declarations.of_dataset(ds),
                         ds.consent, as_of or today(), ds.regulation, spec.privacy.delta, None, sample_rows, None)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ppmlops.data.ingest import IngestResult
+from ppmlops.data.window import RowWindow
 
 Outcome = Literal["allow", "deny", "needs_approval"]
 
@@ -63,6 +64,7 @@ class Staged(Record):
     sources: list[str]
     split: str
     consent_as_of: str = ""
+    window: RowWindow = Field(default_factory=RowWindow)  # the rows this run read
 
 
 class Validated(Record):

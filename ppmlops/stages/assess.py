@@ -102,7 +102,10 @@ def _exact_report(ctx: RunContext) -> None:
     """The officer's detailed report, with value-based findings: private, in the run folder only."""
     from ppmlops.risk.assess import assess
 
-    report = assess(ctx.spec, ctx.store.read(StagedData).result)
+    staged = ctx.store.read(StagedData).result
+    # A partitioned window read the files of its interval: the report must scan the same ones.
+    partition = staged.window.interval() if staged.window.mode == "partition" else None
+    report = assess(ctx.spec, staged, partition=partition)
     (ctx.store.private_dir / "risk.txt").write_text(report.summary())
     ctx.store.write(ExactRisk(report=report.to_dict()))
 

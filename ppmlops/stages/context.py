@@ -8,6 +8,7 @@ from functools import wraps
 from typing import Any, Callable, TypeVar
 
 from ppmlops import settings as settings_mod
+from ppmlops.data.window import DataInterval
 from ppmlops.run.records import Record
 from ppmlops.run.store import RunStore
 from ppmlops.spec import PipelineSpec
@@ -30,7 +31,7 @@ class RunParams:
     @classmethod
     def defaults(cls, spec: PipelineSpec) -> "RunParams":
         return cls(epsilon_cap=spec.privacy.run_epsilon, epochs=spec.training.epochs, workers=spec.ray.workers,
-                   seed=spec.training.seed, use_gpu=spec.ray.use_gpu)
+                   seed=spec.training.seed, use_gpu=spec.ray.use_gpu, environment=spec.deploy.environment)
 
     @classmethod
     def from_mapping(cls, spec: PipelineSpec, values: dict[str, Any] | None) -> "RunParams":
@@ -50,6 +51,8 @@ class RunContext:
     run_id: str
     params: RunParams
     settings: settings_mod.Settings = field(default_factory=settings_mod.load)
+    # The run's data interval (Airflow's, for scheduled runs and backfills); None: up to now.
+    interval: DataInterval | None = None
 
     @property
     def store(self) -> RunStore:

@@ -24,3 +24,11 @@ def run(ctx: RunContext) -> GateRecord:
     return GateRecord(outcome=decision.outcome, allowed=decision.allowed, reasons=decision.reasons,
                       decision_id=decision.id, policy_hash=decision.policy_hash, engine=decision.engine,
                       error=decision.error, audit_head=head.to_dict() if head else None)
+
+
+def next_task(decision: GateRecord) -> str:
+    """The DAG's branch after the gate: deploy only what the policy allowed; a needs-approval
+    decision goes to a person first; anything else is withheld."""
+    if decision.allowed:
+        return "deploy"
+    return "approve" if decision.outcome == "needs_approval" else "withhold"

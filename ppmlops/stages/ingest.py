@@ -29,8 +29,8 @@ def earlier_runs(ctx: RunContext) -> list[Path]:
 
 @timed
 def run(ctx: RunContext) -> Staged:
-    result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx))
+    result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval)
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,
-                  consent_as_of=result.consent_as_of)
+                  consent_as_of=result.consent_as_of, window=result.window)

@@ -25,9 +25,10 @@ from ppmlops.tuning.registry import wants_holdout_accuracy
 MAX_CANARY_SHARE = 0.1
 
 
-def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None, action: str = "train"):
+def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None, action: str = "train",
+            by: str = "policy"):
     ctx.store.write(Refusal(stage="plan", reasons=reasons, decision_id=decision_id))
-    raise PolicyRefused(action, reasons)
+    raise PolicyRefused(action, reasons, by)
 
 
 def canaries_for(ctx: RunContext, counts: CountsRelease) -> int:
@@ -84,7 +85,7 @@ def run(ctx: RunContext) -> PlanRecord:
     req = RunRequest(spec.dataset.id, budget.delta, ctx.params.epochs,
                      EpochShape.of(counts.rows_train, canaries, spec.training.batch_size),
                      wants_holdout_accuracy(ctx.tuner), spec.privacy.holdout_epsilon,
-                     ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split)
+                     ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split, staged.window.text())
     charged = ledger.charged_curves(spec.dataset.id)
     doc = policy_input(ctx, counts, risk, budget, charged, req)
     run_epsilon, reasons, decisions = _budget(ctx, doc)
@@ -104,7 +105,7 @@ def run(ctx: RunContext) -> PlanRecord:
     try:
         reserve(ledger, grant_of(privacy))
     except BudgetExceeded as err:  # a concurrent run took the rest between our read and our write
-        _refuse(ctx, [str(err)])
+        _refuse(ctx, [f"{err} (a run planned at the same time reserved the rest first)"], by="the ledger")
     return PlanRecord(privacy=privacy, tuner=ctx.tuner, reasons=reasons, decisions=decisions, policy_input=doc)
 
 

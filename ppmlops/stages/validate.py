@@ -7,6 +7,7 @@ failure message and the public record name expectations and columns only.
 from __future__ import annotations
 
 from ppmlops.data.validate import validate
+from ppmlops.run.logs import library_logs
 from ppmlops.run.records import StagedData, Validated
 from ppmlops.stages.context import RunContext, timed
 
@@ -15,6 +16,7 @@ from ppmlops.stages.context import RunContext, timed
 def run(ctx: RunContext) -> Validated:
     staged = ctx.store.read(StagedData).result
     suite = ctx.spec.suite_path(ctx.settings.project_root)
-    summary = validate([staged.snapshot_train, staged.snapshot_test], suite, ctx.store.private_dir)
+    with library_logs(ctx.store.private_dir, "gx"):
+        summary = validate([staged.snapshot_train, staged.snapshot_test], suite, ctx.store.private_dir)
     return Validated(suite=summary["suite"], suite_path=summary["suite_path"], evaluated=summary["evaluated"],
                      great_expectations_version=summary["great_expectations_version"])

@@ -3,6 +3,10 @@ run the workers, save the DP model. Used in-process and by the Ray job entry poi
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+
 import numpy as np
 
 from ppmlops.audit.canary import CanarySet, make_canaries
@@ -11,10 +15,12 @@ from ppmlops.privacy.ledger import Ledger
 from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
+from ppmlops.run.logs import library_logs
 from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, StagedData, TrainRecord
 from ppmlops.stages.context import RunContext
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.loop import Arrays
+from ppmlops.training.progress import PROGRESS_FILE, followed
 
 
 def encoded(ctx: RunContext, snapshot: str):
@@ -48,7 +54,29 @@ def worker_job(ctx: RunContext, plan) -> WorkerJob:
                      momentum=spec.training.momentum, max_grad_norm=spec.training.max_grad_norm, tuner=ctx.tuner,
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
                      storage_path=str(ctx.store.root / "ray"), ray_address=ctx.settings.ray_address,
-                     max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE))
+                     max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
+                     progress_path=str(ctx.store.root / PROGRESS_FILE))
+
+
+progress = logging.getLogger("ppmlops.progress")
+
+
+@contextlib.contextmanager
+def _turn(ctx: RunContext):
+    """On the embedded runtime, one run trains at a time on this machine (local_ray_turn), and
+    the local Ray it starts is stopped when it is done, so the next run's process starts its own."""
+    import ray
+
+    from ppmlops.training.launch import local_ray_turn, shutdown_local_ray
+
+    if ctx.settings.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        yield  # a cluster, or a Ray this process's caller set up: theirs to manage
+        return
+    with local_ray_turn(ctx.settings.home / "locks" / "local-ray.lock", progress.warning):
+        try:
+            yield
+        finally:
+            shutdown_local_ray()
 
 
 def train_here(ctx: RunContext) -> TrainRecord:
@@ -65,8 +93,10 @@ def train_here(ctx: RunContext) -> TrainRecord:
     arrays = Arrays(np.vstack([audit_set.pad(X), members]), np.concatenate([y, member_labels]),
                     audit_set.pad(X_holdout), y_holdout)
     session = PrivacySession.open(Ledger(ctx.settings.db_url), grant_of(plan))  # a released grant is reserved again
+    job = worker_job(ctx, plan)
     try:
-        weights, outcome = train_on_ray(worker_job(ctx, plan), arrays)
+        with _turn(ctx), library_logs(ctx.store.private_dir, "ray"), followed(job.progress_path, progress.info):
+            weights, outcome = train_on_ray(job, arrays)
     except TrainingError:
         session.recover().close()  # released when the run used none of it, kept otherwise
         raise

@@ -6,7 +6,7 @@ re-keyed dict. Arrays travel separately through Ray's object store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ppmlops.run.records import PrivacyPlan
 
@@ -29,7 +29,7 @@ class WorkerJob:
     ray_address: str | None = None
     max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
     init_path: str = ""  # rank 0 saves the initial weights here (the canary audit's reference point)
-    progress_prefix: str = field(default="", compare=False)
+    progress_path: str = ""  # rank 0 appends its per-epoch lines here (ppmlops.training.progress)
 
     @property
     def run_id(self) -> str:

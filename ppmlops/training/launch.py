@@ -11,15 +11,20 @@ the same run id with the same storage path resumes after the last completed epoc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import math
 import os
 import socket
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ppmlops.errors import TrainingError
+from ppmlops.run.logs import verbose
 from ppmlops.training.job import TrainOutcome, WorkerJob
 from ppmlops.training.loop import Arrays, read_checkpoint
 from ppmlops.training.models import MODEL_KINDS
@@ -52,10 +57,32 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                 raise TrainingError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from e
             return
         try:
-            ray.init(num_cpus=num_cpus, log_to_driver=True)
+            # Worker output stays in Ray's logs; the per-epoch lines come through the run's progress file.
+            ray.init(num_cpus=num_cpus, log_to_driver=verbose(), logging_level=logging.WARNING)
         except Exception as e:
             raise TrainingError(f"cannot start a local Ray runtime: {type(e).__name__}: {e}") from e
         _started_here = True
+
+
+@contextlib.contextmanager
+def local_ray_turn(lock_path: Path, echo: Callable[[str], None]) -> Iterator[None]:
+    """Hold the machine's local Ray runtime for one run at a time.
+
+    Two processes each starting a local Ray on one machine is unsupported and fails in odd ways
+    (shared session folders, the same ports), so concurrent runs and backfills on the embedded
+    runtime take turns; on a cluster (RAY_ADDRESS) nothing waits here.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            echo(f"waiting for the local Ray runtime: another run is training on this machine ({lock_path})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

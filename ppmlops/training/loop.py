@@ -16,11 +16,12 @@ Per epoch:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ppmlops.errors import BudgetExceeded, TrainingError
-from ppmlops.privacy.accountant import Segment
+from ppmlops.privacy.accountant import Segment, segment_rdp
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
@@ -37,6 +38,7 @@ from ppmlops.training.job import WorkerJob
 from ppmlops.training.models import build_model, predict_proba
 from ppmlops.training.private_model import PrivateModel, make_private_model
 from ppmlops.training.sampling import LockstepPoissonSampler
+from ppmlops.tuning.tuners import affordable_floor
 from ppmlops.tuning import signals
 from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner
 
@@ -163,19 +165,33 @@ class Controller:
             self.session.ledger.complete(entry)  # a crash may have left them reserved
 
     def budget_view(self, epoch: int) -> BudgetView:
-        return BudgetView(tuple(float(x) for x in self.session.remaining(TRAIN)), self.plan.sample_rate,
+        """What the tuner may plan with; a row reserved for this very epoch (below) is not yet spent."""
+        remaining = self.session.remaining(TRAIN)
+        row = self._reserved_row(epoch)
+        if row is not None:
+            remaining = remaining + segment_rdp(row.segment)
+        return BudgetView(tuple(float(x) for x in remaining), self.plan.sample_rate,
                           self.plan.steps_per_epoch, self.plan.epochs - epoch + 1, self.plan.delta)
+
+    def _reserved_row(self, epoch: int):
+        row = self.session.reserved(f"train/epoch-{epoch}")
+        return row if row is not None and row.status == "reserved" else None
 
     def decide(self, epoch: int, current: EpochSettings) -> dict:
         """The epoch's broadcast: settings to train with, a stop reason, or an error."""
         try:
             note, t0 = None, time.perf_counter()
             if self.tuner is not None:
-                proposal = self.tuner.propose(epoch, list(self.state.history), current, self.budget_view(epoch))
-                current = proposal.settings.checked()
+                view = self.budget_view(epoch)
+                if not math.isfinite(affordable_floor(view)):
+                    return {"stop": f"privacy filter refused epoch {epoch}: the run's budget is spent (used epsilon "
+                                    f"{self.session.used_epsilon(TRAIN):.4g} of {self.session.budget_epsilon(TRAIN):.4g})"}
+                proposal = self.tuner.propose(epoch, list(self.state.history), current, view)
+                current = proposal.settings
                 note = {"tuner": self.tuner.name, "why": proposal.why, "saw": proposal.details.pop("saw", {}),
                         "details": proposal.details}
             tuner_seconds = time.perf_counter() - t0
+            current = self._as_reserved(epoch, current, note).checked()
             segment = Segment(current.noise_multiplier, self.plan.sample_rate, self.plan.steps_per_epoch)
             if not self.session.admits(TRAIN, segment, key=f"train/epoch-{epoch}"):
                 return {"stop": f"privacy filter refused epoch {epoch}: its noise multiplier "
@@ -193,6 +209,17 @@ class Controller:
             return {"stop": f"privacy filter refused epoch {epoch}: {err}"}
         except Exception as err:  # every rank must learn of it, or the others wait forever
             return {"error": f"rank 0 could not start epoch {epoch}: {type(err).__name__}: {err}"}
+
+    def _as_reserved(self, epoch: int, current: EpochSettings, note: dict | None) -> EpochSettings:
+        """An attempt that died inside this epoch wrote its usage row ahead (reserved: nothing it
+        drew was released). The epoch keeps that row's noise so the row is adopted, not charged
+        twice; clip norm and learning rate are the tuner's new choice (they cost nothing)."""
+        row = self._reserved_row(epoch)
+        if row is None or row.noise_multiplier == current.noise_multiplier:
+            return current
+        if note is not None:
+            note["why"] += f"; noise kept at {row.noise_multiplier:.4g}, as reserved by the attempt that stopped"
+        return replace(current, noise_multiplier=row.noise_multiplier)
 
     @property
     def wants_clipped_fraction(self) -> bool:
@@ -320,6 +347,13 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
                                      rank=comm.rank, world_size=comm.world)
     ctl = Controller(job, arrays, randomness, state, tuner, echo) if comm.rank == 0 else None
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final
+    if restored is not None and state.epoch and comm.rank == 0:
+        echo(f"[run {plan.run_id}] resumed from the checkpoint of epoch {state.epoch}")
+    if restored is not None and first > plan.epochs:
+        # Nothing left to train: report the restored checkpoint again, so the run's result is
+        # the newest one (Ray's own record of "latest" may lag behind it, see RayCheckpoints).
+        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None)
+        return
     for epoch in range(first, plan.epochs + 1):
         t0 = time.perf_counter()
         decision = comm.broadcast(ctl.decide(epoch, settings) if ctl else None)

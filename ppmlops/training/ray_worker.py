@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from ppmlops.training.loop import Arrays, Comm, Restored, read_checkpoint, run_worker
+import glob
+import os
+
+from ppmlops.training.loop import Arrays, Comm, Restored, read_checkpoint, run_worker, say
+from ppmlops.training.progress import append
 
 
 class RayCheckpoints:
-    """Ray Train V2's checkpoints: the latest one on (re)start, one reported per epoch."""
+    """Ray Train V2's checkpoints: the newest one on (re)start, one reported per epoch.
+
+    `report` uploads a checkpoint before it returns, but Ray's controller registers it after: a
+    driver killed in between comes back with the previous one as "latest" while the epoch's
+    ledger rows, completed once `report` returned, say it ran. So a restart also looks at the run's
+    checkpoint folders on storage and resumes from the newest that reads whole.
+    """
+
+    def __init__(self, run_storage: str = ""):
+        self.run_storage = run_storage  # storage_path/run_id when that is a local (or shared) folder
 
     def restore(self) -> Restored | None:
         import ray.train
 
+        found = []
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return read_checkpoint(d)
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                found.append(read_checkpoint(d))
+        found += _on_storage(self.run_storage)
+        return max(found, key=lambda r: r.state.epoch, default=None)
 
     def save(self, metrics: dict, directory: str | None) -> None:
         import ray.train
@@ -25,6 +40,20 @@ class RayCheckpoints:
             ray.train.report(metrics)
         else:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+
+def _on_storage(run_storage: str) -> list[Restored]:
+    """Every checkpoint folder of the run on a filesystem path that reads whole (a folder cut
+    short by a crash during its upload does not)."""
+    if not run_storage or not os.path.isdir(run_storage):
+        return []
+    out = []
+    for d in sorted(glob.glob(os.path.join(run_storage, "checkpoint_*"))):
+        try:
+            out.append(read_checkpoint(d))
+        except Exception:  # noqa: BLE001 - incomplete or unreadable: not a checkpoint to resume from
+            continue
+    return out
 
 
 def _resolve(value):
@@ -50,5 +79,11 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         tuner = config.get("tuner") or make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate,
                                                   max_grad_norm=job.max_grad_norm)
-    run_worker(job, arrays, Comm(device), RayCheckpoints(), device, tuner=tuner,
-               node=ray.get_runtime_context().get_node_id())
+    def echo(line: str) -> None:
+        say(line)  # Ray's worker log
+        if job.progress_path:
+            append(job.progress_path, line)  # the driver follows this file
+
+    checkpoints = RayCheckpoints(os.path.join(job.storage_path, job.run_id) if job.storage_path else "")
+    run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
+               node=ray.get_runtime_context().get_node_id(), echo=echo)

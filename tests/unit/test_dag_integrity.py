@@ -181,3 +181,23 @@ def test_spec_check_reports_every_file(tmp_path, capsys):
     assert any(line.startswith(f"{files[3]}: invalid: pipeline name 'one' is already used by {files[0]}") for line in out)
     assert out[-1] == "1 ok, 3 invalid"
     assert cli.main(["spec", "check", files[0]]) == 0
+
+
+# --------------------------------------------------------------------------- settings at task start
+
+
+def test_the_settings_variable_accepts_only_operational_settings():
+    from ppmlops.airflow.variables import ADJUSTABLE, parse
+    from ppmlops.errors import SpecError
+
+    assert parse(None) == {} and parse(" ") == {}
+    assert parse('{"PPMLOPS_OPA_TIMEOUT_S": 10, "PPMLOPS_QUARANTINE_RETENTION_DAYS": "7"}') == {
+        "PPMLOPS_OPA_TIMEOUT_S": "10", "PPMLOPS_QUARANTINE_RETENTION_DAYS": "7"}
+    for raw, message in [("{not json", "is not JSON"), ("[1, 2]", "must be a JSON object"),
+                         ('{"PPMLOPS_DB_URL": "sqlite:///elsewhere.db"}', "sets ['PPMLOPS_DB_URL']; only"),
+                         ('{"PPMLOPS_RANDOMNESS": "reproducible"}', "the others belong in the deployment"),
+                         ('{"PPMLOPS_VERBOSE": true}', "must be strings or numbers")]:
+        with pytest.raises(SpecError, match=re.escape(message)) as info:
+            parse(raw)
+        assert "elsewhere" not in str(info.value)  # names the setting, never echoes the value
+    assert "PPMLOPS_DB_URL" not in ADJUSTABLE and "PPMLOPS_POLICY" not in ADJUSTABLE

@@ -23,7 +23,7 @@ DEMO_WIDTH = 5 + 2 + 4 + 5 + 3  # numeric + sex + region + education + plan
 def demo_staged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("features")
     doc = copy.deepcopy(DEMO_DOC)
-    doc["dataset"]["source"] = {"path": str(tmp / "customers.csv"), "generate": {"rows": 2000, "seed": 3}}
+    doc["dataset"]["source"] = {"path": str(tmp / "customers.csv"), "generate": {"event_weeks": 12, "rows": 2000, "seed": 3}}
     spec = parse_spec(doc)
     return spec, ingest(spec, tmp / "run")
 

@@ -5,6 +5,7 @@ import csv
 import json
 import time
 from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,9 @@ import yaml
 
 from ppmlops.data.ingest import IngestResult, ingest, snapshot_sha256
 from ppmlops.data.synthetic import generate
+from ppmlops.data.window import DataInterval
 from ppmlops.errors import DataError
+from ppmlops.run.records import StagedData
 from ppmlops.spec import PipelineSpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,10 +58,26 @@ def small_spec(path: Path, test_path: Path | None = None, **dataset) -> Pipeline
     return parse_spec(doc)
 
 
-def demo_spec(tmp: Path, rows: int = 6000) -> PipelineSpec:
+def demo_spec(tmp: Path, rows: int = 6000, windowed: bool = True) -> PipelineSpec:
+    """The demo spec on a generated table; `windowed=False`: no event_time column, no schedule,
+    no window (the table is then the same whatever the day)."""
     doc = copy.deepcopy(DEMO_DOC)
     doc["dataset"]["source"] = {"path": str(tmp / "demo" / "customers.csv"), "generate": {"rows": rows, "seed": 7}}
+    if windowed:
+        doc["dataset"]["source"]["generate"]["event_weeks"] = 12
+    else:
+        unwindowed(doc)
     return parse_spec(doc)
+
+
+def unwindowed(doc: dict) -> dict:
+    doc.pop("schedule", None)
+    doc["dataset"].pop("window", None)
+    return doc
+
+
+# Up to today's midnight (UTC), where the generator's events end: the same rows all day.
+DEMO_INTERVAL = DataInterval(None, datetime.combine(date.today(), datetime.min.time(), tzinfo=timezone.utc))
 
 
 def quarantine(result: IngestResult) -> list[dict[str, str]]:
@@ -70,7 +89,7 @@ def quarantine(result: IngestResult) -> list[dict[str, str]]:
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     spec = demo_spec(tmp)
-    return spec, ingest(spec, tmp / "run"), tmp
+    return spec, ingest(spec, tmp / "run", interval=DEMO_INTERVAL), tmp
 
 
 # --------------------------------------------------------------------------- demo data
@@ -78,10 +97,16 @@ def demo(tmp_path_factory):
 
 def test_demo_counts_reconcile(demo):
     spec, r, tmp = demo
-    source = generate(6000, 7)
+    whole = source = pd.read_csv(spec.dataset.source.resolved_path(), dtype=str, keep_default_na=False)
     assert Path(spec.dataset.source.resolved_path()).exists()  # generated on first use
     assert r.rows_in == 6000
-    assert r.rows_in == r.rows_staged + r.rows_quarantined
+    # A CLI run's window: the 8 weeks (the spec's lookback) before now; the rest is not read.
+    start, end = r.window.start, r.window.end
+    assert end - start == timedelta(days=56) and r.window.mode == "column"
+    t = pd.to_datetime(source["event_time"], utc=True)
+    source = source[(t >= start) & (t < end)]
+    assert 0 < r.rows_outside_window == 6000 - len(source)
+    assert r.rows_in == r.rows_staged + r.rows_quarantined + r.rows_outside_window
     assert r.rows_staged == r.rows_train + r.rows_test
     assert r.quarantine_reasons["no consent"] == (source["consent"] == "no").sum()
     assert sum(r.quarantine_reasons.values()) == r.rows_quarantined
@@ -93,7 +118,7 @@ def test_demo_counts_reconcile(demo):
     # others keep their other columns, and the line number points at the row
     assert not set(rows[0]) & set(spec.dataset.identifiers)
     for q in rows[:200]:
-        original = source.iloc[int(q["_line"]) - 2]
+        original = whole.iloc[int(q["_line"]) - 2]
         if q["_reason"].startswith("column consent"):
             assert q["age"] == q["plan"] == q["consent"] == ""
         else:
@@ -113,17 +138,16 @@ def test_demo_snapshot_has_only_features_and_label(demo):
         assert df["age"].dtype == "float64"
     assert len(pd.read_parquet(r.snapshot_train)) == r.rows_train
     assert r.columns == expected
-    assert set(r.dropped_columns) == set(spec.dataset.identifiers) | {"consent"}
+    assert set(r.dropped_columns) == set(spec.dataset.identifiers) | {"consent", "event_time"}
 
 
 def test_demo_hash_is_canonical_and_deterministic(demo, tmp_path):
     spec, r, _ = demo
     assert snapshot_sha256(r.snapshot_train, r.snapshot_test) == r.sha256
-    again = ingest(spec, tmp_path / "again")
+    again = ingest(spec, tmp_path / "again", interval=DEMO_INTERVAL)
     assert again.sha256 == r.sha256 and again.source_sha256 == r.source_sha256
     assert again.rows_train == r.rows_train
-    json.dumps(r.to_dict())  # JSON-serialisable
-    assert IngestResult(**r.to_dict()) == r
+    assert StagedData.model_validate_json(StagedData(result=r).model_dump_json()).result == r
 
 
 def test_split_keeps_rows_in_their_partition_when_data_grows(tmp_path):
@@ -132,7 +156,7 @@ def test_split_keeps_rows_in_their_partition_when_data_grows(tmp_path):
     results = {}
     for name, df in (("base", base), ("grown", grown)):
         df.to_csv(tmp_path / f"{name}.csv", index=False)
-        doc = copy.deepcopy(DEMO_DOC)
+        doc = unwindowed(copy.deepcopy(DEMO_DOC))
         doc["dataset"]["source"] = {"path": str(tmp_path / f"{name}.csv")}
         results[name] = ingest(parse_spec(doc), tmp_path / name)
 
@@ -324,7 +348,7 @@ def consent_spec(tmp_path: Path, **consent) -> PipelineSpec:
 
 
 def test_consent_purposes_and_expiry_quarantine_with_reasons(tmp_path):
-    from datetime import date
+    from datetime import timedelta, date
 
     r = ingest(consent_spec(tmp_path), tmp_path / "run", as_of=date(2024, 6, 1))
     got = {int(q["_line"]): q["_reason"] for q in quarantine(r)}
@@ -488,9 +512,10 @@ def test_consent_expiry_dates_need_ascii_digits():
 # --------------------------------------------------------------------------- streaming
 
 
-def test_streaming_keeps_the_canonical_hash_and_split(demo, tmp_path):
+def test_streaming_keeps_the_canonical_hash_and_split(tmp_path):
     """The values ingest gave before it streamed (e5b07a2, same generated table)."""
-    spec, r, _ = demo
+    spec = demo_spec(tmp_path, windowed=False)
+    r = ingest(spec, tmp_path / "run")
     assert r.sha256 == "f7f3145e40ca8e9a7afea7e1acc8fb4d6f04d985ab07afd2adebebbd32a3cec7"
     assert (r.rows_train, r.rows_test, r.rows_quarantined) == (4489, 1091, 420)
     small = ingest(spec, tmp_path / "small_chunks", chunk_rows=97)  # many chunks, many row groups

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ppmlops.errors import BudgetExceeded, PpmlopsError
-from ppmlops.privacy.accountant import ORDERS, Segment, segment_rdp
-from ppmlops.privacy.ledger import BudgetMismatch, Charge, Ledger
+from ppmlops.privacy.accountant import ORDERS, Segment, epsilon_from_rdp, segment_rdp
+from ppmlops.privacy.ledger import BudgetMismatch, Charge, Ledger, counted
 from ppmlops.privacy.lifetime import LifetimeBudget, epsilon_at, rdp_budget
 
 Q = 256 / 32561
@@ -138,7 +138,7 @@ def test_grants_are_idempotent_per_run_and_cannot_change(ledger):
 
 
 def test_usage_needs_a_grant_and_is_written_ahead(ledger, db_url):
-    with pytest.raises(PpmlopsError, match="no grant"):
+    with pytest.raises(PpmlopsError, match="no open grant"):
         ledger.record_usage(dataset_id="adult", run_id="r1", charge=Charge("train", EPOCH), key="e1",
                             randomness="secure")
     grant(ledger, "r1", Charge("train", EPOCH))
@@ -164,18 +164,53 @@ def test_usage_does_not_add_to_the_dataset_totals_the_grant_already_counts(ledge
     np.testing.assert_array_equal(ledger.usage_curves("adult", "r1")["train"], segment_rdp(EPOCH))
 
 
-def test_an_unused_grant_is_released_and_a_used_one_stays(ledger):
+def test_an_unused_grant_is_released_and_a_used_one_trimmed_to_its_usage(ledger):
     grant(ledger, "idle", Charge("train", EPOCH))
-    grant(ledger, "busy", Charge("train", EPOCH))
+    grant(ledger, "busy", Charge("train", EPOCH), Charge("train", EPOCH), Charge("holdout", RELEASE, "gaussian"))
     ledger.record_usage(dataset_id="adult", run_id="busy", charge=Charge("train", EPOCH), key="e1",
                         randomness="secure")
     assert ledger.close_grant(dataset_id="adult", run_id="idle") == "released"
-    assert ledger.close_grant(dataset_id="adult", run_id="busy") == "completed"
+    assert ledger.close_grant(dataset_id="adult", run_id="busy") == "trimmed"
     assert set(ledger.charged_curves("adult", "idle")) == set()
-    np.testing.assert_array_equal(ledger.charged_curves("adult")["train"], segment_rdp(EPOCH))
+    # the dataset now counts the one epoch busy ran, not the two it was granted; the unused
+    # holdout piece is released
+    assert {(e.partition, e.status) for e in ledger.entries("adult", "busy", kind="grant")} == {
+        ("train", "trimmed"), ("holdout", "released")}
+    assert set(ledger.charged_curves("adult")) == {"train"}
+    np.testing.assert_allclose(ledger.charged_curves("adult")["train"], segment_rdp(EPOCH))
+    # the run's own guarantee is still its whole grant (the filter's fixed curve)
+    two = epsilon_from_rdp(2 * segment_rdp(EPOCH), 1e-5)[0]
+    assert ledger.epsilon_by_partition("adult", run_id="busy") == {"train": pytest.approx(two)}
+    # a closed run writes no more usage
+    with pytest.raises(PpmlopsError, match="no open grant"):
+        ledger.record_usage(dataset_id="adult", run_id="busy", charge=Charge("train", EPOCH), key="e2",
+                            randomness="secure")
     # a retried run asks for its grant again: it is re-admitted under the filter
     assert grant(ledger, "idle", Charge("train", EPOCH))
     assert ledger.charged_curves("adult")["train"][0] == pytest.approx(2 * segment_rdp(EPOCH)[0])
+    # and a trimmed one too: the whole grant counts again (its usage lies under it)
+    assert grant(ledger, "busy", Charge("train", EPOCH), Charge("train", EPOCH), Charge("holdout", RELEASE, "gaussian"))
+    assert ledger.charged_curves("adult")["train"][0] == pytest.approx(3 * segment_rdp(EPOCH)[0])
+
+
+def test_trimming_frees_the_unused_part_for_the_next_run(ledger):
+    """A run that stopped early leaves its unused epochs to the next one; the sum of what ran
+    stays under the lifetime filter (checked by dp-accounting in the e2e budget tests)."""
+    pieces = [Charge("train", EPOCH)] * 3
+    budget = ledger.budget("adult")
+    taken = 0
+    while True:
+        try:
+            grant(ledger, f"r{taken}", *pieces)
+        except BudgetExceeded:
+            break
+        taken += 1
+    assert taken >= 1
+    ledger.record_usage(dataset_id="adult", run_id="r0", charge=Charge("train", EPOCH), key="e1", randomness="secure")
+    for r in range(taken):
+        ledger.close_grant(dataset_id="adult", run_id=f"r{r}")
+    assert grant(ledger, "next", *pieces)  # r0's two unused epochs and the idle grants are free again
+    assert budget.share_used(ledger.charged_curves("adult")) <= 1.0
 
 
 def test_every_entry_records_its_randomness(ledger):
@@ -208,7 +243,7 @@ def test_a_database_from_the_first_schema_keeps_its_entries(tmp_path):
                      "'[2.0]', '[0.0]')", (Q,))
     led = Ledger(f"sqlite:///{path}")
     [e] = led.entries("d")
-    assert (e.kind, e.randomness, e.counted) == ("release", "unrecorded", True)
+    assert (e.kind, e.randomness) == ("release", "unrecorded") and counted([e]) == [e]
     np.testing.assert_array_equal(e.rdp, segment_rdp(EPOCH))  # recomputed: the old row's grid differs
     assert led.budget("d").order in ORDERS
 

@@ -105,7 +105,7 @@ def test_a_new_session_recovers_what_the_last_one_spent(tmp_path):
     again = PrivacySession.open(session.ledger, session.grant)
     np.testing.assert_array_equal(again.filters["train"].spent, segment_rdp(step))
     assert again.used_epsilon("train") < again.budget_epsilon("train")
-    assert again.close() == "completed"
+    assert again.close() == "trimmed"
 
 
 def test_release_counts_are_charged_then_drawn(tmp_path):

@@ -9,6 +9,7 @@ import yaml
 
 from ppmlops.data.ingest import IngestResult, ingest
 from ppmlops.errors import DataError
+from ppmlops.run.records import StagedData
 from ppmlops.risk.assess import K_BY_REGULATION, WEIGHTS, assess, value_kind
 from ppmlops.spec import load_spec, parse_spec
 
@@ -38,7 +39,7 @@ def check_arithmetic(report):
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("risk")
     doc = copy.deepcopy(DEMO_DOC)
-    doc["dataset"]["source"] = {"path": str(tmp / "customers.csv"), "generate": {"rows": 3000, "seed": 7}}
+    doc["dataset"]["source"] = {"path": str(tmp / "customers.csv"), "generate": {"event_weeks": 12, "rows": 3000, "seed": 7}}
     spec = parse_spec(doc)
     staged = ingest(spec, tmp / "run")
     return spec, staged, assess(spec, staged)
@@ -150,7 +151,7 @@ def test_source_changed_since_ingest_is_an_error(tmp_path):
 
 def test_report_survives_the_json_round_trip(demo):
     spec, staged, report = demo
-    again = assess(spec, IngestResult(**json.loads(json.dumps(staged.to_dict()))))
+    again = assess(spec, StagedData.model_validate_json(StagedData(result=staged).model_dump_json()).result)
     assert again.to_dict() == report.to_dict()
 
 

@@ -136,7 +136,7 @@ def test_delta_too_large_for_the_dataset_counts(tmp_path):
 
 def test_summary_explains_the_score_item_by_item(tmp_path):
     doc = copy.deepcopy(DEMO_DOC)
-    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": 1200, "seed": 3}}
+    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"event_weeks": 12, "rows": 1200, "seed": 3}}
     spec = parse_spec(doc)
     staged = ingest(spec, tmp_path / "run")
     report = assess(spec, staged)

@@ -138,11 +138,11 @@ def test_demo_with_consent_detail_reconciles(tmp_path):
 
     doc = copy.deepcopy(yaml.safe_load((REPO / "dags" / "pipelines" / "demo.yaml").read_text()))
     doc["dataset"]["source"] = {"path": str(tmp_path / "c.csv"),
-                                "generate": {"rows": 3000, "seed": 7, "consent_detail": True}}
+                                "generate": {"event_weeks": 12, "rows": 3000, "seed": 7, "consent_detail": True}}
     doc["dataset"]["consent"] = {"column": "consent", "purposes_column": "consent_purposes",
                                  "expiry_column": "consent_expires"}
     r = ingest(parse_spec(doc), tmp_path / "run", as_of=date(2025, 1, 1))
     assert set(r.consent_refusals) == {"flag", "purpose", "expired"}
     assert sum(r.consent_refusals.values()) == r.quarantine_reasons["no consent"]
-    assert r.rows_in == r.rows_staged + r.rows_quarantined == 3000
+    assert r.rows_in == r.rows_staged + r.rows_quarantined + r.rows_outside_window == 3000
     assert 1 - r.quarantine_reasons["no consent"] / r.rows_in > 0.9  # still above the GDPR policy's floor

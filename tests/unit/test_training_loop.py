@@ -131,27 +131,57 @@ def test_the_run_filter_refuses_an_epoch_beyond_the_grant(tmp_path, gloo_world_o
     assert restored.state.stopped_reason.startswith("privacy filter refused epoch 3")
 
 
+class CrashAtEpoch2(DirectoryCheckpoints):
+    """Checkpoints that fail to save epoch 2: the node died after the epoch ran."""
+
+    def save(self, metrics, directory):
+        if metrics.get("epoch") == 2:
+            raise RuntimeError("the node died")
+        super().save(metrics, directory)
+
+
+def crash_at_epoch_2(tmp_path):
+    ckpt = DirectoryCheckpoints(tmp_path / "ckpt")
+    os.makedirs(ckpt.root)
+    return ckpt, CrashAtEpoch2(ckpt.root)
+
+
 def test_a_crash_before_the_checkpoint_is_resumed_without_a_second_charge(tmp_path, gloo_world_of_one):
     arrays = synthetic()
     url = f"sqlite:///{tmp_path / 'l.db'}"
     job = make_job(url, arrays, epochs=2)
-    ckpt = DirectoryCheckpoints(tmp_path / "ckpt")
-    os.makedirs(ckpt.root)
-
-    class CrashAtEpoch2(DirectoryCheckpoints):
-        def save(self, metrics, directory):
-            if metrics.get("epoch") == 2:
-                raise RuntimeError("the node died")
-            super().save(metrics, directory)
-
+    ckpt, crashing = crash_at_epoch_2(tmp_path)
     with pytest.raises(RuntimeError, match="node died"):
-        run_worker(job, arrays, Comm(CPU), CrashAtEpoch2(ckpt.root), CPU, echo=lambda line: None)
+        run_worker(job, arrays, Comm(CPU), crashing, CPU, echo=lambda line: None)
     ledger = Ledger(url)
     assert [e.status for e in ledger.entries("synthetic", job.run_id, kind="usage")] == ["completed", "reserved"]
     run_worker(job, arrays, Comm(CPU), ckpt, CPU, echo=lambda line: None)
     usage = ledger.entries("synthetic", job.run_id, kind="usage")
     assert [(e.key, e.status) for e in usage] == [("train/epoch-1", "completed"), ("train/epoch-2", "completed")]
     assert read_checkpoint(os.path.join(ckpt.root, "latest")).state.epoch == 2
+
+
+def test_a_resumed_adaptive_run_keeps_the_noise_its_crashed_attempt_reserved(tmp_path, gloo_world_of_one):
+    """The tuner proposes again after a crash, but the reserved row's noise is what the epoch
+    trains with: the row is adopted, never charged a second time beside a new one."""
+    arrays = synthetic()
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    job = make_job(url, arrays, epochs=2, tuner="bayes")
+    ckpt, crashing = crash_at_epoch_2(tmp_path)
+    with pytest.raises(RuntimeError, match="node died"):
+        run_worker(job, arrays, Comm(CPU), crashing, CPU, tuner=make_tuner("bayes", seed=0),
+                   echo=lambda line: None)
+    ledger = Ledger(url)
+    [reserved] = [e for e in ledger.entries("synthetic", job.run_id, kind="usage") if e.status == "reserved"
+                  and e.partition == "train"]
+    lines = []
+    run_worker(job, arrays, Comm(CPU), ckpt, CPU, tuner=make_tuner("bayes", seed=1), echo=lines.append)
+    train = [e for e in ledger.entries("synthetic", job.run_id, kind="usage") if e.partition == "train"]
+    assert [(e.key, e.status) for e in train] == [("train/epoch-1", "completed"), ("train/epoch-2", "completed")]
+    assert train[1].id == reserved.id and train[1].noise_multiplier == reserved.noise_multiplier
+    state = read_checkpoint(os.path.join(ckpt.root, "latest")).state
+    assert state.epoch == 2 and state.history[-1]["noise_multiplier"] == reserved.noise_multiplier
+    assert any("resumed from the checkpoint of epoch 1" in line for line in lines)
 
 
 def test_the_clipped_fraction_is_paid_for_by_more_gradient_noise(tmp_path, gloo_world_of_one):

@@ -23,7 +23,7 @@ DEMO_SUITE = REPO / "expectations" / "demo_customers.json"
 def staged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("validate")
     doc = copy.deepcopy(DEMO_DOC)
-    doc["dataset"]["source"] = {"path": str(tmp / "customers.csv"), "generate": {"rows": 1500, "seed": 5}}
+    doc["dataset"]["source"] = {"path": str(tmp / "customers.csv"), "generate": {"event_weeks": 12, "rows": 1500, "seed": 5}}
     spec = parse_spec(doc)
     return spec, ingest(spec, tmp / "run"), tmp
 
@@ -195,7 +195,7 @@ def test_data_docs_are_built_with_the_run_and_masked(staged, tmp_path):
 def test_pseudonym_columns_are_pinned_to_hmac_digests(tmp_path, monkeypatch):
     monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", "k" * 32)
     doc = copy.deepcopy(DEMO_DOC)
-    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": 600, "seed": 2}}
+    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"event_weeks": 12, "rows": 600, "seed": 2}}
     doc["dataset"]["pseudonymize"] = ["email", "customer_id"]
     spec = parse_spec(doc)
     r = ingest(spec, tmp_path / "run")

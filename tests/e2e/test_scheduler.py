@@ -1,0 +1,419 @@
+"""Scheduled retraining under a real Airflow: `./dev ui` (API server, scheduler on LocalExecutor,
+DAG processor, triggerer; metadata and ledger on PostgreSQL), driven the way people drive it: the
+backfill command from the README, Airflow's REST API for triggers, settings and approvals, Ctrl-C
+to stop.
+
+Two pipelines over one timestamped table of three days:
+
+* `sched`: daily, production (the officer's policy makes every such deploy wait for a person),
+  a roomy budget. A backfill of
+  the three days runs them concurrently; each trains on its own day; the first train task to
+  finish an epoch is killed and Airflow's retry resumes it from its checkpoint; an officer
+  approves each deploy through the REST API.
+* `tight`: daily, a lifetime budget one run can use up. Its three backfilled days plan at the
+  same time: the ledger never grants more than the budget, and the policy refuses the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from ppmlops import settings as settings_mod
+from ppmlops.data.synthetic import generate
+from ppmlops.privacy.accountant import ORDERS
+from ppmlops.privacy.ledger import Ledger
+from ppmlops.run.records import PlanRecord, Staged, StagedData, TrainRecord
+from ppmlops.spec import parse_spec
+from ppmlops.stages.context import RunContext, RunParams
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+UTC = timezone.utc
+TODAY = datetime.now(UTC).date()
+DAYS = [TODAY - timedelta(days=n) for n in (3, 2, 1)]  # three complete daily intervals
+ROWS_PER_DAY = 500
+EPOCHS = 2
+
+
+# --------------------------------------------------------------------------- the pipelines
+
+
+def write_table(path: Path) -> None:
+    """The demo generator's rows with an event_time: 500 on each of the three days."""
+    df = generate(ROWS_PER_DAY * len(DAYS), seed=11)
+    times = [datetime.combine(day, datetime.min.time(), UTC) + timedelta(seconds=int(s))
+             for day in DAYS for s in np.linspace(60, 86_340, ROWS_PER_DAY)]
+    df.insert(1, "event_time", [t.isoformat() for t in times])
+    # fewer refusals than the generator's, so each day's consent coverage passes the GDPR floor
+    refused = df.index[df["consent"] == "no"]
+    df.loc[refused[: len(refused) * 2 // 3], "consent"] = "yes"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+
+
+def spec_doc(name: str, **changes) -> dict:
+    doc = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
+    doc.update(name=name, schedule="@daily", retries={"count": 2, "delay": "PT2S"})
+    doc["dataset"].update(id=f"{name}_events", source={"path": "${PPMLOPS_HOME}/data/events.csv"},
+                          window={"column": "event_time"}, expected_rows=370)
+    doc["training"].update(epochs=EPOCHS)
+    doc["ray"] = {"workers": 1}
+    doc["deploy"].update(model_name=f"{name}_churn")
+    for path, value in changes.items():
+        node = doc
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return doc
+
+
+# A day's 500 rows under this much noise learn little: the test is about the runs, not the model.
+SCHED = spec_doc("sched", **{"deploy.environment": "production", "privacy.epsilon": 10.0, "deploy.min_accuracy": 0.0})
+TIGHT = spec_doc("tight", **{"privacy.epsilon": 1.0, "privacy.stats_epsilon": 0.1, "training.epochs": 1})
+
+
+# --------------------------------------------------------------------------- Airflow
+
+
+@dataclasses.dataclass
+class Airflow:
+    process: subprocess.Popen
+    url: str
+    env: dict[str, str]
+    root: Path
+    client: httpx.Client | None = None
+
+    def api(self, method: str, path: str, **kw) -> httpx.Response:
+        return self.client.request(method, path, **kw)
+
+    def ok(self, method: str, path: str, **kw) -> dict:
+        reply = self.api(method, path, **kw)
+        assert reply.status_code < 300, f"{method} {path}: {reply.status_code} {reply.text[:500]}"
+        return reply.json() if reply.content else {}
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([str(REPO / ".venv" / "bin" / "airflow"), *args], env=self.env, text=True,
+                              capture_output=True, timeout=180)
+        assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        return done.stdout
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        tis = self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {ti["task_id"]: ti for ti in tis}
+
+    @property
+    def settings(self) -> settings_mod.Settings:
+        return dataclasses.replace(settings_mod.load(), home=Path(self.env["PPMLOPS_HOME"]),
+                                   db_url=self.env["PPMLOPS_DB_URL"])
+
+    def context(self, doc: dict, run_id: str) -> RunContext:
+        spec = parse_spec(copy.deepcopy(doc), f"{doc['name']}.yaml")
+        return RunContext(spec=spec, run_id=run_id, params=RunParams.defaults(spec), settings=self.settings)
+
+    def log(self) -> str:
+        return (self.root / "airflow-ui.log").read_text(errors="replace")[-6000:]
+
+
+def wait_for(what: str, check, timeout_s: float, airflow: Airflow | None = None, every_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if airflow is not None and airflow.process.poll() is not None:
+            pytest.fail(f"./dev ui exited while waiting for {what}:\n{airflow.log()}")
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f":\n{airflow.log()}" if airflow else ""))
+
+
+def _healthy(url: str) -> bool:
+    try:
+        health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return all(health.get(part, {}).get("status") == "healthy"
+               for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+
+@pytest.fixture(scope="module")
+def airflow_db_url(postgres_server):
+    """Airflow's metadata database on PostgreSQL, as a platform team runs it: with SQLite, five
+    processes writing at once (scheduler, API server, DAG processor, triggerer, a CLI backfill)
+    wait on one file lock."""
+    from conftest import fresh_database
+
+    with fresh_database(postgres_server, "airflow_meta") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, pg_url, airflow_db_url):
+    from conftest import APPROVER, APPROVER_PASSWORD, free_port
+
+    root = tmp_path_factory.mktemp("scheduler")
+    home, pipelines = root / "ppmlops", root / "pipelines"
+    pipelines.mkdir()
+    for doc in (SCHED, TIGHT):
+        (pipelines / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_table(home / "data" / "events.csv")
+    # The compliance office's policy: every production deploy of GDPR data waits for a person.
+    policy = root / "policies.rego"
+    shipped = (REPO / "policies.rego").read_text()
+    gdpr = shipped.index('"gdpr": {')
+    policy.write_text(shipped[:gdpr] + shipped[gdpr:].replace('"approval_environments": [],',
+                                                              '"approval_environments": ["production"],', 1))
+    port = free_port()
+    env = {**os.environ, "AIRFLOW_HOME": str(root / "airflow"), "PPMLOPS_HOME": str(home),
+           "PPMLOPS_PIPELINES": str(pipelines), "PPMLOPS_DB_URL": pg_url, "PPMLOPS_POLICY": str(policy), "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db_url}
+    env.pop("AIRFLOW__CORE__EXECUTOR", None)
+    log = open(root / "airflow-ui.log", "wb")
+    process = subprocess.Popen([str(REPO / "dev"), "ui"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    af = Airflow(process, f"http://127.0.0.1:{port}", env, root)
+    try:
+        wait_for("Airflow's components to report healthy", lambda: _healthy(af.url), 300, af, every_s=2)
+        token = httpx.post(f"{af.url}/auth/token", json={"username": APPROVER, "password": APPROVER_PASSWORD},
+                           timeout=30).json()["access_token"]
+        af.client = httpx.Client(base_url=af.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        for doc in (SCHED, TIGHT):
+            wait_for(f"DAG ppmlops_{doc['name']}", lambda d=doc: af.api("GET", f"/api/v2/dags/ppmlops_{d['name']}")
+                     .status_code == 200, 180, af, every_s=2)
+        yield af
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # nothing of this Airflow outlives the module
+        log.close()
+
+
+def backfill(af: Airflow, dag_id: str, max_active_runs: int) -> list[dict]:
+    """The README's backfill command, then the DAG unpaused; returns the backfill's runs once done."""
+    af.cli("backfill", "create", "--dag-id", dag_id, "--from-date", DAYS[0].isoformat(),
+           "--to-date", DAYS[-1].isoformat(), "--max-active-runs", str(max_active_runs))
+    af.ok("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+    return af.runs(dag_id)
+
+
+def settled(af: Airflow, dag_id: str, count: int):
+    def check():
+        runs = [r for r in af.runs(dag_id) if r["run_type"] == "backfill"]
+        return runs if len(runs) == count and all(r["state"] in ("success", "failed") for r in runs) else None
+    return check
+
+
+# --------------------------------------------------------------------------- sched
+
+
+def _kill_the_first_training(af: Airflow, doc: dict) -> str:
+    """Wait until a run has finished (and checkpointed) epoch 1, then SIGKILL its train task."""
+    import psutil
+
+    ledger = Ledger(af.env["PPMLOPS_DB_URL"])
+    dataset = f"{doc['name']}_events"
+
+    def trained_one_epoch():
+        done = [e for e in ledger.entries(dataset, kind="usage") if e.key == "train/epoch-1" and e.status == "completed"]
+        return done[0].run_id if done else None
+
+    run_id = wait_for("a run to finish its first epoch", trained_one_epoch, 600, af, every_s=0.5)
+    # The task's process is titled "airflow worker -- <task instance id>".
+    ti_id = af.tasks(f"ppmlops_{doc['name']}", run_id)["train"]["id"]
+    task = [p for p in psutil.process_iter(["name"]) if p.info["name"] and ti_id in p.info["name"]]
+    assert len(task) == 1, f"expected one process for the train task {ti_id}, found {task}"
+    task[0].kill()  # as the OOM killer or a lost node would: no clean-up
+    return run_id
+
+
+def _approve_every_waiting_deploy(af: Airflow, dag_id: str, stop) -> list[str]:
+    approved = []
+    while not stop():
+        waiting = af.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails",
+                        params={"response_received": False})["hitl_details"]
+        for detail in waiting:
+            run_id = detail["task_instance"]["dag_run_id"]
+            if run_id in approved:  # answered; the listing catches up once the triggerer resumes it
+                continue
+            af.ok("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+                  json={"chosen_options": ["Approve"], "params_input": {}})
+            approved.append(run_id)
+        time.sleep(1)
+    return approved
+
+
+@pytest.fixture(scope="module")
+def sched_backfill(airflow):
+    dag_id = "ppmlops_sched"
+    backfill(airflow, dag_id, max_active_runs=3)
+    killed = _kill_the_first_training(airflow, SCHED)
+    done = settled(airflow, dag_id, 3)
+    approved = _approve_every_waiting_deploy(airflow, dag_id, done)
+    return done(), killed, approved
+
+
+def test_a_backfill_trains_each_interval_on_its_own_rows(airflow, sched_backfill):
+    runs, _, approved = sched_backfill
+    assert [r["state"] for r in runs] == ["success"] * 3, airflow.log()
+    assert sorted(approved) == sorted(r["dag_run_id"] for r in runs)  # each deploy waited for the officer
+    windows, hashes = set(), set()
+    for r in runs:
+        ctx = airflow.context(SCHED, r["dag_run_id"])
+        staged, exact = ctx.store.read(Staged), ctx.store.read(StagedData).result
+        start = datetime.fromisoformat(r["data_interval_start"])
+        assert (staged.window.start, staged.window.end) == (start, start + timedelta(days=1))
+        # every row it staged is from its own day: 500 rows in, the other 1000 outside its window
+        assert exact.rows_in == 3 * ROWS_PER_DAY and exact.rows_outside_window == 2 * ROWS_PER_DAY
+        assert exact.consent_as_of == start.date().isoformat()
+        windows.add(staged.window.start)
+        hashes.add(exact.sha256)
+    assert len(windows) == len(hashes) == 3
+
+
+def test_the_ledger_composes_every_run_exactly(airflow, sched_backfill):
+    """What the ledger counts is what ran: dp-accounting, composing the usage of the three runs and
+    their count releases from their own records, finds the same curve."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    runs, _, _ = sched_backfill
+    ledger = Ledger(airflow.env["PPMLOPS_DB_URL"])
+    dataset = "sched_events"
+    entries = ledger.entries(dataset)
+    assert {e.run_id for e in entries} == {r["dag_run_id"] for r in runs}
+    accountants = {p: rdp_privacy_accountant.RdpAccountant(orders=ORDERS) for p in ("train", "holdout")}
+    for r in runs:
+        ctx = airflow.context(SCHED, r["dag_run_id"])
+        trained, plan = ctx.store.read(TrainRecord), ctx.store.read(PlanRecord).privacy
+        assert trained.epochs_completed == EPOCHS
+        events = {"train": [], "holdout": []}
+        for e in (x for x in entries if x.run_id == r["dag_run_id"] and x.kind == "release"):
+            events[e.partition].append(dp_accounting.GaussianDpEvent(e.noise_multiplier))
+        for epoch in trained.history:
+            events["train"].append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+                epoch.sample_rate, dp_accounting.GaussianDpEvent(epoch.noise_multiplier)),
+                epoch.steps))
+            events["holdout"].append(dp_accounting.GaussianDpEvent(plan.holdout_sigma))
+        events["holdout"].append(dp_accounting.GaussianDpEvent(plan.evaluation_sigma))
+        for p, evs in events.items():
+            accountants[p].compose(dp_accounting.ComposedDpEvent(evs))
+    budget = ledger.budget(dataset)
+    charged = ledger.charged_curves(dataset)
+    for p, acc in accountants.items():
+        np.testing.assert_allclose(charged[p][budget.index], acc._rdp[budget.index], rtol=1e-9)
+    assert {e.status for e in entries if e.kind == "grant"} == {"trimmed"}
+    assert budget.share_used(charged) < 1
+
+
+def test_a_killed_train_task_is_retried_and_resumes_from_its_checkpoint(airflow, sched_backfill):
+    _, killed, _ = sched_backfill
+    train = airflow.tasks("ppmlops_sched", killed)["train"]
+    assert train["state"] == "success" and train["try_number"] == 2
+    ctx = airflow.context(SCHED, killed)
+    progress = (ctx.store.root / "progress.log").read_text()
+    # it was killed after epoch 1 finished: the retry resumed from that checkpoint or a newer one
+    assert re.search(r"resumed from the checkpoint of epoch [1-9]", progress), progress
+    assert progress.count(f"epoch 1/{EPOCHS}") == 1  # epoch 1 ran once
+    usage = Ledger(airflow.env["PPMLOPS_DB_URL"]).entries("sched_events", killed, kind="usage")
+    keys = [e.key for e in usage]
+    assert sorted(keys) == sorted(set(keys))  # no step charged twice
+    assert {k for k in keys if k.startswith("train/")} == {f"train/epoch-{i}" for i in range(1, EPOCHS + 1)}
+
+
+def test_only_a_production_deploy_moves_the_production_alias(airflow, sched_backfill):
+    from ppmlops.registry.store import Registry
+
+    registry = Registry(airflow.settings.registry_dir)
+    versions = registry.versions("sched_churn")
+    assert len(versions) == 3
+    assert registry.alias("sched_churn", "production") is not None
+    assert registry.alias("sched_churn", "development") is None
+
+
+# --------------------------------------------------------------------------- tight
+
+
+def test_concurrent_plans_never_overspend_and_the_policy_refuses_once_spent(airflow):
+    dag_id = "ppmlops_tight"
+    # a setting changed in Airflow while it runs reaches the next tasks, without a restart
+    airflow.ok("POST", "/api/v2/variables", json={
+        "key": "ppmlops_settings", "value": json.dumps({"PPMLOPS_QUARANTINE_RETENTION_DAYS": "7"})})
+    backfill(airflow, dag_id, max_active_runs=3)
+    runs = wait_for("the tight backfill to finish", settled(airflow, dag_id, 3), 900, airflow, every_s=2)
+    for r in runs:
+        staged = airflow.context(TIGHT, r["dag_run_id"]).store.read(StagedData).result
+        assert staged.quarantine_retention_days == 7
+    states = {r["dag_run_id"]: airflow.tasks(dag_id, r["dag_run_id"]) for r in runs}
+    planned = [run for run, tis in states.items() if tis["plan"]["state"] == "success"]
+    refused = [run for run, tis in states.items() if tis["plan"]["state"] == "failed"]
+    assert planned and refused, {run: {t: ti["state"] for t, ti in tis.items()} for run, tis in states.items()}
+    ledger = Ledger(airflow.env["PPMLOPS_DB_URL"])
+    budget = ledger.budget("tight_events")
+    assert budget.share_used(ledger.charged_curves("tight_events")) <= 1
+    # a refused plan was refused without retries and reserved nothing
+    for run in refused:
+        assert states[run]["plan"]["try_number"] == 1
+        assert not ledger.entries("tight_events", run, kind="grant")
+
+    # Now the budget is gone: a manual run is refused before it trains, with the reason in the
+    # failed task's log: by the ledger at assess if even its noisy counts no longer fit, else by
+    # the policy at plan.
+    manual = airflow.ok("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})["dag_run_id"]
+    wait_for("the manual run to finish", lambda: airflow.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{manual}")
+             ["state"] in ("success", "failed"), 600, airflow, every_s=2)
+    tis = airflow.tasks(dag_id, manual)
+    [stopped] = [t for t in ("assess", "plan") if tis[t]["state"] == "failed"]
+    assert tis["train"]["state"] == "upstream_failed" and tis[stopped]["try_number"] == 1
+    log = json.dumps(airflow.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{manual}/taskInstances/{stopped}/logs/1"))
+    reason = "over its lifetime budget" if stopped == "assess" else "budget spent"
+    assert reason in log, log[-3000:]
+    assert budget.share_used(ledger.charged_curves("tight_events")) <= 1
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_stops_every_component(airflow):
+    import psutil
+
+    group = [p for p in psutil.process_iter(["pid"]) if _in_group(p, airflow.process.pid)]
+    assert len(group) >= 4  # the API server, scheduler, DAG processor and triggerer at least
+    os.killpg(airflow.process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    assert airflow.process.wait(timeout=90) is not None
+    wait_for("every component to exit", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                                                          for p in group), 60)
+    assert not _healthy(airflow.url)
+
+
+def _in_group(process, pgid: int) -> bool:
+    import psutil
+
+    try:
+        return os.getpgid(process.pid) == pgid
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
