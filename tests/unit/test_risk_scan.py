@@ -163,3 +163,14 @@ def test_streamed_k_anonymity_matches_the_snapshot_computation(adult_dir):
     r = report.reidentification
     assert (r["rows"], r["classes"], r["rows_below_k"], r["unique_rows"]) == (
         expected.rows, expected.classes, expected.rows_below_k, expected.unique_rows)
+
+
+def test_a_class_of_exactly_k_is_k_anonymous():
+    """k-anonymity: every class of size k or more is safe; only smaller ones count as below k."""
+    frame = pd.DataFrame({"age": ["30"] * 5 + ["40"] * 4 + ["50"] * 6, "sex": ["f"] * 15})
+    stats = class_stats(frame, ["age", "sex"], 5)
+    assert (stats.classes_below_k, stats.rows_below_k, stats.smallest_class) == (1, 4, 4)
+    counter = ClassCounter(["age", "sex"])
+    counter.add(row_hashes([frame["age"], frame["sex"]]))
+    streamed = counter.finish(5)
+    assert (streamed.classes_below_k, streamed.rows_below_k) == (1, 4)

@@ -243,3 +243,27 @@ def test_format_from_suffix():
     doc["dataset"]["source"]["path"] = "/x/table.xlsx"
     with pytest.raises(SpecError, match="set source.format"):
         parse_spec(doc).dataset.source.resolved_format()
+
+
+@pytest.mark.parametrize("path, value, field", [
+    (("privacy", "epsilon"), 0, "privacy.epsilon"),
+    (("privacy", "epsilon"), -1.0, "privacy.epsilon"),
+    (("privacy", "delta"), 1.0, "privacy.delta"),
+    (("privacy", "delta"), 0, "privacy.delta"),
+    (("privacy", "run_epsilon"), 0, "privacy.run_epsilon"),
+    (("training", "test_fraction"), 0, "training.test_fraction"),
+    (("training", "test_fraction"), 1, "training.test_fraction"),
+])
+def test_privacy_and_split_bounds_are_exclusive(path, value, field):
+    """A zero budget, a delta of 1 (no guarantee at all) or an empty partition are refused."""
+    doc = demo_doc()
+    doc[path[0]][path[1]] = value
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        parse_spec(doc, "demo.yaml")
+
+
+def test_a_range_with_equal_ends_is_refused():
+    doc = demo_doc()
+    doc["dataset"]["features"][0]["range"] = [18, 18]
+    with pytest.raises(SpecError, match=r"range must be \[low, high\] with low < high, got \[18\.0, 18\.0\]"):
+        parse_spec(doc, "demo.yaml")
