@@ -16,33 +16,23 @@ from typing import get_args
 
 import pendulum
 from airflow.providers.standard.operators.hitl import HITLBranchOperator
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from ppmlops import pipeline
-from ppmlops.airflow import variables
-from ppmlops.data.window import DataInterval
-from ppmlops.db import DatabaseUnavailable
-from ppmlops.errors import PpmlopsError, TrainingError
+from ppmlops.airflow.ray_job import TrainOperator
+from ppmlops.airflow.tasks import finish, run_context, run_stage
+from ppmlops.errors import PpmlopsError
 from ppmlops.run.records import ApprovalRecord, GateRecord
 from ppmlops.spec import Environment, PipelineSpec, load_each, load_spec
 from ppmlops.stages import gate as gate_stage
 from ppmlops.stages.approval import record_approval
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 from ppmlops.tuning.protocol import TUNER_NAMES
 
 log = logging.getLogger(__name__)
-stages_log = logging.getLogger("ppmlops.run")
 # PPMLOPS_PIPELINES points a deployment (or the test suite) at another folder of specs.
 PIPELINES = Path(os.environ.get("PPMLOPS_PIPELINES") or Path(__file__).parent / "pipelines")
-
-
-def _interval(ctx) -> DataInterval | None:
-    """The run's data interval; a manual run's is empty in Airflow 3: then it reaches up to its end."""
-    start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
-    if end is None:
-        return None
-    return DataInterval(start if start is not None and start < end else None, end)
 
 
 def _timetable(schedule: str | None):
@@ -52,39 +42,6 @@ def _timetable(schedule: str | None):
     if schedule is None or schedule in ("@once", "@continuous"):
         return schedule
     return CronDataIntervalTimetable(schedule, timezone=pendulum.UTC)
-
-
-def _context(spec: PipelineSpec) -> RunContext:
-    ctx = get_current_context()
-    variables.apply_at_task_start()  # settings changed in Airflow since the scheduler started
-    params = RunParams.from_mapping(spec, dict(ctx["params"]))
-    return RunContext(spec=spec, run_id=ctx["run_id"], params=params, interval=_interval(ctx))
-
-
-def _stage(spec: PipelineSpec, name: str) -> dict:
-    """Run a stage, log its line, and hand its public record on as XCom.
-
-    A problem the user must fix (a spec, the data, a policy refusal) fails the task at once; a
-    fault that may pass (Ray, the database) is retried, which is safe: every release is idempotent
-    per run, and training resumes from its checkpoint.
-    """
-    try:
-        record = pipeline.STAGE_RUNNERS[name](_context(spec))
-    except (TrainingError, DatabaseUnavailable):
-        raise
-    except PpmlopsError as err:
-        raise AirflowFailException(str(err)) from err
-    stages_log.info(pipeline.stage_line(name, record))
-    return record.model_dump(mode="json")
-
-
-def _finish(spec: PipelineSpec) -> dict:
-    """The run's summary: a block in the last task's log and the XCom `summary`."""
-    ctx = get_current_context()
-    summary = pipeline.summary(_context(spec))
-    logging.getLogger("ppmlops.run.summary").info("\n%s", pipeline.format_summary(summary))
-    ctx["ti"].xcom_push(key="summary", value=json.loads(json.dumps(summary, default=str)))
-    return summary
 
 
 class DeployApproval(HITLBranchOperator):
@@ -106,7 +63,7 @@ class DeployApproval(HITLBranchOperator):
         self.spec = spec
 
     def execute(self, context):
-        ctx = _context(self.spec)
+        ctx = run_context(self.spec)
         gate = ctx.store.read(GateRecord)
         self.body = ("The deploy policy asks for a person's approval:\n\n"
                      + "\n".join(f"- {r}" for r in gate.reasons)
@@ -118,7 +75,7 @@ class DeployApproval(HITLBranchOperator):
             user = event.get("responded_by_user") or {}
             at = event.get("responded_at")
             record_approval(
-                _context(self.spec), approved=event["chosen_options"] == [self.APPROVE],
+                run_context(self.spec), approved=event["chosen_options"] == [self.APPROVE],
                 user=str(user.get("name") or user.get("id") or "unknown"),
                 responded_at=at.isoformat() if hasattr(at, "isoformat") else str(at), channel="airflow-hitl")
         return super().execute_complete(context, event)
@@ -151,62 +108,58 @@ def build_dag(spec: PipelineSpec):
                            description="ANOM: how noise, clip norm and learning rate change between epochs"),
         },
         # Retries are safe: every release is idempotent per run and training resumes from its
-        # checkpoint; _stage fails a problem the user must fix at once, without them.
+        # checkpoint; run_stage fails a problem the user must fix at once, without them.
         default_args={"retries": spec.retries.count, "retry_delay": spec.retries.delay},
         doc_md=__doc__,
     )
     def retrain():
         @task
         def ingest():
-            return _stage(spec, "ingest")
+            return run_stage(spec, "ingest")
 
         @task
         def validate():
-            return _stage(spec, "validate")
+            return run_stage(spec, "validate")
 
         @task
         def assess():
-            return _stage(spec, "assess")
+            return run_stage(spec, "assess")
 
         @task
         def plan():
-            return _stage(spec, "plan")
-
-        @task
-        def train():
-            return _stage(spec, "train")
+            return run_stage(spec, "plan")
 
         @task
         def evaluate():
-            return _stage(spec, "evaluate")
+            return run_stage(spec, "evaluate")
 
         @task.branch
         def gate():
-            return gate_stage.next_task(GateRecord.model_validate(_stage(spec, "gate")))
+            return gate_stage.next_task(GateRecord.model_validate(run_stage(spec, "gate")))
 
         # Reached from the gate (allow) or from a person's approval: one success is enough.
         @task(trigger_rule="none_failed_min_one_success")
         def deploy():
-            out = _stage(spec, "deploy")
-            _finish(spec)
+            out = run_stage(spec, "deploy")
+            finish(spec)
             return out
 
         @task
         def withhold():
-            ctx = _context(spec)
+            ctx = run_context(spec)
             decision = ctx.store.read(GateRecord)
-            _finish(spec)
+            finish(spec)
             # Fail the run so a denied or unapproved model is visible, not a quiet green run.
             raise AirflowFailException(f"deployment {decision.outcome} by policy: " + "; ".join(decision.reasons))
 
         @task
         def rejected():
-            ctx = _context(spec)
+            ctx = run_context(spec)
             answer = ctx.store.read(ApprovalRecord)
-            _finish(spec)
+            finish(spec)
             raise AirflowFailException(f"deployment rejected by {answer.by} at {answer.at}")
 
-        decided = ingest() >> validate() >> assess() >> plan() >> train() >> evaluate() >> gate()
+        decided = ingest() >> validate() >> assess() >> plan() >> TrainOperator(task_id="train", spec=spec) >> evaluate() >> gate()
         approve = DeployApproval(task_id="approve", spec=spec)
         deployed = deploy()
         decided >> [deployed, withhold(), approve]

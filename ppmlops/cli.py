@@ -196,7 +196,7 @@ def _registry_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppmlops.privacy import cli as privacy_cli
+    from ppmlops import ledger_cli as privacy_cli
     from ppmlops.risk import cli as risk_cli
 
     parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)

@@ -20,6 +20,17 @@ class BadArgument(Exception):
         super().__init__(f"argument {argument}: {message}")
 
 
+def whole_number(text: str, argument: str, minimum: int) -> int:
+    """`text` as an int of at least `minimum`, or a BadArgument naming `argument`."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise BadArgument(argument, f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise BadArgument(argument, f"must be >= {minimum}, got {text}")
+    return value
+
+
 def guarded(func: Callable[[argparse.Namespace], int], prog: str, *, data_error: int = DATA_ERROR,
             one_line: bool = False) -> Callable[[argparse.Namespace], int]:
     """`func` with BadArgument and PpmlopsError turned into `prog: error: ...` and an exit code."""

@@ -14,7 +14,7 @@ from ppmlops.run.records import (
     RiskAssessment, TrainRecord,
 )
 from ppmlops.stages import assess, deploy, evaluate, gate, ingest, plan, train, validate
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 STAGES = ("ingest", "validate", "assess", "plan", "train", "evaluate", "gate", "deploy")
 STAGE_RUNNERS = {"ingest": ingest.run, "validate": validate.run, "assess": assess.run, "plan": plan.run,

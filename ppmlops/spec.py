@@ -64,11 +64,11 @@ class Source(_Model):
 
     def resolved_path(self, interval=None) -> Path:
         """The path with variables expanded, {start:...}/{end:...} formatted for a partitioned
-        window's `interval` (ppmlops.data.window.DataInterval), symlinks and `..` resolved, inside
+        window's `interval` (ppmlops.window.DataInterval), symlinks and `..` resolved, inside
         the data roots."""
         expanded = self._expanded()
         if interval is not None:
-            from ppmlops.data.window import format_partition
+            from ppmlops.window import format_partition
 
             try:
                 expanded = Path(format_partition(str(expanded), interval))
@@ -169,7 +169,7 @@ class Consent(_Model):
 
 
 class Window(_Model):
-    """How a run selects its rows for its data interval (see ppmlops.data.window)."""
+    """How a run selects its rows for its data interval (see ppmlops.window)."""
 
     column: str | None = None  # a timestamp column: rows in [start, end)
     lookback: timedelta | None = None  # with column: rows in [end - lookback, end), e.g. P56D

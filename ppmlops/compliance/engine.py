@@ -59,19 +59,23 @@ class Decision:
         return asdict(self)
 
 
-def evaluate(query: str, input: dict, *, policy_path: Path | None = None) -> Decision:
-    """Ask the policy `query` (e.g. "data.ppmlops.train") about `input`. Never raises for a
-    failed evaluation: the Decision is then a deny whose reason is the error."""
+def evaluate(query: str, input: dict, *, policy_path: Path | None = None,
+             cfg: settings.Settings | None = None) -> Decision:
+    """Ask the policy `query` (e.g. "data.ppmlops.train") about `input`, on the engine `cfg` names
+    (read from the environment when not given). Never raises for a failed evaluation: the
+    Decision is then a deny whose reason is the error."""
     started = time.perf_counter()
-    engine = ENGINE_OPA if os.environ.get("PPMLOPS_OPA_URL") else ENGINE_EMBEDDED
+    engine = ENGINE_EMBEDDED
     policy_hash = ""
     value: Any = None
     input_doc: Any = None
     try:
-        try:
-            cfg = settings.load()
-        except ValueError as err:
-            raise PolicyError(f"ppmlops settings are invalid: {err}") from None
+        if cfg is None:
+            try:
+                cfg = settings.load()
+            except ValueError as err:
+                raise PolicyError(f"ppmlops settings are invalid: {err}") from None
+        engine = ENGINE_OPA if cfg.opa_url else ENGINE_EMBEDDED
         path = Path(policy_path) if policy_path is not None else cfg.policy_path
         if not isinstance(query, str) or not _QUERY.match(query):
             raise PolicyError(f"query {query!r} is not a rule reference like data.ppmlops.deploy")

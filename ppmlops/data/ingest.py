@@ -51,7 +51,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ppmlops.data import quarantine
 from ppmlops.data.consent import ConsentRules, today
-from ppmlops.data.window import DataInterval, RowWindow, parse_timestamp
+from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
 from ppmlops.data.reading import CHUNK_ROWS, SourceReader, missing_columns
 from ppmlops.errors import DataError
@@ -358,150 +358,165 @@ INGEST_CHUNK_ROWS = 20_000
 
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
            chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
-           interval: DataInterval | None = None) -> IngestResult:
+           interval: DataInterval | None = None, home: Path | None = None) -> IngestResult:
     """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: the
     interval's end, else today, UTC). `interval` is the run's data interval: the spec's
-    dataset.window selects the rows for it (ppmlops.data.window).
+    dataset.window selects the rows for it (ppmlops.window). `home` holds the per-dataset
+    quarantine key (default: the settings' PPMLOPS_HOME).
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
-    the retention setting are deleted. Streams: each file is read, checked, split and written a chunk of rows at a time (memory
-    does not grow with the file). The training partition's content hash is taken as its rows
-    are written; the test partition's is read back from its snapshot at the end, because the
-    canonical hash puts every training row first.
+    the retention setting are deleted. Streams: each file is read, checked, split and written a
+    chunk of rows at a time (memory does not grow with the file). The training partition's
+    content hash is taken as its rows are written; the test partition's is read back from its
+    snapshot at the end, because the canonical hash puts every training row first.
     """
-    from ppmlops import settings
+    if home is None:
+        from ppmlops import settings
 
-    ds = spec.dataset
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    window, selected = _window(spec, interval)
-    as_of = as_of or (selected.as_of if selected is not None else today())
-    # Read the key before any data: a run that cannot pseudonymize must not stage anything.
-    key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
-    retention = quarantine.retention_days()
+        home = settings.load().home
+    run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home))
+    run.stage()
+    return run.result(quarantine.expire(earlier, run.retention))
 
-    partition = selected if window is not None and window.partition else None
-    readers = [open_source(ds.source, chunk_rows, partition)]
-    if ds.test_source is not None:
-        readers.append(open_source(ds.test_source, chunk_rows, partition))
-    checkers = [_RowChecker(spec, r.path, r.header, as_of, key) for r in readers]
-    in_window = [_WindowFilter.of(window, selected, r.path, r.header) for r in readers]
-    outside = 0
-    columns = snapshot_columns(spec)
-    train = _Snapshot(run_dir / "snapshot_train.parquet", spec, columns)
-    test = _Snapshot(run_dir / "snapshot_test.parquet", spec, columns)
-    quarantine_path = run_dir / quarantine.FILE_NAME
-    q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, settings.load().home)
-    q = quarantine.QuarantineWriter(quarantine_path, [r.header for r in readers], ds.identifiers, q_key)
-    reasons: Counter = Counter()
-    refusals: Counter = Counter()
-    counts = [_Counts() for _ in readers]
-    split_key, fraction = _split_key(spec.training.seed), spec.training.test_fraction
-    train_hash = hashlib.sha256(_canonical_part("train", columns).encode("utf-8"))
-    committed = False
-    try:
-        for n, (reader, checker) in enumerate(zip(readers, checkers)):
-            for chunk in reader:
-                to_train, to_test, quarantined = [], [], 0
-                # Quarantine rows in line order: the ragged lines sit among the chunk's records.
-                events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in chunk.ragged]
-                for rec, line in zip(chunk.records, chunk.lines):
-                    keep = in_window[n].keep(rec)
-                    if keep is False:
-                        outside += 1
-                        continue
-                    result = checker.check(rec) if keep else keep_invalid(in_window[n])
-                    if isinstance(result, tuple):
-                        events.append((line, 1, (rec, result)))
-                    elif n == 1:
-                        to_test.append(result)
-                    elif ds.test_source is None and _is_test(rec, split_key, fraction):
-                        to_test.append(result)
-                    else:
-                        to_train.append(result)
-                events.sort(key=lambda e: e[0])
-                for line, kind, payload in events:
-                    if kind == 0:
-                        fields, why = payload
-                        q.malformed(reader.path, line, why, fields)
-                        reasons[MALFORMED_LINE] += 1
-                    else:
-                        rec, (category, reason, rule) = payload
-                        if category == NO_CONSENT:
-                            q.refused(reader.path, line, reason, rec)
-                        else:
-                            q.invalid(reader.path, line, reason, reader.header, rec)
-                        reasons[category] += 1
-                        if rule:
-                            refusals[rule] += 1
-                    quarantined += 1
-                train.write(to_train)
-                test.write(to_test)
-                train_hash.update(_canonical_rows([r[c] for c in columns] for r in to_train).encode("utf-8"))
-                counts[n].accepted += len(to_train) + len(to_test)
-                counts[n].quarantined += quarantined
-            if reader.rows_in == 0:
-                what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
-                raise DataError(f"{reader.path}: {what}")
-        q.commit()
-        committed = True
-        rows_in = sum(r.rows_in for r in readers)
-        rows_staged = train.rows + test.rows
-        if (rows_in != rows_staged + q.rows + outside or sum(reasons.values()) != q.rows
-                or sum(refusals.values()) != reasons.get(NO_CONSENT, 0)):
-            raise DataError(f"{ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} "
-                            f"staged, {q.rows} quarantined")
-        for name, part in (("training", train), ("test", test)):
+
+class _IngestRun:
+    """One ingest's readers, checkers, snapshots, quarantine and counts, from open to result."""
+
+    def __init__(self, spec: PipelineSpec, run_dir: Path, as_of: date | None, chunk_rows: int,
+                 interval: DataInterval | None, home: Path):
+        ds = self.ds = spec.dataset
+        self.spec, self.chunk_rows = spec, chunk_rows
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.window, self.selected = _window(spec, interval)
+        self.as_of = as_of or (self.selected.as_of if self.selected is not None else today())
+        # Read the key before any data: a run that cannot pseudonymize must not stage anything.
+        key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
+        self.retention = quarantine.retention_days()
+        partition = self.selected if self.window is not None and self.window.partition else None
+        self.readers = [open_source(ds.source, chunk_rows, partition)]
+        if ds.test_source is not None:
+            self.readers.append(open_source(ds.test_source, chunk_rows, partition))
+        self.checkers = [_RowChecker(spec, r.path, r.header, self.as_of, key) for r in self.readers]
+        self.in_window = [_WindowFilter.of(self.window, self.selected, r.path, r.header) for r in self.readers]
+        self.outside = 0
+        self.columns = snapshot_columns(spec)
+        self.train = _Snapshot(run_dir / "snapshot_train.parquet", spec, self.columns)
+        self.test = _Snapshot(run_dir / "snapshot_test.parquet", spec, self.columns)
+        self.quarantine_path = run_dir / quarantine.FILE_NAME
+        q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, home)
+        self.q = quarantine.QuarantineWriter(self.quarantine_path, [r.header for r in self.readers],
+                                             ds.identifiers, q_key)
+        self.reasons: Counter = Counter()
+        self.refusals: Counter = Counter()
+        self.counts = [_Counts() for _ in self.readers]
+        self.split_key, self.fraction = _split_key(spec.training.seed), spec.training.test_fraction
+        self.train_hash = hashlib.sha256(_canonical_part("train", self.columns).encode("utf-8"))
+
+    def stage(self) -> None:
+        """Read every source; commit the snapshots and quarantine only if all rows reconcile."""
+        committed = False
+        try:
+            for n, reader in enumerate(self.readers):
+                for chunk in reader:
+                    self._chunk(n, reader, chunk)
+                if reader.rows_in == 0:
+                    what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
+                    raise DataError(f"{reader.path}: {what}")
+            self.q.commit()
+            committed = True
+            self._reconcile()
+            self.train.commit()
+            self.test.commit()
+        except BaseException:
+            if not committed:
+                self.q.abort()
+            self.train.abort()
+            self.test.abort()
+            raise
+
+    def _chunk(self, n: int, reader, chunk) -> None:
+        to_train, to_test = [], []
+        # Quarantine rows in line order: the ragged lines sit among the chunk's records.
+        events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in chunk.ragged]
+        for rec, line in zip(chunk.records, chunk.lines):
+            keep = self.in_window[n].keep(rec)
+            if keep is False:
+                self.outside += 1
+                continue
+            result = self.checkers[n].check(rec) if keep else keep_invalid(self.in_window[n])
+            if isinstance(result, tuple):
+                events.append((line, 1, (rec, result)))
+            elif n == 1 or (self.ds.test_source is None and _is_test(rec, self.split_key, self.fraction)):
+                to_test.append(result)
+            else:
+                to_train.append(result)
+        events.sort(key=lambda e: e[0])
+        for line, kind, payload in events:
+            self._quarantine(reader, line, kind, payload)
+        self.train.write(to_train)
+        self.test.write(to_test)
+        self.train_hash.update(_canonical_rows([r[c] for c in self.columns] for r in to_train).encode("utf-8"))
+        self.counts[n].accepted += len(to_train) + len(to_test)
+        self.counts[n].quarantined += len(events)
+
+    def _quarantine(self, reader, line: int, kind: int, payload) -> None:
+        if kind == 0:
+            fields, why = payload
+            self.q.malformed(reader.path, line, why, fields)
+            self.reasons[MALFORMED_LINE] += 1
+            return
+        rec, (category, reason, rule) = payload
+        if category == NO_CONSENT:
+            self.q.refused(reader.path, line, reason, rec)
+        else:
+            self.q.invalid(reader.path, line, reason, reader.header, rec)
+        self.reasons[category] += 1
+        if rule:
+            self.refusals[rule] += 1
+
+    def _reconcile(self) -> None:
+        rows_in = sum(r.rows_in for r in self.readers)
+        rows_staged = self.train.rows + self.test.rows
+        if (rows_in != rows_staged + self.q.rows + self.outside or sum(self.reasons.values()) != self.q.rows
+                or sum(self.refusals.values()) != self.reasons.get(NO_CONSENT, 0)):
+            raise DataError(f"{self.ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} "
+                            f"staged, {self.q.rows} quarantined")
+        for name, part in (("training", self.train), ("test", self.test)):
             if not part.rows:
-                raise DataError(f"{ds.id}: no rows left for the {name} partition after quarantine "
-                                f"({dict(reasons)}); see {quarantine_path}")
-        train.commit()
-        test.commit()
-    except BaseException:
-        if not committed:
-            q.abort()
-        train.abort()
-        test.abort()
-        raise
+                raise DataError(f"{self.ds.id}: no rows left for the {name} partition after quarantine "
+                                f"({dict(self.reasons)}); see {self.quarantine_path}")
 
-    h = train_hash
-    h.update(_canonical_part("test", columns).encode("utf-8"))
-    for _, rows in _parquet_rows(test.path, chunk_rows):
-        h.update(_canonical_rows(rows).encode("utf-8"))
-    expired = quarantine.expire(earlier, retention)
-    staged = set(columns)
-    dropped: list[str] = []
-    for r in readers:
-        dropped.extend(c for c in r.header if c not in staged and c not in dropped)
-    split = (f"test_source {readers[1].path}" if ds.test_source is not None
-             else f"keyed hash of each row (seed {spec.training.seed}), test fraction {fraction:g}")
-    return IngestResult(
-        dataset_id=ds.id,
-        rows_in=rows_in,
-        rows_staged=rows_staged,
-        rows_train=train.rows,
-        rows_test=test.rows,
-        rows_quarantined=q.rows,
-        quarantine_reasons=dict(sorted(reasons.items())),
-        snapshot_train=str(train.path),
-        snapshot_test=str(test.path),
-        quarantine_path=str(quarantine_path),
-        sha256=h.hexdigest(),
-        source_sha256=source_sha256(readers),
-        columns=columns,
-        dropped_columns=dropped,
-        sources=[
-            {"path": str(r.path), "format": r.format, "sha256": r.sha256, "rows_in": r.rows_in,
-             "rows_accepted": c.accepted, "rows_quarantined": c.quarantined}
-            | ({"encoding": r.encoding, "delimiter": r.delimiter} if r.format == "csv" else {})
-            for r, c in zip(readers, counts)
-        ],
-        split=split,
-        consent_refusals=dict(sorted(refusals.items())),
-        consent_as_of=as_of.isoformat() if ds.consent is not None else "",
-        pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
-        quarantine_retention_days=retention,
-        quarantine_expired=expired,
-        window=_describe_window(window, selected),
-        rows_outside_window=outside,
-    )
+    def _sha256(self) -> str:
+        h = self.train_hash
+        h.update(_canonical_part("test", self.columns).encode("utf-8"))
+        for _, rows in _parquet_rows(self.test.path, self.chunk_rows):
+            h.update(_canonical_rows(rows).encode("utf-8"))
+        return h.hexdigest()
+
+    def result(self, expired: list[str]) -> IngestResult:
+        ds, readers = self.ds, self.readers
+        staged = set(self.columns)
+        dropped: list[str] = []
+        for r in readers:
+            dropped.extend(c for c in r.header if c not in staged and c not in dropped)
+        split = (f"test_source {readers[1].path}" if ds.test_source is not None
+                 else f"keyed hash of each row (seed {self.spec.training.seed}), test fraction {self.fraction:g}")
+        return IngestResult(
+            dataset_id=ds.id, rows_in=sum(r.rows_in for r in readers),
+            rows_staged=self.train.rows + self.test.rows, rows_train=self.train.rows, rows_test=self.test.rows,
+            rows_quarantined=self.q.rows, quarantine_reasons=dict(sorted(self.reasons.items())),
+            snapshot_train=str(self.train.path), snapshot_test=str(self.test.path),
+            quarantine_path=str(self.quarantine_path), sha256=self._sha256(), source_sha256=source_sha256(readers),
+            columns=self.columns, dropped_columns=dropped,
+            sources=[
+                {"path": str(r.path), "format": r.format, "sha256": r.sha256, "rows_in": r.rows_in,
+                 "rows_accepted": c.accepted, "rows_quarantined": c.quarantined}
+                | ({"encoding": r.encoding, "delimiter": r.delimiter} if r.format == "csv" else {})
+                for r, c in zip(readers, self.counts)
+            ],
+            split=split, consent_refusals=dict(sorted(self.refusals.items())),
+            consent_as_of=self.as_of.isoformat() if ds.consent is not None else "",
+            pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
+            quarantine_retention_days=self.retention, quarantine_expired=expired,
+            window=_describe_window(self.window, self.selected), rows_outside_window=self.outside,
+        )

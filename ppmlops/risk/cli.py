@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from ppmlops.cli_guard import BadArgument, guarded
+from ppmlops.cli_guard import BadArgument, guarded, whole_number
 
 REGULATIONS = ("gdpr", "hipaa", "ccpa", "none")
 
@@ -81,16 +81,6 @@ def _columns(text: str | None) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()] if text else []
 
 
-def _int(text: str, argument: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise BadArgument(argument, f"{text!r} is not a whole number") from None
-    if value < minimum:
-        raise BadArgument(argument, f"must be >= {minimum}, got {text}")
-    return value
-
-
 def _delta(text: str) -> float:
     try:
         value = float(text)
@@ -128,7 +118,7 @@ def _report(args: argparse.Namespace):
     from ppmlops.risk.classify import Declarations
     from ppmlops.spec import Consent, load_spec
 
-    sample_rows = _int(args.sample_rows, "--sample-rows", 0)
+    sample_rows = whole_number(args.sample_rows, "--sample-rows", 0)
     as_of = _as_of(args.as_of)
     if _is_spec(args.path):
         ignored = [flag for flag, value in (
@@ -162,7 +152,7 @@ def _report(args: argparse.Namespace):
         args.path, fmt=args.format, encoding=args.encoding, delimiter=_delimiter(args.delimiter), label=args.label,
         features=_columns(args.features) or None, consent=consent, declarations=declarations,
         regulation=args.regulation, delta=_delta(args.delta) if args.delta else None,
-        k=_int(args.k, "--k", 2) if args.k else None, sample_rows=sample_rows, as_of=as_of,
+        k=whole_number(args.k, "--k", 2) if args.k else None, sample_rows=sample_rows, as_of=as_of,
         quarantine=Path(args.quarantine) if args.quarantine else None)
     return None, report
 

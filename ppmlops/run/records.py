@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ppmlops.data.ingest import IngestResult
-from ppmlops.data.window import RowWindow
+from ppmlops.window import RowWindow
 
 Outcome = Literal["allow", "deny", "needs_approval"]
 

@@ -10,6 +10,6 @@ from ppmlops.stages.context import RunContext
 
 
 def decide(ctx: RunContext, query: str, policy_input: dict[str, Any], *, stage: str) -> Decision:
-    decision = evaluate(query, policy_input, policy_path=ctx.settings.policy_path)
+    decision = evaluate(query, policy_input, policy_path=ctx.settings.policy_path, cfg=ctx.settings)
     AuditLog(ctx.settings.db_url).record(decision, run_id=ctx.run_id, dataset_id=ctx.spec.dataset.id, stage=stage)
     return decision

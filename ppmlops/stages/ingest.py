@@ -29,7 +29,8 @@ def earlier_runs(ctx: RunContext) -> list[Path]:
 
 @timed
 def run(ctx: RunContext) -> Staged:
-    result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval)
+    result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
+                    home=ctx.settings.home)
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,

@@ -16,7 +16,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     from ppmlops.errors import PpmlopsError
     from ppmlops.spec import PipelineSpec
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

@@ -17,7 +17,7 @@ from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.run.logs import library_logs
 from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, StagedData, TrainRecord
-from ppmlops.stages.context import RunContext
+from ppmlops.run.context import RunContext
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.loop import Arrays
 from ppmlops.training.progress import PROGRESS_FILE, followed

@@ -17,20 +17,21 @@ import json
 import os
 import shlex
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ppmlops.errors import TrainingError
 from ppmlops.run.records import TrainRecord
 
 if TYPE_CHECKING:
-    from ppmlops.stages.context import RunContext
+    from ppmlops.run.context import RunContext
 
 REQUEST_FILE = "train_request.json"
 # Passed to the job so that it writes where this task reads; Ray sets RAY_ADDRESS for the job
 # itself, and PPMLOPS_RAY_JOBS_URL stays out so the job trains in place.
 # Nothing secret goes here: the dashboard shows a job's runtime environment.
 FORWARDED_ENV = ("PPMLOPS_HOME", "PPMLOPS_DB_URL", "PPMLOPS_RANDOMNESS", "PPMLOPS_PROJECT_ROOT")
-_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def submission_id(ctx: "RunContext") -> str:
@@ -48,17 +49,17 @@ def write_request(ctx: "RunContext") -> str:
     return str(path)
 
 
-def _client(url: str):
+def client_for(url: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(url)
     except Exception as e:  # ConnectionError, or RuntimeError for a server that is not Ray's
-        raise TrainingError(f"cannot reach the Ray job server at {url!r} (PPMLOPS_RAY_JOBS_URL): "
-                            f"{type(e).__name__}: {e}") from None
+        raise TrainingError(f"cannot reach the Ray job server at {url!r} (the Airflow connection "
+                            f"ppmlops_ray, or PPMLOPS_RAY_JOBS_URL): {type(e).__name__}: {e}") from None
 
 
-def _status(job_or_status) -> str:
+def status_of(job_or_status) -> str:
     status = getattr(job_or_status, "status", job_or_status)
     return str(getattr(status, "value", status))
 
@@ -74,59 +75,87 @@ def follow(client, job_id: str, *, echo: Callable[[str], None] = print, poll_s: 
     """Stream the job's new log text until it ends; return its final status."""
     shown = 0
     while True:
-        status = _status(client.get_job_status(job_id))
+        status = status_of(client.get_job_status(job_id))
         logs = client.get_job_logs(job_id)
         if len(logs) > shown:
             for line in logs[shown:].rstrip("\n").split("\n"):
                 echo(f"[ray job {job_id}] {line}")
             shown = len(logs)
-        if status in _TERMINAL:
+        if status in TERMINAL:
             return status
         time.sleep(poll_s)
 
 
-def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) -> "TrainRecord":
-    """Run the train stage as a Ray job and return the record it wrote."""
+@dataclass(frozen=True)
+class JobHandle:
+    """The Ray job that trains one run: what a deferred task hands to its trigger."""
+
+    job_id: str
+    jobs_url: str
+
+
+def start(ctx: "RunContext", *, echo: Callable[[str], None] = print) -> JobHandle:
+    """Submit the run's training job, or find the one an earlier attempt of the task left running."""
     url = ctx.settings.ray_jobs_url
-    client = _client(url)
+    client = client_for(url)
     request = write_request(ctx)
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env.setdefault("PPMLOPS_HOME", str(ctx.settings.home))
     env.setdefault("PPMLOPS_DB_URL", ctx.settings.db_url)
-    record_path = ctx.store.path_of(TrainRecord)
     base_id = submission_id(ctx)
     earlier, attempts = _earlier_attempt(client, base_id)
-    if earlier is not None and _status(earlier) not in {"FAILED", "STOPPED"}:
+    if earlier is not None and status_of(earlier) not in {"FAILED", "STOPPED"}:
         # A retried task follows the job its last attempt left running (or finished).
-        job_id = earlier.submission_id
-        echo(f"[run {ctx.run_id}] following Ray job {job_id} ({_status(earlier)}) on {url}")
-    else:
-        # A failed attempt's job is not reused: the new one resumes from Ray Train's last
-        # checkpoint of the same run (same RunConfig name and storage path).
-        record_path.unlink(missing_ok=True)  # only this job's own record may count as its result
-        job_id = client.submit_job(
-            entrypoint=f"python -m ppmlops.training {shlex.quote(request)}",
-            submission_id=base_id if not attempts else f"{base_id}--attempt{attempts + 1}",
-            runtime_env={"env_vars": env}, metadata={"ppmlops_run": ctx.run_id})
-        echo(f"[run {ctx.run_id}] training as Ray job {job_id} on {url}")
+        echo(f"[run {ctx.run_id}] following Ray job {earlier.submission_id} ({status_of(earlier)}) on {url}")
+        return JobHandle(earlier.submission_id, url)
+    # A failed attempt's job is not reused: the new one resumes from Ray Train's last
+    # checkpoint of the same run (same RunConfig name and storage path).
+    ctx.store.path_of(TrainRecord).unlink(missing_ok=True)  # only this job's own record may count
+    job_id = client.submit_job(
+        entrypoint=f"python -m ppmlops.training {shlex.quote(request)}",
+        submission_id=base_id if not attempts else f"{base_id}--attempt{attempts + 1}",
+        runtime_env={"env_vars": env}, metadata={"ppmlops_run": ctx.run_id})
+    echo(f"[run {ctx.run_id}] training as Ray job {job_id} on {url}")
+    return JobHandle(job_id, url)
+
+
+def stop(handle: JobHandle) -> None:
+    """Ask the job to stop; a job server that is gone has nothing left to stop."""
     try:
-        status = follow(client, job_id, echo=echo)
+        client_for(handle.jobs_url).stop_job(handle.job_id)
+    except Exception:  # noqa: BLE001 - best effort on the way out of a killed task
+        pass
+
+
+def result(ctx: "RunContext", handle: JobHandle, status: str) -> "TrainRecord":
+    """The record the job wrote, or a TrainingError with Ray's message and the end of its log."""
+    if status != "SUCCEEDED":
+        client = client_for(handle.jobs_url)
+        info = client.get_job_info(handle.job_id)
+        tail = "\n".join(client.get_job_logs(handle.job_id).rstrip().splitlines()[-15:])
+        raise TrainingError(f"Ray job {handle.job_id} {status}: {info.message}\n"
+                            f"--- last lines of its log ---\n{tail}")
+    if not ctx.store.path_of(TrainRecord).exists():
+        raise TrainingError(f"Ray job {handle.job_id} succeeded but wrote no train record at "
+                            f"{ctx.store.path_of(TrainRecord)}: do the job and this task share PPMLOPS_HOME?")
+    record = ctx.store.read(TrainRecord)
+    return record.model_copy(update={"seconds": None,
+                                     "ray_job": {"submission_id": handle.job_id, "jobs_url": handle.jobs_url}})
+
+
+def train_as_ray_job(ctx: "RunContext", *, echo: Callable[[str], None] = print) -> "TrainRecord":
+    """Run the train stage as a Ray job, following it from this process (the CLI, `stages.train`).
+
+    Airflow tasks defer to `ppmlops.airflow.ray_job.RayJobTrigger` instead of holding a worker slot.
+    """
+    handle = start(ctx, echo=echo)
+    try:
+        status = follow(client_for(handle.jobs_url), handle.job_id, echo=echo)
     except BaseException as e:
         # The task was killed or lost the job server: do not leave the job training unwatched.
-        try:
-            client.stop_job(job_id)
-        except Exception:
-            pass
+        stop(handle)
         if isinstance(e, Exception):
-            raise TrainingError(f"lost track of Ray job {job_id} on {url} (asked it to stop): "
+            raise TrainingError(f"lost track of Ray job {handle.job_id} on {handle.jobs_url} (asked it to stop): "
                                 f"{type(e).__name__}: {e}") from e
         raise
-    if status != "SUCCEEDED":
-        info = client.get_job_info(job_id)
-        tail = "\n".join(client.get_job_logs(job_id).rstrip().splitlines()[-15:])
-        raise TrainingError(f"Ray job {job_id} {status}: {info.message}\n--- last lines of its log ---\n{tail}")
-    if not record_path.exists():
-        raise TrainingError(f"Ray job {job_id} succeeded but wrote no train record at {record_path}: "
-                            "do the job and this task share PPMLOPS_HOME?")
-    record = ctx.store.read(TrainRecord)
-    return record.model_copy(update={"seconds": None, "ray_job": {"submission_id": job_id, "jobs_url": url}})
+    return result(ctx, handle, status)

@@ -181,16 +181,28 @@ def test_rejected_approval_deploys_nothing(dag_and_spec):
         deploy.run(ctx)
 
 
-def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec, policy_file):
-    """A compliance officer freezes deployments with one added rule; the DAG obeys at its gate."""
+def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec, policy_file, monkeypatch):
+    """A compliance officer freezes deployments with one added rule; the DAG obeys at its gate.
+
+    This run asks an OPA server (the loopback one, on OPA's engine) named by the Airflow
+    connection ppmlops_opa, as a deployment would, instead of the embedded engine."""
+    import json
+
+    from opa_server import FakeOpa
+
     dag, spec = dag_and_spec
     edited = policy_file.read_text()
     policy_file.write_text(edited + '\n_deploy_deny contains "deployments frozen by the compliance office"\n')
     try:
-        conf = {"epochs": 1}
-        run = dag.test(run_conf=conf)
+        with FakeOpa() as opa:
+            monkeypatch.delenv("PPMLOPS_OPA_URL", raising=False)
+            monkeypatch.setenv("AIRFLOW_CONN_PPMLOPS_OPA", json.dumps({"conn_type": "http", "host": opa.url}))
+            conf = {"epochs": 1}
+            run = dag.test(run_conf=conf)
+            asked = [path for method, path in opa.requests if method == "POST"]
     finally:
         policy_file.write_text(edited)
+    assert "/v1/data/ppmlops/deploy" in asked and "/v1/data/ppmlops/train" in asked
     ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, conf))
     assert str(run.state) == "failed"
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
@@ -200,6 +212,10 @@ def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec
     assert summary["decision"] == "deny" and "model_version" not in summary
     assert "deployments frozen by the compliance office" in summary["decision_reasons"]
     assert ("gate", "deny") in audit_stages(ctx)
+    from ppmlops.audit.log import AuditLog
+
+    engines = {(r["stage"], r["decision"]["engine"]) for r in AuditLog(settings.load().db_url).records(run_id=ctx.run_id)}
+    assert engines == {("plan", "opa-http"), ("gate", "opa-http")}
 
 
 def test_policy_edits_apply_at_the_next_decision(approved_run, policy_file):

@@ -131,3 +131,78 @@ def test_unreachable_job_server_names_it(monkeypatch):
     monkeypatch.setenv("PPMLOPS_RAY_JOBS_URL", "http://127.0.0.1:1")
     with pytest.raises(TrainingError, match=r"127\.0\.0\.1:1.*PPMLOPS_RAY_JOBS_URL"):
         train.run(_context("jobs-unreachable"))
+
+
+# ------------------------------------------------------------- the deferred task's trigger
+
+
+def _collect(trigger) -> list:
+    import asyncio
+
+    async def run():
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(run())
+
+
+def test_trigger_streams_the_jobs_log_and_fires_with_its_status(cluster, jobs_home, capfd):
+    from ray.job_submission import JobSubmissionClient
+
+    from ppmlops.airflow.ray_job import RayJobTrigger
+
+    client = JobSubmissionClient(cluster.jobs_url)
+    job_id = client.submit_job(entrypoint="echo first line && echo second line")
+    trigger = RayJobTrigger(job_id, cluster.jobs_url, poll_s=0.2)
+    # what the triggerer stores and rebuilds it from
+    path, kwargs = trigger.serialize()
+    assert path == "ppmlops.airflow.ray_job.RayJobTrigger" and kwargs["job_id"] == job_id
+    events = _collect(trigger)
+    assert [e.payload for e in events] == [{"job_id": job_id, "jobs_url": cluster.jobs_url, "status": "SUCCEEDED"}]
+    out = capfd.readouterr().out  # Airflow's structured log of the trigger
+    assert f"[ray job {job_id}] first line" in out and f"[ray job {job_id}] second line" in out
+
+    failing = client.submit_job(entrypoint="exit 3")
+    assert _collect(RayJobTrigger(failing, cluster.jobs_url, poll_s=0.2))[0].payload["status"] == "FAILED"
+
+
+def test_killing_the_deferred_task_stops_its_job(cluster, jobs_home):
+    import asyncio
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    from ppmlops.airflow.ray_job import RayJobTrigger
+
+    client = JobSubmissionClient(cluster.jobs_url)
+    job_id = client.submit_job(entrypoint="sleep 120")
+    asyncio.run(RayJobTrigger(job_id, cluster.jobs_url).on_kill())
+    deadline = time.monotonic() + 60
+    while str(client.get_job_status(job_id)) not in ("STOPPED", "JobStatus.STOPPED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_job_status(job_id).value == "STOPPED"
+
+
+def test_the_dag_defers_training_to_the_job_server_named_by_its_connection(cluster, jobs_home, airflow_db,
+                                                                           monkeypatch, capfd):
+    """The whole DAG with the Airflow connection ppmlops_ray: the train task defers, its trigger
+    follows the job (dag.test runs triggers in-process), and the run carries on from its record."""
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.delenv("PPMLOPS_RAY_JOBS_URL", raising=False)
+    host, port = cluster.jobs_url.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_PPMLOPS_RAY", json.dumps({"conn_type": "http", "host": host, "port": int(port)}))
+    bag = DagBag(dag_folder=str(repo / "dags"))
+    spec = load_spec(Path(os.environ["PPMLOPS_PIPELINES"]) / "e2e_small.yaml")
+    conf = {"epochs": 2, "workers": 2}
+    run = bag.dags[spec.dag_id].test(run_conf=conf)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "success", states
+    ctx = RunContext(spec, run.run_id, RunParams.from_mapping(spec, conf))
+    record = ctx.store.read(TrainRecord)
+    assert record.ray_job["jobs_url"] == cluster.jobs_url and record.epochs_completed == 2
+    job_id = record.ray_job["submission_id"]
+    out = capfd.readouterr().out
+    assert f"[ray job {job_id}]" in out and "epoch 2/2" in out  # streamed by the trigger

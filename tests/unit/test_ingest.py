@@ -16,7 +16,7 @@ import yaml
 
 from ppmlops.data.ingest import IngestResult, ingest, snapshot_sha256
 from ppmlops.data.synthetic import generate
-from ppmlops.data.window import DataInterval
+from ppmlops.window import DataInterval
 from ppmlops.errors import DataError
 from ppmlops.run.records import StagedData
 from ppmlops.spec import PipelineSpec, load_spec, parse_spec

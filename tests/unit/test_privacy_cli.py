@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ppmlops.privacy import cli as privacy_cli
+from ppmlops import ledger_cli as privacy_cli
 from ppmlops.privacy.accountant import Segment, epsilon
 from ppmlops.privacy.ledger import Ledger
 

@@ -12,7 +12,7 @@ import pytest
 
 from ppmlops.data.ingest import ingest
 from ppmlops.data.synthetic import generate
-from ppmlops.data.window import DataInterval, RowWindow, parse_timestamp
+from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.errors import DataError, SpecError
 from ppmlops.spec import parse_spec
 

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from ppmlops.cli_guard import USAGE_ERROR, BadArgument, guarded
+from ppmlops.cli_guard import USAGE_ERROR, BadArgument, guarded, whole_number
 from ppmlops.errors import PpmlopsError
 
 
@@ -108,16 +108,6 @@ def _delta(text: str, argument: str = "--delta") -> float:
     return value
 
 
-def _count(text: str, argument: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise BadArgument(argument, f"{text!r} is not a whole number") from None
-    if value < minimum:
-        raise BadArgument(argument, f"must be >= {minimum}, got {text}")
-    return value
-
-
 def _segment(text: str):
     from ppmlops.privacy.accountant import Segment
 
@@ -126,7 +116,7 @@ def _segment(text: str):
         raise BadArgument("--segment", f"expected SIGMA,Q,STEPS (three comma-separated values), got {text!r}")
     sigma = _positive(parts[0], f"--segment {text!r}: SIGMA")
     q = _sample_rate(parts[1], f"--segment {text!r}: Q")
-    steps = _count(parts[2], f"--segment {text!r}: STEPS", 0)
+    steps = whole_number(parts[2], f"--segment {text!r}: STEPS", 0)
     return Segment(sigma, q, steps)
 
 
@@ -188,7 +178,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     target = _positive(args.epsilon, "--epsilon")
     delta = _delta(args.delta)
     q = _sample_rate(args.sample_rate, "--sample-rate")
-    steps = _count(args.steps, "--steps", 1)
+    steps = whole_number(args.steps, "--steps", 1)
     sigma = calibrate_noise(target, delta, q, steps)
     achieved, order = epsilon_from_rdp(steps * step_rdp(sigma, q), delta)
     if args.json:

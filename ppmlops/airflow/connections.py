@@ -1,0 +1,100 @@
+"""OPA and Ray endpoints from Airflow Connections, as Airflow users keep endpoints.
+
+Two connections, both optional (Admin -> Connections, `airflow connections add`, an
+`AIRFLOW_CONN_*` variable or a secrets backend):
+
+* ``ppmlops_opa`` (type http): the OPA server, e.g. host ``opa``, port 8181. Extra
+  ``{"timeout_s": 5}`` sets the per-decision deadline.
+* ``ppmlops_ray`` (type http): the Ray cluster's job server (its dashboard address, e.g. host
+  ``ray-head``, port 8265): training runs as a Ray job that a deferred task follows. Extra
+  ``{"address": "ray-head:6379"}`` instead joins the cluster as the Ray driver (no job server).
+
+A connection that is not defined leaves the environment's value (``PPMLOPS_OPA_URL``,
+``PPMLOPS_RAY_JOBS_URL``, ``RAY_ADDRESS``), which is also what the CLI reads outside Airflow.
+Credentials in a connection are refused rather than silently dropped: ppmlops sends none.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, Callable
+
+from ppmlops.errors import SpecError
+from ppmlops.settings import Settings
+
+OPA_CONN_ID = "ppmlops_opa"
+RAY_CONN_ID = "ppmlops_ray"
+
+
+def _url(conn: Any, conn_id: str, default_port: int) -> str | None:
+    """http(s)://host:port from a connection's fields; a scheme written into the host is accepted."""
+    host = (conn.host or "").strip()
+    if not host:
+        return None
+    scheme = (conn.schema or "").strip() or "http"
+    if "://" in host:
+        scheme, host = host.split("://", 1)
+    host = host.rstrip("/")
+    if scheme not in ("http", "https"):
+        raise SpecError(f"Airflow connection {conn_id}: scheme {scheme!r} is not http or https")
+    if ":" in host:  # a port written into the host wins over an empty port field
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{conn.port or default_port}"
+
+
+def _refuse_credentials(conn: Any, conn_id: str) -> None:
+    if conn.login or conn.password:
+        raise SpecError(f"Airflow connection {conn_id} has a login or password; ppmlops sends no credentials "
+                        "to this service, so put it behind your network's access control and clear them")
+
+
+def _extra(conn: Any, conn_id: str) -> dict:
+    # Parsed here rather than with extra_dejson, which logs a malformed extra and returns {}.
+    try:
+        extra = json.loads(conn.extra) if conn.extra else {}
+    except ValueError:  # its text may hold secrets, so it is not shown
+        raise SpecError(f"Airflow connection {conn_id}: its extra field is not a JSON object") from None
+    if not isinstance(extra, dict):
+        raise SpecError(f"Airflow connection {conn_id}: its extra field is not a JSON object")
+    return extra
+
+
+def apply(settings: Settings, get: Callable[[str], Any] | None = None) -> Settings:
+    """`settings` with the endpoints the two connections define (those not defined left alone).
+
+    `get` looks a connection up by id and returns None when it is not defined; by default the
+    task's Airflow API.
+    """
+    get = get or _airflow_get
+    changes: dict[str, Any] = {}
+    opa = get(OPA_CONN_ID)
+    if opa is not None:
+        _refuse_credentials(opa, OPA_CONN_ID)
+        extra = _extra(opa, OPA_CONN_ID)
+        changes["opa_url"] = _url(opa, OPA_CONN_ID, 8181)
+        if "timeout_s" in extra:
+            try:
+                changes["opa_timeout_s"] = float(extra["timeout_s"])
+            except (TypeError, ValueError):
+                raise SpecError(f"Airflow connection {OPA_CONN_ID}: extra timeout_s must be a number") from None
+    ray = get(RAY_CONN_ID)
+    if ray is not None:
+        _refuse_credentials(ray, RAY_CONN_ID)
+        address = _extra(ray, RAY_CONN_ID).get("address")
+        changes["ray_jobs_url"] = _url(ray, RAY_CONN_ID, 8265)
+        changes["ray_address"] = str(address) if address else None
+        if changes["ray_jobs_url"] is None and changes["ray_address"] is None:
+            raise SpecError(f"Airflow connection {RAY_CONN_ID} names neither a job server (host, port) nor "
+                            'a cluster address (extra {"address": "head:6379"})')
+    return replace(settings, **changes)
+
+
+def _airflow_get(conn_id: str) -> Any:
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None

@@ -1,0 +1,81 @@
+"""What each task of a retraining DAG does around its stage: context, errors, logs, XCom.
+
+A problem the user must fix (a spec, the data, a policy refusal) fails the task at once; a fault
+that may pass (Ray, the database) is raised as is, so Airflow retries it. Retrying is safe: every
+release is idempotent per run, and training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ppmlops import pipeline, settings as settings_mod
+from ppmlops.airflow import connections, variables
+from ppmlops.window import DataInterval
+from ppmlops.db import DatabaseUnavailable
+from ppmlops.errors import PpmlopsError, TrainingError
+from ppmlops.run.records import Record
+from ppmlops.spec import PipelineSpec
+from ppmlops.run.context import RunContext, RunParams
+
+stages_log = logging.getLogger("ppmlops.run")
+
+
+def data_interval(ctx) -> DataInterval | None:
+    """The run's data interval; a manual run's is empty in Airflow 3: then it reaches up to its end."""
+    start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
+    if end is None:
+        return None
+    return DataInterval(start if start is not None and start < end else None, end)
+
+
+def run_context(spec: PipelineSpec) -> RunContext:
+    """This task's RunContext: its run, Params, data interval, and settings with Airflow's say."""
+    from airflow.sdk import get_current_context
+
+    ctx = get_current_context()
+    try:
+        variables.apply_at_task_start()  # settings changed in Airflow since the scheduler started
+        settings = connections.apply(settings_mod.load())
+    except (ValueError, PpmlopsError) as err:  # a Variable, connection or setting that cannot be used
+        raise failure(err) from err
+    params = RunParams.from_mapping(spec, dict(ctx["params"]))
+    return RunContext(spec=spec, run_id=ctx["run_id"], params=params, settings=settings,
+                      interval=data_interval(ctx))
+
+
+def failure(err: Exception) -> Exception:
+    """The exception a task raises for `err`: retried for faults that may pass, else failed at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if isinstance(err, (TrainingError, DatabaseUnavailable)):
+        return err
+    return AirflowFailException(str(err))
+
+
+def log_and_hand_on(name: str, record: Record) -> dict:
+    """Log the stage's line and return its public record as the task's XCom."""
+    stages_log.info(pipeline.stage_line(name, record))
+    return record.model_dump(mode="json")
+
+
+def run_stage(spec: PipelineSpec, name: str) -> dict:
+    """Run a stage in this task and hand its record on."""
+    try:
+        record = pipeline.STAGE_RUNNERS[name](run_context(spec))
+    except (TrainingError, DatabaseUnavailable):
+        raise
+    except PpmlopsError as err:
+        raise failure(err) from err
+    return log_and_hand_on(name, record)
+
+
+def finish(spec: PipelineSpec) -> dict:
+    """The run's summary: a block in the last task's log and the XCom `summary`."""
+    from airflow.sdk import get_current_context
+
+    summary = pipeline.summary(run_context(spec))
+    logging.getLogger("ppmlops.run.summary").info("\n%s", pipeline.format_summary(summary))
+    get_current_context()["ti"].xcom_push(key="summary", value=json.loads(json.dumps(summary, default=str)))
+    return summary

@@ -1,0 +1,67 @@
+"""One run as every stage and the training job see it: spec, run id, Params, settings, run folder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ppmlops import settings as settings_mod
+from ppmlops.window import DataInterval
+from ppmlops.run.store import RunStore
+from ppmlops.spec import PipelineSpec
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """What a person may change for one manual run or backfill (the Airflow trigger form)."""
+
+    epsilon_cap: float
+    epochs: int
+    workers: int
+    seed: int
+    environment: str = "development"
+    tuner: str = ""  # "" follows the spec's training.tuner
+    use_gpu: bool = False
+
+    @classmethod
+    def defaults(cls, spec: PipelineSpec) -> "RunParams":
+        return cls(epsilon_cap=spec.privacy.run_epsilon, epochs=spec.training.epochs, workers=spec.ray.workers,
+                   seed=spec.training.seed, use_gpu=spec.ray.use_gpu, environment=spec.deploy.environment)
+
+    @classmethod
+    def from_mapping(cls, spec: PipelineSpec, values: dict[str, Any] | None) -> "RunParams":
+        base = asdict(cls.defaults(spec))
+        for key, value in (values or {}).items():
+            if key in base and value is not None:
+                if isinstance(base[key], bool) and isinstance(value, str):
+                    # `bool("false")` is True: a --conf or API caller may send strings
+                    value = value.strip().lower() in {"1", "true", "yes", "on"}
+                base[key] = type(base[key])(value)
+        return cls(**base)
+
+
+@dataclass
+class RunContext:
+    spec: PipelineSpec
+    run_id: str
+    params: RunParams
+    settings: settings_mod.Settings = field(default_factory=settings_mod.load)
+    # The run's data interval (Airflow's, for scheduled runs and backfills); None: up to now.
+    interval: DataInterval | None = None
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore.of(self.settings.runs_dir, self.spec.name, self.run_id).ensure()
+
+    @property
+    def run_dir(self):
+        return self.store.root
+
+    @property
+    def tuner(self) -> str:
+        return self.params.tuner or self.spec.training.tuner
+
+    @property
+    def randomness(self) -> str:
+        """The spec's mode, unless PPMLOPS_RANDOMNESS forces one (benchmarks)."""
+        return self.settings.randomness or self.spec.training.randomness
