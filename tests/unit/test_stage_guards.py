@@ -95,6 +95,29 @@ def test_a_policy_engine_error_refuses_training(small_run, tmp_path, monkeypatch
     assert not Ledger(ctx.settings.db_url).entries(ctx.spec.dataset.id, ctx.run_id, kind="grant")
 
 
+def test_an_error_in_the_train_rule_alone_refuses_training(small_run, tmp_path, monkeypatch):
+    """Mutation: the train gate ignoring a deny that carries an engine error, while the budget
+    rule still answers: a second, conflicting `train` value is an evaluation error on OPA's engine
+    (complete rules must not produce multiple outputs) for that query only."""
+    from ppmlops.privacy.ledger import Ledger
+
+    conflicting = tmp_path / "conflicting.rego"
+    conflicting.write_text((REPO / "policies.rego").read_text()
+                           + '\ntrain := {"allow": true, "reasons": ["a second answer"]} if { input.dataset }\n')
+    monkeypatch.setenv("PPMLOPS_POLICY", str(conflicting))
+    ctx = RunContext(spec=small_run.spec, run_id=small_run.run_id, params=small_run.params)
+    with pytest.raises(PolicyRefused) as refused:
+        plan.run(ctx)
+    assert any("conflict" in r or "multiple outputs" in r for r in refused.value.reasons), refused.value.reasons
+    assert not Ledger(ctx.settings.db_url).entries(ctx.spec.dataset.id, ctx.run_id, kind="grant")
+    # Mutation: only allowed decisions written to the audit log. The refusal is on the record.
+    from ppmlops.audit.log import AuditLog
+
+    recorded = [(r["stage"], r["decision"]["query"], r["decision"]["outcome"], bool(r["decision"]["error"]))
+                for r in AuditLog(ctx.settings.db_url).records(run_id=ctx.run_id)]
+    assert ("plan", "data.ppmlops.train", "deny", True) in recorded
+
+
 def test_a_bad_held_out_snapshot_fails_validation(small_run, tmp_path):
     """Mutation: validation failures in the held-out snapshot ignored."""
     from ppmlops.data.validate import ValidationFailed
