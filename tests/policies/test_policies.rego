@@ -247,6 +247,28 @@ test_deploy_allows_demo if {
 	d.reasons == []
 }
 
+test_deploy_lists_every_check_with_its_result if {
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"accuracy": 0.1}})
+	d.outcome == "deny"
+	[c.id | some c in d.checks] == [c.id | some c in ppmlops.deploy_checks]
+	failed := [c | some c in d.checks; not c.passed]
+	[c.id | some c in failed] == ["accuracy"]
+	failed[0].reasons == d.reasons
+	every c in d.checks { c.evaluated }
+}
+
+test_deploy_checks_after_a_malformed_input_are_not_evaluated if {
+	d := ppmlops.deploy with input as {"run": 1}
+	[c.id | some c in d.checks; not c.passed] == ["input"]
+	[c.id | some c in d.checks; c.evaluated] == ["input"]
+}
+
+test_deploy_approval_reasons_belong_to_their_check if {
+	d := ppmlops.deploy with input as deploy_with({"risk": {"score": 0.95}})
+	d.outcome == "needs_approval"
+	[c.id | some c in d.checks; not c.passed] == ["risk"]
+}
+
 test_deploy_tolerates_float_noise_in_spend if {
 	d := ppmlops.deploy with input as deploy_with({"privacy": {"epsilon_used": 1.0000000000001}})
 	d.outcome == "allow"
