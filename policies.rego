@@ -133,7 +133,13 @@ _risk_level := object.get(input.risk, "level", "level not given") if is_object(i
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
-train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny)}
+train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny), "sized_reasons": sort(_train_sized)}
+
+# Reasons that quote the dataset's size (row counts): readers without a compliance role are
+# shown that such a check failed, not the numbers.
+_train_sized := {m | some m in _train_deny; m in _sized_reasons}
+
+_sized_reasons := {m | some m in _delta_errors} | {m | some m in _consent_errors}
 
 _train_deny contains msg if {
 	some msg in _train_input_errors
@@ -184,6 +190,10 @@ _train_deny contains msg if {
 }
 
 _train_deny contains msg if {
+	some msg in _consent_errors
+}
+
+_consent_errors contains msg if {
 	_train_input_ok
 	input.consent.coverage < _profile.min_consent_coverage
 	msg := sprintf("consent coverage %s is below the %s minimum %s (%v of %v source rows refused)", [
@@ -203,11 +213,11 @@ _train_deny contains msg if {
 # ---------------------------------------------------------------------------------------------
 # deploy
 # ---------------------------------------------------------------------------------------------
-deploy := {"outcome": "deny", "reasons": sort(_deploy_deny), "checks": _deploy_checks} if {
+deploy := {"outcome": "deny", "reasons": sort(_deploy_deny), "checks": _deploy_checks, "sized_reasons": _deploy_sized} if {
 	count(_deploy_deny) > 0
-} else := {"outcome": "needs_approval", "reasons": sort(_deploy_approval), "checks": _deploy_checks} if {
+} else := {"outcome": "needs_approval", "reasons": sort(_deploy_approval), "checks": _deploy_checks, "sized_reasons": _deploy_sized} if {
 	count(_deploy_approval) > 0
-} else := {"outcome": "allow", "reasons": [], "checks": _deploy_checks}
+} else := {"outcome": "allow", "reasons": [], "checks": _deploy_checks, "sized_reasons": []}
 
 # Every deploy check, in the order people read them. The decision lists each with whether it
 # passed and the reasons it did not, so a reader (the dashboard) matches reasons to checks by
@@ -236,6 +246,8 @@ _deploy_deny := {f[1] | some f in _deploy_fail}
 _deploy_approval := {f[1] | some f in _deploy_ask}
 
 _deploy_findings := _deploy_fail | _deploy_ask
+
+_deploy_sized := sort([r | some c in _deploy_checks; object.get(c, "quotes_sizes", false); some r in c.reasons])
 
 # With a malformed input only the input check says anything: the others were not evaluated.
 _check_evaluated(id) := true if {
