@@ -72,12 +72,22 @@ class RunContext:
         return self.settings.randomness or self.spec.training.randomness
 
 
+def _identify(ctx: RunContext) -> None:
+    from ppmlops.run.records import RunIdentity
+
+    store = ctx.store
+    if not store.path_of(RunIdentity).exists():
+        store.write(RunIdentity(run_id=ctx.run_id, pipeline=ctx.spec.name, dag_id=ctx.spec.dag_id,
+                                dataset_id=ctx.spec.dataset.id))
+
+
 def timed(fn: Callable[[RunContext], R]) -> Callable[[RunContext], R]:
     """Record a stage's wall time in its record and write the record."""
 
     @wraps(fn)
     def wrapper(ctx: RunContext) -> R:
         start = time.perf_counter()
+        _identify(ctx)
         record = fn(ctx)
         return ctx.store.write(record.model_copy(update={"seconds": round(time.perf_counter() - start, 3)}))
 
