@@ -90,6 +90,7 @@ def page(title: str, body: str, *, up: str = "./", who: str = "") -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{esc(title)} - ppmlops</title>"
+            '<link rel="icon" href="data:,">'
             f'<link rel="stylesheet" href="{esc(up)}static/dashboard.css">'
             f'<script src="{esc(up)}static/theme.js"></script></head><body>'
             f'<nav class="small">{link(up, "Overview")}{link(up + "api/datasets", "JSON API")}{reader}</nav>'

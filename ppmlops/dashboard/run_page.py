@@ -18,7 +18,7 @@ SETTINGS = (("noise_multiplier", "noise σ"), ("max_grad_norm", "clip norm"), ("
 
 def _rec(data: dict, name: str) -> dict:
     r = data["records"].get(name)
-    return r if isinstance(r, dict) and "error" not in r else {}
+    return r if isinstance(r, dict) and set(r) != {"error"} else {}  # {"error": ...}: unreadable
 
 
 def _card(label: str, value: str, sub: str = "") -> str:
