@@ -61,9 +61,8 @@ def redact_record(reader: Reader, record: dict[str, Any]) -> dict[str, Any]:
     d.pop("input", None)
     result = d.get("result")
     if isinstance(result, dict) and "checks" in result:
-        result = {**result, "checks": [{**c, "reasons": check_reasons(reader, c)} for c in result["checks"]]}
-        result.pop("reasons", None)
-        d["result"] = result
+        kept = {k: v for k, v in result.items() if k not in ("reasons", "sized_reasons")}
+        d["result"] = {**kept, "checks": [{**c, "reasons": check_reasons(reader, c)} for c in result["checks"]]}
     elif result is not None:
         d["result"] = {"outcome": d.get("outcome")}
     d["reasons"] = reasons(reader, record.get("decision") or {})
