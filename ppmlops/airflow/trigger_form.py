@@ -2,6 +2,11 @@
 spec's limits as JSON-schema bounds (Airflow refuses a value outside them, with the message of
 `Param`'s schema check, instead of the run quietly using another), and the DAG's docs.
 
+The bounds sit in an `allOf` rather than at the schema's top: the Airflow 3.3 trigger form reads a
+top-level minimum / maximum into its number field, which then clamps what a person types (5 became
+1) without a word. Under `allOf` the form leaves the value as typed and the server's Param check
+refuses it with jsonschema's message ("5 is greater than the maximum of 1.0"), which the form shows.
+
 The dataset's remaining budget goes into the docs and the epsilon field's description, read from
 the ledger when the DAG file is parsed. Airflow makes a new DAG version whenever the serialised
 DAG changes, descriptions included, and its DAG hash cannot leave a field out: so the figure is
@@ -58,18 +63,20 @@ def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
     cap = spec.privacy.run_epsilon
     return {
         "epsilon_cap": Param(
-            d.epsilon_cap, type="number", exclusiveMinimum=0, maximum=cap, title="Epsilon cap for this run",
+            d.epsilon_cap, type="number", allOf=[{"exclusiveMinimum": 0, "maximum": cap}],
+            title="Epsilon cap for this run",
             description=f"The most epsilon this run may spend: above 0, at most {cap:g} (the spec's run_epsilon). "
                         f"The policy may grant less (risk, what is left). {budget_words(spec, share)}"),
-        "epochs": Param(d.epochs, type="integer", minimum=1, maximum=MAX_EPOCHS, title="Epochs",
+        "epochs": Param(d.epochs, type="integer", allOf=[{"minimum": 1, "maximum": MAX_EPOCHS}], title="Epochs",
                         description=f"Passes of DP-SGD over the training rows: 1 to {MAX_EPOCHS} (spec: {d.epochs}). "
                                     "More epochs spend the same grant in smaller steps (more noise each)."),
-        "workers": Param(d.workers, type="integer", minimum=1, maximum=MAX_WORKERS, title="Ray Train workers",
+        "workers": Param(d.workers, type="integer", allOf=[{"minimum": 1, "maximum": MAX_WORKERS}],
+                         title="Ray Train workers",
                          description=f"Data-parallel workers: 1 to {MAX_WORKERS} (spec: {d.workers}). Does not "
                                      "change the privacy cost."),
         "use_gpu": Param(d.use_gpu, type="boolean", title="Use GPUs",
                          description="One GPU per Ray Train worker (NCCL); the Ray cluster needs GPU nodes."),
-        "seed": Param(d.seed, type="integer", minimum=0, title="Seed",
+        "seed": Param(d.seed, type="integer", allOf=[{"minimum": 0}], title="Seed",
                       description="Seeds the model's initial weights and data order (0 or more). The DP noise "
                                   "is drawn from the OS's CSPRNG whatever the seed, unless the spec asks for "
                                   "reproducible randomness (which never deploys to production)."),
