@@ -133,7 +133,7 @@ def build(s: Settings, good_run: str = "manual__2026-03-02T09:00:00+00:00",
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"weights")
     registry = Registry(s.registry_dir)
-    from ppmlops.stages.card import model_card  # noqa: F401 - the card's shape is the stage's; mirrored here
+    # The fields of ppmlops.stages.card.model_card that the dashboard reads.
     card = {"model_name": PIPELINE, "pipeline": PIPELINE, "run_id": good_run, "dataset_id": DATASET,
             "epsilon": 0.98, "delta": 1e-5, "metrics": {"accuracy": 0.72, "auc": 0.81, "majority_baseline": 0.58},
             "privacy_audit": {"epsilon_lower_bound": 0.12, "confidence": 0.95},

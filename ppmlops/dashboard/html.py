@@ -21,8 +21,6 @@ from ppmlops.dashboard.html_base import (
 )
 from ppmlops.dashboard.runs import RunIndex
 
-__all__ = ["View", "overview", "dataset_page", "decision_page", "error_page"]
-from ppmlops.dashboard.html_base import error_page  # noqa: E402 - re-exported for app.py
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,14 @@ def test_the_privacy_tab_of_a_dag_run_shows_its_page(server, browser):
     frame.locator("h1").wait_for(timeout=30_000)
     assert built.good_run in frame.locator("h1").inner_text()
     s.page.screenshot(path=str(SHOTS / "airflow-privacy-tab.png"), full_page=True)
+    # Airflow's own theme setting (kept by its UI in localStorage "theme") reaches the framed page
+    s.page.evaluate("localStorage.setItem('theme', 'dark')")
+    s.page.reload()
+    frame.locator("h1").wait_for(timeout=30_000)
+    dark = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+    assert dark == "rgb(17, 24, 39)", dark
+    s.page.screenshot(path=str(SHOTS / "airflow-privacy-tab-dark.png"), full_page=True)
+    assert not s.errors, s.errors
     s.page.close()
 
 

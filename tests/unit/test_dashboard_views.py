@@ -229,3 +229,13 @@ def test_clip_norms_on_the_model_table_are_the_epochs_own(built):
     assert "1, 0.45, 2, 0.15" in page  # not the spec's max_grad_norm
     assert "accuracy against ε, every version" in page and "audit lower bound against claimed ε" in page
     np.testing.assert_equal(len(re.findall("<svg ", page)) >= 3, True)
+
+
+def test_approval_requests_link_to_the_run_page(monkeypatch):
+    from ppmlops.dashboard.links import run_page_path
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.internal/airflow/")
+    assert run_page_path("demo_churn", "manual__2026-01-01T00:00:00+00:00") == \
+        "/airflow/ppmlops/runs/demo_churn/manual__2026-01-01T00%3A00%3A00%2B00%3A00"
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL")
+    assert run_page_path("p", "r").startswith("/ppmlops/runs/p/r")
