@@ -186,11 +186,15 @@ def _references(chart: Chart, f: _Frame) -> str:
 
 
 def _markers(chart: Chart, f: _Frame) -> str:
-    return "".join(
-        f'<g class="mark"><line x1="{f.px(m.x):.1f}" y1="{TOP}" x2="{f.px(m.x):.1f}" y2="{H - BOTTOM}"/>'
-        f'<text x="{f.px(m.x) + 3:.1f}" y="{TOP + 9}">{esc(m.label)}</text>'
-        f"<title>{esc(m.note or m.label)}</title></g>"
-        for m in chart.markers)
+    out = []
+    for m in chart.markers:
+        x = f.px(m.x)
+        # a label near the right edge goes on the line's left, inside the picture
+        label = (f'<text x="{x - 3:.1f}" y="{TOP + 9}" text-anchor="end">' if x > W - RIGHT - 40
+                 else f'<text x="{x + 3:.1f}" y="{TOP + 9}">')
+        out.append(f'<g class="mark"><line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{H - BOTTOM}"/>'
+                   f"{label}{esc(m.label)}</text><title>{esc(m.note or m.label)}</title></g>")
+    return "".join(out)
 
 
 def legend(chart: Chart) -> str:
