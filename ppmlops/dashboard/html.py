@@ -264,7 +264,8 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
                f"<td>{esc(e['partition'])}</td><td class=\"num\">{num(e['noise_multiplier'])}</td>"
                f"<td class=\"num\">{num(e['sample_rate'])}</td><td class=\"num\">{e['steps']}</td>"
                f"<td>{esc(e['status'])}</td><td>{when(e['created_at'])}</td><td>{when(e.get('completed_at'))}</td>"
-               f"<td class=\"small\">{esc(e.get('note'))}</td></tr>" for e in d["entries"]]
+               f"<td class=\"small\">{esc(e.get('note')) if v.reader.compliance else ''}</td></tr>"
+               for e in d["entries"]]
     body = (budget_table(v, {"datasets": [d]}) + charts.svg(spend_chart(d, d.get("spend_steps") or []))
             + "<h2>How the budget was spent</h2><p class=\"muted small\">Each change of what the dataset's totals "
             "count. A grant reserves a run's whole budget before it trains; when the run ends the grant is "
