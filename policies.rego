@@ -5,7 +5,7 @@
 #
 #   data.ppmlops.budget  {"epsilon": n, "delta": n, "reasons": [..]}   the run's (epsilon, delta)
 #   data.ppmlops.train   {"allow": bool, "reasons": [..]}               may the run train at all
-#   data.ppmlops.deploy  {"outcome": "allow" | "deny" | "needs_approval", "reasons": [..]}
+#   data.ppmlops.deploy  {"outcome": "allow" | "deny" | "needs_approval", "reasons": [..], "checks": [..]}
 #
 # The input documents are built by ppmlops.pipeline; their shape is checked below and a field
 # that is missing or of the wrong type is itself a deny reason. That check matters: a rule
@@ -133,7 +133,13 @@ _risk_level := object.get(input.risk, "level", "level not given") if is_object(i
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
-train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny)}
+train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny), "sized_reasons": sort(_train_sized)}
+
+# Reasons that quote the dataset's size (row counts): readers without a compliance role are
+# shown that such a check failed, not the numbers.
+_train_sized := {m | some m in _train_deny; m in _sized_reasons}
+
+_sized_reasons := {m | some m in _delta_errors} | {m | some m in _consent_errors}
 
 _train_deny contains msg if {
 	some msg in _train_input_errors
@@ -184,6 +190,10 @@ _train_deny contains msg if {
 }
 
 _train_deny contains msg if {
+	some msg in _consent_errors
+}
+
+_consent_errors contains msg if {
 	_train_input_ok
 	input.consent.coverage < _profile.min_consent_coverage
 	msg := sprintf("consent coverage %s is below the %s minimum %s (%v of %v source rows refused)", [
@@ -203,17 +213,63 @@ _train_deny contains msg if {
 # ---------------------------------------------------------------------------------------------
 # deploy
 # ---------------------------------------------------------------------------------------------
-deploy := {"outcome": "deny", "reasons": sort(_deploy_deny)} if {
+deploy := {"outcome": "deny", "reasons": sort(_deploy_deny), "checks": _deploy_checks, "sized_reasons": _deploy_sized} if {
 	count(_deploy_deny) > 0
-} else := {"outcome": "needs_approval", "reasons": sort(_deploy_approval)} if {
+} else := {"outcome": "needs_approval", "reasons": sort(_deploy_approval), "checks": _deploy_checks, "sized_reasons": _deploy_sized} if {
 	count(_deploy_approval) > 0
-} else := {"outcome": "allow", "reasons": []}
+} else := {"outcome": "allow", "reasons": [], "checks": _deploy_checks, "sized_reasons": []}
 
-_deploy_deny contains msg if {
+# Every deploy check, in the order people read them. The decision lists each with whether it
+# passed and the reasons it did not, so a reader (the dashboard) matches reasons to checks by
+# `id`, never by their wording. `quotes_sizes`: its reasons quote the dataset's (noisy) size.
+deploy_checks := [
+	{"id": "input", "effect": "deny", "title": "the gate's input is complete and well-formed"},
+	{"id": "filter_held", "effect": "deny", "title": "the run spent no more epsilon than its fixed budget"},
+	{"id": "run_epsilon_cap", "effect": "deny", "title": "the run's epsilon is within the regulation's per-run maximum"},
+	{"id": "lifetime_budget", "effect": "deny", "title": "the dataset is within its lifetime budget"},
+	{"id": "delta", "effect": "deny", "title": "delta is below 1/rows (times the regulation's factor)", "quotes_sizes": true},
+	{"id": "accountant", "effect": "deny", "title": "the RDP accountant was used"},
+	{"id": "privacy_filter", "effect": "deny", "title": "a privacy filter governed the run"},
+	{"id": "audit", "effect": "deny", "title": "the canary audit's lower bound does not exceed the claimed epsilon"},
+	{"id": "accuracy", "effect": "deny", "title": "noisy held-out accuracy reaches the spec's minimum"},
+	{"id": "randomness", "effect": "deny", "title": "trained with secure (CSPRNG) randomness"},
+	{"id": "card_fields", "effect": "deny", "title": "the model card states every required field"},
+	{"id": "card_numbers", "effect": "deny", "title": "the model card's epsilon and delta are numbers"},
+	{"id": "card_epsilon", "effect": "deny", "title": "the model card does not understate epsilon"},
+	{"id": "card_delta", "effect": "deny", "title": "the model card does not understate delta"},
+	{"id": "risk", "effect": "needs_approval", "title": "the risk score is below the approval threshold"},
+	{"id": "environment", "effect": "needs_approval", "title": "the target environment deploys without a person's approval"},
+]
+
+_deploy_deny := {f[1] | some f in _deploy_fail}
+
+_deploy_approval := {f[1] | some f in _deploy_ask}
+
+_deploy_findings := _deploy_fail | _deploy_ask
+
+_deploy_sized := sort([r | some c in _deploy_checks; object.get(c, "quotes_sizes", false); some r in c.reasons])
+
+# With a malformed input only the input check says anything: the others were not evaluated.
+_check_evaluated(id) := true if {
+	_deploy_input_ok
+} else := true if {
+	id == "input"
+} else := false
+
+_deploy_checks := [object.union(c, {
+	"passed": count(found) == 0,
+	"evaluated": _check_evaluated(c.id),
+	"reasons": found,
+}) |
+	some c in deploy_checks
+	found := sort([f[1] | some f in _deploy_findings; f[0] == c.id])
+]
+
+_deploy_fail contains ["input", msg] if {
 	some msg in _deploy_input_errors
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["filter_held", msg] if {
 	_deploy_input_ok
 	input.privacy.epsilon_used > input.privacy.epsilon + epsilon_tolerance
 	msg := sprintf("run used epsilon %s, more than its fixed budget %s: the privacy filter did not hold", [
@@ -221,7 +277,7 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["run_epsilon_cap", msg] if {
 	_deploy_input_ok
 	input.privacy.epsilon > _profile.max_run_epsilon + epsilon_tolerance
 	msg := sprintf("run's epsilon %s is above the %s maximum %s per run", [
@@ -229,7 +285,7 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["lifetime_budget", msg] if {
 	_deploy_input_ok
 	input.privacy.dataset_share_used > 1
 	msg := sprintf("dataset %s has used %s of its lifetime budget (epsilon %s)", [
@@ -237,12 +293,12 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["delta", msg] if {
 	_deploy_input_ok
 	some msg in _delta_errors
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["accountant", msg] if {
 	_deploy_input_ok
 	input.privacy.accountant != "rdp"
 	msg := sprintf("accountant is %q; deploys need the RDP accountant that the privacy filter and ledger use", [
@@ -250,13 +306,13 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["privacy_filter", msg] if {
 	_deploy_input_ok
 	input.privacy.filter != true
 	msg := "run was not governed by a privacy filter, so its adaptive noise schedule is not covered by the accountant"
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["audit", msg] if {
 	_deploy_input_ok
 	lower := object.get(input.audit, "epsilon_lower_bound", null)
 	lower != null
@@ -266,13 +322,13 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["accuracy", msg] if {
 	_deploy_input_ok
 	input.metrics.accuracy < input.metrics.min_accuracy
 	msg := sprintf("accuracy %s is below the required %s", [fmt(input.metrics.accuracy), fmt(input.metrics.min_accuracy)])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["randomness", msg] if {
 	_deploy_input_ok
 	input.privacy.randomness != "secure"
 	msg := sprintf("trained with randomness %q: anyone who knows the seed and run id can replay its draws, so its epsilon holds against no adversary; only randomness \"secure\" deploys", [
@@ -280,14 +336,14 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["card_fields", msg] if {
 	_deploy_input_ok
 	missing := [f | some f in required_card_fields; _blank(object.get(input.model_card, f, null))]
 	count(missing) > 0
 	msg := sprintf("model card is missing required fields: %s", [concat(", ", missing)])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["card_numbers", msg] if {
 	_deploy_input_ok
 	some f in ["epsilon", "delta"]
 	value := object.get(input.model_card, f, null)
@@ -297,7 +353,7 @@ _deploy_deny contains msg if {
 }
 
 # A card may overstate the privacy cost (that is conservative) but never understate it.
-_deploy_deny contains msg if {
+_deploy_fail contains ["card_epsilon", msg] if {
 	_deploy_input_ok
 	is_number(input.model_card.epsilon)
 	input.model_card.epsilon < input.privacy.epsilon - epsilon_tolerance
@@ -306,14 +362,14 @@ _deploy_deny contains msg if {
 	])
 }
 
-_deploy_deny contains msg if {
+_deploy_fail contains ["card_delta", msg] if {
 	_deploy_input_ok
 	is_number(input.model_card.delta)
 	input.model_card.delta < input.privacy.delta
 	msg := sprintf("model card states delta %s, less than the run's %s", [num(input.model_card.delta), num(input.privacy.delta)])
 }
 
-_deploy_approval contains msg if {
+_deploy_ask contains ["risk", msg] if {
 	_deploy_input_ok
 	input.risk.score >= _profile.needs_approval_risk
 	msg := sprintf("risk score %s (%s) is at or above the %s approval threshold %s", [
@@ -321,7 +377,7 @@ _deploy_approval contains msg if {
 	])
 }
 
-_deploy_approval contains msg if {
+_deploy_ask contains ["environment", msg] if {
 	_deploy_input_ok
 	input.run.environment in _profile.approval_environments
 	msg := sprintf("%s requires a human approval for every deploy to %s", [

@@ -12,23 +12,23 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import get_args
 
 import pendulum
 from airflow.providers.standard.operators.hitl import HITLBranchOperator
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from ppmlops import pipeline
+from ppmlops.airflow import trigger_form
 from ppmlops.airflow.ray_job import TrainOperator
 from ppmlops.airflow.tasks import finish, run_context, run_stage
+from ppmlops.dashboard.links import run_page_path
 from ppmlops.errors import PpmlopsError
 from ppmlops.run.records import ApprovalRecord, GateRecord
-from ppmlops.spec import Environment, PipelineSpec, load_each, load_spec
+from ppmlops.spec import PipelineSpec, load_each, load_spec
 from ppmlops.stages import gate as gate_stage
 from ppmlops.stages.approval import record_approval
 from ppmlops.run.context import RunContext, RunParams
-from ppmlops.tuning.protocol import TUNER_NAMES
 
 log = logging.getLogger(__name__)
 # PPMLOPS_PIPELINES points a deployment (or the test suite) at another folder of specs.
@@ -67,7 +67,8 @@ class DeployApproval(HITLBranchOperator):
         gate = ctx.store.read(GateRecord)
         self.body = ("The deploy policy asks for a person's approval:\n\n"
                      + "\n".join(f"- {r}" for r in gate.reasons)
-                     + f"\n\nRun {ctx.run_id}; manifest: {ctx.run_dir / 'manifest.json'}")
+                     + f"\n\nRun {ctx.run_id}: [its privacy summary and checks]"
+                     f"({run_page_path(self.spec.name, ctx.run_id)}); manifest: {ctx.run_dir / 'manifest.json'}")
         return super().execute(context)
 
     def execute_complete(self, context, event):
@@ -82,7 +83,7 @@ class DeployApproval(HITLBranchOperator):
 
 
 def build_dag(spec: PipelineSpec):
-    defaults = RunParams.defaults(spec)
+    budget_left = trigger_form.remaining_share(spec)
 
     @dag(
         dag_id=spec.dag_id,
@@ -92,25 +93,13 @@ def build_dag(spec: PipelineSpec):
         catchup=False,
         max_active_runs=1,  # one scheduled run at a time (backfills take --max-active-runs; grants keep any safe)
         tags=["ppmlops", spec.dataset.id, spec.dataset.regulation],
-        params={
-            "epsilon_cap": Param(defaults.epsilon_cap, type="number", exclusiveMinimum=0,
-                                 maximum=spec.privacy.run_epsilon,
-                                 description="Most epsilon this run may spend (the policy may grant less)."),
-            "epochs": Param(defaults.epochs, type="integer", minimum=1, maximum=1000),
-            "workers": Param(defaults.workers, type="integer", minimum=1, maximum=256,
-                             description="Ray Train workers"),
-            "use_gpu": Param(defaults.use_gpu, type="boolean",
-                             description="one GPU per Ray Train worker (NCCL); the cluster needs GPU nodes"),
-            "seed": Param(defaults.seed, type="integer", minimum=0),
-            "environment": Param(defaults.environment, type="string", enum=list(get_args(Environment)),
-                                 description="production moves the production alias; others their own"),
-            "tuner": Param(spec.training.tuner, type="string", enum=list(TUNER_NAMES),
-                           description="ANOM: how noise, clip norm and learning rate change between epochs"),
-        },
+        # Titles, descriptions and the spec's limits (refused, not clamped), and the dataset's
+        # budget left, rounded so parsing does not make a new DAG version each time.
+        params=trigger_form.params(spec, budget_left),
         # Retries are safe: every release is idempotent per run and training resumes from its
         # checkpoint; run_stage fails a problem the user must fix at once, without them.
         default_args={"retries": spec.retries.count, "retry_delay": spec.retries.delay},
-        doc_md=__doc__,
+        doc_md=trigger_form.doc_md(spec, budget_left),
     )
     def retrain():
         @task

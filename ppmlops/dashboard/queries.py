@@ -9,28 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ppmlops.dashboard import runs as run_folders
+from ppmlops.dashboard.errors import NotFound, Unavailable
 from ppmlops.errors import PpmlopsError
 from ppmlops.settings import Settings
 
-# Run folders are named after the run id with everything else replaced, as RunContext.run_dir does.
-_RUN_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+__all__ = ["NotFound", "Unavailable"]
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class Unavailable(PpmlopsError):
-    """The ledger / audit database cannot be opened or read."""
-
-
-class NotFound(PpmlopsError):
-    """The dataset, decision or run asked for does not exist."""
 
 
 def jsonable(value: Any) -> Any:
@@ -117,6 +111,7 @@ def _budget(d: dict) -> dict:
         "epsilon_spent": spent,
         "epsilon_remaining": d["epsilon_remaining"],
         "fraction_spent": (spent / budget) if budget and spent is not None else None,
+        "share_used": d.get("share_used"),  # of the lifetime RDP budget: what admission checks
         "partitions": d["partitions"],
         "runs": d["runs"],
         "entry_count": len(d["entries"]),
@@ -146,7 +141,25 @@ def dataset(settings: Settings, dataset_id: str) -> dict:
                 "steps": sum(e["steps"] for e in mine),
                 "statuses": sorted({e["status"] for e in mine}),
             })
-    return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"]})
+        steps = _spend_steps(ledger, dataset_id)
+    return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"], "spend_steps": steps})
+
+
+def spend_steps_all(settings: Settings) -> dict[str, list[dict]]:
+    """Every dataset's spend over time (the overview's charts)."""
+    ledger, _ = stores(settings)
+    with _reading(settings):
+        return jsonable({ds: _spend_steps(ledger, ds) for ds in ledger.datasets()})
+
+
+def _spend_steps(ledger: Any, dataset_id: str) -> list[dict]:
+    from ppmlops.dashboard.spend import spend_steps
+
+    budget = ledger.budget(dataset_id)
+    if budget is None:
+        return []
+    return [{"at": s.at, "run_id": s.run_id, "event": s.event, "words": s.words, "partition": s.partition,
+             "epsilon": s.epsilon} for s in spend_steps(ledger.entries(dataset_id), budget)]
 
 
 # -- decisions --------------------------------------------------------------------------------
@@ -181,13 +194,18 @@ def chain_status(log: Any) -> dict:
     }
 
 
-def run_decisions(settings: Settings, run_folder: str) -> dict:
-    """Decisions of the run stored in `run_folder` (run ids are sanitised into folder names)."""
+def run_decisions(settings: Settings, run_id: str, dataset_id: str | None) -> dict:
+    """Decisions of one run, oldest first: found by its id (and dataset, as two DAGs may share
+    a run id); a folder name works too, for runs whose records do not name their id."""
+    from ppmlops.run.store import run_folder_name
+
     _, log = stores(settings)
+    folder = run_folder_name(run_id)
     with _reading(settings):
-        records = [r for r in log.records() if r.get("run_id") and _RUN_DIR_CHARS.sub("_", r["run_id"]) == run_folder]
+        records = [r for r in log.records() if r.get("run_id") and run_folder_name(r["run_id"]) == folder
+                   and (dataset_id is None or r.get("dataset_id") == dataset_id)]
         chain = chain_status(log)
-    return jsonable({"filter": {"run_id": records[0]["run_id"] if records else run_folder, "dataset_id": None},
+    return jsonable({"filter": {"run_id": run_id, "dataset_id": dataset_id},
                      "total": len(records), "records": list(reversed(records)), "chain": chain})
 
 
@@ -235,58 +253,8 @@ def models(settings: Settings) -> dict:
 # -- runs -------------------------------------------------------------------------------------
 
 def runs(settings: Settings, limit: int = 50) -> dict:
-    """Run folders, most recently written first: which stage records exist, and the gate's outcome."""
-    found = []
-    root = settings.runs_dir
-    for pipe in sorted(root.iterdir()) if root.is_dir() else []:
-        if not pipe.is_dir() or not _SAFE_NAME.match(pipe.name):
-            continue
-        for run in pipe.iterdir():
-            records = _record_files(run) if run.is_dir() and _SAFE_NAME.match(run.name) else []
-            if records:
-                found.append((max(p.stat().st_mtime for p in records), pipe.name, run, records))
-    found.sort(key=lambda t: t[0], reverse=True)
-    out = []
-    for mtime, pipeline, run, records in found[:limit]:
-        gate = _load(run / "gate.json") if (run / "gate.json").exists() else {}
-        out.append({"pipeline": pipeline, "run": run.name, "records": [p.stem for p in records],
-                    "modified": mtime, "outcome": gate.get("outcome") if isinstance(gate, dict) else None})
-    return jsonable({"runs_dir": str(root), "runs": out})
+    return jsonable(run_folders.listing(settings, limit))
 
 
 def run(settings: Settings, pipeline: str, run_id: str) -> dict:
-    """Every JSON record of one run, stages in pipeline order, and train's per-epoch history."""
-    from ppmlops.pipeline import STAGES
-
-    folder = run_dir(settings, pipeline, run_id)
-    order = {name: i for i, name in enumerate(STAGES)}
-    files = sorted(_record_files(folder), key=lambda p: (order.get(p.stem, len(order)), p.stem))
-    records = {p.stem: _load(p) for p in files}
-    train = records.get("train")
-    history = train.get("history") if isinstance(train, dict) else None
-    return jsonable({"pipeline": pipeline, "run": folder.name, "run_dir": str(folder), "records": records,
-                     "epochs": history if isinstance(history, list) else []})
-
-
-def run_dir(settings: Settings, pipeline: str, run_id: str) -> Path:
-    """The run's folder; raw Airflow run ids are accepted. Names that could leave runs_dir are refused."""
-    name = _RUN_DIR_CHARS.sub("_", run_id)
-    for part in (pipeline, name):
-        if not _SAFE_NAME.match(part):
-            raise NotFound(f"no run {pipeline!r}/{run_id!r}: not a pipeline / run folder name")
-    folder = settings.runs_dir / pipeline / name
-    if not folder.is_dir() or not _record_files(folder):
-        raise NotFound(f"no run {pipeline!r}/{run_id!r} under {settings.runs_dir}")
-    return folder
-
-
-def _record_files(folder: Path) -> list[Path]:
-    # Dot files are the stages' half-written temporaries.
-    return [p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith(".")]
-
-
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        return {"error": f"{path.name} could not be read: {err}"}
+    return jsonable(run_folders.detail(settings, pipeline, run_id))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ppmlops import settings as settings_mod
+from ppmlops.errors import PpmlopsError
 from ppmlops.window import DataInterval
 from ppmlops.run.store import RunStore
 from ppmlops.spec import PipelineSpec
@@ -37,7 +38,23 @@ class RunParams:
                     # `bool("false")` is True: a --conf or API caller may send strings
                     value = value.strip().lower() in {"1", "true", "yes", "on"}
                 base[key] = type(base[key])(value)
-        return cls(**base)
+        out = cls(**base)
+        out.check(spec)
+        return out
+
+    def check(self, spec: PipelineSpec) -> None:
+        """Refuse values outside the trigger form's bounds (a --conf or an API caller that got past
+        Airflow's Param check): a run never quietly uses another value than the one asked for."""
+        cap = spec.privacy.run_epsilon
+        problems = [msg for bad, msg in (
+            (not 0 < self.epsilon_cap <= cap, f"epsilon_cap {self.epsilon_cap:g} is not above 0 and at most {cap:g} "
+                                              "(the spec's privacy.run_epsilon)"),
+            (self.epochs < 1, f"epochs {self.epochs} is below 1"),
+            (self.workers < 1, f"workers {self.workers} is below 1"),
+            (self.seed < 0, f"seed {self.seed} is negative"),
+        ) if bad]
+        if problems:
+            raise PpmlopsError("invalid run parameters: " + "; ".join(problems))
 
 
 @dataclass

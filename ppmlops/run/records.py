@@ -41,6 +41,19 @@ class Part(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
+# ------------------------------------------------------------------------------------ identity
+
+class RunIdentity(Record):
+    """PUBLIC. Which run a folder holds, as Airflow names it (folder names are sanitised), written
+    before the first stage's record so even a run stopped at ingest has its real id."""
+
+    FILE: ClassVar[str] = "run.json"
+    run_id: str
+    pipeline: str
+    dag_id: str
+    dataset_id: str
+
+
 # --------------------------------------------------------------------------------------- ingest
 
 class StagedData(Record):
@@ -315,7 +328,7 @@ class DeployRecord(Record):
 
 
 PUBLIC_RECORDS: tuple[type[Record], ...] = (
-    Staged, Validated, CountsRelease, RiskAssessment, PlanRecord, Refusal, TrainRecord, EvaluationRecord,
+    RunIdentity, Staged, Validated, CountsRelease, RiskAssessment, PlanRecord, Refusal, TrainRecord, EvaluationRecord,
     GateRecord, ApprovalRecord, DeployRecord,
 )
 PRIVATE_RECORDS: tuple[type[Record], ...] = (StagedData, ExactRisk, Canaries)

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -156,6 +157,8 @@ def test_needs_approval_waits_for_a_person_then_deploys(dag_and_spec, approved_r
     assert str(run.state) == "success", pipeline.format_summary(summary)
     assert summary["decision"] == "needs_approval"
     assert "requires a human approval for every deploy to staging" in approver.asked["body"]
+    # the request links to the run's dashboard page
+    assert f"(/ppmlops/runs/{ctx.spec.name}/{quote(run.run_id, safe='')})" in approver.asked["body"]
     registry = Registry(settings.load().registry_dir)
     card = registry.card(spec.deploy.model_name, summary["model_version"])
     # a staging deploy moves staging's alias, never production's

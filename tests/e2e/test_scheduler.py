@@ -16,9 +16,6 @@ Two pipelines over one timestamped table of three days:
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
 import json
 import os
 import re
@@ -33,13 +30,11 @@ import numpy as np
 import pytest
 import yaml
 
-from ppmlops import settings as settings_mod
 from ppmlops.data.synthetic import generate
 from ppmlops.privacy.accountant import ORDERS
 from ppmlops.privacy.ledger import Ledger
 from ppmlops.run.records import PlanRecord, Staged, StagedData, TrainRecord
-from ppmlops.spec import parse_spec
-from ppmlops.stages.context import RunContext, RunParams
+from airflow_proc import Airflow, stop, wait_for  # noqa: E402 - tests/ is on the path (conftest)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
@@ -90,60 +85,6 @@ TIGHT = spec_doc("tight", **{"privacy.epsilon": 1.0, "privacy.stats_epsilon": 0.
 
 
 # --------------------------------------------------------------------------- Airflow
-
-
-@dataclasses.dataclass
-class Airflow:
-    process: subprocess.Popen
-    url: str
-    env: dict[str, str]
-    root: Path
-    client: httpx.Client | None = None
-
-    def api(self, method: str, path: str, **kw) -> httpx.Response:
-        return self.client.request(method, path, **kw)
-
-    def ok(self, method: str, path: str, **kw) -> dict:
-        reply = self.api(method, path, **kw)
-        assert reply.status_code < 300, f"{method} {path}: {reply.status_code} {reply.text[:500]}"
-        return reply.json() if reply.content else {}
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run([str(REPO / ".venv" / "bin" / "airflow"), *args], env=self.env, text=True,
-                              capture_output=True, timeout=180)
-        assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
-        return done.stdout
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
-
-    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
-        tis = self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {ti["task_id"]: ti for ti in tis}
-
-    @property
-    def settings(self) -> settings_mod.Settings:
-        return dataclasses.replace(settings_mod.load(), home=Path(self.env["PPMLOPS_HOME"]),
-                                   db_url=self.env["PPMLOPS_DB_URL"])
-
-    def context(self, doc: dict, run_id: str) -> RunContext:
-        spec = parse_spec(copy.deepcopy(doc), f"{doc['name']}.yaml")
-        return RunContext(spec=spec, run_id=run_id, params=RunParams.defaults(spec), settings=self.settings)
-
-    def log(self) -> str:
-        return (self.root / "airflow-ui.log").read_text(errors="replace")[-6000:]
-
-
-def wait_for(what: str, check, timeout_s: float, airflow: Airflow | None = None, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if airflow is not None and airflow.process.poll() is not None:
-            pytest.fail(f"./dev ui exited while waiting for {what}:\n{airflow.log()}")
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f":\n{airflow.log()}" if airflow else ""))
 
 
 def _healthy(url: str) -> bool:
@@ -202,14 +143,7 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
                      .status_code == 200, 180, af, every_s=2)
         yield af
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # nothing of this Airflow outlives the module
+        stop(process)
         log.close()
 
 

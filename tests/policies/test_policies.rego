@@ -174,6 +174,7 @@ test_train_denies_low_consent if {
 	d := ppmlops.train with input as train_with({"consent": {"coverage": 0.85, "rows_refused": 900}})
 	d.allow == false
 	d.reasons == ["consent coverage 0.85 is below the gdpr minimum 0.90 (900 of 6000 source rows refused)"]
+	d.sized_reasons == d.reasons  # it quotes row counts
 }
 
 test_train_denies_direct_identifiers if {
@@ -245,6 +246,37 @@ test_deploy_allows_demo if {
 	d := ppmlops.deploy with input as deploy_input
 	d.outcome == "allow"
 	d.reasons == []
+}
+
+test_deploy_lists_every_check_with_its_result if {
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"accuracy": 0.1}})
+	d.outcome == "deny"
+	[c.id | some c in d.checks] == [c.id | some c in ppmlops.deploy_checks]
+	failed := [c | some c in d.checks; not c.passed]
+	[c.id | some c in failed] == ["accuracy"]
+	failed[0].reasons == d.reasons
+	every c in d.checks { c.evaluated }
+}
+
+test_deploy_checks_after_a_malformed_input_are_not_evaluated if {
+	d := ppmlops.deploy with input as {"run": 1}
+	[c.id | some c in d.checks; not c.passed] == ["input"]
+	[c.id | some c in d.checks; c.evaluated] == ["input"]
+}
+
+test_reasons_quoting_the_dataset_size_are_marked if {
+	d := ppmlops.deploy with input as deploy_with({"privacy": {"delta": 1e-3}, "model_card": {"delta": 1e-3}})
+	count(d.sized_reasons) == 1
+	[c.id | some c in d.checks; not c.passed] == ["delta"]
+	[c | some c in d.checks; c.id == "delta"][0].reasons == d.sized_reasons
+	allowed := ppmlops.deploy with input as deploy_input
+	allowed.sized_reasons == []
+}
+
+test_deploy_approval_reasons_belong_to_their_check if {
+	d := ppmlops.deploy with input as deploy_with({"risk": {"score": 0.95}})
+	d.outcome == "needs_approval"
+	[c.id | some c in d.checks; not c.passed] == ["risk"]
 }
 
 test_deploy_tolerates_float_noise_in_spend if {

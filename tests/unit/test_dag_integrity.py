@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -59,8 +61,81 @@ def test_params_have_json_schema_types(dagbag):
     assert schema["tuner"]["enum"] == ["fixed", "rule", "bayes"]
     assert schema["use_gpu"]["type"] == "boolean" and params["use_gpu"] is False
     assert schema["environment"]["enum"] == ["development", "test", "staging", "production"]
-    # The trigger form cannot ask for more than the spec allows one run to spend.
-    assert schema["epsilon_cap"]["maximum"] == 1.0
+    # The trigger form cannot ask for more than the spec allows one run to spend; the bounds sit
+    # under allOf, so the UI's number field does not clamp what a person types (trigger_form.py).
+    assert schema["epsilon_cap"]["allOf"] == [{"exclusiveMinimum": 0, "maximum": 1.0}]
+    assert "maximum" not in schema["epsilon_cap"] and "minimum" not in schema["epochs"]
+
+
+def test_every_param_has_a_title_and_a_description(dagbag):
+    params = dagbag.dags["ppmlops_demo_churn"].params
+    for name in params.keys():
+        param = params.get_param(name)
+        assert param.schema.get("title") and param.description, name
+    assert "demo_customers" in params.get_param("epsilon_cap").description
+
+
+@pytest.mark.parametrize("conf, words", [({"epsilon_cap": 5}, "5 is greater than the maximum of 1.0"),
+                                         ({"epsilon_cap": 0}, "0 is less than or equal to the minimum of 0"),
+                                         ({"epochs": 0}, "0 is less than the minimum of 1"),
+                                         ({"seed": -1}, "-1 is less than the minimum of 0")])
+def test_out_of_range_params_are_refused_not_clamped(dagbag, conf, words):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["ppmlops_demo_churn"].params)
+    with pytest.raises(ParamValidationError, match=re.escape(words)):
+        for key, value in conf.items():
+            params[key] = value
+        params.validate()
+
+
+def test_run_params_refuse_what_the_form_would():
+    from ppmlops.errors import PpmlopsError
+    from ppmlops.spec import load_spec
+    from ppmlops.stages.context import RunParams
+
+    spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
+    with pytest.raises(PpmlopsError, match=r"epsilon_cap 5 is not above 0 and at most 1 .*epochs 0 is below 1"):
+        RunParams.from_mapping(spec, {"epsilon_cap": 5, "epochs": 0})
+
+
+def test_the_budget_in_the_docs_moves_in_tenths_so_parsing_makes_no_new_dag_version(tmp_path, monkeypatch):
+    """The serialised DAG (what Airflow hashes into a DAG version) is the same after a charge that
+    moves the dataset's budget by less than a tenth, and says so when it crosses one."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from ppmlops.privacy.accountant import Segment
+    from ppmlops.privacy.ledger import Charge, Ledger
+    from ppmlops.spec import load_spec
+
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("PPMLOPS_DB_URL", raising=False)
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    module = _dag_module(monkeypatch, pipelines)
+    spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ppmlops.db'}")
+    ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta)
+
+    def serialised():
+        dag = module.build_dag(spec)
+        module._forget(dag.dag_id)
+        return json.dumps(DagSerialization.to_dict(dag), sort_keys=True, default=str)
+
+    def charge(sigma, key):
+        [entry] = ledger.charge(dataset_id=spec.dataset.id, run_id=key, kind="release", key=key,
+                                charges=[Charge("train", Segment(sigma, 1.0, 1))], randomness="secure")
+        ledger.complete(entry)
+
+    assert "at least 100% of its lifetime budget" in serialised()
+    charge(60.0, "first")  # a sliver: what is left is floored, never overstated
+    first = serialised()
+    assert "at least 90% of its lifetime budget" in first
+    charge(60.0, "second")  # another sliver: the same tenth, the same DAG
+    assert serialised() == first
+    charge(2.0, "large")
+    later = serialised()
+    assert later != first and "at least 90%" not in later
 
 
 @pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False), ("true", True), (None, False)])

@@ -154,7 +154,8 @@ def test_overview_page_shows_budgets_decisions_models_and_escapes(filled, client
     assert DS in page and "chain intact" in page
     assert "ward&lt;7&gt;/&quot;night&quot;" in page and "ward<7>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; epsilon 9 is over the cap" in page
-    assert "<script" not in page  # the page has no script of its own, and none got in
+    # one script of its own, served by the app (the theme), and none got in
+    assert page.count("<script") == 1 and '<script src="./static/theme.js"></script>' in page
     assert 'class="outcome-deny"' in page and 'class="outcome-needs_approval"' in page
     assert "production: v2" in page
     assert f'href="./datasets/{quote(ODD, safe="")}"' in page  # the slash stays inside one segment
@@ -179,8 +180,8 @@ def test_run_json_and_tuner_history(filled, client):
     assert [(r["pipeline"], r["outcome"]) for r in listed] == [("demo", "needs_approval")]
 
     page = client.get(f"/runs/demo/{quote(raw_id, safe='')}").text
-    assert "tuner.proposal" in page and "lower noise" in page
-    assert "&lt;b&gt;utility plateau&lt;/b&gt;" in page
+    assert "&lt;b&gt;utility plateau&lt;/b&gt;" in page  # the tuner's reason, escaped
+    assert "noise σ ↓ 1 → 0.9" in page  # what it changed, in natural units
     assert 'class="outcome-allow"' in page  # the run's decision, found by its sanitised id
     for bad in ("/api/runs/demo/%2E%2E", "/api/runs/%2E%2E/demo", "/api/runs/..%2F..%2Fetc/passwd",
                 "/api/runs/demo/nope"):
@@ -247,8 +248,10 @@ def test_plugin_module_defines_the_plugin():
     assert issubclass(plugin, AirflowPlugin) and plugin.name == "ppmlops_dashboard"
     [app] = plugin.fastapi_apps
     assert app["url_prefix"] == "/ppmlops" and isinstance(app["app"], FastAPI)
-    [view] = plugin.external_views
-    assert view["href"] == "ppmlops/" and view["destination"] == "nav"
+    nav, tab = plugin.external_views
+    assert nav["href"] == "ppmlops/" and nav["destination"] == "nav"
+    # Airflow 3's UI fills {DAG_ID} and {RUN_ID} in hrefs of dag_run views
+    assert tab["destination"] == "dag_run" and tab["href"] == "ppmlops/dag-runs/{DAG_ID}/{RUN_ID}"
 
 
 def test_airflow_api_server_mounts_the_dashboard_behind_login(filled, monkeypatch):

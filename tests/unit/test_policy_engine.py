@@ -57,7 +57,7 @@ def test_train_allows_demo_run():
     assert d.policy_hash == sha256_file(POLICY)
     assert re.fullmatch(r"[0-9a-f]{32}", d.id)
     assert d.time.endswith("+00:00")
-    assert d.result == {"allow": True, "reasons": []}
+    assert d.result == {"allow": True, "reasons": [], "sized_reasons": []}
     assert d.input == TRAIN_INPUT and d.input is not TRAIN_INPUT
 
 

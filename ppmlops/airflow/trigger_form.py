@@ -1,0 +1,117 @@
+"""What a person sees when triggering a ppmlops DAG: Params with titles, descriptions and the
+spec's limits as JSON-schema bounds (Airflow refuses a value outside them, with the message of
+`Param`'s schema check, instead of the run quietly using another), and the DAG's docs.
+
+The bounds sit in an `allOf` rather than at the schema's top: the Airflow 3.3 trigger form reads a
+top-level minimum / maximum into its number field, which then clamps what a person types (5 became
+1) without a word. Under `allOf` the form leaves the value as typed and the server's Param check
+refuses it with jsonschema's message ("5 is greater than the maximum of 1.0"), which the form shows.
+
+The dataset's remaining budget goes into the docs and the epsilon field's description, read from
+the ledger when the DAG file is parsed. Airflow makes a new DAG version whenever the serialised
+DAG changes, descriptions included, and its DAG hash cannot leave a field out: so the figure is
+the share of the lifetime budget left, rounded DOWN to a tenth. It changes at most ten times over
+a dataset's life, never on a parse that found nothing new, and never overstates what is left;
+the dashboard has the exact figure.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, get_args
+
+from ppmlops.spec import Environment, PipelineSpec
+from ppmlops.run.context import RunParams
+from ppmlops.tuning.protocol import TUNER_NAMES
+
+MAX_EPOCHS, MAX_WORKERS = 1000, 256
+
+
+def remaining_share(spec: PipelineSpec) -> float | None:
+    """The share of the dataset's lifetime budget left, floored to a tenth; None when the ledger
+    cannot say (not registered yet, no database, or it cannot be reached while parsing)."""
+    from ppmlops import settings as settings_mod
+    from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
+
+    try:
+        url = settings_mod.load().db_url
+        if sqlite_file_missing(url):  # parsing must not create the database
+            return None
+        ledger = Ledger(url)
+        budget = ledger.budget(spec.dataset.id)
+        if budget is None:
+            return None
+        left = max(0.0, 1.0 - budget.share_used(ledger.charged_curves(spec.dataset.id)))
+    except Exception:  # noqa: BLE001 - a DAG must parse without its ledger; the text says so
+        return None
+    return math.floor(left * 10 + 1e-9) / 10
+
+
+def budget_words(spec: PipelineSpec, share: float | None) -> str:
+    lifetime = f"lifetime budget ε {spec.privacy.epsilon:g} at δ {spec.privacy.delta:g}"
+    if share is None:
+        return f"Dataset {spec.dataset.id}: {lifetime}; nothing charged yet (or the ledger was not readable when " \
+               "this DAG was parsed). The dashboard shows the exact figure."
+    return (f"Dataset {spec.dataset.id}: at least {share:.0%} of its {lifetime} is left (rounded down to a tenth "
+            "when this DAG was parsed; the dashboard shows the exact figure).")
+
+
+def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    d = RunParams.defaults(spec)
+    cap = spec.privacy.run_epsilon
+    return {
+        "epsilon_cap": Param(
+            d.epsilon_cap, type="number", allOf=[{"exclusiveMinimum": 0, "maximum": cap}],
+            title="Epsilon cap for this run",
+            description=f"The most epsilon this run may spend: above 0, at most {cap:g} (the spec's run_epsilon). "
+                        f"The policy may grant less (risk, what is left). {budget_words(spec, share)}"),
+        "epochs": Param(d.epochs, type="integer", allOf=[{"minimum": 1, "maximum": MAX_EPOCHS}], title="Epochs",
+                        description=f"Passes of DP-SGD over the training rows: 1 to {MAX_EPOCHS} (spec: {d.epochs}). "
+                                    "More epochs spend the same grant in smaller steps (more noise each)."),
+        "workers": Param(d.workers, type="integer", allOf=[{"minimum": 1, "maximum": MAX_WORKERS}],
+                         title="Ray Train workers",
+                         description=f"Data-parallel workers: 1 to {MAX_WORKERS} (spec: {d.workers}). Does not "
+                                     "change the privacy cost."),
+        "use_gpu": Param(d.use_gpu, type="boolean", title="Use GPUs",
+                         description="One GPU per Ray Train worker (NCCL); the Ray cluster needs GPU nodes."),
+        "seed": Param(d.seed, type="integer", allOf=[{"minimum": 0}], title="Seed",
+                      description="Seeds the model's initial weights and data order (0 or more). The DP noise "
+                                  "is drawn from the OS's CSPRNG whatever the seed, unless the spec asks for "
+                                  "reproducible randomness (which never deploys to production)."),
+        "environment": Param(d.environment, type="string", enum=list(get_args(Environment)), title="Deploy to",
+                             description="Where an allowed model goes: production moves the production alias "
+                                         "(and may need a person's approval); the others move their own alias."),
+        "tuner": Param(spec.training.tuner, type="string", enum=list(TUNER_NAMES), title="Tuner (ANOM)",
+                       description="How noise, clip norm and learning rate change between epochs, inside the "
+                                   "run's fixed privacy budget."),
+    }
+
+
+def doc_md(spec: PipelineSpec, share: float | None) -> str:
+    ds, p = spec.dataset, spec.privacy
+    return f"""### {spec.name}: differentially private retraining
+
+{spec.description or ''}
+
+**Dataset** `{ds.id}` ({ds.regulation.upper()}). {budget_words(spec, share)}
+Each run may spend at most ε {p.run_epsilon:g}; the ledger never lets runs together exceed the lifetime budget.
+
+**What a run does**: ingest (consent filter, identifiers dropped) → validate → assess (noisy counts and a
+privacy risk score, charged) → plan (the policy grants the run's budget) → train (DP-SGD on Ray, the tuner
+adapting inside the grant) → evaluate (noisy held-out accuracy and a canary audit) → gate → deploy.
+
+**Gates**: the compliance policy decides at plan (may it train, with how much ε) and at deploy: allow, deny
+(for instance accuracy below {spec.deploy.min_accuracy:g}, or the audit finding more leakage than claimed), or
+*needs approval*, when a person answers in Airflow's approval task. Every decision is in the audit log.
+
+**Schedule** `{spec.schedule}`: each run reads its data interval. Unpausing the DAG starts the schedule, and every
+run spends budget; catchup is off, so unpausing does not run the missed intervals.
+
+**Backfill** missed intervals deliberately (each interval is a run and spends its own budget):
+
+    ./dev airflow backfill create --dag-id {spec.dag_id} --from-date 2026-01-01 --to-date 2026-01-31 --max-active-runs 2
+
+**Where to look**: the *Privacy* tab of a DAG run, or Browse → Privacy & compliance.
+"""
