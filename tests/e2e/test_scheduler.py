@@ -338,7 +338,7 @@ def test_ctrl_c_stops_every_component(airflow):
     group = [p for p in psutil.process_iter(["pid"]) if _in_group(p, airflow.process.pid)]
     assert len(group) >= 4  # the API server, scheduler, DAG processor and triggerer at least
     os.killpg(airflow.process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-    assert airflow.process.wait(timeout=90) is not None
+    assert airflow.process.wait(timeout=180) is not None  # a generous wait: components drain in turn
     wait_for("every component to exit", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                                           for p in group), 60)
     assert not _healthy(airflow.url)
