@@ -25,7 +25,7 @@ import numpy as np
 
 from ppmlops.errors import TrainingError
 from ppmlops.run.logs import verbose
-from ppmlops.training.job import TrainOutcome, WorkerJob
+from ppmlops.training.job import CLIPPING_MODES, TrainOutcome, WorkerJob
 from ppmlops.training.loop import Arrays, read_checkpoint
 from ppmlops.training.models import MODEL_KINDS
 
@@ -138,6 +138,8 @@ def _check(job: WorkerJob, arrays: Arrays) -> None:
         fail(f"{len(arrays.X)} training rows cannot be shared among {job.workers} workers: each needs at least one")
     if not 0 <= job.momentum < 1:
         fail(f"momentum must be in [0, 1), got {job.momentum!r}")
+    if job.clipping not in CLIPPING_MODES:
+        fail(f"clipping must be one of {list(CLIPPING_MODES)}, got {job.clipping!r}")
     if job.cpus_per_worker <= 0:
         fail(f"cpus_per_worker must be > 0, got {job.cpus_per_worker!r}")
 
