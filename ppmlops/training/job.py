@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppmlops.run.records import PrivacyPlan
+from ppmlops.run.records import PrivacyPlan, TrainTimings
 
 # Per-row clipping (ppmlops.training.clipping): auto = closed-form norms for linear stacks, else
 # Opacus's ghost clipping; hooks = Opacus's per-row gradients. The privacy guarantee is the same.
@@ -50,3 +50,4 @@ class TrainOutcome:
     history: list[dict]
     usage_entries: list[int]
     path: str = ""
+    timings: TrainTimings | None = None

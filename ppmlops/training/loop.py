@@ -120,6 +120,17 @@ class Arrays:
     y_holdout: np.ndarray
 
 
+@dataclass
+class WorkerTimes:
+    """Where rank 0's time went (seconds), for the train stage's breakdown (benchmarks/e2e.py)."""
+
+    started_at: float = 0.0  # time.time() when the worker entered the loop
+    setup: float = 0.0  # restore the checkpoint, build and wrap the model, open the privacy session
+    epochs: float = 0.0  # decisions, DP-SGD steps and releases
+    checkpoints: float = 0.0  # write and report the per-epoch checkpoints
+    finished_at: float = 0.0
+
+
 def say(line: str) -> None:
     # Not print(): Ray Train patches print to log as well as echo, so the line would show twice.
     sys.stdout.write(line + "\n")
@@ -325,18 +336,22 @@ def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Re
     return model, settings.checked()
 
 
-def _save(checkpoints: Checkpoints, metrics: dict, model: PrivateModel, state: LoopState | None) -> None:
+def _save(checkpoints: Checkpoints, metrics: dict, model: PrivateModel, state: LoopState | None,
+          times: WorkerTimes) -> None:
+    t0 = time.perf_counter()
     if state is None:
         checkpoints.save(metrics, None)
-        return
-    with tempfile.TemporaryDirectory(prefix="ppmlops-ckpt-") as tmp:
-        write_checkpoint(tmp, model, state)
-        checkpoints.save(metrics, tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ppmlops-ckpt-") as tmp:
+            write_checkpoint(tmp, model, state)
+            checkpoints.save(metrics, tmp)
+    times.checkpoints += time.perf_counter() - t0
 
 
 def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoints, device: torch.device,
-               *, tuner: Tuner | None = None, node: str = "", echo: Callable[[str], None] = say) -> None:
-    """Train the run's remaining epochs on this rank (every rank calls this)."""
+               *, tuner: Tuner | None = None, node: str = "", echo: Callable[[str], None] = say) -> WorkerTimes:
+    """Train the run's remaining epochs on this rank (every rank calls this); returns its timings."""
+    times, t_setup = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
     X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
     y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
@@ -349,11 +364,11 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final
     if restored is not None and state.epoch and comm.rank == 0:
         echo(f"[run {plan.run_id}] resumed from the checkpoint of epoch {state.epoch}")
+    times.setup = time.perf_counter() - t_setup
     if restored is not None and first > plan.epochs:
         # Nothing left to train: report the restored checkpoint again, so the run's result is
         # the newest one (Ray's own record of "latest" may lag behind it, see RayCheckpoints).
-        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None)
-        return
+        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None, times)
     for epoch in range(first, plan.epochs + 1):
         t0 = time.perf_counter()
         decision = comm.broadcast(ctl.decide(epoch, settings) if ctl else None)
@@ -363,8 +378,9 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
             if ctl:
                 echo(f"[run {plan.run_id}] {decision['stop']}")
                 ctl.state.stopped_reason = decision["stop"]
-            _save(checkpoints, {"epoch": epoch - 1, "stopped": 1}, model, ctl.state if ctl else None)
-            return
+            times.epochs += time.perf_counter() - t0
+            _save(checkpoints, {"epoch": epoch - 1, "stopped": 1}, model, ctl.state if ctl else None, times)
+            break
         settings = EpochSettings(**decision["settings"])
         model.set_epoch(noise_multiplier=signals.gradient_noise(settings.noise_multiplier, decision["count_noise"]),
                         max_grad_norm=settings.max_grad_norm, learning_rate=settings.learning_rate,
@@ -377,6 +393,9 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
             raise TrainingError(f"epoch {epoch}: planned {plan.steps_per_epoch} DP-SGD steps per rank but ranks took "
                                 f"{[(r['rank'], r['steps']) for r in reports]}; the usage row stays reserved")
         metrics = ctl.after_epoch(epoch, decision, model.net, reports, time.perf_counter() - t0) if ctl else {}
-        _save(checkpoints, metrics or {"epoch": epoch}, model, ctl.state if ctl else None)
+        times.epochs += time.perf_counter() - t0
+        _save(checkpoints, metrics or {"epoch": epoch}, model, ctl.state if ctl else None, times)
         if ctl:
             ctl.checkpointed()
+    times.finished_at = time.time()
+    return times
