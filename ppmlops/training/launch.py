@@ -44,6 +44,10 @@ _started_here = False
 # the workers every 2 s by default, and each start, report pick-up and finish waits for a poll:
 # on one machine a poll is a local call, so poll often. Its Prometheus metrics have no reader here.
 LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_TRAIN_METRICS_ENABLED": "0"}
+# Ray prestarts one idle Python worker per CPU. Ray Train's controller and workers carry their own
+# runtime environment (its environment variables), so they never use those idle workers: on two
+# cores the prestarted ones only take CPU from the processes that do start.
+LOCAL_RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -69,7 +73,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             # No Ray dashboard: nothing reads it on the embedded runtime, and it is one more process
             # to start on a small machine (a cluster, joined above, keeps its own).
             ray.init(num_cpus=num_cpus, log_to_driver=verbose(), logging_level=logging.WARNING,
-                     include_dashboard=False)
+                     include_dashboard=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
         except Exception as e:
             raise TrainingError(f"cannot start a local Ray runtime: {type(e).__name__}: {e}") from e
         _started_here = True

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -36,11 +36,13 @@ from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.models import build_model, predict_proba
-from ppmlops.training.private_model import PrivateModel, make_private_model
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning.tuners import affordable_floor
 from ppmlops.tuning import signals
 from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner
+
+if TYPE_CHECKING:  # Opacus is imported where a model is wrapped: the driver reads checkpoints without it
+    from ppmlops.training.private_model import PrivateModel
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
 
@@ -317,6 +319,8 @@ def _randomness(job: WorkerJob) -> Randomness:
 def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Restored | None,
            device: torch.device) -> tuple[PrivateModel, EpochSettings]:
     """The model (restored or freshly initialised) wrapped for DP-SGD, and the settings to start from."""
+    from ppmlops.training.private_model import make_private_model
+
     torch.manual_seed(randomness.torch_seed("init"))  # no private row is involved in initialisation
     net = build_model(job.model_kind, X.shape[1], list(job.hidden))
     settings = EpochSettings(job.plan.noise_multiplier, job.max_grad_norm, job.learning_rate)
