@@ -67,9 +67,9 @@ def _one_run(env: dict[str, str], repo: Path, pipeline: str, conf: str) -> tuple
 
 def _table(rows: list[tuple[float, dict, dict]], names: list[str]) -> None:
     def line(label: str, values) -> None:
-        print(f"{label:<24}" + "".join(f"{v:>13.2f}s" if v == v else f"{'-':>14}" for v in values))
+        print(f"{label:<24}" + "".join(f"{v:>15.2f}s" if v == v else f"{'-':>16}" for v in values))
 
-    print(f"\n{'':<24}" + "".join(f"{name[-14:]:>14}" for name in names))
+    print(f"\n{'':<24}" + "".join(f"{name[-15:]:>16}" for name in names))
     nan = float("nan")
     for stage, stem in STAGES.items():
         line(stage, [s["stage_seconds"].get(stem, nan) for _, s, _ in rows])
