@@ -1,16 +1,25 @@
 """DP-SGD step time against non-private SGD, side by side in one run, per model.
 
-    .venv/bin/python benchmarks/dp_overhead.py [--steps 200] [--batch 256]
+    .venv/bin/python benchmarks/dp_overhead.py [--steps 100] [--batch 256] [--repeats 7]
 
 Rows, for each model (logistic 108-2, the Adult MLP 108-64-2, a wider MLP 108-256-256-2), one
 thread, one process (a gloo world of one), inputs shaped like encoded UCI Adult:
 
-  non-private          plain torch SGD
-  opacus noise         Opacus per-sample clipping (hooks), Opacus's own torch.normal noise
-  ppmlops (CSPRNG)     the same clipping, the noise ppmlops adds: ChaCha20 keyed from the OS, four
-                       draws per number (Opacus's floating-point mitigation), on rank 0
+  non-private              plain torch SGD
+  hooks, opacus noise      Opacus per-row gradients (hooks), Opacus's own torch.normal noise
+  hooks, CSPRNG            the same clipping, the noise ppmlops adds: ChaCha20 keyed from the OS,
+                           four draws per number (Opacus's floating-point mitigation), on rank 0
+  ghost, CSPRNG            Opacus's ghost clipping (two backward passes, no per-row gradients)
+                           with its distributed fast-clipping optimizer, the same noise
+  linear, opacus noise     ppmlops's closed-form norms for linear stacks (one backward pass) and
+                           the fast-clipping optimizer, with Opacus's torch.normal noise
+  linear, CSPRNG           the same with the CSPRNG noise: the default for these models
 
-Printed: milliseconds per step (median of 5 repeats) and the ratio to non-private.
+The gap between a path's "opacus noise" and "CSPRNG" rows is the price of noise nobody can
+replay; the gap between non-private and "linear, opacus noise" is the price of clipping.
+
+Printed: milliseconds per step (median of the repeats, the paths taking turns in each) and the ratio to non-private, all measured in
+this one run. The aim (issue 17) is at most 1.5x non-private on the Adult MLP for the default.
 """
 
 from __future__ import annotations
@@ -37,16 +46,20 @@ MODELS = {"logistic 108-2": ("logistic", []), "Adult MLP 108-64-2": ("mlp", [64]
 FEATURES = 108
 
 
-def _time(step, steps: int, repeats: int = 5) -> float:
-    for _ in range(10):
-        step()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
+def _time_side_by_side(steps_by_path: dict, steps: int, repeats: int) -> dict[str, float]:
+    """Median ms per step of each path; the paths take turns within every repeat, so a change in
+    the machine's load hits all of them alike and the ratios stay comparable."""
+    for step in steps_by_path.values():
+        for _ in range(10):
             step()
-        runs.append((time.perf_counter() - t0) / steps)
-    return statistics.median(runs) * 1e3
+    runs: dict[str, list[float]] = {label: [] for label in steps_by_path}
+    for _ in range(repeats):
+        for label, step in steps_by_path.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            runs[label].append((time.perf_counter() - t0) / steps)
+    return {label: statistics.median(r) * 1e3 for label, r in runs.items()}
 
 
 def _batch(batch: int):
@@ -65,25 +78,32 @@ def non_private(kind, hidden, batch):
     return step
 
 
-def private(kind, hidden, batch, *, csprng: bool):
+PATHS = {"hooks, opacus noise": ("hooks", False), "hooks, CSPRNG": ("hooks", True),
+         "ghost, CSPRNG": ("ghost", True), "linear, opacus noise": ("linear", False),
+         "linear, CSPRNG (default)": ("linear", True)}
+
+
+def private(kind, hidden, batch, *, clipping: str, csprng: bool):
     net = build_model(kind, FEATURES, hidden)
     model = make_private_model(net, noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1, momentum=0.0,
-                               divisor=float(batch), device=torch.device("cpu"))
+                               divisor=float(batch), device=torch.device("cpu"), clipping=clipping)
     if csprng:
         model.set_epoch(noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1,
                         noise_source=Randomness.secure().source("noise"))
-    else:  # Opacus's own noise path, for the comparison only
-        from opacus.optimizers import DistributedDPOptimizer
+    else:  # Opacus's own noise (torch.normal, not a CSPRNG), for the comparison only
+        from opacus.optimizers import DistributedDPOptimizer, DistributedDPOptimizerFastGradientClipping
 
-        model.optimizer.add_noise = lambda: DistributedDPOptimizer.add_noise(model.optimizer)
+        opacus = DistributedDPOptimizer if clipping == "hooks" else DistributedDPOptimizerFastGradientClipping
+        model.optimizer.add_noise = lambda: opacus.add_noise(model.optimizer)
     X, y = _batch(batch)
     return lambda: model.step(X, y)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with socket.socket() as s:
@@ -91,14 +111,16 @@ def main() -> int:
         port = s.getsockname()[1]
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=0, world_size=1)
-    print(f"DP-SGD step time, batch {args.batch}, {args.steps} steps x 5 repeats (median), 1 thread")
-    print(f"{'model':<24}{'path':<22}{'ms/step':>9}{'x non-private':>15}")
+    print(f"DP-SGD step time, batch {args.batch}, {args.steps} steps x {args.repeats} repeats (median, paths "
+          f"interleaved), 1 thread")
+    print(f"{'model':<24}{'path':<28}{'ms/step':>9}{'x non-private':>15}")
     for name, (kind, hidden) in MODELS.items():
-        base = _time(non_private(kind, hidden, args.batch), args.steps)
-        print(f"{name:<24}{'non-private':<22}{base:9.3f}{1.0:15.2f}")
-        for label, csprng in (("opacus noise", False), ("ppmlops (CSPRNG)", True)):
-            ms = _time(private(kind, hidden, args.batch, csprng=csprng), args.steps)
-            print(f"{'':<24}{label:<22}{ms:9.3f}{ms / base:15.2f}")
+        paths = {"non-private": non_private(kind, hidden, args.batch)}
+        paths.update({label: private(kind, hidden, args.batch, clipping=clipping, csprng=csprng)
+                      for label, (clipping, csprng) in PATHS.items()})
+        ms = _time_side_by_side(paths, args.steps, args.repeats)
+        for i, (label, value) in enumerate(ms.items()):
+            print(f"{name if i == 0 else '':<24}{label:<28}{value:9.3f}{value / ms['non-private']:15.2f}")
     dist.destroy_process_group()
     return 0
 

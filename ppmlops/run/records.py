@@ -242,6 +242,20 @@ class EpochRecord(Part):
     tuner: TunerNote | None = None
 
 
+class TrainTimings(Part):
+    """Where the train stage's wall time went, in seconds (benchmarks/e2e.py prints them)."""
+
+    ray_start: float = 0.0  # ray.init of the local runtime (0 when one was already up)
+    worker_start: float = 0.0  # trainer.fit() until rank 0 runs: controller, placement group, worker processes
+    worker_boot: float = 0.0  # of worker_start: rank 0's process start until its train function runs
+    worker_imports: float = 0.0  # the train function's imports and arguments on rank 0
+    setup: float = 0.0  # restore a checkpoint, build and wrap the model, open the privacy session
+    epochs: float = 0.0  # DP-SGD steps, tuner decisions and releases
+    checkpoints: float = 0.0  # writing and reporting the per-epoch checkpoints
+    worker_stop: float = 0.0  # rank 0 done until fit() returns (the controller notices, tears down)
+    fit: float = 0.0  # trainer.fit() as a whole
+
+
 class TrainRecord(Record):
     FILE: ClassVar[str] = "train.json"
     model_path: str
@@ -254,6 +268,7 @@ class TrainRecord(Record):
     randomness: str
     epsilon_used: dict[str, float]
     ray_job: dict[str, str] | None = None
+    timings: TrainTimings | None = None
 
 
 class Canaries(Record):

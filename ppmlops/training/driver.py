@@ -110,4 +110,4 @@ def train_here(ctx: RunContext) -> TrainRecord:
         model_path=str(ctx.store.model_path), n_features=len(names), epochs_completed=outcome.epochs_completed,
         stopped_reason=outcome.stopped_reason, history=[EpochRecord(**h) for h in outcome.history],
         usage_entries=outcome.usage_entries, tuner=ctx.tuner, randomness=plan.randomness,
-        epsilon_used={p: session.used_epsilon(p) for p in sorted(session.filters)})
+        epsilon_used={p: session.used_epsilon(p) for p in sorted(session.filters)}, timings=outcome.timings)

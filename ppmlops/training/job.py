@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppmlops.run.records import PrivacyPlan
+from ppmlops.run.records import PrivacyPlan, TrainTimings
+
+# Per-row clipping (ppmlops.training.clipping): auto = closed-form norms for linear stacks, else
+# Opacus's ghost clipping; hooks = Opacus's per-row gradients. The privacy guarantee is the same.
+CLIPPING_MODES = ("auto", "linear", "ghost", "hooks")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class WorkerJob:
     max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
     init_path: str = ""  # rank 0 saves the initial weights here (the canary audit's reference point)
     progress_path: str = ""  # rank 0 appends its per-epoch lines here (ppmlops.training.progress)
+    clipping: str = "auto"  # one of CLIPPING_MODES
 
     @property
     def run_id(self) -> str:
@@ -45,3 +50,4 @@ class TrainOutcome:
     history: list[dict]
     usage_entries: list[int]
     path: str = ""
+    timings: TrainTimings | None = None

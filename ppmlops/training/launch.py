@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,7 +26,8 @@ import numpy as np
 
 from ppmlops.errors import TrainingError
 from ppmlops.run.logs import verbose
-from ppmlops.training.job import TrainOutcome, WorkerJob
+from ppmlops.run.records import TrainTimings
+from ppmlops.training.job import CLIPPING_MODES, TrainOutcome, WorkerJob
 from ppmlops.training.loop import Arrays, read_checkpoint
 from ppmlops.training.models import MODEL_KINDS
 
@@ -38,6 +40,14 @@ __all__ = ["train_on_ray", "shutdown_local_ray", "ensure_ray"]
 
 _lock = threading.Lock()
 _started_here = False
+# Ray Train settings for the local runtime only (a variable already set wins). Its controller polls
+# the workers every 2 s by default, and each start, report pick-up and finish waits for a poll:
+# on one machine a poll is a local call, so poll often. Its Prometheus metrics have no reader here.
+LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_TRAIN_METRICS_ENABLED": "0"}
+# Ray prestarts one idle Python worker per CPU. Ray Train's controller and workers carry their own
+# runtime environment (its environment variables), so they never use those idle workers: on two
+# cores the prestarted ones only take CPU from the processes that do start.
+LOCAL_RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -56,9 +66,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             except Exception as e:
                 raise TrainingError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from e
             return
+        for name, value in LOCAL_RAY_TRAIN_ENV.items():
+            os.environ.setdefault(name, value)  # Ray Train reads them when fit() starts its controller
         try:
             # Worker output stays in Ray's logs; the per-epoch lines come through the run's progress file.
-            ray.init(num_cpus=num_cpus, log_to_driver=verbose(), logging_level=logging.WARNING)
+            # No Ray dashboard: nothing reads it on the embedded runtime, and it is one more process
+            # to start on a small machine (a cluster, joined above, keeps its own).
+            ray.init(num_cpus=num_cpus, log_to_driver=verbose(), logging_level=logging.WARNING,
+                     include_dashboard=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
         except Exception as e:
             raise TrainingError(f"cannot start a local Ray runtime: {type(e).__name__}: {e}") from e
         _started_here = True
@@ -138,6 +153,8 @@ def _check(job: WorkerJob, arrays: Arrays) -> None:
         fail(f"{len(arrays.X)} training rows cannot be shared among {job.workers} workers: each needs at least one")
     if not 0 <= job.momentum < 1:
         fail(f"momentum must be in [0, 1), got {job.momentum!r}")
+    if job.clipping not in CLIPPING_MODES:
+        fail(f"clipping must be one of {list(CLIPPING_MODES)}, got {job.clipping!r}")
     if job.cpus_per_worker <= 0:
         fail(f"cpus_per_worker must be > 0, got {job.cpus_per_worker!r}")
 
@@ -183,7 +200,9 @@ def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dic
     from ppmlops.training.ray_worker import train_loop_per_worker
 
     _check(job, arrays)
+    t0 = time.perf_counter()
     ensure_ray(job.ray_address, num_cpus=max(_usable_cpus(), math.ceil(job.workers * job.cpus_per_worker)))
+    ray_start = time.perf_counter() - t0
     config: dict[str, Any] = {"job": job, "tuner": tuner}
     for name in ("X", "y", "X_holdout", "y_holdout"):
         dtype = np.float32 if name.startswith("X") else np.int64
@@ -201,14 +220,30 @@ def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dic
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+    fit_at, t0 = time.time(), time.perf_counter()
     try:
         result = trainer.fit()
     except Exception as e:
         raise TrainingError(f"training run {job.run_id!r} failed on Ray: {_worker_error_text(e)}") from e
+    fit, done_at = time.perf_counter() - t0, time.time()
     if result.checkpoint is None:
         raise TrainingError(f"training run {job.run_id!r} finished without a checkpoint under {result.path}")
     with result.checkpoint.as_directory() as d:
         restored = read_checkpoint(d)
     state = restored.state
+    timings = _timings(result.return_value, ray_start=ray_start, fit=fit, fit_at=fit_at, done_at=done_at)
     return restored.weights, TrainOutcome(state.epoch, state.stopped_reason, state.history, state.usage_entries,
-                                          str(result.path))
+                                          str(result.path), timings)
+
+
+def _timings(worker: dict | None, *, ray_start: float, fit: float, fit_at: float, done_at: float) -> TrainTimings:
+    """The driver's clock and rank 0's (time.time() on both: one machine, or NTP-synchronised nodes)."""
+    if not worker:  # e.g. rank 0 of an attempt that was retried returned nothing
+        return TrainTimings(ray_start=ray_start, fit=fit)
+    boot = worker["entered_at"] - worker["process_at"] if worker.get("process_at") else 0.0
+    return TrainTimings(
+        ray_start=ray_start, fit=fit, worker_start=max(0.0, worker["entered_at"] - fit_at),
+        worker_boot=max(0.0, min(boot, worker["entered_at"] - fit_at)),
+        worker_imports=max(0.0, worker["started_at"] - worker["entered_at"]), setup=worker["setup"],
+        epochs=worker["epochs"], checkpoints=worker["checkpoints"],
+        worker_stop=max(0.0, done_at - worker["finished_at"]))

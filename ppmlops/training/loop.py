@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -36,11 +36,13 @@ from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.models import build_model, predict_proba
-from ppmlops.training.private_model import PrivateModel, make_private_model
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning.tuners import affordable_floor
 from ppmlops.tuning import signals
 from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner
+
+if TYPE_CHECKING:  # Opacus is imported where a model is wrapped: the driver reads checkpoints without it
+    from ppmlops.training.private_model import PrivateModel
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
 
@@ -118,6 +120,17 @@ class Arrays:
     y: np.ndarray
     X_holdout: np.ndarray  # the held-out partition: only rank 0 reads it, for noisy releases
     y_holdout: np.ndarray
+
+
+@dataclass
+class WorkerTimes:
+    """Where rank 0's time went (seconds), for the train stage's breakdown (benchmarks/e2e.py)."""
+
+    started_at: float = 0.0  # time.time() when the worker entered the loop
+    setup: float = 0.0  # restore the checkpoint, build and wrap the model, open the privacy session
+    epochs: float = 0.0  # decisions, DP-SGD steps and releases
+    checkpoints: float = 0.0  # write and report the per-epoch checkpoints
+    finished_at: float = 0.0
 
 
 def say(line: str) -> None:
@@ -306,6 +319,8 @@ def _randomness(job: WorkerJob) -> Randomness:
 def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Restored | None,
            device: torch.device) -> tuple[PrivateModel, EpochSettings]:
     """The model (restored or freshly initialised) wrapped for DP-SGD, and the settings to start from."""
+    from ppmlops.training.private_model import make_private_model
+
     torch.manual_seed(randomness.torch_seed("init"))  # no private row is involved in initialisation
     net = build_model(job.model_kind, X.shape[1], list(job.hidden))
     settings = EpochSettings(job.plan.noise_multiplier, job.max_grad_norm, job.learning_rate)
@@ -316,7 +331,7 @@ def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Re
             settings = EpochSettings(last["noise_multiplier"], last["max_grad_norm"], last["learning_rate"])
     model = make_private_model(net, noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
                                learning_rate=settings.learning_rate, momentum=job.momentum,
-                               divisor=job.plan.divisor, device=device)
+                               divisor=job.plan.divisor, device=device, clipping=job.clipping)
     if restored is not None:
         model.optimizer.original_optimizer.load_state_dict(restored.optimizer)
     elif job.init_path and dist.get_rank() == 0:
@@ -325,18 +340,22 @@ def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Re
     return model, settings.checked()
 
 
-def _save(checkpoints: Checkpoints, metrics: dict, model: PrivateModel, state: LoopState | None) -> None:
+def _save(checkpoints: Checkpoints, metrics: dict, model: PrivateModel, state: LoopState | None,
+          times: WorkerTimes) -> None:
+    t0 = time.perf_counter()
     if state is None:
         checkpoints.save(metrics, None)
-        return
-    with tempfile.TemporaryDirectory(prefix="ppmlops-ckpt-") as tmp:
-        write_checkpoint(tmp, model, state)
-        checkpoints.save(metrics, tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ppmlops-ckpt-") as tmp:
+            write_checkpoint(tmp, model, state)
+            checkpoints.save(metrics, tmp)
+    times.checkpoints += time.perf_counter() - t0
 
 
 def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoints, device: torch.device,
-               *, tuner: Tuner | None = None, node: str = "", echo: Callable[[str], None] = say) -> None:
-    """Train the run's remaining epochs on this rank (every rank calls this)."""
+               *, tuner: Tuner | None = None, node: str = "", echo: Callable[[str], None] = say) -> WorkerTimes:
+    """Train the run's remaining epochs on this rank (every rank calls this); returns its timings."""
+    times, t_setup = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
     X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
     y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
@@ -349,11 +368,11 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final
     if restored is not None and state.epoch and comm.rank == 0:
         echo(f"[run {plan.run_id}] resumed from the checkpoint of epoch {state.epoch}")
+    times.setup = time.perf_counter() - t_setup
     if restored is not None and first > plan.epochs:
         # Nothing left to train: report the restored checkpoint again, so the run's result is
         # the newest one (Ray's own record of "latest" may lag behind it, see RayCheckpoints).
-        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None)
-        return
+        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None, times)
     for epoch in range(first, plan.epochs + 1):
         t0 = time.perf_counter()
         decision = comm.broadcast(ctl.decide(epoch, settings) if ctl else None)
@@ -363,8 +382,9 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
             if ctl:
                 echo(f"[run {plan.run_id}] {decision['stop']}")
                 ctl.state.stopped_reason = decision["stop"]
-            _save(checkpoints, {"epoch": epoch - 1, "stopped": 1}, model, ctl.state if ctl else None)
-            return
+            times.epochs += time.perf_counter() - t0
+            _save(checkpoints, {"epoch": epoch - 1, "stopped": 1}, model, ctl.state if ctl else None, times)
+            break
         settings = EpochSettings(**decision["settings"])
         model.set_epoch(noise_multiplier=signals.gradient_noise(settings.noise_multiplier, decision["count_noise"]),
                         max_grad_norm=settings.max_grad_norm, learning_rate=settings.learning_rate,
@@ -377,6 +397,9 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
             raise TrainingError(f"epoch {epoch}: planned {plan.steps_per_epoch} DP-SGD steps per rank but ranks took "
                                 f"{[(r['rank'], r['steps']) for r in reports]}; the usage row stays reserved")
         metrics = ctl.after_epoch(epoch, decision, model.net, reports, time.perf_counter() - t0) if ctl else {}
-        _save(checkpoints, metrics or {"epoch": epoch}, model, ctl.state if ctl else None)
+        times.epochs += time.perf_counter() - t0
+        _save(checkpoints, metrics or {"epoch": epoch}, model, ctl.state if ctl else None, times)
         if ctl:
             ctl.checkpointed()
+    times.finished_at = time.time()
+    return times

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
+import time
+from dataclasses import asdict
 
 from ppmlops.training.loop import Arrays, Comm, Restored, read_checkpoint, run_worker, say
 from ppmlops.training.progress import append
@@ -62,8 +64,10 @@ def _resolve(value):
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; `config` is built by ppmlops.training.launch.train_on_ray."""
+def train_loop_per_worker(config: dict) -> dict | None:
+    """Ray Train entry point; `config` is built by ppmlops.training.launch.train_on_ray.
+    Rank 0 returns its WorkerTimes as a dict (Ray Train hands rank 0's return value to the driver)."""
+    entered_at = time.time()
     import ray
     import ray.train
     import ray.train.torch
@@ -85,5 +89,16 @@ def train_loop_per_worker(config: dict) -> None:
             append(job.progress_path, line)  # the driver follows this file
 
     checkpoints = RayCheckpoints(os.path.join(job.storage_path, job.run_id) if job.storage_path else "")
-    run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
-               node=ray.get_runtime_context().get_node_id(), echo=echo)
+    times = run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
+                       node=ray.get_runtime_context().get_node_id(), echo=echo)
+    return {**asdict(times), "entered_at": entered_at, "process_at": _process_start()} if rank == 0 else None
+
+
+def _process_start() -> float | None:
+    """When this worker process started (time.time() scale): Ray may hand the actor a fresh one."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - only a figure for the benchmark
+        return None

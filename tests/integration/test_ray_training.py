@@ -80,6 +80,9 @@ def test_two_workers_train_and_charge_every_epoch_ahead(ray_runtime, arrays, tmp
         assert {r["steps"] for r in h["ranks"]} == {job.plan.steps_per_epoch}
         assert h["usage_entry"] == e.id and h["holdout_accuracy_noisy"] is None  # fixed: nothing released
     assert 0 < outcome.history[0]["epsilon_used"] < outcome.history[1]["epsilon_used"] <= job.plan.epsilon
+    t = outcome.timings  # rank 0's clock and the driver's: the parts lie inside fit()
+    assert t.worker_start > 0 and t.epochs > 0 and t.checkpoints > 0
+    assert t.worker_start + t.worker_imports + t.setup + t.epochs + t.checkpoints + t.worker_stop <= t.fit + 0.5
 
 
 class KeepPlan:

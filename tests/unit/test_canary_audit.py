@@ -18,7 +18,7 @@ from ppmlops.privacy.randomness import Randomness
 from ppmlops.training.canary_scores import white_box_scores, without_canary_columns
 from ppmlops.training.loop import Arrays, Comm, DirectoryCheckpoints, read_checkpoint, run_worker
 from ppmlops.training.models import build_model
-from ppmlops.training.private_model import CsprngDistributedDPOptimizer
+from ppmlops.training.private_model import CsprngNoise
 
 DELTA = 1e-5
 
@@ -65,7 +65,7 @@ def _audited_run(tmp_path, monkeypatch, *, noise: bool):
         def add_no_noise(self):
             for p in self.params:
                 p.grad = p.summed_grad.view_as(p)
-        monkeypatch.setattr(CsprngDistributedDPOptimizer, "add_noise", add_no_noise)
+        monkeypatch.setattr(CsprngNoise, "add_noise", add_no_noise)
     base = synthetic(n=2000, d=20)
     canaries = make_canaries(256, 20, Randomness.secure().source("canaries"))
     members, labels = canaries.members

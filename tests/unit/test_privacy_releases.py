@@ -45,9 +45,11 @@ def test_a_source_key_cannot_travel():
         pickle.dumps(Randomness.secure().source("noise"))
 
 
-def test_gaussian_noise_keeps_its_variance_under_the_floating_point_mitigation():
-    x = Randomness.reproducible("g").source("g").gaussian((200_000,), 2.5)
-    assert x.std() == pytest.approx(2.5, rel=0.01)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gaussian_noise_keeps_its_variance_under_the_floating_point_mitigation(dtype):
+    x = Randomness.reproducible("g").source("g").gaussian((200_000,), 2.5, dtype=dtype)
+    assert x.dtype == dtype
+    assert x.std() == pytest.approx(2.5, rel=0.01) and abs(x.mean()) < 0.02
 
 
 # -- releases ---------------------------------------------------------------------------------------

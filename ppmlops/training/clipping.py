@@ -1,0 +1,156 @@
+"""Per-row gradient clipping for DP-SGD, three ways to the same result.
+
+Every clipper runs one batch forward and backward and returns each row's gradient norm before
+clipping (what the (clipped, unclipped) counts of the rule tuner are taken from). What it leaves
+for the optimizer differs:
+
+* ``linear`` (default where it applies): a ``nn.Sequential`` of ``nn.Linear`` layers and
+  row-wise activations on (batch, features) inputs. A Linear layer's per-row weight gradient is
+  the outer product g_i a_i^T of the gradient at its output and its input, so its norm is
+  ||g_i|| ||a_i|| (and ||g_i|| for the bias): one backward to the layer outputs gives every
+  norm, and the clipped sum is sum_i c_i g_i a_i^T, one matrix product per layer. No per-row
+  gradient is ever materialised and there is no second backward pass.
+* ``ghost``: Opacus's ghost clipping (GradSampleModuleFastGradientClipping with
+  DPLossFastGradientClipping): norms from its norm samplers in a first backward, the clipped sum
+  from a second backward of the reweighted loss; layers without a norm sampler fall back to
+  Opacus's per-row gradient hooks inside the same module.
+* ``hooks``: Opacus's GradSampleModule, per-row gradients materialised, clipped by the optimizer.
+
+``linear`` and ``ghost`` leave the clipped sum in ``p.grad`` (the fast-clipping optimizer adds
+noise to it); ``hooks`` leaves per-row gradients (the classic optimizer clips and sums). All three
+clip with Opacus's factor min(1, C / (norm + 1e-6)), so the released sums are the same function of
+the batch; tests/unit/test_clipping.py checks that on one batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppmlops.errors import TrainingError
+from ppmlops.training.job import CLIPPING_MODES
+# Parameter-free layers that act on each row alone: a layer mixing rows (a batch statistic) would
+# make a row's gradient depend on other rows, and the closed form would no longer be its gradient.
+ROW_WISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Identity, nn.Dropout)
+EPS = 1e-6  # Opacus's: clip factor C / (norm + EPS)
+
+
+class Clipper(Protocol):
+    module: nn.Module  # what the batch runs through
+    fast: bool  # True: p.grad holds the clipped sum after backward; False: per-row gradients
+
+    def backward(self, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+        """Forward and backward on the batch; returns the per-row gradient norms before clipping."""
+
+
+def linear_supported(net: nn.Module) -> bool:
+    return (isinstance(net, nn.Sequential) and any(isinstance(m, nn.Linear) for m in net)
+            and all(isinstance(m, nn.Linear) or (type(m) in ROW_WISE) for m in net))
+
+
+def resolve_mode(mode: str, net: nn.Module) -> str:
+    if mode not in CLIPPING_MODES:
+        raise TrainingError(f"clipping must be one of {list(CLIPPING_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "linear" if linear_supported(net) else "ghost"
+    if mode == "linear" and not linear_supported(net):
+        raise TrainingError("linear clipping needs an nn.Sequential of Linear layers and row-wise activations "
+                            f"({', '.join(t.__name__ for t in ROW_WISE)}); use 'ghost' or 'hooks' for this model")
+    return mode
+
+
+def _zero_grads(params) -> torch.Tensor:
+    """An empty Poisson batch: the clipped sum is zero (the step still adds its noise)."""
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    return torch.empty(0)
+
+
+class LinearClipper:
+    fast = True
+
+    def __init__(self, ddp: nn.Module, net: nn.Sequential):
+        self.module, self.layers = ddp, list(net)
+        self.params = [p for p in net.parameters() if p.requires_grad]
+
+    def backward(self, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+        if not len(yb):
+            return _zero_grads(self.params)
+        if xb.dim() != 2:
+            raise TrainingError(f"linear clipping needs (batch, features) inputs, got shape {tuple(xb.shape)}")
+        inputs, outputs, h = [], [], xb
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                inputs.append(h.detach())
+                h = layer(h)
+                outputs.append(h)
+            else:
+                h = layer(h)
+        # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
+        grads = torch.autograd.grad(F.cross_entropy(h, yb, reduction="sum"), outputs)
+        sq = torch.zeros(len(yb), dtype=h.dtype, device=h.device)
+        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
+        for layer, a, g in zip(linears, inputs, grads):
+            g2 = g.pow(2).sum(1)
+            sq += g2 * a.pow(2).sum(1) + (g2 if layer.bias is not None else 0.0)
+        norms = sq.sqrt()
+        factor = (max_grad_norm / (norms + EPS)).clamp(max=1.0)
+        for layer, a, g in zip(linears, inputs, grads):
+            gc = g * factor[:, None]
+            layer.weight.grad = gc.t() @ a
+            if layer.bias is not None:
+                layer.bias.grad = gc.sum(0)
+        return norms.detach()
+
+
+class GhostClipper:
+    fast = True
+
+    def __init__(self, ddp: nn.Module, optimizer, max_grad_norm: float):
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        self.module = GradSampleModuleFastGradientClipping(ddp, batch_first=True, loss_reduction="mean",
+                                                           max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        self.loss = DPLossFastGradientClipping(self.module, optimizer, nn.CrossEntropyLoss(reduction="mean"),
+                                               loss_reduction="mean")
+        self.params = list(optimizer.params)
+
+    def backward(self, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+        self.module.max_grad_norm = float(max_grad_norm)
+        if not len(yb):
+            return _zero_grads(self.params)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            self.loss(self.module(xb), yb).backward()
+        return self.module.per_sample_gradient_norms.detach()
+
+
+class HooksClipper:
+    fast = False
+
+    def __init__(self, ddp: nn.Module):
+        from opacus import GradSampleModule
+
+        self.module = GradSampleModule(ddp, batch_first=True, loss_reduction="mean")
+        # A second forward/backward before a step would change the effective sampling rate.
+        self.module.forbid_grad_accumulation()
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+
+    def backward(self, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+        out = self.module(xb)
+        # The mean loss, but 0 rather than NaN on an empty batch; Opacus rescales by the batch size.
+        loss = F.cross_entropy(out, yb, reduction="sum") / max(len(yb), 1)
+        with warnings.catch_warnings():
+            # Inputs never require grad, so torch notes that Opacus's backward hooks fire on outputs
+            # only; that is exactly what per-sample gradients need.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
+        if not len(yb):
+            return torch.empty(0)
+        norms = [p.grad_sample.reshape(len(p.grad_sample), -1).norm(2, dim=-1) for p in self.params]
+        return torch.stack(norms, dim=1).norm(2, dim=1)
