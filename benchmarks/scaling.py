@@ -13,7 +13,8 @@ Prints:
 - job submission: a no-op job's round trip, and one whose driver imports ppmlops and joins the
   cluster (what the Ray Jobs path adds before training starts).
 
-All runs go through ppmlops.training.launch.train_on_ray with the privacy filter and ledger.
+All runs go through ppmlops.training.launch.train_on_ray with the privacy filter and ledger, epsilon 1
+(secure randomness), planned as the plan stage plans (benchmarks/adult.py).
 """
 
 from __future__ import annotations
@@ -26,33 +27,21 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from anom_utility import DELTA, load  # noqa: E402  benchmarks/ is this script's folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adult import adult_job, load  # noqa: E402  benchmarks/ is this script's folder
 
 BATCH = 256
 
 
-def train_once(X, y, Xt, yt, *, workers: int, epochs: int, kind: str, hidden: list[int], tmp: Path, tag: str):
-    from ppmlops.privacy.accountant import Segment
-    from ppmlops.privacy.filter import plan_budget
-    from ppmlops.privacy.ledger import Ledger
-    from ppmlops.training.launch import TrainJob, sample_rate_for, train_on_ray
+def train_once(arrays, *, workers: int, epochs: int, hidden: tuple[int, ...], tmp: Path, tag: str):
+    from ppmlops.training.launch import train_on_ray
 
-    url = f"sqlite:///{tmp / f'{tag}.db'}"
-    Ledger(url).register_dataset("adult", epsilon_budget=1e6, delta=DELTA)
-    q, steps = sample_rate_for(len(X), BATCH, workers)
-    job = TrainJob(
-        run_id=tag, dataset_id="adult", ledger_url=url, delta=DELTA, X_train=X, y_train=y, X_test=Xt, y_test=yt,
-        model_kind=kind, hidden=hidden, epochs=epochs, batch_size=BATCH, learning_rate=0.5, momentum=0.0,
-        max_grad_norm=1.0, noise_multiplier=1.0, budget_rdp=list(plan_budget([Segment(1.0, q, steps)] * epochs)),
-        secure_rng=False, seed=0, workers=workers, storage_path=str(tmp / "ray"),
-    )
+    job = adult_job(tmp, arrays, run_id=tag, epsilon=1.0, epochs=epochs, workers=workers, hidden=hidden)
     t0 = time.perf_counter()
-    result = train_on_ray(job)
+    _, outcome = train_on_ray(job, arrays)
     wall = time.perf_counter() - t0
-    epoch_s = sum(h["seconds"] for h in result.history)
-    return len(X) * result.epochs_completed / epoch_s, wall - epoch_s
+    epoch_s = sum(h["seconds"] for h in outcome.history)
+    return len(arrays.y) * outcome.epochs_completed / epoch_s, wall - epoch_s
 
 
 def job_round_trip(client, entrypoint: str) -> float:
@@ -71,7 +60,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    epochs, kind, hidden = (1, "logistic", []) if args.quick else (3, "mlp", [64])
+    epochs, kind, hidden = (1, "logistic", ()) if args.quick else (3, "mlp", (64,))
     repeat = 1 if args.quick else args.repeat
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)
@@ -81,9 +70,9 @@ def main() -> None:
     from ppmlops.training.launch import ensure_ray, shutdown_local_ray
     from ppmlops.training.local_cluster import start_local_cluster
 
-    X, y, Xt, yt = load(None, 0)
+    arrays, _, _ = load(None, 0)
     cores = len(os.sched_getaffinity(0))
-    print(f"UCI Adult: {len(X):,} training rows x {X.shape[1]} features; {kind} {hidden or ''}, {epochs} epoch(s), "
+    print(f"UCI Adult: {len(arrays.y):,} training rows x {arrays.X.shape[1]} features; {kind} {hidden or ''}, {epochs} epoch(s), "
           f"batch {BATCH}; this machine: {cores} cores, {'a GPU' if _has_gpu() else 'no GPU'}")
 
     t0 = time.perf_counter()
@@ -92,8 +81,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         rates: dict[int, float] = {}
         for workers in (1, 2):
-            runs = [train_once(X, y, Xt, yt, workers=workers, epochs=epochs, kind=kind, hidden=hidden,
-                               tmp=Path(d), tag=f"w{workers}-{i}") for i in range(repeat)]
+            runs = [train_once(arrays, workers=workers, epochs=epochs, hidden=hidden, tmp=Path(d),
+                               tag=f"w{workers}-{i}") for i in range(repeat)]
             rates[workers] = statistics.median(r for r, _ in runs)
             print(f"{workers} worker(s): {rates[workers]:,.0f} samples/s (median of {repeat}); "
                   f"Ray Train overhead per run {statistics.median(o for _, o in runs):.1f} s")
