@@ -165,3 +165,18 @@ def test_the_registered_model_loads_as_pyfunc_and_scores_raw_rows(reg, tmp_path)
     assert out["positive"].tolist() == (expected >= 0.5).tolist()
     with pytest.raises(Exception, match="not a declared category"):
         model.predict(pd.DataFrame({"age": [30], "plan": ["gold"]}))
+
+
+def test_parsing_the_dag_file_does_not_import_mlflow():
+    """The DAG processor parses the file often: mlflow (about 2 s) is imported by the tasks that
+    use the registry, never at parse time (nor torch)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dag_file = Path(__file__).resolve().parents[2] / "dags" / "ppmlops_retrain.py"
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='dag_parse'); "
+            "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(dag_file)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
