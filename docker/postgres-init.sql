@@ -1,3 +1,5 @@
 -- Airflow's metadata lives in database "airflow" (POSTGRES_DB); the privacy ledger and the
--- audit log get their own database so that Airflow migrations never touch them.
+-- audit log, and MLflow, get databases of their own so that no one's migrations touch another's.
 CREATE DATABASE ppmlops;
+-- MLflow's tracking and registry store (the mlflow service migrates it on start).
+CREATE DATABASE mlflow;

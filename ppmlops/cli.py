@@ -188,10 +188,30 @@ def _registry_show(args: argparse.Namespace) -> int:
     from ppmlops.registry.store import Registry
 
     reg = Registry(settings_mod.load().registry_dir)
-    doc = {"model": args.model, "versions": reg.versions(args.model), "production": reg.alias(args.model, "production")}
+    doc = {"model": args.model, "registry": reg.location, "versions": reg.versions(args.model),
+           "production": reg.alias(args.model, "production")}
     if args.version:
         doc["card"] = reg.card(args.model, args.version)
+        doc["model_uri"] = reg.model_uri(args.model, args.version)
     _print(doc, args.json, json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+def _registry_migrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ppmlops.registry.migrate import migrate
+    from ppmlops.registry.store import Registry
+
+    reg = Registry(settings_mod.load().registry_dir)
+    done = migrate(Path(args.source), reg)
+    text = "\n".join(
+        f"{m.model_name}: {len(m.versions)} version(s) copied "
+        + (f"({', '.join(f'v{o} -> v{n}' for o, n in m.versions.items())})" if m.versions else "")
+        + (f", {len(m.already)} already there" if m.already else "")
+        + f"; {m.moves_copied} alias move(s) copied; aliases {m.aliases or 'none'}" for m in done)
+    _print({"registry": reg.location, "models": [asdict(m) for m in done]}, args.json,
+           (text or f"no models in {args.source}") + f"\n(into {reg.location})")
     return 0
 
 
@@ -262,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_registry_show)
+    p = registry.add_parser("migrate", help="copy a file registry (ppmlops before MLflow) into the MLflow registry")
+    p.add_argument("--from", dest="source", required=True, metavar="PATH",
+                   help="the old registry folder (it was $PPMLOPS_HOME/registry)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_registry_migrate)
     return parser
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ppmlops.run.records import (
     ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, PlanRecord, Record, Refusal,
-    RiskAssessment, TrainRecord,
+    RiskAssessment, TrackedRun, TrainRecord,
 )
 from ppmlops.stages import assess, deploy, evaluate, gate, ingest, plan, train, validate
 from ppmlops.run.context import RunContext, RunParams
@@ -72,6 +72,9 @@ def summary(ctx: RunContext) -> dict[str, Any]:
     refused = s.read_optional(Refusal)
     if refused:
         out.update(decision=f"refused at {refused.stage}", decision_reasons=refused.reasons)
+    tracked = s.read_optional(TrackedRun)
+    if tracked:
+        out.update(mlflow_run_id=tracked.mlflow_run_id, mlflow_tracking_uri=tracked.tracking_uri)
     out["stage_seconds"] = {k: v.seconds for k, v in s.public_records().items() if v.seconds is not None}
     return out
 
@@ -122,4 +125,6 @@ def format_summary(s: dict[str, Any]) -> str:
          else "  model not deployed"),
         f"  run directory {s['run_dir']}",
     ]
+    if s.get("mlflow_run_id"):
+        lines.insert(-1, f"  MLflow run {s['mlflow_run_id']} in {s['mlflow_tracking_uri']}")
     return "\n".join(lines)

@@ -44,7 +44,8 @@ class Settings:
 
     @property
     def registry_dir(self) -> Path:
-        return self.home / "registry"
+        """The embedded MLflow registry and tracking store (unused when MLFLOW_TRACKING_URI is set)."""
+        return self.home / "mlflow"
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -33,6 +33,7 @@ os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(_SESSION_D
 os.environ.pop("PPMLOPS_DB_URL", None)
 os.environ.pop("PPMLOPS_OPA_URL", None)
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # the embedded MLflow store under PPMLOPS_HOME, unless a test says
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # The DAG file generates DAGs from this folder: the repo's specs plus a small end-to-end one.
@@ -69,6 +70,25 @@ def airflow_db() -> Path:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     return home
+
+
+@pytest.fixture(scope="session")
+def mlflow_template() -> Path:
+    """A migrated, empty embedded MLflow store: creating one runs MLflow's migrations (~6 s)."""
+    from ppmlops.registry import backend
+
+    root = _SESSION_DIR / "mlflow-template"
+    backend.client(backend.resolve_uri(root)).search_registered_models()  # opening the store creates it
+    return root / "mlflow.db"
+
+
+@pytest.fixture()
+def registry_root(tmp_path, mlflow_template) -> Path:
+    """An empty embedded registry of the test's own (a copy of the migrated template)."""
+    root = tmp_path / "mlflow"
+    root.mkdir()
+    shutil.copyfile(mlflow_template, root / "mlflow.db")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -225,13 +225,15 @@ def models(settings: Settings) -> dict:
     """Every model in the registry: versions newest first with their cards, and aliases."""
     from ppmlops.registry.store import Registry, RegistryError
 
-    root = settings.registry_dir
-    registry = Registry(root)
+    registry = Registry(settings.registry_dir)
     out = []
-    for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if not child.is_dir() or not _SAFE_NAME.match(child.name):
+    try:
+        names = registry.model_names()
+    except RegistryError as err:  # the registry cannot be read: say so rather than show no models
+        return jsonable({"registry_dir": registry.location, "models": [], "error": str(err)})
+    for name in names:
+        if not _SAFE_NAME.match(name):
             continue
-        name = child.name
         try:
             history = registry.alias_history(name)
             aliases = {a: registry.alias(name, a) for a in dict.fromkeys(h["alias"] for h in history)}
@@ -247,7 +249,7 @@ def models(settings: Settings) -> dict:
         if versions or aliases or error:
             out.append({"model_name": name, "aliases": aliases, "production": aliases.get("production"),
                         "versions": versions, "alias_history": history, "error": error})
-    return jsonable({"registry_dir": str(root), "models": out})
+    return jsonable({"registry_dir": registry.location, "models": out})
 
 
 # -- runs -------------------------------------------------------------------------------------

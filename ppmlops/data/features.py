@@ -12,16 +12,23 @@ label        1 where the value equals label.positive, 0 for every other declared
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
 from ppmlops.errors import DataError
-from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec
+from ppmlops.spec import CategoricalFeature, Feature, NumericFeature, PipelineSpec
 
 
 def feature_names(spec: PipelineSpec) -> list[str]:
+    return columns_of(spec.dataset.features)
+
+
+def columns_of(features: Sequence[Feature]) -> list[str]:
+    """The encoded columns' names, in order."""
     names: list[str] = []
-    for f in spec.dataset.features:
+    for f in features:
         if isinstance(f, NumericFeature):
             names.append(f.name)
         else:
@@ -32,20 +39,26 @@ def feature_names(spec: PipelineSpec) -> list[str]:
 def encode(df: pd.DataFrame, spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """X (float32, n x width), y (int64, 1 == label.positive) and the column names of X."""
     ds = spec.dataset
-    needed = [f.name for f in ds.features] + [ds.label.column]
-    missing = [c for c in needed if c not in df.columns]
+    if ds.label.column not in df.columns:
+        raise DataError(f"cannot encode: label column {ds.label.column!r} missing from the staged snapshot "
+                        f"({len(df.columns)} columns)")
+    X = encode_features(df, ds.features)
+    y = _label(df[ds.label.column], ds.label.positive, ds.label.values)
+    return X, y, feature_names(spec)
+
+
+def encode_features(df: pd.DataFrame, features: Sequence[Feature]) -> np.ndarray:
+    """X alone (float32): what a deployed model applies to rows that have no label."""
+    missing = [f.name for f in features if f.name not in df.columns]
     if missing:
-        raise DataError(f"cannot encode: column(s) {missing} missing from the staged snapshot ({len(df.columns)} columns)")
-    n = len(df)
+        raise DataError(f"cannot encode: column(s) {missing} missing from the rows ({len(df.columns)} columns)")
     blocks: list[np.ndarray] = []
-    for f in ds.features:
+    for f in features:
         if isinstance(f, NumericFeature):
             blocks.append(_numeric(df[f.name], f)[:, None])
         else:
             blocks.append(_one_hot(df[f.name], f))
-    X = np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
-    y = _label(df[ds.label.column], ds.label.positive, ds.label.values)
-    return X, y, feature_names(spec)
+    return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((len(df), 0), np.float32)
 
 
 def _numeric(col: pd.Series, f: NumericFeature) -> np.ndarray:

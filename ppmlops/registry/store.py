@@ -1,48 +1,67 @@
-"""File-based model registry: versions with model cards, and movable aliases.
+"""The model registry is MLflow's: versions with model cards, and aliases that deploys move.
 
-Layout under the root (settings.registry_dir; shared storage in production):
+Each registered version is an MLflow model version of a pyfunc model (ppmlops.registry.serving)
+that carries the weights byte for byte as trained and the feature encoding. Its model card is
+the `card.json` artifact beside the model (what `card()` returns) and, field by field, the
+version's tags (what the MLflow UI shows and `search_model_versions` filters on). Aliases are
+MLflow's; every move is also kept as a tag of the registered model (`ppmlops.alias_move.*`),
+because MLflow keeps only where an alias points now and an auditor asks where it pointed.
 
-    <model_name>/v<N>/model.pt       the weights, byte for byte as trained
-    <model_name>/v<N>/card.json      the model card, plus version, created_at, model_sha256
-    <model_name>/aliases.json        {"aliases": {"production": 3}, "history": [...]}
-
-A version appears whole or not at all: it is written into a temporary directory and renamed
-into place. aliases.json is replaced atomically. Writers to one model take an exclusive lock
-(<model_name>/.lock), so concurrent registrations get distinct versions.
+Where it lives: ppmlops.registry.backend (embedded SQLite under the root, or MLFLOW_TRACKING_URI).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from ppmlops.errors import PpmlopsError
+from ppmlops.registry import backend
+from ppmlops.registry.backend import RegistryError
 
-# No leading dot: rules out ".", ".." and names that would hide among the temporary files.
+# No leading dot: rules out ".", ".." and names that would hide among temporary files.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
-_VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.pt"
+ENCODING_FILE = "encoding.json"
+MOVE_TAG = "ppmlops.alias_move."
+CARD_TAG = "card."
 
-
-class RegistryError(PpmlopsError):
-    """A model, version or alias is missing or malformed in the registry."""
+__all__ = ["Registry", "RegistryError"]
 
 
 class Registry:
-    def __init__(self, root: Path):
+    """`root` holds the embedded store; with MLFLOW_TRACKING_URI (or `tracking_uri`) it is unused."""
+
+    def __init__(self, root: Path | None = None, *, tracking_uri: str | None = None):
+        if root is None:
+            from ppmlops import settings
+
+            root = settings.load().registry_dir
         self.root = Path(root)
+        self.uri = backend.resolve_uri(self.root, tracking_uri)
+
+    @property
+    def location(self) -> str:
+        """Where the registry is, safe to show (no credentials)."""
+        return backend.shown(self.uri)
+
+    @property
+    def _client(self):
+        return backend.client(self.uri)
 
     # -- versions ------------------------------------------------------------------------------
-    def register(self, model_name: str, model_file: Path, card: dict) -> int:
-        """Copy `model_file` in as the next version of `model_name` with `card`; returns N."""
+    def register(self, model_name: str, model_file: Path, card: dict, *, encoding: dict | None = None,
+                 run_id: str | None = None) -> int:
+        """Log `model_file` (with `encoding`, the spec's features) as the next version of
+        `model_name`, `card` as its card; `run_id` is the MLflow run that produced it. Returns N."""
         _check_name("model name", model_name)
         src = Path(model_file)
         if not src.is_file():
@@ -51,101 +70,226 @@ class Registry:
             raise RegistryError(f"model card for {model_name} must be a mapping, got {type(card).__name__}")
         if card.get("model_name") not in (None, model_name):
             raise RegistryError(f"model card names model {card['model_name']!r}, registering as {model_name!r}")
-        model_dir = self.root / model_name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        with self._locked(model_name):
-            version = max(self.versions(model_name, complete_only=False), default=0) + 1
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-register-", dir=model_dir))
-            try:
-                sha = _copy_and_hash(src, tmp / "model.pt")
-                full = dict(card)
-                full.update(model_name=model_name, version=version,
-                            created_at=datetime.now(timezone.utc).isoformat(), model_sha256=sha)
-                _write_json(tmp / "card.json", full, what=f"model card for {model_name}")
-                os.rename(tmp, model_dir / f"v{version}")
-                _fsync_dir(model_dir)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        return version
+        # A card may bring its created_at (a migrated version keeps the one it had).
+        full = {"created_at": datetime.now(timezone.utc).isoformat(), **card, "model_name": model_name,
+                "model_sha256": _sha256(src)}
+        text = _json(full, what=f"model card for {model_name}")
+        with tempfile.TemporaryDirectory(prefix="ppmlops-register-") as tmp:
+            model_dir = _save_model(Path(tmp), src, encoding)
+            (model_dir / CARD_FILE).write_text(text + "\n", encoding="utf-8")
+            with self._errors(f"registering {model_name}"):
+                logged = self._log_model(model_name, model_dir, run_id, full["model_sha256"])
+                self._ensure_registered(model_name)
+                # MLflow's SQL registry looks the logged model up through the process-wide tracking
+                # URI, not the client's (a TODO in its sqlalchemy_store): point it here meanwhile.
+                with _global_uri(self.uri):
+                    mv = self._client.create_model_version(
+                        model_name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id,
+                        tags=card_tags(full), description=card.get("intended_use"))
+        return int(mv.version)
 
-    def versions(self, model_name: str, *, complete_only: bool = True) -> list[int]:
+    def versions(self, model_name: str) -> list[int]:
         """Registered versions of `model_name`, ascending; [] for an unknown model."""
         _check_name("model name", model_name)
-        model_dir = self.root / model_name
-        if not model_dir.is_dir():
-            return []
-        found = []
-        for entry in model_dir.iterdir():
-            m = _VERSION_DIR.match(entry.name)
-            if m and entry.is_dir() and (not complete_only or (entry / "card.json").is_file()):
-                found.append(int(m.group(1)))
-        return sorted(found)
+        with self._errors(f"listing versions of {model_name}"):
+            found = self._client.search_model_versions(f"name = '{model_name}'")
+        return sorted(int(mv.version) for mv in found)
 
     def card(self, model_name: str, version: int) -> dict:
-        path = self._version_dir(model_name, version) / "card.json"
-        return _read_json(path)
+        mv = self._version(model_name, version)
+        with self._errors(f"reading the card of {model_name} v{version}"), tempfile.TemporaryDirectory() as tmp:
+            path = self._download(mv, CARD_FILE, tmp)
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise RegistryError(f"the card of {model_name} v{version} is not a JSON object")
+        return {**doc, "version": int(version)}
 
     def model_path(self, model_name: str, version: int) -> Path:
-        path = self._version_dir(model_name, version) / "model.pt"
-        if not path.is_file():
-            raise RegistryError(f"{path} is missing: version {version} of {model_name} is incomplete")
-        return path
+        """The weights file of a version, on local disk (downloaded under the root from a server)."""
+        mv = self._version(model_name, version)
+        if backend.is_embedded(self.uri) and Path(mv.source).is_dir():
+            return Path(mv.source) / "artifacts" / WEIGHTS_FILE  # in the local artifact folder already
+        dst = self.root / "downloads" / model_name / f"v{version}"
+        dst.mkdir(parents=True, exist_ok=True)
+        with self._errors(f"fetching the weights of {model_name} v{version}"):
+            return Path(self._download(mv, f"artifacts/{WEIGHTS_FILE}", str(dst)))
+
+    def model_uri(self, model_name: str, version: int) -> str:
+        """What `mlflow.pyfunc.load_model` takes for this version."""
+        self._version(model_name, version)
+        return f"models:/{model_name}/{version}"
+
+    def model_names(self) -> list[str]:
+        """Every registered model, by name (none while the embedded store has not been created:
+        reading must not create it)."""
+        store = self.root / "mlflow.db"
+        if self.uri.startswith(f"sqlite:///{store}") and not store.exists():
+            return []
+        with self._errors("listing registered models"):
+            return sorted(m.name for m in _all_pages(self._client.search_registered_models))
 
     # -- aliases -------------------------------------------------------------------------------
     def set_alias(self, model_name: str, alias: str, version: int) -> None:
         """Point `alias` (e.g. "production") at `version`; the move is kept in the history."""
         _check_name("alias", alias)
-        self._version_dir(model_name, version)  # refuses a version that does not exist
-        with self._locked(model_name):
-            path = self._aliases_path(model_name)
-            doc = _read_aliases(path) if path.exists() else {"aliases": {}, "history": []}
-            previous = doc["aliases"].get(alias)
-            doc["aliases"][alias] = version
-            doc["history"].append({
-                "alias": alias, "version": version, "previous": previous,
-                "time": datetime.now(timezone.utc).isoformat(),
-            })
-            _write_json_atomic(path, doc, what=f"aliases of {model_name}")
+        self._version(model_name, version)  # refuses a version that does not exist
+        previous = self.alias(model_name, alias)
+        with self._errors(f"moving alias {alias} of {model_name}"):
+            self._client.set_registered_model_alias(model_name, alias, str(version))
+            move = {"alias": alias, "version": int(version), "previous": previous,
+                    "time": datetime.now(timezone.utc).isoformat()}
+            # Nanosecond time first: tag keys sort in the order the moves happened.
+            key = f"{MOVE_TAG}{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}.{uuid.uuid4().hex[:8]}"
+            self._client.set_registered_model_tag(model_name, key, json.dumps(move, sort_keys=True))
 
     def alias(self, model_name: str, alias: str) -> int | None:
         _check_name("alias", alias)
-        path = self._aliases_path(model_name)
-        if not path.exists():
-            return None
-        return _read_aliases(path)["aliases"].get(alias)
+        model = self._registered(model_name)
+        version = model.aliases.get(alias) if model is not None else None
+        return int(version) if version is not None else None
 
     def alias_history(self, model_name: str) -> list[dict]:
         """Every alias move of `model_name`, oldest first."""
-        path = self._aliases_path(model_name)
-        return _read_aliases(path)["history"] if path.exists() else []
+        model = self._registered(model_name)
+        if model is None:
+            return []
+        moves = sorted((k, v) for k, v in model.tags.items() if k.startswith(MOVE_TAG))
+        try:
+            return [json.loads(v) for _, v in moves]
+        except ValueError as err:
+            raise RegistryError(f"an alias move of {model_name} in {self.location} is not valid JSON: {err}") from None
 
     # -- internals -----------------------------------------------------------------------------
-    def _aliases_path(self, model_name: str) -> Path:
-        _check_name("model name", model_name)
-        return self.root / model_name / "aliases.json"
+    def _log_model(self, model_name: str, model_dir: Path, run_id: str | None, sha: str):
+        from mlflow.entities import LoggedModelStatus
 
-    def _version_dir(self, model_name: str, version: int) -> Path:
+        c = self._client
+        exp = run_experiment(c, run_id) if run_id else backend.experiment_id(self.uri, self.root, model_name)
+        logged = c.create_logged_model(exp, name=model_name, source_run_id=run_id,
+                                       tags={"ppmlops.model_sha256": sha})
+        c.log_model_artifacts(logged.model_id, str(model_dir))
+        return c.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+
+    def _ensure_registered(self, model_name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self._registered(model_name) is not None:
+            return
+        try:
+            self._client.create_registered_model(model_name, tags={"ppmlops": "model"})
+        except MlflowException as err:  # another deploy created it first
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def _registered(self, model_name: str):
+        from mlflow.exceptions import MlflowException
+
+        _check_name("model name", model_name)
+        with self._errors(f"reading model {model_name}"):
+            try:
+                return self._client.get_registered_model(model_name)
+            except MlflowException as err:
+                if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+
+    def _version(self, model_name: str, version: int):
+        """The ModelVersion, or a RegistryError that lists the versions there are."""
+        from mlflow.exceptions import MlflowException
+
         _check_name("model name", model_name)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise RegistryError(f"version must be a positive integer, got {version!r}")
-        path = self.root / model_name / f"v{version}"
-        if not (path / "card.json").is_file():
-            known = self.versions(model_name)
-            raise RegistryError(f"{model_name} has no version {version} in {self.root} "
-                                f"(versions: {', '.join(map(str, known)) or 'none'})")
-        return path
+        with self._errors(f"reading {model_name} v{version}"):
+            try:
+                return self._client.get_model_version(model_name, str(version))
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+        known = self.versions(model_name)
+        raise RegistryError(f"{model_name} has no version {version} in {self.location} "
+                            f"(versions: {', '.join(map(str, known)) or 'none'})")
+
+    def _download(self, mv, path: str, dst: str) -> str:
+        """A file of a version's model, from its artifact location (a models:/ URI would be
+        resolved through MLflow's process-wide registry URI, not this registry's)."""
+        import mlflow.artifacts
+
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"{mv.source.rstrip('/')}/{path}", dst_path=dst,
+                                                   tracking_uri=self.uri)
 
     @contextlib.contextmanager
-    def _locked(self, model_name: str) -> Iterator[None]:
-        lock_path = self.root / model_name / ".lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _errors(self, what: str) -> Iterator[None]:
+        """MLflow's and the network's errors as a RegistryError that names the registry, not its secrets."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except RegistryError:
+            raise
+        except MlflowException as err:
+            raise RegistryError(f"{what} in {self.location}: {backend.scrub(_first_line(err.message))}") from None
+        except OSError as err:
+            raise RegistryError(f"{what} in {self.location}: {type(err).__name__}: {backend.scrub(str(err))}") from None
+
+
+def _global_uri(uri: str):
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    return _use_tracking_uri(uri)
+
+
+def run_experiment(client, run_id: str) -> str:
+    return client.get_run(run_id).info.experiment_id
+
+
+def card_tags(card: dict[str, Any]) -> dict[str, str]:
+    """The card, one tag per top-level field (JSON for anything but a string)."""
+    return {f"{CARD_TAG}{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True, allow_nan=False)
+            for k, v in card.items() if len(CARD_TAG + k) <= 250}
+
+
+def _save_model(tmp: Path, src: Path, encoding: dict | None) -> Path:
+    """The pyfunc model folder: weights and encoding as artifacts, the model as code (no pickle)."""
+    backend.quiet()
+    import mlflow.pyfunc
+
+    from ppmlops.registry import serving
+
+    weights = tmp / WEIGHTS_FILE
+    shutil.copyfile(src, weights)
+    artifacts = {serving.WEIGHTS: str(weights)}
+    if encoding is not None:
+        enc = tmp / ENCODING_FILE
+        enc.write_text(_json(encoding, what="feature encoding"), encoding="utf-8")
+        artifacts[serving.ENCODING] = str(enc)
+    model_dir = tmp / "model"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=str(Path(serving.__file__).with_name("model_code.py")),
+                             artifacts=artifacts, pip_requirements=_requirements())
+    return model_dir
+
+
+def _requirements() -> list[str]:
+    # Read from the installed metadata: logging a model must not import torch (or let MLflow infer).
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("ppmlops", "torch", "pandas", "numpy", "pydantic", "mlflow-skinny"):
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _all_pages(search) -> list:
+    items, token = [], None
+    while True:
+        page = search(max_results=1000, page_token=token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
 
 
 def _check_name(what: str, name: str) -> None:
@@ -153,63 +297,20 @@ def _check_name(what: str, name: str) -> None:
         raise RegistryError(f"{what} {name!r} must be letters, digits, '_', '.' or '-', not starting with '.'")
 
 
-def _copy_and_hash(src: Path, dst: Path) -> str:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(1 << 20):
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
             digest.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
     return digest.hexdigest()
 
 
-def _write_json(path: Path, doc: dict, *, what: str) -> None:
+def _json(doc: Any, *, what: str) -> str:
     try:
-        text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+        return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise RegistryError(f"{what} is not JSON-serialisable: {err}") from None
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
-def _write_json_atomic(path: Path, doc: dict, *, what: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _write_json(Path(tmp), doc, what=what)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise RegistryError(f"{path} not found") from None
-    except ValueError as err:
-        raise RegistryError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{path} must hold a JSON object")
-    return doc
-
-
-def _read_aliases(path: Path) -> dict:
-    doc = _read_json(path)
-    if not isinstance(doc.get("aliases"), dict) or not isinstance(doc.get("history"), list):
-        raise RegistryError(f"{path} must hold {{\"aliases\": {{...}}, \"history\": [...]}}")
-    return doc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0][:500] if (text or "").strip() else "(no message)"

@@ -339,11 +339,22 @@ class DeployRecord(Record):
     model_name: str
     version: int
     alias: str
-    path: str
+    path: str  # the version's MLflow model URI (models:/<name>/<version>)
+
+
+class TrackedRun(Record):
+    """PUBLIC. The run's MLflow run: where it is, and which stages' public records it holds."""
+
+    FILE: ClassVar[str] = "mlflow.json"
+    tracking_uri: str  # as shown: never with credentials
+    experiment_id: str
+    mlflow_run_id: str
+    logged: list[str] = Field(default_factory=list)
+    links: dict[str, str] = Field(default_factory=dict)  # airflow, dashboard, mlflow (when served)
 
 
 PUBLIC_RECORDS: tuple[type[Record], ...] = (
     RunIdentity, Staged, Validated, CountsRelease, RiskAssessment, PlanRecord, Refusal, TrainRecord, EvaluationRecord,
-    GateRecord, ApprovalRecord, DeployRecord,
+    GateRecord, ApprovalRecord, DeployRecord, TrackedRun,
 )
 PRIVATE_RECORDS: tuple[type[Record], ...] = (StagedData, ExactRisk, Canaries)

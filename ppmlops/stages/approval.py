@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from ppmlops.audit.log import AuditLog
 from ppmlops.errors import PpmlopsError
+from ppmlops.registry import tracking
 from ppmlops.run.records import ApprovalRecord, GateRecord
 from ppmlops.stages.context import RunContext
 
@@ -29,4 +30,6 @@ def record_approval(ctx: RunContext, *, approved: bool, user: str, responded_at:
         "reasons": [f"{outcome} by {user} at {responded_at}"], "engine": channel,
         "policy_hash": gate.policy_hash, "error": None,
     }, run_id=ctx.run_id, dataset_id=ctx.spec.dataset.id, stage="approval")
-    return ctx.store.write(record)
+    written = ctx.store.write(record)
+    tracking.sync_quietly(ctx)  # a rejection ends the MLflow run; an approval is logged before deploy
+    return written

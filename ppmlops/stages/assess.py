@@ -21,6 +21,7 @@ from ppmlops.risk.categories import DIRECT
 from ppmlops.risk.classify import Classification
 from ppmlops.risk.public import public_assessment, public_classification, quasi_identifier_features
 from ppmlops.risk.report import IdentifierInFeatures
+from ppmlops.registry import tracking
 from ppmlops.risk.score import K_BY_REGULATION
 from ppmlops.run.records import CountsRelease, ExactRisk, Refusal, RiskAssessment, StagedData
 from ppmlops.stages.context import RunContext, timed
@@ -119,6 +120,7 @@ def run(ctx: RunContext) -> RiskAssessment:
     if leaked:
         err = IdentifierInFeatures(ctx.spec.dataset.id, leaked)
         ctx.store.write(Refusal(stage="assess", reasons=[str(err)]))
+        tracking.sync_quietly(ctx)
         raise err
     ledger = Ledger(ctx.settings.db_url)
     try:
@@ -126,5 +128,6 @@ def run(ctx: RunContext) -> RiskAssessment:
         counts = release_counts(ctx, ledger, found)
     except PpmlopsError as err:  # a changed budget in the spec, or a lifetime budget that is spent
         ctx.store.write(Refusal(stage="assess", reasons=[str(err)]))
+        tracking.sync_quietly(ctx)
         raise
     return public_assessment(ctx.spec, found, counts)

@@ -1,4 +1,4 @@
-"""deploy: register the model with its card and move the environment's alias to it.
+"""deploy: register the model in MLflow with its card and move the environment's alias to it.
 
 Only an allowed decision, or a needs-approval decision a person approved, deploys; the DAG
 branches around this stage, and this guard holds for every other caller. A production run moves
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppmlops.errors import PolicyRefused
+from ppmlops.registry import tracking
 from ppmlops.registry.store import Registry
 from ppmlops.run.records import ApprovalRecord, DeployRecord, GateRecord, TrainRecord
 from ppmlops.stages.card import model_card
@@ -26,6 +27,13 @@ def alias_for(environment: str) -> str:
     return "production" if environment == "production" else environment
 
 
+def encoding(ctx: RunContext) -> dict:
+    """What the deployed model needs to encode raw rows: the spec's declared features and label."""
+    ds = ctx.spec.dataset
+    return {"features": [f.model_dump(mode="json") for f in ds.features], "label": ds.label.model_dump(mode="json")}
+
+
+@tracking.tracked
 @timed
 def run(ctx: RunContext) -> DeployRecord:
     gate = ctx.store.read(GateRecord)
@@ -40,7 +48,9 @@ def run(ctx: RunContext) -> DeployRecord:
         card["approval"] = approval.model_dump(exclude={"seconds"})
     name = ctx.spec.deploy.model_name
     registry = Registry(ctx.settings.registry_dir)
-    version = registry.register(name, Path(ctx.store.read(TrainRecord).model_path), card)
+    mlflow_run = tracking.sync(ctx)  # the version links to the run (the gate's sync made it)
+    version = registry.register(name, Path(ctx.store.read(TrainRecord).model_path), card, encoding=encoding(ctx),
+                                run_id=mlflow_run.mlflow_run_id)
     alias = alias_for(ctx.params.environment)
     registry.set_alias(name, alias, version)
-    return DeployRecord(model_name=name, version=version, alias=alias, path=str(registry.model_path(name, version)))
+    return DeployRecord(model_name=name, version=version, alias=alias, path=f"models:/{name}/{version}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ppmlops.audit.log import chain_head
+from ppmlops.registry import tracking
 from ppmlops.run.records import GateRecord
 from ppmlops.stages.card import manifest
 from ppmlops.stages.context import RunContext, timed
@@ -13,6 +14,7 @@ from ppmlops.stages.decide import decide
 MANIFEST_FILE = "manifest.json"
 
 
+@tracking.tracked  # the MLflow run gets everything released up to the decision
 @timed
 def run(ctx: RunContext) -> GateRecord:
     doc = manifest(ctx)

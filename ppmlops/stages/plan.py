@@ -15,6 +15,7 @@ from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget
 from ppmlops.privacy.planning import EpochShape, RunRequest, affordable, plan_run, released, split_conflict
 from ppmlops.privacy.session import reserve
+from ppmlops.registry import tracking
 from ppmlops.run.grant import charge_records, grant_of
 from ppmlops.run.records import CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, Staged
 from ppmlops.stages.context import RunContext, timed
@@ -28,6 +29,7 @@ MAX_CANARY_SHARE = 0.1
 def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None, action: str = "train",
             by: str = "policy"):
     ctx.store.write(Refusal(stage="plan", reasons=reasons, decision_id=decision_id))
+    tracking.sync_quietly(ctx)
     raise PolicyRefused(action, reasons, by)
 
 

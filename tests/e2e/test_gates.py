@@ -170,6 +170,9 @@ def test_needs_approval_waits_for_a_person_then_deploys(dag_and_spec, approved_r
     assert ("approval", "approved") in audit_stages(ctx)
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert states["withhold"] == "skipped" and states["rejected"] == "skipped" and states["deploy"] == "success"
+    tags = mlflow_run(ctx).data.tags  # the person's answer is in the MLflow run, before the deploy
+    assert tags["ppmlops.decision"] == "needs_approval" and tags["ppmlops.approval"] == "approved"
+    assert tags["ppmlops.approved_by"] == "officer" and tags["ppmlops.alias"] == "staging"
 
 
 def test_rejected_approval_deploys_nothing(dag_and_spec):
@@ -182,6 +185,17 @@ def test_rejected_approval_deploys_nothing(dag_and_spec):
     assert ("approval", "rejected") in audit_stages(ctx)
     with pytest.raises(PolicyRefused):
         deploy.run(ctx)
+    run = mlflow_run(ctx)  # a rejection ends the MLflow run, with no model
+    assert run.info.status == "FINISHED" and run.data.tags["ppmlops.approval"] == "rejected"
+    assert "ppmlops.model" not in run.data.tags
+
+
+def mlflow_run(ctx):
+    from ppmlops.registry import backend
+    from ppmlops.run.records import TrackedRun
+
+    client = backend.client(backend.resolve_uri(settings.load().registry_dir))
+    return client.get_run(ctx.store.read(TrackedRun).mlflow_run_id)
 
 
 def test_deny_withholds_the_model_and_fails_the_run_with_the_reason(dag_and_spec, policy_file, monkeypatch):

@@ -118,7 +118,44 @@ def _public_texts(ctx) -> dict[str, str]:
     version = pipeline.summary(ctx)["model_version"]
     texts["card"] = json.dumps(Registry(settings.load().registry_dir).card(ctx.spec.deploy.model_name, version))
     texts["summary"] = json.dumps(pipeline.summary(ctx), default=str)
+    texts["mlflow run"], texts["mlflow model version"] = _mlflow_texts(ctx, version)
     return texts
+
+
+def _mlflow_texts(ctx, version: int) -> tuple[str, str]:
+    """The MLflow run (params, tags, every metric's history) and the model version's tags."""
+    from ppmlops.registry import backend
+    from ppmlops.run.records import TrackedRun
+
+    client = backend.client(backend.resolve_uri(settings.load().registry_dir))
+    run = client.get_run(ctx.store.read(TrackedRun).mlflow_run_id)
+    history = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
+    mv = client.get_model_version(ctx.spec.deploy.model_name, str(version))
+    return (json.dumps({"params": run.data.params, "tags": run.data.tags, "metrics": history}),
+            json.dumps({"tags": mv.tags, "run_id": mv.run_id}))
+
+
+def test_the_mlflow_run_shows_the_released_values_and_owns_the_version(e2e_run):
+    from ppmlops.registry import backend
+    from ppmlops.run.records import TrackedRun
+
+    _, spec, ctx = e2e_run
+    summary = pipeline.summary(ctx)
+    client = backend.client(backend.resolve_uri(settings.load().registry_dir))
+    tracked = ctx.store.read(TrackedRun)
+    run = client.get_run(tracked.mlflow_run_id)
+    m = run.data.metrics
+    assert m["accuracy_noisy"] == summary["accuracy"] and m["epsilon_charged"] == summary["epsilon"]
+    assert run.data.tags["ppmlops.decision"] == "allow" and run.info.status == "FINISHED"
+    epochs = client.get_metric_history(run.info.run_id, "epoch/noise_multiplier")
+    assert [e.step for e in epochs] == [1, 2]
+    mv = client.get_model_version(spec.deploy.model_name, str(summary["model_version"]))
+    assert mv.run_id == run.info.run_id and mv.tags["card.run_id"] == ctx.run_id
+    assert "development" in mv.aliases and set(tracked.logged) >= {"plan", "train", "evaluate", "gate", "deploy"}
+    exact = ctx.store.read(StagedData).result
+    released = {summary["rows_train"], summary["rows_holdout"]}
+    for value in (exact.rows_train, exact.rows_test, exact.rows_staged):
+        assert value in released or value not in m.values()
 
 
 def test_nothing_exact_about_private_rows_leaves_the_run_folder(e2e_run):

@@ -34,7 +34,7 @@ def variables_the_code_reads() -> set[str]:
 
 def test_every_service_is_there():
     services = compose()["services"]
-    assert set(AIRFLOW) | set(RAY) | {"postgres", "opa"} <= set(services)
+    assert set(AIRFLOW) | set(RAY) | {"postgres", "opa", "mlflow"} <= set(services)
     assert services["ray-gpu-worker"]["profiles"] == ["gpu"]
     gpu = services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -81,6 +81,28 @@ def test_postgres_holds_airflow_and_the_ledger():
     sql = (COMPOSE.parent / init.split(":")[0]).read_text()
     assert "CREATE DATABASE ppmlops" in sql
     assert services["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("/airflow")
+
+
+def test_mlflow_server_holds_the_registry_for_every_airflow_service():
+    services = compose()["services"]
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[:2] == ["mlflow", "server"]
+    port = command[command.index("--port") + 1]
+    store = command[command.index("--backend-store-uri") + 1]
+    assert store.startswith("postgresql+psycopg2://") and store.endswith("@postgres:5432/mlflow")
+    # artifacts go through the server, onto the shared volume
+    assert command[command.index("--artifacts-destination") + 1].startswith("/opt/ppmlops/")
+    assert "ppmlops-home:/opt/ppmlops" in mlflow["volumes"]
+    assert f"http://localhost:{port}/health" in " ".join(mlflow["healthcheck"]["test"])
+    init = next(v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v)
+    assert "CREATE DATABASE mlflow" in (COMPOSE.parent / init.split(":")[0]).read_text()
+    for name in AIRFLOW:
+        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}", name
+    for name in set(AIRFLOW) - {"airflow-init"}:
+        assert services[name]["depends_on"]["mlflow"]["condition"] == "service_healthy", name
+    assert "MLFLOW_TRACKING_URI" in (REPO / "ppmlops" / "registry" / "backend.py").read_text()
+    assert '/opt/ppmlops-src[server]' in DOCKERFILE.read_text()  # the image has `mlflow server`
 
 
 def test_dockerfile_installs_with_the_constraints_and_ships_the_project():
