@@ -179,8 +179,12 @@ def _kill_the_first_training(af: Airflow, doc: dict) -> str:
     run_id = wait_for("a run to finish its first epoch", trained_one_epoch, 600, af, every_s=0.5)
     # The task's process is titled "airflow worker -- <task instance id>".
     ti_id = af.tasks(f"ppmlops_{doc['name']}", run_id)["train"]["id"]
-    task = [p for p in psutil.process_iter(["name"]) if p.info["name"] and ti_id in p.info["name"]]
-    assert len(task) == 1, f"expected one process for the train task {ti_id}, found {task}"
+    # The LocalExecutor's supervisor may carry the same title as the task process it forks: the
+    # task is the titled process with no titled child.
+    titled = [p for p in psutil.process_iter(["name", "ppid"]) if p.info["name"] and ti_id in p.info["name"]]
+    parents = {p.info["ppid"] for p in titled}
+    task = [p for p in titled if p.pid not in parents]
+    assert len(task) == 1, f"expected one task process for the train task {ti_id}, found {titled}"
     task[0].kill()  # as the OOM killer or a lost node would: no clean-up
     return run_id
 
