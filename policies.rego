@@ -239,13 +239,22 @@ deploy_checks := [
 	{"id": "card_delta", "effect": "deny", "title": "the model card does not understate delta"},
 	{"id": "risk", "effect": "needs_approval", "title": "the risk score is below the approval threshold"},
 	{"id": "environment", "effect": "needs_approval", "title": "the target environment deploys without a person's approval"},
+	{"id": "local_rules", "effect": "deny", "title": "the organisation's own deploy rules (added to this policy) allow it"},
+	{"id": "local_approval", "effect": "needs_approval", "title": "the organisation's own rules need no person's approval"},
 ]
 
-_deploy_deny := {f[1] | some f in _deploy_fail}
+# Partial sets, so that an organisation's own rule is one line added to this file, e.g.
+#   _deploy_deny contains "deployments frozen by the compliance office"
+# Such reasons are listed under the check "local_rules" (or "local_approval").
+_deploy_deny contains f[1] if some f in _deploy_fail
 
-_deploy_approval := {f[1] | some f in _deploy_ask}
+_deploy_approval contains f[1] if some f in _deploy_ask
 
-_deploy_findings := _deploy_fail | _deploy_ask
+_deploy_findings := ((_deploy_fail | _deploy_ask) | {["local_rules", r] | some r in _local_deny}) | {["local_approval", r] | some r in _local_approval}
+
+_local_deny := _deploy_deny - {f[1] | some f in _deploy_fail}
+
+_local_approval := _deploy_approval - {f[1] | some f in _deploy_ask}
 
 _deploy_sized := sort([r | some c in _deploy_checks; object.get(c, "quotes_sizes", false); some r in c.reasons])
 

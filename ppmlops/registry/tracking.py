@@ -26,7 +26,7 @@ from ppmlops.run.records import (
     ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, PlanRecord, Record, Refusal,
     RiskAssessment, TrackedRun, TrainRecord,
 )
-from ppmlops.stages.context import RunContext
+from ppmlops.run.context import RunContext
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)

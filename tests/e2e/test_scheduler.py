@@ -190,19 +190,26 @@ def _kill_the_first_training(af: Airflow, doc: dict) -> str:
 
 
 def _approve_every_waiting_deploy(af: Airflow, dag_id: str, stop) -> list[str]:
-    approved = []
+    """Answer each approval request once per try of its task, as an officer would: a few seconds
+    after it appears. (Answering within a second of the request can race Airflow 3.3's executor
+    event for the paused attempt, which then retries the task: its new request is answered too.)"""
+    answered: set[tuple[str, int]] = set()
+    first_seen: dict[tuple[str, int], float] = {}
     while not stop():
         waiting = af.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails",
                         params={"response_received": False})["hitl_details"]
         for detail in waiting:
-            run_id = detail["task_instance"]["dag_run_id"]
-            if run_id in approved:  # answered; the listing catches up once the triggerer resumes it
+            ti = detail["task_instance"]
+            key = (ti["dag_run_id"], int(ti.get("try_number") or 0))
+            if key in answered:  # answered; the listing catches up once the triggerer resumes it
                 continue
-            af.ok("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+            if time.monotonic() - first_seen.setdefault(key, time.monotonic()) < 3:
+                continue
+            af.ok("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{key[0]}/taskInstances/approve/-1/hitlDetails",
                   json={"chosen_options": ["Approve"], "params_input": {}})
-            approved.append(run_id)
+            answered.add(key)
         time.sleep(1)
-    return approved
+    return sorted({run_id for run_id, _ in answered})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,97 @@
+"""Mutations a gate must not survive: apply each in turn, run the unit tests that cover it, report.
+
+    .venv/bin/python tests/mutations.py                          # every mutation (a few minutes)
+    .venv/bin/python tests/mutations.py "deploy guard removed"   # one, by name
+
+Each mutation is a one-line edit that would let a gate fail open or a check go quiet (issue 14,
+item 10). The source is restored after each run, whatever happens. Exit status 1 if any mutation
+survives its tests or no longer applies (the code moved: update the mutation).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE_GUARDS = "tests/unit/test_stage_guards.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = (
+    Mutation("deploy guard removed", "ppmlops/stages/deploy.py",
+             "    if not deployable(gate, approval):", "    if False:", (STAGE_GUARDS,)),
+    Mutation("approved with or", "ppmlops/stages/deploy.py",
+             'approved = gate.outcome == "needs_approval" and approval is not None',
+             'approved = gate.outcome == "needs_approval" or approval is not None', (STAGE_GUARDS,)),
+    Mutation("needs-approval branches to deploy", "ppmlops/stages/gate.py",
+             'return "approve" if decision.outcome == "needs_approval"',
+             'return "deploy" if decision.outcome == "needs_approval"', (STAGE_GUARDS,)),
+    Mutation("train gate ignores a deny with an engine error", "ppmlops/stages/plan.py",
+             "    if not train.allowed:\n", "    if not train.allowed and train.error is None:\n", (STAGE_GUARDS,)),
+    Mutation("only allowed decisions audited", "ppmlops/stages/decide.py",
+             "    AuditLog(ctx.settings.db_url).record(", "    if decision.allowed: AuditLog(ctx.settings.db_url).record(",
+             (STAGE_GUARDS, "tests/unit/test_audit_log.py")),
+    Mutation("chain hash ignores prev_hash", "ppmlops/audit/log.py",
+             "hashlib.sha256((prev_hash + record_json).encode(", "hashlib.sha256((record_json).encode(",
+             ("tests/unit/test_audit_log.py",)),
+    Mutation("anchor mismatch not reported", "ppmlops/audit/log.py",
+             "    elif anchored.hash != head.hash:", "    elif False:", ("tests/unit/test_audit_log.py",)),
+    Mutation("class of exactly k unsafe", "ppmlops/risk/kanon.py",
+             "rows_below_k=int(counts[counts < k].sum()), classes_below_k=int((counts < k).sum()),",
+             "rows_below_k=int(counts[counts <= k].sum()), classes_below_k=int((counts <= k).sum()),",
+             ("tests/unit/test_risk_scan.py",)),
+    Mutation("epsilon may be 0", "ppmlops/spec.py", "    epsilon: float = Field(gt=0, le=100)",
+             "    epsilon: float = Field(ge=0, le=100)", ("tests/unit/test_spec.py",)),
+    Mutation("delta may be 1", "ppmlops/spec.py", "    delta: float = Field(gt=0, lt=1)",
+             "    delta: float = Field(gt=0, le=1)", ("tests/unit/test_spec.py",)),
+    Mutation("test_fraction may be 0 or 1", "ppmlops/spec.py", "    test_fraction: float = Field(0.2, gt=0, lt=1)",
+             "    test_fraction: float = Field(0.2, ge=0, le=1)", ("tests/unit/test_spec.py",)),
+    Mutation("range low == high", "ppmlops/spec.py", "        if not v[0] < v[1]:", "        if not v[0] <= v[1]:",
+             ("tests/unit/test_spec.py",)),
+    Mutation("held-out validation ignored", "ppmlops/stages/validate.py",
+             "validate([staged.snapshot_train, staged.snapshot_test], suite", "validate([staged.snapshot_train], suite",
+             (STAGE_GUARDS,)),
+    Mutation("religion name rule deleted", "ppmlops/risk/categories.py",
+             '    ("religion", SPECIAL, r"(^|_)(religion|religious|faith|belief|beliefs|denomination)($|_)"),\n', "",
+             ("tests/unit/test_risk_columns.py", "tests/unit/test_risk_scan.py")),
+)
+
+
+def run(m: Mutation) -> str:
+    source = ROOT / m.path
+    text = source.read_text()
+    if text.count(m.old) != 1:
+        return f"NOT APPLIED: the line occurs {text.count(m.old)} times in {m.path}"
+    source.write_text(text.replace(m.old, m.new))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+    finally:
+        source.write_text(text)
+    failed = [line.removeprefix("FAILED ").split(" - ")[0] for line in done.stdout.splitlines()
+              if line.startswith("FAILED")]
+    return f"caught by {failed[0]}" if done.returncode and failed else "SURVIVED"
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not names or m.name in names]
+    results = []
+    for m in chosen:
+        results.append((m.name, run(m)))
+        print(f"- {m.name}: {results[-1][1]}", flush=True)
+    return 1 if any(not r.startswith("caught") for _, r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
