@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adult import DELTA, adult_job, load  # noqa: E402  benchmarks/ is this script's folder

@@ -17,11 +17,13 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import print_rate_and_memory, run_child  # noqa: E402  benchmarks/ is this script's folder
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,16 +90,10 @@ def main() -> int:
         print(f"generated {path}: {size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
         env = {**os.environ, "PYTHONPATH": str(HERE.parent), "PPMLOPS_HOME": str(work / "home"),
                "PPMLOPS_DATA_ROOTS": str(work)}
-        child = subprocess.run([sys.executable, __file__, "--child", str(path), str(work / "run")],
-                               capture_output=True, text=True, env=env)
-        if child.returncode != 0:
-            print(child.stderr, file=sys.stderr)
-            return child.returncode
-        r = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"ingest: {r['rows']} rows in {r['seconds']:.1f}s = {r['rows'] / r['seconds']:,.0f} rows/s, "
-              f"{size / 2**20 / r['seconds']:.1f} MiB/s")
-        print(f"peak resident memory of the ingesting process: {r['peak_rss_mb']:.0f} MiB "
-              f"({r['rss_after_imports_mb']:.0f} MiB after imports) for a {size / 2**20:.0f} MiB file")
+        r = run_child([__file__, "--child", str(path), str(work / "run")], env)
+        if isinstance(r, int):
+            return r
+        print_rate_and_memory("ingest", "ingesting", r, size)
         print(f"staged: train {r['train']}, test {r['test']} ({r['snapshot_mb']:.0f} MiB of Parquet); "
               f"quarantined {r['quarantined']} {r['reasons']} ({r['quarantine_mb']:.1f} MiB)")
         return 0

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import print_rate_and_memory, run_child  # noqa: E402  benchmarks/ is this script's folder
 
 import numpy as np
 
@@ -99,16 +101,11 @@ def main() -> int:
         rows = generate(path, int(args.size_mb * 1024 * 1024))
         size = path.stat().st_size
         print(f"generated {path}: {size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
-        child = subprocess.run([sys.executable, __file__, "--scan-only", str(path)], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        if child.returncode != 0:
-            print(child.stderr, file=sys.stderr)
-            return child.returncode
-        r = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"scan: {r['rows']} rows in {r['seconds']:.1f}s = {r['rows'] / r['seconds']:,.0f} rows/s, "
-              f"{size / 2**20 / r['seconds']:.1f} MiB/s")
-        print(f"peak resident memory of the scanning process: {r['peak_rss_mb']:.0f} MiB "
-              f"({r['rss_after_imports_mb']:.0f} MiB after imports) for a {size / 2**20:.0f} MiB file")
+        r = run_child([__file__, "--scan-only", str(path)],
+                      {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        if isinstance(r, int):
+            return r
+        print_rate_and_memory("scan", "scanning", r, size)
         print(f"result: score {r['score']:.3f} ({r['level']}), direct identifiers {r['direct']}, "
               f"k-anonymity over {r['quasi_identifiers']} ({r['classes']} classes), {r['rows_used']} consented rows")
         return 0

@@ -257,7 +257,6 @@ for _dag_id, (_path, _spec, _error) in _load_all(PIPELINES).items():
 
 if __name__ == "__main__":
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(description="Run one retraining DAG in-process (dag.test()).")
     parser.add_argument("pipeline", help="spec name (e.g. demo_churn) or path to a spec file")

@@ -16,7 +16,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Sequence
 
-from ppmlops.errors import DataError
 from ppmlops.spec import Consent
 
 FLAG, PURPOSE, EXPIRED = "flag", "purpose", "expired"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import time

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from ppmlops.audit.canary import audit
-from ppmlops.privacy.accountant import Segment
 from ppmlops.privacy.ledger import HOLDOUT, Ledger
 from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for

@@ -18,7 +18,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from ppmlops.errors import TrainingError
 from ppmlops.run.records import TrainRecord
