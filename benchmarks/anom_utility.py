@@ -47,7 +47,7 @@ def private_run(arrays, Xt, yt, *, epsilon, seed, tuner_name, clip, lr, ledger_d
     state, outcome = train_on_ray(job, arrays)
     model = build_model("mlp", arrays.X.shape[1], [64])
     model.load_state_dict(state)
-    spent = max(Ledger(job.ledger_url).epsilon_by_partition("adult").values())
+    spent = max(Ledger(job.ledger_url).epsilon_by_partition("adult", run_id).values())  # the run's grant
     tuner_s = sum(h.get("tuner_seconds", 0.0) for h in outcome.history)
     epoch_s = sum(h["seconds"] for h in outcome.history)
     return evaluate(model, Xt, yt)["accuracy"], spent, tuner_s, epoch_s

@@ -85,7 +85,7 @@ class TrainOperator(BaseOperator):
 
         ctx = tasks.run_context(self.spec)
         if not ctx.settings.ray_jobs_url:
-            return tasks.run_stage(self.spec, "train")
+            return tasks.run_stage(self.spec, "train", ctx)
         try:
             self._handle = jobs.start(ctx, echo=self.log.info)
         except PpmlopsError as err:

@@ -60,10 +60,10 @@ def log_and_hand_on(name: str, record: Record) -> dict:
     return record.model_dump(mode="json")
 
 
-def run_stage(spec: PipelineSpec, name: str) -> dict:
-    """Run a stage in this task and hand its record on."""
+def run_stage(spec: PipelineSpec, name: str, ctx: RunContext | None = None) -> dict:
+    """Run a stage in this task (with `ctx` when the caller has built it) and hand its record on."""
     try:
-        record = pipeline.STAGE_RUNNERS[name](run_context(spec))
+        record = pipeline.STAGE_RUNNERS[name](ctx or run_context(spec))
     except (TrainingError, DatabaseUnavailable):
         raise
     except PpmlopsError as err:

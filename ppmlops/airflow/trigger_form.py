@@ -33,17 +33,21 @@ def remaining_share(spec: PipelineSpec) -> float | None:
     from ppmlops import settings as settings_mod
     from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
 
+    ledger = None
     try:
         url = settings_mod.load().db_url
         if sqlite_file_missing(url):  # parsing must not create the database
             return None
-        ledger = Ledger(url)
+        ledger = Ledger.reading(url)
         budget = ledger.budget(spec.dataset.id)
         if budget is None:
             return None
         left = max(0.0, 1.0 - budget.share_used(ledger.charged_curves(spec.dataset.id)))
     except Exception:  # noqa: BLE001 - a DAG must parse without its ledger; the text says so
         return None
+    finally:
+        if ledger is not None:
+            ledger.close()
     return math.floor(left * 10 + 1e-9) / 10
 
 
@@ -77,9 +81,10 @@ def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
         "use_gpu": Param(d.use_gpu, type="boolean", title="Use GPUs",
                          description="One GPU per Ray Train worker (NCCL); the Ray cluster needs GPU nodes."),
         "seed": Param(d.seed, type="integer", allOf=[{"minimum": 0}], title="Seed",
-                      description="Seeds the model's initial weights and data order (0 or more). The DP noise "
-                                  "is drawn from the OS's CSPRNG whatever the seed, unless the spec asks for "
-                                  "reproducible randomness (which never deploys to production)."),
+                      description="Seeds the tuner's exploration (0 or more). Noise, sampling and the initial "
+                                  "weights come from the OS's CSPRNG whatever the seed, unless the spec asks for "
+                                  "reproducible randomness, where this seed keys every draw (such models never "
+                                  "deploy to production)."),
         "environment": Param(d.environment, type="string", enum=list(get_args(Environment)), title="Deploy to",
                              description="Where an allowed model goes: production moves the production alias "
                                          "(and may need a person's approval); the others move their own alias."),

@@ -225,6 +225,14 @@ class Ledger:
                 if attempt:
                     raise
 
+    @classmethod
+    def reading(cls, db_url: str) -> "Ledger":
+        """A ledger over tables that already exist: creates nothing and writes nothing (for DAG
+        parsing, which runs every few seconds beside the tasks that write)."""
+        ledger = cls.__new__(cls)
+        ledger.db_url, ledger._engine = db_url, db.make_engine(db_url)
+        return ledger
+
     def safe_url(self) -> str:
         return db.redact(self.db_url)
 

@@ -138,6 +138,22 @@ def test_the_budget_in_the_docs_moves_in_tenths_so_parsing_makes_no_new_dag_vers
     assert later != first and "at least 90%" not in later
 
 
+def test_parsing_reads_the_ledger_without_creating_or_writing_anything(tmp_path, monkeypatch):
+    """The DAG processor parses every few seconds beside running tasks: the budget line reads
+    the ledger's tables if they exist, and a database without them stays without them."""
+    import sqlite3
+
+    from ppmlops.airflow.trigger_form import remaining_share
+    from ppmlops.spec import load_spec
+
+    db_file = tmp_path / "ppmlops.db"
+    sqlite3.connect(db_file).close()  # a database with no ledger tables yet
+    monkeypatch.setenv("PPMLOPS_DB_URL", f"sqlite:///{db_file}")
+    assert remaining_share(load_spec(REPO / "dags" / "pipelines" / "demo.yaml")) is None
+    with sqlite3.connect(db_file) as conn:
+        assert conn.execute("select name from sqlite_master").fetchall() == []
+
+
 @pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False), ("true", True), (None, False)])
 def test_use_gpu_param_reaches_the_run(given, expected):
     from ppmlops import pipeline
