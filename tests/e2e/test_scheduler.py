@@ -222,9 +222,23 @@ def sched_backfill(airflow):
     return done(), killed, approved
 
 
+def _why_not_success(af: Airflow, dag_id: str, runs: list[dict]) -> str:
+    """Each unsuccessful run's task states and its failed tasks' logs, every try."""
+    out = []
+    for r in (r for r in runs if r["state"] != "success"):
+        tis = af.tasks(dag_id, r["dag_run_id"])
+        out.append(f"{r['dag_run_id']} {r['state']}: " + ", ".join(f"{t} {ti['state']} (try {ti['try_number']})"
+                                                                   for t, ti in tis.items()))
+        for t, ti in ((t, ti) for t, ti in tis.items() if ti["state"] in ("failed", "up_for_retry")):
+            for n in range(1, int(ti["try_number"] or 1) + 1):
+                log = af.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}/taskInstances/{t}/logs/{n}")
+                out.append(f"--- {t} try {n}:\n{log.text[-4000:]}")
+    return "\n".join(out) or "every run succeeded"
+
+
 def test_a_backfill_trains_each_interval_on_its_own_rows(airflow, sched_backfill):
     runs, _, approved = sched_backfill
-    assert [r["state"] for r in runs] == ["success"] * 3, airflow.log()
+    assert [r["state"] for r in runs] == ["success"] * 3, _why_not_success(airflow, "ppmlops_sched", runs)
     assert sorted(approved) == sorted(r["dag_run_id"] for r in runs)  # each deploy waited for the officer
     windows, hashes = set(), set()
     for r in runs:
