@@ -13,7 +13,9 @@ Budgets belong to a dataset, not to a run. Three kinds of entry:
   the dashboard's "used of the run's budget".
 
 When a run ends its grant is closed: released where the run used none of it, else trimmed to
-its usage. Trimming is sound for the dataset's totals because the lifetime filter works at one
+its usage. A private search's piece (mechanism ``private_search``) is neither: its bound holds
+for the released best trial only while K stays secret, so its usage is never recorded and the
+piece stays counted in full (``completed``) whatever the run did. Trimming is sound for the dataset's totals because the lifetime filter works at one
 Renyi order: there, the sequence of mechanisms may be chosen adaptively (Feldman & Zrnic 2021)
 and the usage rows are exactly the mechanisms that ran, each below the grant that admitted it
 (the run's filter holds usage under the grant at every order). A trimmed grant asked for again
@@ -51,8 +53,10 @@ from ppmlops.errors import BudgetExceeded, PpmlopsError
 from ppmlops.privacy.accountant import ORDERS, Segment, check_delta, epsilon_from_rdp, segment_rdp
 from ppmlops.privacy.lifetime import LifetimeBudget, choose_order
 from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
+from ppmlops.privacy.search import TrialCount, search_rdp
 
-MECHANISMS = ("subsampled_gaussian", "gaussian")
+MECHANISMS = ("subsampled_gaussian", "gaussian", "private_search")
+SEARCH = "private_search"
 KINDS = ("release", "grant", "usage")
 COUNTED = ("release", "grant")
 RESERVED, COMPLETED, RELEASED, TRIMMED = "reserved", "completed", "released", "trimmed"
@@ -94,13 +98,18 @@ ledger_table = Table(
     # series has no finite bound), which strict JSON types reject.
     Column("orders", Text, nullable=False),
     Column("rdp", Text, nullable=False),
+    # private_search: the trial count's distribution (ppmlops.privacy.search.TrialCount); the
+    # segment is one trial's.
+    Column("search_mean", Double, nullable=True),
+    Column("search_shape", Double, nullable=True),
 )
 
 # Columns added since the first schema; existing databases get them on open (ALTER TABLE ADD).
 _ADDED = {
     "privacy_datasets": {"accounting_order": "DOUBLE PRECISION"},
     "privacy_ledger": {"kind": "VARCHAR(16) NOT NULL DEFAULT 'release'", "key": "VARCHAR(200)",
-                       "randomness": "VARCHAR(16) NOT NULL DEFAULT 'unrecorded'"},
+                       "randomness": "VARCHAR(16) NOT NULL DEFAULT 'unrecorded'",
+                       "search_mean": "DOUBLE PRECISION", "search_shape": "DOUBLE PRECISION"},
 }
 
 
@@ -116,9 +125,15 @@ class Charge:
     segment: Segment
     mechanism: str = "subsampled_gaussian"
     note: str = ""
+    trials: TrialCount | None = None  # private_search: the best of K trials of `segment`
 
     def rdp(self) -> np.ndarray:
-        return segment_rdp(self.segment)
+        return piece_rdp(self.segment, self.trials)
+
+
+def piece_rdp(segment: Segment, trials: TrialCount | None) -> np.ndarray:
+    base = segment_rdp(segment)
+    return base if trials is None else search_rdp(base, trials)
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,7 @@ class LedgerEntry:
     note: str
     rdp: np.ndarray = field(compare=False, repr=False)  # read-only, on ORDERS
     completed_at: str | None = None
+    trials: TrialCount | None = None
 
     @property
     def segment(self) -> Segment:
@@ -152,6 +168,8 @@ class LedgerEntry:
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate, "steps": self.steps,
             "status": self.status, "randomness": self.randomness, "created_at": self.created_at,
             "completed_at": self.completed_at, "note": self.note,
+            "search_mean": self.trials.mean if self.trials else None,
+            "search_shape": self.trials.eta if self.trials else None,
         }
 
 
@@ -401,12 +419,15 @@ class Ledger:
             entries = self._entries(conn, dataset_id, run_id)
             used = {e.partition for e in entries if e.kind == "usage"}
             grants = [e for e in entries if e.kind == "grant" and e.status in LIVE]
-            for status, ids in ((TRIMMED, [e.id for e in grants if e.partition in used]),
+            searches = [e for e in grants if e.mechanism == SEARCH]
+            grants = [e for e in grants if e.mechanism != SEARCH]
+            for status, ids in ((COMPLETED, [e.id for e in searches if e.status == RESERVED]),
+                                (TRIMMED, [e.id for e in grants if e.partition in used]),
                                 (RELEASED, [e.id for e in grants if e.partition not in used])):
                 if ids:
                     conn.execute(update(ledger_table).where(ledger_table.c.id.in_(ids))
                                  .values(status=status, completed_at=_now()))
-            return TRIMMED if used else RELEASED
+            return TRIMMED if used or searches else RELEASED
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -499,6 +520,8 @@ def _entry_values(dataset_id: str, run_id: str, c: Charge, kind: str, key: str, 
         raise PpmlopsError(f"mechanism must be one of {list(MECHANISMS)}, got {c.mechanism!r}")
     if c.mechanism == "gaussian" and c.segment.sample_rate != 1.0:
         raise PpmlopsError(f"mechanism 'gaussian' needs sample_rate 1 (no subsampling), got {c.segment.sample_rate}")
+    if (c.mechanism == SEARCH) != (c.trials is not None):
+        raise PpmlopsError(f"a trial count goes with mechanism {SEARCH!r} and only with it (got {c.mechanism!r})")
     if randomness not in RANDOMNESS_MODES:
         raise PpmlopsError(f"randomness must be one of {list(RANDOMNESS_MODES)}, got {randomness!r}")
     rdp = c.rdp()
@@ -506,32 +529,35 @@ def _entry_values(dataset_id: str, run_id: str, c: Charge, kind: str, key: str, 
                 mechanism=c.mechanism, noise_multiplier=c.segment.noise_multiplier,
                 sample_rate=c.segment.sample_rate, steps=c.segment.steps, status=RESERVED,
                 randomness=randomness, created_at=_now(), completed_at=None, note=str(c.note),
-                orders=json.dumps(list(ORDERS)), rdp=json.dumps([float(x) for x in rdp]))
+                orders=json.dumps(list(ORDERS)), rdp=json.dumps([float(x) for x in rdp]),
+                search_mean=c.trials.mean if c.trials else None, search_shape=c.trials.eta if c.trials else None)
 
 
 def _same_charge(entries: list[LedgerEntry], charges: list[Charge]) -> bool:
-    have = sorted((e.partition, e.mechanism, e.segment.noise_multiplier, e.segment.sample_rate, e.segment.steps)
-                  for e in entries)
-    want = sorted((c.partition, c.mechanism, c.segment.noise_multiplier, c.segment.sample_rate, c.segment.steps)
-                  for c in charges)
-    return have == want
+    def key(x):
+        t = (x.trials.mean, x.trials.eta) if x.trials else ()
+        return (x.partition, x.mechanism, x.segment.noise_multiplier, x.segment.sample_rate, x.segment.steps, t)
+
+    return sorted(map(key, entries)) == sorted(map(key, charges))
 
 
 def _entry(row: Any) -> LedgerEntry:
     segment = Segment(row.noise_multiplier, row.sample_rate, row.steps)
+    mean = getattr(row, "search_mean", None)
+    trials = TrialCount(row.search_mean, row.search_shape) if mean is not None else None
     stored_orders = tuple(float(a) for a in json.loads(row.orders))
     if stored_orders == ORDERS:
         rdp = np.asarray(json.loads(row.rdp), dtype=np.float64)
     else:
         # Written by a version with another order grid: the parameters are the record.
-        rdp = segment_rdp(segment)
+        rdp = piece_rdp(segment, trials)
     rdp.setflags(write=False)
     return LedgerEntry(
         id=row.id, dataset_id=row.dataset_id, run_id=row.run_id, partition=row.partition,
         kind=row.kind or "release", key=row.key, mechanism=row.mechanism,
         noise_multiplier=segment.noise_multiplier, sample_rate=segment.sample_rate, steps=segment.steps,
         status=row.status, randomness=row.randomness or "unrecorded", created_at=row.created_at,
-        note=row.note or "", rdp=rdp, completed_at=row.completed_at)
+        note=row.note or "", rdp=rdp, completed_at=row.completed_at, trials=trials)
 
 
 def _add_missing_columns(conn: Connection) -> None:
