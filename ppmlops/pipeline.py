@@ -90,7 +90,10 @@ def stage_line(name: str, record: Record) -> str:
                          f"{r.privacy.noise_multiplier:.3g}, Poisson rate {r.privacy.sample_rate:.3g}, "
                          f"{r.privacy.steps_per_epoch} steps x {r.privacy.epochs} epochs; lifetime budget used "
                          f"{r.privacy.dataset_share_after:.1%} with this run"),
-        "train": lambda: (f"{r.epochs_completed} epochs ({r.stopped_reason}); epsilon used "
+        "train": lambda: (f"private search: chosen learning rate {r.search.learning_rate:.3g}, clip "
+                          f"{r.search.max_grad_norm:.3g} (noisy held-out accuracy {r.search.holdout_accuracy_noisy:.3f}); "
+                          f"epsilon {r.epsilon_used.get('train', 0):.4g}, the whole search charged" if r.search else
+                          f"{r.epochs_completed} epochs ({r.stopped_reason}); epsilon used "
                           f"{r.epsilon_used.get('train', 0):.4g} of the run's budget"),
         "evaluate": lambda: (f"noisy accuracy {r.accuracy:.4f}, AUC {_num(r.auc)}, majority rate "
                              f"{r.majority_baseline:.4f}; canary audit epsilon lower bound "

@@ -298,6 +298,29 @@ class Training(_Model):
     randomness: Literal["secure", "reproducible"] = "secure"
 
 
+class Search(_Model):
+    """A private hyperparameter search run (the trigger form's `search`; ppmlops.privacy.search):
+    K trials, K drawn from the truncated negative binomial of mean `trials` and shape `shape`
+    (1: geometric, 0: logarithmic); each trial trains with a learning rate and clip norm drawn
+    log-uniformly from the ranges, at the plan's noise, and is scored by a noisy accuracy on the
+    held-out rows; only the best trial is released, and the search's whole cost is charged."""
+
+    trials: float = Field(5.0, gt=1, le=50)
+    shape: float = Field(1.0, ge=0, le=10)
+    learning_rate: tuple[float, float] = (0.1, 4.0)
+    max_grad_norm: tuple[float, float] = (0.05, 2.0)
+    # Instead of the ranges: each trial takes one of these (learning rate, clip norm) pairs, uniformly.
+    grid: list[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]] | None = Field(None, min_length=1)
+
+    @field_validator("learning_rate", "max_grad_norm")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError(f"a search range must be (low, high) with 0 < low <= high, got {list(v)}")
+        return v
+
+
 class Audit(_Model):
     """The canary audit (Steinke, Nasr & Jagielski 2023) run on every trained model."""
 
@@ -350,6 +373,7 @@ class PipelineSpec(_Model):
     training: Training = Training()
     ray: RayConfig = RayConfig()
     audit: Audit = Audit()
+    search: Search = Search()
     validation_suite: str | None = None  # path under expectations/; default expectations/<dataset id>.json
     deploy: Deploy
     retries: Retries = Retries()

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from ppmlops.privacy.ledger import Ledger
-from ppmlops.privacy.planning import EpochShape, RunRequest, plan_run
+from ppmlops.privacy.planning import EpochShape, RunRequest, plan_run, plan_search
+from ppmlops.privacy.search import TrialCount
 from ppmlops.privacy.session import reserve
 from ppmlops.run.grant import charge_records, grant_of
-from ppmlops.run.records import PrivacyPlan
+from ppmlops.run.records import PrivacyPlan, SearchPlan
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.loop import Arrays
 from ppmlops.tuning.registry import wants_holdout_accuracy
@@ -30,20 +31,32 @@ def synthetic(n: int = 600, d: int = 6, seed: int = 0, holdout: int = 200) -> Ar
 def make_job(ledger_url: str, arrays: Arrays, *, run_id: str = "run-1", epochs: int = 2, batch: int = 64,
              tuner: str = "fixed", randomness: str = "reproducible", run_epsilon: float = 1.0, seed: int = 0,
              workers: int = 1, lifetime: float = 50.0, dataset: str = "synthetic", learning_rate: float = 0.5,
-             max_grad_norm: float = 1.0, holdout_epsilon: float = 0.5) -> WorkerJob:
+             max_grad_norm: float = 1.0, holdout_epsilon: float = 0.5, search: TrialCount | None = None,
+             search_learning_rate: tuple[float, float] = (0.1, 4.0),
+             search_max_grad_norm: tuple[float, float] = (0.05, 2.0),
+             search_grid: list[tuple[float, float]] | None = None,
+             search_centre: tuple[float, float] | None = None) -> WorkerJob:
+    """A planned job; with `search`, a private search's (trials drawn from `search`, settings
+    from the two ranges), which trains at fixed settings within each trial."""
     ledger = Ledger(ledger_url)
     budget = ledger.register_dataset(dataset, epsilon_budget=lifetime, delta=DELTA)
     shape = EpochShape.of(len(arrays.y), 0, batch)
+    tuner = "fixed" if search else tuner
     req = RunRequest(dataset, DELTA, epochs, shape, wants_holdout_accuracy(tuner), holdout_epsilon, {}, "test split")
     charged = ledger.charged_curves(dataset)
-    planned = plan_run(budget, charged, req, run_epsilon)
+    planned = (plan_search(budget, charged, req, run_epsilon, search) if search
+               else plan_run(budget, charged, req, run_epsilon))
+    searched = None if search is None else SearchPlan(
+        trials_mean=search.mean, trials_shape=search.eta, distribution=search.describe(),
+        learning_rate=search_learning_rate, max_grad_norm=search_max_grad_norm, score_sigma=planned.score_sigma,
+        grid=search_grid, centre=search_centre)
     plan = PrivacyPlan(
         dataset_id=dataset, run_id=run_id, delta=DELTA, randomness=randomness, accounting_order=budget.order,
         run_epsilon=run_epsilon, epsilon=planned.epsilon, epsilon_by_partition=planned.epsilon_by_partition,
         noise_multiplier=planned.noise_multiplier, sample_rate=shape.sample_rate, steps_per_epoch=shape.steps,
         epochs=epochs, divisor=shape.divisor, rows_estimate=float(len(arrays.y)), canaries=0,
         holdout_sigma=planned.holdout_sigma, evaluation_sigma=planned.evaluation_sigma,
-        grant=charge_records(planned.charges), dataset_share_before=0.0, dataset_share_after=0.0)
+        grant=charge_records(planned.charges), dataset_share_before=0.0, dataset_share_after=0.0, search=searched)
     reserve(ledger, grant_of(plan))
     return WorkerJob(plan=plan, ledger_url=ledger_url, model_kind="logistic", hidden=(),
                      learning_rate=learning_rate, momentum=0.0, max_grad_norm=max_grad_norm, tuner=tuner, seed=seed,

@@ -91,6 +91,12 @@ def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
         "tuner": Param(spec.training.tuner, type="string", enum=list(TUNER_NAMES), title="Tuner (ANOM)",
                        description="How noise, clip norm and learning rate change between epochs, inside the "
                                    "run's fixed privacy budget."),
+        "search": Param(False, type="boolean", title="Private hyperparameter search",
+                        description=f"Train about {spec.search.trials:g} trials (the number is random and secret) with "
+                                    "learning rate and clip norm drawn from the spec's search ranges, and keep the "
+                                    "one with the best noisy held-out accuracy. The whole search is charged "
+                                    "(Papernot & Steinke 2022): about one run's epsilon plus a constant, not one "
+                                    "per trial. Trials train at fixed settings (the tuner is not used)."),
     }
 
 

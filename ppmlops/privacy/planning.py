@@ -28,8 +28,9 @@ import numpy as np
 
 from ppmlops.errors import BudgetExceeded
 from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, epsilon_from_rdp, segment_rdp
-from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, charge_curves
+from ppmlops.privacy.ledger import HOLDOUT, SEARCH, TRAIN, Charge, charge_curves
 from ppmlops.privacy.lifetime import LifetimeBudget
+from ppmlops.privacy.search import TrialCount
 
 # The final evaluation costs as much as this many tuner releases (noise sigma / 2).
 EVALUATION_WEIGHT = 4
@@ -74,6 +75,7 @@ class PlannedRun:
     evaluation_sigma: float
     charges: tuple[Charge, ...]
     epsilon_by_partition: dict[str, float]
+    score_sigma: float | None = None  # a private search: each trial's noisy held-out accuracy
 
     @property
     def epsilon(self) -> float:
@@ -153,6 +155,76 @@ def plan_run(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: R
     by_partition = {p: epsilon_from_rdp(req.run_stats.get(p, _zeros()) + grant[p], req.delta)[0]
                     for p in sorted(grant)}
     return PlannedRun(sigma, scale if req.tuner_signals else None, scale / 2, tuple(charges), by_partition)
+
+
+def plan_search(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: RunRequest,
+                run_epsilon: float, trials: TrialCount) -> PlannedRun:
+    """A private search's noise and grant: each trial is `req.epochs` epochs of DP-SGD at one
+    noise multiplier, then one noisy held-out accuracy (the trial's score); the grant is the
+    search's bound over K trials (ppmlops.privacy.search) per partition, plus the final noisy
+    evaluation of the chosen model on the held-out rows."""
+    steps, q = req.shape.steps * req.epochs, req.shape.sample_rate
+    before = released(req)
+    for partition, target, what in ((TRAIN, run_epsilon, "the run's epsilon"),
+                                    (HOLDOUT, req.holdout_epsilon, "privacy.holdout_epsilon")):
+        if target <= before[partition]:
+            raise BudgetExceeded(
+                f"{what} {target:.4g} leaves nothing for the {partition} rows after the run's noisy counts "
+                f"(epsilon {before[partition]:.4g}): raise it, or lower privacy.stats_epsilon")
+    split = SPLIT_MARK + req.split
+
+    def train(sigma: float) -> list[Charge]:
+        return [Charge(TRAIN, Segment(sigma, q, steps), SEARCH,
+                       f"grant: private search over K trials ({trials.describe()}), each {req.epochs} epochs of "
+                       f"{req.shape.steps} DP-SGD steps at Poisson rate {q:.6g}, noise multiplier {sigma:.6g}; only "
+                       "the best trial is released" + (f"; rows {req.window}" if req.window else ""), trials)]
+
+    def holdout(scale: float) -> list[Charge]:
+        return [Charge(HOLDOUT, Segment(scale, 1.0, 1), SEARCH,
+                       f"grant: each trial's noisy held-out accuracy (discrete Gaussian, sigma {scale:.6g}), best of "
+                       f"K trials ({trials.describe()})" + split, trials),
+                Charge(HOLDOUT, Segment(scale / 2, 1.0, 1), "gaussian",
+                       f"grant: the final noisy evaluation (discrete Gaussian, effective sigma {scale / 2:.6g})" + split)]
+
+    def least(partition: str, target: float, pieces) -> float:
+        prior = req.run_stats.get(partition, _zeros())
+
+        def fits(x: float) -> bool:
+            curve = charge_curves(pieces(x))[partition]
+            return (epsilon_from_rdp(prior + curve, req.delta)[0] <= target
+                    and lifetime.refusal(charged, {partition: curve}) is None)
+
+        return _least_noise(fits)
+
+    sigma, scale = least(TRAIN, run_epsilon, train), least(HOLDOUT, req.holdout_epsilon, holdout)
+    for partition, value in ((TRAIN, sigma), (HOLDOUT, scale)):
+        if not math.isfinite(value):
+            raise BudgetExceeded(f"dataset {req.dataset_id!r} has no budget left on its {partition} rows for a "
+                                 f"private search of {req.epochs}-epoch trials")
+    charges = train(sigma) + holdout(scale)
+    grant = charge_curves(charges)
+    by_partition = {p: epsilon_from_rdp(req.run_stats.get(p, _zeros()) + grant[p], req.delta)[0]
+                    for p in sorted(grant)}
+    return PlannedRun(sigma, None, scale / 2, tuple(charges), by_partition, score_sigma=scale)
+
+
+def _least_noise(fits) -> float:
+    """The smallest noise (to 1e-4 relative, on the fitting side) for a test that more noise can
+    only pass; inf when even 1e6 fails."""
+    hi = 1.0
+    while not fits(hi):
+        hi *= 2.0
+        if hi > 1e6:
+            return math.inf
+    lo = hi / 2.0
+    while fits(lo):
+        if lo < 1e-3:
+            return lo
+        hi, lo = lo, lo / 2.0
+    while hi / lo - 1 > 1e-4:
+        mid = math.sqrt(lo * hi)
+        hi, lo = (mid, lo) if fits(mid) else (hi, mid)
+    return hi
 
 
 def split_conflict(entries, split: str) -> str | None:

@@ -23,6 +23,7 @@ class RunParams:
     environment: str = "development"
     tuner: str = ""  # "" follows the spec's training.tuner
     use_gpu: bool = False
+    search: bool = False  # a private hyperparameter search run (the spec's search section)
 
     @classmethod
     def defaults(cls, spec: PipelineSpec) -> "RunParams":
@@ -76,6 +77,10 @@ class RunContext:
 
     @property
     def tuner(self) -> str:
+        # A search's trials train at fixed settings: each trial is one draw of the search, and the
+        # search's bound needs the same privacy curve for every trial.
+        if self.params.search:
+            return "fixed"
         return self.params.tuner or self.spec.training.tuner
 
     @property

@@ -162,6 +162,24 @@ class ChargeRecord(Part):
     sample_rate: float
     steps: int
     note: str = ""
+    trials_mean: float | None = None  # private_search: the trial count's mean and shape
+    trials_shape: float | None = None
+
+
+class SearchPlan(Part):
+    """A private search's public plan: how many trials on average (K itself is secret), the
+    space each trial's settings are drawn from, and the noise of each trial's score."""
+
+    trials_mean: float
+    trials_shape: float
+    distribution: str
+    learning_rate: tuple[float, float]
+    max_grad_norm: tuple[float, float]
+    score_sigma: float
+    grid: list[tuple[float, float]] | None = None  # (learning rate, clip norm) pairs, drawn uniformly
+    # The best (learning rate, clip norm) earlier runs released: half the trials are drawn within a
+    # factor of 2 of it (inside the ranges), half from the whole ranges.
+    centre: tuple[float, float] | None = None
 
 
 class PrivacyPlan(Part):
@@ -188,6 +206,19 @@ class PrivacyPlan(Part):
     grant: list[ChargeRecord]
     dataset_share_before: float  # of the dataset's lifetime budget (RDP at its order), before this grant
     dataset_share_after: float
+    search: SearchPlan | None = None  # a private hyperparameter search run
+
+
+class KnownResult(Part):
+    """A DP-released result of an earlier run of the pipeline: settings and the noisy accuracy
+    after them (ppmlops.run.known). Reading it again is post-processing: free."""
+
+    run_id: str
+    learning_rate: float
+    max_grad_norm: float
+    progress: float  # epochs done / epochs when the accuracy was released (1: the run's end)
+    accuracy_noisy: float
+    what: str  # "epoch 2 of 4", "search", "evaluation"
 
 
 class PlanRecord(Record):
@@ -197,6 +228,7 @@ class PlanRecord(Record):
     reasons: list[str]
     decisions: list[str]
     policy_input: dict[str, Any]
+    warm_start: list[KnownResult] = Field(default_factory=list)  # what the tuner starts from
 
 
 class Refusal(Record):
@@ -256,6 +288,16 @@ class TrainTimings(Part):
     fit: float = 0.0  # trainer.fit() as a whole
 
 
+class SearchResult(Part):
+    """What a private search releases: the chosen trial's settings and noisy score, nothing of
+    the others and not how many there were."""
+
+    noise_multiplier: float
+    learning_rate: float
+    max_grad_norm: float
+    holdout_accuracy_noisy: float
+
+
 class TrainRecord(Record):
     FILE: ClassVar[str] = "train.json"
     model_path: str
@@ -269,6 +311,7 @@ class TrainRecord(Record):
     epsilon_used: dict[str, float]
     ray_job: dict[str, str] | None = None
     timings: TrainTimings | None = None
+    search: SearchResult | None = None
 
 
 class Canaries(Record):

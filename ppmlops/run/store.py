@@ -41,6 +41,13 @@ class RunStore:
         return cls(Path(runs_dir) / pipeline / run_folder_name(run_id))
 
     @classmethod
+    def of_pipeline(cls, runs_dir: Path, pipeline: str) -> list["RunStore"]:
+        """Every run folder of a pipeline, oldest first."""
+        root = Path(runs_dir) / pipeline
+        folders = [p for p in root.iterdir() if p.is_dir() and _SAFE_NAME.match(p.name)] if root.is_dir() else []
+        return [cls(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime)]
+
+    @classmethod
     def existing(cls, runs_dir: Path, pipeline: str, folder: str) -> "RunStore":
         """A run folder named by a caller (the dashboard's URL): refuse anything but a plain name."""
         for what, name in (("pipeline", pipeline), ("run", folder)):

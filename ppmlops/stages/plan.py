@@ -13,11 +13,14 @@ from typing import Any
 from ppmlops.errors import BudgetExceeded, PolicyRefused, PpmlopsError
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget
-from ppmlops.privacy.planning import EpochShape, RunRequest, affordable, plan_run, released, split_conflict
+from ppmlops.privacy.planning import (
+    EpochShape, PlannedRun, RunRequest, affordable, plan_run, plan_search, released, split_conflict,
+)
+from ppmlops.privacy.search import TrialCount
 from ppmlops.privacy.session import reserve
 from ppmlops.registry import tracking
 from ppmlops.run.grant import charge_records, grant_of
-from ppmlops.run.records import CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, Staged
+from ppmlops.run.records import CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, SearchPlan, Staged
 from ppmlops.stages.context import RunContext, timed
 from ppmlops.stages.decide import decide
 from ppmlops.tuning.registry import wants_holdout_accuracy
@@ -91,8 +94,10 @@ def run(ctx: RunContext) -> PlanRecord:
     charged = ledger.charged_curves(spec.dataset.id)
     doc = policy_input(ctx, counts, risk, budget, charged, req)
     run_epsilon, reasons, decisions = _budget(ctx, doc)
+    warm = _warm_start(ctx)
     try:
-        planned = plan_run(budget, charged, req, run_epsilon)
+        planned = (plan_search(budget, charged, req, run_epsilon, _trials(ctx)) if ctx.params.search
+                   else plan_run(budget, charged, req, run_epsilon))
     except BudgetExceeded as err:
         _refuse(ctx, [str(err)])
     privacy = PrivacyPlan(
@@ -103,12 +108,37 @@ def run(ctx: RunContext) -> PlanRecord:
         divisor=req.shape.divisor, rows_estimate=float(max(1, counts.rows_train)), canaries=canaries,
         holdout_sigma=planned.holdout_sigma, evaluation_sigma=planned.evaluation_sigma,
         grant=charge_records(planned.charges), dataset_share_before=budget.share_used(charged),
-        dataset_share_after=budget.share_used(_plus(charged, planned.charges)))
+        dataset_share_after=budget.share_used(_plus(charged, planned.charges)), search=_search_plan(ctx, planned, warm))
     try:
         reserve(ledger, grant_of(privacy))
     except BudgetExceeded as err:  # a concurrent run took the rest between our read and our write
         _refuse(ctx, [f"{err} (a run planned at the same time reserved the rest first)"], by="the ledger")
-    return PlanRecord(privacy=privacy, tuner=ctx.tuner, reasons=reasons, decisions=decisions, policy_input=doc)
+    return PlanRecord(privacy=privacy, tuner=ctx.tuner, reasons=reasons, decisions=decisions, policy_input=doc,
+                      warm_start=warm)
+
+
+def _warm_start(ctx: RunContext) -> list:
+    """Earlier runs' released results, for a tuner or search that adapts (the fixed baseline does not)."""
+    from ppmlops.run.known import known_results
+
+    if ctx.tuner == "fixed" and not ctx.params.search:
+        return []
+    return known_results(ctx.settings.runs_dir, ctx.spec.name, exclude_run=ctx.run_id)
+
+
+def _trials(ctx: RunContext) -> TrialCount:
+    return TrialCount(ctx.spec.search.trials, ctx.spec.search.shape)
+
+
+def _search_plan(ctx: RunContext, planned: PlannedRun, warm: list) -> SearchPlan | None:
+    from ppmlops.run.known import best_known
+
+    if planned.score_sigma is None:
+        return None
+    s, best = ctx.spec.search, best_known(warm)
+    return SearchPlan(trials_mean=s.trials, trials_shape=s.shape, distribution=_trials(ctx).describe(),
+                      learning_rate=s.learning_rate, max_grad_norm=s.max_grad_norm, score_sigma=planned.score_sigma,
+                      grid=s.grid, centre=(best.learning_rate, best.max_grad_norm) if best else None)
 
 
 def _plus(charged, charges):

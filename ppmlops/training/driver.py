@@ -16,7 +16,7 @@ from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.run.logs import library_logs
-from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, StagedData, TrainRecord
+from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, SearchResult, StagedData, TrainRecord
 from ppmlops.run.context import RunContext
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.loop import Arrays
@@ -48,10 +48,18 @@ def canaries(ctx: RunContext, count: int, n_features: int) -> CanarySet:
 
 
 def worker_job(ctx: RunContext, plan) -> WorkerJob:
+    """The run's job; an adaptive tuner starts from the best configuration earlier runs released."""
+    from ppmlops.run.known import best_known
+
     spec, p = ctx.spec, ctx.params
+    warm = tuple(ctx.store.read(PlanRecord).warm_start)
+    lr, clip = spec.training.learning_rate, spec.training.max_grad_norm
+    best = best_known(list(warm))
+    if best is not None and ctx.tuner != "fixed":
+        lr, clip = best.learning_rate, best.max_grad_norm
     return WorkerJob(plan=plan, ledger_url=ctx.settings.db_url, model_kind=spec.model.kind,
-                     hidden=tuple(spec.model.hidden), learning_rate=spec.training.learning_rate,
-                     momentum=spec.training.momentum, max_grad_norm=spec.training.max_grad_norm, tuner=ctx.tuner,
+                     hidden=tuple(spec.model.hidden), learning_rate=lr, warm_start=warm,
+                     momentum=spec.training.momentum, max_grad_norm=clip, tuner=ctx.tuner,
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
                      storage_path=str(ctx.store.root / "ray"), ray_address=ctx.settings.ray_address,
                      max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
@@ -106,8 +114,11 @@ def train_here(ctx: RunContext) -> TrainRecord:
     torch.save({"state_dict": without_canary_columns(weights, len(names)), "kind": ctx.spec.model.kind,
                 "hidden": list(ctx.spec.model.hidden), "features": names}, ctx.store.model_path)
     session.recover()
+    # A search's grant is never trimmed to usage (ppmlops.privacy.ledger): all of it is used.
+    used = session.budget_epsilon if plan.search else session.used_epsilon
     return TrainRecord(
         model_path=str(ctx.store.model_path), n_features=len(names), epochs_completed=outcome.epochs_completed,
         stopped_reason=outcome.stopped_reason, history=[EpochRecord(**h) for h in outcome.history],
         usage_entries=outcome.usage_entries, tuner=ctx.tuner, randomness=plan.randomness,
-        epsilon_used={p: session.used_epsilon(p) for p in sorted(session.filters)}, timings=outcome.timings)
+        epsilon_used={p: used(p) for p in sorted(session.filters)}, timings=outcome.timings,
+        search=SearchResult(**outcome.search) if outcome.search else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppmlops.run.records import PrivacyPlan, TrainTimings
+from ppmlops.run.records import KnownResult, PrivacyPlan, TrainTimings
 
 # Per-row clipping (ppmlops.training.clipping): auto = closed-form norms for linear stacks, else
 # Opacus's ghost clipping; hooks = Opacus's per-row gradients. The privacy guarantee is the same.
@@ -35,6 +35,7 @@ class WorkerJob:
     init_path: str = ""  # rank 0 saves the initial weights here (the canary audit's reference point)
     progress_path: str = ""  # rank 0 appends its per-epoch lines here (ppmlops.training.progress)
     clipping: str = "auto"  # one of CLIPPING_MODES
+    warm_start: tuple[KnownResult, ...] = ()  # earlier runs' released results (the plan's)
 
     @property
     def run_id(self) -> str:
@@ -51,3 +52,4 @@ class TrainOutcome:
     usage_entries: list[int]
     path: str = ""
     timings: TrainTimings | None = None
+    search: dict | None = None  # a private search's chosen trial (settings and noisy score), nothing else

@@ -232,8 +232,9 @@ def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dic
         restored = read_checkpoint(d)
     state = restored.state
     timings = _timings(result.return_value, ray_start=ray_start, fit=fit, fit_at=fit_at, done_at=done_at)
+    chosen = (state.search or {}).get("best")  # never the search's K or its other trials
     return restored.weights, TrainOutcome(state.epoch, state.stopped_reason, state.history, state.usage_entries,
-                                          str(result.path), timings)
+                                          str(result.path), timings, chosen)
 
 
 def _timings(worker: dict | None, *, ray_start: float, fit: float, fit_at: float, done_at: float) -> TrainTimings:

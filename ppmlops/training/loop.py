@@ -44,7 +44,7 @@ from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner
 if TYPE_CHECKING:  # Opacus is imported where a model is wrapped: the driver reads checkpoints without it
     from ppmlops.training.private_model import PrivateModel
 
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.pt", "optimizer.pt", "state.json"
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, INIT_FILE = "model.pt", "optimizer.pt", "state.json", "init.pt"
 
 
 class Comm:
@@ -74,6 +74,7 @@ class LoopState:
     tuner: dict | None = None
     stopped_reason: str = "completed"
     usage_entries: list[int] = field(default_factory=list)
+    search: dict | None = None  # a private search's progress (ppmlops.training.search_loop): PRIVATE
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Restored:
     state: LoopState
     weights: dict
     optimizer: dict
+    init: dict | None = None  # a search's chosen trial's initial weights
 
 
 class Checkpoints(Protocol):
@@ -155,7 +157,9 @@ def read_checkpoint(directory: str) -> Restored:
         state = LoopState(**json.load(f))
     weights = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
     optimizer = torch.load(os.path.join(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=False)
-    return Restored(state, weights, optimizer)
+    init_path = os.path.join(directory, INIT_FILE)
+    init = torch.load(init_path, map_location="cpu", weights_only=True) if os.path.exists(init_path) else None
+    return Restored(state, weights, optimizer, init)
 
 
 class Controller:

@@ -82,15 +82,20 @@ def train_loop_per_worker(config: dict) -> dict | None:
     tuner = None
     if rank == 0:
         tuner = config.get("tuner") or make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate,
-                                                  max_grad_norm=job.max_grad_norm)
+                                                  max_grad_norm=job.max_grad_norm, prior=job.warm_start)
     def echo(line: str) -> None:
         say(line)  # Ray's worker log
         if job.progress_path:
             append(job.progress_path, line)  # the driver follows this file
 
     checkpoints = RayCheckpoints(os.path.join(job.storage_path, job.run_id) if job.storage_path else "")
-    times = run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
-                       node=ray.get_runtime_context().get_node_id(), echo=echo)
+    if job.plan.search is not None:
+        from ppmlops.training.search_loop import run_search_worker
+
+        times = run_search_worker(job, arrays, Comm(device), checkpoints, device, echo=echo)
+    else:
+        times = run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
+                           node=ray.get_runtime_context().get_node_id(), echo=echo)
     return {**asdict(times), "entered_at": entered_at, "process_at": _process_start()} if rank == 0 else None
 
 

@@ -55,6 +55,15 @@ class Proposal:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class PriorResult(Protocol):
+    """A result an earlier run released (ppmlops.run.known.KnownResult): a tuner may start from it."""
+
+    learning_rate: float
+    max_grad_norm: float
+    progress: float  # epochs done / epochs when the accuracy was released
+    accuracy_noisy: float
+
+
 @runtime_checkable
 class Tuner(Protocol):
     name: str

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from ppmlops.tuning.protocol import TUNER_NAMES, Tuner
+import math
+from typing import Sequence
+
+from ppmlops.tuning.protocol import TUNER_NAMES, PriorResult, Tuner
 from ppmlops.tuning.tuners import BayesTuner, FixedTuner, RuleTuner
 
 _CLASSES = {"fixed": FixedTuner, "rule": RuleTuner, "bayes": BayesTuner}
 assert tuple(_CLASSES) == TUNER_NAMES, "the registry and protocol.TUNER_NAMES must list the same tuners"
 
 
-def make_tuner(name: str, *, seed: int = 0, learning_rate: float = 0.5, max_grad_norm: float = 1.0) -> Tuner:
-    """A fresh tuner; the spec's learning rate and clip norm centre the bayes search box."""
+def make_tuner(name: str, *, seed: int = 0, learning_rate: float = 0.5, max_grad_norm: float = 1.0,
+               prior: Sequence[PriorResult] = ()) -> Tuner:
+    """A fresh tuner; the run's starting learning rate and clip norm centre the bayes search box,
+    and `prior` (earlier runs' released results, ppmlops.run.known) seeds its model."""
     if name not in _CLASSES:
         raise ValueError(f"unknown tuner {name!r}; choose one of {', '.join(TUNER_NAMES)}")
     if name == "bayes":
-        return BayesTuner(seed=seed, base_learning_rate=learning_rate, base_clip=max_grad_norm)
+        points = [({"noise_factor": 1.0, "log_clip": math.log(r.max_grad_norm),
+                    "log_step": math.log(r.learning_rate * r.max_grad_norm), "progress": r.progress}, r.accuracy_noisy)
+                  for r in prior]
+        return BayesTuner(seed=seed, base_learning_rate=learning_rate, base_clip=max_grad_norm, prior=points)
     return _CLASSES[name](seed=seed)
 
 

@@ -143,3 +143,24 @@ def test_noisy_clipped_fraction_is_centred_with_the_epoch_sum_noise():
     assert draws.mean() == pytest.approx(0.75, abs=0.01)
     # each count carries N(0, (sigma_b sqrt(steps))^2) = N(0, 50^2): about 0.0125 on the fraction
     assert 0.005 < draws.std() < 0.03
+
+
+def _point(clip: float, progress: float, base: BayesTuner) -> dict:
+    step = base.base_lr * base.base_clip
+    return {"noise_factor": 1.1, "log_clip": math.log(clip), "log_step": math.log(step), "progress": progress}
+
+
+def test_bayes_conditions_on_progress_and_starts_from_earlier_runs():
+    """Earlier runs' released results say: early in a run a small clip did best, at the end a large
+    one. The tuner's first proposal already uses them, and what it proposes depends on where in
+    the run the epoch falls (the objective is accuracy after an epoch, given the progress)."""
+    template = BayesTuner()
+    prior = []
+    for clip in (0.12, 0.3, 0.8, 1.9):
+        early = 0.80 - 0.1 * abs(math.log(clip / 0.12))
+        late = 0.80 - 0.1 * abs(math.log(clip / 1.9))
+        prior += [(_point(clip, 0.25, template), early), (_point(clip, 1.0, template), late)]
+    first = propose(BayesTuner(seed=1, prior=prior), 1, [], PLAN, budget_for(1.2, 4), 4)
+    last = propose(BayesTuner(seed=1, prior=prior), 4, [], PLAN, budget_for(1.2, 1), 1)
+    assert first.details["from_earlier_runs"] == 8 and "earlier runs" in first.why
+    assert first.settings.max_grad_norm < 0.5 < 1.0 < last.settings.max_grad_norm

@@ -1,0 +1,160 @@
+"""A private hyperparameter search on the Ray Train workers (ppmlops.privacy.search).
+
+Rank 0 draws K from the plan's trial-count distribution with the run's CSPRNG, then for each
+trial a learning rate and clip norm, log-uniform over the spec's ranges, independently of the
+data. Every rank trains the trial (fresh weights, the plan's epochs at the plan's noise), rank 0
+scores it with a noisy accuracy on the held-out rows and keeps the best. Only the best trial's
+settings, weights and score leave the run folder; the search's whole cost was granted at plan.
+
+K, the trials' settings and scores are kept only in the run's own checkpoints (a retried task
+continues the same search with the same K: drawing K again after a failure would change its
+distribution). No line in the task log says how many trials ran or which one won.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ppmlops.privacy.releases import noisy_counts
+from ppmlops.privacy.search import TrialCount
+from ppmlops.training.job import WorkerJob
+from ppmlops.training.loop import (
+    INIT_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Arrays, Checkpoints, Comm, LoopState, WorkerTimes, _randomness,
+    say, train_epoch,
+)
+from ppmlops.training.models import build_model, predict_proba
+from ppmlops.training.sampling import LockstepPoissonSampler
+from ppmlops.tuning import signals
+
+def _draw_settings(job: WorkerJob, source) -> dict[str, float]:
+    """One trial's settings, from the plan's public distribution only (never from the data)."""
+    s = job.plan.search
+    u = source.uniform(3)
+    if s.grid:
+        lr, clip = s.grid[min(int(u[0] * len(s.grid)), len(s.grid) - 1)]
+        return {"learning_rate": float(lr), "max_grad_norm": float(clip)}
+    near = s.centre is not None and u[2] < 0.5
+
+    def log_uniform(lo_hi: tuple[float, float], x: float, centre: float | None) -> float:
+        lo, hi = (math.log(v) for v in lo_hi)
+        if near and centre is not None:  # within a factor of 2 of the best known, inside the range
+            c = min(max(math.log(centre), lo), hi)
+            lo, hi = max(lo, c - math.log(2)), min(hi, c + math.log(2))
+        return float(math.exp(lo + (hi - lo) * x))
+
+    centre = s.centre or (None, None)
+    return {"learning_rate": log_uniform(s.learning_rate, u[0], centre[0]),
+            "max_grad_norm": log_uniform(s.max_grad_norm, u[1], centre[1])}
+
+
+def _score(job: WorkerJob, arrays: Arrays, net: torch.nn.Module, source) -> float:
+    """The trial's noisy held-out accuracy: (correct, wrong) plus the discrete Gaussian."""
+    if not len(arrays.y_holdout):
+        return 0.5
+    correct = int(((predict_proba(net, torch.tensor(np.asarray(arrays.X_holdout), dtype=torch.float32)).numpy()
+                    >= 0.5) == np.asarray(arrays.y_holdout)).sum())
+    sigma = job.plan.search.score_sigma
+    noisy = noisy_counts(signals.accuracy_counts(correct, len(arrays.y_holdout)), signals.accuracy_groups(sigma),
+                         source)
+    return signals.accuracy_of(noisy.values)
+
+
+def _train_trial(job: WorkerJob, settings: dict, X, y, comm: Comm, device, randomness, trial: int):
+    """One trial from fresh weights; returns (initial weights, trained net) on every rank."""
+    from ppmlops.training.private_model import make_private_model
+
+    plan = job.plan
+    torch.manual_seed(randomness.torch_seed("init", trial))
+    net = build_model(job.model_kind, X.shape[1], list(job.hidden))
+    init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    model = make_private_model(net, noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
+                               learning_rate=settings["learning_rate"], momentum=job.momentum,
+                               divisor=plan.divisor, device=device, clipping=job.clipping)
+    sampler = LockstepPoissonSampler(total_size=len(X), sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
+                                     rank=comm.rank, world_size=comm.world)
+    for epoch in range(1, plan.epochs + 1):
+        model.set_epoch(noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
+                        learning_rate=settings["learning_rate"],
+                        noise_source=randomness.source("noise", trial, epoch) if comm.rank == 0 else None)
+        train_epoch(model, sampler, X, y, randomness.source("sample", trial, epoch, comm.rank), device)
+    return init, model.net
+
+
+def _save(checkpoints: Checkpoints, state: LoopState | None, best: dict | None, times: WorkerTimes) -> None:
+    """Every rank calls it (a barrier); rank 0 writes the best trial so far and the search's state."""
+    t0 = time.perf_counter()
+    if state is None or best is None:  # not rank 0
+        checkpoints.save({"trials": 0}, None)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ppmlops-search-") as tmp:
+            torch.save(best["weights"], os.path.join(tmp, MODEL_FILE))
+            torch.save(best["init"], os.path.join(tmp, INIT_FILE))
+            torch.save({}, os.path.join(tmp, OPTIMIZER_FILE))
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(asdict(state), f, indent=1, sort_keys=True)
+            checkpoints.save({"epoch": state.epoch}, tmp)
+    times.checkpoints += time.perf_counter() - t0
+
+
+def _restored(checkpoints: Checkpoints) -> tuple[LoopState | None, dict | None]:
+    restored = checkpoints.restore()
+    if restored is None or not (restored.state.search or {}).get("trials"):
+        return None, None
+    best = {"weights": restored.weights, "init": restored.init} if restored.state.search.get("best") else None
+    return restored.state, best
+
+
+def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoints, device: torch.device,
+                      *, echo: Callable[[str], None] = say) -> WorkerTimes:
+    """Run (or continue) the run's private search on this rank; returns its timings."""
+    times, t0 = WorkerTimes(started_at=time.time()), time.perf_counter()
+    plan, randomness = job.plan, _randomness(job)
+    X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
+    y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
+    state, best = _restored(checkpoints) if comm.rank == 0 else (None, None)
+    if comm.rank == 0 and state is None:
+        k = TrialCount(plan.search.trials_mean, plan.search.trials_shape).draw(
+            float(randomness.source("search-count").uniform(1)[0]))
+        state = LoopState(epoch=0, search={"trials": k, "done": 0, "best": None})
+        echo(f"[run {plan.run_id}] private search: trials drawn from the {plan.search.distribution} distribution, "
+             f"each {plan.epochs} epochs at noise multiplier {plan.noise_multiplier:.3g}; how many ran and every "
+             "trial but the chosen one stay private")
+    todo = comm.broadcast((state.search["trials"], state.search["done"]) if comm.rank == 0 else None)
+    times.setup = time.perf_counter() - t0
+    for trial in range(todo[1] + 1, todo[0] + 1):
+        t1 = time.perf_counter()
+        settings = comm.broadcast(_draw_settings(job, randomness.source("search-trial", trial))
+                                  if comm.rank == 0 else None)
+        init, net = _train_trial(job, settings, X, y, comm, device, randomness, trial)
+        if comm.rank == 0:
+            score = _score(job, arrays, net, randomness.source("search-score", trial))
+            kept = state.search["best"]
+            if kept is None or score > kept["holdout_accuracy_noisy"]:
+                state.search["best"] = {**settings, "holdout_accuracy_noisy": score,
+                                        "noise_multiplier": plan.noise_multiplier}
+                best = {"weights": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "init": init}
+            state.search["done"] = trial
+            if trial == todo[0]:
+                state.epoch = plan.epochs
+        times.epochs += time.perf_counter() - t1
+        _save(checkpoints, state, best, times)
+    if comm.rank == 0:
+        if todo[1] >= todo[0]:  # resumed after the last trial: report the finished search again
+            _save(checkpoints, state, best, times)
+        if job.init_path:
+            torch.save(best["init"], job.init_path)
+        chosen = state.search["best"]
+        echo(f"[run {plan.run_id}] private search done: chosen learning rate {chosen['learning_rate']:.3g}, clip "
+             f"{chosen['max_grad_norm']:.3g}; its noisy held-out accuracy {chosen['holdout_accuracy_noisy']:.3f}")
+    times.finished_at = time.time()
+    return times
+

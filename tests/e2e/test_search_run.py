@@ -1,0 +1,98 @@
+"""A private hyperparameter search run end to end through Airflow's dag.test(): the trigger form's
+`search` Param, K secret trials on local Ray, the best one evaluated, gated and deployed.
+
+The search's cost is Papernot & Steinke's bound over the trial-count distribution, charged whole:
+dp-accounting's RepeatAndSelectDpEvent reproduces the card's epsilon from the plan, the ledger keeps
+the search's pieces counted after the run ends, and nothing public says how many trials ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ppmlops import pipeline, settings
+from ppmlops.run.records import CountsRelease, PlanRecord, TrainRecord
+from ppmlops.spec import load_spec
+from ppmlops.stages.context import RunContext, RunParams
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[2]
+CONF = {"epochs": 1, "search": True}
+
+
+@pytest.fixture(scope="module")
+def search_run(airflow_db, tmp_path_factory):
+    """The small e2e pipeline as a dataset of its own (the other e2e runs spend e2e_small's budget)."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    doc = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
+    doc["name"], doc["dataset"]["id"], doc["deploy"]["model_name"] = "e2e_search", "e2e_search", "e2e_search_churn"
+    folder = tmp_path_factory.mktemp("search-pipelines")
+    (folder / "e2e_search.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PPMLOPS_PIPELINES", str(folder))
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert bag.import_errors == {}
+        spec = load_spec(folder / "e2e_search.yaml")
+        run = bag.dags[spec.dag_id].test(run_conf=CONF)
+    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, CONF))
+    return run, spec, ctx
+
+
+def test_a_search_run_deploys_its_best_trial_and_names_it_on_the_card(search_run):
+    from ppmlops.registry.store import Registry
+
+    run, spec, ctx = search_run
+    summary = pipeline.summary(ctx)
+    assert str(run.state) == "success", pipeline.format_summary(summary)
+    card = Registry(settings.load().registry_dir).card(spec.deploy.model_name, summary["model_version"])
+    chosen = ctx.store.read(TrainRecord).search
+    assert card["search"]["chosen"] == chosen.model_dump() and card["tuner"] == "fixed"
+    lo, hi = spec.search.learning_rate
+    assert lo <= chosen.learning_rate <= hi and card["search"]["epsilon"] == card["epsilon"]
+    assert "secret" in card["search"]["trials"]
+
+
+def test_dp_accounting_reproduces_the_search_epsilon_and_the_ledger_keeps_it(search_run):
+    import dp_accounting
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from ppmlops.privacy.accountant import ORDERS
+    from ppmlops.privacy.ledger import Ledger
+
+    _, spec, ctx = search_run
+    plan, counts = ctx.store.read(PlanRecord).privacy, ctx.store.read(CountsRelease)
+    stats = dp_accounting.GaussianDpEvent(counts.noise_multiplier)
+    trial = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+        plan.sample_rate, dp_accounting.GaussianDpEvent(plan.noise_multiplier)), plan.steps_per_epoch * plan.epochs)
+    train = rdp_privacy_accountant.RdpAccountant(orders=list(ORDERS))
+    train.compose(dp_accounting.ComposedDpEvent([stats, dp_event.RepeatAndSelectDpEvent(
+        trial, plan.search.trials_mean, plan.search.trials_shape)]))
+    holdout = rdp_privacy_accountant.RdpAccountant(orders=list(ORDERS))
+    holdout.compose(dp_accounting.ComposedDpEvent([stats, dp_event.RepeatAndSelectDpEvent(
+        dp_accounting.GaussianDpEvent(plan.search.score_sigma), plan.search.trials_mean, plan.search.trials_shape),
+        dp_accounting.GaussianDpEvent(plan.evaluation_sigma)]))
+    assert plan.epsilon == pytest.approx(max(train.get_epsilon(plan.delta), holdout.get_epsilon(plan.delta)), rel=1e-6)
+    entries = Ledger(settings.load().db_url).entries(spec.dataset.id, run_id=ctx.run_id)
+    searches = [e for e in entries if e.mechanism == "private_search"]
+    assert {e.partition for e in searches} == {"train", "holdout"} and {e.status for e in searches} == {"completed"}
+    # no usage row for any trial (their number would show), only the final evaluation's
+    assert [e.key for e in entries if e.kind == "usage"] == ["holdout/evaluation"]
+
+
+def test_nothing_public_says_how_many_trials_ran(search_run):
+    _, _, ctx = search_run
+    state = json.loads(next((ctx.store.root / "ray").rglob("state.json")).read_text())["search"]
+    assert state["trials"] >= 1 and state["done"] == state["trials"]
+    public = {p.name: p.read_text() for p in ctx.store.root.glob("*.json")}
+    public["summary"] = json.dumps(pipeline.summary(ctx), default=str)
+    for name, text in public.items():
+        assert '"trials": ' + str(state["trials"]) not in text and '"done"' not in text, name
+    progress = (ctx.store.root / "progress.log").read_text().splitlines()
+    assert len([line for line in progress if "private search" in line]) == 2, progress
