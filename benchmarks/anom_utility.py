@@ -9,9 +9,10 @@ ppmlops.training.search_loop.run_search_worker for a search), the code Ray Train
 worker, here in a gloo process group of one without Ray's start-up, with secure randomness,
 planned by the product's planner and ledger (tests/plans.py) with the noise calibrated so that the
 row's whole cost is the target epsilon at delta 1e-5. Adult's train.csv is split into training
-rows and a validation partition; searches score trials on the validation rows (noisy accuracy,
-holdout epsilon 0.1, its own partition); the table reports accuracy on test.csv, which nothing
-tuned on except the best-of-grid reference. Rows:
+rows and a validation partition; searches and the bayes tuner read noisy accuracies on the
+validation rows (a partition of its own, composed in parallel with the training rows: it gets the
+same target epsilon, so a row's charge stays the target); the table reports accuracy on
+test.csv, which nothing tuned on except the best-of-grid reference. Rows:
 - fixed: lr 0.5, clip 1.0 (the spec defaults), one run at the target epsilon;
 - best-of-grid (NOT charged): every point of GRID trained at the target epsilon, the best chosen on
   the TEST set; the tuning itself is not charged (its real cost is len(GRID) runs): an upper
@@ -88,7 +89,7 @@ def private(arrays, Xt, yt, work: Path, *, epsilon: float, lr: float = 0.5, clip
 
     run_id = f"r{time.perf_counter_ns()}"
     job = adult_job(work, arrays, run_id=run_id, epsilon=epsilon, epochs=EPOCHS, lr=lr, clip=clip, tuner=tuner,
-                    seed=seed, search=TrialCount(TRIALS, 1.0) if search else None, **search_space)
+                    seed=seed, holdout_epsilon=epsilon, search=TrialCount(TRIALS, 1.0) if search else None, **search_space)
     restored = _train(job, arrays)
     model = build_model("mlp", arrays.X.shape[1], [64])
     model.load_state_dict(restored.weights)

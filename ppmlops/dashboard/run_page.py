@@ -128,6 +128,36 @@ def epoch_table(epochs: list[dict], plan: dict) -> str:
                  "No training history in this run.")
 
 
+def tuning_start(data: dict) -> str:
+    """Where the run's tuning started: earlier runs' released results (warm start) and, for a
+    private search, the chosen trial. All public: charged releases and post-processing of them."""
+    plan_rec, train = _rec(data, "plan"), _rec(data, "train")
+    warm = [w for w in plan_rec.get("warm_start") or [] if isinstance(w, dict)]
+    search, chosen = (plan_rec.get("privacy") or {}).get("search"), train.get("search")
+    parts = []
+    if search and chosen:
+        parts.append(
+            f'<p>Private hyperparameter search: trials drawn from the {esc(search.get("distribution"))} '
+            "distribution (how many ran is secret); the best by noisy held-out accuracy "
+            f'({num(chosen.get("holdout_accuracy_noisy"), "{:.3f}")}) was kept: learning rate '
+            f'{num(chosen.get("learning_rate"))}, clip norm {num(chosen.get("max_grad_norm"))}, noise σ '
+            f'{num(chosen.get("noise_multiplier"))}. Its ε covers the whole search.</p>')
+    if not warm:
+        parts.append('<p class="muted small">No earlier run of this pipeline had released results to start from.</p>')
+    else:
+        ends = [w for w in warm if (w.get("progress") or 0) >= 1]
+        best = max(ends, key=lambda w: w.get("accuracy_noisy") or 0, default=None)
+        parts.append(f'<p>Started from {len(warm)} results released by earlier runs of this pipeline'
+                     + (f'; the best known: learning rate {num(best.get("learning_rate"))}, clip norm '
+                        f'{num(best.get("max_grad_norm"))} (noisy accuracy {num(best.get("accuracy_noisy"), "{:.3f}")}, '
+                        f'run {esc(best.get("run_id"))}, {esc(best.get("what"))})' if best else "") + ".</p>")
+        rows = [f'<tr><td>{esc(w.get("run_id"))}</td><td>{esc(w.get("what"))}</td>'
+                f'<td class="num">{num(w.get("learning_rate"))}</td><td class="num">{num(w.get("max_grad_norm"))}</td>'
+                f'<td class="num">{num(w.get("accuracy_noisy"), "{:.3f}")}</td></tr>' for w in reversed(warm[-10:])]
+        parts.append(table(["earlier run", "released after", "learning rate", "clip norm", "noisy accuracy"], rows, ""))
+    return "<h2>Where tuning started</h2>" + "".join(parts)
+
+
 def raw_records(v: View, data: dict) -> str:
     if not v.reader.compliance:
         return '<p class="muted small">The raw stage records and the run folder are shown to compliance officers.</p>'
@@ -150,7 +180,7 @@ def run_page(v: View, data: dict, decisions: Any) -> str:
             + "<h2>Training, epoch by epoch</h2><p class=\"muted small\">The settings each epoch ran with, what the "
             "privacy filter admitted, and the tuner's reason. Marked epochs: the tuner changed a setting."
             + (f" Training stopped: {esc(stopped)}." if stopped else "") + "</p>"
-            + epoch_charts(data["epochs"]) + epoch_table(data["epochs"], plan)
+            + epoch_charts(data["epochs"]) + epoch_table(data["epochs"], plan) + tuning_start(data)
             + "<h2>Decisions</h2>" + section(decisions, lambda x: chain_box(x["chain"]) + decision_table(v, x))
             + "<h2>Stage records</h2>" + raw_records(v, data))
     return v.page(f"Run {data['run_id']}", body)

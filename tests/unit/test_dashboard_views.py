@@ -241,3 +241,23 @@ def test_approval_requests_link_to_the_run_page(monkeypatch):
         "/airflow/ppmlops/runs/demo_churn/manual__2026-01-01T00%3A00%3A00%2B00%3A00"
     monkeypatch.delenv("AIRFLOW__API__BASE_URL")
     assert run_page_path("p", "r").startswith("/ppmlops/runs/p/r")
+
+
+def test_the_run_page_says_where_tuning_started(built):
+    """The next run's warm start is what earlier runs released (ppmlops.run.known), and its page says so."""
+    from ppmlops.run.known import best_known, known_results
+    from ppmlops.run.records import PlanRecord
+    from ppmlops.run.store import RunStore
+
+    s = settings.load()
+    warm = known_results(s.runs_dir, dashboard_data.PIPELINE, exclude_run=built.denied_run)
+    assert warm and {w.run_id for w in warm} == {built.good_run}  # the refused run released no results
+    assert {w.what for w in warm} >= {"evaluation"} and any(w.what.startswith("epoch") for w in warm)
+    store = RunStore.of(s.runs_dir, dashboard_data.PIPELINE, built.denied_run)
+    store.write(store.read(PlanRecord).model_copy(update={"warm_start": warm}))
+    page = client_as(VIEWER).get(run_url(built.denied_run)).text
+    best = best_known(warm)
+    assert f"Started from {len(warm)} results released by earlier runs" in page
+    assert f"noisy accuracy {best.accuracy_noisy:.3f}" in page
+    assert f"{best.what})" in page and best.progress == 1.0
+    assert "No earlier run of this pipeline" in client_as(VIEWER).get(run_url(built.good_run)).text
