@@ -298,6 +298,24 @@ def epsilon(segments: Iterable[Segment], delta: float) -> float:
 # Calibration
 # ---------------------------------------------------------------------------------------------
 
+def least_noise(fits) -> float:
+    """The smallest noise multiplier (to 1e-4 relative, always on the fitting side) that passes
+    `fits`, a test that more noise can only pass; inf when even 1e6 fails. It stops looking
+    below 1e-3, which is no privacy at all."""
+    hi = 1.0
+    while not fits(hi):
+        hi *= 2.0
+        if hi > 1e6:
+            return math.inf
+    lo = hi / 2.0
+    while fits(lo) and lo > 1e-3:
+        hi, lo = lo, lo / 2.0
+    while hi / lo - 1 > 1e-4:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 _SIGMA_MIN = 1e-3
 _SIGMA_MAX = 1e6
 _REL_TOL = 1e-4

@@ -31,7 +31,9 @@ from typing import Mapping
 import numpy as np
 
 from ppmlops.errors import PpmlopsError
-from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, check_delta, segment_rdp, step_rdp
+from ppmlops.privacy.accountant import (
+    ORDERS, Segment, calibrate_noise, check_delta, least_noise, segment_rdp, step_rdp,
+)
 
 # Integer orders a dataset may be registered at (the curves are stored on ORDERS).
 CANDIDATE_ORDERS: tuple[float, ...] = tuple(a for a in ORDERS if a.is_integer() and 2 <= a <= 256)
@@ -147,21 +149,7 @@ class LifetimeBudget:
         if room <= 0:
             return math.inf
 
-        def fits(sigma: float) -> bool:
-            return steps * float(step_rdp(sigma, sample_rate)[self.index]) <= room
-
-        hi = 1.0
-        while not fits(hi):
-            hi *= 2.0
-            if hi > 1e6:
-                return math.inf
-        lo = hi / 2.0
-        while fits(lo) and lo > 1e-3:
-            hi, lo = lo, lo / 2.0
-        while hi / lo - 1 > 1e-4:
-            mid = math.sqrt(lo * hi)
-            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-        return hi
+        return least_noise(lambda sigma: steps * float(step_rdp(sigma, sample_rate)[self.index]) <= room)
 
     def refusal(self, curves: Mapping[str, np.ndarray], charges: Mapping[str, np.ndarray]) -> str | None:
         """Why the charges do not fit (None when they do): exact comparison, no tolerance."""

@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 
 from ppmlops.errors import BudgetExceeded
-from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, epsilon_from_rdp, segment_rdp
+from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, epsilon_from_rdp, least_noise, segment_rdp
 from ppmlops.privacy.ledger import HOLDOUT, SEARCH, TRAIN, Charge, charge_curves
 from ppmlops.privacy.lifetime import LifetimeBudget
 from ppmlops.privacy.search import TrialCount
@@ -111,11 +111,8 @@ def affordable(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req:
     return out
 
 
-def plan_run(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: RunRequest,
-             run_epsilon: float) -> PlannedRun:
-    """The run's noise and grant; BudgetExceeded naming the partition when it cannot fit."""
-    steps = req.shape.steps * req.epochs
-    q = req.shape.sample_rate
+def _check_room(req: RunRequest, run_epsilon: float) -> None:
+    """BudgetExceeded when a partition's target is used up by the run's own noisy counts."""
     before = released(req)
     for partition, target, what in ((TRAIN, run_epsilon, "the run's epsilon"),
                                     (HOLDOUT, req.holdout_epsilon, "privacy.holdout_epsilon")):
@@ -123,6 +120,14 @@ def plan_run(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: R
             raise BudgetExceeded(
                 f"{what} {target:.4g} leaves nothing for the {partition} rows after the run's noisy counts "
                 f"(epsilon {before[partition]:.4g}): raise it, or lower privacy.stats_epsilon")
+
+
+def plan_run(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req: RunRequest,
+             run_epsilon: float) -> PlannedRun:
+    """The run's noise and grant; BudgetExceeded naming the partition when it cannot fit."""
+    steps = req.shape.steps * req.epochs
+    q = req.shape.sample_rate
+    _check_room(req, run_epsilon)
     sigma = max(
         calibrate_noise(run_epsilon, req.delta, q, steps, prior_rdp=req.run_stats.get(TRAIN)),
         lifetime.min_noise(charged, TRAIN, q, steps),
@@ -164,13 +169,7 @@ def plan_search(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req
     search's bound over K trials (ppmlops.privacy.search) per partition, plus the final noisy
     evaluation of the chosen model on the held-out rows."""
     steps, q = req.shape.steps * req.epochs, req.shape.sample_rate
-    before = released(req)
-    for partition, target, what in ((TRAIN, run_epsilon, "the run's epsilon"),
-                                    (HOLDOUT, req.holdout_epsilon, "privacy.holdout_epsilon")):
-        if target <= before[partition]:
-            raise BudgetExceeded(
-                f"{what} {target:.4g} leaves nothing for the {partition} rows after the run's noisy counts "
-                f"(epsilon {before[partition]:.4g}): raise it, or lower privacy.stats_epsilon")
+    _check_room(req, run_epsilon)
     split = SPLIT_MARK + req.split
 
     def train(sigma: float) -> list[Charge]:
@@ -194,7 +193,7 @@ def plan_search(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req
             return (epsilon_from_rdp(prior + curve, req.delta)[0] <= target
                     and lifetime.refusal(charged, {partition: curve}) is None)
 
-        return _least_noise(fits)
+        return least_noise(fits)
 
     sigma, scale = least(TRAIN, run_epsilon, train), least(HOLDOUT, req.holdout_epsilon, holdout)
     for partition, value in ((TRAIN, sigma), (HOLDOUT, scale)):
@@ -206,25 +205,6 @@ def plan_search(lifetime: LifetimeBudget, charged: Mapping[str, np.ndarray], req
     by_partition = {p: epsilon_from_rdp(req.run_stats.get(p, _zeros()) + grant[p], req.delta)[0]
                     for p in sorted(grant)}
     return PlannedRun(sigma, None, scale / 2, tuple(charges), by_partition, score_sigma=scale)
-
-
-def _least_noise(fits) -> float:
-    """The smallest noise (to 1e-4 relative, on the fitting side) for a test that more noise can
-    only pass; inf when even 1e6 fails."""
-    hi = 1.0
-    while not fits(hi):
-        hi *= 2.0
-        if hi > 1e6:
-            return math.inf
-    lo = hi / 2.0
-    while fits(lo):
-        if lo < 1e-3:
-            return lo
-        hi, lo = lo, lo / 2.0
-    while hi / lo - 1 > 1e-4:
-        mid = math.sqrt(lo * hi)
-        hi, lo = (mid, lo) if fits(mid) else (hi, mid)
-    return hi
 
 
 def split_conflict(entries, split: str) -> str | None:

@@ -19,6 +19,7 @@ history, prints it on the progress line and saves it with the run.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -206,15 +207,20 @@ class BayesTuner(Tuner):
     def _suggest(self, progress: float) -> tuple[dict, dict[str, Any]]:
         from bayes_opt import acquisition
         from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process.kernels import Matern
 
         seen = self.prior + self.points
         X = np.array([self._unit(p) for p, _ in seen])
         y = np.array([t for _, t in seen])
-        gp = GaussianProcessRegressor(kernel=Matern(length_scale=np.full(X.shape[1], 0.5), nu=2.5),
+        # Length scales below a hundredth of the box would fit the noise, not the signal.
+        gp = GaussianProcessRegressor(kernel=Matern(length_scale=np.full(X.shape[1], 0.5),
+                                                    length_scale_bounds=(1e-2, 1e2), nu=2.5),
                                       alpha=self.NOISE, normalize_y=True, n_restarts_optimizer=0,
                                       random_state=self.seed)
-        gp.fit(X, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a bound reached is an answer here, not news
+            gp.fit(X, y)
         rng = np.random.default_rng(self.seed * 1000 + len(self.points))
         cube = np.vstack([rng.random((self.CANDIDATES, X.shape[1] - 1)), X[int(np.argmax(y)), :-1]])
         cand = np.hstack([np.clip(cube, 0, 1), np.full((len(cube), 1), progress)])
