@@ -76,6 +76,7 @@ def _train(job, arrays):
 class Result:
     accuracy: float  # on the test set
     charged: float  # the run's grant (its guarantee), worst partition
+    sigma: float = math.nan  # the plan's noise multiplier (a search's: every trial's)
     tuner_share: float = 0.0  # tuner seconds / epoch seconds (within-run tuning)
     chosen: dict | None = None  # a search's released choice
 
@@ -96,7 +97,7 @@ def private(arrays, Xt, yt, work: Path, *, epsilon: float, lr: float = 0.5, clip
     history = restored.state.history
     share = sum(h.get("tuner_seconds", 0.0) for h in history) / max(1e-9, sum(h["seconds"] for h in history)) \
         if history else 0.0
-    return Result(evaluate(model, Xt, yt)["accuracy"], job.plan.epsilon, share,
+    return Result(evaluate(model, Xt, yt)["accuracy"], job.plan.epsilon, job.plan.noise_multiplier, share,
                   (restored.state.search or {}).get("best"))
 
 
@@ -169,7 +170,8 @@ def main() -> int:
     started = time.perf_counter()
     print(f"UCI Adult, MLP(64), {EPOCHS} epochs, expected batch {BATCH}, delta {DELTA:g}, seeds {list(seeds)}; "
           f"grid (lr, clip) {GRID}; searches: K geometric, mean {TRIALS:g}")
-    print(f"{'rows':>6} {'eps':>5} {'method':<28} {'test acc':>8} {'± 95%':>6} {'retention':>9} {'eps charged':>11}")
+    print(f"{'rows':>6} {'eps':>5} {'method':<28} {'test acc':>8} {'± 95%':>6} {'retention':>9} {'eps charged':>11} "
+          f"{'sigma':>6}")
     for size, eps in itertools.product(sizes, epsilons):
         loaded = {}
 
@@ -189,9 +191,10 @@ def main() -> int:
             charged = max(r.charged for r in results)
             shown = "-" if math.isinf(charged) else f"{charged:.3f}"
             share = statistics.mean(r.tuner_share for r in results)
+            sigma = statistics.mean(r.sigma for r in results)
             print(f"{n:>6} {eps:>5} {name:<28} {statistics.mean(accs):>8.4f} {interval(accs):>6.3f} "
-                  f"{statistics.mean(accs) / ref:>9.3f} {shown:>11}" + (f"  tuner {share:.1%} of epoch time"
-                                                                         if share else ""), flush=True)
+                  f"{statistics.mean(accs) / ref:>9.3f} {shown:>11} {'-' if math.isnan(sigma) else f'{sigma:.2f}':>6}"
+                  + (f"  tuner {share:.1%} of epoch time" if share else ""), flush=True)
     print(f"total {time.perf_counter() - started:.0f} s. best-of-grid picks from {len(GRID)} runs on the test set "
           f"and is charged as one run: its honest cost is {len(GRID)} runs' epsilon composed.")
     dist.destroy_process_group()

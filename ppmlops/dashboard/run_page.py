@@ -11,6 +11,8 @@ from typing import Any
 from ppmlops.dashboard import access, charts
 from ppmlops.dashboard.html import View, airflow_run_link, approval_cell, chain_box, checks_list, decision_table
 from ppmlops.dashboard.html_base import bar, badge, esc, link, num, section, seg, table, OUTCOME_WORDS
+from ppmlops.run.known import best_known
+from ppmlops.run.records import KnownResult
 
 # Epoch settings the tuner chooses, in natural units, with the words a person reads.
 SETTINGS = (("noise_multiplier", "noise σ"), ("max_grad_norm", "clip norm"), ("learning_rate", "learning rate"))
@@ -145,8 +147,8 @@ def tuning_start(data: dict) -> str:
     if not warm:
         parts.append('<p class="muted small">No earlier run of this pipeline had released results to start from.</p>')
     else:
-        ends = [w for w in warm if (w.get("progress") or 0) >= 1]
-        best = max(ends, key=lambda w: w.get("accuracy_noisy") or 0, default=None)
+        found = best_known([KnownResult.model_validate(w) for w in warm])
+        best = found.model_dump() if found else None
         parts.append(f'<p>Started from {len(warm)} results released by earlier runs of this pipeline'
                      + (f'; the best known: learning rate {num(best.get("learning_rate"))}, clip norm '
                         f'{num(best.get("max_grad_norm"))} (noisy accuracy {num(best.get("accuracy_noisy"), "{:.3f}")}, '

@@ -12,14 +12,15 @@ Budgets belong to a dataset, not to a run. Three kinds of entry:
   accuracy), written ahead of the step it pays for. Usage rows are the run filter's state and
   the dashboard's "used of the run's budget".
 
-When a run ends its grant is closed: released where the run used none of it, else trimmed to
-its usage. A private search's piece (mechanism ``private_search``) is neither: its bound holds
-for the released best trial only while K stays secret, so its usage is never recorded and the
-piece stays counted in full (``completed``) whatever the run did. Trimming is sound for the dataset's totals because the lifetime filter works at one
-Renyi order: there, the sequence of mechanisms may be chosen adaptively (Feldman & Zrnic 2021)
-and the usage rows are exactly the mechanisms that ran, each below the grant that admitted it
-(the run's filter holds usage under the grant at every order). A trimmed grant asked for again
-(a task cleared after its run ended) is admitted afresh by the lifetime filter.
+When a run ends its grant is closed: released where the run used none of it, else trimmed to its
+usage. A private search's piece (mechanism ``private_search``) is neither: its bound holds for
+the released best trial only while K stays secret, so its usage is never recorded and the piece
+stays counted in full (``completed``) whatever the run did. Trimming is sound for the dataset's
+totals because the lifetime filter works at one Renyi order: there, the sequence of mechanisms
+may be chosen adaptively (Feldman & Zrnic 2021) and the usage rows are exactly the mechanisms
+that ran, each below the grant that admitted it (the run's filter holds usage under the grant at
+every order). A trimmed grant asked for again (a task cleared after its run ended) is admitted
+afresh by the lifetime filter.
 
 Every entry carries the randomness mode of the run that made it ("secure" or "reproducible").
 
@@ -543,8 +544,7 @@ def _same_charge(entries: list[LedgerEntry], charges: list[Charge]) -> bool:
 
 def _entry(row: Any) -> LedgerEntry:
     segment = Segment(row.noise_multiplier, row.sample_rate, row.steps)
-    mean = getattr(row, "search_mean", None)
-    trials = TrialCount(row.search_mean, row.search_shape) if mean is not None else None
+    trials = TrialCount(row.search_mean, row.search_shape) if row.search_mean is not None else None
     stored_orders = tuple(float(a) for a in json.loads(row.orders))
     if stored_orders == ORDERS:
         rdp = np.asarray(json.loads(row.rdp), dtype=np.float64)

@@ -53,13 +53,16 @@ def _of_run(store: RunStore) -> list[KnownResult]:
 
 
 def known_results(runs_dir: Path, pipeline: str, *, exclude_run: str | None = None) -> list[KnownResult]:
-    """The newest MAX_RESULTS released results of the pipeline's earlier runs, oldest first."""
-    out: list[KnownResult] = []
-    for store in RunStore.of_pipeline(runs_dir, pipeline):
+    """The newest MAX_RESULTS released results of the pipeline's earlier runs, oldest first
+    (reading back from the newest run, so a long-lived pipeline's plan reads a few folders only)."""
+    newest_first: list[list[KnownResult]] = []
+    for store in reversed(RunStore.of_pipeline(runs_dir, pipeline)):
         results = _of_run(store)
         if results and results[0].run_id != exclude_run:
-            out.extend(results)
-    return out[-MAX_RESULTS:]
+            newest_first.append(results)
+        if sum(map(len, newest_first)) >= MAX_RESULTS:
+            break
+    return [r for results in reversed(newest_first) for r in results][-MAX_RESULTS:]
 
 
 def best_known(results: list[KnownResult]) -> KnownResult | None:

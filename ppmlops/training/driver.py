@@ -47,12 +47,12 @@ def canaries(ctx: RunContext, count: int, n_features: int) -> CanarySet:
                      kept.scale)
 
 
-def worker_job(ctx: RunContext, plan) -> WorkerJob:
+def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
     """The run's job; an adaptive tuner starts from the best configuration earlier runs released."""
     from ppmlops.run.known import best_known
 
-    spec, p = ctx.spec, ctx.params
-    warm = tuple(ctx.store.read(PlanRecord).warm_start)
+    spec, p, plan = ctx.spec, ctx.params, planned.privacy
+    warm = tuple(planned.warm_start)
     lr, clip = spec.training.learning_rate, spec.training.max_grad_norm
     best = best_known(list(warm))
     if best is not None and ctx.tuner != "fixed":
@@ -92,7 +92,8 @@ def train_here(ctx: RunContext) -> TrainRecord:
 
     from ppmlops.training.launch import train_on_ray
 
-    plan = ctx.store.read(PlanRecord).privacy
+    planned = ctx.store.read(PlanRecord)
+    plan = planned.privacy
     result = ctx.store.read(StagedData).result
     X, y, names = encoded(ctx, result.snapshot_train)
     X_holdout, y_holdout, _ = encoded(ctx, result.snapshot_test)
@@ -101,7 +102,7 @@ def train_here(ctx: RunContext) -> TrainRecord:
     arrays = Arrays(np.vstack([audit_set.pad(X), members]), np.concatenate([y, member_labels]),
                     audit_set.pad(X_holdout), y_holdout)
     session = PrivacySession.open(Ledger(ctx.settings.db_url), grant_of(plan))  # a released grant is reserved again
-    job = worker_job(ctx, plan)
+    job = worker_job(ctx, planned)
     try:
         with _turn(ctx), library_logs(ctx.store.private_dir, "ray"), followed(job.progress_path, progress.info):
             weights, outcome = train_on_ray(job, arrays)

@@ -56,15 +56,13 @@ def _draw_settings(job: WorkerJob, source) -> dict[str, float]:
             "max_grad_norm": log_uniform(s.max_grad_norm, u[1], centre[1])}
 
 
-def _score(job: WorkerJob, arrays: Arrays, net: torch.nn.Module, source) -> float:
+def _score(job: WorkerJob, X_holdout: torch.Tensor, y_holdout: np.ndarray, net: torch.nn.Module, source) -> float:
     """The trial's noisy held-out accuracy: (correct, wrong) plus the discrete Gaussian."""
-    if not len(arrays.y_holdout):
+    if not len(y_holdout):
         return 0.5
-    correct = int(((predict_proba(net, torch.tensor(np.asarray(arrays.X_holdout), dtype=torch.float32)).numpy()
-                    >= 0.5) == np.asarray(arrays.y_holdout)).sum())
+    correct = int(((predict_proba(net, X_holdout).numpy() >= 0.5) == y_holdout).sum())
     sigma = job.plan.search.score_sigma
-    noisy = noisy_counts(signals.accuracy_counts(correct, len(arrays.y_holdout)), signals.accuracy_groups(sigma),
-                         source)
+    noisy = noisy_counts(signals.accuracy_counts(correct, len(y_holdout)), signals.accuracy_groups(sigma), source)
     return signals.accuracy_of(noisy.values)
 
 
@@ -120,6 +118,7 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
     plan, randomness = job.plan, _randomness(job)
     X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
     y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
+    X_holdout, y_holdout = torch.tensor(np.asarray(arrays.X_holdout), dtype=torch.float32), np.asarray(arrays.y_holdout)
     state, best = _restored(checkpoints) if comm.rank == 0 else (None, None)
     if comm.rank == 0 and state is None:
         k = TrialCount(plan.search.trials_mean, plan.search.trials_shape).draw(
@@ -136,7 +135,7 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
                                   if comm.rank == 0 else None)
         init, net = _train_trial(job, settings, X, y, comm, device, randomness, trial)
         if comm.rank == 0:
-            score = _score(job, arrays, net, randomness.source("search-score", trial))
+            score = _score(job, X_holdout, y_holdout, net, randomness.source("search-score", trial))
             kept = state.search["best"]
             if kept is None or score > kept["holdout_accuracy_noisy"]:
                 state.search["best"] = {**settings, "holdout_accuracy_noisy": score,
