@@ -309,6 +309,9 @@ class Search(_Model):
     shape: float = Field(1.0, ge=0, le=10)
     learning_rate: tuple[float, float] = (0.1, 4.0)
     max_grad_norm: tuple[float, float] = (0.05, 2.0)
+    # What steers each trial's epochs: fixed (its drawn settings throughout) or bayes (it starts at
+    # them and adapts clip norm and learning rate on its own noisy held-out accuracy, at the same cost).
+    tuner: Literal["fixed", "bayes"] = "fixed"
     # Instead of the ranges: each trial takes one of these (learning rate, clip norm) pairs, uniformly.
     grid: list[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]] | None = Field(None, min_length=1)
 

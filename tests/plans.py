@@ -35,7 +35,7 @@ def make_job(ledger_url: str, arrays: Arrays, *, run_id: str = "run-1", epochs: 
              search_learning_rate: tuple[float, float] = (0.1, 4.0),
              search_max_grad_norm: tuple[float, float] = (0.05, 2.0),
              search_grid: list[tuple[float, float]] | None = None,
-             search_centre: tuple[float, float] | None = None) -> WorkerJob:
+             search_centre: tuple[float, float] | None = None, search_tuner: str = "fixed") -> WorkerJob:
     """A planned job; with `search`, a private search's (trials drawn from `search`, settings
     from the two ranges), which trains at fixed settings within each trial."""
     ledger = Ledger(ledger_url)
@@ -49,7 +49,7 @@ def make_job(ledger_url: str, arrays: Arrays, *, run_id: str = "run-1", epochs: 
     searched = None if search is None else SearchPlan(
         trials_mean=search.mean, trials_shape=search.eta, distribution=search.describe(),
         learning_rate=search_learning_rate, max_grad_norm=search_max_grad_norm, score_sigma=planned.score_sigma,
-        grid=search_grid, centre=search_centre)
+        grid=search_grid, centre=search_centre, tuner=search_tuner)
     plan = PrivacyPlan(
         dataset_id=dataset, run_id=run_id, delta=DELTA, randomness=randomness, accounting_order=budget.order,
         run_epsilon=run_epsilon, epsilon=planned.epsilon, epsilon_by_partition=planned.epsilon_by_partition,

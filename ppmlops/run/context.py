@@ -77,8 +77,8 @@ class RunContext:
 
     @property
     def tuner(self) -> str:
-        # A search's trials train at fixed settings: each trial is one draw of the search, and the
-        # search's bound needs the same privacy curve for every trial.
+        # A search's own tuner is its spec's search.tuner, inside each trial (the search's bound
+        # needs the same privacy curve for every trial); the run as a whole adapts nothing.
         if self.params.search:
             return "fixed"
         return self.params.tuner or self.spec.training.tuner

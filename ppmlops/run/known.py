@@ -38,6 +38,10 @@ def _of_run(store: RunStore) -> list[KnownResult]:
                        what=f"epoch {h.epoch} of {epochs}")
            for h in trained.history if h.holdout_accuracy_noisy is not None]
     if trained.search is not None:
+        out += [KnownResult(run_id=run_id, learning_rate=e.learning_rate, max_grad_norm=e.max_grad_norm,
+                            progress=e.epoch / epochs, accuracy_noisy=e.holdout_accuracy_noisy,
+                            what=f"search's chosen trial, epoch {e.epoch} of {epochs}")
+                for e in trained.search.schedule[:-1]]  # its last epoch is the score, just below
         lr, clip = trained.search.learning_rate, trained.search.max_grad_norm
         out.append(KnownResult(run_id=run_id, learning_rate=lr, max_grad_norm=clip, progress=1.0,
                                accuracy_noisy=trained.search.holdout_accuracy_noisy, what="search"))

@@ -180,6 +180,10 @@ class SearchPlan(Part):
     # The best (learning rate, clip norm) earlier runs released: half the trials are drawn within a
     # factor of 2 of it (inside the ranges), half from the whole ranges.
     centre: tuple[float, float] | None = None
+    # What steers each trial's epochs: "fixed" (the drawn settings throughout) or "bayes" (the
+    # trial starts at its drawn settings and the tuner adapts clip norm and learning rate after
+    # each epoch on the trial's own noisy held-out accuracy; the noise stays the search's).
+    tuner: str = "fixed"
 
 
 class PrivacyPlan(Part):
@@ -288,14 +292,24 @@ class TrainTimings(Part):
     fit: float = 0.0  # trainer.fit() as a whole
 
 
+class SearchEpoch(Part):
+    epoch: int
+    learning_rate: float
+    max_grad_norm: float
+    holdout_accuracy_noisy: float
+
+
 class SearchResult(Part):
     """What a private search releases: the chosen trial's settings and noisy score, nothing of
     the others and not how many there were."""
 
     noise_multiplier: float
-    learning_rate: float
+    learning_rate: float  # the chosen trial's settings at its end
     max_grad_norm: float
     holdout_accuracy_noisy: float
+    # A tuned trial's epochs (its settings and the noisy accuracy after each): part of the chosen
+    # trial's output, which the search's bound covers; nothing of any other trial.
+    schedule: list[SearchEpoch] = []
 
 
 class TrainRecord(Record):

@@ -57,9 +57,12 @@ def _search(plan, trained: TrainRecord) -> dict[str, Any] | None:
     return {"trials": f"random, {s.distribution}; how many ran is secret",
             "space": ({"grid (learning_rate, max_grad_norm)": [list(g) for g in s.grid]} if s.grid else
                       {"learning_rate": list(s.learning_rate), "max_grad_norm": list(s.max_grad_norm), "scale": "log"}),
-            "chosen": trained.search.model_dump(), "epsilon": plan.epsilon,
+            "trial_tuner": s.tuner, "chosen": trained.search.model_dump(), "epsilon": plan.epsilon,
             "note": ("Papernot & Steinke 2022: the best of K trials, each scored by a noisy held-out accuracy "
-                     f"(discrete Gaussian, sigma {s.score_sigma:.3g}); the epsilon covers the whole search")}
+                     f"(discrete Gaussian, sigma {s.score_sigma:.3g}"
+                     + ("" if s.tuner == "fixed" else f", released as one after each of the trial's {plan.epochs} "
+                        f"epochs at sigma {s.score_sigma * plan.epochs ** 0.5:.3g}: the same Renyi curve")
+                     + "); the epsilon covers the whole search")}
 
 
 def manifest(ctx: RunContext) -> dict[str, Any]:

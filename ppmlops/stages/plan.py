@@ -138,7 +138,7 @@ def _search_plan(ctx: RunContext, planned: PlannedRun, warm: list) -> SearchPlan
     s, best = ctx.spec.search, best_known(warm)
     return SearchPlan(trials_mean=s.trials, trials_shape=s.shape, distribution=_trials(ctx).describe(),
                       learning_rate=s.learning_rate, max_grad_norm=s.max_grad_norm, score_sigma=planned.score_sigma,
-                      grid=s.grid, centre=(best.learning_rate, best.max_grad_norm) if best else None)
+                      grid=s.grid, centre=(best.learning_rate, best.max_grad_norm) if best else None, tuner=s.tuner)
 
 
 def _plus(charged, charges):

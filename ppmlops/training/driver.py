@@ -59,6 +59,7 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
         lr, clip = best.learning_rate, best.max_grad_norm
     return WorkerJob(plan=plan, ledger_url=ctx.settings.db_url, model_kind=spec.model.kind,
                      hidden=tuple(spec.model.hidden), learning_rate=lr, warm_start=warm,
+                     tuning_anchor=(spec.training.learning_rate, spec.training.max_grad_norm),
                      momentum=spec.training.momentum, max_grad_norm=clip, tuner=ctx.tuner,
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
                      storage_path=str(ctx.store.root / "ray"), ray_address=ctx.settings.ray_address,

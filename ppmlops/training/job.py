@@ -36,6 +36,9 @@ class WorkerJob:
     progress_path: str = ""  # rank 0 appends its per-epoch lines here (ppmlops.training.progress)
     clipping: str = "auto"  # one of CLIPPING_MODES
     warm_start: tuple[KnownResult, ...] = ()  # earlier runs' released results (the plan's)
+    # The spec's (learning rate, clip norm): where the bayes box is centred, whatever the warm
+    # start moved `learning_rate` and `max_grad_norm` to.
+    tuning_anchor: tuple[float, float] | None = None
 
     @property
     def run_id(self) -> str:

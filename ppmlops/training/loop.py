@@ -176,6 +176,11 @@ class Controller:
         if tuner is not None and state.tuner:
             tuner.load_state_dict(state.tuner)
         self._complete_checkpointed()
+        # Usage rows an earlier attempt left reserved (it died inside an epoch). Only this process
+        # writes the run's rows from here on, so one read now stands for the whole attempt: the
+        # tuner's budget view then costs no ledger query per epoch.
+        self._stale = {e.key: e for e in self.session.ledger.entries(self.plan.dataset_id, self.plan.run_id,
+                                                                     kind="usage") if e.status == "reserved"}
 
     def _complete_checkpointed(self) -> None:
         for entry in self.state.usage_entries:
@@ -191,8 +196,7 @@ class Controller:
                           self.plan.steps_per_epoch, self.plan.epochs - epoch + 1, self.plan.delta)
 
     def _reserved_row(self, epoch: int):
-        row = self.session.reserved(f"train/epoch-{epoch}")
-        return row if row is not None and row.status == "reserved" else None
+        return self._stale.get(f"train/epoch-{epoch}")
 
     def decide(self, epoch: int, current: EpochSettings) -> dict:
         """The epoch's broadcast: settings to train with, a stop reason, or an error."""

@@ -82,7 +82,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     tuner = None
     if rank == 0:
         tuner = config.get("tuner") or make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate,
-                                                  max_grad_norm=job.max_grad_norm, prior=job.warm_start)
+                                                  max_grad_norm=job.max_grad_norm, prior=job.warm_start,
+                                                  anchor=job.tuning_anchor)
     def echo(line: str) -> None:
         say(line)  # Ray's worker log
         if job.progress_path:

@@ -3,7 +3,10 @@
 Rank 0 draws K from the plan's trial-count distribution with the run's CSPRNG, then for each
 trial a learning rate and clip norm, log-uniform over the spec's ranges, independently of the
 data. Every rank trains the trial (fresh weights, the plan's epochs at the plan's noise), rank 0
-scores it with a noisy accuracy on the held-out rows and keeps the best. Only the best trial's
+scores it with a noisy accuracy on the held-out rows and keeps the best. With the plan's search
+tuner `bayes`, rank 0's tuner steers each trial's clip norm and learning rate after every epoch
+on the trial's own noisy accuracies (drawn so that together they cost what one score does); the
+trial is then one draw of an adaptive mechanism with a fixed curve, which the bound allows. Only the best trial's
 settings, weights and score leave the run folder; the search's whole cost was granted at plan.
 
 K, the trials' settings and scores are kept only in the run's own checkpoints (a retried task
@@ -34,6 +37,8 @@ from ppmlops.training.loop import (
 from ppmlops.training.models import build_model, predict_proba
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning import signals
+from ppmlops.tuning.protocol import BudgetView, EpochSettings
+from ppmlops.tuning.tuners import SIGNAL
 
 def _draw_settings(job: WorkerJob, source) -> dict[str, float]:
     """One trial's settings, from the plan's public distribution only (never from the data)."""
@@ -56,18 +61,37 @@ def _draw_settings(job: WorkerJob, source) -> dict[str, float]:
             "max_grad_norm": log_uniform(s.max_grad_norm, u[1], centre[1])}
 
 
-def _score(job: WorkerJob, X_holdout: torch.Tensor, y_holdout: np.ndarray, net: torch.nn.Module, source) -> float:
-    """The trial's noisy held-out accuracy: (correct, wrong) plus the discrete Gaussian."""
+def _noisy_accuracy(X_holdout: torch.Tensor, y_holdout: np.ndarray, net: torch.nn.Module, sigma: float,
+                    source) -> float:
+    """A noisy held-out accuracy: (correct, wrong) plus the discrete Gaussian of scale `sigma`."""
     if not len(y_holdout):
         return 0.5
     correct = int(((predict_proba(net, X_holdout).numpy() >= 0.5) == y_holdout).sum())
-    sigma = job.plan.search.score_sigma
     noisy = noisy_counts(signals.accuracy_counts(correct, len(y_holdout)), signals.accuracy_groups(sigma), source)
     return signals.accuracy_of(noisy.values)
 
 
-def _train_trial(job: WorkerJob, settings: dict, X, y, comm: Comm, device, randomness, trial: int):
-    """One trial from fresh weights; returns (initial weights, trained net) on every rank."""
+def _release_sigma(plan) -> float:
+    """Each noisy accuracy a trial releases. A fixed trial releases one, at the planned score
+    sigma; a tuned trial one after each of its E epochs at sqrt(E) times it: E Gaussian releases
+    at sigma sqrt(E) have exactly the Renyi curve of one at sigma, so the plan's bound holds."""
+    return plan.search.score_sigma * (math.sqrt(plan.epochs) if plan.search.tuner != "fixed" else 1.0)
+
+
+def _trial_tuner(job: WorkerJob, settings: dict, trial: int):
+    from ppmlops.tuning.registry import make_tuner
+
+    if job.plan.search.tuner == "fixed":
+        return None
+    return make_tuner(job.plan.search.tuner, seed=job.seed * 1000 + trial, learning_rate=settings["learning_rate"],
+                      max_grad_norm=settings["max_grad_norm"], prior=job.warm_start,
+                      anchor=job.tuning_anchor or (job.learning_rate, job.max_grad_norm), trial=True)
+
+
+def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, device, randomness, trial: int):
+    """One trial from fresh weights; returns (initial weights, trained net, its epochs) on every
+    rank. A tuned trial's epochs (rank 0's tuner, broadcast) hold each epoch's settings and the
+    noisy held-out accuracy after it; the last one is the trial's score."""
     from ppmlops.training.private_model import make_private_model
 
     plan = job.plan
@@ -79,12 +103,27 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, comm: Comm, device, rando
                                divisor=plan.divisor, device=device, clipping=job.clipping)
     sampler = LockstepPoissonSampler(total_size=len(X), sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
                                      rank=comm.rank, world_size=comm.world)
+    tuner = _trial_tuner(job, settings, trial) if comm.rank == 0 else None
+    current = EpochSettings(plan.noise_multiplier, settings["max_grad_norm"], settings["learning_rate"])
+    epochs: list[dict] = []
     for epoch in range(1, plan.epochs + 1):
-        model.set_epoch(noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
-                        learning_rate=settings["learning_rate"],
+        if plan.search.tuner != "fixed":
+            if tuner is not None:
+                # No budget view: the trial's noise is the search's, whatever the tuner would like.
+                view = BudgetView((), plan.sample_rate, plan.steps_per_epoch, plan.epochs - epoch + 1, plan.delta)
+                proposed = tuner.propose(epoch, epochs, current, view).settings
+                current = EpochSettings(plan.noise_multiplier, proposed.max_grad_norm, proposed.learning_rate)
+            current = EpochSettings(**comm.broadcast(asdict(current) if comm.rank == 0 else None))
+        model.set_epoch(noise_multiplier=plan.noise_multiplier, max_grad_norm=current.max_grad_norm,
+                        learning_rate=current.learning_rate,
                         noise_source=randomness.source("noise", trial, epoch) if comm.rank == 0 else None)
         train_epoch(model, sampler, X, y, randomness.source("sample", trial, epoch, comm.rank), device)
-    return init, model.net
+        if tuner is not None:
+            acc = _noisy_accuracy(*holdout, model.net, _release_sigma(plan),
+                                  randomness.source("search-score", trial, epoch))
+            epochs.append({"epoch": epoch, "learning_rate": current.learning_rate,
+                           "max_grad_norm": current.max_grad_norm, SIGNAL: acc})
+    return init, model.net, epochs
 
 
 def _save(checkpoints: Checkpoints, state: LoopState | None, best: dict | None, times: WorkerTimes) -> None:
@@ -124,22 +163,28 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
         k = TrialCount(plan.search.trials_mean, plan.search.trials_shape).draw(
             float(randomness.source("search-count").uniform(1)[0]))
         state = LoopState(epoch=0, search={"trials": k, "done": 0, "best": None})
+        steer = "" if plan.search.tuner == "fixed" else f", steered by {plan.search.tuner} on its own noisy accuracy"
         echo(f"[run {plan.run_id}] private search: trials drawn from the {plan.search.distribution} distribution, "
-             f"each {plan.epochs} epochs at noise multiplier {plan.noise_multiplier:.3g}; how many ran and every "
-             "trial but the chosen one stay private")
+             f"each {plan.epochs} epochs at noise multiplier {plan.noise_multiplier:.3g}{steer}; how many ran and "
+             "every trial but the chosen one stay private")
     todo = comm.broadcast((state.search["trials"], state.search["done"]) if comm.rank == 0 else None)
     times.setup = time.perf_counter() - t0
     for trial in range(todo[1] + 1, todo[0] + 1):
         t1 = time.perf_counter()
         settings = comm.broadcast(_draw_settings(job, randomness.source("search-trial", trial))
                                   if comm.rank == 0 else None)
-        init, net = _train_trial(job, settings, X, y, comm, device, randomness, trial)
+        init, net, epochs = _train_trial(job, settings, X, y, (X_holdout, y_holdout), comm, device, randomness, trial)
         if comm.rank == 0:
-            score = _score(job, X_holdout, y_holdout, net, randomness.source("search-score", trial))
+            if epochs:  # a tuned trial: its last noisy accuracy is its score, its settings those it ended at
+                settings = {"learning_rate": epochs[-1]["learning_rate"], "max_grad_norm": epochs[-1]["max_grad_norm"]}
+                score = epochs[-1][SIGNAL]
+            else:
+                score = _noisy_accuracy(X_holdout, y_holdout, net, _release_sigma(plan),
+                                        randomness.source("search-score", trial))
             kept = state.search["best"]
             if kept is None or score > kept["holdout_accuracy_noisy"]:
                 state.search["best"] = {**settings, "holdout_accuracy_noisy": score,
-                                        "noise_multiplier": plan.noise_multiplier}
+                                        "noise_multiplier": plan.noise_multiplier, "schedule": epochs}
                 best = {"weights": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "init": init}
             state.search["done"] = trial
             if trial == todo[0]:

@@ -13,16 +13,21 @@ assert tuple(_CLASSES) == TUNER_NAMES, "the registry and protocol.TUNER_NAMES mu
 
 
 def make_tuner(name: str, *, seed: int = 0, learning_rate: float = 0.5, max_grad_norm: float = 1.0,
-               prior: Sequence[PriorResult] = ()) -> Tuner:
-    """A fresh tuner; the run's starting learning rate and clip norm centre the bayes search box,
-    and `prior` (earlier runs' released results, ppmlops.run.known) seeds its model."""
+               prior: Sequence[PriorResult] = (), anchor: tuple[float, float] | None = None,
+               trial: bool = False) -> Tuner:
+    """A fresh tuner; `anchor` (the spec's learning rate and clip norm; by default the run's
+    starting ones) centres the bayes search box, and `prior` (earlier runs' released results,
+    ppmlops.run.known) seeds its model. `trial`: the tuner steers one trial of a private search,
+    which starts at its drawn settings and keeps the search's noise multiplier."""
     if name not in _CLASSES:
         raise ValueError(f"unknown tuner {name!r}; choose one of {', '.join(TUNER_NAMES)}")
     if name == "bayes":
         points = [({"noise_factor": 1.0, "log_clip": math.log(r.max_grad_norm),
                     "log_step": math.log(r.learning_rate * r.max_grad_norm), "progress": r.progress}, r.accuracy_noisy)
                   for r in prior]
-        return BayesTuner(seed=seed, base_learning_rate=learning_rate, base_clip=max_grad_norm, prior=points)
+        base_lr, base_clip = anchor or (learning_rate, max_grad_norm)
+        return BayesTuner(seed=seed, base_learning_rate=base_lr, base_clip=base_clip, prior=points,
+                          start=(learning_rate, max_grad_norm) if trial else None, tune_noise=not trial)
     return _CLASSES[name](seed=seed)
 
 

@@ -18,6 +18,7 @@ history, prints it on the progress line and saves it with the run.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any
@@ -60,6 +61,12 @@ def _fits(budget: BudgetView | None, sigma: float) -> bool:
 def affordable_floor(budget: BudgetView | None) -> float:
     if budget is None or not budget.remaining:
         return 0.0
+    return _floor_of(budget)
+
+
+@functools.lru_cache(maxsize=8)
+def _floor_of(budget: BudgetView) -> float:
+    # The worker asks before the tuner does, for the same view: one bisection per epoch.
     return min_affordable_sigma(np.asarray(budget.remaining), budget.sample_rate, budget.steps, budget.epochs_left)
 
 
@@ -173,13 +180,20 @@ class BayesTuner(Tuner):
     NOISE = 0.05  # the GP's nugget, in units of the (normalised) accuracy's spread: the signal is noisy
 
     def __init__(self, *, seed: int = 0, base_learning_rate: float = 0.5, base_clip: float = 1.0,
-                 prior: list[tuple[dict, float]] | None = None):
+                 prior: list[tuple[dict, float]] | None = None, start: tuple[float, float] | None = None,
+                 tune_noise: bool = True):
         super().__init__(seed=seed)
+        # A search's trial starts at its drawn (learning rate, clip norm) and keeps the search's
+        # noise: every trial must have the same privacy curve.
+        self.start, self.tune_noise = (tuple(map(float, start)) if start else None), bool(tune_noise)
+        # The box is centred on the spec's settings, never on a warm start's: a box that followed
+        # each week's best known would let a pipeline's settings wander off week after week.
         self.base_lr, self.base_clip = float(base_learning_rate), float(base_clip)
         self.points: list[tuple[dict, float]] = []  # (params with progress, noisy accuracy after that epoch)
         self.prior = [(dict(p), float(t)) for p, t in (prior or [])]
         self.pending: dict | None = None
         self._epochs = 1
+        _gp_libraries()  # imported at the worker's set-up, not inside its first epoch
 
     def _bounds(self) -> dict[str, tuple[float, float]]:
         # Searched: the noise above the affordable floor (only a little: every bit more is budget
@@ -187,12 +201,16 @@ class BayesTuner(Tuner):
         # an update's size is about lr x clip, so that product (not lr alone) is what a run with
         # few steps must get right; searching it directly decouples it from the clip.
         step = self.base_lr * self.base_clip
-        return {"noise_factor": (1.0, 1.2),
-                "log_clip": (math.log(self.base_clip / 10), math.log(self.base_clip * 2)),
+        noise = {"noise_factor": (1.0, 1.2)} if self.tune_noise else {}
+        return {**noise, "log_clip": (math.log(self.base_clip / 10), math.log(self.base_clip * 2)),
                 "log_step": (math.log(step / 2), math.log(step * 8))}
 
     def _first(self) -> dict[str, float]:
-        """The centre of the box: the usual first design point, and no random first epoch."""
+        """The start, or else the centre of the box: the usual first design point, and no random first epoch."""
+        if self.start is not None:
+            lr, clip = self.start
+            return {**({"noise_factor": 1.0} if self.tune_noise else {}), "log_clip": math.log(clip),
+                    "log_step": math.log(lr * clip)}
         return {k: (lo + hi) / 2 for k, (lo, hi) in self._bounds().items()}
 
     def propose(self, epoch: int, history: list[dict], current: EpochSettings, budget: BudgetView) -> Proposal:
@@ -205,11 +223,7 @@ class BayesTuner(Tuner):
         return [(params[k] - lo) / (hi - lo) for k, (lo, hi) in b.items()] + [params.get("progress", 1.0)]
 
     def _suggest(self, progress: float) -> tuple[dict, dict[str, Any]]:
-        from bayes_opt import acquisition
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process.kernels import Matern
-
+        acquisition, GaussianProcessRegressor, Matern, ConvergenceWarning = _gp_libraries()
         seen = self.prior + self.points
         X = np.array([self._unit(p) for p, _ in seen])
         y = np.array([t for _, t in seen])
@@ -240,24 +254,31 @@ class BayesTuner(Tuner):
             return current, "bayes: no noisy holdout accuracy released, settings kept", {}
         progress = epoch / self._epochs  # where the run will be after this epoch
         extra: dict[str, Any] = {"observations": len(self.points), "from_earlier_runs": len(self.prior)}
-        if len(self.prior) + len(self.points) >= 2:
+        if self.start is not None and not self.points:
+            params = self._first()
+            why = "bayes: the trial's drawn settings first"
+        elif len(self.prior) + len(self.points) >= 2:
             params, predicted = self._suggest(progress)
             extra.update(predicted)
             why = (f"bayes: UCB at progress {progress:.2f} over {len(self.points)} epochs"
                    + (f" and {len(self.prior)} earlier runs' results" if self.prior else "")
                    + f" predicts accuracy {predicted['predicted_accuracy']:.3f}")
+        elif self.points and self.start is not None:
+            params = {k: v for k, v in self.points[-1][0].items() if k != "progress"}
+            why = "bayes: one observation, settings kept"
         else:
             params = self._first()
             why = f"bayes: exploring ({len(self.points)} observations, prior only)"
         self.pending = {**params, "progress": progress}
         floor = self._floor or current.noise_multiplier
         clip = math.exp(params["log_clip"])
-        settings = EpochSettings(floor * params["noise_factor"], clip, math.exp(params["log_step"]) / clip)
+        settings = EpochSettings(floor * params.get("noise_factor", 1.0), clip, math.exp(params["log_step"]) / clip)
         extra["params"] = params
         return settings, why, extra
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "points": [[p, t] for p, t in self.points], "pending": self.pending,
+                "start": list(self.start) if self.start else None, "tune_noise": self.tune_noise,
                 "prior": [[p, t] for p, t in self.prior]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -265,6 +286,18 @@ class BayesTuner(Tuner):
         self.points = [(dict(p), float(t)) for p, t in state.get("points", [])]
         self.prior = [(dict(p), float(t)) for p, t in state.get("prior", [])] or self.prior
         self.pending = state.get("pending")
+        self.start = tuple(state["start"]) if state.get("start") else self.start
+        self.tune_noise = bool(state.get("tune_noise", self.tune_noise))
+
+
+def _gp_libraries():
+    """bayes_opt and scikit-learn (about half a second to import the first time)."""
+    from bayes_opt import acquisition
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import Matern
+
+    return acquisition, GaussianProcessRegressor, Matern, ConvergenceWarning
 
 
 def _seen(history: list[dict]) -> dict[str, Any]:

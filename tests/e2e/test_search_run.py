@@ -1,5 +1,7 @@
 """A private hyperparameter search run end to end through Airflow's dag.test(): the trigger form's
-`search` Param, K secret trials on local Ray, the best one evaluated, gated and deployed.
+`search` Param, K secret trials on local Ray (each steered by the bayes tuner on its own noisy
+held-out accuracy: ANOM's search, within-run adaptation and warm start in one run), the best one
+evaluated, gated and deployed.
 
 The search's cost is Papernot & Steinke's bound over the trial-count distribution, charged whole:
 dp-accounting's RepeatAndSelectDpEvent reproduces the card's epsilon from the plan, the ledger keeps
@@ -21,7 +23,7 @@ from ppmlops.stages.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
-CONF = {"epochs": 1, "search": True}
+CONF = {"epochs": 2, "search": True}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def search_run(airflow_db, tmp_path_factory):
 
     doc = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
     doc["name"], doc["dataset"]["id"], doc["deploy"]["model_name"] = "e2e_search", "e2e_search", "e2e_search_churn"
+    doc["search"] = {"tuner": "bayes"}
     folder = tmp_path_factory.mktemp("search-pipelines")
     (folder / "e2e_search.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
@@ -55,7 +58,20 @@ def test_a_search_run_deploys_its_best_trial_and_names_it_on_the_card(search_run
     assert card["search"]["chosen"] == chosen.model_dump() and card["tuner"] == "fixed"
     lo, hi = spec.search.learning_rate
     assert lo <= chosen.learning_rate <= hi and card["search"]["epsilon"] == card["epsilon"]
-    assert "secret" in card["search"]["trials"]
+    assert "secret" in card["search"]["trials"] and card["search"]["trial_tuner"] == "bayes"
+    # the chosen trial's epochs are its output; it ended at the settings it names
+    assert [e.epoch for e in chosen.schedule] == [1, 2]
+    assert (chosen.schedule[-1].learning_rate, chosen.schedule[-1].holdout_accuracy_noisy) == (
+        chosen.learning_rate, chosen.holdout_accuracy_noisy)
+
+
+def test_the_next_run_starts_from_the_chosen_trials_epochs(search_run):
+    from ppmlops.run.known import known_results
+
+    _, spec, ctx = search_run
+    warm = known_results(settings.load().runs_dir, spec.name)
+    assert {w.run_id for w in warm} == {ctx.run_id}
+    assert [w.what for w in warm] == ["search's chosen trial, epoch 1 of 2", "search", "evaluation"]
 
 
 def test_dp_accounting_reproduces_the_search_epsilon_and_the_ledger_keeps_it(search_run):
@@ -75,8 +91,11 @@ def test_dp_accounting_reproduces_the_search_epsilon_and_the_ledger_keeps_it(sea
     train.compose(dp_accounting.ComposedDpEvent([stats, dp_event.RepeatAndSelectDpEvent(
         trial, plan.search.trials_mean, plan.search.trials_shape)]))
     holdout = rdp_privacy_accountant.RdpAccountant(orders=list(ORDERS))
+    # a tuned trial releases a noisy accuracy after each of its epochs, each at score_sigma x sqrt(epochs)
+    scores = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.GaussianDpEvent(plan.search.score_sigma * plan.epochs ** 0.5), plan.epochs)
     holdout.compose(dp_accounting.ComposedDpEvent([stats, dp_event.RepeatAndSelectDpEvent(
-        dp_accounting.GaussianDpEvent(plan.search.score_sigma), plan.search.trials_mean, plan.search.trials_shape),
+        scores, plan.search.trials_mean, plan.search.trials_shape),
         dp_accounting.GaussianDpEvent(plan.evaluation_sigma)]))
     assert plan.epsilon == pytest.approx(max(train.get_epsilon(plan.delta), holdout.get_epsilon(plan.delta)), rel=1e-6)
     entries = Ledger(settings.load().db_url).entries(spec.dataset.id, run_id=ctx.run_id)

@@ -23,7 +23,8 @@ TRIALS = TrialCount(4.0, 1.0)
 
 def _job(tmp_path, **kw):
     kw.setdefault("run_id", "search-1")
-    return make_job(f"sqlite:///{tmp_path / 'ledger.db'}", synthetic(), epochs=2, search=TRIALS, **kw)
+    kw.setdefault("epochs", 2)
+    return make_job(f"sqlite:///{tmp_path / 'ledger.db'}", synthetic(), search=TRIALS, **kw)
 
 
 def test_the_plan_calibrates_the_whole_search_to_the_runs_epsilon(tmp_path):
@@ -99,6 +100,33 @@ def test_a_search_keeps_the_best_trial_and_says_nothing_of_the_others(tmp_path, 
     assert saved.keys() == restored.init.keys() and all(torch.equal(saved[n], restored.init[n]) for n in saved)
     # the task log gets a line at the start and one at the end, however many trials ran
     assert len(lines) == 2 and "chosen learning rate" in lines[1]
+
+
+def test_a_search_whose_trials_bayes_steers_releases_the_chosen_trials_epochs_at_one_scores_cost(
+        tmp_path, gloo_world_of_one):
+    from ppmlops.run.records import SearchResult
+    from ppmlops.training.search_loop import _release_sigma
+
+    job = _job(tmp_path, seed=0, epochs=3, search_tuner="bayes")
+    lines: list[str] = []
+    ckpt = _Counting(tmp_path / "ckpt")
+    run_search_worker(job, synthetic(), Comm(CPU), ckpt, CPU, echo=lines.append)
+    assert ckpt.saves == _k(job)
+    best = read_checkpoint(os.path.join(ckpt.root, "latest")).state.search["best"]
+    schedule = SearchResult(**best).schedule  # what the driver reads back
+    assert [e.epoch for e in schedule] == [1, 2, 3] and best["noise_multiplier"] == job.plan.noise_multiplier
+    last = schedule[-1]
+    assert (best["learning_rate"], best["max_grad_norm"], best["holdout_accuracy_noisy"]) == (
+        last.learning_rate, last.max_grad_norm, last.holdout_accuracy_noisy)
+    assert len({(e.learning_rate, e.max_grad_norm) for e in schedule}) > 1  # the tuner moved within the trial
+    # three releases at sigma x sqrt(3) have exactly the curve the plan charged for one score
+    plan = job.plan
+    np.testing.assert_allclose(3 * segment_rdp(Segment(_release_sigma(plan), 1.0, 1)),
+                               segment_rdp(Segment(plan.search.score_sigma, 1.0, 1)), rtol=1e-12)
+    fixed = _job(tmp_path / "fixed", seed=0, epochs=3)
+    assert _release_sigma(fixed.plan) == fixed.plan.search.score_sigma
+    assert fixed.plan.epsilon == plan.epsilon  # steering the trials costs nothing more
+    assert len(lines) == 2 and "steered by bayes" in lines[0]
 
 
 def test_a_resumed_search_keeps_its_k_and_runs_no_trial_twice(tmp_path, gloo_world_of_one):

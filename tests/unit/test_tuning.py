@@ -164,3 +164,38 @@ def test_bayes_conditions_on_progress_and_starts_from_earlier_runs():
     last = propose(BayesTuner(seed=1, prior=prior), 4, [], PLAN, budget_for(1.2, 1), 1)
     assert first.details["from_earlier_runs"] == 8 and "earlier runs" in first.why
     assert first.settings.max_grad_norm < 0.5 < 1.0 < last.settings.max_grad_norm
+
+
+def test_a_warm_start_moves_where_bayes_begins_but_not_its_box():
+    """Week after week the best known configuration may sit at the edge of the box. The box stays
+    centred on the spec's settings (the anchor), so the proposals cannot wander off with it."""
+    from ppmlops.run.records import KnownResult
+
+    edge = [KnownResult(run_id=f"w{i}", learning_rate=20.0, max_grad_norm=0.2, progress=p, accuracy_noisy=0.8 + i / 100,
+                        what="epoch") for i, p in enumerate((0.25, 0.5, 0.75, 1.0))]
+    def proposals(anchor):
+        tuner = make_tuner("bayes", seed=2, learning_rate=20.0, max_grad_norm=0.2, prior=edge, anchor=anchor)
+        history, current, out = [], PLAN, []
+        for epoch in range(1, 5):
+            current = propose(tuner, epoch, history, current, budget_for(1.2, 5 - epoch), 5 - epoch).settings
+            history.append({"epoch": epoch, "holdout_accuracy_noisy": 0.7, **vars(current)})
+            out.append(current)
+        return out
+
+    def in_box(s: EpochSettings) -> bool:  # the box around lr 0.5, clip 1: clip 0.1-2, lr x clip 0.25-4
+        step = s.learning_rate * s.max_grad_norm
+        return 0.1 - 1e-9 <= s.max_grad_norm <= 2.0 + 1e-9 and 0.25 - 1e-9 <= step <= 4.0 + 1e-9
+
+    assert all(in_box(s) for s in proposals((0.5, 1.0)))
+    assert not all(in_box(s) for s in proposals(None))  # a box centred on the warm start leaves it
+
+
+def test_a_search_trials_bayes_starts_at_its_draw_and_keeps_the_search_noise():
+    tuner = make_tuner("bayes", seed=0, learning_rate=3.0, max_grad_norm=0.07, anchor=(0.5, 1.0), trial=True)
+    trial_view = BudgetView((), Q, STEPS, 3, 1e-5)  # no filter inside a trial: its noise is the search's
+    first = tuner.propose(1, [], EpochSettings(4.2, 0.07, 3.0), trial_view)
+    assert (first.settings.max_grad_norm, first.settings.learning_rate) == pytest.approx((0.07, 3.0))
+    assert first.settings.noise_multiplier == 4.2 and "noise_factor" not in tuner._bounds()
+    seen = [{"epoch": 1, "holdout_accuracy_noisy": 0.7, **vars(first.settings)}]
+    second = tuner.propose(2, seen, first.settings, BudgetView((), Q, STEPS, 2, 1e-5))
+    assert second.settings == first.settings  # one observation: kept
