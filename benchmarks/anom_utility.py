@@ -2,7 +2,7 @@
 the best fixed configuration and the non-private model.
 
     .venv/bin/python benchmarks/anom_utility.py            # 3,000-row subset and full; eps 0.25, 0.5, 1; 5 seeds
-    .venv/bin/python benchmarks/anom_utility.py --quick    # 3,000-row subset, eps 1.0, 2 seeds (about a minute)
+    .venv/bin/python benchmarks/anom_utility.py --quick    # 3,000-row subset, eps 1.0, 2 seeds (about 20 s)
 
 Every private run is the product's own worker loop (ppmlops.training.loop.run_worker, or
 ppmlops.training.search_loop.run_search_worker for a search), the code Ray Train runs on each
@@ -14,9 +14,9 @@ validation rows (a partition of its own, composed in parallel with the training 
 same target epsilon, so a row's charge stays the target); the table reports accuracy on
 test.csv, which nothing tuned on except the best-of-grid reference. Rows:
 - fixed: lr 0.5, clip 1.0 (the spec defaults), one run at the target epsilon;
-- best-of-grid (NOT charged): every point of GRID trained at the target epsilon, the best chosen on
-  the TEST set; the tuning itself is not charged (its real cost is len(GRID) runs): an upper
-  reference, not a private result;
+- best-of-grid (NOT charged): every point of GRID (3 x 3, log-spaced across the search's default
+  ranges) trained at the target epsilon, the best chosen on the TEST set; the tuning itself is
+  not charged (its real cost is len(GRID) runs): an upper reference, not a private result;
 - private grid search: the same GRID, K trials drawn uniformly from it, K geometric of mean
   TRIALS (Papernot & Steinke 2022), the whole search charged the target epsilon;
 - ANOM search: the same kind of search over the spec's continuous log-uniform ranges (the product's
@@ -27,7 +27,16 @@ test.csv, which nothing tuned on except the best-of-grid reference. Rows:
   run's rows; last week's search was charged to last week's rows;
 - ANOM within-run (bayes): one run whose epochs the bayes tuner steers (GP-UCB conditioned on the
   run's progress, on the noisy validation accuracy); its tuner's share of the epoch time is printed;
-- non-private: plain SGD, lr 0.5, three times the epochs (converged: the reference to retain).
+- ANOM bayes, WEEKS weeks known (3,000-row subset only): the same, as the fourth weekly retrain:
+  each earlier week (a disjoint 3,000-row block) ran bayes warm-started by the releases of the
+  weeks before it, and this run's tuner starts from all of them (the product's warm start).
+  Charged: this run's epsilon on this run's rows; each earlier week was charged to its own rows;
+- ANOM (search, bayes trials): search, within-run and warm start in one run (`search.tuner: bayes`):
+  the search over the spec's ranges with every trial's epochs steered by the bayes tuner on the
+  trial's own noisy validation accuracies (each at sigma x sqrt(epochs), one score's curve);
+- ANOM, WEEKS weeks known (3,000-row subset only): that run as the fourth weekly retrain, each
+  week's search warm-started by the releases (the chosen trials' epochs) of the weeks before it;
+- non-private: plain SGD, lr 0.2, three times the epochs (converged: the reference to retain).
 Retention = accuracy / non-private accuracy. Intervals are 95% (Student t over seeds).
 """
 
@@ -48,13 +57,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adult import BATCH, DELTA, adult_job, load  # noqa: E402  benchmarks/ is this script's folder
 
 EPOCHS = 4
-GRID = [(lr, clip) for lr in (0.5, 2.0) for clip in (0.1, 0.5, 1.0)]  # (learning rate, clip norm)
+# (learning rate, clip norm): three log-spaced values across each of the search's default ranges
+GRID = [(lr, clip) for lr in (0.25, 1.0, 4.0) for clip in (0.1, 0.5, 2.0)]
+WEEKS = 3  # earlier weekly retrains before the one reported, in the warm-started ANOM row
 TRIALS = 5.0  # mean number of trials of a search (geometric)
+DEFAULTS = (0.5, 1.0)  # the spec's learning rate and clip norm
 RANGES = {"search_learning_rate": (0.1, 4.0), "search_max_grad_norm": (0.05, 2.0)}  # the spec's defaults
 
 
-def _train(job, arrays):
-    """One worker-loop run in this process; returns its last checkpoint."""
+def _train(job, arrays, prior=()):
+    """One worker-loop run in this process (`prior`: earlier runs' released results, as the plan
+    hands them to the tuner); returns its last checkpoint."""
     import torch
 
     from ppmlops.training.loop import Comm, DirectoryCheckpoints, read_checkpoint, run_worker
@@ -67,7 +80,8 @@ def _train(job, arrays):
         if job.plan.search is not None:
             run_search_worker(job, arrays, Comm(cpu), ckpt, cpu, echo=lambda line: None)
         else:
-            tuner = make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate, max_grad_norm=job.max_grad_norm)
+            tuner = make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate, max_grad_norm=job.max_grad_norm,
+                               prior=prior, anchor=job.tuning_anchor)
             run_worker(job, arrays, Comm(cpu), ckpt, cpu, tuner=tuner, echo=lambda line: None)
         return read_checkpoint(os.path.join(root, "latest"))
 
@@ -79,26 +93,42 @@ class Result:
     sigma: float = math.nan  # the plan's noise multiplier (a search's: every trial's)
     tuner_share: float = 0.0  # tuner seconds / epoch seconds (within-run tuning)
     chosen: dict | None = None  # a search's released choice
+    released: tuple = ()  # what the run released for later runs (ppmlops.run.known.KnownResult)
 
 
 def private(arrays, Xt, yt, work: Path, *, epsilon: float, lr: float = 0.5, clip: float = 1.0, search=None,
-            tuner: str = "fixed", seed: int = 0, **search_space) -> Result:
-    """One planned run or search at `epsilon`, scored on the test set."""
+            tuner: str = "fixed", seed: int = 0, prior=(), **search_space) -> Result:
+    """One planned run or search at `epsilon`, scored on the test set; `prior` warm-starts its tuner
+    (and, as the product's driver does, it starts at the best of them)."""
     from ppmlops.privacy.search import TrialCount
+    from ppmlops.run.known import best_known
+    from ppmlops.run.records import KnownResult
     from ppmlops.training.metrics import evaluate
     from ppmlops.training.models import build_model
 
     run_id = f"r{time.perf_counter_ns()}"
+    best = best_known(list(prior))
+    if best is not None and search:
+        search_space["search_centre"] = (best.learning_rate, best.max_grad_norm)
+    elif best is not None:
+        lr, clip = best.learning_rate, best.max_grad_norm
     job = adult_job(work, arrays, run_id=run_id, epsilon=epsilon, epochs=EPOCHS, lr=lr, clip=clip, tuner=tuner,
                     seed=seed, holdout_epsilon=epsilon, search=TrialCount(TRIALS, 1.0) if search else None, **search_space)
-    restored = _train(job, arrays)
+    job = dataclasses.replace(job, warm_start=tuple(prior), tuning_anchor=DEFAULTS)
+    restored = _train(job, arrays, prior)
     model = build_model("mlp", arrays.X.shape[1], [64])
     model.load_state_dict(restored.weights)
     history = restored.state.history
     share = sum(h.get("tuner_seconds", 0.0) for h in history) / max(1e-9, sum(h["seconds"] for h in history)) \
         if history else 0.0
+    chosen = (restored.state.search or {}).get("best")
+    epochs = chosen["schedule"] if chosen else history  # a search releases its chosen trial's epochs only
+    released = tuple(KnownResult(run_id=run_id, learning_rate=h["learning_rate"], max_grad_norm=h["max_grad_norm"],
+                                 progress=h["epoch"] / EPOCHS, accuracy_noisy=h["holdout_accuracy_noisy"],
+                                 what=f"epoch {h['epoch']}")
+                     for h in epochs if h.get("holdout_accuracy_noisy") is not None)
     return Result(evaluate(model, Xt, yt)["accuracy"], job.plan.epsilon, job.plan.noise_multiplier, share,
-                  (restored.state.search or {}).get("best"))
+                  chosen, released)
 
 
 def non_private(arrays, Xt, yt, seed: int) -> float:
@@ -110,7 +140,7 @@ def non_private(arrays, Xt, yt, seed: int) -> float:
 
     torch.manual_seed(seed)
     model = build_model("mlp", arrays.X.shape[1], [64])
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)  # 0.5 left one subset seed short of converging
     Xs, ys = torch.from_numpy(arrays.X), torch.from_numpy(arrays.y)
     g = torch.Generator().manual_seed(seed)
     for _ in range(3 * EPOCHS):
@@ -130,6 +160,17 @@ def interval(values: list[float]) -> float:
     return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
+def weekly(week_arrays, Xt, yt, work: Path, *, epsilon: float, seed: int, **method) -> Result:
+    """The reported week's run after WEEKS earlier weekly runs of the same method, each warm-started
+    by the releases of the ones before it (week_arrays(w): the rows of w weeks ago, disjoint blocks)."""
+    prior: list = []
+    for w in range(WEEKS, -1, -1):
+        result = private(week_arrays(w), Xt, yt, work, epsilon=epsilon, seed=seed, prior=prior[-40:],  # MAX_RESULTS
+                         **method)
+        prior += result.released
+    return result
+
+
 def cell(arrays_for, epsilon: float, seeds, work: Path, last_week=None) -> dict[str, list[Result]]:
     rows: dict[str, list[Result]] = {}
     for seed in seeds:
@@ -145,6 +186,13 @@ def cell(arrays_for, epsilon: float, seeds, work: Path, last_week=None) -> dict[
             add("ANOM search, warm start", private(arrays, Xt, yt, work, epsilon=epsilon, search=True, **RANGES,
                                                    search_centre=(earlier["learning_rate"], earlier["max_grad_norm"])))
         add("ANOM within-run (bayes)", private(arrays, Xt, yt, work, epsilon=epsilon, tuner="bayes", seed=seed))
+        anom = dict(search=True, search_tuner="bayes", **RANGES)
+        add("ANOM (search, bayes trials)", private(arrays, Xt, yt, work, epsilon=epsilon, seed=seed, **anom))
+        if last_week is not None:
+            weeks = lambda w: arrays if w == 0 else last_week(seed, w)  # noqa: E731
+            add(f"ANOM bayes, {WEEKS} weeks known", weekly(weeks, Xt, yt, work, epsilon=epsilon, seed=seed,
+                                                           tuner="bayes"))
+            add(f"ANOM, {WEEKS} weeks known", weekly(weeks, Xt, yt, work, epsilon=epsilon, seed=seed, **anom))
         add("non-private", Result(non_private(arrays, Xt, yt, seed), math.inf))
     return rows
 
@@ -180,8 +228,8 @@ def main() -> int:
                 loaded[seed] = load(size, seed)
             return loaded[seed]
 
-        def last_week(seed, size=size):  # the block of train.csv after this run's rows
-            return load(size, seed, offset=size)[0]
+        def last_week(seed, weeks=1, size=size):  # a block of train.csv after this run's rows
+            return load(size, seed, offset=size * weeks)[0]
 
         rows = cell(arrays_for, eps, seeds, work, last_week if size else None)
         ref = statistics.mean(r.accuracy for r in rows["non-private"])
