@@ -101,8 +101,8 @@ def private(arrays, Xt, yt, work: Path, *, epsilon: float, lr: float = 0.5, clip
     """One planned run or search at `epsilon`, scored on the test set; `prior` warm-starts its tuner
     (and, as the product's driver does, it starts at the best of them)."""
     from ppmlops.privacy.search import TrialCount
-    from ppmlops.run.known import best_known
-    from ppmlops.run.records import KnownResult
+    from ppmlops.run.known import best_known, released_results
+    from ppmlops.run.records import EpochRecord, SearchResult
     from ppmlops.training.metrics import evaluate
     from ppmlops.training.models import build_model
 
@@ -121,12 +121,10 @@ def private(arrays, Xt, yt, work: Path, *, epsilon: float, lr: float = 0.5, clip
     history = restored.state.history
     share = sum(h.get("tuner_seconds", 0.0) for h in history) / max(1e-9, sum(h["seconds"] for h in history)) \
         if history else 0.0
-    chosen = (restored.state.search or {}).get("best")
-    epochs = chosen["schedule"] if chosen else history  # a search releases its chosen trial's epochs only
-    released = tuple(KnownResult(run_id=run_id, learning_rate=h["learning_rate"], max_grad_norm=h["max_grad_norm"],
-                                 progress=h["epoch"] / EPOCHS, accuracy_noisy=h["holdout_accuracy_noisy"],
-                                 what=f"epoch {h['epoch']}")
-                     for h in epochs if h.get("holdout_accuracy_noisy") is not None)
+    chosen = (restored.state.search or {}).get("best")  # a search releases its chosen trial only
+    # What the product's next run would read back (no noisy evaluation here: the table scores on test.csv).
+    released = tuple(released_results(run_id, EPOCHS, [EpochRecord(**h) for h in history],
+                                      SearchResult(**chosen) if chosen else None))
     return Result(evaluate(model, Xt, yt)["accuracy"], job.plan.epsilon, job.plan.noise_multiplier, share,
                   chosen, released)
 
@@ -163,9 +161,11 @@ def interval(values: list[float]) -> float:
 def weekly(week_arrays, Xt, yt, work: Path, *, epsilon: float, seed: int, **method) -> Result:
     """The reported week's run after WEEKS earlier weekly runs of the same method, each warm-started
     by the releases of the ones before it (week_arrays(w): the rows of w weeks ago, disjoint blocks)."""
+    from ppmlops.run.known import MAX_RESULTS
+
     prior: list = []
     for w in range(WEEKS, -1, -1):
-        result = private(week_arrays(w), Xt, yt, work, epsilon=epsilon, seed=seed, prior=prior[-40:],  # MAX_RESULTS
+        result = private(week_arrays(w), Xt, yt, work, epsilon=epsilon, seed=seed, prior=prior[-MAX_RESULTS:],
                          **method)
         prior += result.released
     return result

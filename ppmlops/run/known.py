@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from ppmlops.errors import PpmlopsError
-from ppmlops.run.records import EvaluationRecord, KnownResult, PlanRecord, TrainRecord
+from ppmlops.run.records import EpochRecord, EvaluationRecord, KnownResult, PlanRecord, SearchResult, TrainRecord
 from ppmlops.run.store import RunStore
 
 # The newest results only: the data drifts between retrains, and the GP's cost grows with points.
@@ -32,27 +32,34 @@ def _of_run(store: RunStore) -> list[KnownResult]:
         return []
     if trained is None or plan is None:
         return []
-    run_id, epochs = plan.privacy.run_id, max(1, plan.privacy.epochs)
+    return released_results(plan.privacy.run_id, plan.privacy.epochs, trained.history, trained.search,
+                            evaluated.accuracy if evaluated is not None else None)
+
+
+def released_results(run_id: str, epochs: int, history: list[EpochRecord], search: SearchResult | None,
+                     evaluation_accuracy: float | None = None) -> list[KnownResult]:
+    """A run's released results: each epoch's settings with the noisy accuracy after it, a search's
+    chosen trial (its epochs and its score), and the noisy evaluation at the settings it ended at."""
+    epochs = max(1, epochs)
     out = [KnownResult(run_id=run_id, learning_rate=h.learning_rate, max_grad_norm=h.max_grad_norm,
                        progress=h.epoch / epochs, accuracy_noisy=h.holdout_accuracy_noisy,
                        what=f"epoch {h.epoch} of {epochs}")
-           for h in trained.history if h.holdout_accuracy_noisy is not None]
-    if trained.search is not None:
+           for h in history if h.holdout_accuracy_noisy is not None]
+    if search is not None:
         out += [KnownResult(run_id=run_id, learning_rate=e.learning_rate, max_grad_norm=e.max_grad_norm,
                             progress=e.epoch / epochs, accuracy_noisy=e.holdout_accuracy_noisy,
                             what=f"search's chosen trial, epoch {e.epoch} of {epochs}")
-                for e in trained.search.schedule[:-1]]  # its last epoch is the score, just below
-        lr, clip = trained.search.learning_rate, trained.search.max_grad_norm
+                for e in search.schedule[:-1]]  # its last epoch is the score, just below
+        lr, clip = search.learning_rate, search.max_grad_norm
         out.append(KnownResult(run_id=run_id, learning_rate=lr, max_grad_norm=clip, progress=1.0,
-                               accuracy_noisy=trained.search.holdout_accuracy_noisy, what="search"))
-    elif trained.history:
-        last = trained.history[-1]
-        lr, clip = last.learning_rate, last.max_grad_norm
+                               accuracy_noisy=search.holdout_accuracy_noisy, what="search"))
+    elif history:
+        lr, clip = history[-1].learning_rate, history[-1].max_grad_norm
     else:
         return out
-    if evaluated is not None and math.isfinite(evaluated.accuracy):
+    if evaluation_accuracy is not None and math.isfinite(evaluation_accuracy):
         out.append(KnownResult(run_id=run_id, learning_rate=lr, max_grad_norm=clip, progress=1.0,
-                               accuracy_noisy=evaluated.accuracy, what="evaluation"))
+                               accuracy_noisy=evaluation_accuracy, what="evaluation"))
     return out
 
 
