@@ -153,9 +153,11 @@ def test_the_mlflow_run_shows_the_released_values_and_owns_the_version(e2e_run):
     assert mv.run_id == run.info.run_id and mv.tags["card.run_id"] == ctx.run_id
     assert "development" in mv.aliases and set(tracked.logged) >= {"plan", "train", "evaluate", "gate", "deploy"}
     exact = ctx.store.read(StagedData).result
-    released = {summary["rows_train"], summary["rows_holdout"]}
+    # A noisy count can land on the exact one by chance (the evaluation's holdout count did once in
+    # CI); any other metric holding an exact count is a leak.
+    noisy_counts = {"rows_train_noisy", "rows_holdout_noisy", "rows_quarantined_noisy", "holdout_rows_noisy"}
     for value in (exact.rows_train, exact.rows_test, exact.rows_staged):
-        assert value in released or value not in m.values()
+        assert {name for name, v in m.items() if v == value} <= noisy_counts, value
 
 
 def test_nothing_exact_about_private_rows_leaves_the_run_folder(e2e_run):
