@@ -81,6 +81,25 @@ environments := {"development", "test", "staging", "production"}
 epsilon_tolerance := 1e-9
 
 # ---------------------------------------------------------------------------------------------
+# Utility floors. Compliance edits these numbers. Each is compared with a LOWER confidence bound
+# that the evaluation computed from its noisy counts (ppmlops.stages.evaluate.confidence_bounds,
+# at the spec's deploy.confidence, default 95%), so DP noise cannot carry a model over a floor.
+#
+#   min_margin        accuracy must beat always guessing the (noisy) majority class by at least
+#                     this many accuracy points on the held-out rows, beyond what the release's
+#                     noise could explain; a spec's deploy.min_margin may raise it, never lower it.
+#                     Chance in a small held-out sample is bounded by min_holdout_rows: raise
+#                     either to demand more evidence
+#   min_holdout_rows  the evaluation must rest on at least this many held-out rows: compared
+#                     with the noisy count's lower bound, not the count itself, because a noisy
+#                     count of a small set can land far above it (sigma ~20 rows at small epsilon)
+#   min_class_rows    each class must have at least this many rows: in each partition before
+#                     training (the plan's noisy class counts) and in the evaluation; with fewer,
+#                     AUC is undefined and accuracy says nothing
+# ---------------------------------------------------------------------------------------------
+utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1}
+
+# ---------------------------------------------------------------------------------------------
 # budget
 # ---------------------------------------------------------------------------------------------
 budget := {
@@ -139,7 +158,7 @@ train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny), "sized
 # shown that such a check failed, not the numbers.
 _train_sized := {m | some m in _train_deny; m in _sized_reasons}
 
-_sized_reasons := {m | some m in _delta_errors} | {m | some m in _consent_errors}
+_sized_reasons := ({m | some m in _delta_errors} | {m | some m in _consent_errors}) | {m | some m in _class_errors}
 
 _train_deny contains msg if {
 	some msg in _train_input_errors
@@ -193,6 +212,24 @@ _train_deny contains msg if {
 	some msg in _consent_errors
 }
 
+_train_deny contains msg if {
+	some msg in _class_errors
+}
+
+# A partition whose noisy class counts cannot show both classes: refused before any training.
+_class_errors contains msg if {
+	_train_input_ok
+	some partition in ["train", "holdout"]
+	counts := input.classes[partition]
+	counts.smallest_lower < utility.min_class_rows
+	msg := sprintf("the %s partition may hold a single class of %s: noisy rows %v positive, %v negative (noise sigma %s); at %s confidence its smaller class has fewer than %v rows, so a model cannot be trained and judged on it (AUC undefined, accuracy meaningless)", [
+		_partition_name[partition], input.classes.label, object.get(counts, "positive", "?"), object.get(counts, "negative", "?"),
+		fmt(input.classes.sigma), _percent(input.classes.confidence), utility.min_class_rows,
+	])
+}
+
+_partition_name := {"train": "training", "holdout": "held-out"}
+
 _consent_errors contains msg if {
 	_train_input_ok
 	input.consent.coverage < _profile.min_consent_coverage
@@ -232,6 +269,9 @@ deploy_checks := [
 	{"id": "privacy_filter", "effect": "deny", "title": "a privacy filter governed the run"},
 	{"id": "audit", "effect": "deny", "title": "the canary audit's lower bound does not exceed the claimed epsilon"},
 	{"id": "accuracy", "effect": "deny", "title": "noisy held-out accuracy reaches the spec's minimum"},
+	{"id": "metric_defined", "effect": "deny", "title": "the held-out rows hold both classes, so AUC and accuracy mean something", "quotes_sizes": true},
+	{"id": "evaluation_size", "effect": "deny", "title": "the evaluation rests on at least the policy's minimum of held-out rows", "quotes_sizes": true},
+	{"id": "beats_baseline", "effect": "deny", "title": "accuracy beats always guessing the majority class by the margin, with the noise's and the sample's uncertainty counted"},
 	{"id": "randomness", "effect": "deny", "title": "trained with secure (CSPRNG) randomness"},
 	{"id": "card_fields", "effect": "deny", "title": "the model card states every required field"},
 	{"id": "card_numbers", "effect": "deny", "title": "the model card's epsilon and delta are numbers"},
@@ -335,6 +375,42 @@ _deploy_fail contains ["accuracy", msg] if {
 	_deploy_input_ok
 	input.metrics.accuracy < input.metrics.min_accuracy
 	msg := sprintf("accuracy %s is below the required %s", [fmt(input.metrics.accuracy), fmt(input.metrics.min_accuracy)])
+}
+
+_deploy_fail contains ["metric_defined", msg] if {
+	_deploy_input_ok
+	input.metrics.auc == null
+	msg := "AUC is undefined: the noisy score histogram shows a single class among the held-out rows"
+}
+
+_deploy_fail contains ["metric_defined", msg] if {
+	_deploy_input_ok
+	input.metrics.class_rows_lower < utility.min_class_rows
+	msg := sprintf("the held-out rows may hold a single class: noisy rows %v positive, %v negative; at %s confidence the smaller class has fewer than %v rows, so accuracy and AUC mean nothing", [
+		input.metrics.positives, input.metrics.negatives, _percent(input.metrics.confidence), utility.min_class_rows,
+	])
+}
+
+_deploy_fail contains ["evaluation_size", msg] if {
+	_deploy_input_ok
+	input.metrics.rows_lower < utility.min_holdout_rows
+	msg := sprintf("the evaluation rests on too few held-out rows: %v noisy, at %s confidence as few as %v, below the minimum %v", [
+		input.metrics.rows, _percent(input.metrics.confidence), floor(input.metrics.rows_lower), utility.min_holdout_rows,
+	])
+}
+
+# The spec may demand a larger margin than the policy's, never a smaller one.
+_min_margin := max([utility.min_margin, input.metrics.min_margin]) if {
+	is_number(input.metrics.min_margin)
+} else := utility.min_margin
+
+_deploy_fail contains ["beats_baseline", msg] if {
+	_deploy_input_ok
+	input.metrics.advantage_lower < _min_margin
+	msg := sprintf("accuracy %s does not beat always guessing the majority class (%s) by the required margin %s: at %s confidence against the release's noise, accuracy minus the majority rate on the held-out rows may be as low as %s", [
+		fmt(input.metrics.accuracy), fmt(input.metrics.majority_baseline), fmt(_min_margin),
+		_percent(input.metrics.confidence), fmt(input.metrics.advantage_lower),
+	])
 }
 
 _deploy_fail contains ["randomness", msg] if {
@@ -494,6 +570,11 @@ _train_fields := array.concat(_dataset_fields, [
 	[["consent", "coverage"], "number"],
 	[["request", "run_epsilon"], "number"],
 	[["request", "epsilon_cap"], "number"],
+	[["classes", "label"], "string"],
+	[["classes", "sigma"], "number"],
+	[["classes", "confidence"], "number"],
+	[["classes", "train", "smallest_lower"], "number"],
+	[["classes", "holdout", "smallest_lower"], "number"],
 ])
 
 _deploy_fields := array.concat(_dataset_fields, [
@@ -508,6 +589,14 @@ _deploy_fields := array.concat(_dataset_fields, [
 	[["privacy", "randomness"], "string"],
 	[["metrics", "accuracy"], "number"],
 	[["metrics", "min_accuracy"], "number"],
+	[["metrics", "majority_baseline"], "number"],
+	[["metrics", "advantage_lower"], "number"],
+	[["metrics", "confidence"], "number"],
+	[["metrics", "rows"], "number"],
+	[["metrics", "rows_lower"], "number"],
+	[["metrics", "positives"], "number"],
+	[["metrics", "negatives"], "number"],
+	[["metrics", "class_rows_lower"], "number"],
 	[["audit"], "object"],
 	[["model_card"], "object"],
 ])
@@ -528,6 +617,18 @@ _ranges := [
 	[["privacy", "dataset_share_used"], 0, 1e6],
 	[["metrics", "accuracy"], 0, 1],
 	[["metrics", "min_accuracy"], 0, 1],
+	[["metrics", "majority_baseline"], 0, 1],
+	[["metrics", "advantage_lower"], -1, 1],
+	[["metrics", "confidence"], 0.5, 1],
+	[["metrics", "rows"], 0, 1e15],
+	[["metrics", "rows_lower"], 0, 1e15],
+	[["metrics", "positives"], -1e15, 1e15],
+	[["metrics", "negatives"], -1e15, 1e15],
+	[["metrics", "class_rows_lower"], 0, 1e15],
+	[["classes", "sigma"], 0, 1e15],
+	[["classes", "confidence"], 0.5, 1],
+	[["classes", "train", "smallest_lower"], 0, 1e15],
+	[["classes", "holdout", "smallest_lower"], 0, 1e15],
 ]
 
 _shape_errors(fields) := {"input must be a JSON object"} if {
@@ -594,6 +695,25 @@ _deploy_extra_errors contains msg if {
 	lower != null
 	msg := sprintf("input.audit.epsilon_lower_bound: expected number or null, got %s", [type_name(lower)])
 }
+
+# auc is a number in [0, 1] or null (undefined: a deny of its own); min_margin a number in
+# [0, 1] or null (the policy's own then).
+_deploy_extra_errors contains msg if {
+	is_object(input)
+	some field in ["auc", "min_margin"]
+	value := object.get(input, ["metrics", field], null)
+	value != null
+	not _unit_number(value)
+	msg := sprintf("input.metrics.%s: expected a number in [0, 1] or null, got %s", [field, _shown(value)])
+}
+
+_unit_number(v) if {
+	is_number(v)
+	_within(v, 0, 1)
+}
+
+_shown(v) := num(v) if is_number(v)
+else := type_name(v)
 
 _train_input_ok if count(_train_input_errors) == 0
 

@@ -188,6 +188,7 @@ def _registry_show(args: argparse.Namespace) -> int:
     from ppmlops.registry.store import Registry
 
     reg = Registry(settings_mod.load().registry_dir)
+    reg.require(args.model)
     doc = {"model": args.model, "registry": reg.location, "versions": reg.versions(args.model),
            "production": reg.alias(args.model, "production")}
     if args.version:

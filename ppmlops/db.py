@@ -27,6 +27,7 @@ from typing import Any, Iterator
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InternalError, OperationalError
+from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.pool import StaticPool
 
 from ppmlops.errors import PpmlopsError
@@ -38,7 +39,16 @@ BUSY_TIMEOUT_S = 60
 
 
 class DatabaseUnavailable(PpmlopsError):
-    """The database cannot be opened, reached or written; the message names the (redacted) URL."""
+    """The database cannot be opened, reached or written; the message names the (redacted) URL.
+
+    `transient` says whether trying again can pass: a server that is down or a lock held by another
+    writer may clear; a corrupted file, a full disk, a read-only file, wrong credentials or a
+    missing database will not, so an Airflow task fails at once on them instead of retrying.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def parse(db_url: str) -> URL:
@@ -145,7 +155,18 @@ def unavailable(db_url: str, err: BaseException, doing: str) -> DatabaseUnavaila
     orig = getattr(err, "orig", None) or err
     text = " ".join(str(orig).split()) or type(orig).__name__
     low = text.lower()
-    if "readonly" in low or "read-only" in low or "read only" in low:
+    transient = False
+    if "file is not a database" in low or "malformed" in low or "not a database" in low:
+        path = sqlite_file(db_url)
+        hint = (f"{path or 'the file'} is damaged or is not an SQLite database: restore it from a backup, or "
+                "point PPMLOPS_DB_URL / PPMLOPS_HOME at the right file. Do not delete it to start over: the "
+                "ledger in it is the only record of the privacy budget already spent")
+    elif "disk is full" in low or "disk full" in low or "no space left" in low:
+        path = sqlite_file(db_url)
+        hint = (f"the disk holding {path.parent if path else 'the database'} is full: free space "
+                f"(df -h {path.parent if path else '.'}) and run the task again; the transaction was rolled "
+                "back, nothing was half-written")
+    elif "readonly" in low or "read-only" in low or "read only" in low:
         hint = "the database is read-only for this process: check the file's permissions or the role's grants"
     elif "unable to open database file" in low:
         hint = "the file or its folder cannot be opened: check the path and its permissions"
@@ -154,13 +175,18 @@ def unavailable(db_url: str, err: BaseException, doing: str) -> DatabaseUnavaila
     elif any(s in low for s in ("could not connect", "connection refused", "could not translate host",
                                 "timeout expired", "server closed the connection", "no route")):
         hint = "the server cannot be reached: is it running, and are host and port in PPMLOPS_DB_URL right?"
+        transient = True
     elif "password authentication failed" in low or "authentication" in low:
         hint = "the server refused the credentials in PPMLOPS_DB_URL"
+    elif "locked" in low or "busy" in low:
+        hint = "another process held the database's lock past the busy timeout; trying again can pass"
+        transient = True
     else:
         hint = "check PPMLOPS_DB_URL and the database server"
+        transient = True  # unknown: one more try is cheap, and a retried stage is idempotent
     # The driver's text names hosts, roles and SQL, not row values; cut long SQL short anyway.
     first = text.split(" [SQL:")[0][:300]
-    return DatabaseUnavailable(f"cannot {doing} the database at {redact(db_url)}: {first} ({hint})")
+    return DatabaseUnavailable(f"cannot {doing} the database at {redact(db_url)}: {first} ({hint})", transient=transient)
 
 
 @contextlib.contextmanager
@@ -169,9 +195,15 @@ def translated(db_url: str, doing: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as err:
-        if getattr(err, "connection_invalidated", False) or _operational(err):
+        if getattr(err, "connection_invalidated", False) or _operational(err) or _damaged(err):
             raise unavailable(db_url, err, doing) from None
         raise
+
+
+def _damaged(err: DBAPIError) -> bool:
+    """SQLite's DatabaseError for a file that is not (or no longer) a database: not a bug of ours."""
+    return isinstance(err, SQLAlchemyDatabaseError) and any(
+        s in str(getattr(err, "orig", "")).lower() for s in ("not a database", "malformed"))
 
 
 def _operational(err: DBAPIError) -> bool:

@@ -7,6 +7,7 @@ gives one line naming the argument (argparse would add a usage block) and exit c
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 from typing import Any
@@ -265,6 +266,39 @@ def _ledger_set_budget(args: argparse.Namespace) -> int:
 
 
 def _ledger_close(args: argparse.Namespace) -> int:
-    status = _open_ledger(args.db_url).close_grant(dataset_id=args.dataset, run_id=args.run)
+    from ppmlops.privacy.ledger import LIVE, RESERVED, SEARCH
+
+    ledger = _open_ledger(args.db_url)
+    grants = ledger.entries(args.dataset, kind="grant")
+    if not grants and ledger.budget(args.dataset) is None:
+        raise PpmlopsError(f"dataset {args.dataset!r} is not in the privacy ledger at {ledger.safe_url()}"
+                           + _known("datasets", ledger.datasets(), args.dataset))
+    runs = list(dict.fromkeys(e.run_id for e in reversed(grants)))  # newest first
+    if args.run not in runs:
+        raise PpmlopsError(f"run {args.run!r} has no grant on dataset {args.dataset!r}, nothing was closed"
+                           + _known(f"runs with grants of {args.dataset}", runs, args.run))
+    # What close_grant would change: a reserved grant, or a plain one not yet trimmed or released
+    # (a private search's grant is final once completed).
+    live = [e for e in grants if e.run_id == args.run and e.status in LIVE
+            and (e.status == RESERVED or e.mechanism != SEARCH)]
+    if not live:
+        # Closing twice changes nothing; say so rather than report a release that did not happen.
+        ended = sorted({e.status for e in grants if e.run_id == args.run})
+        print(f"run {args.run} on {args.dataset}: grant already closed ({', '.join(ended)}); nothing changed")
+        return 0
+    status = ledger.close_grant(dataset_id=args.dataset, run_id=args.run)
     print(f"run {args.run} on {args.dataset}: grant {status}")
     return 0
+
+
+KNOWN_SHOWN = 10
+
+
+def _known(what: str, names: list[str], asked: str) -> str:
+    """'; <what>: a, b, c (and N more); did you mean 'x'?' for an unknown name."""
+    if not names:
+        return f"; there are no {what}"
+    more = len(names) - KNOWN_SHOWN
+    shown = ", ".join(names[:KNOWN_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
+    close = difflib.get_close_matches(asked, names, n=1, cutoff=0.6)
+    return f"; {what}: {shown}" + (f"; did you mean {close[0]!r}?" if close else "")

@@ -209,6 +209,10 @@ class Dataset(_Model):
     not_sensitive: list[str] = []  # reviewed: none of the above whatever the scan says (kept in the report)
     regulation: Regulation = "gdpr"
     public: bool = False
+    # Synthetic or test data whose privacy nobody relies on. Only such a dataset may run with
+    # randomness "reproducible": its draws can be replayed from the public seed and run id, so
+    # every noisy count it releases is as good as exact (ppmlops.run.context.check_randomness).
+    test_data: bool = False
     # A public, approximate row count (e.g. the size of a published extract). Only used to fix
     # the dataset's accounting order at registration; the run is sized by a noisy count.
     expected_rows: int | None = Field(None, ge=1)
@@ -327,7 +331,9 @@ class Search(_Model):
 class Audit(_Model):
     """The canary audit (Steinke, Nasr & Jagielski 2023) run on every trained model."""
 
-    canaries: int = Field(256, ge=0, le=100_000)
+    # Gradient canaries (ppmlops.audit.canary): 16384 lets the audit catch a demo-shaped run whose
+    # real epsilon is 4x its claim. At most 512 per unit of the first layer are used.
+    canaries: int = Field(16384, ge=0, le=100_000)
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
@@ -344,6 +350,11 @@ Environment = Literal["development", "test", "staging", "production"]
 class Deploy(_Model):
     model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     min_accuracy: float = Field(0.0, ge=0, le=1)
+    # How much the model must beat always guessing the majority class (accuracy points), at the
+    # evaluation's confidence; the policy's own min_margin is a floor this can only raise.
+    min_margin: float | None = Field(None, ge=0, le=1)
+    # Confidence of the evaluation's lower bounds (the gate's baseline, size and class checks).
+    confidence: float = Field(0.95, ge=0.5, lt=1)
     # Where scheduled runs deploy (a manual run may pick another); each has its own alias.
     environment: Environment = "development"
 
@@ -403,10 +414,18 @@ class PipelineSpec(_Model):
                 raise ValueError(f"dataset.window.column {window.column!r} is also a feature, the label or a "
                                  "consent column")
         if window is not None and window.partition:
-            paths = [ds.source.path] + ([ds.test_source.path] if ds.test_source else [])
-            if not all("{start" in p or "{end" in p for p in paths):
-                raise ValueError("dataset.window.partition needs {start:FORMAT} or {end:FORMAT} in the source path "
-                                 "(e.g. events/{start:%Y-%m-%d}.csv)")
+            from ppmlops.window import partition_template_problem
+
+            paths = [("dataset.source.path", ds.source.path)]
+            paths += [("dataset.test_source.path", ds.test_source.path)] if ds.test_source else []
+            for field_name, path in paths:
+                if "{start" not in path and "{end" not in path:
+                    raise ValueError(f"dataset.window.partition needs {{start:FORMAT}} or {{end:FORMAT}} in the "
+                                     f"source path ({field_name}, e.g. events/{{start:%Y-%m-%d}}.csv)")
+                # ${NAME} variables are expanded before the template is formatted: not fields.
+                problem = partition_template_problem(_VAR.sub("", path))
+                if problem is not None:
+                    raise ValueError(f"{field_name}: partition template: {problem}")
         return self
 
     @model_validator(mode="after")

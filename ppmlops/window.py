@@ -16,6 +16,7 @@ start. Timestamps without a zone are UTC. Consent is judged as of the interval's
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal
@@ -92,7 +93,49 @@ def parse_timestamp(text: str) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
+PARTITION_FIELDS = ("start", "end")
+
+
+def partition_template_problem(template: str) -> str | None:
+    """Why `template` is not a partition template, or None.
+
+    Only `{start}`, `{end}`, `{start:FORMAT}` and `{end:FORMAT}` (strftime codes) are allowed:
+    str.format would also follow attribute and index access (`{start.__class__.__mro__}`),
+    conversions (`{start!r}`) and nested fields, which let a spec reach into Python objects.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:  # an unmatched brace
+        return f"{err} (write a literal brace as {{{{ or }}}})"
+    fields = 0
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in PARTITION_FIELDS:
+            return (f"{shown} is not allowed: only {{start}}, {{end}}, {{start:FORMAT}} or {{end:FORMAT}} "
+                    f"(strftime codes such as %Y-%m-%d)")
+        if conversion or "{" in (spec or "") or "}" in (spec or ""):
+            return f"{shown} is not allowed: a FORMAT is strftime codes only (e.g. {{{name}:%Y-%m-%d}})"
+        fields += 1
+    if not fields:
+        return "it has no {start:FORMAT} or {end:FORMAT} placeholder (e.g. events/{start:%Y-%m-%d}.csv)"
+    return None
+
+
 def format_partition(template: str, interval: DataInterval) -> str:
-    """The source path for the interval: `{start:%Y-%m-%d}` and `{end:...}` formatted."""
-    start = interval.start or interval.end
-    return template.format(start=start, end=interval.end)
+    """The source path for the interval: `{start:%Y-%m-%d}` and `{end:...}` formatted.
+
+    Formatted field by field, never by str.format, so even a template that skipped the spec's
+    check (one from an expanded variable) cannot reach an attribute; ValueError if it is not one.
+    """
+    problem = partition_template_problem(template)
+    if problem is not None:
+        raise ValueError(problem)
+    values = {"start": interval.start or interval.end, "end": interval.end}
+    out = []
+    for literal, name, spec, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if name is not None:
+            out.append(values[name].strftime(spec) if spec else str(values[name]))
+    return "".join(out)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_GUARDS = "tests/unit/test_stage_guards.py"
+PRIVACY_NOISE = "tests/unit/test_privacy_noise.py"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ MUTATIONS = (
     Mutation("held-out validation ignored", "ppmlops/stages/validate.py",
              "validate([staged.snapshot_train, staged.snapshot_test], suite", "validate([staged.snapshot_train], suite",
              (STAGE_GUARDS,)),
+    # issue 26, item 4: the noise and the sampling must be what the ledger charges for.
+    Mutation("discrete Gaussian sigma^2 rounded down", "ppmlops/privacy/randomness.py",
+             "return Fraction(math.ceil(Fraction(sigma) ** 2 * _SIGMA2_GRID), _SIGMA2_GRID)",
+             "return Fraction(math.floor(Fraction(sigma) ** 2 * _SIGMA2_GRID), _SIGMA2_GRID)", (PRIVACY_NOISE,)),
+    Mutation("gradient noise halved", "ppmlops/training/private_model.py",
+             "self.noise_source.gaussian((total,), self.noise_multiplier * self.max_grad_norm,",
+             "self.noise_source.gaussian((total,), self.noise_multiplier * self.max_grad_norm / 2,", (PRIVACY_NOISE,)),
+    Mutation("Poisson sampling at 2q", "ppmlops/training/sampling.py",
+             "source.bernoulli(len(self.rows), self.sample_rate)", "source.bernoulli(len(self.rows), 2 * self.sample_rate)",
+             ("tests/unit/test_sampling_privacy.py",)),
     Mutation("religion name rule deleted", "ppmlops/risk/categories.py",
              '    ("religion", SPECIAL, r"(^|_)(religion|religious|faith|belief|beliefs|denomination)($|_)"),\n', "",
              ("tests/unit/test_risk_columns.py", "tests/unit/test_risk_scan.py")),

@@ -52,12 +52,12 @@ class RayJobTrigger(BaseTrigger):
         try:
             async for chunk in client.tail_job_logs(self.job_id):
                 *lines, pending = (pending + chunk).split("\n")
-                for line in lines:
+                for line in filter(jobs.forwarded, lines):  # nothing that counts a search's trials
                     self.log.info("[ray job %s] %s", self.job_id, line)
         except Exception as err:  # noqa: BLE001 - a dropped stream only costs the log, not the job
             self.log.warning("[ray job %s] log stream ended early (%s); following its status",
                              self.job_id, type(err).__name__)
-        if pending:
+        if pending and jobs.forwarded(pending):
             self.log.info("[ray job %s] %s", self.job_id, pending)
 
     async def _until_terminal(self, client) -> str:

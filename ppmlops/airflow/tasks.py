@@ -13,7 +13,9 @@ import logging
 from ppmlops import pipeline, settings as settings_mod
 from ppmlops.airflow import connections, variables
 from ppmlops.window import DataInterval
+from ppmlops.data.reading import SourceChanged
 from ppmlops.db import DatabaseUnavailable
+from ppmlops.registry.backend import TrackingUnavailable
 from ppmlops.errors import PpmlopsError, TrainingError
 from ppmlops.run.records import Record
 from ppmlops.spec import PipelineSpec
@@ -49,9 +51,19 @@ def failure(err: Exception) -> Exception:
     """The exception a task raises for `err`: retried for faults that may pass, else failed at once."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    if isinstance(err, (TrainingError, DatabaseUnavailable)):
+    if retried(err):
         return err
     return AirflowFailException(str(err))
+
+
+def retried(err: BaseException) -> bool:
+    """Whether Airflow should try the task again: only for faults a retry can pass (a worker lost,
+    a server down or a lock held); never for a corrupted database file, a full disk or bad input."""
+    if isinstance(err, (DatabaseUnavailable, TrackingUnavailable)):
+        return err.transient
+    if isinstance(err, SourceChanged):  # a file still being written: complete at a later try
+        return True
+    return isinstance(err, TrainingError)
 
 
 def log_and_hand_on(name: str, record: Record) -> dict:
@@ -64,9 +76,9 @@ def run_stage(spec: PipelineSpec, name: str, ctx: RunContext | None = None) -> d
     """Run a stage in this task (with `ctx` when the caller has built it) and hand its record on."""
     try:
         record = pipeline.STAGE_RUNNERS[name](ctx or run_context(spec))
-    except (TrainingError, DatabaseUnavailable):
-        raise
     except PpmlopsError as err:
+        if retried(err):
+            raise
         raise failure(err) from err
     return log_and_hand_on(name, record)
 

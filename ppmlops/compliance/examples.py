@@ -17,6 +17,9 @@ TRAIN_INPUT = {
     "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
     "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
     "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure"},
+    "classes": {"label": "churned", "sigma": 40.2, "confidence": 0.95,
+                "train": {"positive": 1490, "negative": 3210, "smallest_lower": 1400.1},
+                "holdout": {"positive": 372, "negative": 801, "smallest_lower": 282.1}},
 }
 
 DEPLOY_INPUT = {
@@ -26,7 +29,9 @@ DEPLOY_INPUT = {
     "privacy": {"accountant": "rdp", "filter": True, "randomness": "secure", "epsilon": 1.0, "epsilon_granted": 1.0,
                 "epsilon_used": 0.97, "delta": 1e-5, "dataset_share_used": 0.4, "noise_multiplier": 1.1,
                 "sample_rate": 0.05, "steps": 80},
-    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6, "majority_baseline": 0.7},
+    "metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6, "majority_baseline": 0.68, "min_margin": None,
+                "advantage_lower": 0.09, "confidence": 0.95, "rows": 1173, "rows_lower": 1128.2,
+                "positives": 372, "negatives": 801, "class_rows_lower": 340.5},
     "audit": {"canaries": 256, "guesses": 102, "correct": 53, "epsilon_lower_bound": 0.0, "confidence": 0.95,
               "delta": 1e-5},
     "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers",

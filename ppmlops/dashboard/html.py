@@ -70,12 +70,21 @@ def budget_table(v: View, data: dict) -> str:
             f'<td class="num">{num(d["epsilon_spent"])}</td><td class="num">{num(d["epsilon_remaining"])}</td>'
             f'<td>{bar(d["share_used"])}<span class="small">{num(d["share_used"], "{:.0%}")} of the budget</span></td>'
             f"<td>{parts}</td><td class=\"num\">{len(d['runs'])}</td>"
-            f'<td class="num">{d["entry_count"]}{_reserved(d)}</td></tr>')
+            f'<td class="num">{d["entry_count"]}{_reserved(d)}{_replayable(d.get("replayable_count"))}</td></tr>')
     note = ('<p class="muted small">Epsilon at the dataset\'s delta, RDP accountant: all runs composed, worst '
             "partition. \"Used\" is the share of the lifetime RDP budget at the dataset's accounting order "
             "(what admission checks); a run's grant counts in full while the run is live.</p>")
     return table(["dataset", "ε budget", "δ", "ε spent", "ε remaining", "used", "ε by partition", "runs",
                   "entries"], rows, "No dataset in the privacy ledger yet.") + note
+
+
+REPLAYABLE_TITLE = ("drawn with randomness reproducible: anyone who knows the seed and run id can replay the "
+                   "noise, so these releases are exact in effect and their epsilon guarantees nothing")
+
+
+def _replayable(n: int | None) -> str:
+    return (f' <span class="badge b-deny" title="{REPLAYABLE_TITLE}">{n} replayable: no guarantee</span>'
+            if n else "")
 
 
 def _reserved(d: dict) -> str:
@@ -255,7 +264,9 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
     runs = [f"<tr><td>{v.run(r['run_id'], d['dataset_id'])}</td><td class=\"num\">{num(r['epsilon'])}</td>"
             f"<td>{', '.join(f'{esc(p)} {num(e)}' for p, e in r['epsilon_by_partition'].items())}</td>"
             f"<td class=\"num\">{r['entries']}</td><td class=\"num\">{r['steps']}</td>"
-            f"<td>{esc(', '.join(r['statuses']))}</td></tr>" for r in d["run_spend"]]
+            f"<td>{esc(', '.join(r['statuses']))}"
+            f"{_replayable(r.get('replayable_entries'))}</td></tr>"
+            for r in d["run_spend"]]
     steps = [f"<tr><td>{when(s['at'])}</td><td>{v.run(s['run_id'], d['dataset_id'])}</td><td>{esc(s['words'])}</td>"
              f"<td>{esc(s['partition'])}</td>"
              f"<td>{', '.join(f'{esc(p)} {num(e)}' for p, e in s['epsilon'].items()) or '0'}</td></tr>"
@@ -263,7 +274,8 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
     entries = [f"<tr><td class=\"num\">{e['id']}</td><td>{v.run(e['run_id'], d['dataset_id'])}</td><td>{esc(e['kind'])}</td>"
                f"<td>{esc(e['partition'])}</td><td class=\"num\">{num(e['noise_multiplier'])}</td>"
                f"<td class=\"num\">{num(e['sample_rate'])}</td><td class=\"num\">{e['steps']}</td>"
-               f"<td>{esc(e['status'])}</td><td>{when(e['created_at'])}</td><td>{when(e.get('completed_at'))}</td>"
+               f"<td>{esc(e['status'])}{_replayable(1 if e.get('randomness', 'secure') != 'secure' else 0)}</td>"
+               f"<td>{when(e['created_at'])}</td><td>{when(e.get('completed_at'))}</td>"
                f"<td class=\"small\">{esc(e.get('note')) if v.reader.compliance else ''}</td></tr>"
                for e in d["entries"]]
     body = (budget_table(v, {"datasets": [d]}) + charts.svg(spend_chart(d, d.get("spend_steps") or []))

@@ -117,6 +117,9 @@ def _budget(d: dict) -> dict:
         "entry_count": len(d["entries"]),
         # Reserved entries count in the totals (write-ahead); many of them mean crashed runs.
         "reserved_count": sum(e["status"] == "reserved" for e in d["entries"]),
+        # Entries drawn with replayable randomness: their noise can be subtracted by anyone who knows
+        # the seed and run id, so they are not a spend under a guarantee and are shown apart.
+        "replayable_count": sum(e.get("randomness", "secure") != "secure" for e in d["entries"]),
     }
 
 
@@ -140,6 +143,7 @@ def dataset(settings: Settings, dataset_id: str) -> dict:
                 "entries": len(mine),
                 "steps": sum(e["steps"] for e in mine),
                 "statuses": sorted({e["status"] for e in mine}),
+                "replayable_entries": sum(e.get("randomness", "secure") != "secure" for e in mine),
             })
         steps = _spend_steps(ledger, dataset_id)
     return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"], "spend_steps": steps})

@@ -32,7 +32,17 @@ content (key: spec.training.seed), so a row keeps its partition when the dataset
 retraining runs; the ledger's per-partition accounting relies on that.
 
 Sources are read through ppmlops.data.reading: CSV in the declared encoding with the declared
-or detected delimiter, Parquet as text.
+or detected delimiter, Parquet as text. A source that changes while it is read (its size,
+modification time or inode) fails the ingest, naming the file, with nothing staged.
+
+Column names the spec declares (features, label, consent, window, identifiers and the risk
+declarations) match the file's header up to letter case (`Email` is the spec's `email`; two
+header columns that both match one name are an error naming both). Columns the spec does not
+declare are screened before any of their values reaches the quarantine file (see ppmlops.data.
+quarantine; the ingest stage hands in PRAM's screen, ppmlops.risk.screen): one that looks like a
+direct identifier by its name or its first SCREEN_SAMPLE_ROWS values is left out, and a value
+of the others that looks like one is withheld; `quarantine_withheld` and the log say which
+column and why, by name only.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import math
 import os
 import re
@@ -53,11 +64,16 @@ from ppmlops.data import quarantine
 from ppmlops.data.consent import ConsentRules, today
 from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
-from ppmlops.data.reading import CHUNK_ROWS, SourceReader, missing_columns
+from ppmlops.data.reading import CHUNK_ROWS, SourceReader, match_declared, missing_columns
 from ppmlops.errors import DataError
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source
 
 QUARANTINE_COLUMNS = ("_source", "_line", "_reason", "_raw")
+# Rows of each source whose values decide whether an undeclared column is an identifier (the
+# risk scan's judgement on a sample); later values are still screened one by one.
+SCREEN_SAMPLE_ROWS = 2000
+
+log = logging.getLogger(__name__)
 
 NO_CONSENT = "no consent"
 INVALID_LABEL = "invalid label"
@@ -96,6 +112,12 @@ class IngestResult:
     quarantine_expired: list[str] = field(default_factory=list)  # earlier runs' quarantine files deleted now
     window: RowWindow = field(default_factory=RowWindow)  # how rows were selected for the run's interval
     rows_outside_window: int = 0  # source rows whose timestamp lies outside the run's window (not read)
+    # Undeclared columns left out of the quarantine file as direct identifiers: column -> why.
+    quarantine_withheld: dict[str, str] = field(default_factory=dict)
+    # Cells of the undeclared columns kept there that were withheld: column -> kind -> count.
+    quarantine_cells_withheld: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Header columns renamed to the spec's spelling (matched up to letter case): file's -> spec's.
+    renamed_columns: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- reading
@@ -158,6 +180,41 @@ class _WindowFilter:
 
 def keep_invalid(window: _WindowFilter) -> tuple[str, str, str]:
     return INVALID_VALUE, f"column {window.column}: not an ISO 8601 date or date-time (the run's window needs one)", ""
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def declared_columns(spec: PipelineSpec) -> list[str]:
+    """Every column name the spec declares, in a fixed order."""
+    ds = spec.dataset
+    names = [f.name for f in ds.features] + [ds.label.column]
+    names += ds.consent.columns() if ds.consent is not None else []
+    names += [ds.window.column] if ds.window is not None and ds.window.column is not None else []
+    names += ds.identifiers + ds.pseudonymize + ds.quasi_identifiers + ds.special_categories + ds.not_sensitive
+    return list(dict.fromkeys(names))
+
+
+def _screen_columns(readers: Sequence[SourceReader], undeclared: list[str],
+                    screen: quarantine.IdentifierScreen) -> dict[str, str]:
+    """The undeclared columns to leave out of quarantine -> why, judged on each source's first
+    SCREEN_SAMPLE_ROWS rows, before any row is written. The log names them, never a value."""
+    if not undeclared:
+        return {}
+    samples: dict[str, list[str]] = {c: [] for c in undeclared}
+    for r in readers:
+        at = [(c, r.header.index(c)) for c in undeclared if c in r.header]
+        for rec in r.head(SCREEN_SAMPLE_ROWS):
+            for c, i in at:
+                samples[c].append(rec[i])
+    withheld = {}
+    for column in undeclared:
+        why = screen.column(column, samples[column])
+        if why is not None:
+            withheld[column] = why
+            log.warning("ingest: column %s (not declared in the spec) is left out of the quarantine file: %s",
+                        column, why)
+    return withheld
 
 
 # --------------------------------------------------------------------------- checking
@@ -358,11 +415,13 @@ INGEST_CHUNK_ROWS = 20_000
 
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
            chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
-           interval: DataInterval | None = None, home: Path | None = None) -> IngestResult:
+           interval: DataInterval | None = None, home: Path | None = None,
+           screen: quarantine.IdentifierScreen | None = None) -> IngestResult:
     """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: the
     interval's end, else today, UTC). `interval` is the run's data interval: the spec's
     dataset.window selects the rows for it (ppmlops.window). `home` holds the per-dataset
-    quarantine key (default: the settings' PPMLOPS_HOME).
+    quarantine key (default: the settings' PPMLOPS_HOME). `screen` judges the columns the spec
+    does not declare before their values go to quarantine (without one, none is kept).
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
     the retention setting are deleted. Streams: each file is read, checked, split and written a
@@ -374,7 +433,8 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
         from ppmlops import settings
 
         home = settings.load().home
-    run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home))
+    run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home),
+                     screen or quarantine.WithholdUndeclared())
     run.stage()
     return run.result(quarantine.expire(earlier, run.retention))
 
@@ -383,7 +443,7 @@ class _IngestRun:
     """One ingest's readers, checkers, snapshots, quarantine and counts, from open to result."""
 
     def __init__(self, spec: PipelineSpec, run_dir: Path, as_of: date | None, chunk_rows: int,
-                 interval: DataInterval | None, home: Path):
+                 interval: DataInterval | None, home: Path, screen: quarantine.IdentifierScreen):
         ds = self.ds = spec.dataset
         self.spec, self.chunk_rows = spec, chunk_rows
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -396,6 +456,15 @@ class _IngestRun:
         self.readers = [open_source(ds.source, chunk_rows, partition)]
         if ds.test_source is not None:
             self.readers.append(open_source(ds.test_source, chunk_rows, partition))
+        declared = declared_columns(spec)
+        self.renamed: dict[str, str] = {}
+        for r in self.readers:
+            spelled = match_declared(r.path, r.header, declared)
+            for a, b in zip(r.header, spelled):
+                if a != b:
+                    self.renamed[a] = b
+                    log.info("ingest: %s: column %s is the spec's %s (names match up to letter case)", r.path, a, b)
+            r.header = spelled
         self.checkers = [_RowChecker(spec, r.path, r.header, self.as_of, key) for r in self.readers]
         self.in_window = [_WindowFilter.of(self.window, self.selected, r.path, r.header) for r in self.readers]
         self.outside = 0
@@ -404,8 +473,11 @@ class _IngestRun:
         self.test = _Snapshot(run_dir / "snapshot_test.parquet", spec, self.columns)
         self.quarantine_path = run_dir / quarantine.FILE_NAME
         q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, home)
+        undeclared = list(dict.fromkeys(c for r in self.readers for c in r.header if c not in set(declared)))
+        withheld = _screen_columns(self.readers, undeclared, screen)
         self.q = quarantine.QuarantineWriter(self.quarantine_path, [r.header for r in self.readers],
-                                             ds.identifiers, q_key)
+                                             ds.identifiers, q_key, withheld=withheld, screened=undeclared,
+                                             screen=screen)
         self.reasons: Counter = Counter()
         self.refusals: Counter = Counter()
         self.counts = [_Counts() for _ in self.readers]
@@ -519,4 +591,7 @@ class _IngestRun:
             pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
             quarantine_retention_days=self.retention, quarantine_expired=expired,
             window=_describe_window(self.window, self.selected), rows_outside_window=self.outside,
+            quarantine_withheld=dict(self.q.withheld),
+            quarantine_cells_withheld={c: dict(sorted(k.items())) for c, k in sorted(self.q.cells_withheld.items())},
+            renamed_columns=self.renamed,
         )

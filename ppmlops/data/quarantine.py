@@ -13,6 +13,12 @@ and why. It keeps no more than that needs:
   direct identifiers (`dataset.identifiers`, pseudonymized ones included), so the bad value can
   be found and fixed; a cell is cut at CELL_LIMIT characters, which keeps every row readable by
   Python's csv module at its default field limit (128 KiB);
+- columns the spec does not declare are screened (an IdentifierScreen, given by the caller:
+  ppmlops.risk.screen by PRAM's detectors in a pipeline run): one whose name or sampled values
+  look like a direct identifier is left out (`withheld`: column -> why, by name only), and in
+  the others a cell whose value a detector classifies as a direct identifier is written as
+  WITHHELD_CELL instead (`cells_withheld`: column -> kind -> count). Without a screen, no
+  undeclared column is kept at all;
 - lines that could not be split into the header's columns: `_fields`, how many fields the line
   had; never its text, which holds the identifiers too.
 
@@ -34,8 +40,9 @@ import hmac
 import os
 import secrets
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from ppmlops.data.pseudonymize import MIN_KEY_BYTES
 from ppmlops.errors import DataError
@@ -46,6 +53,30 @@ CELL_LIMIT = 10_000
 RETENTION_ENV = "PPMLOPS_QUARANTINE_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30
 _CONTEXT = b"ppmlops-quarantine-v1\x00"
+
+
+WITHHELD_CELL = "[withheld: looks like {kind}]"
+
+
+class IdentifierScreen(Protocol):
+    """Decides which values of columns the spec does not declare may be kept in quarantine."""
+
+    def column(self, name: str, values: Sequence[str]) -> str | None:
+        """Why the column looks like a direct identifier (by its name or these sampled values,
+        said without quoting any), or None."""
+
+    def value(self, name: str, value: str) -> str | None:
+        """The kind of direct identifier `value` is or contains (e.g. "email"), or None."""
+
+
+class WithholdUndeclared:
+    """The screen when none is given: no undeclared column is kept (nothing judged them)."""
+
+    def column(self, name: str, values: Sequence[str]) -> str | None:
+        return "no identifier screen was given to judge it"
+
+    def value(self, name: str, value: str) -> str | None:
+        return None
 
 
 def hmac_key(dataset_id: str, key_env: str, home: Path) -> bytes:
@@ -87,13 +118,21 @@ def _cell(value: str) -> str:
 class QuarantineWriter:
     """Streams quarantined rows to `path` (written next to it, moved in place by `commit`)."""
 
-    def __init__(self, path: Path, headers: Sequence[Sequence[str]], identifiers: Sequence[str], key: bytes):
+    def __init__(self, path: Path, headers: Sequence[Sequence[str]], identifiers: Sequence[str], key: bytes,
+                 withheld: Mapping[str, str] | None = None, screened: Iterable[str] = (),
+                 screen: IdentifierScreen | None = None):
+        """`withheld`: columns left out (-> why); `screened`: columns whose every cell `screen`
+        checks before it is written."""
         self.path = path
-        dropped = set(identifiers)
+        self.withheld = dict(withheld or {})
+        dropped = set(identifiers) | set(self.withheld)
         self.columns: list[str] = []
         for header in headers:
             self.columns.extend(c for c in header if c not in self.columns and c not in dropped)
         self.columns.extend(c for c in META_COLUMNS if c not in self.columns)
+        self._screened = [c for c in screened if c in self.columns] if screen is not None else []
+        self._screen = screen
+        self.cells_withheld: dict[str, Counter] = {}
         self._key = key
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
@@ -107,7 +146,13 @@ class QuarantineWriter:
 
     def invalid(self, source: Path, line: int, reason: str, header: Sequence[str], record: Sequence[str]) -> None:
         """A well-formed row with a bad value: its non-identifier columns are kept."""
-        self._row(source, line, reason, record_hmac(self._key, record), dict(zip(header, record)))
+        values = dict(zip(header, record))
+        for column in self._screened:
+            kind = self._screen.value(column, values[column]) if values.get(column) else None
+            if kind is not None:
+                values[column] = WITHHELD_CELL.format(kind=kind)
+                self.cells_withheld.setdefault(column, Counter())[kind] += 1
+        self._row(source, line, reason, record_hmac(self._key, record), values)
 
     def malformed(self, source: Path, line: int, reason: str, fields: Sequence[str]) -> None:
         """A line with the wrong number of fields: its field count, never its text."""

@@ -6,12 +6,16 @@ and in a scan report: the 1-based physical line where the record starts (a quote
 span lines); for Parquet, the 1-based row number.
 
 CSV text is decoded as declared (UTF-8 strictly, with or without a byte-order mark; latin-1;
-cp1252). A byte the encoding cannot decode is an error naming its line, found by a second pass
-over the bytes, because the streaming decoder reports it a buffer later. The delimiter is
-declared or detected from the first 64 KiB: among , ; tab and |, the one that splits the
-header into the most columns with the most following lines agreeing on that width. A line with
-a different number of fields than the header is not an error but a ragged record, kept with its
-text for the caller to quarantine. The SHA-256 of the file's bytes is computed while reading.
+cp1252); a UTF-16 or UTF-32 file (by its byte-order mark, or NULs in every other byte) is an
+error saying so and how to convert it, whatever the declared encoding. A byte the encoding
+cannot decode is an error naming its line, found by a second pass over the bytes, because the
+streaming decoder reports it a buffer later. A file whose size, modification time or inode
+after the read differs from before it changed while it was read (a writer still at work, a
+truncation): SourceChanged, and the caller stages nothing. The delimiter is declared or
+detected from the first 64 KiB: among , ; tab and |, the one that splits the header into the
+most columns with the most following lines agreeing on that width. A line with a different
+number of fields than the header is not an error but a ragged record, kept with its text for
+the caller to quarantine. The SHA-256 of the file's bytes is computed while reading.
 """
 
 from __future__ import annotations
@@ -51,6 +55,17 @@ class UnclosedQuote(DataError):
     def __init__(self, message: str, line: int):
         super().__init__(message)
         self.line = line
+
+
+class SourceChanged(DataError):
+    """A source file changed (size, modification time or identity) while it was being read.
+
+    What was read is a mix of two versions of the file; nothing of it may be staged. Trying again
+    can pass once whoever writes the file has finished, so `transient` is set (see
+    ppmlops.airflow.tasks: a transient error is retried by Airflow, the rest fail at once).
+    """
+
+    transient = True
 
 
 class EncodingMismatch(DataError):
@@ -104,9 +119,15 @@ class SourceReader:
         self._digest = hashlib.sha256()
         self._done = False
         _check_file(self.path)
+        # Taken before the first byte is read (the header included), compared after the last.
+        before = FileState.of(self.path)
+        if before is None:
+            raise DataError(f"{self.path}: data source not found")
+        self._before = before
         if fmt == "csv":
             if encoding not in CODECS:
                 raise DataError(f"{self.path}: unsupported encoding {encoding!r}; use one of {sorted(CODECS)}")
+            check_text_encoding(self.path)
             self.delimiter = delimiter or detect_delimiter(self.path, encoding)
             self.header = self._csv_header()
         elif fmt == "parquet":
@@ -123,10 +144,41 @@ class SourceReader:
 
     def __iter__(self) -> Iterator[Chunk]:
         chunks = self._csv_chunks() if self.format == "csv" else self._parquet_chunks()
-        for chunk in chunks:
-            self.rows_in += len(chunk)
-            yield chunk
+        try:
+            for chunk in chunks:
+                self.rows_in += len(chunk)
+                yield chunk
+        except DataError as err:
+            # A file cut short mid-read shows up as a parse error (an unclosed quote, a cut
+            # multi-byte character, a damaged Parquet footer): the change is the cause to report.
+            self._check_unchanged(err)
+            raise
+        self._check_unchanged()
         self._done = True
+
+    def head(self, rows: int) -> list[list[str]]:
+        """The first `rows` well-formed records, from a read of their own (this reader's
+        iteration, its rows and its hash are untouched)."""
+        if self.format == "parquet":
+            import pyarrow as pa
+
+            try:
+                batch = next(self._parquet_file().iter_batches(batch_size=rows), None)
+            except (pa.ArrowException, OSError) as err:
+                raise DataError(f"{self.path}: cannot read Parquet: {err}") from None
+            return [] if batch is None else _text_records(batch)
+        again = SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=rows)
+        chunks = again._csv_chunks()
+        try:
+            return next(chunks, Chunk()).records
+        finally:
+            chunks.close()
+
+    def _check_unchanged(self, cause: BaseException | None = None) -> None:
+        change = self._before.change_to(FileState.of(self.path))
+        if change is not None:
+            raise SourceChanged(f"{self.path}: the file changed while it was being read ({change}): nothing was "
+                                f"staged; re-run when the file is complete") from cause
 
     # ------------------------------------------------------------------------------------ CSV
 
@@ -249,8 +301,7 @@ class SourceReader:
         row = 0
         try:
             for batch in self._parquet_file().iter_batches(batch_size=self.chunk_rows):
-                columns = [[as_text(v) for v in batch.column(i).to_pylist()] for i in range(batch.num_columns)]
-                records = [list(r) for r in zip(*columns)]
+                records = _text_records(batch)
                 yield Chunk(records, list(range(row + 1, row + 1 + len(records))), [])
                 row += len(records)
         except (pa.ArrowException, OSError) as err:
@@ -258,6 +309,78 @@ class SourceReader:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What `stat` says of a file; a different state after a read means it changed during it."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileState | None":
+        try:
+            st = path.stat()
+        except OSError:
+            return None  # gone (deleted or renamed away)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    def change_to(self, after: "FileState | None") -> str | None:
+        """How the file changed since this state, in words, or None."""
+        if after is None:
+            return "it was deleted or moved away"
+        if (after.inode, after.device) != (self.inode, self.device):
+            return f"it was replaced by another file (size {human_size(self.size)} -> {human_size(after.size)})"
+        if after.size != self.size:
+            return f"size {human_size(self.size)} -> {human_size(after.size)}"
+        if after.mtime_ns != self.mtime_ns:
+            return f"same size {human_size(self.size)}, but it was written to"
+        return None
+
+
+def human_size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+# Byte-order marks of encodings ppmlops does not read; UTF-32's come first (UTF-32 LE's starts
+# with UTF-16 LE's). A UTF-16 file would otherwise decode as latin-1 into text full of NULs.
+_FOREIGN_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32", "UTF-32LE"), (codecs.BOM_UTF32_BE, "UTF-32", "UTF-32BE"),
+    (codecs.BOM_UTF16_LE, "UTF-16", "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16", "UTF-16BE"),
+)
+
+
+def check_text_encoding(path: Path) -> None:
+    """A DataError if the file is UTF-16 or UTF-32 (by its byte-order mark, or by the NUL bytes
+    that fill every other byte of UTF-16 text without one), which no declarable encoding reads."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    bom = next(((name, order) for mark, name, order in _FOREIGN_BOMS if head.startswith(mark)), None)
+    if bom is not None:
+        # iconv reads the mark itself given the plain name (and then drops it from the output)
+        name, iconv, how = bom[0], bom[0], f"it starts with a {bom[1]} byte-order mark"
+    elif len(head) >= 8 and head.count(0) * 3 >= len(head):
+        name, how = "UTF-16", "no byte-order mark, but every other byte is NUL"
+        iconv = "UTF-16LE" if head[1::2].count(0) >= head[0::2].count(0) else "UTF-16BE"
+    else:
+        return
+    raise DataError(
+        f"{path}: the file is {name} ({how}); ppmlops reads UTF-8, latin-1 or cp1252 (source.encoding), and "
+        f"no setting of source.encoding reads {name}. Convert it to UTF-8, e.g. `iconv -f {iconv} -t UTF-8 "
+        f"{path.name} > {path.stem}.utf8{path.suffix}` (or save it as \"CSV UTF-8\"), and point source.path at "
+        f"the converted file")
+
+
+def _text_records(batch: Any) -> list[list[str]]:
+    """A Parquet record batch's rows, every value as text (as_text)."""
+    columns = [[as_text(v) for v in batch.column(i).to_pylist()] for i in range(batch.num_columns)]
+    return [list(r) for r in zip(*columns)]
 
 
 def _check_file(path: Path) -> None:
@@ -312,6 +435,38 @@ def missing_columns(path: Path, wanted: Sequence[tuple[str, str]], header: Seque
     hint = (" - one column only: is the delimiter right (source.delimiter)?" if width == 1 else "")
     return DataError(f"{path}: missing column(s) required by the spec: {', '.join(parts)}; the file's "
                      f"header has {width} column(s){hint} (run `head -1` on the file to see them)")
+
+
+def match_declared(path: Path, header: Sequence[str], declared: Sequence[str]) -> list[str]:
+    """`header` with each entry that matches a declared column name only up to letter case
+    renamed to the declared spelling (`Email` -> `email`).
+
+    Whitespace around names is already stripped (check_header); case must be matched too, or a
+    declared identifier spelt differently in the file would be an unknown column, its values
+    kept. An exact match wins. Two entries that both match one declared name (`email` and
+    `Email`), or one entry matching two declared names, are an error naming both: which one the
+    spec means cannot be told.
+    """
+    names = list(dict.fromkeys(declared))
+    out = list(header)
+    claimed: dict[int, str] = {header.index(n): n for n in names if n in header}
+    for name in names:
+        key = name.casefold()
+        others = [i for i, h in enumerate(header) if h != name and h.casefold() == key and h not in names]
+        if name in header and others:
+            raise DataError(f"{path}: columns {name!r} and {header[others[0]]!r} differ only in letter case and both "
+                            f"match the spec's column {name!r}: rename or remove one of them")
+        if name in header or not others:
+            continue
+        if len(others) > 1:
+            raise DataError(f"{path}: columns {header[others[0]]!r} and {header[others[1]]!r} differ only in letter "
+                            f"case and both match the spec's column {name!r}: rename or remove one of them")
+        i = others[0]
+        if i in claimed:
+            raise DataError(f"{path}: column {header[i]!r} matches both {claimed[i]!r} and {name!r} of the spec up to "
+                            f"letter case: spell the spec's names as the file does")
+        claimed[i] = out[i] = name
+    return out
 
 
 def to_csv_line(fields: Sequence[str], delimiter: str = ",") -> str:
@@ -384,6 +539,7 @@ def detect_encoding(path: Path) -> str:
     """utf-8 if the whole file decodes as UTF-8, else cp1252 if it decodes as that, else latin-1
     (which decodes any bytes). Used only where no encoding is declared (`ppmlops risk scan`)."""
     _check_file(path)
+    check_text_encoding(path)
     for name in ("utf-8", "cp1252"):
         decoder = codecs.getincrementaldecoder(CODECS[name])("strict")
         try:

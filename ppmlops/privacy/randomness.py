@@ -45,6 +45,14 @@ MODES: tuple[Mode, ...] = ("secure", "reproducible")
 _SIGMA2_GRID = 2**20
 
 
+def discrete_sigma2(sigma: float) -> Fraction:
+    """The variance parameter the exact sampler uses for `sigma`: sigma^2 rounded up to the grid,
+    in exact arithmetic (a float product sigma * sigma may round below the true square)."""
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise RandomnessError(f"discrete Gaussian sigma must be a finite number > 0, got {sigma!r}")
+    return Fraction(math.ceil(Fraction(sigma) ** 2 * _SIGMA2_GRID), _SIGMA2_GRID)
+
+
 class RandomnessError(PpmlopsError):
     """A randomness mode or parameter is not usable."""
 
@@ -144,9 +152,7 @@ class NoiseSource:
     # -- exact, for counts ----------------------------------------------------------------------
     def discrete_gaussian(self, sigma: float, size: int = 1) -> list[int]:
         """`size` exact draws of the discrete Gaussian N_Z(0, sigma^2) (sigma^2 rounded up)."""
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise RandomnessError(f"discrete Gaussian sigma must be a finite number > 0, got {sigma!r}")
-        sigma2 = Fraction(math.ceil(sigma * sigma * _SIGMA2_GRID), _SIGMA2_GRID)
+        sigma2 = discrete_sigma2(sigma)
         return [self._discrete_gaussian(sigma2) for _ in range(int(size))]
 
     def _bernoulli(self, p: Fraction) -> bool:

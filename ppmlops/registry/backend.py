@@ -10,12 +10,14 @@ registry do not pay its import (about 2 s).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from ppmlops.errors import PpmlopsError
@@ -29,6 +31,93 @@ EXPERIMENT_PREFIX = "ppmlops/"
 
 class RegistryError(PpmlopsError):
     """A model, version or alias is missing or malformed in the registry, or MLflow refused a call."""
+
+
+class TrackingUnavailable(RegistryError):
+    """The MLflow tracking server cannot be reached or did not answer in time. A server can come
+    back, so the task is retried (ppmlops.airflow.tasks.retried); each try is bounded (TIMEOUT_ENV)."""
+
+    transient = True
+
+
+# How long one MLflow call may take before the task fails with TrackingUnavailable. MLflow's own
+# defaults (7 retries with backoff factor 2, 120 s a request) kept an Airflow task waiting 4-5
+# minutes per try on a server that was down, 15 minutes over three tries. MLflow's variables, when
+# set, still win.
+TIMEOUT_ENV = "PPMLOPS_MLFLOW_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 10
+BOUNDED_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+
+
+def timeout_s() -> float:
+    raw = os.environ.get(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RegistryError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise RegistryError(f"{TIMEOUT_ENV} must be above 0 seconds, got {raw!r}")
+    return value
+
+
+def is_remote(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def check_reachable(uri: str) -> None:
+    """Fail at once, naming the server, when nothing listens at a tracking server's address.
+
+    A TCP connect bounded by TIMEOUT_ENV: MLflow would retry a refused connection for minutes before
+    saying so in a urllib3 traceback. A server that accepts and then hangs is bounded by
+    MLFLOW_HTTP_REQUEST_TIMEOUT, which `client` sets to the same timeout.
+    """
+    if not is_remote(uri):
+        return
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_s()).close()
+    except OSError as err:
+        raise unreachable(uri, _why(str(err)) if isinstance(err, TimeoutError) else
+                          (err.strerror or type(err).__name__).lower()) from None
+
+
+def unreachable(uri: str, why: str) -> TrackingUnavailable:
+    return TrackingUnavailable(
+        f"the MLflow tracking server {shown(uri)} cannot be reached ({scrub(why)}; each request is bounded "
+        f"by {TIMEOUT_ENV}={timeout_s():g} s): is it running, and is MLFLOW_TRACKING_URI right? Nothing was "
+        f"registered and no alias moved; Airflow tries the task again")
+
+
+_NETWORK = ("max retries exceeded", "connection refused", "timed out", "read timeout", "connecttimeout",
+            "failed to establish a new connection", "name or service not known", "connection aborted",
+            "remote end closed connection", "connection reset")
+
+
+@contextlib.contextmanager
+def network_errors(uri: str) -> Iterator[None]:
+    """MLflow's (and requests') errors for a server that is down or silent as TrackingUnavailable."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as err:
+        text = " ".join(str(getattr(err, "message", err)).split())
+        if is_remote(uri) and any(s in text.lower() for s in _NETWORK):
+            raise unreachable(uri, _why(text)) from None
+        raise
+
+
+def _why(text: str) -> str:
+    """The cause in a few words (urllib3's text repeats the URL and the request's path)."""
+    low = text.lower()
+    for needle, words in (("timed out", f"no answer within {timeout_s():g} s"), ("refused", "connection refused"),
+                          ("name or service not known", "host name not found"), ("reset", "connection reset"),
+                          ("remote end closed", "the server closed the connection")):
+        if needle in low:
+            return words
+    return text.split(" (Caused by")[0][:200]
 
 
 def resolve_uri(root: Path, explicit: str | None = None) -> str:
@@ -64,9 +153,17 @@ def scrub(text: str) -> str:
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
-@functools.cache
 def client(uri: str) -> "MlflowClient":
+    """The client for `uri`, after a bounded check that a tracking server is there."""
+    check_reachable(uri)
+    return _client(uri)
+
+
+@functools.cache
+def _client(uri: str) -> "MlflowClient":
     quiet()
+    for name, value in {**BOUNDED_REQUESTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s())))}.items():
+        os.environ.setdefault(name, value)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -13,6 +13,7 @@ Where it lives: ppmlops.registry.backend (embedded SQLite under the root, or MLF
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import re
@@ -119,6 +120,16 @@ class Registry:
         self._version(model_name, version)
         return f"models:/{model_name}/{version}"
 
+    def require(self, model_name: str) -> None:
+        """A RegistryError naming the registered models (and the closest name) if `model_name` is
+        not one: reading an unknown model must not look like reading an empty one."""
+        names = self.model_names()
+        if model_name in names:
+            return
+        close = difflib.get_close_matches(model_name, names, n=1, cutoff=0.6)
+        raise RegistryError(f"no model {model_name!r} in the registry at {self.location}; registered models: "
+                            f"{', '.join(names) or 'none'}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
     def model_names(self) -> list[str]:
         """Every registered model, by name (none while the embedded store has not been created:
         reading must not create it)."""
@@ -224,7 +235,8 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
-            yield
+            with backend.network_errors(self.uri):
+                yield
         except RegistryError:
             raise
         except MlflowException as err:

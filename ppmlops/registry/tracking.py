@@ -37,7 +37,11 @@ _NEVER = ("seed",)  # a seed would let anyone re-derive a reproducible run's noi
 def sync(ctx: RunContext) -> TrackedRun:
     """Create the run's MLflow run on first call; log every public record not yet logged."""
     uri = backend.resolve_uri(ctx.settings.registry_dir)
-    client = backend.client(uri)
+    with backend.network_errors(uri):
+        return _sync(ctx, uri, backend.client(uri))
+
+
+def _sync(ctx: RunContext, uri: str, client) -> TrackedRun:
     tracked = ctx.store.read_optional(TrackedRun) or _start(ctx, uri, client)
     logged = list(tracked.logged)
     for name, cls, payload in _STAGES:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ppmlops import settings as settings_mod
 from ppmlops.errors import PpmlopsError
+from ppmlops.privacy.randomness import Randomness
 from ppmlops.window import DataInterval
 from ppmlops.run.store import RunStore
 from ppmlops.spec import PipelineSpec
@@ -87,3 +88,32 @@ class RunContext:
     def randomness(self) -> str:
         """The spec's mode, unless PPMLOPS_RANDOMNESS forces one (benchmarks)."""
         return self.settings.randomness or self.spec.training.randomness
+
+    def check_randomness(self) -> None:
+        """Refuse a replayable mode on data whose privacy matters, before anything is released.
+
+        In reproducible mode every draw is keyed from public parts (the seed and the run id), so
+        anyone can subtract the noise from a noisy count: the release is the exact count. The deploy
+        gate refuses such models, but by then assess has published its counts: the refusal has to
+        come first, at ingest, and again wherever a release is drawn (`draws`).
+        """
+        if self.randomness != "secure" and not self.spec.dataset.test_data:
+            origin = ("PPMLOPS_RANDOMNESS" if self.settings.randomness
+                      else f"training.randomness in the spec of pipeline {self.spec.name}")
+            raise ReplayableRandomness(
+                f"randomness {self.randomness!r} (set by {origin}) lets anyone who knows the seed and run id "
+                f"replay every noise draw, so the run's noisy counts and metrics would be its exact ones: "
+                f"refused before any release. Use randomness 'secure' (the default) for dataset "
+                f"{self.spec.dataset.id!r}; 'reproducible' is only for synthetic or test data declared "
+                f"with dataset.test_data: true")
+
+    def draws(self) -> Randomness:
+        """The Randomness every release of this run draws from (the one place that chooses it)."""
+        self.check_randomness()
+        if self.randomness == "secure":
+            return Randomness.secure()
+        return Randomness.reproducible(self.params.seed, self.run_id)
+
+
+class ReplayableRandomness(PpmlopsError):
+    """A reproducible (replayable) randomness mode on a dataset not declared as test data."""

@@ -4,9 +4,11 @@ Ray's driver-side records (token and state-API warnings, worker-group lines) and
 Expectations' (decorator INFO lines, about 100 KB a validation) go at their own levels to
 `<run>/private/logs/ray.log` and `gx.log`: inside the run folder, since a library's line may
 quote a value. Opacus runs in the Ray workers, whose output stays in Ray's own worker logs
-(`/tmp/ray/session_*/logs` on the embedded runtime). The task log keeps the stage lines, the
-per-epoch lines and the summary; PPMLOPS_VERBOSE=1 (./dev demo --verbose) leaves every record
-where it was.
+(`$TMPDIR/ppmlops-ray-<uid>/session_*/logs` on the embedded runtime, a folder only this user can
+enter: ppmlops.training.launch.ray_temp_dir). The task log keeps the stage lines, the per-epoch
+lines and the summary; PPMLOPS_VERBOSE=1 (./dev demo --verbose) leaves every record where it was
+and forwards the workers' output, in which nothing counts a private search's trials (the
+workers quiet Ray Train's per-report lines: ppmlops.training.ray_worker).
 """
 
 from __future__ import annotations

@@ -106,6 +106,10 @@ class CountsRelease(Record):
     noise_multiplier: float  # the release's effective Gaussian noise multiplier (what the ledger charged)
     ledger_entries: list[int]
     epsilon: float  # the release alone, at the run's delta
+    # Noisy rows by partition and class ("train:positive", "holdout:negative", ...): the plan refuses
+    # a partition that may hold a single class (AUC undefined). None: released before they existed.
+    labels: dict[str, int] | None = None
+    sigma_labels: float | None = None
 
     @property
     def rows_quarantined(self) -> int:
@@ -334,8 +338,7 @@ class Canaries(Record):
     FILE: ClassVar[str] = "canaries.json"
     PRIVATE: ClassVar[bool] = True
     n_features: int
-    scale: float
-    labels: list[int]
+    units: int  # the first layer's width: canary i is its weight (i % units, n_features + i // units)
     included: list[bool]
 
 
@@ -359,11 +362,21 @@ class EvaluationRecord(Record):
     accuracy: float
     auc: float | None
     majority_baseline: float
-    rows: int
+    rows: int  # noisy number of held-out rows evaluated
     sigma: float
     partition: str = "holdout"
     ledger_entry: int
     audit: CanaryAudit
+    # Post-processing of the noisy counts (ppmlops.stages.evaluate.confidence_bounds), each a lower
+    # confidence bound at `confidence` covering the noise and the held-out sample's own error.
+    # None: an evaluation recorded before they existed (the gate then denies for a missing input).
+    positives: int | None = None  # noisy held-out rows of the positive class
+    negatives: int | None = None
+    cell_sigma: float | None = None  # the noise std of each (prediction, label) count
+    confidence: float | None = None
+    advantage_lower: float | None = None  # of accuracy - majority rate, on the population
+    rows_lower: float | None = None  # of the held-out rows evaluated
+    class_rows_lower: float | None = None  # of the smaller class's held-out rows
 
 
 # ---------------------------------------------------------------------------------- gate, deploy

@@ -3,7 +3,14 @@
     <runs dir>/<pipeline>/<run folder>/           public records (plan.json, train.json, ...)
                                       model.pt    the DP-trained model (public, post-processing)
                                       private/    exact counts, the exact risk report, snapshots,
-                                                  the quarantine file, the canaries' coins
+                                                  the quarantine file, the canaries' coins, and
+                                      private/ray/  Ray Train's storage (checkpoints, Ray's own run
+                                                  snapshot; a private search's progress)
+
+`private/` and `private/ray/` are created mode 0700 and private records are written mode 0600:
+the run folder's top is readable by others (the dashboard, an auditor), what is under private/
+is the run owner's only. On a cluster PPMLOPS_HOME is shared storage: its operator must keep
+it (and so every run's private/) out of reach of anyone but the Airflow and Ray service users.
 
 Run folders are named after the run id with every character other than letters, digits, '_',
 '.' and '-' replaced (Airflow run ids carry ':' and '+'). Records are written atomically.
@@ -12,7 +19,9 @@ Run folders are named after the run id with every character other than letters, 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +35,21 @@ R = TypeVar("R", bound=Record)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MODEL_FILE = "model.pt"
+RAY_STORAGE = "ray"
+PRIVATE_MODE = 0o700
+
+
+def private_folder(path: Path) -> Path:
+    """`path` as a folder only its owner can enter. One that exists already (a run folder made
+    before this rule, a retried task's) is tightened when it is ours; never migrated."""
+    path = Path(path)
+    path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)  # parents keep the default mode
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PpmlopsError(f"{path} must be a folder of this run, not a link or a file")
+    if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.getuid():
+        path.chmod(PRIVATE_MODE)
+    return path
 
 
 def run_folder_name(run_id: str) -> str:
@@ -64,8 +88,15 @@ class RunStore:
         return self.root / "private"
 
     def ensure(self) -> "RunStore":
-        self.private_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.private_dir)
         return self
+
+    def ray_storage(self) -> Path:
+        """Ray Train's storage for this run (RunConfig.storage_path): under private/, because what
+        Ray keeps there (checkpoints, their count, its run snapshot) may tell a private search's
+        trial count. The same path on every attempt, so a retried task resumes from its checkpoint."""
+        self.ensure()
+        return private_folder(self.private_dir / RAY_STORAGE)
 
     @property
     def model_path(self) -> Path:
@@ -77,9 +108,15 @@ class RunStore:
     # -- records --------------------------------------------------------------------------------
     def write(self, record: R) -> R:
         path = self.path_of(type(record))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if record.PRIVATE:
+            private_folder(path.parent)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(record.model_dump_json(indent=2))
+        tmp.unlink(missing_ok=True)  # a crashed write's leftover: os.open's mode applies to new files only
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if record.PRIVATE else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(record.model_dump_json(indent=2))
         tmp.replace(path)
         return record
 

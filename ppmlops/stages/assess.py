@@ -2,10 +2,11 @@
 
 The counts are one release (ppmlops.privacy.releases), charged to every partition before it is
 drawn: every source row falls in exactly one bin of (training, held out, quarantined for each
-reason), so that histogram has sensitivity 1; the rows in equivalence classes smaller than k
-over the public quasi-identifiers move by at most k - 1 when one row is added or removed. The
-bins are fixed by the code, never by the data, so which reasons occurred is not revealed either.
-This is also where a dataset is first registered in the ledger: its first charge.
+reason), so that histogram has sensitivity 1, and so has the staged rows' (partition, class)
+one; the rows in equivalence classes smaller than k over the public quasi-identifiers move by at
+most k - 1 when one row is added or removed. The bins are fixed by the code, never by the data,
+so which reasons occurred is not revealed either. This is also where a dataset is first
+registered in the ledger: its first charge.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from ppmlops.errors import PpmlopsError
 from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
-from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
 from ppmlops.risk.categories import DIRECT
 from ppmlops.risk.classify import Classification
@@ -51,6 +51,19 @@ def _exact_counts(result, k_unsafe: int | None) -> dict[str, dict[str, int]]:
     return {"rows": rows} | ({"k": {"k_unsafe": k_unsafe}} if k_unsafe is not None else {})
 
 
+def _label_counts(result, label) -> dict[str, int]:
+    """Exact rows by partition and class (private; released only with noise, for the plan's check
+    that neither partition holds a single class)."""
+    import pandas as pd
+
+    out = {}
+    for part, path in (("train", result.snapshot_train), ("holdout", result.snapshot_test)):
+        values = pd.read_parquet(path, columns=[label.column])[label.column].astype("string")
+        positive = int((values == label.positive).sum())
+        out |= {f"{part}:positive": positive, f"{part}:negative": len(values) - positive}
+    return out
+
+
 def _k_unsafe(snapshot: str, qi: list[str], k: int) -> int | None:
     if not qi:
         return None
@@ -70,22 +83,23 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
         return done
     spec, result = ctx.spec, ctx.store.read(StagedData).result
     k = K_BY_REGULATION[spec.dataset.regulation]
-    exact = _exact_counts(result, _k_unsafe(result.snapshot_train, quasi_identifier_features(spec, found), k))
+    exact = (_exact_counts(result, _k_unsafe(result.snapshot_train, quasi_identifier_features(spec, found), k))
+             | {"labels": _label_counts(result, spec.dataset.label)})
     sigma = calibrate_noise(spec.privacy.stats_epsilon, spec.privacy.delta, 1.0, 1)
     names = list(exact)
-    sens = [1 if g == "rows" else k - 1 for g in names]
-    # The row counts size the run and decide the consent check: they get 80% of the release's
-    # precision (the k-anonymity count contributes a quarter of the rows' RDP).
-    weights = [1.0 if g == "rows" else 2.0 * (k - 1) for g in names]
+    sens = [k - 1 if g == "k" else 1 for g in names]
+    # The row counts size the run and decide the consent check: they get most of the release's
+    # precision (the class counts, which only need to show both classes, and the k-anonymity count
+    # each contribute a quarter of the rows' RDP).
+    weights = [{"rows": 1.0, "labels": 2.0}.get(g, 2.0 * (k - 1)) for g in names]
     groups = {g: CountGroup(s, n) for g, s, n in zip(names, sigmas_for(sigma, weights, sens), sens)}
     segment = release_segment(list(groups.values()))
-    note = f"noisy row counts by partition and quarantine reason{', and k-anonymity' if 'k' in groups else ''}"
+    note = f"noisy row counts by partition (and class) and quarantine reason{', and k-anonymity' if 'k' in groups else ''}"
+    draws = ctx.draws()  # refuses a replayable mode on real data before anything is charged or drawn
     entries = ledger.charge(dataset_id=spec.dataset.id, run_id=ctx.run_id, kind="release", key="counts",
                             charges=[Charge(p, segment, "gaussian", note) for p in (TRAIN, HOLDOUT)],
                             randomness=ctx.randomness)
-    source = (Randomness.secure() if ctx.randomness == "secure"
-              else Randomness.reproducible(ctx.params.seed, ctx.run_id)).source("counts")
-    noisy = noisy_counts(exact, groups, source)
+    noisy = noisy_counts(exact, groups, draws.source("counts"))
     rows = noisy.values["rows"]
     record = ctx.store.write(CountsRelease(
         rows_train=rows["train"], rows_holdout=rows["holdout"],
@@ -93,6 +107,7 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
         k_unsafe_rows=noisy.values["k"]["k_unsafe"] if "k" in noisy.values else None,
         sigma_rows=groups["rows"].sigma, sigma_k=groups["k"].sigma if "k" in groups else None,
         noise_multiplier=segment.noise_multiplier, ledger_entries=entries,
+        labels=noisy.values["labels"], sigma_labels=groups["labels"].sigma,
         epsilon=epsilon_from_rdp(Charge(TRAIN, segment).rdp(), spec.privacy.delta)[0]))
     for entry in entries:
         ledger.complete(entry)

@@ -9,10 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppmlops.compliance.utility_inputs import deploy_metrics
 from ppmlops.run.records import (
     CountsRelease, EvaluationRecord, PlanRecord, RiskAssessment, Staged, TrainRecord,
 )
 from ppmlops.stages.context import RunContext
+
+
+def run_randomness(ctx: RunContext, plan) -> str:
+    """The run's weakest randomness mode over its plan AND every ledger entry it made.
+
+    The plan's mode alone is not enough: a stage retried under another PPMLOPS_RANDOMNESS, or a
+    release drawn before the plan, would hide behind a secure plan. One replayable entry makes the
+    whole run's guarantee void, so the gate sees "reproducible" (or "unrecorded") then.
+    """
+    from ppmlops.privacy.ledger import Ledger
+
+    modes = {e.randomness for e in Ledger(ctx.settings.db_url).entries(ctx.spec.dataset.id, run_id=ctx.run_id)}
+    weaker = sorted((modes | {plan.randomness}) - {"secure"})
+    return weaker[0] if weaker else "secure"
 
 
 def _records(ctx: RunContext):
@@ -35,7 +50,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
                          "included; the epochs may have used less"),
         "epsilon_used": trained.epsilon_used, "run_epsilon_granted": plan.run_epsilon,
         "dataset_share_used": plan.dataset_share_after, "accounting_order": plan.accounting_order,
-        "accountant": "rdp", "privacy_filter": True, "sampling": "poisson", "randomness": plan.randomness,
+        "accountant": "rdp", "privacy_filter": True, "sampling": "poisson", "randomness": run_randomness(ctx, plan),
         "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps_per_epoch,
         "epochs": trained.epochs_completed, "stopped_reason": trained.stopped_reason,
         "epoch_settings": [{"epoch": h.epoch, "noise_multiplier": h.noise_multiplier, "max_grad_norm": h.max_grad_norm,
@@ -62,7 +77,11 @@ def _search(plan, trained: TrainRecord) -> dict[str, Any] | None:
                      f"(discrete Gaussian, sigma {s.score_sigma:.3g}"
                      + ("" if s.tuner == "fixed" else f", released as one after each of the trial's {plan.epochs} "
                         f"epochs at sigma {s.score_sigma * plan.epochs ** 0.5:.3g}: the same Renyi curve")
-                     + "); the epsilon covers the whole search")}
+                     + "); the epsilon covers the whole search"),
+            # The bound needs K secret; the files and logs keep it so, a clock does not.
+            "not_covered": ("the search's wall-clock duration grows with how many trials ran (the train task's "
+                            "duration and the train record's timings show it): a timing channel this epsilon "
+                            "does not cover")}
 
 
 def manifest(ctx: RunContext) -> dict[str, Any]:
@@ -75,14 +94,13 @@ def manifest(ctx: RunContext) -> dict[str, Any]:
                     "epsilon_budget": spec.privacy.epsilon, "delta": plan.delta, "public": spec.dataset.public},
         "risk": {"score": risk.score, "level": risk.level},
         "privacy": {
-            "accountant": "rdp", "filter": True, "randomness": plan.randomness,
+            "accountant": "rdp", "filter": True, "randomness": run_randomness(ctx, plan),
             "epsilon": plan.epsilon, "epsilon_granted": plan.run_epsilon,
             "epsilon_used": max(trained.epsilon_used.values(), default=0.0), "delta": plan.delta,
             "dataset_share_used": plan.dataset_share_after, "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate, "steps": plan.steps_per_epoch,
         },
-        "metrics": {"accuracy": evaluated.accuracy, "auc": evaluated.auc, "min_accuracy": spec.deploy.min_accuracy,
-                    "majority_baseline": evaluated.majority_baseline},
+        "metrics": deploy_metrics(evaluated, spec.deploy),
         "audit": evaluated.audit.model_dump(),
         "model_card": model_card(ctx),
     }

@@ -7,7 +7,9 @@ from pathlib import Path
 from ppmlops.data.ingest import ingest
 from ppmlops.errors import PpmlopsError
 from ppmlops.data.lineage import fingerprint
-from ppmlops.run.records import Staged, StagedData
+from ppmlops.risk.screen import DirectIdentifierScreen
+from ppmlops.run.context import ReplayableRandomness
+from ppmlops.run.records import Refusal, Staged, StagedData
 from ppmlops.run.store import RunStore
 from ppmlops.stages.context import RunContext, timed
 
@@ -29,8 +31,13 @@ def earlier_runs(ctx: RunContext) -> list[Path]:
 
 @timed
 def run(ctx: RunContext) -> Staged:
+    try:
+        ctx.check_randomness()  # before anything is read: a replayable run must release nothing
+    except ReplayableRandomness as err:
+        ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
+        raise
     result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
-                    home=ctx.settings.home)
+                    home=ctx.settings.home, screen=DirectIdentifierScreen())
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,

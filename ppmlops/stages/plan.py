@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppmlops.compliance.utility_inputs import plan_classes
 from ppmlops.errors import BudgetExceeded, PolicyRefused, PpmlopsError
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget
@@ -25,8 +26,6 @@ from ppmlops.stages.context import RunContext, timed
 from ppmlops.stages.decide import decide
 from ppmlops.tuning.registry import wants_holdout_accuracy
 
-# At most this share of the (noisy) training rows are canaries.
-MAX_CANARY_SHARE = 0.1
 
 
 def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None, action: str = "train",
@@ -37,7 +36,8 @@ def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None,
 
 
 def canaries_for(ctx: RunContext, counts: CountsRelease) -> int:
-    return min(ctx.spec.audit.canaries, int(MAX_CANARY_SHARE * max(0, counts.rows_train)))
+    # Gradient canaries are not rows (ppmlops.audit.canary): no share of the data caps them.
+    return ctx.spec.audit.canaries
 
 
 def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, budget: LifetimeBudget,
@@ -58,6 +58,8 @@ def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, b
                     "coverage": max(0.0, 1.0 - refused / max(1, counts.rows_in))},
         "request": {"run_epsilon": spec.privacy.run_epsilon, "epsilon_cap": ctx.params.epsilon_cap,
                     "environment": ctx.params.environment, "randomness": ctx.randomness},
+        # Noisy rows per class and partition: a partition with one class cannot be evaluated.
+        "classes": plan_classes(counts, spec.dataset.label.column, spec.deploy.confidence),
     }
 
 
@@ -88,7 +90,7 @@ def run(ctx: RunContext) -> PlanRecord:
         _refuse(ctx, [conflict])
     canaries = canaries_for(ctx, counts)
     req = RunRequest(spec.dataset.id, budget.delta, ctx.params.epochs,
-                     EpochShape.of(counts.rows_train, canaries, spec.training.batch_size),
+                     EpochShape.of(counts.rows_train, 0, spec.training.batch_size),
                      wants_holdout_accuracy(ctx.tuner), spec.privacy.holdout_epsilon,
                      ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split, staged.window.text())
     charged = ledger.charged_curves(spec.dataset.id)

@@ -1,18 +1,17 @@
-"""The train stage as the Ray driver: encode the staged rows, add the canaries the coins let in,
-run the workers, save the DP model. Used in-process and by the Ray job entry point."""
+"""The train stage as the Ray driver: encode the staged rows, draw the audit's canary coins, run
+the workers, save the DP model. Used in-process and by the Ray job entry point."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 
-import numpy as np
 
 from ppmlops.audit.canary import CanarySet, make_canaries
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.ledger import Ledger
-from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.run.logs import library_logs
@@ -31,20 +30,31 @@ def encoded(ctx: RunContext, snapshot: str):
     return encode(pd.read_parquet(snapshot), ctx.spec)
 
 
-INIT_FILE, FULL_MODEL_FILE = "model_init.pt", "model_with_canaries.pt"
+INIT_FILE, CANARY_SCORES_FILE = "model_init.pt", "canary_scores.npy"
+# Canary columns are zeros in every row the workers hold, so they cost rows x columns floats:
+# at most this many (16384 canaries on 32 hidden units; a logistic model's 2 units carry 1024).
+MAX_CANARY_COLUMNS = 512
 
 
-def canaries(ctx: RunContext, count: int, n_features: int) -> CanarySet:
-    """The run's canaries, drawn once (a retried task reuses them: the coins must not change)."""
+def first_layer_units(kind: str, hidden: list[int] | tuple[int, ...]) -> int:
+    """The output width of build_model's first layer: where the gradient canaries live."""
+    from ppmlops.training.models import N_CLASSES
+
+    return N_CLASSES if kind == "logistic" else int(hidden[0])
+
+
+def canaries(ctx: RunContext, count: int, n_features: int) -> Canaries:
+    """The run's canaries, drawn once (a retried task reuses them: the coins must not change).
+    A private search trains several trials from fresh weights and does not carry canaries yet:
+    it gets none, and its audit says so (0 canaries, no bound)."""
     kept = ctx.store.read_optional(Canaries)
     if kept is None:
-        randomness = (Randomness.secure() if ctx.randomness == "secure"
-                      else Randomness.reproducible(ctx.params.seed, ctx.run_id))
-        made = make_canaries(count, n_features, randomness.source("canaries"))
-        kept = ctx.store.write(Canaries(n_features=n_features, scale=made.scale, labels=made.labels.tolist(),
-                                        included=made.included.tolist()))
-    return CanarySet(kept.n_features, np.asarray(kept.labels, dtype=np.int64), np.asarray(kept.included, dtype=bool),
-                     kept.scale)
+        randomness = ctx.draws()
+        units = first_layer_units(ctx.spec.model.kind, ctx.spec.model.hidden)
+        count = 0 if ctx.store.read(PlanRecord).privacy.search else min(count, units * MAX_CANARY_COLUMNS)
+        made = make_canaries(count, n_features, units, randomness.source("canaries"))
+        kept = ctx.store.write(Canaries(n_features=n_features, units=units, included=made.included.tolist()))
+    return kept
 
 
 def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
@@ -62,7 +72,7 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      tuning_anchor=(spec.training.learning_rate, spec.training.max_grad_norm),
                      momentum=spec.training.momentum, max_grad_norm=clip, tuner=ctx.tuner,
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
-                     storage_path=str(ctx.store.root / "ray"), ray_address=ctx.settings.ray_address,
+                     storage_path=str(ctx.store.ray_storage()), ray_address=ctx.settings.ray_address,
                      max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
                      progress_path=str(ctx.store.root / PROGRESS_FILE))
 
@@ -98,12 +108,12 @@ def train_here(ctx: RunContext) -> TrainRecord:
     result = ctx.store.read(StagedData).result
     X, y, names = encoded(ctx, result.snapshot_train)
     X_holdout, y_holdout, _ = encoded(ctx, result.snapshot_test)
-    audit_set = canaries(ctx, plan.canaries, X.shape[1])
-    members, member_labels = audit_set.members
-    arrays = Arrays(np.vstack([audit_set.pad(X), members]), np.concatenate([y, member_labels]),
-                    audit_set.pad(X_holdout), y_holdout)
+    kept = canaries(ctx, plan.canaries, X.shape[1])
+    audit_set = CanarySet.of(kept)
+    arrays = Arrays(audit_set.pad(X), y, audit_set.pad(X_holdout), y_holdout)
     session = PrivacySession.open(Ledger(ctx.settings.db_url), grant_of(plan))  # a released grant is reserved again
-    job = worker_job(ctx, planned)
+    job = dataclasses.replace(worker_job(ctx, planned), canaries=kept,
+                              canary_scores_path=str(ctx.store.private_dir / CANARY_SCORES_FILE))
     try:
         with _turn(ctx), library_logs(ctx.store.private_dir, "ray"), followed(job.progress_path, progress.info):
             weights, outcome = train_on_ray(job, arrays)
@@ -112,7 +122,6 @@ def train_here(ctx: RunContext) -> TrainRecord:
         raise
     from ppmlops.training.canary_scores import without_canary_columns
 
-    torch.save(weights, ctx.store.private_dir / FULL_MODEL_FILE)  # the audit scores its canary columns
     torch.save({"state_dict": without_canary_columns(weights, len(names)), "kind": ctx.spec.model.kind,
                 "hidden": list(ctx.spec.model.hidden), "features": names}, ctx.store.model_path)
     session.recover()

@@ -6,13 +6,17 @@ re-keyed dict. Arrays travel separately through Ray's object store.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from ppmlops.run.records import KnownResult, PrivacyPlan, TrainTimings
+from ppmlops.run.records import Canaries, KnownResult, PrivacyPlan, TrainTimings
 
 # Per-row clipping (ppmlops.training.clipping): auto = closed-form norms for linear stacks, else
 # Opacus's ghost clipping; hooks = Opacus's per-row gradients. The privacy guarantee is the same.
 CLIPPING_MODES = ("auto", "linear", "ghost", "hooks")
+# A private search's progress between trials (ppmlops.training.search_loop), in the run's Ray
+# Train folder: storage every node reaches, under the run's private/ (ppmlops.run.store).
+SEARCH_STATE_FILE = "ppmlops_search.pt"
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,19 @@ class WorkerJob:
     # The spec's (learning rate, clip norm): where the bayes box is centred, whatever the warm
     # start moved `learning_rate` and `max_grad_norm` to.
     tuning_anchor: tuple[float, float] | None = None
+    # The audit's gradient canaries (PRIVATE coins; rank 0 injects them) and where rank 0 keeps
+    # their per-step scores (ppmlops.training.canary_scores).
+    canaries: Canaries | None = None
+    canary_scores_path: str = ""
 
     @property
     def run_id(self) -> str:
         return self.plan.run_id
+
+    @property
+    def search_state_path(self) -> str:
+        """Where a private search keeps K and its progress: the same file on every attempt."""
+        return os.path.join(self.storage_path, self.run_id, SEARCH_STATE_FILE) if self.storage_path else ""
 
 
 @dataclass(frozen=True)

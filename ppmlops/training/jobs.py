@@ -8,13 +8,21 @@ end of the job's log; a task that is killed stops its job.
 
 The run directory and the ledger must be the same for the task and the job: both read
 ``PPMLOPS_HOME`` (shared storage on a cluster) and ``PPMLOPS_DB_URL``, which are passed on in
-the job's runtime environment.
+the job's runtime environment. Ray Train's storage is the run's ``private/ray`` on that storage
+(a private search's progress and K live there): the cluster's operator must keep PPMLOPS_HOME,
+and the Ray nodes' own session folders (``/tmp/ray`` unless started with ``--temp-dir``), out of
+reach of anyone but the Airflow and Ray service users.
+
+What reaches the task log: the job's output, in which the workers log nothing that counts a
+search's trials (ppmlops.training.ray_worker); `forwarded` also drops Ray Train's per-report lines
+in case a Ray version logs them elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -32,6 +40,13 @@ REQUEST_FILE = "train_request.json"
 # Nothing secret goes here: the dashboard shows a job's runtime environment.
 FORWARDED_ENV = ("PPMLOPS_HOME", "PPMLOPS_DB_URL", "PPMLOPS_RANDOMNESS", "PPMLOPS_PROJECT_ROOT")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# Ray Train's lines that count reports or checkpoints: one per trial would tell a search's K.
+_COUNTING = re.compile(r"Reporting training result \d|Checkpoint successfully created at|current_report_index")
+
+
+def forwarded(line: str) -> bool:
+    """Whether a line of the job's log may go to the task log."""
+    return _COUNTING.search(line) is None
 
 
 def submission_id(ctx: "RunContext") -> str:
@@ -79,7 +94,8 @@ def follow(client, job_id: str, *, echo: Callable[[str], None] = print, poll_s: 
         logs = client.get_job_logs(job_id)
         if len(logs) > shown:
             for line in logs[shown:].rstrip("\n").split("\n"):
-                echo(f"[ray job {job_id}] {line}")
+                if forwarded(line):
+                    echo(f"[ray job {job_id}] {line}")
             shown = len(logs)
         if status in TERMINAL:
             return status
@@ -132,7 +148,8 @@ def result(ctx: "RunContext", handle: JobHandle, status: str) -> "TrainRecord":
     if status != "SUCCEEDED":
         client = client_for(handle.jobs_url)
         info = client.get_job_info(handle.job_id)
-        tail = "\n".join(client.get_job_logs(handle.job_id).rstrip().splitlines()[-15:])
+        tail = "\n".join([line for line in client.get_job_logs(handle.job_id).rstrip().splitlines()
+                          if forwarded(line)][-15:])
         raise TrainingError(f"Ray job {handle.job_id} {status}: {info.message}\n"
                             f"--- last lines of its log ---\n{tail}")
     if not ctx.store.path_of(TrainRecord).exists():

@@ -6,7 +6,13 @@ it). A Ray the caller already initialised is used as is and never shut down here
 
 Storage: ``storage_path`` must be reachable by every worker node (a shared filesystem or an
 object store URI on a cluster); the run's checkpoints live at ``storage_path/run_id``. Re-running
-the same run id with the same storage path resumes after the last completed epoch.
+the same run id with the same storage path resumes after the last completed epoch. The train
+stage passes the run's `private/ray` (ppmlops.run.store): what Ray keeps there may count a private
+search's trials.
+
+Ray's own files: the local runtime's session folder (its logs, sockets, spilled objects) is
+under `ray_temp_dir()`, inside a folder only this user can enter, not the world-readable
+/tmp/ray, and Ray's processes start with umask 077. A cluster's nodes keep theirs where their operator started them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import logging
 import math
 import os
 import socket
+import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +39,7 @@ from ppmlops.training.job import CLIPPING_MODES, TrainOutcome, WorkerJob
 from ppmlops.training.loop import Arrays, read_checkpoint
 from ppmlops.training.models import MODEL_KINDS
 
-__all__ = ["train_on_ray", "shutdown_local_ray", "ensure_ray"]
+__all__ = ["train_on_ray", "shutdown_local_ray", "ensure_ray", "ray_temp_dir", "private_temp_root"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,15 +76,54 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             return
         for name, value in LOCAL_RAY_TRAIN_ENV.items():
             os.environ.setdefault(name, value)  # Ray Train reads them when fit() starts its controller
+        _private_temp_root()
+        temp_dir = ray_temp_dir()
+        # Ray's processes (GCS, raylet, and the workers the raylet starts) inherit this umask: their
+        # files are the user's only. umask is per process, and _lock keeps other starts out.
+        umask = os.umask(0o077)
         try:
             # Worker output stays in Ray's logs; the per-epoch lines come through the run's progress file.
             # No Ray dashboard: nothing reads it on the embedded runtime, and it is one more process
             # to start on a small machine (a cluster, joined above, keeps its own).
             ray.init(num_cpus=num_cpus, log_to_driver=verbose(), logging_level=logging.WARNING,
-                     include_dashboard=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
+                     include_dashboard=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG, _temp_dir=str(temp_dir))
         except Exception as e:
             raise TrainingError(f"cannot start a local Ray runtime: {type(e).__name__}: {e}") from e
+        finally:
+            os.umask(umask)
         _started_here = True
+
+
+def ray_temp_dir() -> Path:
+    """The local Ray runtime's root folder (Ray's `_temp_dir`: session folders, logs, sockets).
+
+    Ray's default, /tmp/ray, is readable by every user of the machine, and its logs may say what a
+    run did. Ray makes its temp folder and the folders in it mode 0777 whatever the umask, so the
+    folder it gets sits inside one that only this user can enter (`private_temp_root`, made mode
+    0700 by `_private_temp_root` before Ray starts). Under the system temp folder, not PPMLOPS_HOME:
+    Ray's Unix socket paths inside it must stay under 108 bytes."""
+    return private_temp_root() / "ray"
+
+
+def private_temp_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"ppmlops-ray-{os.getuid()}"
+
+
+def _private_temp_root() -> Path:
+    """private_temp_root(), made mode 0700. One there that is not this user's, or a link, is
+    refused: anyone may create names in /tmp."""
+    path = private_temp_root()
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise TrainingError(f"cannot start a local Ray runtime: {path} is not a folder owned by this user "
+                            "(remove it, or set TMPDIR to a folder of your own)")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
 
 
 @contextlib.contextmanager
@@ -157,6 +204,9 @@ def _check(job: WorkerJob, arrays: Arrays) -> None:
         fail(f"clipping must be one of {list(CLIPPING_MODES)}, got {job.clipping!r}")
     if job.cpus_per_worker <= 0:
         fail(f"cpus_per_worker must be > 0, got {job.cpus_per_worker!r}")
+    if job.plan.search is not None and not job.storage_path:
+        # K lives in a file in the run's storage: without one a restarted worker would draw it again.
+        fail("a private search needs storage_path (the run's private Ray Train storage)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +244,7 @@ def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dic
     failure stay in the ledger (the run's grant is charged whatever happens once it is used).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ppmlops.training.ray_worker import train_loop_per_worker
@@ -218,6 +268,9 @@ def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dic
             # resumes from the ledger (ppmlops.training.loop), so a retry never charges an epoch twice.
             failure_config=FailureConfig(max_failures=job.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's INFO lines (worker groups, checkpoints, snapshots) stay out of the console
+            # and the driver's output; the workers quiet the per-report line (ray_worker).
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     fit_at, t0 = time.time(), time.perf_counter()

@@ -7,7 +7,8 @@ Per epoch:
    partition's filter, at every Renyi order) and writes the usage row ahead of the steps. A
    refusal stops every rank cleanly; an error on rank 0 is broadcast so no rank waits forever.
 2. Every rank trains `steps` DP-SGD steps with exactly the broadcast settings, on its own Poisson
-   samples (masks from the run's CSPRNG); rank 0 adds the noise.
+   samples (masks from the run's CSPRNG); rank 0 adds the noise, and the audit's gradient
+   canaries before it (their running scores are checkpointed with the epoch).
 3. Rank 0 releases what the tuner reads (noisy holdout accuracy under the holdout grant; the
    noisy clipped fraction inside the step's own noise), checkpoints, and only then completes the
    epoch's usage rows: a crash before the checkpoint leaves them reserved, and the re-run of the
@@ -75,6 +76,9 @@ class LoopState:
     stopped_reason: str = "completed"
     usage_entries: list[int] = field(default_factory=list)
     search: dict | None = None  # a private search's progress (ppmlops.training.search_loop): PRIVATE
+    # The audit's per-canary scores so far (rank 0): functions of the noise and the canaries'
+    # coins and sampling only, since no real row's gradient reaches the canary coordinates.
+    canary_scores: list[float] | None = None
 
 
 @dataclass
@@ -348,15 +352,32 @@ def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Re
     return model, settings.checked()
 
 
+def _attach_canaries(job: WorkerJob, model: PrivateModel, state: LoopState):
+    """Rank 0's gradient canaries, their scores restored from the checkpoint (None without canaries)."""
+    if job.canaries is None or not job.canaries.included:
+        return None
+    from ppmlops.audit.canary import CanarySet
+    from ppmlops.training.canary_scores import GradientCanaries
+
+    first = next(m for m in model.net.modules() if isinstance(m, torch.nn.Linear))
+    tracker = GradientCanaries(CanarySet.of(job.canaries), first.weight, job.plan.sample_rate, state.canary_scores)
+    model.attach_canaries(tracker)
+    return tracker
+
+
 def _save(checkpoints: Checkpoints, metrics: dict, model: PrivateModel, state: LoopState | None,
-          times: WorkerTimes) -> None:
+          times: WorkerTimes, canaries=None, scores_path: str = "") -> None:
     t0 = time.perf_counter()
     if state is None:
         checkpoints.save(metrics, None)
     else:
+        if canaries is not None:
+            state.canary_scores = canaries.scores.tolist()
         with tempfile.TemporaryDirectory(prefix="ppmlops-ckpt-") as tmp:
             write_checkpoint(tmp, model, state)
             checkpoints.save(metrics, tmp)
+        if canaries is not None:  # after the checkpoint: the file never runs ahead of the model
+            canaries.save(scores_path)
     times.checkpoints += time.perf_counter() - t0
 
 
@@ -374,13 +395,15 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
                                      rank=comm.rank, world_size=comm.world)
     ctl = Controller(job, arrays, randomness, state, tuner, echo) if comm.rank == 0 else None
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final
+    canaries = _attach_canaries(job, model, state) if comm.rank == 0 else None
     if restored is not None and state.epoch and comm.rank == 0:
         echo(f"[run {plan.run_id}] resumed from the checkpoint of epoch {state.epoch}")
     times.setup = time.perf_counter() - t_setup
     if restored is not None and first > plan.epochs:
         # Nothing left to train: report the restored checkpoint again, so the run's result is
         # the newest one (Ray's own record of "latest" may lag behind it, see RayCheckpoints).
-        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None, times)
+        _save(checkpoints, {"epoch": state.epoch}, model, ctl.state if ctl else None, times, canaries,
+              job.canary_scores_path)
     for epoch in range(first, plan.epochs + 1):
         t0 = time.perf_counter()
         decision = comm.broadcast(ctl.decide(epoch, settings) if ctl else None)
@@ -391,7 +414,8 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
                 echo(f"[run {plan.run_id}] {decision['stop']}")
                 ctl.state.stopped_reason = decision["stop"]
             times.epochs += time.perf_counter() - t0
-            _save(checkpoints, {"epoch": epoch - 1, "stopped": 1}, model, ctl.state if ctl else None, times)
+            _save(checkpoints, {"epoch": epoch - 1, "stopped": 1}, model, ctl.state if ctl else None, times,
+                  canaries, job.canary_scores_path)
             break
         settings = EpochSettings(**decision["settings"])
         model.set_epoch(noise_multiplier=signals.gradient_noise(settings.noise_multiplier, decision["count_noise"]),
@@ -406,7 +430,8 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
                                 f"{[(r['rank'], r['steps']) for r in reports]}; the usage row stays reserved")
         metrics = ctl.after_epoch(epoch, decision, model.net, reports, time.perf_counter() - t0) if ctl else {}
         times.epochs += time.perf_counter() - t0
-        _save(checkpoints, metrics or {"epoch": epoch}, model, ctl.state if ctl else None, times)
+        _save(checkpoints, metrics or {"epoch": epoch}, model, ctl.state if ctl else None, times, canaries,
+              job.canary_scores_path)
         if ctl:
             ctl.checkpointed()
     times.finished_at = time.time()

@@ -9,6 +9,8 @@ ours:
   ppmlops.privacy.randomness) instead of torch's generator; Opacus's own secure mode needs
   torchcsprng, which has no build for this torch. Other ranks add nothing; the all-reduce sums
   the ranks, so each step releases sum(clipped grads) + noise once.
+* Canaries. With the canary audit attached (rank 0 only), the sampled gradient canaries join the
+  clipped sum right before the noise, on every clipping mode (ppmlops.training.canary_scores).
 * The divisor. The noisy sum is divided by a PUBLIC constant, the plan's expected batch (from
   the noisy row count). Opacus would divide by int(len(dataset) * q), a function of the exact
   row count, which would scale every update by a private number.
@@ -34,6 +36,7 @@ from torch import nn
 
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.randomness import NoiseSource
+from ppmlops.training.canary_scores import GradientCanaries
 from ppmlops.training.clipping import Clipper, GhostClipper, HooksClipper, LinearClipper, resolve_mode
 
 
@@ -43,6 +46,7 @@ class CsprngNoise:
     scaling and step stay as they are."""
 
     noise_source: NoiseSource | None = None
+    canaries: GradientCanaries | None = None  # set on rank 0 only: one rank injects
 
     def add_noise(self) -> None:
         if self.rank != 0:
@@ -52,6 +56,9 @@ class CsprngNoise:
         if self.noise_source is None:
             raise TrainingError("no noise source was set for this epoch: refusing to step without noise")
         params = list(self.params)
+        canaries = self.canaries
+        if canaries is not None and not any(p is canaries.weight for p in params):
+            raise TrainingError("the canaries' weight is not among the optimizer's parameters")
         total = sum(p.summed_grad.numel() for p in params)
         # One draw for all parameters: the CSPRNG's cost is per call as much as per number.
         single = all(p.summed_grad.dtype == torch.float32 for p in params)
@@ -62,7 +69,10 @@ class CsprngNoise:
             _check_processed_flag(p.summed_grad)
             n = p.summed_grad.numel()
             noise = flat[offset:offset + n].view(p.summed_grad.shape).to(p.summed_grad.device, p.summed_grad.dtype)
-            p.grad = (p.summed_grad + noise).view_as(p)
+            summed = p.summed_grad
+            if canaries is not None and p is canaries.weight:  # after clipping and summing, before noise
+                summed = canaries.inject(summed.view_as(p), self.max_grad_norm, self.noise_source).view(summed.shape)
+            p.grad = (summed + noise).view_as(p)
             offset += n
             _mark_as_processed(p.summed_grad)
 
@@ -100,6 +110,14 @@ class PrivateModel:
     def module(self) -> nn.Module:
         return self.clipper.module
 
+    @property
+    def canaries(self) -> GradientCanaries | None:
+        return self.optimizer.canaries
+
+    def attach_canaries(self, canaries: GradientCanaries) -> None:
+        """On rank 0 only: every later step injects the canaries and scores them."""
+        self.optimizer.canaries = canaries
+
     def set_epoch(self, *, noise_multiplier: float, max_grad_norm: float, learning_rate: float,
                   noise_source: NoiseSource | None) -> None:
         self.optimizer.noise_multiplier = float(noise_multiplier)
@@ -118,6 +136,10 @@ class PrivateModel:
             counts[0] += clipped
             counts[1] += len(yb) - clipped
         self.optimizer.step()
+        canaries = self.optimizer.canaries
+        if canaries is not None:
+            opt = self.optimizer
+            canaries.observe(opt.expected_batch_size * opt.world_size, opt.max_grad_norm)
 
 
 def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm: float, learning_rate: float,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -58,6 +59,29 @@ def _on_storage(run_storage: str) -> list[Restored]:
     return out
 
 
+def _keep_counts_private(search: bool) -> None:
+    """What this worker process writes is its owner's only (Ray's checkpoint uploads, the search's
+    files; on a cluster, whatever umask the node's Ray was started with), and no log line counts
+    a private search's trials.
+
+    Ray Train logs every report with its index ("Reporting training result N", under a logger named
+    by its source file, so `ray.train`'s level misses it); its lines reach Ray's worker logs, and
+    the driver's output with log_to_driver (the task log on a cluster, the terminal with --verbose).
+    A search reports once however many trials ran, but a library may log at INFO each model it
+    builds or wraps (Opacus does for its own ghost clipping), i.e. per trial: in a search worker
+    nothing below WARNING is logged at all."""
+    os.umask(0o077)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray layout: the report count still says nothing of K (one report)
+        pass
+    if search:
+        for name in ("", "ray", "ray.train", "opacus", "torch"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _resolve(value):
     import ray
 
@@ -76,6 +100,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     from ppmlops.tuning.registry import make_tuner
 
     job = config["job"]
+    _keep_counts_private(job.plan.search is not None)
     device = ray.train.torch.get_device() if job.use_gpu else torch.device("cpu")
     rank = ray.train.get_context().get_world_rank()
     arrays = Arrays(*(_resolve(config[k]) for k in ("X", "y", "X_holdout", "y_holdout")))

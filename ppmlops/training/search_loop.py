@@ -9,9 +9,14 @@ on the trial's own noisy accuracies (drawn so that together they cost what one s
 trial is then one draw of an adaptive mechanism with a fixed curve, which the bound allows. Only the best trial's
 settings, weights and score leave the run folder; the search's whole cost was granted at plan.
 
-K, the trials' settings and scores are kept only in the run's own checkpoints (a retried task
-continues the same search with the same K: drawing K again after a failure would change its
-distribution). No line in the task log says how many trials ran or which one won.
+K is secret, so nothing the search leaves where others may look counts its trials. K, the trials
+done and the best trial so far are kept in one private file (`SearchProgress`, in the run's Ray
+Train folder under private/), rewritten in place after each trial: a retried task continues the
+same search with the same K (drawing K again after a failure would change its distribution). Ray
+Train gets one report, with the chosen trial's checkpoint, when the search ends: a report per trial
+would put K in Ray's checkpoint count, its run snapshot and its log lines. No line in the task log
+says how many trials ran or which one won. The search's duration still grows with K: a timing
+channel that the bound does not cover (the model card says so).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ppmlops.errors import TrainingError
 from ppmlops.privacy.releases import noisy_counts
 from ppmlops.privacy.search import TrialCount
 from ppmlops.training.job import WorkerJob
@@ -126,43 +132,77 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
     return init, model.net, epochs
 
 
-def _save(checkpoints: Checkpoints, state: LoopState | None, best: dict | None, times: WorkerTimes) -> None:
-    """Every rank calls it (a barrier); rank 0 writes the best trial so far and the search's state."""
+class SearchProgress:
+    """K, the trials done and the best trial so far (its settings, score, weights and initial
+    weights): one file, rewritten in place (a new file renamed over the old, mode 0600) on rank 0
+    after each trial. PRIVATE: it lives in the run's private Ray Train folder."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def load(self) -> tuple[LoopState, dict | None] | None:
+        if not self.path or not os.path.exists(self.path):
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            state = LoopState(**json.loads(saved["state"]))
+        except Exception as e:  # noqa: BLE001 - never start over: a new K would change its distribution
+            raise TrainingError(f"the private search's progress file {self.path} cannot be read "
+                                f"({type(e).__name__}); restore it or start the run under a new run id") from None
+        return state, saved["best"]
+
+    def save(self, state: LoopState, best: dict | None) -> None:
+        if not self.path:
+            # A process group started without Ray and without storage (benchmarks): nothing restarts
+            # it. Ray runs must name storage (ppmlops.training.launch refuses a search without it).
+            return
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(self.path)}.tmp")
+        if os.path.exists(tmp):
+            os.unlink(tmp)  # a crashed write's leftover; os.open's mode applies to new files only
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            torch.save({"state": json.dumps(asdict(state)), "best": best}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _report(checkpoints: Checkpoints, plan, state: LoopState | None, best: dict | None, times: WorkerTimes) -> None:
+    """The search's one report to Ray Train, when it ends (every rank calls it: a barrier). Rank 0's
+    checkpoint holds the chosen trial only: its weights, initial weights and released settings."""
     t0 = time.perf_counter()
+    metrics = {"epoch": plan.epochs}  # the same on every rank and for every K
     if state is None or best is None:  # not rank 0
-        checkpoints.save({"trials": 0}, None)
+        checkpoints.save(metrics, None)
     else:
+        chosen = LoopState(epoch=plan.epochs, search={"best": state.search["best"]})
         with tempfile.TemporaryDirectory(prefix="ppmlops-search-") as tmp:
             torch.save(best["weights"], os.path.join(tmp, MODEL_FILE))
             torch.save(best["init"], os.path.join(tmp, INIT_FILE))
             torch.save({}, os.path.join(tmp, OPTIMIZER_FILE))
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(asdict(state), f, indent=1, sort_keys=True)
-            checkpoints.save({"epoch": state.epoch}, tmp)
+                json.dump(asdict(chosen), f, indent=1, sort_keys=True)
+            checkpoints.save(metrics, tmp)
     times.checkpoints += time.perf_counter() - t0
 
 
-def _restored(checkpoints: Checkpoints) -> tuple[LoopState | None, dict | None]:
-    restored = checkpoints.restore()
-    if restored is None or not (restored.state.search or {}).get("trials"):
-        return None, None
-    best = {"weights": restored.weights, "init": restored.init} if restored.state.search.get("best") else None
-    return restored.state, best
-
-
 def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoints, device: torch.device,
-                      *, echo: Callable[[str], None] = say) -> WorkerTimes:
-    """Run (or continue) the run's private search on this rank; returns its timings."""
+                      *, echo: Callable[[str], None] = say, progress: SearchProgress | None = None) -> WorkerTimes:
+    """Run (or continue) the run's private search on this rank; returns its timings. `progress`
+    defaults to the job's private search file (WorkerJob.search_state_path)."""
     times, t0 = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
+    progress = progress or SearchProgress(job.search_state_path)
     X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
     y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
     X_holdout, y_holdout = torch.tensor(np.asarray(arrays.X_holdout), dtype=torch.float32), np.asarray(arrays.y_holdout)
-    state, best = _restored(checkpoints) if comm.rank == 0 else (None, None)
+    state, best = (progress.load() or (None, None)) if comm.rank == 0 else (None, None)
     if comm.rank == 0 and state is None:
         k = TrialCount(plan.search.trials_mean, plan.search.trials_shape).draw(
             float(randomness.source("search-count").uniform(1)[0]))
         state = LoopState(epoch=0, search={"trials": k, "done": 0, "best": None})
+        progress.save(state, best)  # K is fixed before the first trial: a retry never draws it again
         steer = "" if plan.search.tuner == "fixed" else f", steered by {plan.search.tuner} on its own noisy accuracy"
         echo(f"[run {plan.run_id}] private search: trials drawn from the {plan.search.distribution} distribution, "
              f"each {plan.epochs} epochs at noise multiplier {plan.noise_multiplier:.3g}{steer}; how many ran and "
@@ -189,11 +229,13 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
             state.search["done"] = trial
             if trial == todo[0]:
                 state.epoch = plan.epochs
+            t2 = time.perf_counter()
+            progress.save(state, best)
+            times.checkpoints += time.perf_counter() - t2
         times.epochs += time.perf_counter() - t1
-        _save(checkpoints, state, best, times)
+    # One report however many trials ran (a search resumed after its last trial reports it again).
+    _report(checkpoints, plan, state if comm.rank == 0 else None, best, times)
     if comm.rank == 0:
-        if todo[1] >= todo[0]:  # resumed after the last trial: report the finished search again
-            _save(checkpoints, state, best, times)
         if job.init_path:
             torch.save(best["init"], job.init_path)
         chosen = state.search["best"]
@@ -201,4 +243,3 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
              f"{chosen['max_grad_norm']:.3g}; its noisy held-out accuracy {chosen['holdout_accuracy_noisy']:.3f}")
     times.finished_at = time.time()
     return times
-

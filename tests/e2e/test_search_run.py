@@ -59,6 +59,7 @@ def test_a_search_run_deploys_its_best_trial_and_names_it_on_the_card(search_run
     lo, hi = spec.search.learning_rate
     assert lo <= chosen.learning_rate <= hi and card["search"]["epsilon"] == card["epsilon"]
     assert "secret" in card["search"]["trials"] and card["search"]["trial_tuner"] == "bayes"
+    assert "wall-clock duration" in card["search"]["not_covered"]  # the timing channel, said plainly
     # the chosen trial's epochs are its output; it ended at the settings it names
     assert [e.epoch for e in chosen.schedule] == [1, 2]
     assert (chosen.schedule[-1].learning_rate, chosen.schedule[-1].holdout_accuracy_noisy) == (
@@ -106,14 +107,43 @@ def test_dp_accounting_reproduces_the_search_epsilon_and_the_ledger_keeps_it(sea
 
 
 def test_nothing_public_says_how_many_trials_ran(search_run):
-    _, _, ctx = search_run
-    # Ray keeps the newest two checkpoints: the search's state is the one furthest on.
-    states = [json.loads(p.read_text())["search"] for p in (ctx.store.root / "ray").rglob("state.json")]
-    state = max(states, key=lambda st: st["done"])
-    assert state["trials"] >= 1 and state["done"] == state["trials"]
-    public = {p.name: p.read_text() for p in ctx.store.root.glob("*.json")}
+    import re
+
+    from ppmlops.training.job import SEARCH_STATE_FILE
+    from ppmlops.training.launch import private_temp_root, ray_temp_dir
+    from ppmlops.training.search_loop import SearchProgress
+
+    run, _, ctx = search_run
+    # K is in the search's private progress file, in Ray Train's storage under private/ (mode 0700)
+    storage = ctx.store.private_dir / "ray"
+    assert oct(storage.stat().st_mode & 0o777) == oct(ctx.store.private_dir.stat().st_mode & 0o777) == "0o700"
+    (state_file,) = storage.rglob(SEARCH_STATE_FILE)
+    state = SearchProgress(str(state_file)).load()[0].search
+    k = state["trials"]
+    assert k >= 1 and state["done"] == k
+    assert not (ctx.store.root / "ray").exists()  # nothing of Ray at the public top any more
+    # Ray Train saw one report and one checkpoint, whose state holds the chosen trial only
+    snapshots = [json.loads(p.read_text()) for p in storage.rglob("checkpoint_manager_snapshot*.json")]
+    assert [s["current_report_index"] for s in snapshots] == [1], snapshots
+    assert [json.loads(p.read_text())["search"].keys() for p in storage.rglob("state.json")] == [{"best"}]
+
+    # (the card's "trials" key says only that the count is secret)
+    in_ray_logs = rf'"trials":\s*\d|current_report_index\W+{k}\b|Reporting training result|\b{k} trials\b'
+    counting = re.compile(in_ray_logs + r'|"done":\s*\d')
+    private = ctx.store.private_dir
+    public = {str(p.relative_to(ctx.store.root)): p.read_text(errors="replace") for p in ctx.store.root.rglob("*")
+              if p.is_file() and private not in p.parents}
     public["summary"] = json.dumps(pipeline.summary(ctx), default=str)
     for name, text in public.items():
-        assert '"trials": ' + str(state["trials"]) not in text and '"done"' not in text, name
+        assert counting.search(text) is None, name
+    # Ray's own session logs of this run: in a folder only this user enters, and counting nothing
+    temp = ray_temp_dir()  # Ray makes it 0777; the folder around it is this user's only
+    assert private_temp_root() in temp.parents and private_temp_root().stat().st_mode & 0o077 == 0
+    since = run.start_date.timestamp()
+    logs = [p for p in temp.glob("session_*/logs/**/*")
+            if p.is_file() and not p.is_symlink() and p.stat().st_mtime >= since]
+    assert logs, f"no Ray session logs under {temp} since the run started"
+    for p in logs:
+        assert re.search(in_ray_logs, p.read_text(errors="replace")) is None, p
     progress = (ctx.store.root / "progress.log").read_text().splitlines()
     assert len([line for line in progress if "private search" in line]) == 2, progress

@@ -14,6 +14,11 @@ train_input := {
 	"risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
 	"consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
 	"request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure"},
+	"classes": {
+		"label": "churned", "sigma": 40.2, "confidence": 0.95,
+		"train": {"positive": 1490, "negative": 3210, "smallest_lower": 1400.1},
+		"holdout": {"positive": 372, "negative": 801, "smallest_lower": 282.1},
+	},
 }
 
 deploy_input := {
@@ -25,7 +30,11 @@ deploy_input := {
 		"delta": 1e-5, "dataset_share_used": 0.4, "randomness": "secure",
 		"noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 80,
 	},
-	"metrics": {"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6},
+	"metrics": {
+		"accuracy": 0.81, "auc": 0.86, "min_accuracy": 0.6, "majority_baseline": 0.68, "min_margin": null,
+		"advantage_lower": 0.09, "confidence": 0.95, "rows": 1173, "rows_lower": 1128.2,
+		"positives": 372, "negatives": 801, "class_rows_lower": 340.5,
+	},
 	"audit": {"epsilon_lower_bound": null},
 	"model_card": {
 		"model_name": "demo_customers_mlp", "dataset_id": "demo_customers", "data_fingerprint": "hmac-sha256:ab12",
@@ -449,4 +458,109 @@ test_deploy_denies_non_boolean_filter if {
 	d := ppmlops.deploy with input as deploy_with({"privacy": {"filter": "yes"}})
 	d.outcome == "deny"
 	d.reasons == ["input.privacy.filter: expected boolean, got string"]
+}
+
+# --- utility: the model must beat guessing, on enough rows of both classes (issue 26) ----------
+
+# The three deployed cases of issue 26, as the evaluation now reports them.
+below_baseline := {"metrics": {"accuracy": 0.675, "auc": 0.436, "majority_baseline": 0.8245, "advantage_lower": -0.19}}
+
+fifty_rows := {"metrics": {
+	"accuracy": 1.0, "auc": 0.9, "majority_baseline": 0.7, "advantage_lower": -1,
+	"rows": 11, "rows_lower": 0, "positives": 4, "negatives": 7, "class_rows_lower": 0,
+}}
+
+one_class := {"metrics": {
+	"accuracy": 0.952, "auc": 0.859, "majority_baseline": 0.96, "advantage_lower": -0.05,
+	"positives": 3, "negatives": 1120, "class_rows_lower": 0,
+}}
+
+_failed(d, id) if {
+	some c in d.checks
+	c.id == id
+	not c.passed
+}
+
+test_deploy_denies_model_below_its_majority_baseline if {
+	d := ppmlops.deploy with input as deploy_with(below_baseline)
+	d.outcome == "deny"
+	_failed(d, "beats_baseline")
+	"accuracy 0.68 does not beat always guessing the majority class (0.82) by the required margin 0.00: at 95.0% confidence against the release's noise, accuracy minus the majority rate on the held-out rows may be as low as -0.19" in d.reasons
+}
+
+test_deploy_denies_a_noisy_win_inside_the_confidence if {
+	# The point estimate beats the baseline by 0.13, but the bound does not: noise could explain it.
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"advantage_lower": -0.001}})
+	d.outcome == "deny"
+	_failed(d, "beats_baseline")
+}
+
+test_deploy_margin_is_the_officers_floor_and_the_spec_may_raise_it if {
+	ppmlops.deploy.outcome == "deny" with input as deploy_with({"metrics": {"min_margin": 0.1}})
+	ppmlops.deploy.outcome == "allow" with input as deploy_with({"metrics": {"min_margin": 0.05}})
+	# an officer's margin in Rego binds whatever the spec says
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"min_margin": 0}}) with ppmlops.utility as {"min_margin": 0.1, "min_holdout_rows": 100, "min_class_rows": 1}
+	_failed(d, "beats_baseline")
+	contains(concat(" ", d.reasons), "by the required margin 0.10")
+}
+
+test_deploy_denies_an_evaluation_on_too_few_rows if {
+	d := ppmlops.deploy with input as deploy_with(fifty_rows)
+	d.outcome == "deny"
+	_failed(d, "evaluation_size")
+	"the evaluation rests on too few held-out rows: 11 noisy, at 95.0% confidence as few as 0, below the minimum 100" in d.reasons
+	"the evaluation rests on too few held-out rows: 11 noisy, at 95.0% confidence as few as 0, below the minimum 100" in d.sized_reasons
+	_failed(d, "beats_baseline")
+}
+
+test_deploy_size_floor_reads_the_lower_bound_not_the_noisy_count if {
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"rows": 130, "rows_lower": 95}})
+	_failed(d, "evaluation_size")
+}
+
+test_deploy_denies_one_class_holdout if {
+	d := ppmlops.deploy with input as deploy_with(one_class)
+	d.outcome == "deny"
+	_failed(d, "metric_defined")
+	"the held-out rows may hold a single class: noisy rows 3 positive, 1120 negative; at 95.0% confidence the smaller class has fewer than 1 rows, so accuracy and AUC mean nothing" in d.reasons
+}
+
+test_deploy_denies_undefined_auc if {
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"auc": null}})
+	d.outcome == "deny"
+	_failed(d, "metric_defined")
+	"AUC is undefined: the noisy score histogram shows a single class among the held-out rows" in d.reasons
+}
+
+test_deploy_input_check_covers_the_utility_fields if {
+	some field in ["majority_baseline", "advantage_lower", "confidence", "rows", "rows_lower", "positives", "negatives", "class_rows_lower"]
+	d := ppmlops.deploy with input as json.remove(deploy_input, [concat("/", ["metrics", field])])
+	d.outcome == "deny"
+	sprintf("input.metrics.%s: expected number, got nothing (missing or null)", [field]) in d.reasons
+}
+
+test_deploy_input_check_rejects_bad_auc_and_margin if {
+	a := ppmlops.deploy with input as deploy_with({"metrics": {"auc": "0.9"}})
+	"input.metrics.auc: expected a number in [0, 1] or null, got string" in a.reasons
+	m := ppmlops.deploy with input as deploy_with({"metrics": {"min_margin": 2}})
+	"input.metrics.min_margin: expected a number in [0, 1] or null, got 2" in m.reasons
+	r := ppmlops.deploy with input as deploy_with({"metrics": {"advantage_lower": 3}})
+	"input.metrics.advantage_lower: 3 is outside [-1, 1]" in r.reasons
+}
+
+test_train_denies_a_partition_with_one_class if {
+	t := ppmlops.train with input as train_with({"classes": {"holdout": {"positive": -12, "negative": 1201, "smallest_lower": 0}}})
+	not t.allow
+	msg := "the held-out partition may hold a single class of churned: noisy rows -12 positive, 1201 negative (noise sigma 40.20); at 95.0% confidence its smaller class has fewer than 1 rows, so a model cannot be trained and judged on it (AUC undefined, accuracy meaningless)"
+	msg in t.reasons
+	msg in t.sized_reasons
+	u := ppmlops.train with input as train_with({"classes": {"train": {"positive": 4700, "negative": 20, "smallest_lower": 0}}})
+	not u.allow
+	contains(concat(" ", u.reasons), "the training partition may hold a single class of churned")
+}
+
+test_train_denies_missing_class_counts if {
+	t := ppmlops.train with input as json.remove(train_input, ["classes"])
+	not t.allow
+	"input.classes.train.smallest_lower: expected number, got nothing (missing or null)" in t.reasons
 }

@@ -141,3 +141,47 @@ def test_ledger_show_unknown_dataset(tmp_path, capsys):
     Ledger(url)
     code, _, err = run(["ledger", "show", "--db-url", url, "--dataset", "nope"], capsys)
     assert code == 2 and "'nope' is not in the privacy ledger" in err
+
+
+def _ledger_with_grants(tmp_path) -> str:
+    from ppmlops.privacy.ledger import Charge
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    led = Ledger(url)
+    led.register_dataset("adult", epsilon_budget=4.0, delta=1e-5, order=10.0)
+    led.register_dataset("census", epsilon_budget=4.0, delta=1e-5, order=10.0)
+    for run_id in ("manual__2026-11-02", "manual__2026-11-09"):
+        led.charge(dataset_id="adult", run_id=run_id, charges=[Charge("train", Segment(1.1, Q, 127))], kind="grant",
+                   key="grant", randomness="secure")
+    led.close()
+    return url
+
+
+def test_ledger_close_of_an_unknown_run_is_an_error_listing_the_runs_with_grants(tmp_path, capsys):
+    """Issue 26, 9: it printed "grant released" and exited 0 having done nothing."""
+    url = _ledger_with_grants(tmp_path)
+    code, out, err = run(["ledger", "close", "adult", "nope_run", "--db-url", url], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert ("run 'nope_run' has no grant on dataset 'adult', nothing was closed; runs with grants of adult: "
+            "manual__2026-11-09, manual__2026-11-02") in err
+    code, _, err = run(["ledger", "close", "adult", "manual__2026-11-9", "--db-url", url], capsys)
+    assert code == 2 and "did you mean 'manual__2026-11-09'?" in err
+    code, _, err = run(["ledger", "close", "census", "manual__2026-11-09", "--db-url", url], capsys)
+    assert code == 2 and "no grant on dataset 'census'" in err and "there are no runs with grants of census" in err
+    assert [e.status for e in Ledger(url).entries("adult", kind="grant")] == ["reserved", "reserved"]
+
+
+def test_ledger_close_of_an_unknown_dataset_names_the_datasets(tmp_path, capsys):
+    url = _ledger_with_grants(tmp_path)
+    code, _, err = run(["ledger", "close", "adutl", "manual__2026-11-09", "--db-url", url], capsys)
+    assert code == 2 and "dataset 'adutl' is not in the privacy ledger at" in err
+    assert "datasets: adult, census; did you mean 'adult'?" in err
+
+
+def test_ledger_close_releases_once_then_says_it_was_already_closed(tmp_path, capsys):
+    url = _ledger_with_grants(tmp_path)
+    code, out, _ = run(["ledger", "close", "adult", "manual__2026-11-09", "--db-url", url], capsys)
+    assert code == 0 and out.strip() == "run manual__2026-11-09 on adult: grant released"
+    code, out, _ = run(["ledger", "close", "adult", "manual__2026-11-09", "--db-url", url], capsys)
+    assert code == 0 and "grant already closed (released); nothing changed" in out
+    assert sorted(e.status for e in Ledger(url).entries("adult", kind="grant")) == ["released", "reserved"]

@@ -189,3 +189,29 @@ def test_reading_an_embedded_registry_that_does_not_exist_creates_nothing(tmp_pa
 
     assert Registry(tmp_path / "mlflow").model_names() == []
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
+def test_registry_show_of_an_unknown_model_is_an_error_naming_the_models(tmp_path, registry_root, model_file,
+                                                                         monkeypatch, capsys):
+    """Issue 26, 9: `ppmlops registry show demo_chrun` (a typo) printed empty JSON and exited 0."""
+    import json
+
+    from ppmlops import cli
+
+    monkeypatch.setenv("PPMLOPS_HOME", str(registry_root.parent))  # registry_dir is $PPMLOPS_HOME/mlflow
+    Registry(registry_root).register("demo_churn", model_file, {**CARD, "model_name": "demo_churn"})
+    assert cli.main(["registry", "show", "demo_chrun"]) == 2
+    _, err = capsys.readouterr()
+    assert "no model 'demo_chrun' in the registry at" in err
+    assert "registered models: demo_churn; did you mean 'demo_churn'?" in err
+    assert cli.main(["registry", "show", "demo_churn", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["versions"] == [1]
+
+
+def test_registry_show_on_a_new_home_says_there_are_no_models_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    from ppmlops import cli
+
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path))
+    assert cli.main(["registry", "show", "demo_churn"]) == 2
+    assert "registered models: none" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()

@@ -31,3 +31,15 @@ def test_verbose_leaves_library_records_where_they_were(tmp_path, monkeypatch, c
         logging.getLogger("ray.train").info("worker group started")
     assert "worker group started" in [r.getMessage() for r in caplog.records]
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_job_log_forwarded_to_the_task_log_drops_ray_trains_report_counting_lines():
+    from ppmlops.training.jobs import forwarded
+
+    # as Ray Train 2.60's worker logs them (one per report: per trial, a search's K)
+    assert not forwarded("\x1b[36m(RayTrainWorker pid=15856)\x1b[0m Reporting training result 11: TrainingReport("
+                         "checkpoint=Checkpoint(filesystem=local, path=/x/checkpoint_2026-12-06), metrics={'epoch': 0}, "
+                         "validation=False) from rank 0")
+    assert not forwarded("(RayTrainWorker pid=1) Checkpoint successfully created at: Checkpoint(filesystem=local)")
+    assert forwarded("(RayTrainWorker pid=1) [run r1] private search done: chosen learning rate 1.28, clip 0.335")
+    assert forwarded("[run r1] epoch 2/3: noise 1.1, clip 1, lr 0.5; epsilon used 0.41 of 1")

@@ -210,10 +210,44 @@ def test_window_mistakes_are_named(window, message):
     assert message in error_of(doc)
 
 
-def test_a_bad_partition_template_is_a_spec_error(tmp_path):
-    spec = spec_for(tmp_path / "events-{start:%Y-%m-%d}-{week}.csv", partition=True)
-    with pytest.raises(SpecError, match="cannot format the partition template"):
-        spec.dataset.source.resolved_path(DataInterval(MONDAY, MONDAY + WEEK))
+@pytest.mark.parametrize("template,shown", [
+    ("events-{start:%Y-%m-%d}-{week}.csv", "{week} is not allowed"),
+    ("events-{start.__class__.__mro__}.csv", "{start.__class__.__mro__} is not allowed"),
+    ("events-{end.year}.csv", "{end.year} is not allowed"),
+    ("events-{start[0]}.csv", "{start[0]} is not allowed"),
+    ("events-{0}-{start:%Y}.csv", "{0} is not allowed"),
+    ("events-{start!r}.csv", "{start!r} is not allowed"),
+    ("events-{start:{end}}.csv", "a FORMAT is strftime codes only"),
+    ("events-{start:%Y.csv", "unmatched '{'"),
+])
+def test_a_partition_template_allows_only_start_and_end_with_strftime_formats(template, shown):
+    """str.format would expand attribute access in a spec's path (`{start.__class__.__mro__}`):
+    refused when the spec is read, naming the field."""
+    doc = copy.deepcopy(SPEC)
+    doc["dataset"]["source"] = {"path": "/data/" + template}
+    doc["dataset"]["window"] = {"partition": True}
+    message = error_of(doc)
+    assert "dataset.source.path: partition template" in message and shown in message
+
+
+def test_a_partition_template_in_the_test_source_is_checked_too():
+    doc = copy.deepcopy(SPEC)
+    doc["dataset"]["source"] = {"path": "/data/train-{start:%Y}.csv"}
+    doc["dataset"]["test_source"] = {"path": "/data/test-{start.__init__}.csv"}
+    doc["dataset"]["window"] = {"partition": True}
+    assert "dataset.test_source.path: partition template: {start.__init__} is not allowed" in error_of(doc)
+
+
+def test_a_template_that_reaches_the_formatter_unchecked_is_still_refused(tmp_path):
+    """A variable's value is expanded after the spec's check: the formatter checks again and
+    never follows an attribute. strftime codes, ${NAME} variables and {{ }} escapes still work."""
+    from ppmlops.window import format_partition
+
+    interval = DataInterval(MONDAY, MONDAY + WEEK)
+    with pytest.raises(ValueError, match="is not allowed"):
+        format_partition("/d/{start.__class__.__mro__}.csv", interval)
+    spec = spec_for("${PPMLOPS_DATA:-" + str(tmp_path) + "}/{start:%Y/%m-%d}_{end:%d}{{x}}.csv", partition=True)
+    assert spec.dataset.source.resolved_path(interval).name == "11-02_09{x}.csv"
 
 
 def test_the_partition_is_confined_to_the_data_roots(tmp_path, monkeypatch):

@@ -1,0 +1,44 @@
+"""The policy inputs about a model's utility and its data's classes, from PUBLIC records only.
+
+The deploy gate's `metrics` and the plan's `classes` are built here (the rest of each document
+by ppmlops.stages.card.manifest and ppmlops.stages.plan.policy_input), so the fields the Rego
+rules beats_baseline, evaluation_size and metric_defined read have one source. Every number is
+a noisy release or post-processing of one: the decisions are public.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Any
+
+from ppmlops.run.records import CountsRelease, EvaluationRecord
+from ppmlops.spec import Deploy
+
+PARTITIONS = ("train", "holdout")
+CLASSES = ("positive", "negative")
+
+
+def deploy_metrics(evaluated: EvaluationRecord, deploy: Deploy) -> dict[str, Any]:
+    """input.metrics of data.ppmlops.deploy. The bounds are None for an evaluation recorded before
+    they existed: the policy's input check then denies (it never guesses them)."""
+    return {"accuracy": evaluated.accuracy, "auc": evaluated.auc, "min_accuracy": deploy.min_accuracy,
+            "majority_baseline": evaluated.majority_baseline, "min_margin": deploy.min_margin,
+            "advantage_lower": evaluated.advantage_lower, "confidence": evaluated.confidence,
+            "rows": evaluated.rows, "rows_lower": evaluated.rows_lower,
+            "positives": evaluated.positives, "negatives": evaluated.negatives,
+            "class_rows_lower": evaluated.class_rows_lower}
+
+
+def plan_classes(counts: CountsRelease, label: str, confidence: float) -> dict[str, Any] | None:
+    """input.classes of data.ppmlops.train: the noisy rows of each class in each partition, and a
+    lower confidence bound on the smaller class of each (the four one-sided bounds share
+    1 - confidence equally). None when the counts release has no class counts (released before they
+    existed): the policy's input check then refuses to train."""
+    if counts.labels is None or counts.sigma_labels is None:
+        return None
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / (len(PARTITIONS) * len(CLASSES)))
+    out: dict[str, Any] = {"label": label, "sigma": counts.sigma_labels, "confidence": confidence}
+    for p in PARTITIONS:
+        noisy = {c: counts.labels[f"{p}:{c}"] for c in CLASSES}
+        out[p] = noisy | {"smallest_lower": max(0.0, min(noisy.values()) - z * counts.sigma_labels)}
+    return out
