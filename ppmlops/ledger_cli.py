@@ -67,6 +67,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--db-url", metavar="URL")
     p.set_defaults(func=_guarded_usage(_ledger_set_budget, "ppmlops ledger set-budget"))
 
+    p = lsub.add_parser("link", help="approve a new dataset id over rows another id covers (audited)",
+                        description="A dataset id whose source another id already covers is refused at assess: "
+                                    "a new id would give the same rows a second, fresh lifetime budget. This "
+                                    "records an officer's approval of a separate budget for NEW over OLD's rows "
+                                    "(their privacy loss then adds up) in the hash-chained audit log.")
+    p.add_argument("dataset", metavar="NEW")
+    p.add_argument("--to", required=True, metavar="OLD", help="the dataset id that already covers the source")
+    p.add_argument("--approve-new-budget", action="store_true",
+                   help="required: NEW gets its own lifetime budget over OLD's rows (to share OLD's budget "
+                        "instead, use OLD's id in the spec)")
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    p.add_argument("--by", default=None, help="who (default: $USER)")
+    p.add_argument("--db-url", metavar="URL")
+    p.set_defaults(func=_guarded_usage(_ledger_link, "ppmlops ledger link"))
+
     p = lsub.add_parser("close", help="end a run's grant (released when the run used none of it)")
     p.add_argument("dataset", metavar="ID")
     p.add_argument("run", metavar="RUN_ID")
@@ -241,28 +256,85 @@ def _open_ledger(db_url: str | None):
     return Ledger(url)
 
 
-def _ledger_set_budget(args: argparse.Namespace) -> int:
-    import getpass
+def _officer_record(query: str, change: dict, who: str, reason: str, engine: str) -> dict:
+    """An officer's change as an audit-log decision record (allowed: a person made it)."""
     import uuid
     from datetime import datetime, timezone
 
-    from ppmlops.audit.log import AuditLog
+    return {"id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(), "query": query,
+            "input": change, "result": change, "outcome": "allow", "allowed": True, "reasons": [f"{who}: {reason}"],
+            "engine": engine, "policy_hash": "", "error": None}
+
+
+def _ledger_set_budget(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ppmlops.audit.log import append_in
 
     epsilon = _positive(args.epsilon, "--epsilon")
     delta = None if args.delta is None else _delta(args.delta)
     ledger = _open_ledger(args.db_url)
-    before, after = ledger.set_budget(args.dataset, epsilon_budget=epsilon, delta=delta)
     who = args.by or getpass.getuser()
-    change = {"dataset_id": args.dataset, "before": {"epsilon": before.epsilon, "delta": before.delta},
-              "after": {"epsilon": after.epsilon, "delta": after.delta}, "reason": args.reason, "by": who}
-    AuditLog(ledger.db_url).record({
-        "id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(),
-        "query": "change of a lifetime privacy budget", "input": change, "result": change, "outcome": "allow",
-        "allowed": True, "reasons": [f"{who}: {args.reason}"], "engine": "ppmlops ledger set-budget",
-        "policy_hash": "", "error": None}, run_id="-", dataset_id=args.dataset, stage="ledger")
+
+    def audit(conn, before, after) -> None:
+        # Written on the ledger's own connection, inside the change's transaction: a crash or a
+        # failed append between the two can neither leave an unaudited budget change nor an
+        # audit record of a change that did not happen. The audit log lives in the ledger's
+        # database (settings.db_url), so one transaction covers both.
+        change = {"dataset_id": args.dataset, "before": {"epsilon": before.epsilon, "delta": before.delta},
+                  "after": {"epsilon": after.epsilon, "delta": after.delta}, "reason": args.reason, "by": who}
+        append_in(conn, _officer_record("change of a lifetime privacy budget", change, who, args.reason,
+                                        "ppmlops ledger set-budget"), run_id="-", dataset_id=args.dataset,
+                  stage="ledger")
+
+    try:
+        before, after = ledger.set_budget(args.dataset, epsilon_budget=epsilon, delta=delta, on_change=audit)
+    finally:
+        ledger.close()
     print(f"dataset {args.dataset}: lifetime budget epsilon {before.epsilon:g} at delta {before.delta:g} -> "
           f"epsilon {after.epsilon:g} at delta {after.delta:g} (recorded in the audit log)")
     return 0
+
+
+def _ledger_link(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ppmlops import settings
+    from ppmlops.audit.log import append_in
+    from ppmlops.privacy.identity import DatasetSources
+
+    if not args.approve_new_budget:
+        raise BadArgument("--approve-new-budget", f"is required: a link gives {args.dataset!r} its own lifetime "
+                                                  f"budget over the rows {args.to!r} covers. To train within "
+                                                  f"{args.to!r}'s budget instead, set dataset.id: {args.to} in the spec")
+    url = args.db_url or settings.load().db_url
+    if db_missing(url):
+        raise PpmlopsError(f"there is no privacy ledger at {url}")
+    who = args.by or getpass.getuser()
+
+    def audit(conn, covered: list[str]) -> None:
+        # In the approval's own transaction: no approval without its audit record, nor the reverse.
+        change = {"dataset_id": args.dataset, "over": args.to, "sources": covered, "reason": args.reason, "by": who,
+                  "meaning": f"{args.dataset} has its own lifetime budget over rows {args.to} also covers: "
+                             "the privacy loss of those rows is the sum of both datasets' losses"}
+        append_in(conn, _officer_record("approval of a separate budget over a covered source", change, who,
+                                        args.reason, "ppmlops ledger link"), run_id="-", dataset_id=args.dataset,
+                  stage="ledger")
+
+    sources = DatasetSources(url)
+    try:
+        covered = sources.approve(args.dataset, args.to, reason=args.reason, by=who, on_approve=audit)
+    finally:
+        sources.close()
+    print(f"dataset {args.dataset}: approved a separate lifetime budget over {', '.join(covered)} "
+          f"(covered by {args.to}); recorded in the audit log")
+    return 0
+
+
+def db_missing(url: str) -> bool:
+    from ppmlops.privacy.ledger import sqlite_file_missing
+
+    return sqlite_file_missing(url)
 
 
 def _ledger_close(args: argparse.Namespace) -> int:

@@ -83,13 +83,20 @@ def stage_line(name: str, record: Record) -> str:
     """One line a person reads in the task log for a finished stage (public values only)."""
     r: Any = record
     lines = {
-        "ingest": lambda: f"staged {len(r.columns)} columns from {', '.join(r.sources)}; rows: {r.window.text()}",
+        "ingest": lambda: (f"staged {len(r.columns)} columns from {', '.join(r.sources)}; rows: {r.window.text()}"
+                           + (f"; privacy blocks {', '.join(r.blocks)}" if r.blocks != ["all"] else "")
+                           + (f"; retired blocks (left out, rows quarantined): "
+                              f"{', '.join(f'{b.block} [{b.start}, {b.end}) {b.why}' for b in r.retired_blocks)}"
+                              if r.retired_blocks else "")),
         "validate": lambda: f"suite {r.suite} passed ({r.evaluated} expectations)",
         "assess": lambda: f"risk score {r.score:.3f} ({r.level})",
         "plan": lambda: (f"epsilon {r.privacy.epsilon:.4g} at delta {r.privacy.delta:g}: noise multiplier "
                          f"{r.privacy.noise_multiplier:.3g}, Poisson rate {r.privacy.sample_rate:.3g}, "
                          f"{r.privacy.steps_per_epoch} steps x {r.privacy.epochs} epochs; lifetime budget used "
-                         f"{r.privacy.dataset_share_after:.1%} with this run"),
+                         f"{r.privacy.dataset_share_after:.1%} with this run"
+                         + (f" (worst of blocks {', '.join(r.privacy.blocks)})" if r.privacy.blocks != ["all"] else "")
+                         + (f"; retired blocks {', '.join(b.block for b in r.privacy.retired_blocks)}"
+                            if r.privacy.retired_blocks else "")),
         "train": lambda: (f"private search: chosen learning rate {r.search.learning_rate:.3g}, clip "
                           f"{r.search.max_grad_norm:.3g} (noisy held-out accuracy {r.search.holdout_accuracy_noisy:.3f}); "
                           f"epsilon {r.epsilon_used.get('train', 0):.4g}, the whole search charged" if r.search else

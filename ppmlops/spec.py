@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,12 +266,26 @@ class Privacy(_Model):
     # The Renyi order of the dataset's lifetime filter; default: chosen at registration from the
     # spec's run shape and dataset.expected_rows (see ppmlops.privacy.lifetime).
     accounting_order: float | None = Field(None, gt=1)
+    # Privacy blocks (ppmlops.privacy.blocks): the rows divided by event time (the window column)
+    # into blocks of this length, each with the lifetime budget above, e.g. P7D. Without it the
+    # dataset is one block: every run charges the same budget. Needs dataset.window.column.
+    blocks: timedelta | None = None
+    # Where block 0 starts: a fixed PUBLIC instant (never derived from the data); a Monday at
+    # 00:00 UTC by default, so weekly blocks run Monday to Monday. Without a zone: UTC.
+    block_origin: datetime = datetime(2000, 1, 3, tzinfo=timezone.utc)
 
     @model_validator(mode="after")
     def _run_within_dataset(self) -> "Privacy":
         if self.run_epsilon > self.epsilon:
             raise ValueError(f"run_epsilon {self.run_epsilon} exceeds the dataset epsilon {self.epsilon}")
+        if self.blocks is not None and self.blocks <= timedelta(0):
+            raise ValueError(f"privacy.blocks must be a positive duration (e.g. P7D), got {self.blocks}")
         return self
+
+    @field_validator("block_origin")
+    @classmethod
+    def _utc_origin(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
 
 
 class ModelSpec(_Model):
@@ -408,6 +422,9 @@ class PipelineSpec(_Model):
             raise ValueError("a scheduled pipeline must say which rows each run reads: dataset.window with a "
                              "timestamp column, a partitioned source path, or whole_table: true (every run "
                              "then trains on the same table)")
+        if self.privacy.blocks is not None and (window is None or window.column is None):
+            raise ValueError("privacy.blocks divides the rows by event time and needs dataset.window.column (a "
+                             "timestamp column); without one the dataset is one block: remove privacy.blocks")
         if window is not None and window.column is not None:
             taken = {f.name for f in ds.features} | {ds.label.column} | set(ds.consent.columns() if ds.consent else [])
             if window.column in taken:

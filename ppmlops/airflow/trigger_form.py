@@ -51,6 +51,28 @@ def remaining_share(spec: PipelineSpec) -> float | None:
     return math.floor(left * 10 + 1e-9) / 10
 
 
+def cap_minimum(spec: PipelineSpec, min_epsilon: float | None = None) -> tuple[float, str]:
+    """The least epsilon cap that could train, from public facts, and why: what the run's noisy
+    counts cost (every run releases them at assess, before training) plus the policy's minimum run
+    epsilon for the dataset's regulation (read from the policy; left out when it cannot be read).
+    A smaller cap is refused by the form instead of spending the counts and failing at plan.
+    Rounded DOWN to 4 decimals: the form must never refuse a cap that could train."""
+    from ppmlops.run.context import count_release_floor
+    from ppmlops.stages.precheck import policy_minimum
+
+    floor = count_release_floor(spec)
+    minimum = policy_minimum(spec.dataset.regulation) if min_epsilon is None else min_epsilon
+    why = f"the run's noisy counts cost epsilon {floor:.4g}"
+    if minimum:
+        why += f", and the policy's {spec.dataset.regulation} minimum for training is {minimum:g}"
+    least = math.floor((floor + (minimum or 0.0)) * 1e4) / 1e4
+    if least > spec.privacy.run_epsilon:
+        # The spec itself cannot train (its run_epsilon is below what a run needs): the form keeps
+        # its default valid, and the assess pre-check refuses the run before its counts.
+        return spec.privacy.run_epsilon, why + f"; this spec's run_epsilon {spec.privacy.run_epsilon:g} is below that"
+    return least, why
+
+
 def budget_words(spec: PipelineSpec, share: float | None) -> str:
     lifetime = f"lifetime budget ε {spec.privacy.epsilon:g} at δ {spec.privacy.delta:g}"
     if share is None:
@@ -65,12 +87,14 @@ def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
 
     d = RunParams.defaults(spec)
     cap = spec.privacy.run_epsilon
+    least, why = cap_minimum(spec)
     return {
         "epsilon_cap": Param(
-            d.epsilon_cap, type="number", allOf=[{"exclusiveMinimum": 0, "maximum": cap}],
+            d.epsilon_cap, type="number", allOf=[{"minimum": least, "maximum": cap}],
             title="Epsilon cap for this run",
-            description=f"The most epsilon this run may spend: above 0, at most {cap:g} (the spec's run_epsilon). "
-                        f"The policy may grant less (risk, what is left). {budget_words(spec, share)}"),
+            description=f"The most epsilon this run may spend: at least {least:g} ({why}), at most {cap:g} (the "
+                        f"spec's run_epsilon). The policy may grant less (risk, what is left). "
+                        f"{budget_words(spec, share)}"),
         "epochs": Param(d.epochs, type="integer", allOf=[{"minimum": 1, "maximum": MAX_EPOCHS}], title="Epochs",
                         description=f"Passes of DP-SGD over the training rows: 1 to {MAX_EPOCHS} (spec: {d.epochs}). "
                                     "More epochs spend the same grant in smaller steps (more noise each)."),

@@ -171,38 +171,12 @@ class AuditLog:
     def record(self, decision: Any, *, run_id: str | None = None, dataset_id: str | None = None,
                stage: str = "") -> int:
         """Append `decision` (a Decision or its to_dict()), whatever its outcome; return its seq."""
-        doc = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
-        missing = [k for k in _DECISION_COLUMNS if k not in doc]
-        if missing:
-            raise ValueError(f"decision lacks {', '.join(missing)}; pass a ppmlops.compliance Decision")
+        doc = _decision_doc(decision)
         self._ensure_table()
         for _ in range(_WRITE_RETRIES):
             try:
                 with db.transaction(self._engine, self.db_url, write=True, doing="append to the audit log in") as conn:
-                    if conn.dialect.name == "postgresql":
-                        conn.exec_driver_sql(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
-                    last = conn.execute(
-                        select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-                    ).first()
-                    seq = last.seq + 1 if last else 1
-                    prev = last.hash if last else GENESIS
-                    body = {
-                        "seq": seq,
-                        "recorded_at": datetime.now(timezone.utc).isoformat(),
-                        "run_id": run_id,
-                        "dataset_id": dataset_id,
-                        "stage": stage,
-                        "decision": doc,
-                    }
-                    text = canonical_json(body)
-                    conn.execute(insert(audit_log).values(
-                        seq=seq, id=str(doc["id"]), recorded_at=body["recorded_at"], run_id=run_id,
-                        dataset_id=dataset_id, stage=stage, query=str(doc["query"]),
-                        outcome=str(doc["outcome"]), engine=str(doc["engine"]),
-                        policy_hash=str(doc["policy_hash"]), record=text, prev_hash=prev,
-                        hash=chain_hash(prev, text),
-                    ))
-                return seq
+                    return _append(conn, doc, run_id, dataset_id, stage)
             except IntegrityError:
                 continue  # another writer appended seq first; read the new head and go again
         raise PpmlopsError(f"audit log at {self.url}: could not append after {_WRITE_RETRIES} attempts "
@@ -292,6 +266,53 @@ class AuditLog:
             return []
         return [f"{where}: nothing to verify. If PPMLOPS_DB_URL / PPMLOPS_HOME are right and no decision "
                 f"has been recorded yet, say so with --allow-empty (allow_empty=True)"]
+
+
+def _decision_doc(decision: Any) -> dict:
+    doc = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+    missing = [k for k in _DECISION_COLUMNS if k not in doc]
+    if missing:
+        raise ValueError(f"decision lacks {', '.join(missing)}; pass a ppmlops.compliance Decision")
+    return doc
+
+
+def _append(conn: Any, doc: dict, run_id: str | None, dataset_id: str | None, stage: str) -> int:
+    """Append one record on `conn`, inside the caller's write transaction; return its seq."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
+    last = conn.execute(select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)).first()
+    seq = last.seq + 1 if last else 1
+    prev = last.hash if last else GENESIS
+    body = {
+        "seq": seq,
+        "recorded_at": datetime.now(timezone.utc).isoformat(),
+        "run_id": run_id,
+        "dataset_id": dataset_id,
+        "stage": stage,
+        "decision": doc,
+    }
+    text = canonical_json(body)
+    conn.execute(insert(audit_log).values(
+        seq=seq, id=str(doc["id"]), recorded_at=body["recorded_at"], run_id=run_id,
+        dataset_id=dataset_id, stage=stage, query=str(doc["query"]),
+        outcome=str(doc["outcome"]), engine=str(doc["engine"]),
+        policy_hash=str(doc["policy_hash"]), record=text, prev_hash=prev,
+        hash=chain_hash(prev, text),
+    ))
+    return seq
+
+
+def append_in(conn: Any, decision: Any, *, run_id: str | None = None, dataset_id: str | None = None,
+              stage: str = "") -> int:
+    """Append `decision` on `conn`, a connection inside another write transaction on the same
+    database (the privacy ledger's), so that the record and the change it records commit or
+    roll back together: a budget change can never land without its audit record, nor the
+    record without the change. Creates the table on first use, in that same transaction. No
+    retry here: the caller's write lock (SQLite's BEGIN IMMEDIATE, the table lock on
+    PostgreSQL) already serialises appends, and a failure rolls back the caller's change too."""
+    doc = _decision_doc(decision)
+    _metadata.create_all(conn, tables=[audit_log])
+    return _append(conn, doc, run_id, dataset_id, stage)
 
 
 def chain_head(db_url: str) -> ChainHead | None:

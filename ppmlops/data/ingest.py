@@ -62,6 +62,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ppmlops.data import quarantine
 from ppmlops.data.consent import ConsentRules, today
+from ppmlops.privacy.blocks import BlockCalendar, calendar_of
 from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
 from ppmlops.data.reading import CHUNK_ROWS, SourceReader, match_declared, missing_columns
@@ -112,6 +113,11 @@ class IngestResult:
     quarantine_expired: list[str] = field(default_factory=list)  # earlier runs' quarantine files deleted now
     window: RowWindow = field(default_factory=RowWindow)  # how rows were selected for the run's interval
     rows_outside_window: int = 0  # source rows whose timestamp lies outside the run's window (not read)
+    # Rows of the window quarantined but kept out of every count the run releases: their event time
+    # lies in a retired privacy block, or (with privacy.blocks) is no timestamp, so no block the run
+    # is charged to holds them (private, like rows_outside_window).
+    rows_outside_open_blocks: int = 0
+    retired_blocks: list[str] = field(default_factory=list)  # the blocks of the window left out
     # Undeclared columns left out of the quarantine file as direct identifiers: column -> why.
     quarantine_withheld: dict[str, str] = field(default_factory=dict)
     # Cells of the undeclared columns kept there that were withheld: column -> kind -> count.
@@ -162,20 +168,39 @@ class _WindowFilter:
     index: int | None
     interval: DataInterval | None
     column: str = ""
+    calendar: BlockCalendar = field(default_factory=BlockCalendar)
+    retired: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, window, selected: DataInterval | None, path: Path, header: list[str]) -> "_WindowFilter":
+    def of(cls, window, selected: DataInterval | None, path: Path, header: list[str],
+           calendar: BlockCalendar = BlockCalendar(), retired: frozenset[str] = frozenset()) -> "_WindowFilter":
         if window is None or window.column is None:
             return cls(None, None)
         if window.column not in header:
             raise missing_columns(path, [(window.column, "window timestamp")], header)
-        return cls(header.index(window.column), selected, window.column)
+        return cls(header.index(window.column), selected, window.column, calendar, retired)
 
     def keep(self, rec: list[str]) -> bool | None:
         if self.index is None:
             return True
         t = parse_timestamp(rec[self.index])
         return None if t is None else self.interval.contains(t)
+
+    def outside_blocks(self, rec: list[str], keep: bool | None) -> str | None:
+        """Why a row of the window lies in no privacy block the run is charged to (None: it
+        does). Such a row is quarantined and kept out of the run's count release: the release
+        is charged to the open blocks only, so counting it would spend a budget nobody charged."""
+        if not self.calendar.blocked:
+            return None
+        if keep is None:
+            return (f"column {self.column}: not an ISO 8601 date or date-time, so the row belongs to no privacy "
+                    "block (kept out of the run's counts)")
+        block = self.calendar.block_of(parse_timestamp(rec[self.index]))
+        if block in self.retired:
+            start, end = self.calendar.bounds(block)
+            return (f"column {self.column}: in privacy block {block} [{start.isoformat()}, {end.isoformat()}), "
+                    "retired for this run (its budget cannot afford the run)")
+        return None
 
 
 def keep_invalid(window: _WindowFilter) -> tuple[str, str, str]:
@@ -416,12 +441,14 @@ INGEST_CHUNK_ROWS = 20_000
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
            chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
            interval: DataInterval | None = None, home: Path | None = None,
-           screen: quarantine.IdentifierScreen | None = None) -> IngestResult:
+           screen: quarantine.IdentifierScreen | None = None, retired: Iterable[str] = ()) -> IngestResult:
     """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: the
     interval's end, else today, UTC). `interval` is the run's data interval: the spec's
     dataset.window selects the rows for it (ppmlops.window). `home` holds the per-dataset
     quarantine key (default: the settings' PPMLOPS_HOME). `screen` judges the columns the spec
     does not declare before their values go to quarantine (without one, none is kept).
+    `retired` are privacy blocks of the window the run leaves out (ppmlops.privacy.blocks): their
+    rows are quarantined with the block named and counted in no release.
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
     the retention setting are deleted. Streams: each file is read, checked, split and written a
@@ -434,7 +461,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
 
         home = settings.load().home
     run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home),
-                     screen or quarantine.WithholdUndeclared())
+                     screen or quarantine.WithholdUndeclared(), frozenset(retired))
     run.stage()
     return run.result(quarantine.expire(earlier, run.retention))
 
@@ -443,7 +470,8 @@ class _IngestRun:
     """One ingest's readers, checkers, snapshots, quarantine and counts, from open to result."""
 
     def __init__(self, spec: PipelineSpec, run_dir: Path, as_of: date | None, chunk_rows: int,
-                 interval: DataInterval | None, home: Path, screen: quarantine.IdentifierScreen):
+                 interval: DataInterval | None, home: Path, screen: quarantine.IdentifierScreen,
+                 retired: frozenset[str] = frozenset()):
         ds = self.ds = spec.dataset
         self.spec, self.chunk_rows = spec, chunk_rows
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -466,8 +494,13 @@ class _IngestRun:
                     log.info("ingest: %s: column %s is the spec's %s (names match up to letter case)", r.path, a, b)
             r.header = spelled
         self.checkers = [_RowChecker(spec, r.path, r.header, self.as_of, key) for r in self.readers]
-        self.in_window = [_WindowFilter.of(self.window, self.selected, r.path, r.header) for r in self.readers]
+        self.calendar, self.retired = calendar_of(spec.privacy), sorted(retired)
+        if retired and not self.calendar.blocked:
+            raise DataError(f"{ds.id}: blocks {self.retired} are retired but the spec has no privacy.blocks")
+        self.in_window = [_WindowFilter.of(self.window, self.selected, r.path, r.header, self.calendar, retired)
+                          for r in self.readers]
         self.outside = 0
+        self.outside_blocks = 0  # quarantined, in no release (see _WindowFilter.outside_blocks)
         self.columns = snapshot_columns(spec)
         self.train = _Snapshot(run_dir / "snapshot_train.parquet", spec, self.columns)
         self.test = _Snapshot(run_dir / "snapshot_test.parquet", spec, self.columns)
@@ -515,6 +548,10 @@ class _IngestRun:
             if keep is False:
                 self.outside += 1
                 continue
+            no_block = self.in_window[n].outside_blocks(rec, keep)
+            if no_block is not None:
+                events.append((line, 2, (rec, no_block)))
+                continue
             result = self.checkers[n].check(rec) if keep else keep_invalid(self.in_window[n])
             if isinstance(result, tuple):
                 events.append((line, 1, (rec, result)))
@@ -537,6 +574,11 @@ class _IngestRun:
             self.q.malformed(reader.path, line, why, fields)
             self.reasons[MALFORMED_LINE] += 1
             return
+        if kind == 2:  # outside every open privacy block: quarantined, kept out of self.reasons (released)
+            rec, reason = payload
+            self.q.invalid(reader.path, line, reason, reader.header, rec)
+            self.outside_blocks += 1
+            return
         rec, (category, reason, rule) = payload
         if category == NO_CONSENT:
             self.q.refused(reader.path, line, reason, rec)
@@ -549,7 +591,8 @@ class _IngestRun:
     def _reconcile(self) -> None:
         rows_in = sum(r.rows_in for r in self.readers)
         rows_staged = self.train.rows + self.test.rows
-        if (rows_in != rows_staged + self.q.rows + self.outside or sum(self.reasons.values()) != self.q.rows
+        if (rows_in != rows_staged + self.q.rows + self.outside
+                or sum(self.reasons.values()) != self.q.rows - self.outside_blocks
                 or sum(self.refusals.values()) != self.reasons.get(NO_CONSENT, 0)):
             raise DataError(f"{self.ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} "
                             f"staged, {self.q.rows} quarantined")
@@ -591,6 +634,7 @@ class _IngestRun:
             pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
             quarantine_retention_days=self.retention, quarantine_expired=expired,
             window=_describe_window(self.window, self.selected), rows_outside_window=self.outside,
+            rows_outside_open_blocks=self.outside_blocks, retired_blocks=list(self.retired),
             quarantine_withheld=dict(self.q.withheld),
             quarantine_cells_withheld={c: dict(sorted(k.items())) for c, k in sorted(self.q.cells_withheld.items())},
             renamed_columns=self.renamed,

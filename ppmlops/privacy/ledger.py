@@ -24,11 +24,20 @@ afresh by the lifetime filter.
 
 Every entry carries the randomness mode of the run that made it ("secure" or "reproducible").
 
-Dataset totals add the RDP curves of every counted entry within a partition (partitions are
-disjoint row sets: the training rows and the held-out rows) and take the worst partition
-(parallel composition). Admission is the lifetime filter of ppmlops.privacy.lifetime: one Renyi
-order fixed at registration, checked in the same transaction as the insert, so concurrent runs
-cannot jointly overspend. The lifetime budget and delta are fixed at registration; `set_budget`
+The unit of accounting is (block, partition): a dataset's rows are divided into blocks of event
+time (ppmlops.privacy.blocks; one block, "all", without privacy.blocks) and into the training and
+held-out partitions, all disjoint row sets. Every entry stores the list of blocks its run's window
+read (column `blocks`, JSON, once per entry rather than a row per block: a run's usage rows stay
+the run filter's state one for one, and one logical charge is one row whatever its blocks) and
+counts in full against each of them and against no other block (parallel composition). Dataset
+totals add the RDP curves of every counted entry within a (block, partition) and take the worst
+one. Entries written before blocks existed (no block list) count against every block that had
+begun when they were made (the block's start before the entry's created_at): a one-pot run read
+the whole table, so conservatively it read every block then open. Admission is the lifetime
+filter of ppmlops.privacy.lifetime in every (block, partition) the charge touches: one Renyi
+order fixed at registration, checked in the same transaction as the insert (under the dataset
+row's lock), so concurrent runs cannot jointly overspend any block. Block length and origin are
+fixed at registration like the budget. The lifetime budget and delta are fixed at registration; `set_budget`
 changes them explicitly (the CLI records that in the audit log).
 
 SQLAlchemy Core through ppmlops.db: an SQLite file by default (writers take BEGIN IMMEDIATE),
@@ -40,8 +49,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, inspect, select, text, update
@@ -52,6 +61,7 @@ from ppmlops import db
 
 from ppmlops.errors import BudgetExceeded, PpmlopsError
 from ppmlops.privacy.accountant import ORDERS, Segment, check_delta, epsilon_from_rdp, segment_rdp
+from ppmlops.privacy.blocks import ALL, BlockCalendar, BlockError
 from ppmlops.privacy.lifetime import LifetimeBudget, choose_order
 from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
 from ppmlops.privacy.search import TrialCount, search_rdp
@@ -73,6 +83,10 @@ datasets_table = Table(
     Column("epsilon_budget", Double, nullable=False),
     Column("delta", Double, nullable=False),
     Column("accounting_order", Double, nullable=True),  # NULL only in databases from before 0.2
+    # Block length in seconds (0: one block, "all") and origin (ISO); NULL: registered before
+    # blocks existed (the first spec that states its blocks records them).
+    Column("block_seconds", Double, nullable=True),
+    Column("block_origin", String(40), nullable=True),
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
 )
@@ -103,19 +117,27 @@ ledger_table = Table(
     # segment is one trial's.
     Column("search_mean", Double, nullable=True),
     Column("search_shape", Double, nullable=True),
+    # JSON list of the block ids the entry counts against; NULL: written before blocks existed.
+    Column("blocks", Text, nullable=True),
 )
 
 # Columns added since the first schema; existing databases get them on open (ALTER TABLE ADD).
 _ADDED = {
-    "privacy_datasets": {"accounting_order": "DOUBLE PRECISION"},
+    "privacy_datasets": {"accounting_order": "DOUBLE PRECISION", "block_seconds": "DOUBLE PRECISION",
+                         "block_origin": "VARCHAR(40)"},
     "privacy_ledger": {"kind": "VARCHAR(16) NOT NULL DEFAULT 'release'", "key": "VARCHAR(200)",
                        "randomness": "VARCHAR(16) NOT NULL DEFAULT 'unrecorded'",
-                       "search_mean": "DOUBLE PRECISION", "search_shape": "DOUBLE PRECISION"},
+                       "search_mean": "DOUBLE PRECISION", "search_shape": "DOUBLE PRECISION",
+                       "blocks": "TEXT"},
 }
 
 
 class BudgetMismatch(PpmlopsError):
     """A spec asks for another lifetime budget than the dataset was registered with."""
+
+
+class BlockMismatch(BudgetMismatch):
+    """A spec asks for another block length or origin than the dataset was registered with."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +178,7 @@ class LedgerEntry:
     rdp: np.ndarray = field(compare=False, repr=False)  # read-only, on ORDERS
     completed_at: str | None = None
     trials: TrialCount | None = None
+    blocks: tuple[str, ...] | None = None  # None: written before blocks existed (see module docstring)
 
     @property
     def segment(self) -> Segment:
@@ -171,6 +194,7 @@ class LedgerEntry:
             "completed_at": self.completed_at, "note": self.note,
             "search_mean": self.trials.mean if self.trials else None,
             "search_shape": self.trials.eta if self.trials else None,
+            "blocks": list(self.blocks) if self.blocks is not None else None,
         }
 
 
@@ -220,6 +244,60 @@ def charge_curves(charges: Iterable[Charge]) -> dict[str, np.ndarray]:
     return out
 
 
+def _one_pot(e: LedgerEntry) -> bool:
+    return e.blocks is None or e.blocks == (ALL,)
+
+
+def _applies(e: LedgerEntry, block: str, calendar: BlockCalendar) -> bool:
+    """Whether entry e counts against `block`: it names it, or it is a one-pot entry (made
+    before blocks) and the block had begun when it was made."""
+    if not calendar.blocked:
+        return True
+    return calendar.existed_at(block, e.created_at) if _one_pot(e) else block in e.blocks
+
+
+def block_curves(entries: Iterable[LedgerEntry], calendar: BlockCalendar,
+                 blocks: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per block, per partition: the RDP the dataset's totals count there (see `counted`).
+
+    `blocks` None: every block some entry counts against, where one-pot entries (which count
+    against unboundedly many earlier blocks) are represented by the block holding the earliest
+    of them: it and every earlier block carry all of them, and nothing else unless named."""
+    entries = counted(entries)
+    if not calendar.blocked:
+        return {ALL: _curves(entries)}
+    if blocks is None:
+        wanted = {b for e in entries if not _one_pot(e) for b in e.blocks}
+        pots = [datetime.fromisoformat(e.created_at) for e in entries if _one_pot(e)]
+        if pots:
+            # The block that began strictly before the earliest one-pot entry.
+            wanted.add(calendar.block_id(calendar.index(min(pots) - timedelta(microseconds=1))))
+        blocks = sorted(wanted, key=calendar.parse)
+    return {b: _curves(e for e in entries if _applies(e, b, calendar)) for b in blocks}
+
+
+def worst_curves(per_block: Mapping[str, Mapping[str, np.ndarray]], order_index: int) -> dict[str, np.ndarray]:
+    """Per partition, the curve of the block with the most RDP at the dataset's order: what the
+    lifetime filter compares (it looks at that one order), so planning against these curves is
+    planning against every block at once."""
+    out: dict[str, np.ndarray] = {}
+    for curves in per_block.values():
+        for partition, curve in curves.items():
+            if partition not in out or curve[order_index] > out[partition][order_index]:
+                out[partition] = curve
+    return out
+
+
+def worst_blocks(per_block: Mapping[str, Mapping[str, np.ndarray]], order_index: int) -> dict[str, str]:
+    """Per partition, the block whose spend is the dataset's guarantee (the earliest on ties)."""
+    out: dict[str, tuple[float, str]] = {}
+    for block, curves in per_block.items():
+        for partition, curve in curves.items():
+            if partition not in out or curve[order_index] > out[partition][0]:
+                out[partition] = (float(curve[order_index]), block)
+    return {p: b for p, (_, b) in sorted(out.items())}
+
+
 def best_order_epsilon(curves: Mapping[str, np.ndarray], delta: float) -> float:
     """Worst partition's epsilon at its best order: valid for ONE run's fixed (non-adaptive)
     budget curve, which is exactly what a grant is."""
@@ -267,12 +345,16 @@ class Ledger:
     # -- datasets --------------------------------------------------------------------------
 
     def register_dataset(self, dataset_id: str, *, epsilon_budget: float, delta: float,
-                         order: float | None = None, run_curve: np.ndarray | None = None) -> LifetimeBudget:
-        """Fix a dataset's lifetime budget on first use; later calls must ask for the same one.
+                         order: float | None = None, run_curve: np.ndarray | None = None,
+                         calendar: BlockCalendar | None = None) -> LifetimeBudget:
+        """Fix a dataset's lifetime budget and blocks on first use; later calls must ask for the same.
 
         `order` fixes the accounting order; otherwise it is chosen from `run_curve` (a typical
         run from public facts) or by the heuristic. A later call with another epsilon or delta
-        raises BudgetMismatch: budgets change only through `set_budget`.
+        raises BudgetMismatch: budgets change only through `set_budget`. `calendar` is the
+        spec's blocks (None: not stated, a new dataset is one block); a later call with another
+        raises BlockMismatch. A dataset registered before blocks existed takes the first
+        calendar stated (its earlier entries then count conservatively, see block_curves).
         """
         dataset_id = _name(dataset_id, "dataset_id")
         epsilon_budget, delta = _check_budget(epsilon_budget, delta)
@@ -282,12 +364,19 @@ class Ledger:
                     existing = self._budget(conn, dataset_id, lock=True)
                     if existing is None:
                         chosen = float(order) if order is not None else choose_order(epsilon_budget, delta, run_curve)
-                        budget = LifetimeBudget(dataset_id, epsilon_budget, delta, chosen)
+                        cal = calendar if calendar is not None else BlockCalendar()
+                        budget = LifetimeBudget(dataset_id, epsilon_budget, delta, chosen, cal)
                         now = _now()
                         conn.execute(datasets_table.insert().values(
                             dataset_id=dataset_id, epsilon_budget=epsilon_budget, delta=delta,
-                            accounting_order=chosen, created_at=now, updated_at=now))
+                            accounting_order=chosen, created_at=now, updated_at=now, **_calendar_values(cal)))
                         return budget
+                    if (calendar is not None and existing.epsilon == epsilon_budget and existing.delta == delta
+                            and self._stored_calendar(conn, dataset_id) is None):
+                        # Registered before blocks: the spec's blocks are recorded now, once.
+                        conn.execute(update(datasets_table).where(datasets_table.c.dataset_id == dataset_id)
+                                     .values(updated_at=_now(), **_calendar_values(calendar)))
+                        return LifetimeBudget(dataset_id, existing.epsilon, existing.delta, existing.order, calendar)
                 if existing.epsilon != epsilon_budget or existing.delta != delta:
                     raise BudgetMismatch(
                         f"dataset {dataset_id!r} is registered in the privacy ledger with a lifetime budget of "
@@ -295,6 +384,12 @@ class Ledger:
                         f"{epsilon_budget:g} at delta {delta:g}. A lifetime budget never changes silently: restore "
                         f"the spec, or change the budget with `ppmlops ledger set-budget {dataset_id} --epsilon "
                         f"{epsilon_budget:g} --delta {delta:g} --reason ...` (recorded in the audit log)")
+                if calendar is not None and existing.calendar != calendar:
+                    raise BlockMismatch(
+                        f"dataset {dataset_id!r} is registered in the privacy ledger with "
+                        f"{existing.calendar.describe()}, and the spec asks for {calendar.describe()}. Block "
+                        "length and origin fix which rows each block's budget protects and never change: restore "
+                        "privacy.blocks and privacy.block_origin in the spec")
                 return existing
             except IntegrityError:
                 # PostgreSQL: another process registered it between our select and insert.
@@ -303,20 +398,31 @@ class Ledger:
         raise AssertionError("unreachable")
 
     def set_budget(self, dataset_id: str, *, epsilon_budget: float, delta: float | None = None,
-                   order: float | None = None) -> tuple[LifetimeBudget, LifetimeBudget]:
+                   order: float | None = None,
+                   on_change: Callable[[Connection, LifetimeBudget, LifetimeBudget], None] | None = None,
+                   ) -> tuple[LifetimeBudget, LifetimeBudget]:
         """Change a registered dataset's lifetime budget; returns (before, after).
 
-        Entries already charged stay; the filter now admits up to the new budget. The caller
-        records who changed it and why (`ppmlops ledger set-budget` writes the audit log).
+        Entries already charged stay; the filter now admits up to the new budget. The accounting
+        order is fixed at registration and never changes: `order`, if given, must be the
+        registered one (a filter read at an order picked after the charges is not a filter).
+        `on_change(conn, before, after)` runs inside the same transaction after the update, so
+        what it writes there (`ppmlops ledger set-budget`: the audit record) commits with the
+        change or not at all.
         """
         dataset_id = _name(dataset_id, "dataset_id")
         with self._write() as conn:
             before = self._budget(conn, dataset_id, lock=True)
             if before is None:
                 raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger")
+            if order is not None and float(order) != before.order:
+                raise BudgetMismatch(
+                    f"dataset {dataset_id!r}: the accounting order of its lifetime filter is fixed at registration "
+                    f"({before.order:g}) and cannot become {float(order):g}: choosing the order after charges "
+                    f"were made would let the ledger pick the order that hides them")
             eps, dlt = _check_budget(epsilon_budget, before.delta if delta is None else delta)
-            after = LifetimeBudget(dataset_id, eps, dlt, float(order) if order is not None else before.order)
-            curves = _curves(counted(self._entries(conn, dataset_id)))
+            after = LifetimeBudget(dataset_id, eps, dlt, before.order, before.calendar)
+            curves = worst_curves(block_curves(self._entries(conn, dataset_id), before.calendar), after.index)
             spent = after.spent_epsilon(curves)
             if spent > after.epsilon:
                 raise BudgetExceeded(
@@ -324,6 +430,8 @@ class Ledger:
                     f"(order {after.order:g}); a lifetime budget of {after.epsilon:g} would be below it")
             conn.execute(update(datasets_table).where(datasets_table.c.dataset_id == dataset_id).values(
                 epsilon_budget=eps, delta=dlt, accounting_order=after.order, updated_at=_now()))
+            if on_change is not None:
+                on_change(conn, before, after)
         return before, after
 
     def budget(self, dataset_id: str) -> LifetimeBudget | None:
@@ -337,7 +445,13 @@ class Ledger:
             return None
         # Registered before accounting orders were stored: the heuristic is what 0.2 would pick.
         order = row.accounting_order if row.accounting_order is not None else choose_order(row.epsilon_budget, row.delta)
-        return LifetimeBudget(row.dataset_id, row.epsilon_budget, row.delta, float(order))
+        calendar = BlockCalendar.stored(row.block_seconds, row.block_origin) or BlockCalendar()
+        return LifetimeBudget(row.dataset_id, row.epsilon_budget, row.delta, float(order), calendar)
+
+    def _stored_calendar(self, conn: Connection, dataset_id: str) -> BlockCalendar | None:
+        row = conn.execute(select(datasets_table.c.block_seconds, datasets_table.c.block_origin)
+                           .where(datasets_table.c.dataset_id == dataset_id)).first()
+        return None if row is None else BlockCalendar.stored(row.block_seconds, row.block_origin)
 
     def datasets(self) -> list[str]:
         """Registered datasets and any that have entries, sorted."""
@@ -349,9 +463,12 @@ class Ledger:
     # -- writing ---------------------------------------------------------------------------
 
     def charge(self, *, dataset_id: str, run_id: str, charges: list[Charge], kind: str, key: str,
-               randomness: str) -> list[int]:
+               randomness: str, blocks: Iterable[str] | None = None) -> list[int]:
         """Admit and record a counted charge (a release or a run's grant) before anything is drawn.
 
+        `blocks`: the privacy blocks the run's window reads (None: the one block of a dataset
+        without blocks); every piece counts in full against each of them, and admission is each
+        (block, partition)'s lifetime filter, all in this one transaction.
         Idempotent by (run_id, kind, key): asking again for the same charge returns the entries
         already recorded (a retried task must not pay twice) and re-admits a closed grant.
         Raises BudgetExceeded, charging nothing, when the lifetime filter refuses.
@@ -359,23 +476,29 @@ class Ledger:
         if kind not in COUNTED:
             raise PpmlopsError(f"charge kind must be one of {list(COUNTED)}, got {kind!r}")
         dataset_id, run_id = _name(dataset_id, "dataset_id"), _name(run_id, "run_id")
-        rows = [_entry_values(dataset_id, run_id, c, kind, key, randomness) for c in charges]
+        for c in charges:  # bad input is refused before the transaction (as before blocks)
+            _entry_values(dataset_id, run_id, c, kind, key, randomness, None)
         with self._write() as conn:
             budget = self._budget(conn, dataset_id, lock=True)
             if budget is None:
                 raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger; "
                                    "register_dataset() it with its epsilon budget and delta first")
+            touched = _run_blocks(budget, run_id, blocks)
+            rows = [_entry_values(dataset_id, run_id, c, kind, key, randomness, touched) for c in charges]
             same = [e for e in self._entries(conn, dataset_id, run_id) if e.kind == kind and e.key == key]
-            if same and _same_charge(same, charges):
+            if same and _same_charge(same, charges) and all(e.blocks == touched for e in same):
                 if all(e.status in LIVE for e in same):
                     return [e.id for e in same]
             elif same:
                 raise PpmlopsError(
                     f"run {run_id!r} already has a {kind} {key!r} with other parameters; a run's {kind} "
                     "cannot change once recorded (start a new run)")
-            refusal = budget.refusal(_curves(counted(self._entries(conn, dataset_id))), charge_curves(charges))
-            if refusal:
-                raise BudgetExceeded(f"ledger refused run {run_id!r}: {refusal}")
+            asked = charge_curves(charges)
+            per_block = block_curves(self._entries(conn, dataset_id), budget.calendar, touched)
+            for block in touched:
+                refusal = budget.refusal(per_block[block], asked, block if budget.calendar.blocked else None)
+                if refusal:
+                    raise BudgetExceeded(f"ledger refused run {run_id!r}: {refusal}")
             if same:  # a closed grant asked for again: admitted on top of its usage, then counted in full
                 conn.execute(update(ledger_table).where(ledger_table.c.id.in_([e.id for e in same]))
                              .values(status=RESERVED, completed_at=None))
@@ -389,7 +512,9 @@ class Ledger:
         dataset_id, run_id = _name(dataset_id, "dataset_id"), _name(run_id, "run_id")
         with self._write() as conn:
             entries = self._entries(conn, dataset_id, run_id)
-            if not any(e.kind == "grant" and e.partition == charge.partition and e.status in LIVE for e in entries):
+            grant = next((e for e in entries if e.kind == "grant" and e.partition == charge.partition
+                          and e.status in LIVE), None)
+            if grant is None:
                 raise PpmlopsError(f"run {run_id!r} has no open grant on partition {charge.partition!r} of dataset "
                                    f"{dataset_id!r}; plan the run first")
             for e in entries:
@@ -399,7 +524,8 @@ class Ledger:
                     if e.segment != charge.segment or e.partition != charge.partition:
                         raise PpmlopsError(f"run {run_id!r} reserved {key!r} with other parameters")
                     return e.id
-            values = _entry_values(dataset_id, run_id, charge, "usage", key, randomness)
+            # Usage counts (under a trimmed grant) against exactly the blocks its grant was admitted on.
+            values = _entry_values(dataset_id, run_id, charge, "usage", key, randomness, grant.blocks)
             return int(conn.execute(ledger_table.insert().values(**values)).inserted_primary_key[0])
 
     def complete(self, entry_id: int) -> None:
@@ -445,9 +571,31 @@ class Ledger:
             query = query.where(ledger_table.c.run_id == run_id)
         return [_entry(row) for row in conn.execute(query)]
 
-    def charged_curves(self, dataset_id: str, run_id: str | None = None) -> dict[str, np.ndarray]:
-        """Per partition, the RDP the dataset's totals count (see `counted`), of one run or all."""
-        return _curves(counted(self.entries(dataset_id, run_id)))
+    def charged_curves(self, dataset_id: str, run_id: str | None = None,
+                       blocks: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Per partition, the RDP the dataset's totals count (see `counted`): of one run (its own
+        entries, whatever blocks they name), else of the worst of `blocks` (None: of every block)
+        at the dataset's order, which is what its lifetime filter compares."""
+        if run_id is not None:
+            return _curves(counted(self.entries(dataset_id, run_id)))
+        budget = self._require(dataset_id)
+        return worst_curves(self.block_curves(dataset_id, blocks), budget.index)
+
+    def block_curves(self, dataset_id: str, blocks: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Per block (of `blocks`, None: every block with a charge), per partition, the counted RDP."""
+        with self._read() as conn:
+            budget = self._budget(conn, dataset_id)
+            if budget is None:
+                raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger")
+            if blocks is not None:
+                blocks = budget.calendar.checked(blocks)
+            return block_curves(self._entries(conn, dataset_id), budget.calendar, blocks)
+
+    def block_shares(self, dataset_id: str, blocks: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+        """Per block, per partition, the share of the block's lifetime RDP budget used."""
+        budget = self._require(dataset_id)
+        return {b: {p: float(c[budget.index]) / budget.rdp for p, c in sorted(curves.items())}
+                for b, curves in self.block_curves(dataset_id, blocks).items()}
 
     def usage_curves(self, dataset_id: str, run_id: str) -> dict[str, np.ndarray]:
         """Per partition, what the run's usage rows say it spent under its grant."""
@@ -484,7 +632,8 @@ class Ledger:
                 entries = self._entries(conn, ds_id)
                 if budget is None and not entries:
                     raise PpmlopsError(f"dataset {ds_id!r} is not in the privacy ledger")
-                curves = _curves(counted(entries))
+                per_block = block_curves(entries, budget.calendar) if budget else {}
+                curves = worst_curves(per_block, budget.index) if budget else {}
                 partitions = {p: budget.spent_epsilon({p: c}) for p, c in sorted(curves.items())} if budget else {}
                 spent = max(partitions.values(), default=0.0) if budget else None
                 out.append({
@@ -495,11 +644,16 @@ class Ledger:
                     "share_used": budget.share_used(curves) if budget else None,
                     "epsilon_spent": spent,  # at the dataset's order: information, see LifetimeBudget
                     "epsilon_remaining": max(0.0, budget.epsilon - spent) if budget else None,
-                    "partitions": partitions,
+                    "partitions": partitions,  # the worst block's, per partition
+                    "block_length_seconds": budget.calendar.seconds if budget else None,
+                    "block_origin": budget.calendar.origin.isoformat() if budget and budget.calendar.blocked else None,
+                    "worst_block": worst_blocks(per_block, budget.index) if budget else {},
+                    "blocks": {b: {p: float(c[budget.index]) / budget.rdp for p, c in sorted(cs.items())}
+                               for b, cs in per_block.items()} if budget else {},
                     "runs": list(dict.fromkeys(e.run_id for e in entries)),
                     "entries": [e.to_dict() for e in entries],
                 })
-        return {"datasets": out, "accountant": "rdp", "filter": "renyi, one order per dataset",
+        return {"datasets": out, "accountant": "rdp", "filter": "renyi, one order per dataset, per (block, partition)",
                 "orders": list(ORDERS)}
 
 
@@ -513,7 +667,26 @@ def _check_budget(epsilon_budget: object, delta: object) -> tuple[float, float]:
     return eps, check_delta(delta)
 
 
-def _entry_values(dataset_id: str, run_id: str, c: Charge, kind: str, key: str, randomness: str) -> dict:
+def _calendar_values(calendar: BlockCalendar) -> dict:
+    return {"block_seconds": calendar.seconds,
+            "block_origin": calendar.origin.isoformat() if calendar.blocked else None}
+
+
+def _run_blocks(budget: LifetimeBudget, run_id: str, blocks: Iterable[str] | None) -> tuple[str, ...]:
+    """A charge's blocks, checked against the dataset's calendar (errors name the run)."""
+    if blocks is None:
+        if budget.calendar.blocked:
+            raise PpmlopsError(f"dataset {budget.dataset_id!r} has privacy blocks ({budget.calendar.describe()}): "
+                               f"a charge of run {run_id!r} must name the blocks its window reads")
+        blocks = (ALL,)
+    try:
+        return budget.calendar.checked(blocks)
+    except BlockError as err:
+        raise PpmlopsError(f"run {run_id!r} on dataset {budget.dataset_id!r}: {err}") from None
+
+
+def _entry_values(dataset_id: str, run_id: str, c: Charge, kind: str, key: str, randomness: str,
+                  blocks: tuple[str, ...] | None) -> dict:
     if not isinstance(c, Charge):
         raise PpmlopsError(f"expected a Charge, got {type(c).__name__}")
     _name(c.partition, "partition")
@@ -531,7 +704,8 @@ def _entry_values(dataset_id: str, run_id: str, c: Charge, kind: str, key: str, 
                 sample_rate=c.segment.sample_rate, steps=c.segment.steps, status=RESERVED,
                 randomness=randomness, created_at=_now(), completed_at=None, note=str(c.note),
                 orders=json.dumps(list(ORDERS)), rdp=json.dumps([float(x) for x in rdp]),
-                search_mean=c.trials.mean if c.trials else None, search_shape=c.trials.eta if c.trials else None)
+                search_mean=c.trials.mean if c.trials else None, search_shape=c.trials.eta if c.trials else None,
+                blocks=json.dumps(list(blocks)) if blocks is not None else None)
 
 
 def _same_charge(entries: list[LedgerEntry], charges: list[Charge]) -> bool:
@@ -557,7 +731,8 @@ def _entry(row: Any) -> LedgerEntry:
         kind=row.kind or "release", key=row.key, mechanism=row.mechanism,
         noise_multiplier=segment.noise_multiplier, sample_rate=segment.sample_rate, steps=segment.steps,
         status=row.status, randomness=row.randomness or "unrecorded", created_at=row.created_at,
-        note=row.note or "", rdp=rdp, completed_at=row.completed_at, trials=trials)
+        note=row.note or "", rdp=rdp, completed_at=row.completed_at, trials=trials,
+        blocks=tuple(json.loads(row.blocks)) if row.blocks else None)
 
 
 def _add_missing_columns(conn: Connection) -> None:

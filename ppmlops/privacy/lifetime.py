@@ -25,12 +25,13 @@ an adaptive sequence, and never less than the best-order conversion of the same 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 
 from ppmlops.errors import PpmlopsError
+from ppmlops.privacy.blocks import BlockCalendar
 from ppmlops.privacy.accountant import (
     ORDERS, Segment, calibrate_noise, check_delta, least_noise, segment_rdp, step_rdp,
 )
@@ -102,6 +103,9 @@ class LifetimeBudget:
     epsilon: float
     delta: float
     order: float
+    # How the rows are divided into blocks (each (block, partition) has this budget): fixed at
+    # registration like the budget. Default: one block, "all".
+    calendar: BlockCalendar = field(default_factory=BlockCalendar)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
@@ -151,14 +155,17 @@ class LifetimeBudget:
 
         return least_noise(lambda sigma: steps * float(step_rdp(sigma, sample_rate)[self.index]) <= room)
 
-    def refusal(self, curves: Mapping[str, np.ndarray], charges: Mapping[str, np.ndarray]) -> str | None:
-        """Why the charges do not fit (None when they do): exact comparison, no tolerance."""
+    def refusal(self, curves: Mapping[str, np.ndarray], charges: Mapping[str, np.ndarray],
+                block: str | None = None) -> str | None:
+        """Why the charges do not fit (None when they do): exact comparison, no tolerance.
+        `curves` are one block's (named in the reason when given)."""
         for partition in sorted(charges):
             before = float(curves[partition][self.index]) if partition in curves else 0.0
             after = before + float(charges[partition][self.index])
             if not after <= self.rdp:
                 eps_after = epsilon_at(after, self.delta, self.order) if math.isfinite(after) else math.inf
-                return (f"dataset {self.dataset_id!r} would reach epsilon {eps_after:.6g} in partition {partition!r} "
+                where = f"block {block!r}, partition {partition!r}" if block is not None else f"partition {partition!r}"
+                return (f"dataset {self.dataset_id!r} would reach epsilon {eps_after:.6g} in {where} "
                         f"(RDP {after:.6g} at order {self.order:g}, over its lifetime budget {self.rdp:.6g}, "
                         f"which is epsilon {self.epsilon:g} at delta {self.delta:g})")
         return None

@@ -219,6 +219,7 @@ def split_conflict(entries, split: str) -> str | None:
             if earlier != split:
                 return (f"the held-out partition changed (earlier runs: {earlier!r}, this run: {split!r}); "
                         "parallel composition of the train and holdout partitions needs the same split for "
-                        "every run of a dataset: restore the spec's seed, test_fraction or test_source, or "
-                        "use a new dataset id")
+                        "every run of a dataset: restore the spec's seed, test_fraction or test_source. A new "
+                        "dataset id over the same rows does not reset their budget: it is refused unless a "
+                        "compliance officer approves a separate budget (`ppmlops ledger link`, audited)")
     return None

@@ -36,6 +36,9 @@ class Grant:
     delta: float
     randomness: str
     charges: tuple[Charge, ...]
+    # The privacy blocks the run's window reads (its retired blocks left out): every piece is
+    # charged to each of them. ("all",): a dataset without blocks.
+    blocks: tuple[str, ...] = ("all",)
 
     def curves(self) -> dict[str, np.ndarray]:
         return charge_curves(self.charges)
@@ -147,4 +150,4 @@ def reserve(ledger: Ledger, grant: Grant) -> list[int]:
     if not grant.charges:
         raise PpmlopsError(f"run {grant.run_id!r} has an empty grant")
     return ledger.charge(dataset_id=grant.dataset_id, run_id=grant.run_id, charges=list(grant.charges),
-                         kind="grant", key="grant", randomness=grant.randomness)
+                         kind="grant", key="grant", randomness=grant.randomness, blocks=grant.blocks)

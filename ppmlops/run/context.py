@@ -32,7 +32,8 @@ class RunParams:
                    seed=spec.training.seed, use_gpu=spec.ray.use_gpu, environment=spec.deploy.environment)
 
     @classmethod
-    def from_mapping(cls, spec: PipelineSpec, values: dict[str, Any] | None) -> "RunParams":
+    def from_mapping(cls, spec: PipelineSpec, values: dict[str, Any] | None,
+                     min_epsilon: float = 0.0) -> "RunParams":
         base = asdict(cls.defaults(spec))
         for key, value in (values or {}).items():
             if key in base and value is not None:
@@ -41,22 +42,51 @@ class RunParams:
                     value = value.strip().lower() in {"1", "true", "yes", "on"}
                 base[key] = type(base[key])(value)
         out = cls(**base)
-        out.check(spec)
+        out.check(spec, min_epsilon)
         return out
 
-    def check(self, spec: PipelineSpec) -> None:
+    def check(self, spec: PipelineSpec, min_epsilon: float = 0.0) -> None:
         """Refuse values outside the trigger form's bounds (a --conf or an API caller that got past
-        Airflow's Param check): a run never quietly uses another value than the one asked for."""
+        Airflow's Param check): a run never quietly uses another value than the one asked for.
+
+        A cap that the run's own noisy counts (released at assess, before any training) use up
+        can never train: the plan would refuse it after those counts were charged. It is refused
+        here, before anything is spent. `min_epsilon` is the policy's minimum run epsilon for the
+        dataset's regulation when the caller knows it (the policy lives above this layer; the
+        assess pre-check, ppmlops.stages.precheck, asks it for every run)."""
         cap = spec.privacy.run_epsilon
+        floor = count_release_floor(spec)
         problems = [msg for bad, msg in (
             (not 0 < self.epsilon_cap <= cap, f"epsilon_cap {self.epsilon_cap:g} is not above 0 and at most {cap:g} "
                                               "(the spec's privacy.run_epsilon)"),
+            (0 < self.epsilon_cap <= cap and self.epsilon_cap < floor + min_epsilon,
+             f"epsilon_cap {self.epsilon_cap:g} cannot train on dataset {spec.dataset.id!r}: the run's noisy counts "
+             f"alone cost epsilon {floor:.4g} (privacy.stats_epsilon {spec.privacy.stats_epsilon:g})"
+             + (f" and training needs at least the policy's {spec.dataset.regulation} minimum {min_epsilon:g} more"
+                if min_epsilon > 0 else "") + f": ask for at least {floor + min_epsilon:.4g}"),
             (self.epochs < 1, f"epochs {self.epochs} is below 1"),
             (self.workers < 1, f"workers {self.workers} is below 1"),
             (self.seed < 0, f"seed {self.seed} is negative"),
         ) if bad]
         if problems:
             raise PpmlopsError("invalid run parameters: " + "; ".join(problems))
+
+
+# The count release's sigma is nudged up from its target by float steps of 1e-12 relative
+# (ppmlops.privacy.releases.sigmas_for), so its epsilon may be a hair below the target's: the
+# floor is taken this much lower, so that it never refuses a cap the plan would accept.
+FLOOR_SLACK = 1e-9
+
+
+def count_release_floor(spec: PipelineSpec) -> float:
+    """A lower bound on the epsilon (at the spec's delta, on each partition) of the noisy counts
+    every run releases at assess: public, from the spec alone. A run's epsilon includes them,
+    so a run epsilon at or below this leaves nothing for training."""
+    from ppmlops.privacy.accountant import Segment, calibrate_noise, epsilon_from_rdp, segment_rdp
+
+    p = spec.privacy
+    sigma = calibrate_noise(p.stats_epsilon, p.delta, 1.0, 1) * (1 + FLOOR_SLACK)
+    return epsilon_from_rdp(segment_rdp(Segment(sigma, 1.0, 1)), p.delta)[0] * (1 - FLOOR_SLACK)
 
 
 @dataclass

@@ -64,6 +64,16 @@ class StagedData(Record):
     result: IngestResult
 
 
+class RetiredBlock(Part):
+    """PUBLIC. A privacy block of the run's window left out of the run (its bounds come from the
+    calendar; `why` from its public ledger share)."""
+
+    block: str
+    start: str  # ISO, UTC
+    end: str
+    why: str
+
+
 class Staged(Record):
     """PUBLIC. That the data was staged, and which (no counts: those are released at assess).
 
@@ -78,6 +88,10 @@ class Staged(Record):
     split: str
     consent_as_of: str = ""
     window: RowWindow = Field(default_factory=RowWindow)  # the rows this run read
+    # The privacy blocks the run reads and is charged to (["all"]: a dataset without blocks), and
+    # the blocks of its window it left out because they cannot afford a run (rows quarantined).
+    blocks: list[str] = Field(default_factory=lambda: ["all"])
+    retired_blocks: list[RetiredBlock] = Field(default_factory=list)
 
 
 class Validated(Record):
@@ -215,6 +229,8 @@ class PrivacyPlan(Part):
     dataset_share_before: float  # of the dataset's lifetime budget (RDP at its order), before this grant
     dataset_share_after: float
     search: SearchPlan | None = None  # a private hyperparameter search run
+    blocks: list[str] = Field(default_factory=lambda: ["all"])  # every charge of the run counts against each
+    retired_blocks: list[RetiredBlock] = Field(default_factory=list)  # left out of the run (see Staged)
 
 
 class KnownResult(Part):

@@ -14,7 +14,9 @@ from __future__ import annotations
 from ppmlops.data import ingest as ingest_mod
 from ppmlops.errors import PpmlopsError
 from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp
+from ppmlops.privacy.identity import claim_source
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger
+from ppmlops.privacy.blocks import calendar_of
 from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
 from ppmlops.risk.categories import DIRECT
@@ -23,7 +25,8 @@ from ppmlops.risk.public import public_assessment, public_classification, quasi_
 from ppmlops.risk.report import IdentifierInFeatures
 from ppmlops.registry import tracking
 from ppmlops.risk.score import K_BY_REGULATION
-from ppmlops.run.records import CountsRelease, ExactRisk, Refusal, RiskAssessment, StagedData
+from ppmlops.run.records import CountsRelease, ExactRisk, Refusal, RiskAssessment, Staged, StagedData
+from ppmlops.stages import precheck
 from ppmlops.stages.context import RunContext, timed
 
 # Quarantine bins, fixed in code: a bin per reason whatever the data holds.
@@ -33,14 +36,16 @@ OTHER = "other"
 
 
 def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
-    """The dataset's lifetime budget (fixed on first use; a changed spec is refused, not applied)."""
+    """The dataset's lifetime budget and blocks (fixed on first use; a changed spec is refused, not applied)."""
     spec = ctx.spec
     curve = None
     if spec.dataset.expected_rows and spec.privacy.accounting_order is None:
         curve = typical_run_curve(spec.privacy.run_epsilon, spec.privacy.delta, spec.dataset.expected_rows,
                                   spec.training.batch_size, spec.training.epochs)
+    claim_source(ctx.settings.db_url, spec)  # a new id over another dataset's rows would reset their budget
     return ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta,
-                                   order=spec.privacy.accounting_order, run_curve=curve)
+                                   order=spec.privacy.accounting_order, run_curve=curve,
+                                   calendar=calendar_of(spec.privacy))
 
 
 def _exact_counts(result, k_unsafe: int | None) -> dict[str, dict[str, int]]:
@@ -98,7 +103,7 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
     draws = ctx.draws()  # refuses a replayable mode on real data before anything is charged or drawn
     entries = ledger.charge(dataset_id=spec.dataset.id, run_id=ctx.run_id, kind="release", key="counts",
                             charges=[Charge(p, segment, "gaussian", note) for p in (TRAIN, HOLDOUT)],
-                            randomness=ctx.randomness)
+                            randomness=ctx.randomness, blocks=ctx.store.read(Staged).blocks)
     noisy = noisy_counts(exact, groups, draws.source("counts"))
     rows = noisy.values["rows"]
     record = ctx.store.write(CountsRelease(
@@ -139,6 +144,7 @@ def run(ctx: RunContext) -> RiskAssessment:
         raise err
     ledger = Ledger(ctx.settings.db_url)
     try:
+        precheck.run(ctx, ledger)  # a run that cannot train is refused before its counts are charged
         register(ctx, ledger)
         counts = release_counts(ctx, ledger, found)
     except PpmlopsError as err:  # a changed budget in the spec, or a lifetime budget that is spent

@@ -50,6 +50,10 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
                          "included; the epochs may have used less"),
         "epsilon_used": trained.epsilon_used, "run_epsilon_granted": plan.run_epsilon,
         "dataset_share_used": plan.dataset_share_after, "accounting_order": plan.accounting_order,
+        "privacy_blocks": list(plan.blocks), "retired_blocks": [r.model_dump() for r in plan.retired_blocks],
+        "blocks_note": ("each block of event time has its own lifetime budget; the run is charged to every block it "
+                        "read and to no other; retired blocks (their budget could not afford the run) were left out"
+                        if plan.blocks != ["all"] else "one block: the whole dataset shares one lifetime budget"),
         "accountant": "rdp", "privacy_filter": True, "sampling": "poisson", "randomness": run_randomness(ctx, plan),
         "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps_per_epoch,
         "epochs": trained.epochs_completed, "stopped_reason": trained.stopped_reason,

@@ -93,7 +93,8 @@ def run(ctx: RunContext) -> PlanRecord:
                      EpochShape.of(counts.rows_train, 0, spec.training.batch_size),
                      wants_holdout_accuracy(ctx.tuner), spec.privacy.holdout_epsilon,
                      ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split, staged.window.text())
-    charged = ledger.charged_curves(spec.dataset.id)
+    # The worst of the blocks the run reads (its retired ones left out): its grant is charged to each.
+    charged = ledger.charged_curves(spec.dataset.id, blocks=staged.blocks)
     doc = policy_input(ctx, counts, risk, budget, charged, req)
     run_epsilon, reasons, decisions = _budget(ctx, doc)
     warm = _warm_start(ctx)
@@ -110,7 +111,8 @@ def run(ctx: RunContext) -> PlanRecord:
         divisor=req.shape.divisor, rows_estimate=float(max(1, counts.rows_train)), canaries=canaries,
         holdout_sigma=planned.holdout_sigma, evaluation_sigma=planned.evaluation_sigma,
         grant=charge_records(planned.charges), dataset_share_before=budget.share_used(charged),
-        dataset_share_after=budget.share_used(_plus(charged, planned.charges)), search=_search_plan(ctx, planned, warm))
+        dataset_share_after=budget.share_used(_plus(charged, planned.charges)), search=_search_plan(ctx, planned, warm),
+        blocks=staged.blocks, retired_blocks=staged.retired_blocks)
     try:
         reserve(ledger, grant_of(privacy))
     except BudgetExceeded as err:  # a concurrent run took the rest between our read and our write

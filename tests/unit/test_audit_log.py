@@ -379,3 +379,27 @@ def test_cli_bad_anchor_is_a_usage_error(filled, capsys):
     url, _ = filled
     assert cli.main(["audit", "verify", "--db-url", url, "--anchor", "latest"]) == 2
     assert "an audit anchor is COUNT:HASH" in capsys.readouterr().err
+
+
+def test_append_in_commits_and_rolls_back_with_the_callers_transaction(tmp_path):
+    """append_in writes on the caller's connection: a change and its audit record land together."""
+    from ppmlops.audit.log import append_in
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    db.ensure_parent(url)
+    engine = db.make_engine(url)
+    with pytest.raises(RuntimeError, match="the change failed"):
+        with db.transaction(engine, url, write=True) as conn:
+            append_in(conn, decision(1), run_id="r", stage="ledger")
+            raise RuntimeError("the change failed")
+    log = AuditLog(url)
+    assert log.records() == []  # rolled back with the caller (the table may exist, empty)
+    with db.transaction(engine, url, write=True) as conn:
+        assert append_in(conn, decision(2), run_id="r", stage="ledger") == 1
+    record(log, 3)
+    assert [r["seq"] for r in log.records()] == [1, 2] and log.verify() == []
+    engine.dispose()
+
+
+def record(log: AuditLog, n: int) -> int:
+    return log.record(decision(n), run_id="r", stage="x")

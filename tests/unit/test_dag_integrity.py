@@ -63,7 +63,9 @@ def test_params_have_json_schema_types(dagbag):
     assert schema["environment"]["enum"] == ["development", "test", "staging", "production"]
     # The trigger form cannot ask for more than the spec allows one run to spend; the bounds sit
     # under allOf, so the UI's number field does not clamp what a person types (trigger_form.py).
-    assert schema["epsilon_cap"]["allOf"] == [{"exclusiveMinimum": 0, "maximum": 1.0}]
+    # Nor less than a run needs to train at all: its noisy counts (stats_epsilon 0.2, released at
+    # assess before training) plus the policy's GDPR minimum 0.05, rounded down (issue 27, item 7).
+    assert schema["epsilon_cap"]["allOf"] == [{"minimum": 0.2499, "maximum": 1.0}]
     assert "maximum" not in schema["epsilon_cap"] and "minimum" not in schema["epochs"]
 
 
@@ -76,7 +78,8 @@ def test_every_param_has_a_title_and_a_description(dagbag):
 
 
 @pytest.mark.parametrize("conf, words", [({"epsilon_cap": 5}, "5 is greater than the maximum of 1.0"),
-                                         ({"epsilon_cap": 0}, "0 is less than or equal to the minimum of 0"),
+                                         ({"epsilon_cap": 0}, "0 is less than the minimum of 0.2499"),
+                                         ({"epsilon_cap": 0.01}, "0.01 is less than the minimum of 0.2499"),
                                          ({"epochs": 0}, "0 is less than the minimum of 1"),
                                          ({"seed": -1}, "-1 is less than the minimum of 0")])
 def test_out_of_range_params_are_refused_not_clamped(dagbag, conf, words):
@@ -97,6 +100,25 @@ def test_run_params_refuse_what_the_form_would():
     spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
     with pytest.raises(PpmlopsError, match=r"epsilon_cap 5 is not above 0 and at most 1 .*epochs 0 is below 1"):
         RunParams.from_mapping(spec, {"epsilon_cap": 5, "epochs": 0})
+
+
+@pytest.mark.parametrize("cap, minimum, refused", [(0.01, 0.0, True), (0.19, 0.0, True), (0.21, 0.0, False),
+                                                   (0.21, 0.05, True), (0.25, 0.05, False)])
+def test_run_params_refuse_a_cap_that_cannot_train(cap, minimum, refused):
+    """An API or --conf caller's cap below what the run's noisy counts cost (plus the policy's
+    minimum, when the caller has it) is refused before the run starts, naming the dataset."""
+    from ppmlops.errors import PpmlopsError
+    from ppmlops.run.context import count_release_floor
+    from ppmlops.spec import load_spec
+    from ppmlops.stages.context import RunParams
+
+    spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
+    assert 0.1999 < count_release_floor(spec) <= 0.2  # stats_epsilon 0.2, never above it
+    if refused:
+        with pytest.raises(PpmlopsError, match=rf"epsilon_cap {cap:g} cannot train on dataset 'demo_customers'"):
+            RunParams.from_mapping(spec, {"epsilon_cap": cap}, minimum)
+    else:
+        assert RunParams.from_mapping(spec, {"epsilon_cap": cap}, minimum).epsilon_cap == cap
 
 
 def test_the_budget_in_the_docs_moves_in_tenths_so_parsing_makes_no_new_dag_version(tmp_path, monkeypatch):

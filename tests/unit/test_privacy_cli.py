@@ -185,3 +185,44 @@ def test_ledger_close_releases_once_then_says_it_was_already_closed(tmp_path, ca
     code, out, _ = run(["ledger", "close", "adult", "manual__2026-11-09", "--db-url", url], capsys)
     assert code == 0 and "grant already closed (released); nothing changed" in out
     assert sorted(e.status for e in Ledger(url).entries("adult", kind="grant")) == ["released", "reserved"]
+
+
+def test_ledger_set_budget_and_its_audit_record_commit_together(tmp_path, capsys):
+    """The audit record is written in the budget change's own transaction: when it cannot be
+    appended, the budget is not changed either (before: the change was committed first and then
+    left unaudited)."""
+    import sqlalchemy as sa
+
+    from ppmlops.audit.log import AuditLog
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).register_dataset("adult", epsilon_budget=4.0, delta=1e-5)
+    AuditLog(url).record({"id": "x", "query": "q", "outcome": "allow", "engine": "e", "policy_hash": ""}, stage="s")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the audit log refuses appends (a full disk, a revoked grant...)
+        conn.exec_driver_sql("CREATE TRIGGER no_more BEFORE INSERT ON audit_log BEGIN "
+                             "SELECT RAISE(ABORT, 'audit log is read-only'); END")
+    with pytest.raises(sa.exc.IntegrityError, match="audit log is read-only"):
+        run(["ledger", "set-budget", "adult", "--epsilon", "9", "--reason", "r", "--db-url", url], capsys)
+    assert Ledger(url).budget("adult").epsilon == 4.0
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER no_more")
+    code, _, _ = run(["ledger", "set-budget", "adult", "--epsilon", "9", "--reason", "r", "--db-url", url], capsys)
+    assert code == 0 and Ledger(url).budget("adult").epsilon == 9.0
+    assert [r["decision"]["input"]["after"]["epsilon"] for r in AuditLog(url).records(dataset_id="adult")] == [9.0]
+    engine.dispose()
+
+
+def test_the_python_api_cannot_change_the_accounting_order(tmp_path):
+    from ppmlops.privacy.ledger import BudgetMismatch
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(url)
+    ledger.register_dataset("adult", epsilon_budget=4.0, delta=1e-5, order=10.0)
+    with pytest.raises(BudgetMismatch, match=r"'adult': the accounting order .* fixed at registration \(10\) and "
+                                             r"cannot become 32"):
+        ledger.set_budget("adult", epsilon_budget=5.0, order=32.0)
+    after = ledger.budget("adult")
+    assert after.order == 10.0 and after.epsilon == 4.0
+    # Naming the registered order is allowed (nothing changes).
+    assert ledger.set_budget("adult", epsilon_budget=5.0, order=10.0)[1].order == 10.0

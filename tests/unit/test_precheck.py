@@ -1,0 +1,141 @@
+"""Nothing is spent on a run that cannot train (issue 27, item 7).
+
+assess asks the train and budget rules first, on public facts only, and refuses a run whose cap,
+regulation minimum, randomness or ledger rules out training before its noisy counts are charged.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ppmlops.audit.log import AuditLog
+from ppmlops.errors import PolicyRefused
+from ppmlops.privacy.ledger import Ledger
+from ppmlops.run.records import CountsRelease, Refusal
+from ppmlops.spec import parse_spec
+from ppmlops.stages import assess, ingest, precheck
+from ppmlops.stages.context import RunContext, RunParams
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _spec(tmp_path, test_data: bool = False, **privacy):
+    src = tmp_path / "train.csv"
+    src.write_text("age,y\n" + "\n".join(f"{20 + i % 50},{'yes' if i % 3 else 'no'}" for i in range(300)) + "\n")
+    return parse_spec({
+        "name": "pre",
+        "dataset": {"id": "pre", "source": {"path": str(src)}, "test_data": test_data,
+                    "label": {"column": "y", "positive": "yes", "values": ["yes", "no"]},
+                    "features": [{"name": "age", "type": "numeric", "range": [18, 90]}]},
+        "privacy": {"epsilon": 3.0, "delta": 1e-5, "run_epsilon": 1.0} | privacy,
+        "deploy": {"model_name": "pre"},
+    })
+
+
+def _ingested(tmp_path, monkeypatch, spec, **params) -> RunContext:
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    # Built directly: an API caller's params that skipped RunParams.check (the training job
+    # rebuilds its params this way too); the pre-check must not rely on the form.
+    ctx = RunContext(spec=spec, run_id="run-1", params=RunParams(**(vars(RunParams.defaults(spec)) | params)))
+    ingest.run(ctx)
+    return ctx
+
+
+def _nothing_spent(ctx) -> None:
+    ledger = Ledger(ctx.settings.db_url)
+    assert ledger.entries(ctx.spec.dataset.id) == []
+    assert ledger.budget(ctx.spec.dataset.id) is None  # refused before registration, too
+    assert ctx.store.read_optional(CountsRelease) is None
+    assert ctx.store.read(Refusal).stage == "assess"
+
+
+def test_a_cap_below_the_counts_cost_is_refused_before_any_ledger_entry(tmp_path, monkeypatch):
+    spec = _spec(tmp_path)
+    ctx = _ingested(tmp_path, monkeypatch, spec, epsilon_cap=0.01)
+    with pytest.raises(PolicyRefused, match=r"before any release, on public facts: epsilon_cap 0\.01 is used up "
+                                            r"by the run's noisy counts alone"):
+        assess.run(ctx)
+    _nothing_spent(ctx)
+    assert "epsilon_cap 0.01" in ctx.store.read(Refusal).reasons[0]
+
+
+def test_a_cap_the_counts_leave_too_little_of_is_refused_by_the_policy(tmp_path, monkeypatch):
+    """0.22 is above the counts' 0.2 but leaves less than the GDPR minimum 0.05 for training: the
+    policy's own rule refuses it, asked before the counts, and its decision is in the audit log."""
+    spec = _spec(tmp_path)
+    ctx = _ingested(tmp_path, monkeypatch, spec, epsilon_cap=0.22)
+    with pytest.raises(PolicyRefused, match=r"policy refused to train: before any release.*below the gdpr minimum 0\.05"):
+        assess.run(ctx)
+    _nothing_spent(ctx)
+    [record] = AuditLog(ctx.settings.db_url).records(run_id="run-1")
+    assert record["stage"] == "assess" and record["decision"]["query"] == "data.ppmlops.train"
+    assert record["decision"]["outcome"] == "deny"
+
+
+def test_a_regulation_minimum_above_the_cap_is_refused_before_any_ledger_entry(tmp_path, monkeypatch):
+    policy = (REPO / "policies.rego").read_text()
+    # The GDPR profile's minimum run epsilon raised to 0.9 by the compliance officer.
+    edited, n = re.subn(r'("gdpr": \{[^}]*?"min_epsilon": )0\.05', r"\g<1>0.9", policy, flags=re.S)
+    assert n == 1
+    path = tmp_path / "policies.rego"
+    path.write_text(edited)
+    monkeypatch.setenv("PPMLOPS_POLICY", str(path))
+    spec = _spec(tmp_path)
+    ctx = _ingested(tmp_path, monkeypatch, spec, epsilon_cap=0.8)
+    with pytest.raises(PolicyRefused, match=r"below the gdpr minimum 0\.9"):
+        assess.run(ctx)
+    _nothing_spent(ctx)
+    assert precheck.policy_minimum("gdpr", ctx.settings) == 0.9
+
+
+def test_replayable_randomness_to_production_is_refused_before_the_counts(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, test_data=True)  # reproducible mode may run, but never deploy to production
+    monkeypatch.setenv("PPMLOPS_RANDOMNESS", "reproducible")
+    ctx = _ingested(tmp_path, monkeypatch, spec, environment="production")
+    with pytest.raises(PolicyRefused, match=r"randomness \"reproducible\" cannot deploy to production"):
+        assess.run(ctx)
+    _nothing_spent(ctx)
+
+
+def test_a_normal_run_passes_and_a_retried_assess_is_not_checked_again(tmp_path, monkeypatch):
+    spec = _spec(tmp_path)
+    ctx = _ingested(tmp_path, monkeypatch, spec)
+    assess.run(ctx)
+    ledger = Ledger(ctx.settings.db_url)
+    assert [e.key for e in ledger.entries("pre")] == ["counts", "counts"]  # both partitions
+    assert precheck.refusal(ctx, ledger) == ([], None)
+    # Its own counts are not counted twice against it when the stage is retried.
+    facts = precheck.public_facts(ctx, ledger)
+    assert facts.registered and facts.share_used == 0.0
+
+
+def test_a_spent_held_out_partition_is_refused_before_the_counts(tmp_path, monkeypatch):
+    """Earlier runs left the held-out rows room for the counts but not for an evaluation: the plan
+    would refuse after charging the counts; the pre-check refuses first."""
+    from ppmlops.privacy.accountant import Segment
+    from ppmlops.privacy.ledger import HOLDOUT, Charge
+
+    spec = _spec(tmp_path)
+    ctx = _ingested(tmp_path, monkeypatch, spec)
+    ledger = Ledger(ctx.settings.db_url)
+    budget = ledger.register_dataset("pre", epsilon_budget=3.0, delta=1e-5)
+    counts = precheck._counts_rdp(ctx)
+    # Leave the counts' RDP at the order and a thousandth more: the counts fit, an evaluation does not.
+    target = budget.rdp - 1.001 * float(counts[budget.index])
+    sigma = ledger_sigma(target, budget.index)
+    ledger.charge(dataset_id="pre", run_id="earlier", kind="release", key="x", randomness="secure",
+                  charges=[Charge(HOLDOUT, Segment(sigma, 1.0, 1), "gaussian", "an earlier evaluation")])
+    with pytest.raises(PolicyRefused, match=r"held-out rows' lifetime budget is spent"):
+        assess.run(ctx)
+    assert [e.run_id for e in ledger.entries("pre")] == ["earlier"]  # nothing charged for run-1
+    assert ctx.store.read(Refusal).stage == "assess"
+
+
+def ledger_sigma(rdp_target: float, index: int) -> float:
+    """The Gaussian noise whose one release has RDP `rdp_target` at ORDERS[index]."""
+    from ppmlops.privacy.accountant import ORDERS
+
+    return (ORDERS[index] / (2 * rdp_target)) ** 0.5
