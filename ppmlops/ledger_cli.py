@@ -223,18 +223,22 @@ def _ledger_show(args: argparse.Namespace) -> int:
             doc = ledger.summary(args.dataset)
         finally:
             ledger.close()
+    from ppmlops.privacy.block_view import use_of
+
+    # The dashboard's and the run pages' figure (ppmlops.privacy.block_view), named block and all.
+    uses = {ds["dataset_id"]: use_of(ds) for ds in doc["datasets"]}
     if args.json:
-        _print_json(doc)
+        _print_json({**doc, "datasets": [{**ds, "use": u.as_dict() if (u := uses[ds["dataset_id"]]) else None}
+                                         for ds in doc["datasets"]]})
         return 0
     if not doc["datasets"]:
         print("privacy ledger is empty")
         return 0
     blocks = []
     for ds in doc["datasets"]:
-        delta = "-" if ds["delta"] is None else f"{ds['delta']:g}"
-        used = "-" if ds["share_used"] is None else f"{ds['share_used']:.1%}"
-        head = (f"dataset {ds['dataset_id']}: {used} of the lifetime budget epsilon {_fmt_eps(ds['epsilon_budget'])} "
-                f"at delta {delta} used (Renyi filter at order {ds['accounting_order']:g})")
+        use = uses[ds["dataset_id"]]
+        head = (f"dataset {ds['dataset_id']}: {use.text()} (Renyi filter at order {use.order:g})" if use else
+                f"dataset {ds['dataset_id']}: not registered (no lifetime budget); its entries are listed below")
         parts = ", ".join(f"{name} {_fmt_eps(eps)}" for name, eps in ds["partitions"].items())
         rows = [[e["id"], e["run_id"], e["partition"], e["kind"], f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
                  e["steps"], e["status"], e["randomness"], e["created_at"], e["note"]] for e in ds["entries"]]

@@ -252,6 +252,19 @@ class Dataset(_Model):
         return self
 
 
+class PrivacyUnit(_Model):
+    """The unit of privacy: one person, named by `column`, with at most `max_rows` rows per run.
+
+    Each run keeps at most max_rows rows per person, chosen by a keyed hash that reads no value
+    but the person id (ppmlops.data.person_bound), and every charge is accounted for adding or
+    removing one person's rows (ppmlops.privacy.unit). The column is used for the bound and the
+    split, then dropped (or pseudonymised when listed under dataset.pseudonymize): never a feature.
+    """
+
+    column: str = Field(min_length=1)
+    max_rows: int = Field(ge=1, le=10_000)
+
+
 class Privacy(_Model):
     epsilon: float = Field(gt=0, le=100)  # the dataset's lifetime budget, all runs composed
     delta: float = Field(gt=0, lt=1)
@@ -273,6 +286,14 @@ class Privacy(_Model):
     # Where block 0 starts: a fixed PUBLIC instant (never derived from the data); a Monday at
     # 00:00 UTC by default, so weekly blocks run Monday to Monday. Without a zone: UTC.
     block_origin: datetime = datetime(2000, 1, 3, tzinfo=timezone.utc)
+    # The unit of privacy (see PrivacyUnit); None: one row, as neighbouring datasets were always
+    # defined here.
+    unit: PrivacyUnit | None = None
+
+    @property
+    def unit_rows(self) -> int:
+        """k: the most rows one unit of privacy has in a run (1: the unit is one row)."""
+        return 1 if self.unit is None else self.unit.max_rows
 
     @model_validator(mode="after")
     def _run_within_dataset(self) -> "Privacy":
@@ -425,6 +446,18 @@ class PipelineSpec(_Model):
         if self.privacy.blocks is not None and (window is None or window.column is None):
             raise ValueError("privacy.blocks divides the rows by event time and needs dataset.window.column (a "
                              "timestamp column); without one the dataset is one block: remove privacy.blocks")
+        unit = self.privacy.unit
+        if unit is not None:
+            used = {f.name for f in ds.features} | {ds.label.column} | set(ds.consent.columns() if ds.consent else [])
+            used |= {window.column} if window is not None and window.column is not None else set()
+            if unit.column in used:
+                raise ValueError(f"privacy.unit.column {unit.column!r} is also a feature, the label, a consent column "
+                                 "or the window column; the person column is used for the per-person bound and then "
+                                 "dropped, never trained on")
+            if ds.test_source is not None:
+                raise ValueError("privacy.unit needs the held-out rows chosen by person (a keyed hash of the person "
+                                 "id), not a separate dataset.test_source: a person with rows in both files would be "
+                                 "in both partitions, and their train and holdout charges would add up")
         if window is not None and window.column is not None:
             taken = {f.name for f in ds.features} | {ds.label.column} | set(ds.consent.columns() if ds.consent else [])
             if window.column in taken:

@@ -31,6 +31,7 @@ def remaining_share(spec: PipelineSpec) -> float | None:
     """The share of the dataset's lifetime budget left, floored to a tenth; None when the ledger
     cannot say (not registered yet, no database, or it cannot be reached while parsing)."""
     from ppmlops import settings as settings_mod
+    from ppmlops.privacy.block_view import dataset_use
     from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
 
     ledger = None
@@ -39,10 +40,10 @@ def remaining_share(spec: PipelineSpec) -> float | None:
         if sqlite_file_missing(url):  # parsing must not create the database
             return None
         ledger = Ledger.reading(url)
-        budget = ledger.budget(spec.dataset.id)
-        if budget is None:
+        if ledger.budget(spec.dataset.id) is None:
             return None
-        left = max(0.0, 1.0 - budget.share_used(ledger.charged_curves(spec.dataset.id)))
+        # The dashboard's figure (ppmlops.privacy.block_view): the worst block and split's share.
+        left = dataset_use(ledger, spec.dataset.id).left
     except Exception:  # noqa: BLE001 - a DAG must parse without its ledger; the text says so
         return None
     finally:
@@ -74,12 +75,18 @@ def cap_minimum(spec: PipelineSpec, min_epsilon: float | None = None) -> tuple[f
 
 
 def budget_words(spec: PipelineSpec, share: float | None) -> str:
+    # No block is named here: the worst block changes as runs charge new ones, and a name in the
+    # text would make a new DAG version on such a parse (the dashboard names it).
     lifetime = f"lifetime budget ε {spec.privacy.epsilon:g} at δ {spec.privacy.delta:g}"
+    per = " per block of event time" if spec.privacy.blocks is not None else ""
     if share is None:
-        return f"Dataset {spec.dataset.id}: {lifetime}; nothing charged yet (or the ledger was not readable when " \
+        return f"Dataset {spec.dataset.id}: {lifetime}{per}; nothing charged yet (or the ledger was not readable when " \
                "this DAG was parsed). The dashboard shows the exact figure."
-    return (f"Dataset {spec.dataset.id}: at least {share:.0%} of its {lifetime} is left (rounded down to a tenth "
-            "when this DAG was parsed; the dashboard shows the exact figure).")
+    blocks = (" A block whose budget is spent is retired from a run's window; new blocks start with the full budget."
+              if per else "")
+    return (f"Dataset {spec.dataset.id}: at least {share:.0%} of its {lifetime}{per} is left in its most-used "
+            "block (the dashboard's figure, rounded down to a tenth when this DAG was parsed; the dashboard shows "
+            f"the exact figure and names the block).{blocks}")
 
 
 def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:

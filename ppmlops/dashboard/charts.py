@@ -218,3 +218,122 @@ def svg(chart: Chart) -> str:
             + "".join(_dots(s, f, chart.x_kind) for s in chart.series))
     return (f'<figure class="chart"><figcaption>{esc(chart.title)}</figcaption>'
             f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{esc(chart.title)}">{body}</svg>{legend(chart)}</figure>')
+
+
+# -- the block chart --------------------------------------------------------------------------
+# Blocks of event time along x (one slot each, oldest first), each split's share of the block's
+# lifetime budget as a bar, and below them one lane per run: a line over the blocks it was
+# charged to and a cross on each block it retired. Categories rather than a time axis: blocks are
+# equal slices of the calendar, and a share is a property of a block, not of an instant.
+
+LANE_H = 11  # pixels per run lane
+
+
+@dataclass(frozen=True)
+class Bar:
+    slot: int
+    value: float  # a share of the block's lifetime budget, 0..1
+    colour: int
+    note: str
+    highlight: bool = False  # the dataset's figure: the worst (block, split)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A run: the slots it was charged to, and the slots it retired (with why)."""
+
+    label: str
+    slots: tuple[int, ...]
+    retired: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class BlockChart:
+    title: str
+    slots: tuple[str, ...]  # block ids, oldest first
+    bars: tuple[Bar, ...]
+    lanes: tuple[Lane, ...] = ()
+    legend: tuple[tuple[str, int], ...] = ()  # (name, colour) of the bar series
+    reference: str = "a block's lifetime budget (100%)"
+    omitted_lanes: int = 0  # older runs left out of the lanes (the table lists every run)
+
+
+def _runs_of(slots: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous stretches of slots."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(slots)):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def block_svg(chart: BlockChart) -> str:
+    """The block chart as a <figure>; one without blocks says so."""
+    if not chart.slots:
+        return f'<figure class="chart"><figcaption>{esc(chart.title)}</figcaption>' \
+               f'<p class="muted">No block has been charged yet.</p></figure>'
+    n = len(chart.slots)
+    top_h = H  # the bar area uses the frame of the other charts
+    height = top_h + (len(chart.lanes) * LANE_H + 16 if chart.lanes else 0)
+    slot_w = (W - LEFT - RIGHT) / n
+    peak = max([b.value for b in chart.bars if math.isfinite(b.value)] + [1.0])
+    y_ticks = nice_ticks(0.0, peak, 4)
+    y_top = y_ticks[-1]
+
+    def py(v: float) -> float:
+        return top_h - BOTTOM - v / y_top * (top_h - TOP - BOTTOM)
+
+    out = [f'<line class="axis" x1="{LEFT}" y1="{top_h - BOTTOM}" x2="{W - RIGHT}" y2="{top_h - BOTTOM}"/>']
+    for t in y_ticks:
+        out.append(f'<line class="grid" x1="{LEFT}" y1="{py(t):.1f}" x2="{W - RIGHT}" y2="{py(t):.1f}"/>'
+                   f'<text class="tick" x="{LEFT - 5}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.0%}</text>')
+    out.append(f'<line class="ref" x1="{LEFT}" y1="{py(1.0):.1f}" x2="{W - RIGHT}" y2="{py(1.0):.1f}">'
+               f'<title>{esc(chart.reference)}</title></line>')
+    every = max(1, math.ceil(n / 8))  # at most about 8 block labels; every bar has its own hover text
+    for i, label in enumerate(chart.slots):
+        if i % every == 0 or i == n - 1:
+            out.append(f'<text class="tick" x="{LEFT + (i + 0.5) * slot_w:.1f}" y="{top_h - BOTTOM + 14}" '
+                       f'text-anchor="middle">{esc(label)}</text>')
+    per_slot: dict[int, list[Bar]] = {}
+    for b in chart.bars:
+        per_slot.setdefault(b.slot, []).append(b)
+    for slot, bars in per_slot.items():
+        width = slot_w * 0.8 / len(bars)
+        for k, b in enumerate(bars):
+            if not math.isfinite(b.value):
+                continue
+            x = LEFT + slot * slot_w + slot_w * 0.1 + k * width
+            y = py(min(b.value, y_top))
+            cls = f"bar s{b.colour}" + (" worst" if b.highlight else "")
+            out.append(f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{max(width - 1, 1):.1f}" '
+                       f'height="{top_h - BOTTOM - y:.1f}"><title>{esc(b.note)}</title></rect>')
+            if b.highlight:
+                out.append(f'<text class="reflabel" x="{x + width / 2:.1f}" y="{y - 4:.1f}" '
+                           f'text-anchor="middle">worst</text>')
+    out.append(f'<text class="label" transform="translate(12 {(TOP + top_h - BOTTOM) / 2:.0f}) rotate(-90)" '
+               f'text-anchor="middle">share of the block\'s budget used</text>')
+    if chart.lanes:
+        y0 = top_h + 4
+        out.append(f'<text class="label" x="{LEFT - 5}" y="{y0 + 6}" text-anchor="end">runs</text>')
+        for j, lane in enumerate(chart.lanes):
+            y = y0 + j * LANE_H + LANE_H / 2
+            for a, b in _runs_of(lane.slots):
+                out.append(f'<line class="lane s1" x1="{LEFT + a * slot_w + 2:.1f}" y1="{y:.1f}" '
+                           f'x2="{LEFT + (b + 1) * slot_w - 2:.1f}" y2="{y:.1f}"><title>{esc(lane.label)}: charged '
+                           f'to {esc(chart.slots[a])} to {esc(chart.slots[b])}</title></line>')
+            for slot, why in lane.retired:
+                cx = LEFT + (slot + 0.5) * slot_w
+                out.append(f'<g class="retired"><path d="M{cx - 4:.1f},{y - 4:.1f}l8,8m0,-8l-8,8"/>'
+                           f'<title>{esc(lane.label)} retired block {esc(chart.slots[slot])}: {esc(why)}</title></g>')
+    items = [f'<li><span class="swatch s{c}"></span>{esc(name)}</li>' for name, c in chart.legend]
+    items.append(f'<li><span class="swatch ref"></span>{esc(chart.reference)}</li>')
+    items.append('<li><span class="swatch worst"></span>worst: the block and split whose share is the dataset\'s</li>')
+    if chart.lanes:
+        items.append('<li><span class="swatch s1"></span>a run, over the blocks it was charged to; × a block it '
+                     'retired' + (f" ({chart.omitted_lanes} older runs not drawn)" if chart.omitted_lanes else "")
+                     + "</li>")
+    return (f'<figure class="chart blocks"><figcaption>{esc(chart.title)}</figcaption>'
+            f'<svg viewBox="0 0 {W} {height}" role="img" aria-label="{esc(chart.title)}">{"".join(out)}</svg>'
+            f'<ul class="legend">{"".join(items)}</ul></figure>')

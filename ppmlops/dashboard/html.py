@@ -60,22 +60,38 @@ def overview(v: View, settings_info: dict, budgets: Any, decisions: Any, models:
     return v.page("Privacy and compliance", body)
 
 
+def use_cell(use: dict | None) -> str:
+    """The dataset's one figure (ppmlops.privacy.block_view), as every page shows it."""
+    if not use:
+        return '<span class="muted small">not registered</span>'
+    return (f'{bar(use["share_used"])}<b class="share">{esc(use["share_text"])}</b> '
+            f'<span class="small">used in the worst block ({esc(_where(use))})</span>')
+
+
+def _where(use: dict) -> str:
+    from ppmlops.privacy.block_view import partition_words
+
+    if use.get("worst_block") is None:
+        return "nothing charged yet"
+    if not use.get("blocked"):
+        return f"{partition_words(use.get('worst_partition'))}; one block: the whole dataset"
+    return f"block {use['worst_block']}, {partition_words(use.get('worst_partition'))}"
+
+
 def budget_table(v: View, data: dict) -> str:
     rows = []
     for d in data["datasets"]:
-        parts = ", ".join(f"{esc(p)} {num(e)}" for p, e in d["partitions"].items()) or "&ndash;"
         rows.append(
             f"<tr><td>{link(v.up + 'datasets/' + seg(d['dataset_id']), d['dataset_id'])}</td>"
             f'<td class="num">{num(d["epsilon_budget"])}</td><td class="num">{num(d["delta"], "{:.0e}")}</td>'
-            f'<td class="num">{num(d["epsilon_spent"])}</td><td class="num">{num(d["epsilon_remaining"])}</td>'
-            f'<td>{bar(d["share_used"])}<span class="small">{num(d["share_used"], "{:.0%}")} of the budget</span></td>'
-            f"<td>{parts}</td><td class=\"num\">{len(d['runs'])}</td>"
+            f'<td>{use_cell(d.get("use"))}</td><td class="num">{len(d["runs"])}</td>'
             f'<td class="num">{d["entry_count"]}{_reserved(d)}{_replayable(d.get("replayable_count"))}</td></tr>')
-    note = ('<p class="muted small">Epsilon at the dataset\'s delta, RDP accountant: all runs composed, worst '
-            "partition. \"Used\" is the share of the lifetime RDP budget at the dataset's accounting order "
-            "(what admission checks); a run's grant counts in full while the run is live.</p>")
-    return table(["dataset", "ε budget", "δ", "ε spent", "ε remaining", "used", "ε by partition", "runs",
-                  "entries"], rows, "No dataset in the privacy ledger yet.") + note
+    note = ('<p class="muted small">"Used" is the share of the lifetime budget used in the dataset\'s worst '
+            "block and split: RDP at the dataset's accounting order against the lifetime RDP budget, the "
+            "figure admission checks and the one the run pages, the trigger form, <code>ppmlops ledger show</code> "
+            "and MLflow show. A run's grant counts in full while the run is live.</p>")
+    return table(["dataset", "lifetime ε", "δ", "used", "runs", "entries"], rows,
+                 "No dataset in the privacy ledger yet.") + note
 
 
 REPLAYABLE_TITLE = ("drawn with randomness reproducible: anyone who knows the seed and run id can replay the "
@@ -93,21 +109,106 @@ def _reserved(d: dict) -> str:
 
 
 def spend_chart(d: dict, steps: list[dict]) -> charts.Chart:
-    """Epsilon the dataset's totals counted over time, per partition, against its lifetime budget."""
-    parts = sorted({p for s in steps for p in s["epsilon"]})
+    """The worst block's share of its lifetime budget over time, per split (the dataset's figure)."""
+    parts = sorted({p for s in steps for p in s["share"]})
     series = []
     for i, p in enumerate(parts):
-        pts = tuple(charts.Point(_ts(s["at"]), float(s["epsilon"].get(p, 0.0)),
-                                 f"{p}: ε {float(s['epsilon'].get(p, 0.0)):.3g} after: {s['words']} (run {s['run_id']})")
+        pts = tuple(charts.Point(_ts(s["at"]), 100 * float(s["share"].get(p, 0.0)),
+                                 f"{p}: {_pct(s['share'].get(p, 0.0))} used in block {s['block'].get(p, '-')} "
+                                 f"after: {s['words']} (run {s['run_id']})")
                     for s in steps)
-        series.append(charts.Series(f"ε counted, {p} rows", pts, colour=i + 1, shape="step"))
+        series.append(charts.Series(f"worst block's share used, {p} rows (%)", pts, colour=_colour(p, parts),
+                                    shape="step"))
     markers = tuple(charts.Marker(_ts(s["at"]), "trimmed" if s["event"] == "trimmed" else "released",
                                   f"{s['words']} (run {s['run_id']}, {s['partition']})")
                     for s in steps if s["event"] in ("trimmed", "released"))
-    refs = (charts.Reference(float(d["epsilon_budget"]), f"lifetime budget ε {d['epsilon_budget']:.3g}"),) \
-        if isinstance(d.get("epsilon_budget"), (int, float)) else ()
-    return charts.Chart(f"{d['dataset_id']}: ε charged over time", "time (UTC)", "ε", tuple(series), refs,
-                        markers, x_kind="time")
+    refs = (charts.Reference(100.0, "lifetime budget (100%)"),) if d.get("epsilon_budget") is not None else ()
+    return charts.Chart(f"{d['dataset_id']}: share of the lifetime budget used over time", "time (UTC)",
+                        "% used (worst block)", tuple(series), refs, markers, x_kind="time")
+
+
+def _colour(partition: str, parts: list[str]) -> int:
+    # One colour per split on every chart (train blue, holdout amber), whichever splits are present.
+    fixed = {"train": 1, "holdout": 2}
+    if partition in fixed:
+        return fixed[partition]
+    return 3 + sorted(set(parts) - set(fixed)).index(partition) % 4
+
+
+def _pct(share: Any) -> str:
+    from ppmlops.privacy.block_view import percent
+
+    return percent(share) if isinstance(share, (int, float)) else "-"
+
+
+def block_chart(d: dict) -> charts.BlockChart:
+    """Blocks by start date, each split's share of the block's budget, runs and retirements."""
+    rows = list(d.get("block_rows") or [])
+    retired = d.get("retired") or {}
+    # Retired blocks the ledger charged nothing to still get a slot: the officer sees them left out.
+    known = {r["block"] for r in rows}
+    extra = sorted({x["block"] for xs in retired.values() for x in xs if x["block"] not in known})
+    rows += [{"block": b, "start": next(x["start"] for xs in retired.values() for x in xs if x["block"] == b),
+              "shares": {}, "worst": False, "runs": []} for b in extra]
+    rows.sort(key=lambda r: (r.get("start") or "", r["block"]))
+    slot = {r["block"]: i for i, r in enumerate(rows)}
+    parts = sorted({p for r in rows for p in r["shares"]})
+    use = d.get("use") or {}
+    bars = tuple(charts.Bar(slot[r["block"]], float(r["shares"][p]), _colour(p, parts),
+                            f"block {r['block']}, {p} rows: {_pct(r['shares'][p])} of its lifetime budget used",
+                            highlight=r["worst"] and p == use.get("worst_partition"))
+                 for r in rows for p in parts if p in r["shares"])
+    run_ids = list(dict.fromkeys([x["run_id"] for x in d.get("run_spend") or []] + list(retired)))
+    shown = run_ids[-30:]  # the newest runs; the table below lists all
+    lanes = tuple(charts.Lane(run, tuple(slot[r["block"]] for r in rows if run in r["runs"]),
+                              tuple((slot[x["block"]], x.get("why", "")) for x in retired.get(run, [])))
+                  for run in shown)
+    calendar = "one block: the whole dataset" if not d.get("block_length_seconds") else \
+        f"blocks of {_length(d['block_length_seconds'])} from {d.get('block_origin')}"
+    return charts.BlockChart(f"{d['dataset_id']}: share of each block's budget used ({calendar})",
+                             tuple(r["block"] for r in rows), bars, lanes,
+                             tuple((f"{p} rows", _colour(p, parts)) for p in parts),
+                             omitted_lanes=len(run_ids) - len(shown))
+
+
+def _length(seconds: float) -> str:
+    from datetime import timedelta
+
+    from ppmlops.privacy.blocks import length_text
+
+    return length_text(timedelta(seconds=float(seconds)))
+
+
+GLOSSARY = (
+    ("lifetime budget", "The (ε, δ) every row of the dataset may lose over the dataset's whole life, fixed when "
+                        "the dataset was registered. Each block and split has it in full (its rows are "
+                        "disjoint from the others'), as an RDP budget at the dataset's accounting order."),
+    ("block", "A slice of event time (privacy.blocks, e.g. one week) on a calendar fixed by the spec, not by the "
+              "data; a row belongs to the one block its event time falls in. A dataset without blocks is one "
+              "block, the whole dataset."),
+    ("share used", "For one block and split: the RDP its charges add up to at the dataset's order, as a share of "
+                   "the lifetime RDP budget. Additive: two equal runs use twice one run's share. Admission "
+                   "refuses any charge that would take a block past 100%."),
+    ("worst block", "The block and split with the largest share used. Its share is the dataset's figure: the "
+                    "one shown on the overview, this page, run pages, the trigger form, the CLI and MLflow. A "
+                    "row's guarantee is its own block's; none is weaker than the worst block's."),
+    ("grant", "A run's whole budget, reserved at plan before it trains, charged to every block of its window; "
+              "it counts in full while the run is live."),
+    ("trimmed", "A grant closed when its run ended: from then on only what the run used (its usage rows) "
+                "counts."),
+    ("released", "A grant closed unused: it stops counting. Noisy statistics released at assess (counts, "
+                 "accuracy) are releases too and count for good."),
+    ("retired", "A block of a run's window whose budget could not afford the run: the run left its rows out "
+                "(quarantined, not dropped) and trained on the others. Block bounds come from the calendar, so "
+                "naming them reveals nothing."),
+    ("ε of a charge", "One release or grant on its own, at its best order: how a run's guarantee is stated. "
+                      "Charges do not add up in ε; that is why the dataset's figure is a share."),
+)
+
+
+def glossary() -> str:
+    items = "".join(f"<dt>{esc(term)}</dt><dd>{esc(words)}</dd>" for term, words in GLOSSARY)
+    return f'<h2>What the figures mean</h2><dl class="glossary">{items}</dl>'
 
 
 def _ts(iso: str) -> float:
@@ -261,37 +362,66 @@ def airflow_run_link(up: str, dag_id: str, run_id: str, known: bool = True) -> s
 # -- detail pages -----------------------------------------------------------------------------
 
 def dataset_page(v: View, d: dict, decisions: Any) -> str:
-    runs = [f"<tr><td>{v.run(r['run_id'], d['dataset_id'])}</td><td class=\"num\">{num(r['epsilon'])}</td>"
+    retired = d.get("retired") or {}
+    runs = [f"<tr><td>{v.run(r['run_id'], d['dataset_id'])}</td>"
+            f"<td class=\"num\">{esc(_pct(r.get('share')))}</td><td class=\"num\">{num(r['epsilon'])}</td>"
             f"<td>{', '.join(f'{esc(p)} {num(e)}' for p, e in r['epsilon_by_partition'].items())}</td>"
+            f"<td class=\"small\">{esc(_block_span(r.get('blocks')))}</td>"
+            f"<td class=\"small\">{esc(', '.join(x['block'] for x in retired.get(r['run_id'], []))) or '&ndash;'}</td>"
             f"<td class=\"num\">{r['entries']}</td><td class=\"num\">{r['steps']}</td>"
             f"<td>{esc(', '.join(r['statuses']))}"
             f"{_replayable(r.get('replayable_entries'))}</td></tr>"
             for r in d["run_spend"]]
     steps = [f"<tr><td>{when(s['at'])}</td><td>{v.run(s['run_id'], d['dataset_id'])}</td><td>{esc(s['words'])}</td>"
-             f"<td>{esc(s['partition'])}</td>"
-             f"<td>{', '.join(f'{esc(p)} {num(e)}' for p, e in s['epsilon'].items()) or '0'}</td></tr>"
+             f"<td>{esc(s['partition'])}</td><td class=\"num\">{num(s.get('charge_epsilon'))}</td>"
+             f"<td>{_step_after(s)}</td></tr>"
              for s in d.get("spend_steps") or []]
     entries = [f"<tr><td class=\"num\">{e['id']}</td><td>{v.run(e['run_id'], d['dataset_id'])}</td><td>{esc(e['kind'])}</td>"
-               f"<td>{esc(e['partition'])}</td><td class=\"num\">{num(e['noise_multiplier'])}</td>"
+               f"<td>{esc(e['partition'])}</td><td class=\"small\">{esc(_block_span(e.get('blocks')))}</td>"
+               f"<td class=\"num\">{num(e['noise_multiplier'])}</td>"
                f"<td class=\"num\">{num(e['sample_rate'])}</td><td class=\"num\">{e['steps']}</td>"
                f"<td>{esc(e['status'])}{_replayable(1 if e.get('randomness', 'secure') != 'secure' else 0)}</td>"
                f"<td>{when(e['created_at'])}</td><td>{when(e.get('completed_at'))}</td>"
                f"<td class=\"small\">{esc(e.get('note')) if v.reader.compliance else ''}</td></tr>"
                for e in d["entries"]]
-    body = (budget_table(v, {"datasets": [d]}) + charts.svg(spend_chart(d, d.get("spend_steps") or []))
+    body = (budget_table(v, {"datasets": [d]})
+            + "<h2>Blocks</h2><p class=\"muted small\">Each block of event time has the lifetime budget in full; "
+            "a run is charged to every block of its window and to no other. The outlined bar is the worst block: "
+            "its share is the dataset's figure above.</p>"
+            + charts.block_svg(block_chart(d)) + charts.svg(spend_chart(d, d.get("spend_steps") or []))
             + "<h2>How the budget was spent</h2><p class=\"muted small\">Each change of what the dataset's totals "
             "count. A grant reserves a run's whole budget before it trains; when the run ends the grant is "
-            "trimmed to what the run used, or released if it used nothing.</p>"
-            + table(["when", "run", "what happened", "partition", "ε counted after"], steps, "No entries.")
-            + "<h2>Spend per run</h2><p class=\"muted small\">Each run's guarantee on its own (its releases and "
-            "whole grant); the dataset total above composes all runs, which is less than the sum.</p>"
-            + table(["run", "ε", "ε by partition", "entries", "steps", "status"], runs, "No entries.")
+            "trimmed to what the run used, or released if it used nothing. \"ε of the charge\" is the release or "
+            "grant on its own; \"used after\" is the dataset's figure right after the change.</p>"
+            + table(["when", "run", "what happened", "partition", "ε of the charge", "used after (worst block)"],
+                    steps, "No entries.")
+            + "<h2>Spend per run</h2><p class=\"muted small\">\"Share\" is what the run adds to each block it "
+            "read; ε is its guarantee on its own (its releases and whole grant). Shares add up within a block; "
+            "epsilons do not.</p>"
+            + table(["run", "share", "ε", "ε by partition", "blocks", "retired", "entries", "steps", "status"], runs,
+                    "No entries.")
             + "<h2>Ledger entries</h2>"
-            + table(["id", "run", "kind", "partition", "σ", "q", "steps", "status", "reserved", "closed", "note"],
-                    entries, "No entries.")
+            + table(["id", "run", "kind", "partition", "blocks", "σ", "q", "steps", "status", "reserved", "closed",
+                     "note"], entries, "No entries.")
+            + glossary()
             + "<h2>Decisions on this dataset</h2>"
             + section(decisions, lambda x: chain_box(x["chain"]) + decision_table(v, x)))
     return v.page(f"Dataset {d['dataset_id']}", body)
+
+
+def _block_span(blocks: Any) -> str:
+    if blocks is None:
+        return "before blocks (every block then open)"
+    if not isinstance(blocks, list) or not blocks:
+        return "-"
+    return blocks[0] if len(blocks) == 1 else f"{blocks[0]} to {blocks[-1]} ({len(blocks)} blocks)"
+
+
+def _step_after(s: dict) -> str:
+    if not s.get("share"):
+        return "0%"
+    p = max(sorted(s["share"]), key=lambda k: s["share"][k])
+    return f"{esc(_pct(s['share'][p]))} <span class=\"small muted\">(block {esc(s['block'].get(p))}, {esc(p)})</span>"
 
 
 def checks_list(v: View, result: Any) -> str:

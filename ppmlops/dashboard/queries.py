@@ -103,15 +103,19 @@ def budgets(settings: Settings) -> dict:
 
 
 def _budget(d: dict) -> dict:
-    budget, spent = d["epsilon_budget"], d["epsilon_spent"]
+    from ppmlops.privacy.block_view import use_of
+
+    use = use_of(d)
     return {
         "dataset_id": d["dataset_id"],
-        "epsilon_budget": budget,
+        "epsilon_budget": d["epsilon_budget"],
         "delta": d["delta"],
-        "epsilon_spent": spent,
+        "epsilon_spent": d["epsilon_spent"],
         "epsilon_remaining": d["epsilon_remaining"],
-        "fraction_spent": (spent / budget) if budget and spent is not None else None,
-        "share_used": d.get("share_used"),  # of the lifetime RDP budget: what admission checks
+        # The one figure of a dataset's use (ppmlops.privacy.block_view): the worst (block, split)'s
+        # share of the lifetime RDP budget, what admission checks, with its block named.
+        "share_used": use.share if use else None,
+        "use": use.as_dict() if use else None,
         "partitions": d["partitions"],
         "runs": d["runs"],
         "entry_count": len(d["entries"]),
@@ -124,7 +128,9 @@ def _budget(d: dict) -> dict:
 
 
 def dataset(settings: Settings, dataset_id: str) -> dict:
-    """One dataset's budget, what each run spent per partition, and every ledger entry."""
+    """One dataset's budget, what each run spent per partition, its blocks, and every ledger entry."""
+    from ppmlops.privacy.block_view import block_rows, run_share
+
     ledger, _ = stores(settings)
     with _reading(settings):
         try:
@@ -132,21 +138,33 @@ def dataset(settings: Settings, dataset_id: str) -> dict:
         except PpmlopsError:
             raise NotFound(f"dataset {dataset_id!r} is not in the privacy ledger") from None
         runs = []
+        registered = d["delta"] is not None
         for run_id in d["runs"]:
             mine = [e for e in d["entries"] if e["run_id"] == run_id]
             # A run's own epsilon: its entries composed on their own, at the dataset's delta.
-            by_partition = ledger.epsilon_by_partition(dataset_id, run_id=run_id) if d["delta"] is not None else {}
+            by_partition = ledger.epsilon_by_partition(dataset_id, run_id=run_id) if registered else {}
             runs.append({
                 "run_id": run_id,
-                "epsilon": max(by_partition.values(), default=0.0) if d["delta"] is not None else None,
+                "epsilon": max(by_partition.values(), default=0.0) if registered else None,
                 "epsilon_by_partition": by_partition,
+                # What the run adds to each block it read (share of a block's lifetime budget).
+                "share": run_share(ledger, dataset_id, run_id) if registered else None,
+                "blocks": next((e["blocks"] for e in mine if e["kind"] in ("release", "grant")), None),
                 "entries": len(mine),
                 "steps": sum(e["steps"] for e in mine),
                 "statuses": sorted({e["status"] for e in mine}),
                 "replayable_entries": sum(e.get("randomness", "secure") != "secure" for e in mine),
             })
         steps = _spend_steps(ledger, dataset_id)
-    return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"], "spend_steps": steps})
+    retired = run_folders.retirements(settings, dataset_id)
+    return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"], "spend_steps": steps,
+                     "block_length_seconds": d.get("block_length_seconds"), "block_origin": d.get("block_origin"),
+                     "block_rows": [_block_row(r) for r in block_rows(d)], "retired": retired})
+
+
+def _block_row(r: Any) -> dict:
+    return {"block": r.block, "start": r.start.isoformat() if r.start else None,
+            "end": r.end.isoformat() if r.end else None, "shares": r.shares, "worst": r.worst, "runs": list(r.runs)}
 
 
 def spend_steps_all(settings: Settings) -> dict[str, list[dict]]:
@@ -163,7 +181,8 @@ def _spend_steps(ledger: Any, dataset_id: str) -> list[dict]:
     if budget is None:
         return []
     return [{"at": s.at, "run_id": s.run_id, "event": s.event, "words": s.words, "partition": s.partition,
-             "epsilon": s.epsilon} for s in spend_steps(ledger.entries(dataset_id), budget)]
+             "share": s.share, "block": s.block, "charge_epsilon": s.charge_epsilon}
+            for s in spend_steps(ledger.entries(dataset_id), budget)]
 
 
 # -- decisions --------------------------------------------------------------------------------
@@ -263,4 +282,26 @@ def runs(settings: Settings, limit: int = 50) -> dict:
 
 
 def run(settings: Settings, pipeline: str, run_id: str) -> dict:
-    return jsonable(run_folders.detail(settings, pipeline, run_id))
+    """The run's public records, and its dataset's figure now (the same as the overview's)."""
+    data = run_folders.detail(settings, pipeline, run_id)
+    return jsonable({**data, "dataset_use": _run_dataset_use(settings, data)})
+
+
+def _run_dataset_use(settings: Settings, data: dict) -> dict:
+    """The dataset's use now and this run's part of it; {"error": ...} when the ledger cannot say
+    (the page then shows why instead of a figure of its own)."""
+    from ppmlops.privacy.block_view import dataset_use, run_share
+
+    plan = data["records"].get("plan")
+    privacy = plan.get("privacy") if isinstance(plan, dict) else None
+    dataset_id = data.get("dataset_id") or (privacy.get("dataset_id") if isinstance(privacy, dict) else None)
+    if not dataset_id:
+        return {"error": "this run's records do not name its dataset"}
+    try:
+        ledger, _ = stores(settings)
+        with _reading(settings):
+            use = dataset_use(ledger, dataset_id)
+            mine = run_share(ledger, dataset_id, data["run_id"])
+    except (Unavailable, PpmlopsError) as err:
+        return {"error": f"dataset {dataset_id!r}: {_first_line(err)}"}
+    return {**use.as_dict(), "dataset_id": dataset_id, "run_share": mine}

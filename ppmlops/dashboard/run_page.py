@@ -36,8 +36,7 @@ def summary_cards(data: dict) -> str:
         _card("ε charged (the run's guarantee)", num(plan.get("epsilon")),
               f"granted {num(plan.get('run_epsilon'))} at δ {num(plan.get('delta'), '{:.0e}')}; "
               f"the epochs used {num(used)}"),
-        _card("dataset's lifetime budget used", num(plan.get("dataset_share_after"), "{:.0%}"),
-              f"{bar(plan.get('dataset_share_after'))}before this run {num(plan.get('dataset_share_before'), '{:.0%}')}"),
+        _use_card(data, plan),
         _card("noisy held-out accuracy", num(ev.get("accuracy"), "{:.3f}"),
               f"majority baseline {num(ev.get('majority_baseline'), '{:.3f}')}; AUC {num(ev.get('auc'), '{:.3f}')}"),
         _card("canary audit", "ε ≥ " + num(audit.get("epsilon_lower_bound")),
@@ -45,6 +44,24 @@ def summary_cards(data: dict) -> str:
               f"{num(audit.get('correct'))} of {num(audit.get('guesses'))} guesses right"),
     ]
     return f'<div class="summary">{"".join(cards)}</div>'
+
+
+def _use_card(data: dict, plan: dict) -> str:
+    """The dataset's figure now (the overview's, ppmlops.privacy.block_view) and this run's part of
+    it. The plan record's shares were taken at plan over the run's own blocks: a different,
+    older number, so it is named as such rather than shown as "the dataset's"."""
+    use = data.get("dataset_use") or {}
+    retired = [r.get("block") for r in plan.get("retired_blocks") or [] if isinstance(r, dict)]
+    retired_words = f"; retired {', '.join(map(str, retired))}" if retired else ""
+    if "error" in use or not use:
+        return _card("dataset's lifetime budget used", "&ndash;",
+                     esc(use.get("error", "the ledger could not be read")) + esc(retired_words))
+    from ppmlops.dashboard.html import _where
+    from ppmlops.privacy.block_view import percent
+
+    return _card("dataset's lifetime budget used (now, worst block)", esc(use["share_text"]),
+                 f"{bar(use['share_used'])}{esc(_where(use))}; this run added {esc(percent(use.get('run_share')))} "
+                 f"to each block it read{esc(retired_words)}")
 
 
 def _decision(decisions: Any, decision_id: Any, stage: str) -> dict:

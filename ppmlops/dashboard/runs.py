@@ -130,3 +130,24 @@ def detail(settings: Settings, pipeline: str, run_id: str) -> dict:
     history = train.get("history") if isinstance(train, dict) else None
     return {**ref(folder).as_dict(), "run": folder.name, "run_dir": str(folder), "records": records,
             "epochs": history if isinstance(history, list) else []}
+
+
+def retirements(settings: Settings, dataset_id: str) -> dict[str, list[dict]]:
+    """Per run of the dataset, the blocks of its window it retired (their budget could not afford
+    it), as its public records name them: plan.json, else staged.json (a run refused after ingest).
+    Block bounds come from the calendar, so these are public. Runs whose records do not name
+    their dataset (from before run.json) are left out rather than guessed."""
+    out: dict[str, list[dict]] = {}
+    for folder in folders(settings):
+        r = ref(folder)
+        if r.dataset_id != dataset_id:
+            continue
+        plan = load(folder / "plan.json") if (folder / "plan.json").exists() else {}
+        staged = load(folder / "staged.json") if (folder / "staged.json").exists() else {}
+        privacy = plan.get("privacy") if isinstance(plan, dict) else None
+        found = privacy if isinstance(privacy, dict) and "retired_blocks" in privacy else staged
+        retired = found.get("retired_blocks") if isinstance(found, dict) else None
+        retired = [x for x in retired or [] if isinstance(x, dict) and isinstance(x.get("block"), str)]
+        if retired:
+            out[r.run_id] = retired
+    return out

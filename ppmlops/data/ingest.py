@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ppmlops.data import quarantine
+from ppmlops.data.person_bound import KEEP, OVER, PersonBound, bound_key
 from ppmlops.data.consent import ConsentRules, today
 from ppmlops.privacy.blocks import BlockCalendar, calendar_of
 from ppmlops.window import DataInterval, RowWindow, parse_timestamp
@@ -118,6 +119,11 @@ class IngestResult:
     # is charged to holds them (private, like rows_outside_window).
     rows_outside_open_blocks: int = 0
     retired_blocks: list[str] = field(default_factory=list)  # the blocks of the window left out
+    # With privacy.unit (ppmlops.data.person_bound): rows quarantined because their person already
+    # had max_rows rows in the run, and rows (malformed lines included) whose person is unknown.
+    # Private and in no release: one person could move them by more than max_rows.
+    rows_over_person_limit: int = 0
+    rows_without_person: int = 0
     # Undeclared columns left out of the quarantine file as direct identifiers: column -> why.
     quarantine_withheld: dict[str, str] = field(default_factory=dict)
     # Cells of the undeclared columns kept there that were withheld: column -> kind -> count.
@@ -216,6 +222,7 @@ def declared_columns(spec: PipelineSpec) -> list[str]:
     names = [f.name for f in ds.features] + [ds.label.column]
     names += ds.consent.columns() if ds.consent is not None else []
     names += [ds.window.column] if ds.window is not None and ds.window.column is not None else []
+    names += [spec.privacy.unit.column] if spec.privacy.unit is not None else []
     names += ds.identifiers + ds.pseudonymize + ds.quasi_identifiers + ds.special_categories + ds.not_sensitive
     return list(dict.fromkeys(names))
 
@@ -501,6 +508,7 @@ class _IngestRun:
                           for r in self.readers]
         self.outside = 0
         self.outside_blocks = 0  # quarantined, in no release (see _WindowFilter.outside_blocks)
+        self.unattributed = 0  # malformed lines under a person unit: quarantined, in no release
         self.columns = snapshot_columns(spec)
         self.train = _Snapshot(run_dir / "snapshot_train.parquet", spec, self.columns)
         self.test = _Snapshot(run_dir / "snapshot_test.parquet", spec, self.columns)
@@ -508,8 +516,11 @@ class _IngestRun:
         q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, home)
         undeclared = list(dict.fromkeys(c for r in self.readers for c in r.header if c not in set(declared)))
         withheld = _screen_columns(self.readers, undeclared, screen)
+        self.bound, self.person_at = self._person_bound(home)
+        # The person column never reaches the quarantine file: rows there are traced by HMAC only.
+        person = [spec.privacy.unit.column] if spec.privacy.unit is not None else []
         self.q = quarantine.QuarantineWriter(self.quarantine_path, [r.header for r in self.readers],
-                                             ds.identifiers, q_key, withheld=withheld, screened=undeclared,
+                                             list(dict.fromkeys(ds.identifiers + person)), q_key, withheld=withheld, screened=undeclared,
                                              screen=screen)
         self.reasons: Counter = Counter()
         self.refusals: Counter = Counter()
@@ -517,10 +528,43 @@ class _IngestRun:
         self.split_key, self.fraction = _split_key(spec.training.seed), spec.training.test_fraction
         self.train_hash = hashlib.sha256(_canonical_part("train", self.columns).encode("utf-8"))
 
+    def _person_bound(self, home: Path) -> tuple[PersonBound | None, list[int]]:
+        unit = self.spec.privacy.unit
+        if unit is None:
+            return None, []
+        for r in self.readers:
+            if unit.column not in r.header:
+                raise missing_columns(r.path, [(unit.column, "person (privacy.unit.column)")], r.header)
+        bound = PersonBound(self.ds.id, unit.column, unit.max_rows, bound_key(self.ds.id, home))
+        return bound, [r.header.index(unit.column) for r in self.readers]
+
+    def _in_run(self, n: int, rec: list[str]) -> tuple[bool | None, str | None]:
+        """(window verdict, why outside the open blocks): a row with keep False or a reason is not
+        part of the run; every other row counts towards its person's bound."""
+        keep = self.in_window[n].keep(rec)
+        if keep is False:
+            return keep, None
+        return keep, self.in_window[n].outside_blocks(rec, keep)
+
+    def _count_persons(self) -> None:
+        """Pass one of the per-person bound: the person ids of every row the run will read."""
+        for n, r in enumerate(self.readers):
+            again = SourceReader(r.path, r.format, r.encoding, r.delimiter, chunk_rows=r.chunk_rows)
+            at = self.person_at[n]
+            for chunk in again:
+                ids = []
+                for rec in chunk.records:
+                    keep, no_block = self._in_run(n, rec)
+                    if keep is not False and no_block is None:
+                        ids.append(rec[at])
+                self.bound.count(ids)
+
     def stage(self) -> None:
         """Read every source; commit the snapshots and quarantine only if all rows reconcile."""
         committed = False
         try:
+            if self.bound is not None:
+                self._count_persons()
             for n, reader in enumerate(self.readers):
                 for chunk in reader:
                     self._chunk(n, reader, chunk)
@@ -543,19 +587,29 @@ class _IngestRun:
         to_train, to_test = [], []
         # Quarantine rows in line order: the ragged lines sit among the chunk's records.
         events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in chunk.ragged]
-        for rec, line in zip(chunk.records, chunk.lines):
-            keep = self.in_window[n].keep(rec)
+        verdicts = [self._in_run(n, rec) for rec in chunk.records]
+        bounded = iter(())
+        if self.bound is not None:  # before any check: a person's rows in every released bin add up to <= k
+            at = self.person_at[n]
+            bounded = iter(self.bound.select([rec[at] for rec, (keep, no_block) in zip(chunk.records, verdicts)
+                                              if keep is not False and no_block is None]))
+        for rec, line, (keep, no_block) in zip(chunk.records, chunk.lines, verdicts):
             if keep is False:
                 self.outside += 1
                 continue
-            no_block = self.in_window[n].outside_blocks(rec, keep)
             if no_block is not None:
                 events.append((line, 2, (rec, no_block)))
                 continue
+            if self.bound is not None:
+                verdict = next(bounded)
+                if verdict != KEEP:
+                    reason = self.bound.over_reason() if verdict == OVER else self.bound.unknown_reason()
+                    events.append((line, 3, (rec, reason)))
+                    continue
             result = self.checkers[n].check(rec) if keep else keep_invalid(self.in_window[n])
             if isinstance(result, tuple):
                 events.append((line, 1, (rec, result)))
-            elif n == 1 or (self.ds.test_source is None and _is_test(rec, self.split_key, self.fraction)):
+            elif n == 1 or (self.ds.test_source is None and self._is_test(n, rec)):
                 to_test.append(result)
             else:
                 to_train.append(result)
@@ -568,11 +622,25 @@ class _IngestRun:
         self.counts[n].accepted += len(to_train) + len(to_test)
         self.counts[n].quarantined += len(events)
 
+    def _is_test(self, n: int, rec: list[str]) -> bool:
+        if self.bound is not None:  # by person: all of a person's rows in one partition (parallel composition)
+            return _is_test([rec[self.person_at[n]].strip()], self.split_key, self.fraction)
+        return _is_test(rec, self.split_key, self.fraction)
+
     def _quarantine(self, reader, line: int, kind: int, payload) -> None:
         if kind == 0:
             fields, why = payload
             self.q.malformed(reader.path, line, why, fields)
-            self.reasons[MALFORMED_LINE] += 1
+            if self.bound is not None:  # whose line it is cannot be known: no bound, so in no release
+                self.unattributed += 1
+            else:
+                self.reasons[MALFORMED_LINE] += 1
+            return
+        if kind == 3:  # dropped by the per-person bound: quarantined, private, in no release
+            rec, reason = payload
+            # Where, why and the HMAC only: the bound runs before the consent check, so the
+            # row's owner may have refused, and its values must not be kept then.
+            self.q.refused(reader.path, line, reason, rec)
             return
         if kind == 2:  # outside every open privacy block: quarantined, kept out of self.reasons (released)
             rec, reason = payload
@@ -592,7 +660,7 @@ class _IngestRun:
         rows_in = sum(r.rows_in for r in self.readers)
         rows_staged = self.train.rows + self.test.rows
         if (rows_in != rows_staged + self.q.rows + self.outside
-                or sum(self.reasons.values()) != self.q.rows - self.outside_blocks
+                or sum(self.reasons.values()) != self.q.rows - self.outside_blocks - self._unreleased()
                 or sum(self.refusals.values()) != self.reasons.get(NO_CONSENT, 0)):
             raise DataError(f"{self.ds.id}: internal error, rows do not reconcile: {rows_in} read, {rows_staged} "
                             f"staged, {self.q.rows} quarantined")
@@ -600,6 +668,12 @@ class _IngestRun:
             if not part.rows:
                 raise DataError(f"{self.ds.id}: no rows left for the {name} partition after quarantine "
                                 f"({dict(self.reasons)}); see {self.quarantine_path}")
+
+    def _unreleased(self) -> int:
+        """Quarantined rows the person bound keeps out of every release."""
+        if self.bound is None:
+            return 0
+        return self.bound.dropped + self.bound.unknown + self.unattributed
 
     def _sha256(self) -> str:
         h = self.train_hash
@@ -616,6 +690,9 @@ class _IngestRun:
             dropped.extend(c for c in r.header if c not in staged and c not in dropped)
         split = (f"test_source {readers[1].path}" if ds.test_source is not None
                  else f"keyed hash of each row (seed {self.spec.training.seed}), test fraction {self.fraction:g}")
+        if self.bound is not None:
+            split = (f"keyed hash of each person's {self.bound.column} (seed {self.spec.training.seed}), "
+                     f"test fraction {self.fraction:g}")
         return IngestResult(
             dataset_id=ds.id, rows_in=sum(r.rows_in for r in readers),
             rows_staged=self.train.rows + self.test.rows, rows_train=self.train.rows, rows_test=self.test.rows,
@@ -635,6 +712,8 @@ class _IngestRun:
             quarantine_retention_days=self.retention, quarantine_expired=expired,
             window=_describe_window(self.window, self.selected), rows_outside_window=self.outside,
             rows_outside_open_blocks=self.outside_blocks, retired_blocks=list(self.retired),
+            rows_over_person_limit=self.bound.dropped if self.bound is not None else 0,
+            rows_without_person=(self.bound.unknown + self.unattributed) if self.bound is not None else 0,
             quarantine_withheld=dict(self.q.withheld),
             quarantine_cells_withheld={c: dict(sorted(k.items())) for c, k in sorted(self.q.cells_withheld.items())},
             renamed_columns=self.renamed,

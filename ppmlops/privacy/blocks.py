@@ -169,3 +169,32 @@ def calendar_of(privacy) -> BlockCalendar:
     if privacy.blocks is None:
         return BlockCalendar()
     return BlockCalendar(privacy.blocks, privacy.block_origin)
+
+
+def unlock_horizon(calendar: BlockCalendar, lookback: timedelta | None) -> timedelta | None:
+    """The span of run ends over which a block's budget unlocks (None: unlocked at once).
+
+    A run ending at t with lookback H reads [t - H, t), so runs ending in (start, start + length
+    + H) read a block; with H a multiple of the length and runs every block length, exactly
+    N = H / length of them. Unlocking over max(H, length) gives those runs 1/N each (the brief's
+    b * (reads + 1) / N) and, with a lookback shorter than a block, spreads the block over the
+    runs inside it. Without a lookback a run reads only its own data interval: each block is read
+    about once and is unlocked at once (today's behaviour)."""
+    if not calendar.blocked or lookback is None:
+        return None
+    return max(lookback, calendar._need_blocks())
+
+
+def unlocked_fraction(calendar: BlockCalendar, block: str, end: datetime, horizon: timedelta | None) -> float:
+    """The share of a block's lifetime budget unlocked for a run whose window ends at `end`:
+    min(1, (end - block start) / horizon), DPF's unlocking (Luo et al. OSDI 2021) by time.
+
+    By time rather than by the count of earlier reads: the count rises with every run, so a burst
+    of manual runs (or an adversary who can trigger them) would unlock a block as fast as it ran;
+    the calendar and the run's window end are public and only advance with the data. Unlocking is
+    a scheduling rule (the plan sizes the run to it); the ledger's per-block lifetime filter is
+    what the guarantee rests on, whatever is unlocked."""
+    if not calendar.blocked or horizon is None or block == ALL:
+        return 1.0
+    elapsed = _micro(_utc(end) - calendar.bounds(block)[0])
+    return min(1.0, max(0.0, elapsed / _micro(horizon)))

@@ -61,7 +61,7 @@ from ppmlops import db
 
 from ppmlops.errors import BudgetExceeded, PpmlopsError
 from ppmlops.privacy.accountant import ORDERS, Segment, check_delta, epsilon_from_rdp, segment_rdp
-from ppmlops.privacy.blocks import ALL, BlockCalendar, BlockError
+from ppmlops.privacy.blocks import ALL, BlockCalendar, BlockError, unlocked_fraction
 from ppmlops.privacy.lifetime import LifetimeBudget, choose_order
 from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
 from ppmlops.privacy.search import TrialCount, search_rdp
@@ -119,6 +119,19 @@ ledger_table = Table(
     Column("search_shape", Double, nullable=True),
     # JSON list of the block ids the entry counts against; NULL: written before blocks existed.
     Column("blocks", Text, nullable=True),
+)
+
+# Which pipeline (the spec's name) each run belongs to, and where its data window ends: registered
+# at plan (public: the spec's name and the run's data interval). Several pipelines on one dataset
+# share each block's unlocked budget by it (see Ledger.block_rooms).
+runs_table = Table(
+    "privacy_runs",
+    _metadata,
+    Column("dataset_id", String(200), primary_key=True),
+    Column("run_id", String(200), primary_key=True),
+    Column("pipeline", String(200), nullable=False, index=True),
+    Column("window_end", String(40), nullable=True),  # ISO, UTC; NULL: the whole table up to now
+    Column("registered_at", String(40), nullable=False),
 )
 
 # Columns added since the first schema; existing databases get them on open (ALTER TABLE ADD).
@@ -296,6 +309,64 @@ def worst_blocks(per_block: Mapping[str, Mapping[str, np.ndarray]], order_index:
             if partition not in out or curve[order_index] > out[partition][0]:
                 out[partition] = (float(curve[order_index]), block)
     return {p: b for p, (_, b) in sorted(out.items())}
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """A run registered with the dataset it reads (public)."""
+
+    run_id: str
+    pipeline: str
+    window_end: datetime | None
+
+
+@dataclass(frozen=True)
+class BlockRoom:
+    """One block as a run of one pipeline sees it at plan: DPF unlocking and fair sharing.
+
+    RDP values are at the dataset's order. `unlocked` is the share of the block's lifetime budget
+    unlocked at the run's window end (ppmlops.privacy.blocks.unlocked_fraction); each of the
+    `pipelines` pipelines reading the dataset may use an equal part of it. The room is what the
+    run may still add: within the unlocked budget left over by every run, and within its
+    pipeline's part of it left over by that pipeline's runs (its own count release included)."""
+
+    block: str
+    unlocked: float
+    pipelines: int
+    lifetime_rdp: float  # the block's lifetime RDP budget (each (block, partition) has it)
+    spent: dict[str, float]  # per partition, counted RDP of every run
+    own: dict[str, float]  # per partition, counted RDP of this pipeline's runs
+
+    def room(self, partition: str) -> float:
+        open_ = self.unlocked * self.lifetime_rdp
+        left = open_ - self.spent.get(partition, 0.0)
+        fair = open_ / self.pipelines - self.own.get(partition, 0.0)
+        return max(0.0, min(left, fair))
+
+    @property
+    def share_used(self) -> float:
+        """Of the block's lifetime budget, by every run (worst partition)."""
+        return max(self.spent.values(), default=0.0) / self.lifetime_rdp
+
+    @property
+    def pipeline_share_used(self) -> float:
+        """Of the block's lifetime budget, by this pipeline's runs (worst partition)."""
+        return max(self.own.values(), default=0.0) / self.lifetime_rdp
+
+
+def active_pipelines(runs: Iterable[PipelineRun], pipeline: str, end: datetime,
+                     horizon: timedelta | None) -> int:
+    """How many pipelines share a dataset's blocks for a run of `pipeline` ending at `end`: this
+    one and every other that registered a run whose window ends within one horizon of `end`
+    (before or after: a backfill runs out of order). A pipeline that has not run for a horizon
+    drops out and its unused part flows to the others (the delay DPF's fairness needs to stay
+    work-conserving). Without a horizon (a dataset without blocks or without a lookback) every
+    pipeline that ever registered counts: nothing flows."""
+    names = {pipeline}
+    for r in runs:
+        if horizon is None or r.window_end is None or abs(r.window_end - end) < horizon:
+            names.add(r.pipeline)
+    return len(names)
 
 
 def best_order_epsilon(curves: Mapping[str, np.ndarray], delta: float) -> float:
@@ -597,6 +668,66 @@ class Ledger:
         return {b: {p: float(c[budget.index]) / budget.rdp for p, c in sorted(curves.items())}
                 for b, curves in self.block_curves(dataset_id, blocks).items()}
 
+    # -- pipelines and unlocking -------------------------------------------------------------
+
+    def register_run(self, dataset_id: str, run_id: str, pipeline: str, window_end: datetime | None) -> None:
+        """Record which pipeline a run belongs to and where its window ends (idempotent; a run
+        cannot change pipeline)."""
+        dataset_id, run_id, pipeline = (_name(dataset_id, "dataset_id"), _name(run_id, "run_id"),
+                                        _name(pipeline, "pipeline"))
+        end = _iso(window_end) if window_end is not None else None
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    row = conn.execute(select(runs_table).where(runs_table.c.dataset_id == dataset_id,
+                                                                runs_table.c.run_id == run_id)).first()
+                    if row is None:
+                        conn.execute(runs_table.insert().values(dataset_id=dataset_id, run_id=run_id, pipeline=pipeline,
+                                                                window_end=end, registered_at=_now()))
+                    elif row.pipeline != pipeline or row.window_end != end:
+                        raise PpmlopsError(
+                            f"run {run_id!r} on dataset {dataset_id!r} is registered for pipeline {row.pipeline!r} "
+                            f"with window end {row.window_end}; it cannot become pipeline {pipeline!r} ending {end}")
+                return
+            except IntegrityError:
+                if attempt:  # another process registered the same run between our select and insert
+                    raise
+
+    def pipeline_runs(self, dataset_id: str) -> list[PipelineRun]:
+        with self._read() as conn:
+            return self._pipeline_runs(conn, dataset_id)
+
+    def _pipeline_runs(self, conn: Connection, dataset_id: str) -> list[PipelineRun]:
+        rows = conn.execute(select(runs_table).where(runs_table.c.dataset_id == dataset_id)
+                            .order_by(runs_table.c.registered_at, runs_table.c.run_id))
+        return [PipelineRun(r.run_id, r.pipeline, datetime.fromisoformat(r.window_end) if r.window_end else None)
+                for r in rows]
+
+    def block_rooms(self, dataset_id: str, blocks: Iterable[str], *, pipeline: str, end: datetime,
+                    horizon: timedelta | None) -> list[BlockRoom]:
+        """Each of `blocks` as a run of `pipeline` whose window ends at `end` sees it (BlockRoom):
+        the share unlocked over `horizon` (ppmlops.privacy.blocks.unlock_horizon), the pipelines
+        sharing it, and what every run and this pipeline's runs have counted there."""
+        with self._read() as conn:
+            budget = self._budget(conn, dataset_id)
+            if budget is None:
+                raise PpmlopsError(f"dataset {dataset_id!r} is not registered in the privacy ledger")
+            try:
+                blocks = budget.calendar.checked(blocks)
+            except BlockError as err:
+                raise PpmlopsError(f"dataset {dataset_id!r}, pipeline {pipeline!r}: {err}") from None
+            entries = self._entries(conn, dataset_id)
+            runs = self._pipeline_runs(conn, dataset_id)
+        end = _utc_dt(end)
+        mine = {r.run_id for r in runs if r.pipeline == pipeline}
+        every = block_curves(entries, budget.calendar, blocks)
+        own = block_curves([e for e in entries if e.run_id in mine], budget.calendar, blocks)
+        sharing = active_pipelines(runs, pipeline, end, horizon)
+        at = budget.index
+        return [BlockRoom(b, unlocked_fraction(budget.calendar, b, end, horizon), sharing, budget.rdp,
+                          {p: float(c[at]) for p, c in sorted(every[b].items())},
+                          {p: float(c[at]) for p, c in sorted(own[b].items())}) for b in blocks]
+
     def usage_curves(self, dataset_id: str, run_id: str) -> dict[str, np.ndarray]:
         """Per partition, what the run's usage rows say it spent under its grant."""
         return _curves(self.entries(dataset_id, run_id, kind="usage"))
@@ -651,10 +782,39 @@ class Ledger:
                     "blocks": {b: {p: float(c[budget.index]) / budget.rdp for p, c in sorted(cs.items())}
                                for b, cs in per_block.items()} if budget else {},
                     "runs": list(dict.fromkeys(e.run_id for e in entries)),
+                    "pipelines": _pipeline_summary(entries, self._pipeline_runs(conn, ds_id), budget),
                     "entries": [e.to_dict() for e in entries],
                 })
         return {"datasets": out, "accountant": "rdp", "filter": "renyi, one order per dataset, per (block, partition)",
                 "orders": list(ORDERS)}
+
+
+def _pipeline_summary(entries: list[LedgerEntry], runs: list[PipelineRun], budget: LifetimeBudget | None) -> dict:
+    """Per pipeline (the spec's name): its runs, its share of each block's lifetime budget (worst
+    partition) and its dominant share (the largest of them, DPF's measure of what a pipeline got).
+    Entries of runs no pipeline registered (made before pipelines were recorded, or refused before
+    plan) count in the dataset's totals only."""
+    if budget is None:
+        return {}
+    by_pipeline: dict[str, list[str]] = {}
+    for r in runs:
+        by_pipeline.setdefault(r.pipeline, []).append(r.run_id)
+    out = {}
+    for name, run_ids in sorted(by_pipeline.items()):
+        ids = set(run_ids)
+        per_block = block_curves([e for e in entries if e.run_id in ids], budget.calendar)
+        shares = {b: max((float(c[budget.index]) / budget.rdp for c in cs.values()), default=0.0)
+                  for b, cs in per_block.items()}
+        out[name] = {"runs": run_ids, "blocks": shares, "dominant_share": max(shares.values(), default=0.0)}
+    return out
+
+
+def _utc_dt(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _iso(t: datetime) -> str:
+    return _utc_dt(t).isoformat(timespec="microseconds")
 
 
 def _check_budget(epsilon_budget: object, delta: object) -> tuple[float, float]:

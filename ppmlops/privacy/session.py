@@ -25,6 +25,7 @@ from ppmlops.privacy.filter import PrivacyFilter
 from ppmlops.privacy.ledger import Charge, Ledger, charge_curves
 from ppmlops.privacy.randomness import NoiseSource
 from ppmlops.privacy.releases import CountGroup, NoisyCounts, noisy_counts, release_segment
+from ppmlops.privacy.unit import unit_scaled
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Grant:
     # The privacy blocks the run's window reads (its retired blocks left out): every piece is
     # charged to each of them. ("all",): a dataset without blocks.
     blocks: tuple[str, ...] = ("all",)
+    # k of the unit of privacy (ppmlops.privacy.unit): every step and release the run spends is
+    # row-level and charged as unit_scaled(segment, k), as the plan's charges were (1: one row).
+    unit_rows: int = 1
 
     def curves(self) -> dict[str, np.ndarray]:
         return charge_curves(self.charges)
@@ -96,6 +100,7 @@ class PrivacySession:
     def admits(self, partition: str, segment: Segment, key: str | None = None) -> bool:
         """Whether the filter admits `segment`; a step re-run under the key of a reserved row is
         admitted (that row is already in the filter's spend)."""
+        segment = unit_scaled(segment, self.grant.unit_rows)
         if key is not None:
             row = self.reserved(key)
             if row is not None and row.status == "reserved" and row.segment == segment and row.partition == partition:
@@ -109,7 +114,9 @@ class PrivacySession:
               mechanism: str = "subsampled_gaussian") -> Admission:
         """Admit `segment` on `partition` and write it ahead; BudgetExceeded (nothing written)
         when any order would go over. A key already reserved (a step that crashed before it
-        finished) is adopted rather than charged twice: its draws were never released."""
+        finished) is adopted rather than charged twice: its draws were never released.
+        `segment` is row-level; the filter and the ledger see it under the run's unit of privacy."""
+        segment = unit_scaled(segment, self.grant.unit_rows)
         if self.reserved(key) is None:
             self._filter(partition).spend(segment_rdp(segment))  # BudgetExceeded leaves the filter as it was
         entry = self.ledger.record_usage(

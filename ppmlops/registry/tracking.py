@@ -51,7 +51,11 @@ def _sync(ctx: RunContext, uri: str, client) -> TrackedRun:
         metrics, params, tags = payload(record)
         _log(client, tracked.mlflow_run_id, metrics, params, tags)
         logged.append(name)
+        if name == "plan":
+            _log_dataset_use(ctx, client, tracked.mlflow_run_id, 0)
     if _finished(ctx) and "finished" not in logged:
+        if "plan" in logged:  # the grant is closed by now: the figure after the run
+            _log_dataset_use(ctx, client, tracked.mlflow_run_id, 1)
         client.set_terminated(tracked.mlflow_run_id, "FINISHED")
         logged.append("finished")
     if logged != tracked.logged:
@@ -104,10 +108,41 @@ def _risk(r: RiskAssessment) -> Payload:
 
 
 def _plan(r: PlanRecord) -> Payload:
-    p = r.privacy.model_dump(mode="json", exclude={"grant", "run_id", "dataset_id"})
-    params = {f"plan.{k}": v for k, v in p.items()} | {"plan.tuner": r.tuner}
-    return ([("epsilon_charged", r.privacy.epsilon, 0), ("dataset_share_used", r.privacy.dataset_share_after, 0)],
-            params, {})
+    p = r.privacy.model_dump(mode="json", exclude={"grant", "run_id", "dataset_id", "dataset_share_before",
+                                                   "dataset_share_after"})
+    # The plan's shares are of the worst block of the RUN's window, at plan: named as such, so that
+    # "dataset_share_used" (below, from the ledger) is the one figure the dashboard also shows.
+    params = {f"plan.{k}": v for k, v in p.items()} | {"plan.tuner": r.tuner,
+                                                      "plan.window_share_before": r.privacy.dataset_share_before,
+                                                      "plan.window_share_after": r.privacy.dataset_share_after}
+    return [("epsilon_charged", r.privacy.epsilon, 0)], params, {}
+
+
+def dataset_use_tags(ledger: Any, dataset_id: str) -> dict[str, str]:
+    """The dataset's figure (ppmlops.privacy.block_view, the dashboard's and the CLI's) as tags."""
+    from ppmlops.privacy.block_view import dataset_use
+
+    use = dataset_use(ledger, dataset_id)
+    return {"ppmlops.dataset_share_used": use.text(), "ppmlops.dataset_worst_block": use.block or "-"}
+
+
+def _log_dataset_use(ctx: RunContext, client, mlflow_run_id: str, step: int) -> None:
+    """The dataset's figure as the ledger says it now: a metric (its history: at plan, at the
+    end) and tags (the latest, with the worst block named). A ledger that cannot be read leaves
+    them out with a warning: tracking never fails a stage."""
+    from ppmlops.privacy.block_view import dataset_use
+    from ppmlops.privacy.ledger import Ledger
+
+    try:
+        ledger = Ledger.reading(ctx.settings.db_url)
+        try:
+            use, tags = dataset_use(ledger, ctx.spec.dataset.id), dataset_use_tags(ledger, ctx.spec.dataset.id)
+        finally:
+            ledger.close()
+    except Exception as err:  # noqa: BLE001 - any ledger failure; the stage's record stands
+        log.warning("could not read dataset %s's budget use for MLflow: %s", ctx.spec.dataset.id, err)
+        return
+    _log(client, mlflow_run_id, [("dataset_share_used", use.share, step)], {}, tags)
 
 
 def _train(r: TrainRecord) -> Payload:

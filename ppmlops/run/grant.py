@@ -13,7 +13,7 @@ def grant_of(plan: PrivacyPlan) -> Grant:
     return Grant(plan.dataset_id, plan.run_id, plan.delta, plan.randomness,
                  tuple(Charge(c.partition, Segment(c.noise_multiplier, c.sample_rate, c.steps), c.mechanism, c.note,
                               TrialCount(c.trials_mean, c.trials_shape) if c.trials_mean is not None else None)
-                       for c in plan.grant), tuple(plan.blocks))
+                       for c in plan.grant), tuple(plan.blocks), plan.unit_rows)
 
 
 def charge_records(charges) -> list[ChargeRecord]:

@@ -204,6 +204,17 @@ class SearchPlan(Part):
     tuner: str = "fixed"
 
 
+class BlockShare(Part):
+    """PUBLIC. A privacy block the run reads, as its plan saw it (shares of the block's lifetime
+    RDP budget at the dataset's order, worst partition)."""
+
+    id: str
+    share_used: float  # by every run, before this run's grant (its count release included)
+    unlocked: float  # unlocked at the run's window end (DPF: over the runs its lookback implies)
+    pipeline_share_used: float  # by this pipeline's runs
+    pipelines: int  # pipelines sharing the unlocked budget equally
+
+
 class PrivacyPlan(Part):
     """Everything that fixes the run's privacy before the first step; the one copy every later
     stage (and the Ray workers) reads."""
@@ -231,6 +242,12 @@ class PrivacyPlan(Part):
     search: SearchPlan | None = None  # a private hyperparameter search run
     blocks: list[str] = Field(default_factory=lambda: ["all"])  # every charge of the run counts against each
     retired_blocks: list[RetiredBlock] = Field(default_factory=list)  # left out of the run (see Staged)
+    # k of the unit of privacy (spec privacy.unit, ppmlops.privacy.unit): 1 is one row; the grant's
+    # charges are person-level, noise_multiplier and the sigmas are the per-row draws.
+    unit_rows: int = Field(1, ge=1)
+    pipeline: str | None = None  # the spec's name: pipelines on one dataset share its blocks
+    block_shares: list[BlockShare] = Field(default_factory=list)  # each of `blocks` at plan
+    runs_left: int | None = None  # runs of this run's cost the worst block's lifetime budget still holds
 
 
 class KnownResult(Part):

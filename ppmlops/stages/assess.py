@@ -5,7 +5,10 @@ drawn: every source row falls in exactly one bin of (training, held out, quarant
 reason), so that histogram has sensitivity 1, and so has the staged rows' (partition, class)
 one; the rows in equivalence classes smaller than k over the public quasi-identifiers move by at
 most k - 1 when one row is added or removed. The bins are fixed by the code, never by the data,
-so which reasons occurred is not revealed either. This is also where a dataset is first
+so which reasons occurred is not revealed either. With a person unit (privacy.unit: at most
+max_rows = m rows per person, ppmlops.privacy.unit) one person moves each of these by m times
+as much: the release is charged as unit_scaled(segment, m) and drawn with m times the noise;
+rows the person bound dropped are in no bin. This is also where a dataset is first
 registered in the ledger: its first charge.
 """
 
@@ -19,6 +22,7 @@ from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger
 from ppmlops.privacy.blocks import calendar_of
 from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
+from ppmlops.privacy.unit import row_noise, unit_scaled
 from ppmlops.risk.categories import DIRECT
 from ppmlops.risk.classify import Classification
 from ppmlops.risk.public import public_assessment, public_classification, quasi_identifier_features
@@ -90,7 +94,10 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
     k = K_BY_REGULATION[spec.dataset.regulation]
     exact = (_exact_counts(result, _k_unsafe(result.snapshot_train, quasi_identifier_features(spec, found), k))
              | {"labels": _label_counts(result, spec.dataset.label)})
-    sigma = calibrate_noise(spec.privacy.stats_epsilon, spec.privacy.delta, 1.0, 1)
+    # Under a person unit (privacy.unit) one person moves every count by up to max_rows times its
+    # per-row sensitivity: the noise grows k-fold so that the release still costs stats_epsilon.
+    unit = spec.privacy.unit_rows
+    sigma = row_noise(calibrate_noise(spec.privacy.stats_epsilon, spec.privacy.delta, 1.0, 1), unit)
     names = list(exact)
     sens = [k - 1 if g == "k" else 1 for g in names]
     # The row counts size the run and decide the consent check: they get most of the release's
@@ -98,7 +105,7 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
     # each contribute a quarter of the rows' RDP).
     weights = [{"rows": 1.0, "labels": 2.0}.get(g, 2.0 * (k - 1)) for g in names]
     groups = {g: CountGroup(s, n) for g, s, n in zip(names, sigmas_for(sigma, weights, sens), sens)}
-    segment = release_segment(list(groups.values()))
+    segment = unit_scaled(release_segment(list(groups.values())), unit)
     note = f"noisy row counts by partition (and class) and quarantine reason{', and k-anonymity' if 'k' in groups else ''}"
     draws = ctx.draws()  # refuses a replayable mode on real data before anything is charged or drawn
     entries = ledger.charge(dataset_id=spec.dataset.id, run_id=ctx.run_id, kind="release", key="counts",

@@ -54,6 +54,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
         "blocks_note": ("each block of event time has its own lifetime budget; the run is charged to every block it "
                         "read and to no other; retired blocks (their budget could not afford the run) were left out"
                         if plan.blocks != ["all"] else "one block: the whole dataset shares one lifetime budget"),
+        "privacy_unit": unit_text(spec, plan.unit_rows), "unit_note": unit_note(spec, plan.unit_rows),
         "accountant": "rdp", "privacy_filter": True, "sampling": "poisson", "randomness": run_randomness(ctx, plan),
         "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps_per_epoch,
         "epochs": trained.epochs_completed, "stopped_reason": trained.stopped_reason,
@@ -67,6 +68,26 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
         "privacy_audit": evaluated.audit.model_dump(),
         "intended_use": spec.description or f"{spec.name} retraining",
     }
+
+
+def unit_text(spec, k: int) -> str:
+    """The unit of privacy the run was accounted for (ppmlops.privacy.unit), as the card says it."""
+    from ppmlops.privacy.unit import describe
+
+    unit = spec.privacy.unit
+    return "unit: " + describe(k, unit.column if unit is not None else None)
+
+
+def unit_note(spec, k: int) -> str:
+    unit = spec.privacy.unit
+    if unit is None:
+        return ("neighbouring datasets differ by one row: the epsilon protects each row; a person with several rows "
+                "is protected only as far as their rows' losses add up (group privacy)")
+    return (f"neighbouring datasets differ by one person's rows (column {unit.column}): each run kept at most {k} "
+            f"row{'s' if k != 1 else ''} per person, chosen by a keyed hash of the person id and never by a value "
+            "(the rest quarantined, in no count), and was charged for all of them at once. A person with rows in "
+            "several privacy blocks is protected per block: their loss across blocks composes (adds up over the "
+            "blocks they have rows in), as it does over the runs that read the same block")
 
 
 def _search(plan, trained: TrainRecord) -> dict[str, Any] | None:

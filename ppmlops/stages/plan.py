@@ -1,6 +1,12 @@
 """plan: the policy decides whether to train and the run's epsilon from public inputs only; the
 run's privacy is fixed (ppmlops.privacy.planning) and its grant reserved in the ledger.
 
+With privacy blocks the run is sized to the blocks it reads (DPF, Luo et al. OSDI 2021): each
+block's budget unlocks over the runs its lookback implies, the pipelines registered on the dataset
+share the unlocked part equally, and the tightest block limits the run (planning.Room). The policy
+sees each block (`blocks`: id, share_used, unlocked, pipeline_share_used, pipelines) and
+`ledger.epsilon_remaining` is what that room allows.
+
 Everything the policy sees here is public or a charged release: the spec, the regulation, the
 ledger, the noisy counts and the risk score computed from them. A plan already recorded for
 this run is returned as it is (a retried task must not plan on a budget its own grant reduced).
@@ -8,20 +14,24 @@ this run is returned as it is (a retried task must not plan on a budget its own 
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from ppmlops.compliance.utility_inputs import plan_classes
 from ppmlops.errors import BudgetExceeded, PolicyRefused, PpmlopsError
-from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
+from ppmlops.privacy.blocks import unlock_horizon
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, BlockRoom, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget
 from ppmlops.privacy.planning import (
-    EpochShape, PlannedRun, RunRequest, affordable, plan_run, plan_search, released, split_conflict,
+    EpochShape, PlannedRun, Room, RunRequest, affordable, plan_run, plan_search, released, runs_left, split_conflict,
 )
 from ppmlops.privacy.search import TrialCount
 from ppmlops.privacy.session import reserve
 from ppmlops.registry import tracking
 from ppmlops.run.grant import charge_records, grant_of
-from ppmlops.run.records import CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, SearchPlan, Staged
+from ppmlops.run.records import (
+    BlockShare, CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, SearchPlan, Staged,
+)
 from ppmlops.stages.context import RunContext, timed
 from ppmlops.stages.decide import decide
 from ppmlops.tuning.registry import wants_holdout_accuracy
@@ -40,10 +50,16 @@ def canaries_for(ctx: RunContext, counts: CountsRelease) -> int:
     return ctx.spec.audit.canaries
 
 
+def block_shares(rooms: list[BlockRoom]) -> list[BlockShare]:
+    return [BlockShare(id=r.block, share_used=r.share_used, unlocked=r.unlocked,
+                       pipeline_share_used=r.pipeline_share_used, pipelines=r.pipelines) for r in rooms]
+
+
 def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, budget: LifetimeBudget,
-                 charged, req: RunRequest) -> dict[str, Any]:
+                 charged, req: RunRequest, room: Room | None = None,
+                 blocks: list[BlockShare] | None = None) -> dict[str, Any]:
     spec, refused = ctx.spec, max(0, counts.quarantined.get("no consent", 0))
-    afford, already = affordable(budget, charged, req), released(req)
+    afford, already = affordable(budget, charged, req, room), released(req)
     return {
         "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": max(1, counts.rows_train),
                     "epsilon_budget": budget.epsilon, "delta": budget.delta, "public": spec.dataset.public},
@@ -60,6 +76,10 @@ def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, b
                     "environment": ctx.params.environment, "randomness": ctx.randomness},
         # Noisy rows per class and partition: a partition with one class cannot be evaluated.
         "classes": plan_classes(counts, spec.dataset.label.column, spec.deploy.confidence),
+        # Each block the run reads (public: the calendar and the ledger): shares of its lifetime
+        # budget used by every run and by this pipeline, and unlocked at the run's window end.
+        "blocks": [{"id": b.id, "share_used": b.share_used, "unlocked": b.unlocked,
+                    "pipeline_share_used": b.pipeline_share_used, "pipelines": b.pipelines} for b in blocks or []],
     }
 
 
@@ -92,27 +112,37 @@ def run(ctx: RunContext) -> PlanRecord:
     req = RunRequest(spec.dataset.id, budget.delta, ctx.params.epochs,
                      EpochShape.of(counts.rows_train, 0, spec.training.batch_size),
                      wants_holdout_accuracy(ctx.tuner), spec.privacy.holdout_epsilon,
-                     ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split, staged.window.text())
+                     ledger.charged_curves(spec.dataset.id, ctx.run_id), staged.split, staged.window.text(),
+                     unit_rows=spec.privacy.unit_rows)
     # The worst of the blocks the run reads (its retired ones left out): its grant is charged to each.
     charged = ledger.charged_curves(spec.dataset.id, blocks=staged.blocks)
-    doc = policy_input(ctx, counts, risk, budget, charged, req)
+    # Registered before the rooms are read, so that this run's count release counts as its
+    # pipeline's and the pipeline counts among those sharing the blocks.
+    ledger.register_run(spec.dataset.id, ctx.run_id, spec.name, staged.window.end)
+    end = staged.window.end or datetime.now(timezone.utc)
+    rooms = ledger.block_rooms(spec.dataset.id, staged.blocks, pipeline=spec.name, end=end,
+                               horizon=unlock_horizon(budget.calendar, spec.dataset.window.lookback if spec.dataset.window else None))
+    room, shares = Room.of_blocks(budget, rooms), block_shares(rooms)
+    doc = policy_input(ctx, counts, risk, budget, charged, req, room, shares)
     run_epsilon, reasons, decisions = _budget(ctx, doc)
     warm = _warm_start(ctx)
     try:
-        planned = (plan_search(budget, charged, req, run_epsilon, _trials(ctx)) if ctx.params.search
-                   else plan_run(budget, charged, req, run_epsilon))
+        planned = (plan_search(budget, charged, req, run_epsilon, _trials(ctx), room) if ctx.params.search
+                   else plan_run(budget, charged, req, run_epsilon, room))
     except BudgetExceeded as err:
         _refuse(ctx, [str(err)])
     privacy = PrivacyPlan(
         dataset_id=spec.dataset.id, run_id=ctx.run_id, delta=budget.delta, randomness=ctx.randomness,
         accounting_order=budget.order, run_epsilon=run_epsilon, epsilon=planned.epsilon,
         epsilon_by_partition=planned.epsilon_by_partition, noise_multiplier=planned.noise_multiplier,
+        unit_rows=spec.privacy.unit_rows,
         sample_rate=req.shape.sample_rate, steps_per_epoch=req.shape.steps, epochs=req.epochs,
         divisor=req.shape.divisor, rows_estimate=float(max(1, counts.rows_train)), canaries=canaries,
         holdout_sigma=planned.holdout_sigma, evaluation_sigma=planned.evaluation_sigma,
         grant=charge_records(planned.charges), dataset_share_before=budget.share_used(charged),
         dataset_share_after=budget.share_used(_plus(charged, planned.charges)), search=_search_plan(ctx, planned, warm),
-        blocks=staged.blocks, retired_blocks=staged.retired_blocks)
+        blocks=staged.blocks, retired_blocks=staged.retired_blocks, pipeline=spec.name, block_shares=shares,
+        runs_left=runs_left(budget, _plus(charged, planned.charges), _plus(req.run_stats, planned.charges)))
     try:
         reserve(ledger, grant_of(privacy))
     except BudgetExceeded as err:  # a concurrent run took the rest between our read and our write

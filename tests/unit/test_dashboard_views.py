@@ -79,23 +79,25 @@ def test_spend_replay_ends_where_the_ledger_is_and_shows_grants_closing(built):
     budget = ledger.budget(dashboard_data.DATASET)
     steps = spend_steps(ledger.entries(dashboard_data.DATASET), budget)
     assert [s.timestamp for s in steps] == sorted(s.timestamp for s in steps)
-    # the last step is today's totals, per partition
-    assert steps[-1].epsilon["train"] == pytest.approx(ledger.epsilon_by_partition(dashboard_data.DATASET)["train"])
+    # the last step is today's figure: the worst (block, split)'s share, as the ledger says
+    shares = ledger.block_shares(dashboard_data.DATASET)
+    assert steps[-1].share["train"] == pytest.approx(max(s["train"] for s in shares.values()), rel=1e-12)
+    assert steps[-1].worst[2] == pytest.approx(ledger.summary(dashboard_data.DATASET)["datasets"][0]["share_used"])
     events = [s.event for s in steps]
     assert events.count("grant") == 4 and events.count("trimmed") == 2 and events.count("released") == 2
-    # reserving a grant raises the count; trimming it to the usage brings it down again
+    # reserving a grant raises the share; trimming it to the usage brings it down again
     i = next(i for i, s in enumerate(steps) if s.event == "grant" and s.partition == "train")
-    before = steps[i - 1].epsilon.get("train", 0.0)
+    before = steps[i - 1].share.get("train", 0.0)
     trim = next(s for s in steps[i:] if s.event == "trimmed")
-    assert steps[i].epsilon["train"] > trim.epsilon["train"] > before
+    assert steps[i].share["train"] > trim.share["train"] > before
     # released unused: the holdout grant stops counting
-    assert next(s for s in steps if s.event == "released").epsilon.get("holdout", 0.0) == 0.0
+    assert next(s for s in steps if s.event == "released").share.get("holdout", 0.0) == 0.0
     assert counted(ledger.entries(dashboard_data.DATASET))  # the rule the replay applies
 
 
 def test_dataset_page_tells_how_the_budget_was_spent(built):
     page = client_as(VIEWER).get(f"/datasets/{dashboard_data.DATASET}").text
-    assert "ε charged over time" in page and "lifetime budget ε 3" in page
+    assert "share of the lifetime budget used over time" in page and "lifetime budget (100%)" in page
     assert "grant trimmed: the run ended, only what it used still counts" in page
     assert "grant released unused: it stops counting" in page
     assert f'href="../{run_url(built.good_run)[1:]}"' in page  # run ids link to run pages

@@ -102,7 +102,10 @@ def test_ledger_show(tmp_path, capsys):
 
     code, out, _ = run(["ledger", "show", "--db-url", url, "--dataset", "adult"], capsys)
     assert code == 0
-    assert f"adult: {share:.1%} of the lifetime budget epsilon 4.0000 at delta 1e-05 used" in out
+    # The dashboard's figure and words (ppmlops.privacy.block_view): one block, the worst split named.
+    assert (f"dataset adult: {share:.1%} of the lifetime budget (ε 4 at δ 1e-05) used in the worst block "
+            "(training rows; one block: the whole dataset) (Renyi filter at order 10)") in out
+    assert ds["use"]["share_used"] == ds["share_used"] and ds["use"]["worst_block"] == "all"
     assert "run-1" in out and "reserved" in out and "completed" in out and "epoch 1" in out and "grant" in out
 
 

@@ -56,6 +56,14 @@ def test_the_mlflow_run_holds_the_released_values_and_no_exact_one(planned):
     assert m["epsilon_charged"] == pytest.approx(p.epsilon) and float(params["plan.noise_multiplier"]) == p.noise_multiplier
     assert params["spec.dataset.id"] == ctx.spec.dataset.id and params["run.epochs"] == str(ctx.params.epochs)
     assert not [k for k in params if "seed" in k]  # a seed would let anyone re-derive reproducible noise
+    # The dataset's figure is the dashboard's (ppmlops.privacy.block_view), read from the ledger.
+    from ppmlops.privacy.block_view import dataset_use
+    from ppmlops.privacy.ledger import Ledger
+
+    use = dataset_use(Ledger(ctx.settings.db_url), ctx.spec.dataset.id)
+    assert m["dataset_share_used"] == use.share and run.data.tags["ppmlops.dataset_share_used"] == use.text()
+    assert run.data.tags["ppmlops.dataset_worst_block"] == use.block == "all"
+    assert "plan.dataset_share_after" not in params and float(params["plan.window_share_after"]) == p.dataset_share_after
     exact = ctx.store.read(StagedData).result
     assert SENTINEL not in text
     # The counts logged are the noisy releases; an exact count shows up only where a release
