@@ -216,15 +216,18 @@ _train_deny contains msg if {
 	some msg in _class_errors
 }
 
-# A partition whose noisy class counts cannot show both classes: refused before any training.
+# A partition whose noisy class counts show a single class: refused before any training. The
+# noisy count itself is compared, not a lower bound: under the count noise of a small table no
+# partition could show two classes with confidence, and refusing every small run would be wrong.
+# The deploy gate's metric_defined check is the one that demands confidence.
 _class_errors contains msg if {
 	_train_input_ok
 	some partition in ["train", "holdout"]
 	counts := input.classes[partition]
-	counts.smallest_lower < utility.min_class_rows
-	msg := sprintf("the %s partition may hold a single class of %s: noisy rows %v positive, %v negative (noise sigma %s); at %s confidence its smaller class has fewer than %v rows, so a model cannot be trained and judged on it (AUC undefined, accuracy meaningless)", [
+	counts.smallest < utility.min_class_rows
+	msg := sprintf("the %s partition holds a single class of %s by its noisy counts: %v positive, %v negative (noise sigma %s), the smaller below %v rows, so a model cannot be trained and judged on it (AUC undefined, accuracy meaningless)", [
 		_partition_name[partition], input.classes.label, object.get(counts, "positive", "?"), object.get(counts, "negative", "?"),
-		fmt(input.classes.sigma), _percent(input.classes.confidence), utility.min_class_rows,
+		fmt(input.classes.sigma), utility.min_class_rows,
 	])
 }
 
@@ -573,8 +576,8 @@ _train_fields := array.concat(_dataset_fields, [
 	[["classes", "label"], "string"],
 	[["classes", "sigma"], "number"],
 	[["classes", "confidence"], "number"],
-	[["classes", "train", "smallest_lower"], "number"],
-	[["classes", "holdout", "smallest_lower"], "number"],
+	[["classes", "train", "smallest"], "number"],
+	[["classes", "holdout", "smallest"], "number"],
 ])
 
 _deploy_fields := array.concat(_dataset_fields, [
@@ -627,8 +630,8 @@ _ranges := [
 	[["metrics", "class_rows_lower"], 0, 1e15],
 	[["classes", "sigma"], 0, 1e15],
 	[["classes", "confidence"], 0.5, 1],
-	[["classes", "train", "smallest_lower"], 0, 1e15],
-	[["classes", "holdout", "smallest_lower"], 0, 1e15],
+	[["classes", "train", "smallest"], 0, 1e15],
+	[["classes", "holdout", "smallest"], 0, 1e15],
 ]
 
 _shape_errors(fields) := {"input must be a JSON object"} if {

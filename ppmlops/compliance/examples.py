@@ -18,8 +18,8 @@ TRAIN_INPUT = {
     "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
     "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure"},
     "classes": {"label": "churned", "sigma": 40.2, "confidence": 0.95,
-                "train": {"positive": 1490, "negative": 3210, "smallest_lower": 1400.1},
-                "holdout": {"positive": 372, "negative": 801, "smallest_lower": 282.1}},
+                "train": {"positive": 1490, "negative": 3210, "smallest": 1490},
+                "holdout": {"positive": 372, "negative": 801, "smallest": 372}},
 }
 
 DEPLOY_INPUT = {

@@ -8,7 +8,6 @@ a noisy release or post-processing of one: the decisions are public.
 
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import Any
 
 from ppmlops.run.records import CountsRelease, EvaluationRecord
@@ -30,15 +29,15 @@ def deploy_metrics(evaluated: EvaluationRecord, deploy: Deploy) -> dict[str, Any
 
 
 def plan_classes(counts: CountsRelease, label: str, confidence: float) -> dict[str, Any] | None:
-    """input.classes of data.ppmlops.train: the noisy rows of each class in each partition, and a
-    lower confidence bound on the smaller class of each (the four one-sided bounds share
-    1 - confidence equally). None when the counts release has no class counts (released before they
-    existed): the policy's input check then refuses to train."""
+    """input.classes of data.ppmlops.train: the noisy rows of each class in each partition and the
+    smaller of the two (clamped at 0). The policy refuses a partition whose noisy counts show one
+    class; a confidence bound would refuse every small table under count noise (see the rule).
+    None when the counts release has no class counts (released before they existed): the policy's
+    input check then refuses to train."""
     if counts.labels is None or counts.sigma_labels is None:
         return None
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / (len(PARTITIONS) * len(CLASSES)))
     out: dict[str, Any] = {"label": label, "sigma": counts.sigma_labels, "confidence": confidence}
     for p in PARTITIONS:
         noisy = {c: counts.labels[f"{p}:{c}"] for c in CLASSES}
-        out[p] = noisy | {"smallest_lower": max(0.0, min(noisy.values()) - z * counts.sigma_labels)}
+        out[p] = noisy | {"smallest": float(max(0, min(noisy.values())))}
     return out

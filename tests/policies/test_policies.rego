@@ -16,8 +16,8 @@ train_input := {
 	"request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure"},
 	"classes": {
 		"label": "churned", "sigma": 40.2, "confidence": 0.95,
-		"train": {"positive": 1490, "negative": 3210, "smallest_lower": 1400.1},
-		"holdout": {"positive": 372, "negative": 801, "smallest_lower": 282.1},
+		"train": {"positive": 1490, "negative": 3210, "smallest": 1490},
+		"holdout": {"positive": 372, "negative": 801, "smallest": 372},
 	},
 }
 
@@ -549,18 +549,18 @@ test_deploy_input_check_rejects_bad_auc_and_margin if {
 }
 
 test_train_denies_a_partition_with_one_class if {
-	t := ppmlops.train with input as train_with({"classes": {"holdout": {"positive": -12, "negative": 1201, "smallest_lower": 0}}})
+	t := ppmlops.train with input as train_with({"classes": {"holdout": {"positive": -12, "negative": 1201, "smallest": 0}}})
 	not t.allow
-	msg := "the held-out partition may hold a single class of churned: noisy rows -12 positive, 1201 negative (noise sigma 40.20); at 95.0% confidence its smaller class has fewer than 1 rows, so a model cannot be trained and judged on it (AUC undefined, accuracy meaningless)"
+	msg := "the held-out partition holds a single class of churned by its noisy counts: -12 positive, 1201 negative (noise sigma 40.20), the smaller below 1 rows, so a model cannot be trained and judged on it (AUC undefined, accuracy meaningless)"
 	msg in t.reasons
 	msg in t.sized_reasons
-	u := ppmlops.train with input as train_with({"classes": {"train": {"positive": 4700, "negative": 20, "smallest_lower": 0}}})
+	u := ppmlops.train with input as train_with({"classes": {"train": {"positive": 4700, "negative": -20, "smallest": 0}}})
 	not u.allow
-	contains(concat(" ", u.reasons), "the training partition may hold a single class of churned")
+	contains(concat(" ", u.reasons), "the training partition holds a single class of churned")
 }
 
 test_train_denies_missing_class_counts if {
 	t := ppmlops.train with input as json.remove(train_input, ["classes"])
 	not t.allow
-	"input.classes.train.smallest_lower: expected number, got nothing (missing or null)" in t.reasons
+	"input.classes.train.smallest: expected number, got nothing (missing or null)" in t.reasons
 }
