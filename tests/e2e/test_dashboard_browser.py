@@ -133,7 +133,11 @@ def test_trigger_refuses_out_of_range_values_with_a_message(server):
     params = af.ok("GET", f"/api/v2/dags/{DAG}/details")["params"]
     for name, p in params.items():
         assert p["schema"].get("title") and p.get("description"), name
-    assert params["epsilon_cap"]["schema"]["allOf"] == [{"exclusiveMinimum": 0, "maximum": 1.0}]
+    # The least cap that can train: what the run's noisy counts cost plus the policy's minimum.
+    [bounds] = params["epsilon_cap"]["schema"]["allOf"]
+    assert bounds["maximum"] == 1.0 and 0 < bounds["minimum"] < 1.0, bounds
+    r = af.api("POST", f"/api/v2/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": {"epsilon_cap": 0.01}})
+    assert r.status_code == 400 and "epsilon_cap: 0.01 is less than the minimum of" in r.json()["detail"], r.text
     assert "demo_customers" in params["epsilon_cap"]["description"]
 
 

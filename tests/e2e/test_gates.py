@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
+from policy_floors import lowered_policy  # tests/ is on the path (tests/conftest.py)
 from ppmlops import pipeline, settings
 from ppmlops.errors import PolicyRefused
 from ppmlops.spec import load_spec
@@ -23,19 +24,15 @@ ORIGINAL_POLICY = (REPO / "policies.rego").read_text()
 # The compliance officer's edit: GDPR deploys to staging need a person's approval.
 GDPR_EMPTY = '"needs_approval_risk": 0.7,\n\t\t"approval_environments": [],'
 GDPR_STAGING = '"needs_approval_risk": 0.7,\n\t\t"approval_environments": ["staging"],'
-UTILITY_FLOORS = 'utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1}'
-LOWERED_FLOORS = 'utility := {"min_margin": -1, "min_holdout_rows": 0, "min_class_rows": 0}'
 
 
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory):
     assert GDPR_EMPTY in ORIGINAL_POLICY, "the test's edit no longer matches policies.rego"
     path = tmp_path_factory.mktemp("policy") / "policies.rego"
-    # The approval paths are the subject here, not the model: the office's utility floors are
-    # lowered (as an officer may in Rego) so a small e2e model that ties the majority class by
-    # chance still reaches the approval step. The floors themselves: tests/unit/test_gate_baseline.py.
-    assert UTILITY_FLOORS in ORIGINAL_POLICY, "the test's edit no longer matches policies.rego"
-    path.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING).replace(UTILITY_FLOORS, LOWERED_FLOORS))
+    # The approval paths are the subject here, not the model: the utility floors are lowered as
+    # for every e2e test (tests/e2e/conftest.py).
+    path.write_text(lowered_policy(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING)))
     before = os.environ.get("PPMLOPS_POLICY")
     os.environ["PPMLOPS_POLICY"] = str(path)
     yield path
