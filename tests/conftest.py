@@ -185,3 +185,22 @@ def gloo_world_of_one():
     dist.init_process_group("gloo", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _e2e_policy_floors_lowered(request, tmp_path_factory):
+    """Modules under tests/e2e run with the office's utility floors lowered (tests/policy_floors.py)."""
+    if "e2e" not in Path(str(request.node.path)).parts:
+        yield None
+        return
+    from policy_floors import lowered_policy
+
+    path = tmp_path_factory.mktemp("e2e-policy") / "policies.rego"
+    path.write_text(lowered_policy((REPO / "policies.rego").read_text()))
+    before = os.environ.get("PPMLOPS_POLICY")
+    os.environ["PPMLOPS_POLICY"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("PPMLOPS_POLICY", None)
+    else:
+        os.environ["PPMLOPS_POLICY"] = before

@@ -31,7 +31,7 @@ def policy_file(tmp_path_factory):
     assert GDPR_EMPTY in ORIGINAL_POLICY, "the test's edit no longer matches policies.rego"
     path = tmp_path_factory.mktemp("policy") / "policies.rego"
     # The approval paths are the subject here, not the model: the utility floors are lowered as
-    # for every e2e test (tests/e2e/conftest.py).
+    # for every e2e test (tests/policy_floors.py).
     path.write_text(lowered_policy(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING)))
     before = os.environ.get("PPMLOPS_POLICY")
     os.environ["PPMLOPS_POLICY"] = str(path)

@@ -127,7 +127,7 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
     policy.write_text(shipped[:gdpr] + shipped[gdpr:].replace('"approval_environments": [],',
                                                               '"approval_environments": ["production"],', 1))
     # A day's 500 rows learn little (see SCHED): the utility floors are lowered as for every e2e
-    # test (tests/e2e/conftest.py), so the runs, not the models, are what is tested.
+    # test (tests/policy_floors.py), so the runs, not the models, are what is tested.
     policy.write_text(lowered_policy(policy.read_text()))
     port = free_port()
     env = {**os.environ, "AIRFLOW_HOME": str(root / "airflow"), "PPMLOPS_HOME": str(home),
