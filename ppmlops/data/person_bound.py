@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ppmlops.data.keys import dataset_key
 from ppmlops.errors import DataError
 
 OVER_LIMIT = "over the per-person row limit"
@@ -44,30 +43,12 @@ KEEP = 0
 OVER = 1
 UNKNOWN = 2
 _CONTEXT = b"ppmlops-person-bound-v1\x00"
-_KEY_BYTES = 32
 
 
 def bound_key(dataset_id: str, home: Path) -> bytes:
     """The dataset's random key for the bound, created with mode 0600 on first use."""
-    folder = Path(home) / "keys"
-    path = folder / f"{dataset_id}.person-bound.key"
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = bytes.fromhex(path.read_text().strip())
-        else:
-            key = secrets.token_bytes(_KEY_BYTES)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key.hex() + "\n")
-    except (OSError, ValueError) as err:
-        raise DataError(f"dataset {dataset_id}: cannot read or create the per-person bound key {path}: "
-                        f"{getattr(err, 'strerror', None) or err}; fix the folder's permissions") from None
-    if len(key) != _KEY_BYTES:
-        raise DataError(f"dataset {dataset_id}: the per-person bound key {path} is damaged (wrong length); "
-                        "delete it to make a new one (the rows kept per person then change)")
-    return key
+    return dataset_key(home, dataset_id, "person-bound", what=f"dataset {dataset_id}'s per-person bound key",
+                       fix="fix the folder's permissions (a new key changes which rows are kept per person)")
 
 
 def _normalised(ids: Sequence[str]) -> pd.Series:

@@ -38,13 +38,13 @@ import csv
 import hashlib
 import hmac
 import os
-import secrets
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
 from ppmlops.data.pseudonymize import MIN_KEY_BYTES
+from ppmlops.data.keys import dataset_key
 from ppmlops.errors import DataError
 
 FILE_NAME = "quarantine.csv"
@@ -85,24 +85,8 @@ def hmac_key(dataset_id: str, key_env: str, home: Path) -> bytes:
     configured = os.environ.get(key_env, "").encode("utf-8")
     if len(configured) >= MIN_KEY_BYTES:
         return configured
-    folder = home / "keys"
-    path = folder / f"{dataset_id}.quarantine.key"
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = bytes.fromhex(path.read_text().strip())
-        else:
-            key = secrets.token_bytes(32)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key.hex() + "\n")
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read or create the quarantine key {path}: {getattr(err, 'strerror', None) or err}; "
-                        f"set {key_env} or fix the folder's permissions") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise DataError(f"the quarantine key {path} is damaged (too short); delete it to make a new one")
-    return key
+    return dataset_key(home, dataset_id, "quarantine", what="quarantine key",
+                       fix=f"set {key_env} or fix the folder's permissions")
 
 
 def record_hmac(key: bytes, fields: Sequence[str]) -> str:

@@ -137,7 +137,7 @@ def public_facts(ctx: RunContext, ledger: Ledger) -> PublicFacts:
 def policy_input(ctx: RunContext, facts: PublicFacts, risk_score: float) -> dict[str, Any]:
     """The plan's policy input with every private number at its most favourable value."""
     spec = ctx.spec
-    plenty = {"positive": PLENTY, "negative": PLENTY, "smallest_lower": PLENTY}
+    plenty = {"positive": PLENTY, "negative": PLENTY, "smallest": PLENTY}
     return {
         "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": 1,
                     "epsilon_budget": facts.epsilon_budget, "delta": facts.delta, "public": spec.dataset.public},

@@ -10,7 +10,7 @@ import yaml
 from ppmlops import pipeline, settings
 from ppmlops.errors import PolicyRefused
 from ppmlops.spec import parse_spec
-from ppmlops.stages import assess, deploy, ingest, plan, validate
+from ppmlops.stages import assess, deploy, ingest, validate
 from ppmlops.stages.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -74,17 +74,21 @@ def test_runs_accumulate_then_policy_refuses(home):
                            for p, room in rooms.items()])
     assert 0.9 < budget.share_used(ledger.charged_curves(spec.dataset.id)) <= 1
 
+    # The policy, asked on public facts before the counts are released (assess's pre-check),
+    # refuses: nothing more is spent on a run that cannot train.
     ctx = RunContext(spec=spec, run_id="run-3", params=RunParams.defaults(spec))
-    for stage in (ingest, validate, assess):
+    for stage in (ingest, validate):
         stage.run(ctx)
+    spent_before = budget.share_used(ledger.charged_curves(spec.dataset.id))
     with pytest.raises(PolicyRefused) as refused:
-        plan.run(ctx)
-    assert any("budget spent" in r for r in refused.value.reasons), refused.value.reasons
-    assert not (ctx.run_dir / "train.json").exists()
-    denied = [r["decision"] for r in AuditLog(settings.load().db_url).records(run_id="run-3")
-              if r["decision"]["query"] == "data.ppmlops.train"]
+        assess.run(ctx)
+    assert any("budget is spent" in r for r in refused.value.reasons), refused.value.reasons
+    assert ledger.entries(spec.dataset.id, "run-3") == []
+    assert budget.share_used(ledger.charged_curves(spec.dataset.id)) == spent_before
+    assert not (ctx.run_dir / "plan.json").exists() and not (ctx.run_dir / "train.json").exists()
+    denied = [r["decision"] for r in AuditLog(settings.load().db_url).records(run_id="run-3")]
     assert denied and denied[-1]["outcome"] == "deny"
-    assert pipeline.summary(ctx)["decision"] == "refused at plan"
+    assert pipeline.summary(ctx)["decision"] == "refused at assess"
     assert budget.share_used(ledger.charged_curves(spec.dataset.id)) <= 1
 
 
