@@ -76,6 +76,16 @@ MUTATIONS = (
     Mutation("religion name rule deleted", "ppmlops/risk/categories.py",
              '    ("religion", SPECIAL, r"(^|_)(religion|religious|faith|belief|beliefs|denomination)($|_)"),\n', "",
              ("tests/unit/test_risk_columns.py", "tests/unit/test_risk_scan.py")),
+    Mutation("block admission skips a touched block", "ppmlops/privacy/ledger.py",
+             "            for block in touched:\n                refusal = budget.refusal(",
+             "            for block in list(touched)[1:]:\n                refusal = budget.refusal(",
+             ("tests/unit/test_blocks.py",)),
+    Mutation("one-pot entries count against no block", "ppmlops/privacy/ledger.py",
+             "return calendar.existed_at(block, e.created_at) if _one_pot(e) else block in e.blocks",
+             "return False if _one_pot(e) else block in e.blocks", ("tests/unit/test_blocks.py",)),
+    Mutation("block budget unlocked at once", "ppmlops/privacy/blocks.py",
+             "    if not calendar.blocked or horizon is None or block == ALL:\n        return 1.0",
+             "    if True:\n        return 1.0", ("tests/unit/test_block_unlock.py",)),
 )
 
 

@@ -68,7 +68,8 @@ def write_table(path: Path) -> None:
 def spec_doc(name: str, **changes) -> dict:
     doc = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
     doc.update(name=name, schedule="@daily", retries={"count": 2, "delay": "PT2S"})
-    doc["dataset"].update(id=f"{name}_events", source={"path": "${PPMLOPS_HOME}/data/events.csv"},
+    # each pipeline's dataset its own copy of the table: two dataset ids over one file are refused
+    doc["dataset"].update(id=f"{name}_events", source={"path": f"${{PPMLOPS_HOME}}/data/{name}_events.csv"},
                           window={"column": "event_time"}, expected_rows=370)
     doc["training"].update(epochs=EPOCHS)
     doc["ray"] = {"workers": 1}
@@ -119,7 +120,8 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
     pipelines.mkdir()
     for doc in (SCHED, TIGHT):
         (pipelines / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    write_table(home / "data" / "events.csv")
+    for doc in (SCHED, TIGHT):
+        write_table(home / "data" / f"{doc['name']}_events.csv")
     # The compliance office's policy: every production deploy of GDPR data waits for a person.
     policy = root / "policies.rego"
     shipped = (REPO / "policies.rego").read_text()

@@ -34,6 +34,9 @@ def search_run(airflow_db, tmp_path_factory):
 
     doc = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
     doc["name"], doc["dataset"]["id"], doc["deploy"]["model_name"] = "e2e_search", "e2e_search", "e2e_search_churn"
+    # its own generated table: a second dataset id over e2e_small's file would be refused (a rename
+    # must not give the same rows a fresh budget)
+    doc["dataset"]["source"]["path"] = "${PPMLOPS_HOME}/e2e/search_customers.csv"
     doc["search"] = {"tuner": "bayes"}
     folder = tmp_path_factory.mktemp("search-pipelines")
     (folder / "e2e_search.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
