@@ -197,4 +197,10 @@ def unlocked_fraction(calendar: BlockCalendar, block: str, end: datetime, horizo
     if not calendar.blocked or horizon is None or block == ALL:
         return 1.0
     elapsed = _micro(_utc(end) - calendar.bounds(block)[0])
-    return min(1.0, max(0.0, elapsed / _micro(horizon)))
+    if elapsed <= 0:
+        return 0.0
+    # A block that has begun unlocks at least its first share (length / horizon, as DPF unlocks a
+    # share when a block arrives): a manual run whose window ends inside the newest block (now)
+    # would otherwise find almost nothing unlocked there and be sized to zero.
+    first = _micro(calendar.length) / _micro(horizon)
+    return min(1.0, max(first, elapsed / _micro(horizon)))

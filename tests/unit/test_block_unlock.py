@@ -67,6 +67,18 @@ def test_unlocked_fraction_follows_the_calendar():
     assert unlock_horizon(BlockCalendar(), LOOKBACK) is None
 
 
+def test_a_manual_run_inside_the_newest_block_finds_its_first_share_unlocked():
+    # A manual run's window ends now, inside the block that began minutes ago: that block unlocks
+    # its first share at once (else the run would be sized to nothing); one not yet begun, nothing.
+    cal = BlockCalendar(WEEK)
+    horizon = unlock_horizon(cal, LOOKBACK)
+    block = cal.block_of(FIRST_END)
+    start = cal.bounds(block)[0]
+    assert unlocked_fraction(cal, block, start + timedelta(minutes=30), horizon) == 1 / 8
+    assert unlocked_fraction(cal, block, start + 3 * WEEK / 2, horizon) == 1.5 / 8
+    assert unlocked_fraction(cal, block, start, horizon) == 0.0
+
+
 def test_a_first_run_takes_at_most_its_unlocked_share_and_later_runs_still_find_budget(ledger):
     budget = _register(ledger, BlockCalendar(WEEK))
     planned, rooms = _run(ledger, budget, "churn", "w0", FIRST_END)
