@@ -41,8 +41,9 @@ header columns that both match one name are an error naming both). Columns the s
 declare are screened before any of their values reaches the quarantine file (see ppmlops.data.
 quarantine; the ingest stage hands in PRAM's screen, ppmlops.risk.screen): one that looks like a
 direct identifier by its name or its first SCREEN_SAMPLE_ROWS values is left out, and a value
-of the others that looks like one is withheld; `quarantine_withheld` and the log say which
-column and why, by name only.
+of the others that looks like one is withheld; `quarantine_withheld` (private) says which
+column and why; the public log names only columns judged by their name (a judgement on values
+is a fact about private rows).
 """
 
 from __future__ import annotations
@@ -240,12 +241,21 @@ def _screen_columns(readers: Sequence[SourceReader], undeclared: list[str],
             for c, i in at:
                 samples[c].append(rec[i])
     withheld = {}
+    # Said whatever the screen finds: the list of undeclared columns comes from the header alone.
+    log.info("ingest: %d undeclared column(s) screened by name and values (%s); the private ingest "
+             "record says which were left out of the quarantine file", len(undeclared), ", ".join(undeclared))
     for column in undeclared:
         why = screen.column(column, samples[column])
-        if why is not None:
-            withheld[column] = why
+        if why is None:
+            continue
+        withheld[column] = why
+        # The task log is public: a finding on the name alone depends on the header only, but
+        # one made by the values says something about private rows, so it stays in the run's
+        # private ingest record (quarantine_withheld) and the log counts nothing about it.
+        by_name = screen.column(column, [])
+        if by_name is not None:
             log.warning("ingest: column %s (not declared in the spec) is left out of the quarantine file: %s",
-                        column, why)
+                        column, by_name)
     return withheld
 
 
