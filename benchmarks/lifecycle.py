@@ -260,6 +260,10 @@ def main() -> int:
     print(f"demo spec: lifetime epsilon {p.epsilon:g} at delta {p.delta:g}, run_epsilon {p.run_epsilon:g}, "
           f"{epochs} epochs, batch {spec.training.batch_size}; {weeks} weekly retrains, {LOOKBACK_WEEKS}-week "
           f"lookback, {ROWS} rows a week (drift {DRIFT:g}), {TEST_ROWS} exact test rows a week")
+    majority = [max(float(y.mean()), 1 - float(y.mean())) for _, y in tests]
+    print(f"majority class baseline (always guess the commoner label) on the same test rows: mean "
+          f"{statistics.mean(majority):.4f}, last {len(majority[-10:])} weeks {statistics.mean(majority[-10:]):.4f}, "
+          f"first {len(majority[:10])} weeks {statistics.mean(majority[:10]):.4f}")
     results = {}
     for way in (Way("one pot", False, ("churn",)), Way("blocks", True, ("churn",)),
                 Way("two pipelines", True, ("churn", "upsell"))):

@@ -87,6 +87,10 @@ datasets_table = Table(
     # blocks existed (the first spec that states its blocks records them).
     Column("block_seconds", Double, nullable=True),
     Column("block_origin", String(40), nullable=True),
+    # The unit of privacy (privacy.unit): the person column (NULL: one row) and k rows a person;
+    # unit_max_rows NULL: registered before units were recorded (the first spec records it).
+    Column("unit_column", String(200), nullable=True),
+    Column("unit_max_rows", Integer, nullable=True),
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
 )
@@ -137,7 +141,8 @@ runs_table = Table(
 # Columns added since the first schema; existing databases get them on open (ALTER TABLE ADD).
 _ADDED = {
     "privacy_datasets": {"accounting_order": "DOUBLE PRECISION", "block_seconds": "DOUBLE PRECISION",
-                         "block_origin": "VARCHAR(40)"},
+                         "block_origin": "VARCHAR(40)", "unit_column": "VARCHAR(200)",
+                         "unit_max_rows": "INTEGER"},
     "privacy_ledger": {"kind": "VARCHAR(16) NOT NULL DEFAULT 'release'", "key": "VARCHAR(200)",
                        "randomness": "VARCHAR(16) NOT NULL DEFAULT 'unrecorded'",
                        "search_mean": "DOUBLE PRECISION", "search_shape": "DOUBLE PRECISION",
@@ -151,6 +156,23 @@ class BudgetMismatch(PpmlopsError):
 
 class BlockMismatch(BudgetMismatch):
     """A spec asks for another block length or origin than the dataset was registered with."""
+
+
+class UnitMismatch(BudgetMismatch):
+    """A spec asks for another unit of privacy than the dataset was registered with."""
+
+
+@dataclass(frozen=True)
+class PrivacyUnit:
+    """Who a dataset's guarantee protects: one row (column None, max_rows 1) or one person of
+    `column` with at most `max_rows` rows. Fixed at registration: the ledger's past charges were
+    calibrated to it, and under another unit their sum would mean something else."""
+
+    column: str | None = None
+    max_rows: int = 1
+
+    def describe(self) -> str:
+        return "one row" if self.column is None else f"one person ({self.column}) with at most {self.max_rows} rows"
 
 
 @dataclass(frozen=True)
@@ -417,7 +439,7 @@ class Ledger:
 
     def register_dataset(self, dataset_id: str, *, epsilon_budget: float, delta: float,
                          order: float | None = None, run_curve: np.ndarray | None = None,
-                         calendar: BlockCalendar | None = None) -> LifetimeBudget:
+                         calendar: BlockCalendar | None = None, unit: PrivacyUnit | None = None) -> LifetimeBudget:
         """Fix a dataset's lifetime budget and blocks on first use; later calls must ask for the same.
 
         `order` fixes the accounting order; otherwise it is chosen from `run_curve` (a typical
@@ -426,6 +448,8 @@ class Ledger:
         spec's blocks (None: not stated, a new dataset is one block); a later call with another
         raises BlockMismatch. A dataset registered before blocks existed takes the first
         calendar stated (its earlier entries then count conservatively, see block_curves).
+        `unit` is the spec's unit of privacy (None: not stated); another than the registered one
+        raises UnitMismatch (one registered before units were recorded takes the first stated).
         """
         dataset_id = _name(dataset_id, "dataset_id")
         epsilon_budget, delta = _check_budget(epsilon_budget, delta)
@@ -440,8 +464,11 @@ class Ledger:
                         now = _now()
                         conn.execute(datasets_table.insert().values(
                             dataset_id=dataset_id, epsilon_budget=epsilon_budget, delta=delta,
-                            accounting_order=chosen, created_at=now, updated_at=now, **_calendar_values(cal)))
+                            accounting_order=chosen, created_at=now, updated_at=now, **_calendar_values(cal),
+                            **_unit_values(unit or PrivacyUnit())))
                         return budget
+                    if unit is not None:
+                        self._check_unit(conn, dataset_id, unit)
                     if (calendar is not None and existing.epsilon == epsilon_budget and existing.delta == delta
                             and self._stored_calendar(conn, dataset_id) is None):
                         # Registered before blocks: the spec's blocks are recorded now, once.
@@ -518,6 +545,30 @@ class Ledger:
         order = row.accounting_order if row.accounting_order is not None else choose_order(row.epsilon_budget, row.delta)
         calendar = BlockCalendar.stored(row.block_seconds, row.block_origin) or BlockCalendar()
         return LifetimeBudget(row.dataset_id, row.epsilon_budget, row.delta, float(order), calendar)
+
+    def _check_unit(self, conn: Connection, dataset_id: str, unit: PrivacyUnit) -> None:
+        """Refuse another unit than the registered one; record it where none was (older databases)."""
+        row = conn.execute(select(datasets_table.c.unit_column, datasets_table.c.unit_max_rows)
+                           .where(datasets_table.c.dataset_id == dataset_id)).first()
+        if row.unit_max_rows is None:
+            conn.execute(update(datasets_table).where(datasets_table.c.dataset_id == dataset_id)
+                         .values(updated_at=_now(), **_unit_values(unit)))
+            return
+        registered = PrivacyUnit(row.unit_column, int(row.unit_max_rows))
+        if registered != unit:
+            raise UnitMismatch(
+                f"dataset {dataset_id!r} is registered in the privacy ledger with the unit of privacy "
+                f"{registered.describe()}, and the spec asks for {unit.describe()}. The ledger's charges so far "
+                "were calibrated to the registered unit and never change meaning: restore privacy.unit in the spec")
+
+    def unit(self, dataset_id: str) -> PrivacyUnit | None:
+        """The registered unit of privacy (None: registered before units were recorded)."""
+        with self._read() as conn:
+            row = conn.execute(select(datasets_table.c.unit_column, datasets_table.c.unit_max_rows)
+                               .where(datasets_table.c.dataset_id == dataset_id)).first()
+        if row is None or row.unit_max_rows is None:
+            return None
+        return PrivacyUnit(row.unit_column, int(row.unit_max_rows))
 
     def _stored_calendar(self, conn: Connection, dataset_id: str) -> BlockCalendar | None:
         row = conn.execute(select(datasets_table.c.block_seconds, datasets_table.c.block_origin)
@@ -825,6 +876,10 @@ def _check_budget(epsilon_budget: object, delta: object) -> tuple[float, float]:
     if not (math.isfinite(eps) and eps > 0):
         raise PpmlopsError(f"epsilon_budget must be a finite number > 0, got {epsilon_budget!r}")
     return eps, check_delta(delta)
+
+
+def _unit_values(unit: PrivacyUnit) -> dict:
+    return {"unit_column": unit.column, "unit_max_rows": unit.max_rows}
 
 
 def _calendar_values(calendar: BlockCalendar) -> dict:

@@ -130,6 +130,27 @@ class NoiseSource:
         """n independent coins, each True with probability p (Poisson sampling masks)."""
         return self._gen.random(int(n)) < float(p)
 
+    def poisson_subset(self, n: int, p: float) -> np.ndarray:
+        """The sorted indices of `n` items each included independently with probability p, drawn
+        in O(size) rather than O(n): a size K ~ Binomial(n, p), then a uniformly random K-subset.
+
+        The same law as n coins. Under independent coins a subset s has probability
+        p^|s| (1-p)^(n-|s|), which depends on s only through |s|: so the size is Binomial(n, p),
+        and given the size every subset of that size is equally likely, which is what the second
+        draw takes. Both draws come from this source's CSPRNG stream (numpy's Generator.binomial
+        and Generator.choice without replacement over the ChaCha20 bit generator, both exact
+        given uniform bits up to floating point in the binomial's acceptance tests).
+        tests/unit/test_sampling_law.py checks sizes and per-index inclusion against the law."""
+        n, p = int(n), float(p)
+        if not 0.0 <= p <= 1.0:
+            raise RandomnessError(f"inclusion probability must be in [0, 1], got {p!r}")
+        k = int(self._gen.binomial(n, p)) if n > 0 else 0
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
+        idx = self._gen.choice(n, size=k, replace=False, shuffle=False).astype(np.int64, copy=False)
+        idx.sort()
+        return idx
+
     def gaussian(self, shape, std: float, dtype=np.float64) -> np.ndarray:
         """N(0, std^2) per element, as the sum of four draws / 2 (floating-point mitigation).
 

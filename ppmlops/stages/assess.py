@@ -18,7 +18,7 @@ from ppmlops.data import ingest as ingest_mod
 from ppmlops.errors import PpmlopsError
 from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp
 from ppmlops.privacy.identity import claim_source
-from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger, PrivacyUnit
 from ppmlops.privacy.blocks import calendar_of
 from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
@@ -39,6 +39,12 @@ REASONS = (ingest_mod.NO_CONSENT, ingest_mod.INVALID_LABEL, ingest_mod.INVALID_V
 OTHER = "other"
 
 
+def unit_of(privacy) -> PrivacyUnit:
+    """The spec's unit of privacy as the ledger records it (one row when none is named)."""
+    u = privacy.unit
+    return PrivacyUnit() if u is None else PrivacyUnit(u.column, u.max_rows)
+
+
 def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
     """The dataset's lifetime budget and blocks (fixed on first use; a changed spec is refused, not applied)."""
     spec = ctx.spec
@@ -49,7 +55,7 @@ def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
     claim_source(ctx.settings.db_url, spec)  # a new id over another dataset's rows would reset their budget
     return ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta,
                                    order=spec.privacy.accounting_order, run_curve=curve,
-                                   calendar=calendar_of(spec.privacy))
+                                   calendar=calendar_of(spec.privacy), unit=unit_of(spec.privacy))
 
 
 def _exact_counts(result, k_unsafe: int | None) -> dict[str, dict[str, int]]:

@@ -13,7 +13,8 @@ plan would read from a private release is set to the value most favourable to tr
   so the planned epsilon is largest at one of the two ends, whatever the profile's discount);
 * what the run's counts will cost: the lowest epsilon their noise can have
   (ppmlops.run.context.count_release_floor), charged in the ledger as the highest noise it can;
-* what the ledger has left: for the held-out rows exactly as the plan computes it (their releases
+* what the ledger has left in the blocks the run reads (before unlocking and the pipelines'
+  parts, which only lower it): for the held-out rows exactly as the plan computes it (their releases
   have a public shape: q = 1, units from epochs and tuner); for the training rows, whose sampling
   depends on the private row count, an upper bound: the lifetime filter admits at most the RDP left
   at the dataset's order, and a run's epsilon is at most that RDP converted at that order
@@ -83,10 +84,13 @@ def _counts_rdp(ctx: RunContext) -> np.ndarray:
     return segment_rdp(Segment(sigma, 1.0, 1))
 
 
-def _others(ledger: Ledger, dataset_id: str, run_id: str) -> dict[str, np.ndarray]:
-    """The dataset's charged curves without this run's own (a retried assess already charged
-    its counts: they are counted once, as this run's, not twice)."""
-    everything, own = ledger.charged_curves(dataset_id), ledger.charged_curves(dataset_id, run_id)
+def _others(ledger: Ledger, dataset_id: str, run_id: str, blocks: list[str]) -> dict[str, np.ndarray]:
+    """The charged curves of the worst of the run's blocks without this run's own (a retried
+    assess already charged its counts: they are counted once, as this run's, not twice). Only
+    the blocks the run reads (ingest left the retired ones out): a spent block elsewhere in the
+    dataset's life says nothing about what this run can have."""
+    everything = ledger.charged_curves(dataset_id, blocks=blocks)
+    own = ledger.charged_curves(dataset_id, run_id)
     return {p: c - own.get(p, _zeros()) for p, c in everything.items()}
 
 
@@ -103,7 +107,8 @@ def public_facts(ctx: RunContext, ledger: Ledger) -> PublicFacts:
                                       spec.training.epochs)
         order = float(p.accounting_order) if p.accounting_order is not None else choose_order(p.epsilon, p.delta, curve)
         budget = LifetimeBudget(spec.dataset.id, p.epsilon, p.delta, order)
-    others = _others(ledger, spec.dataset.id, ctx.run_id) if registered else {}
+    staged = ctx.store.read(Staged)
+    others = _others(ledger, spec.dataset.id, ctx.run_id, staged.blocks) if registered else {}
     counts = _counts_rdp(ctx)
     floor = count_release_floor(spec)
     with_counts = {p: others.get(p, _zeros()) + counts for p in (TRAIN, HOLDOUT)}
@@ -121,7 +126,7 @@ def public_facts(ctx: RunContext, ledger: Ledger) -> PublicFacts:
         0.0, epsilon_from_rdp(counts + segment_rdp(Segment(sigma, 1.0, units)), budget.delta)[0] - floor)
 
     reasons = []
-    conflict = split_conflict(ledger.entries(spec.dataset.id), ctx.store.read(Staged).split) if registered else None
+    conflict = split_conflict(ledger.entries(spec.dataset.id), staged.split) if registered else None
     if conflict:
         reasons.append(conflict)
     for what, target in ((f"epsilon_cap {ctx.params.epsilon_cap:g}", ctx.params.epsilon_cap),

@@ -3,11 +3,12 @@ DAG processor, triggerer; metadata and ledger on PostgreSQL), driven the way peo
 backfill command from the README, Airflow's REST API for triggers, settings and approvals, Ctrl-C
 to stop.
 
-Two pipelines over one timestamped table of three days:
+Two pipelines over timestamped tables:
 
-* `sched`: daily, production (the officer's policy makes every such deploy wait for a person),
-  a roomy budget. A backfill of
-  the three days runs them concurrently; each trains on its own day; the first train task to
+* `sched`: weekly (Mondays), production (the officer's policy makes every such deploy wait for
+  a person), a two-week lookback over weekly privacy blocks, and a lifetime budget that one pot
+  would spend in two runs. A backfill of four weeks runs them concurrently; each trains on its
+  own two weeks and charges exactly those blocks; every week trains; the first train task to
   finish an epoch is killed and Airflow's retry resumes it from its checkpoint; an officer
   approves each deploy through the REST API.
 * `tight`: daily, a lifetime budget one run can use up. Its three backfilled days plan at the
@@ -44,17 +45,21 @@ UTC = timezone.utc
 TODAY = datetime.now(UTC).date()
 DAYS = [TODAY - timedelta(days=n) for n in (3, 2, 1)]  # three complete daily intervals
 ROWS_PER_DAY = 500
+MONDAY = TODAY - timedelta(days=TODAY.weekday())
+WEEKS = [MONDAY - timedelta(weeks=n) for n in (4, 3, 2, 1)]  # four complete weekly intervals
+LOOKBACK = timedelta(weeks=2)
 EPOCHS = 2
 
 
 # --------------------------------------------------------------------------- the pipelines
 
 
-def write_table(path: Path) -> None:
-    """The demo generator's rows with an event_time: 500 on each of the three days."""
-    df = generate(ROWS_PER_DAY * len(DAYS), seed=11)
+def write_table(path: Path, starts: list, length: timedelta) -> None:
+    """The demo generator's rows with an event_time: 500 in each interval of `length` from `starts`."""
+    df = generate(ROWS_PER_DAY * len(starts), seed=11)
+    span = length.total_seconds()
     times = [datetime.combine(day, datetime.min.time(), UTC) + timedelta(seconds=int(s))
-             for day in DAYS for s in np.linspace(60, 86_340, ROWS_PER_DAY)]
+             for day in starts for s in np.linspace(60, span - 60, ROWS_PER_DAY)]
     df.insert(1, "event_time", [t.isoformat() for t in times])
     # fewer refusals than the generator's, on every day alike, so each day's consent coverage passes
     # the GDPR floor with room for the count noise (the first two thirds in row order left the last
@@ -83,8 +88,13 @@ def spec_doc(name: str, **changes) -> dict:
     return doc
 
 
-# A day's 500 rows under this much noise learn little: the test is about the runs, not the model.
-SCHED = spec_doc("sched", **{"deploy.environment": "production", "privacy.epsilon": 10.0, "deploy.min_accuracy": 0.0})
+# A week's 500 rows under this much noise learn little: the test is about the runs, not the model.
+# Lifetime epsilon 1.9 holds about two and a half runs at run_epsilon 1 (counts included): one pot
+# would refuse the third run; with weekly blocks each block is read by the two runs whose
+# two-week window covers it, each sized to the half unlocked for it, and every week trains.
+SCHED = spec_doc("sched", **{"deploy.environment": "production", "privacy.epsilon": 1.9, "privacy.blocks": "P7D",
+                             "schedule": "0 0 * * 1", "dataset.window": {"column": "event_time", "lookback": "P14D"},
+                             "dataset.expected_rows": 700, "deploy.min_accuracy": 0.0})
 TIGHT = spec_doc("tight", **{"privacy.epsilon": 1.0, "privacy.stats_epsilon": 0.1, "training.epochs": 1})
 
 
@@ -120,8 +130,8 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
     pipelines.mkdir()
     for doc in (SCHED, TIGHT):
         (pipelines / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    for doc in (SCHED, TIGHT):
-        write_table(home / "data" / f"{doc['name']}_events.csv")
+    write_table(home / "data" / "sched_events.csv", WEEKS, timedelta(weeks=1))
+    write_table(home / "data" / "tight_events.csv", DAYS, timedelta(days=1))
     # The compliance office's policy: every production deploy of GDPR data waits for a person.
     policy = root / "policies.rego"
     shipped = (REPO / "policies.rego").read_text()
@@ -155,10 +165,10 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
         log.close()
 
 
-def backfill(af: Airflow, dag_id: str, max_active_runs: int) -> list[dict]:
+def backfill(af: Airflow, dag_id: str, max_active_runs: int, starts: list) -> list[dict]:
     """The README's backfill command, then the DAG unpaused; returns the backfill's runs once done."""
-    af.cli("backfill", "create", "--dag-id", dag_id, "--from-date", DAYS[0].isoformat(),
-           "--to-date", DAYS[-1].isoformat(), "--max-active-runs", str(max_active_runs))
+    af.cli("backfill", "create", "--dag-id", dag_id, "--from-date", starts[0].isoformat(),
+           "--to-date", starts[-1].isoformat(), "--max-active-runs", str(max_active_runs))
     af.ok("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
     return af.runs(dag_id)
 
@@ -223,9 +233,9 @@ def _approve_every_waiting_deploy(af: Airflow, dag_id: str, stop) -> list[str]:
 @pytest.fixture(scope="module")
 def sched_backfill(airflow):
     dag_id = "ppmlops_sched"
-    backfill(airflow, dag_id, max_active_runs=3)
+    backfill(airflow, dag_id, max_active_runs=3, starts=WEEKS)
     killed = _kill_the_first_training(airflow, SCHED)
-    done = settled(airflow, dag_id, 3)
+    done = settled(airflow, dag_id, len(WEEKS))
     approved = _approve_every_waiting_deploy(airflow, dag_id, done)
     return done(), killed, approved
 
@@ -246,40 +256,51 @@ def _why_not_success(af: Airflow, dag_id: str, runs: list[dict]) -> str:
 
 def test_a_backfill_trains_each_interval_on_its_own_rows(airflow, sched_backfill):
     runs, _, approved = sched_backfill
-    assert [r["state"] for r in runs] == ["success"] * 3, _why_not_success(airflow, "ppmlops_sched", runs)
+    assert [r["state"] for r in runs] == ["success"] * len(WEEKS), _why_not_success(airflow, "ppmlops_sched", runs)
     assert sorted(approved) == sorted(r["dag_run_id"] for r in runs)  # each deploy waited for the officer
     windows, hashes = set(), set()
     for r in runs:
         ctx = airflow.context(SCHED, r["dag_run_id"])
         staged, exact = ctx.store.read(Staged), ctx.store.read(StagedData).result
-        start = datetime.fromisoformat(r["data_interval_start"])
-        assert (staged.window.start, staged.window.end) == (start, start + timedelta(days=1))
-        # every row it staged is from its own day: 500 rows in, the other 1000 outside its window
-        assert exact.rows_in == 3 * ROWS_PER_DAY and exact.rows_outside_window == 2 * ROWS_PER_DAY
-        assert exact.consent_as_of == start.date().isoformat()
+        end = datetime.fromisoformat(r["data_interval_end"])
+        assert (staged.window.start, staged.window.end) == (end - LOOKBACK, end)
+        # it staged the weeks of its own two-week window (the first run's earlier week is empty)
+        weeks_in = sum(end - LOOKBACK <= datetime.combine(w, datetime.min.time(), UTC) < end for w in WEEKS)
+        assert exact.rows_in == len(WEEKS) * ROWS_PER_DAY
+        assert exact.rows_outside_window == (len(WEEKS) - weeks_in) * ROWS_PER_DAY
+        assert exact.consent_as_of == (end - timedelta(days=1)).date().isoformat()  # the last day inside it
         windows.add(staged.window.start)
         hashes.add(exact.sha256)
-    assert len(windows) == len(hashes) == 3
+    assert len(windows) == len(hashes) == len(WEEKS)
 
 
-def test_the_ledger_composes_every_run_exactly(airflow, sched_backfill):
-    """What the ledger counts is what ran: dp-accounting, composing the usage of the three runs and
-    their count releases from their own records, finds the same curve."""
+def test_each_run_charges_its_own_blocks_and_every_week_trains_where_one_pot_would_stop(airflow, sched_backfill):
+    """What the ledger counts is what ran, block by block: dp-accounting, composing each run's
+    count releases and usage from its own records over the blocks its window touches, finds each
+    block's curve; every block stays within the lifetime budget, while the four runs together
+    are more than that budget holds (one pot would have refused the third)."""
     import dp_accounting
     from dp_accounting.rdp import rdp_privacy_accountant
 
     runs, _, _ = sched_backfill
     ledger = Ledger(airflow.env["PPMLOPS_DB_URL"])
     dataset = "sched_events"
+    budget = ledger.budget(dataset)
     entries = ledger.entries(dataset)
     assert {e.run_id for e in entries} == {r["dag_run_id"] for r in runs}
-    accountants = {p: rdp_privacy_accountant.RdpAccountant(orders=ORDERS) for p in ("train", "holdout")}
+    per_block: dict[str, dict[str, rdp_privacy_accountant.RdpAccountant]] = {}
+    one_pot = {p: rdp_privacy_accountant.RdpAccountant(orders=ORDERS) for p in ("train", "holdout")}
     for r in runs:
         ctx = airflow.context(SCHED, r["dag_run_id"])
         trained, plan = ctx.store.read(TrainRecord), ctx.store.read(PlanRecord).privacy
-        assert trained.epochs_completed == EPOCHS
+        assert trained.epochs_completed == EPOCHS  # every week trained
+        end = datetime.fromisoformat(r["data_interval_end"])
+        window_blocks = list(budget.calendar.touching(end - LOOKBACK, end))
+        assert len(window_blocks) == 2 and plan.blocks == window_blocks
+        mine = [x for x in entries if x.run_id == r["dag_run_id"]]
+        assert all(list(x.blocks) == window_blocks for x in mine)  # every charge of the run, both blocks
         events = {"train": [], "holdout": []}
-        for e in (x for x in entries if x.run_id == r["dag_run_id"] and x.kind == "release"):
+        for e in (x for x in mine if x.kind == "release"):
             events[e.partition].append(dp_accounting.GaussianDpEvent(e.noise_multiplier))
         for epoch in trained.history:
             events["train"].append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
@@ -288,13 +309,18 @@ def test_the_ledger_composes_every_run_exactly(airflow, sched_backfill):
             events["holdout"].append(dp_accounting.GaussianDpEvent(plan.holdout_sigma))
         events["holdout"].append(dp_accounting.GaussianDpEvent(plan.evaluation_sigma))
         for p, evs in events.items():
-            accountants[p].compose(dp_accounting.ComposedDpEvent(evs))
-    budget = ledger.budget(dataset)
-    charged = ledger.charged_curves(dataset)
-    for p, acc in accountants.items():
-        np.testing.assert_allclose(charged[p][budget.index], acc._rdp[budget.index], rtol=1e-9)
+            one_pot[p].compose(dp_accounting.ComposedDpEvent(evs))
+            for b in window_blocks:
+                per_block.setdefault(b, {}).setdefault(
+                    p, rdp_privacy_accountant.RdpAccountant(orders=ORDERS)).compose(dp_accounting.ComposedDpEvent(evs))
+    charged = ledger.block_curves(dataset)
+    assert set(charged) == set(per_block)
+    for b, accs in per_block.items():
+        for p, acc in accs.items():
+            np.testing.assert_allclose(charged[b][p][budget.index], acc._rdp[budget.index], rtol=1e-9)
+            assert acc._rdp[budget.index] <= budget.rdp
+    assert max(acc._rdp[budget.index] for acc in one_pot.values()) > budget.rdp
     assert {e.status for e in entries if e.kind == "grant"} == {"trimmed"}
-    assert budget.share_used(charged) < 1
 
 
 def test_a_killed_train_task_is_retried_and_resumes_from_its_checkpoint(airflow, sched_backfill):
@@ -317,7 +343,7 @@ def test_only_a_production_deploy_moves_the_production_alias(airflow, sched_back
 
     registry = Registry(airflow.settings.registry_dir)
     versions = registry.versions("sched_churn")
-    assert len(versions) == 3
+    assert len(versions) == len(WEEKS)
     assert registry.alias("sched_churn", "production") is not None
     assert registry.alias("sched_churn", "development") is None
 
@@ -330,7 +356,7 @@ def test_concurrent_plans_never_overspend_and_the_policy_refuses_once_spent(airf
     # a setting changed in Airflow while it runs reaches the next tasks, without a restart
     airflow.ok("POST", "/api/v2/variables", json={
         "key": "ppmlops_settings", "value": json.dumps({"PPMLOPS_QUARANTINE_RETENTION_DAYS": "7"})})
-    backfill(airflow, dag_id, max_active_runs=3)
+    backfill(airflow, dag_id, max_active_runs=3, starts=DAYS)
     runs = wait_for("the tight backfill to finish", settled(airflow, dag_id, 3), 900, airflow, every_s=2)
     for r in runs:
         staged = airflow.context(TIGHT, r["dag_run_id"]).store.read(StagedData).result

@@ -258,13 +258,25 @@ def _race(url: str, worker: int, blocks: list[str], share_sigma: float, out) -> 
     out.put(admitted)
 
 
-def test_processes_charging_overlapping_blocks_never_overspend_a_block(tmp_path):
-    ledger, budget = ledger_with(tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_charging_overlapping_blocks_never_overspend_a_block(tmp_path, request, backend):
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        from sqlalchemy import create_engine, text
+
+        url = request.getfixturevalue("pg_url")
+        engine = create_engine(url)
+        with engine.begin() as conn:  # the module's database: start from no ledger tables
+            conn.execute(text("DROP TABLE IF EXISTS privacy_ledger, privacy_datasets, privacy_runs"))
+        engine.dispose()
+    ledger = Ledger(url)
+    budget = ledger.register_dataset("ds", epsilon_budget=3.0, delta=DELTA, order=8.0, calendar=WEEKLY)
     blocks = ["2026-11-02", "2026-11-09", "2026-11-16"]
     sigma = fitting(budget, 0.3).noise_multiplier  # three charges fit a block, a fourth does not
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(ledger.db_url, w, blocks, sigma, out)) for w in range(6)]
+    procs = [ctx.Process(target=_race, args=(url, w, blocks, sigma, out)) for w in range(8)]
     for p in procs:
         p.start()
     for p in procs:

@@ -139,3 +139,40 @@ def ledger_sigma(rdp_target: float, index: int) -> float:
     from ppmlops.privacy.accountant import ORDERS
 
     return (ORDERS[index] / (2 * rdp_target)) ** 0.5
+
+
+def test_a_spent_block_outside_the_runs_window_does_not_refuse_it(tmp_path, monkeypatch):
+    """With weekly blocks, a block an earlier window used up is not one this run reads: the
+    pre-check judges the blocks of the run's own window, so the run passes, while the same spend
+    in one of its blocks is retired at ingest or refused."""
+    from datetime import datetime, timedelta, timezone
+
+    from ppmlops.privacy.accountant import Segment
+    from ppmlops.privacy.blocks import BlockCalendar
+    from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge
+    from ppmlops.window import DataInterval
+
+    week = timedelta(days=7)
+    monday = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    src = tmp_path / "events.csv"
+    src.write_text("t,age,y\n" + "\n".join(f"{(monday + timedelta(hours=3 * i)).isoformat()},{20 + i % 50},"
+                                         f"{'yes' if i % 3 else 'no'}" for i in range(300)) + "\n")
+    spec = parse_spec({
+        "name": "pre", "dataset": {"id": "pre", "source": {"path": str(src)}, "window": {"column": "t"},
+                                   "label": {"column": "y", "positive": "yes", "values": ["yes", "no"]},
+                                   "features": [{"name": "age", "type": "numeric", "range": [18, 90]}]},
+        "privacy": {"epsilon": 3.0, "delta": 1e-5, "run_epsilon": 1.0, "blocks": "P7D"},
+        "deploy": {"model_name": "pre"},
+    })
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    ctx = RunContext(spec=spec, run_id="run-1", params=RunParams.defaults(spec),
+                     interval=DataInterval(monday, monday + week))
+    ledger = Ledger(ctx.settings.db_url)
+    budget = ledger.register_dataset("pre", epsilon_budget=3.0, delta=1e-5, calendar=BlockCalendar(week))
+    spent = Segment(ledger_sigma(budget.rdp, budget.index), 1.0, 1)  # all of a block's budget
+    for p in (TRAIN, HOLDOUT):
+        ledger.charge(dataset_id="pre", run_id="earlier", kind="release", key=f"x-{p}", randomness="secure",
+                      blocks=["2026-10-26"], charges=[Charge(p, spent, "gaussian", "an earlier run")])
+    ingest.run(ctx)
+    assert precheck.refusal(ctx, ledger) == ([], None)
+    assert precheck.public_facts(ctx, ledger).share_used == 0.0  # the run's own block is fresh

@@ -247,3 +247,35 @@ def test_the_card_states_the_unit_and_what_it_means_across_blocks(tmp_path):
     assert plain.privacy.unit_rows == 1
     assert unit_text(plain, 1) == "unit: one row"
     assert "differ by one row" in unit_note(plain, 1)
+
+
+def test_the_unit_of_privacy_is_fixed_at_registration(tmp_path):
+    """Charges so far were calibrated to the registered unit: another unit is refused, whether a
+    spec names a person where rows were the unit, or another k; a ledger from before units were
+    recorded takes the first unit stated."""
+    from sqlalchemy import create_engine, text
+
+    from ppmlops.privacy.ledger import PrivacyUnit, UnitMismatch
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    person = PrivacyUnit("customer_id", 3)
+    ledger.register_dataset("people", epsilon_budget=3.0, delta=1e-5, unit=person)
+    assert ledger.register_dataset("people", epsilon_budget=3.0, delta=1e-5, unit=person).epsilon == 3.0
+    for other in (PrivacyUnit(), PrivacyUnit("customer_id", 4), PrivacyUnit("account_id", 3)):
+        with pytest.raises(UnitMismatch, match="restore privacy.unit"):
+            ledger.register_dataset("people", epsilon_budget=3.0, delta=1e-5, unit=other)
+    ledger.register_dataset("rows", epsilon_budget=3.0, delta=1e-5, unit=PrivacyUnit())
+    with pytest.raises(UnitMismatch, match="one row"):
+        ledger.register_dataset("rows", epsilon_budget=3.0, delta=1e-5, unit=person)
+    # A dataset registered before units were recorded: the first unit stated is recorded, once.
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE privacy_datasets SET unit_column = NULL, unit_max_rows = NULL "
+                          "WHERE dataset_id = 'rows'"))
+    engine.dispose()
+    assert ledger.unit("rows") is None
+    ledger.register_dataset("rows", epsilon_budget=3.0, delta=1e-5, unit=person)
+    assert ledger.unit("rows") == person
+    with pytest.raises(UnitMismatch):
+        ledger.register_dataset("rows", epsilon_budget=3.0, delta=1e-5, unit=PrivacyUnit())
