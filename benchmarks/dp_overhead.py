@@ -7,8 +7,9 @@ thread, one process (a gloo world of one), inputs shaped like encoded UCI Adult:
 
   non-private              plain torch SGD
   hooks, opacus noise      Opacus per-row gradients (hooks), Opacus's own torch.normal noise
-  hooks, CSPRNG            the same clipping, the noise ppmlops adds: ChaCha20 keyed from the OS,
-                           four draws per number (Opacus's floating-point mitigation), on rank 0
+  hooks, CSPRNG            the same clipping, the noise ppmlops adds: AES-256-CTR keyed from the OS,
+                           two independent draws per number (the floating-point mitigation,
+                           ppmlops.privacy.cipher_noise), on rank 0
   ghost, CSPRNG            Opacus's ghost clipping (two backward passes, no per-row gradients)
                            with its distributed fast-clipping optimizer, the same noise
   linear, opacus noise     ppmlops's closed-form norms for linear stacks (one backward pass) and
@@ -43,6 +44,10 @@ from ppmlops.training.private_model import make_private_model  # noqa: E402
 
 MODELS = {"logistic 108-2": ("logistic", []), "Adult MLP 108-64-2": ("mlp", [64]),
           "wide MLP 108-256-256-2": ("mlp", [256, 256])}
+# At least 10 million parameters (10.9M): per-row gradients (hooks) would hold 256 copies of it,
+# so only the paths that never materialise them run.
+LARGE = {"10.9M MLP 108-4096-2560-2": ("mlp", [4096, 2560])}
+LARGE_PATHS = ("linear, opacus noise", "linear, CSPRNG (default)")
 FEATURES = 108
 
 
@@ -104,6 +109,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-large", action="store_true", help="skip the 10.9M-parameter model")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with socket.socket() as s:
@@ -113,14 +119,19 @@ def main() -> int:
     dist.init_process_group("gloo", rank=0, world_size=1)
     print(f"DP-SGD step time, batch {args.batch}, {args.steps} steps x {args.repeats} repeats (median, paths "
           f"interleaved), 1 thread")
-    print(f"{'model':<24}{'path':<28}{'ms/step':>9}{'x non-private':>15}")
-    for name, (kind, hidden) in MODELS.items():
+    print(f"{'model':<27}{'path':<28}{'ms/step':>9}{'x non-private':>15}")
+    models = {name: (kind, hidden, tuple(PATHS)) for name, (kind, hidden) in MODELS.items()}
+    if not args.no_large:
+        models.update({name: (kind, hidden, LARGE_PATHS) for name, (kind, hidden) in LARGE.items()})
+    for name, (kind, hidden, labels) in models.items():
         paths = {"non-private": non_private(kind, hidden, args.batch)}
-        paths.update({label: private(kind, hidden, args.batch, clipping=clipping, csprng=csprng)
-                      for label, (clipping, csprng) in PATHS.items()})
-        ms = _time_side_by_side(paths, args.steps, args.repeats)
+        paths.update({label: private(kind, hidden, args.batch, clipping=PATHS[label][0], csprng=PATHS[label][1])
+                      for label in labels})
+        large = name in LARGE
+        ms = _time_side_by_side(paths, max(3, args.steps // 20) if large else args.steps,
+                                min(3, args.repeats) if large else args.repeats)
         for i, (label, value) in enumerate(ms.items()):
-            print(f"{name if i == 0 else '':<24}{label:<28}{value:9.3f}{value / ms['non-private']:15.2f}")
+            print(f"{name if i == 0 else '':<27}{label:<28}{value:9.3f}{value / ms['non-private']:15.2f}")
     dist.destroy_process_group()
     return 0
 

@@ -377,6 +377,16 @@ class RayConfig(_Model):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(2, ge=0, le=100)  # Ray Train restarts from the last epoch checkpoint
+    # One worker and no Ray cluster: train in the task's own process (ppmlops.training.in_process)
+    # instead of starting Ray for it. None: do so whenever a run has one worker and no cluster is
+    # configured; false: always through Ray Train; true: insist (a run with more workers is refused).
+    in_process: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_worker_in_process(self) -> "RayConfig":
+        if self.in_process and self.workers != 1:
+            raise ValueError(f"ray.in_process trains one worker in the task's process; ray.workers is {self.workers}")
+        return self
 
 
 Environment = Literal["development", "test", "staging", "production"]

@@ -3,7 +3,8 @@
 Two modes, named on the model card and in every ledger entry:
 
 * ``secure`` (the default): each source is keyed from OS entropy (``os.urandom``) and the key is
-  never written down, so nobody can replay a run's draws. Continuous draws come from ChaCha20
+  never written down, so nobody can replay a run's draws. Gaussian noise comes from AES-256-CTR
+  under a subkey (ppmlops.privacy.cipher_noise); uniforms, coins and sampled subsets from ChaCha20
   (``randomgen.ChaCha`` with 20 rounds, the stream cipher behind Linux's own CSPRNG); integer
   draws for the exact discrete Gaussian come from ``secrets``.
 * ``reproducible``: the same generators keyed from a hash of public parts (spec seed, run id,
@@ -13,8 +14,10 @@ Two modes, named on the model card and in every ledger entry:
 
 Floating point. A Gaussian sample added to a float carries information in its low bits about
 the value it was added to (Jin et al. 2022, arXiv 2112.05307; Holohan & Braghin 2021, arXiv
-2107.10138). Gradient noise therefore uses the mitigation Opacus's secure mode applies: the sum
-of four N(0, std^2) draws divided by 2 (same variance, a support too dense to invert).
+2107.10138). Gradient noise is therefore the sum of two independent N(0, std^2) draws divided by
+sqrt(2) (same variance, a support too dense to invert), each draw from uniforms no other draw
+shares, from AES-256-CTR (ppmlops.privacy.cipher_noise says why two suffice where Opacus's secure
+mode, over torch's shared-uniform Box-Muller, takes four).
 Released counts avoid floats altogether: they are integers plus an exact discrete Gaussian
 (Canonne, Kamath & Steinke 2020, arXiv 2004.00010, Algorithms 1-3), whose Renyi DP at sensitivity
 Delta is at most alpha Delta^2 / (2 sigma^2), the continuous Gaussian's, so the ledger charges it
@@ -114,8 +117,13 @@ class NoiseSource:
     def __init__(self, key: int, *, secure: bool):
         from randomgen import ChaCha
 
+        from ppmlops.privacy.cipher_noise import AesCtrKeystream
+
         self._secure = secure
         self._gen = np.random.Generator(ChaCha(key=key, rounds=20))
+        # Gaussian noise: AES-256-CTR under a subkey of the same key (a PRF output, so the two
+        # streams are independent), turned into Gaussians by torch (ppmlops.privacy.cipher_noise).
+        self._gaussian = AesCtrKeystream(hashlib.sha256(b"ppmlops gaussian noise" + key.to_bytes(32, "big")).digest())
         # Exact integer draws: the OS in secure mode, a seeded generator in reproducible mode.
         self._ints = secrets.SystemRandom() if secure else random.Random(key)
 
@@ -152,23 +160,22 @@ class NoiseSource:
         return idx
 
     def gaussian(self, shape, std: float, dtype=np.float64) -> np.ndarray:
-        """N(0, std^2) per element, as the sum of four draws / 2 (floating-point mitigation).
+        """N(0, std^2) per element, each the sum of two independent draws / sqrt(2) (the
+        floating-point mitigation; see ppmlops.privacy.cipher_noise), in `dtype`."""
+        import torch
 
-        `dtype=np.float32` draws in single precision, as Opacus's secure mode does for float32
-        parameters (the noise is rounded to the parameters' precision when added in any case);
-        half the random bits, so gradient noise costs less ChaCha20 per step."""
+        shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+        torch_dtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+        return self.gaussian_tensor(math.prod(shape), std, torch_dtype).numpy().reshape(shape)
+
+    def gaussian_tensor(self, count: int, std: float, dtype=None, device=None):
+        """`count` values of N(0, std^2) as a torch tensor of `dtype` (float32 by default), made on
+        `device` (the training GPU, say) from this source's AES-256-CTR keystream."""
+        from ppmlops.privacy.cipher_noise import gaussian_noise
+
         if std < 0 or not math.isfinite(std):
             raise RandomnessError(f"noise std must be a finite number >= 0, got {std!r}")
-        shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
-        if np.dtype(dtype) == np.float32:
-            total = self._gen.standard_normal(shape, dtype=np.float32)
-            for _ in range(3):
-                total += self._gen.standard_normal(shape, dtype=np.float32)
-            return total * np.float32(std / 2.0)
-        total = self._gen.normal(0.0, std, size=shape)
-        for _ in range(3):
-            total += self._gen.normal(0.0, std, size=shape)
-        return total / 2.0
+        return gaussian_noise(self._gaussian, count, std, dtype, device)
 
     # -- exact, for counts ----------------------------------------------------------------------
     def discrete_gaussian(self, sigma: float, size: int = 1) -> list[int]:

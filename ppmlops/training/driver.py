@@ -1,5 +1,6 @@
 """The train stage as the Ray driver: encode the staged rows, draw the audit's canary coins, run
-the workers, save the DP model. Used in-process and by the Ray job entry point."""
+the workers (on Ray Train, or in this process for one worker without a cluster:
+ppmlops.training.in_process), save the DP model. Used in-process and by the Ray job entry point."""
 
 from __future__ import annotations
 
@@ -98,9 +99,21 @@ def _turn(ctx: RunContext):
             shutdown_local_ray()
 
 
+def in_process(ctx: RunContext, job: WorkerJob) -> bool:
+    """Whether this run trains in this process (ppmlops.training.in_process) rather than on Ray
+    Train: `ray.in_process`, by default when the run has one worker and no cluster is named."""
+    chosen = ctx.spec.ray.in_process
+    if chosen is not None:
+        if chosen and job.workers != 1:
+            raise TrainingError(f"run {ctx.run_id!r}: ray.in_process trains one worker; this run asks for {job.workers}")
+        return chosen
+    return job.workers == 1 and not (ctx.settings.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
 def train_here(ctx: RunContext) -> TrainRecord:
     import torch
 
+    from ppmlops.training.in_process import train_in_process
     from ppmlops.training.launch import train_on_ray
 
     planned = ctx.store.read(PlanRecord)
@@ -114,9 +127,11 @@ def train_here(ctx: RunContext) -> TrainRecord:
     session = PrivacySession.open(Ledger(ctx.settings.db_url), grant_of(plan))  # a released grant is reserved again
     job = dataclasses.replace(worker_job(ctx, planned), canaries=kept,
                               canary_scores_path=str(ctx.store.private_dir / CANARY_SCORES_FILE))
+    here = in_process(ctx, job)
     try:
-        with _turn(ctx), library_logs(ctx.store.private_dir, "ray"), followed(job.progress_path, progress.info):
-            weights, outcome = train_on_ray(job, arrays)
+        with (contextlib.nullcontext() if here else _turn(ctx)), library_logs(ctx.store.private_dir, "ray"), \
+                followed(job.progress_path, progress.info):
+            weights, outcome = (train_in_process if here else train_on_ray)(job, arrays)
     except TrainingError:
         session.recover().close()  # released when the run used none of it, kept otherwise
         raise

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
@@ -60,10 +59,12 @@ class CsprngNoise:
         if canaries is not None and not any(p is canaries.weight for p in params):
             raise TrainingError("the canaries' weight is not among the optimizer's parameters")
         total = sum(p.summed_grad.numel() for p in params)
-        # One draw for all parameters: the CSPRNG's cost is per call as much as per number.
+        # One draw for all parameters (the cost is per call as much as per number), made on the
+        # device the gradients are on: a GPU turns the keystream into Gaussians itself.
         single = all(p.summed_grad.dtype == torch.float32 for p in params)
-        flat = torch.from_numpy(self.noise_source.gaussian((total,), self.noise_multiplier * self.max_grad_norm,
-                                                           dtype=np.float32 if single else np.float64))
+        flat = self.noise_source.gaussian_tensor(total, self.noise_multiplier * self.max_grad_norm,
+                                                 torch.float32 if single else torch.float64,
+                                                 params[0].summed_grad.device if params else None)
         offset = 0
         for p in params:
             _check_processed_flag(p.summed_grad)
