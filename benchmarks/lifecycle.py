@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/lifecycle.py            # 52 weeks, 4 epochs (the demo's)
     .venv/bin/python benchmarks/lifecycle.py --quick    # 12 weeks, 2 epochs
+    .venv/bin/python benchmarks/lifecycle.py --chart docs/images/lifecycle_blocks.html  # and its picture
 
 A generated event stream: every week about ROWS rows of the demo generator (ppmlops.data.synthetic),
 with event times inside the week, drifting (each week's rows are drawn from the generator with
@@ -117,7 +118,37 @@ def _dp_accounting_epsilon(entries, delta: float, order: float) -> float:
     return acc.get_epsilon(delta)
 
 
-def simulate(way: Way, spec, data, tests, weeks: int, epochs: int, work: Path) -> dict:
+def write_chart(ledger, ds: str, path: Path) -> None:
+    """The dashboard's block chart of `ds` (the same query and drawing code as its dataset page),
+    as a standalone HTML page with the dashboard's stylesheet, and a PNG of it when a headless
+    Chromium is installed (the README's picture)."""
+    import shutil
+    import subprocess
+
+    from ppmlops.dashboard import charts, html
+    from ppmlops.dashboard.queries import _block_row, _budget
+    from ppmlops.privacy.block_view import block_rows
+
+    [d] = ledger.summary(ds)["datasets"]
+    view = {**_budget(d), "block_rows": [_block_row(r) for r in block_rows(d)], "retired": {},
+            "run_spend": [{"run_id": r} for r in d["runs"]], "block_length_seconds": d.get("block_length_seconds"),
+            "block_origin": d.get("block_origin")}
+    css = (REPO / "ppmlops" / "dashboard" / "static" / "dashboard.css").read_text()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<!doctype html><meta charset=utf-8><style>{css} body{{margin:12px;max-width:960px}}</style>"
+                    f"{charts.block_svg(html.block_chart(view))}")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser:
+        png = path.with_suffix(".png")
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--screenshot={png}", "--window-size=990,840", path.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+        print(f"block chart: {path} and {png}")
+    else:
+        print(f"block chart: {path} (no headless Chromium for a PNG)")
+
+
+def simulate(way: Way, spec, data, tests, weeks: int, epochs: int, work: Path, chart: Path | None = None) -> dict:
     import torch
 
     from ppmlops.errors import BudgetExceeded
@@ -226,6 +257,8 @@ def simulate(way: Way, spec, data, tests, weeks: int, epochs: int, work: Path) -
               "dp_accounting": _dp_accounting_epsilon(mine, p.delta, budget.order),
               "pipelines": {n: {k2: v for k2, v in s.items() if k2 != "model"} for n, s in out.items()},
               "dominant": {n: v["dominant_share"] for n, v in ledger.summary(ds)["datasets"][0]["pipelines"].items()}}
+    if chart is not None:
+        write_chart(ledger, ds, chart)
     ledger.close()
     return result
 
@@ -234,6 +267,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="12 weeks, 2 epochs")
     ap.add_argument("--weeks", type=int, default=None)
+    ap.add_argument("--chart", type=Path, default=None,
+                    help="write the blocks way's block chart (the dashboard's) to this .html, and a .png beside it")
     args = ap.parse_args()
     weeks = args.weeks or (12 if args.quick else 52)
     import torch
@@ -268,7 +303,7 @@ def main() -> int:
     for way in (Way("one pot", False, ("churn",)), Way("blocks", True, ("churn",)),
                 Way("two pipelines", True, ("churn", "upsell"))):
         t0 = time.perf_counter()
-        r = simulate(way, spec, data, tests, weeks, epochs, work)
+        r = simulate(way, spec, data, tests, weeks, epochs, work, args.chart if way.name == "blocks" else None)
         results[way.name] = r
         for name, s in r["pipelines"].items():
             last = s["acc"][-10:]

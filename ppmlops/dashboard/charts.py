@@ -293,7 +293,8 @@ def block_svg(chart: BlockChart) -> str:
                f'<title>{esc(chart.reference)}</title></line>')
     every = max(1, math.ceil(n / 8))  # at most about 8 block labels; every bar has its own hover text
     for i, label in enumerate(chart.slots):
-        if i % every == 0 or i == n - 1:
+        # the last block is labelled too, unless that would crowd the label before it
+        if i % every == 0 or (i == n - 1 and i % every >= max(1, every // 2)):
             out.append(f'<text class="tick" x="{LEFT + (i + 0.5) * slot_w:.1f}" y="{top_h - BOTTOM + 14}" '
                        f'text-anchor="middle">{esc(label)}</text>')
     per_slot: dict[int, list[Bar]] = {}

@@ -77,7 +77,7 @@ def spec_doc(name: str, **changes) -> dict:
     doc["dataset"].update(id=f"{name}_events", source={"path": f"${{PPMLOPS_HOME}}/data/{name}_events.csv"},
                           window={"column": "event_time"}, expected_rows=370)
     doc["training"].update(epochs=EPOCHS)
-    doc["ray"] = {"workers": 1}
+    doc["ray"] = {"workers": 1}  # trains in the task's process (ray.in_process) unless a pipeline says not
     doc["deploy"].update(model_name=f"{name}_churn")
     for path, value in changes.items():
         node = doc
@@ -94,7 +94,11 @@ def spec_doc(name: str, **changes) -> dict:
 # two-week window covers it, each sized to the half unlocked for it, and every week trains.
 SCHED = spec_doc("sched", **{"deploy.environment": "production", "privacy.epsilon": 1.9, "privacy.blocks": "P7D",
                              "schedule": "0 0 * * 1", "dataset.window": {"column": "event_time", "lookback": "P14D"},
-                             "dataset.expected_rows": 700, "deploy.min_accuracy": 0.0})
+                             "dataset.expected_rows": 700, "deploy.min_accuracy": 0.0,
+                             # Ray Train, so that a train task killed mid-run (below) is one with Ray
+                             # workers under it; in process, two epochs on 1,000 rows end before a
+                             # kill can land (tests/unit/test_in_process.py kills that path).
+                             "ray": {"workers": 1, "in_process": False}})
 TIGHT = spec_doc("tight", **{"privacy.epsilon": 1.0, "privacy.stats_epsilon": 0.1, "training.epochs": 1})
 
 

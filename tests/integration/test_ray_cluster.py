@@ -190,7 +190,14 @@ def test_the_dag_defers_training_to_the_job_server_named_by_its_connection(clust
 
     from airflow.dag_processing.dagbag import DagBag
 
+    from policy_floors import lowered_policy
+
     repo = Path(__file__).resolve().parents[2]
+    # The test is about the deferral, not the model: its 2-epoch model ties the majority class now
+    # and then, which the shipped gate rightly denies; the floors are lowered as for every e2e run.
+    policy = jobs_home / "policies.rego"
+    policy.write_text(lowered_policy((repo / "policies.rego").read_text()))
+    monkeypatch.setenv("PPMLOPS_POLICY", str(policy))
     monkeypatch.delenv("PPMLOPS_RAY_JOBS_URL", raising=False)
     host, port = cluster.jobs_url.removeprefix("http://").split(":")
     monkeypatch.setenv("AIRFLOW_CONN_PPMLOPS_RAY", json.dumps({"conn_type": "http", "host": host, "port": int(port)}))
