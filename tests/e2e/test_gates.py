@@ -242,11 +242,13 @@ def test_policy_edits_apply_at_the_next_decision(approved_run, policy_file):
     """Same process, same loaded DAG: the gate reads the policy file fresh every time."""
     _, ctx, _ = approved_run
     assert gate.run(ctx).outcome == "needs_approval"
-    policy_file.write_text(ORIGINAL_POLICY)
+    # the office's rules without the staging approval (utility floors lowered as in the fixture:
+    # the test is about the edit taking effect, not about this small model)
+    policy_file.write_text(lowered_policy(ORIGINAL_POLICY))
     try:
         assert gate.run(ctx).outcome == "allow"
     finally:
-        policy_file.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
+        policy_file.write_text(lowered_policy(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING)))
 
 
 def test_a_policy_syntax_error_denies_with_file_and_line(approved_run, policy_file):
@@ -258,7 +260,7 @@ def test_a_policy_syntax_error_denies_with_file_and_line(approved_run, policy_fi
     try:
         decided = gate.run(ctx)
     finally:
-        policy_file.write_text(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING))
+        policy_file.write_text(lowered_policy(ORIGINAL_POLICY.replace(GDPR_EMPTY, GDPR_STAGING)))
     assert decided.outcome == "deny" and not decided.allowed
     text = " ".join(decided.reasons) + " " + (decided.error or "")
     assert f"{policy_file}:{broken_line}" in text, text
