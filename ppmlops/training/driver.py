@@ -10,7 +10,7 @@ import logging
 import os
 
 
-from ppmlops.audit.canary import CanarySet, make_canaries
+from ppmlops.audit.canary import make_canaries
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.ledger import Ledger
 from ppmlops.privacy.session import PrivacySession
@@ -19,16 +19,7 @@ from ppmlops.run.logs import library_logs
 from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, SearchResult, StagedData, TrainRecord
 from ppmlops.run.context import RunContext
 from ppmlops.training.job import WorkerJob
-from ppmlops.training.loop import Arrays
 from ppmlops.training.progress import PROGRESS_FILE, followed
-
-
-def encoded(ctx: RunContext, snapshot: str):
-    import pandas as pd
-
-    from ppmlops.data.features import encode
-
-    return encode(pd.read_parquet(snapshot), ctx.spec)
 
 
 INIT_FILE, CANARY_SCORES_FILE = "model_init.pt", "canary_scores.npy"
@@ -116,22 +107,25 @@ def train_here(ctx: RunContext) -> TrainRecord:
     from ppmlops.training.in_process import train_in_process
     from ppmlops.training.launch import train_on_ray
 
+    from ppmlops.data.features import feature_names
+    from ppmlops.training.job import Snapshot
+
     planned = ctx.store.read(PlanRecord)
     plan = planned.privacy
     result = ctx.store.read(StagedData).result
-    X, y, names = encoded(ctx, result.snapshot_train)
-    X_holdout, y_holdout, _ = encoded(ctx, result.snapshot_test)
-    kept = canaries(ctx, plan.canaries, X.shape[1])
-    audit_set = CanarySet.of(kept)
-    arrays = Arrays(audit_set.pad(X), y, audit_set.pad(X_holdout), y_holdout)
+    # The workers read and encode their own rows (ppmlops.training.shards): this process holds
+    # none. The encoded columns come from the spec's declarations alone.
+    names = feature_names(ctx.spec)
+    kept = canaries(ctx, plan.canaries, len(names))
     session = PrivacySession.open(Ledger(ctx.settings.db_url), grant_of(plan))  # a released grant is reserved again
     job = dataclasses.replace(worker_job(ctx, planned), canaries=kept,
-                              canary_scores_path=str(ctx.store.private_dir / CANARY_SCORES_FILE))
+                              canary_scores_path=str(ctx.store.private_dir / CANARY_SCORES_FILE),
+                              snapshot=Snapshot.of(ctx.spec, result.snapshot_train, result.snapshot_test))
     here = in_process(ctx, job)
     try:
         with (contextlib.nullcontext() if here else _turn(ctx)), library_logs(ctx.store.private_dir, "ray"), \
                 followed(job.progress_path, progress.info):
-            weights, outcome = (train_in_process if here else train_on_ray)(job, arrays)
+            weights, outcome = (train_in_process if here else train_on_ray)(job)
     except TrainingError:
         session.recover().close()  # released when the run used none of it, kept otherwise
         raise

@@ -119,15 +119,15 @@ def _group_of_one() -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def train_in_process(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dict, TrainOutcome]:
-    """Run the job's epochs here; the same contract as ppmlops.training.launch.train_on_ray."""
+def train_in_process(job: WorkerJob, arrays: Arrays | None = None, tuner: Any = None) -> tuple[dict, TrainOutcome]:
+    """Run the job's epochs here; the same contract as ppmlops.training.launch.train_on_ray (without
+    arrays, the rows are read from job.snapshot: this process is the one worker)."""
     import torch
 
     from ppmlops.training.launch import _check
     from ppmlops.training.loop import run_worker, say
     from ppmlops.tuning.registry import make_tuner
 
-    _check(job, arrays)
     if job.workers != 1:
         raise TrainingError(f"run {job.run_id!r}: in-process training has one worker, the job asks for {job.workers}")
     if job.plan.search is None and tuner is None:
@@ -147,6 +147,11 @@ def train_in_process(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple
             append(job.progress_path, line)  # the driver follows this file, as with Ray
 
     started = time.perf_counter()
+    if arrays is None and job.snapshot is not None:
+        from ppmlops.training.shards import shard
+
+        arrays = shard(job.snapshot, 0, 1, job.canaries)
+    _check(job, arrays)
     with _worker_process(job.plan.search is not None), _group_of_one():
         if job.plan.search is not None:
             from ppmlops.training.search_loop import run_search_worker

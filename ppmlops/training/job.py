@@ -1,7 +1,8 @@
 """What the train stage hands the Ray Train workers: one typed job (torch-free).
 
 The privacy part is the run's PrivacyPlan record itself (the one copy in plan.json), never a
-re-keyed dict. Arrays travel separately through Ray's object store.
+re-keyed dict. Rows never travel with it: each worker reads its shard of the snapshot
+(`snapshot`), or a caller's arrays go through Ray's object store.
 """
 
 from __future__ import annotations
@@ -17,6 +18,26 @@ CLIPPING_MODES = ("auto", "linear", "ghost", "hooks")
 # A private search's progress between trials (ppmlops.training.search_loop), in the run's Ray
 # Train folder: storage every node reaches, under the run's private/ (ppmlops.run.store).
 SEARCH_STATE_FILE = "ppmlops_search.pt"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where the workers read their rows (ppmlops.training.shards reads them): the run's Parquet
+    snapshots, on storage every node reaches, and the spec, whose public declarations are all
+    the encoding needs."""
+
+    train: str
+    holdout: str
+    spec_json: str  # the PipelineSpec as JSON
+
+    @classmethod
+    def of(cls, spec, train: str, holdout: str) -> "Snapshot":
+        return cls(str(train), str(holdout), spec.model_dump_json())
+
+    def spec(self):
+        from ppmlops.spec import PipelineSpec
+
+        return PipelineSpec.model_validate_json(self.spec_json)
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,9 @@ class WorkerJob:
     # their per-step scores (ppmlops.training.canary_scores).
     canaries: Canaries | None = None
     canary_scores_path: str = ""
+    # Where each worker reads its own rows (ppmlops.training.shards); None: the caller hands the
+    # rows over as arrays (tests, benchmarks).
+    snapshot: Snapshot | None = None
 
     @property
     def run_id(self) -> str:

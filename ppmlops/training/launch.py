@@ -176,10 +176,20 @@ def shutdown_local_ray() -> None:
 # Validation
 # ---------------------------------------------------------------------------------------------
 
-def _check(job: WorkerJob, arrays: Arrays) -> None:
+def _check(job: WorkerJob, arrays: Arrays | None) -> None:
     def fail(msg: str) -> None:
         raise TrainingError(f"run {job.run_id!r}: {msg}")
 
+    if arrays is None:
+        if job.snapshot is None:
+            fail("neither rows nor a snapshot to read them from were given")
+        _check_job(job, fail)
+        return
+    _check_arrays(job, arrays, fail)
+    _check_job(job, fail)
+
+
+def _check_arrays(job: WorkerJob, arrays: Arrays, fail) -> None:
     for name in ("X", "X_holdout"):
         a = getattr(arrays, name)
         if not isinstance(a, np.ndarray) or a.ndim != 2:
@@ -194,10 +204,13 @@ def _check(job: WorkerJob, arrays: Arrays) -> None:
             fail(f"{name} must hold labels 0 and 1 only")
     if arrays.X_holdout.shape[1] != arrays.X.shape[1]:
         fail(f"the held-out rows have {arrays.X_holdout.shape[1]} columns but the training rows {arrays.X.shape[1]}")
+    if len(arrays.X) < job.workers and not arrays.sharded:
+        fail(f"{len(arrays.X)} training rows cannot be shared among {job.workers} workers: each needs at least one")
+
+
+def _check_job(job: WorkerJob, fail) -> None:
     if job.model_kind not in MODEL_KINDS:
         fail(f"model_kind must be one of {list(MODEL_KINDS)}, got {job.model_kind!r}")
-    if len(arrays.X) < job.workers:
-        fail(f"{len(arrays.X)} training rows cannot be shared among {job.workers} workers: each needs at least one")
     if not 0 <= job.momentum < 1:
         fail(f"momentum must be in [0, 1), got {job.momentum!r}")
     if job.clipping not in CLIPPING_MODES:
@@ -234,7 +247,7 @@ def _worker_error_text(err: BaseException) -> str:
     return "; ".join(f"rank{'s' if len(r) > 1 else ''} {','.join(map(str, r))}: {text}" for text, r in by_text.items())
 
 
-def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dict, TrainOutcome]:
+def train_on_ray(job: WorkerJob, arrays: Arrays | None = None, tuner: Any = None) -> tuple[dict, TrainOutcome]:
     """Run the job's DP-SGD epochs on Ray; return the final weights and what the workers recorded.
 
     `tuner`, an object implementing ppmlops.tuning.protocol.Tuner, replaces the one the job names
@@ -254,7 +267,7 @@ def train_on_ray(job: WorkerJob, arrays: Arrays, tuner: Any = None) -> tuple[dic
     ensure_ray(job.ray_address, num_cpus=max(_usable_cpus(), math.ceil(job.workers * job.cpus_per_worker)))
     ray_start = time.perf_counter() - t0
     config: dict[str, Any] = {"job": job, "tuner": tuner}
-    for name in ("X", "y", "X_holdout", "y_holdout"):
+    for name in ("X", "y", "X_holdout", "y_holdout") if arrays is not None else ():
         dtype = np.float32 if name.startswith("X") else np.int64
         config[name] = ray.put(np.ascontiguousarray(getattr(arrays, name), dtype=dtype))  # one copy, shared
     trainer = TorchTrainer(

@@ -126,6 +126,15 @@ class Arrays:
     y: np.ndarray
     X_holdout: np.ndarray  # the held-out partition: only rank 0 reads it, for noisy releases
     y_holdout: np.ndarray
+    # True: X and y are this rank's own rows only (ppmlops.training.shards); False: every rank
+    # holds every row and samples rows rank::world of them.
+    sharded: bool = False
+
+    def sampler(self, plan, comm: "Comm") -> LockstepPoissonSampler:
+        """The rank's Poisson sampler: over its own shard, or over its rows of the whole table."""
+        rank, world = (0, 1) if self.sharded else (comm.rank, comm.world)
+        return LockstepPoissonSampler(total_size=len(self.X), sample_rate=plan.sample_rate,
+                                      steps=plan.steps_per_epoch, rank=rank, world_size=world)
 
 
 @dataclass
@@ -391,8 +400,7 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     restored = checkpoints.restore()
     state = restored.state if restored is not None else LoopState()
     model, settings = _start(job, X, randomness, restored, device)
-    sampler = LockstepPoissonSampler(total_size=len(X), sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
-                                     rank=comm.rank, world_size=comm.world)
+    sampler = arrays.sampler(plan, comm)
     ctl = Controller(job, arrays, randomness, state, tuner, echo) if comm.rank == 0 else None
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final
     canaries = _attach_canaries(job, model, state) if comm.rank == 0 else None

@@ -103,7 +103,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
     _keep_counts_private(job.plan.search is not None)
     device = ray.train.torch.get_device() if job.use_gpu else torch.device("cpu")
     rank = ray.train.get_context().get_world_rank()
-    arrays = Arrays(*(_resolve(config[k]) for k in ("X", "y", "X_holdout", "y_holdout")))
+    if job.snapshot is not None:  # this rank's rows, read here: the driver holds none
+        world = ray.train.get_context().get_world_size()
+        from ppmlops.training.shards import shard
+
+        arrays = shard(job.snapshot, rank, world, job.canaries)
+    else:
+        arrays = Arrays(*(_resolve(config[k]) for k in ("X", "y", "X_holdout", "y_holdout")))
     tuner = None
     if rank == 0:
         tuner = config.get("tuner") or make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate,

@@ -94,7 +94,8 @@ def _trial_tuner(job: WorkerJob, settings: dict, trial: int):
                       anchor=job.tuning_anchor or (job.learning_rate, job.max_grad_norm), trial=True)
 
 
-def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, device, randomness, trial: int):
+def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, device, randomness, trial: int,
+                 sampler: LockstepPoissonSampler):
     """One trial from fresh weights; returns (initial weights, trained net, its epochs) on every
     rank. A tuned trial's epochs (rank 0's tuner, broadcast) hold each epoch's settings and the
     noisy held-out accuracy after it; the last one is the trial's score."""
@@ -107,8 +108,6 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
     model = make_private_model(net, noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
                                learning_rate=settings["learning_rate"], momentum=job.momentum,
                                divisor=plan.divisor, device=device, clipping=job.clipping)
-    sampler = LockstepPoissonSampler(total_size=len(X), sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
-                                     rank=comm.rank, world_size=comm.world)
     tuner = _trial_tuner(job, settings, trial) if comm.rank == 0 else None
     current = EpochSettings(plan.noise_multiplier, settings["max_grad_norm"], settings["learning_rate"])
     epochs: list[dict] = []
@@ -213,7 +212,8 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
         t1 = time.perf_counter()
         settings = comm.broadcast(_draw_settings(job, randomness.source("search-trial", trial))
                                   if comm.rank == 0 else None)
-        init, net, epochs = _train_trial(job, settings, X, y, (X_holdout, y_holdout), comm, device, randomness, trial)
+        init, net, epochs = _train_trial(job, settings, X, y, (X_holdout, y_holdout), comm, device, randomness, trial,
+                                         arrays.sampler(job.plan, comm))
         if comm.rank == 0:
             if epochs:  # a tuned trial: its last noisy accuracy is its score, its settings those it ended at
                 settings = {"learning_rate": epochs[-1]["learning_rate"], "max_grad_norm": epochs[-1]["max_grad_norm"]}
