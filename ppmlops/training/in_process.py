@@ -142,9 +142,12 @@ def train_in_process(job: WorkerJob, arrays: Arrays | None = None, tuner: Any = 
     checkpoints = StorageCheckpoints(root)
 
     def echo(line: str) -> None:
-        say(line)
+        # The driver follows the progress file and logs each line once; printing it here too
+        # (as a Ray worker prints to its own log) would show it twice in this same process.
         if job.progress_path:
-            append(job.progress_path, line)  # the driver follows this file, as with Ray
+            append(job.progress_path, line)
+        else:
+            say(line)
 
     started = time.perf_counter()
     if arrays is None and job.snapshot is not None:
