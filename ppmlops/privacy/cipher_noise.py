@@ -88,7 +88,7 @@ class AesCtrKeystream:
             if len(self._zeros) < m:
                 self._zeros = bytes(m)
             # update() returns m bytes for m bytes in CTR mode (a stream mode: nothing is held back).
-            view[done:done + m] = self._enc.update(self._zeros[:m] if m < len(self._zeros) else self._zeros)
+            view[done:done + m] = self._enc.update(memoryview(self._zeros)[:m])
             done += m
         return out
 

@@ -548,13 +548,11 @@ class Ledger:
 
     def _check_unit(self, conn: Connection, dataset_id: str, unit: PrivacyUnit) -> None:
         """Refuse another unit than the registered one; record it where none was (older databases)."""
-        row = conn.execute(select(datasets_table.c.unit_column, datasets_table.c.unit_max_rows)
-                           .where(datasets_table.c.dataset_id == dataset_id)).first()
-        if row.unit_max_rows is None:
+        registered = self._stored_unit(conn, dataset_id)
+        if registered is None:
             conn.execute(update(datasets_table).where(datasets_table.c.dataset_id == dataset_id)
                          .values(updated_at=_now(), **_unit_values(unit)))
             return
-        registered = PrivacyUnit(row.unit_column, int(row.unit_max_rows))
         if registered != unit:
             raise UnitMismatch(
                 f"dataset {dataset_id!r} is registered in the privacy ledger with the unit of privacy "
@@ -562,13 +560,14 @@ class Ledger:
                 "were calibrated to the registered unit and never change meaning: restore privacy.unit in the spec")
 
     def unit(self, dataset_id: str) -> PrivacyUnit | None:
-        """The registered unit of privacy (None: registered before units were recorded)."""
+        """The registered unit of privacy (None: not registered, or before units were recorded)."""
         with self._read() as conn:
-            row = conn.execute(select(datasets_table.c.unit_column, datasets_table.c.unit_max_rows)
-                               .where(datasets_table.c.dataset_id == dataset_id)).first()
-        if row is None or row.unit_max_rows is None:
-            return None
-        return PrivacyUnit(row.unit_column, int(row.unit_max_rows))
+            return self._stored_unit(conn, dataset_id)
+
+    def _stored_unit(self, conn: Connection, dataset_id: str) -> PrivacyUnit | None:
+        row = conn.execute(select(datasets_table.c.unit_column, datasets_table.c.unit_max_rows)
+                           .where(datasets_table.c.dataset_id == dataset_id)).first()
+        return None if row is None or row.unit_max_rows is None else PrivacyUnit(row.unit_column, int(row.unit_max_rows))
 
     def _stored_calendar(self, conn: Connection, dataset_id: str) -> BlockCalendar | None:
         row = conn.execute(select(datasets_table.c.block_seconds, datasets_table.c.block_origin)

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 from ppmlops.errors import TrainingError
 from ppmlops.run.records import TrainTimings
 from ppmlops.training.job import TrainOutcome, WorkerJob
-from ppmlops.training.loop import Arrays, Comm, Restored, read_checkpoint
+from ppmlops.training.loop import Arrays, Comm, Restored
 from ppmlops.training.progress import append
 
 KEEP = 2
@@ -53,14 +53,10 @@ class StorageCheckpoints:
 
     def restore(self) -> Restored | None:
         """The checkpoint with the most epochs among those that read whole (a folder a crash
-        cut short is skipped: the previous one stands)."""
-        found = []
-        for n in self._numbers():
-            try:
-                found.append(read_checkpoint(os.path.join(self.root, f"checkpoint_{n:06d}")))
-            except Exception:  # noqa: BLE001 - incomplete or unreadable: not one to resume from
-                continue
-        return max(found, key=lambda r: r.state.epoch, default=None)
+        cut short is skipped: the previous one stands), read as a Ray worker reads them."""
+        from ppmlops.training.ray_worker import _on_storage
+
+        return max(_on_storage(self.root), key=lambda r: r.state.epoch, default=None)
 
     def save(self, metrics: dict, directory: str | None) -> None:
         if directory is None:
