@@ -14,12 +14,10 @@ this run is returned as it is (a retried task must not plan on a budget its own 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from ppmlops.compliance.utility_inputs import plan_classes
 from ppmlops.errors import BudgetExceeded, PolicyRefused, PpmlopsError
-from ppmlops.privacy.blocks import unlock_horizon
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, BlockRoom, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget
 from ppmlops.privacy.planning import (
@@ -34,6 +32,7 @@ from ppmlops.run.records import (
 )
 from ppmlops.stages.context import RunContext, timed
 from ppmlops.stages.decide import decide
+from ppmlops.stages.precheck import run_rooms
 from ppmlops.tuning.registry import wants_holdout_accuracy
 
 
@@ -119,9 +118,7 @@ def run(ctx: RunContext) -> PlanRecord:
     # Registered before the rooms are read, so that this run's count release counts as its
     # pipeline's and the pipeline counts among those sharing the blocks.
     ledger.register_run(spec.dataset.id, ctx.run_id, spec.name, staged.window.end)
-    end = staged.window.end or datetime.now(timezone.utc)
-    rooms = ledger.block_rooms(spec.dataset.id, staged.blocks, pipeline=spec.name, end=end,
-                               horizon=unlock_horizon(budget.calendar, spec.dataset.window.lookback if spec.dataset.window else None))
+    rooms = run_rooms(ctx, ledger, budget, staged)
     room, shares = Room.of_blocks(budget, rooms), block_shares(rooms)
     doc = policy_input(ctx, counts, risk, budget, charged, req, room, shares)
     run_epsilon, reasons, decisions = _budget(ctx, doc)

@@ -13,12 +13,12 @@ plan would read from a private release is set to the value most favourable to tr
   so the planned epsilon is largest at one of the two ends, whatever the profile's discount);
 * what the run's counts will cost: the lowest epsilon their noise can have
   (ppmlops.run.context.count_release_floor), charged in the ledger as the highest noise it can;
-* what the ledger has left in the blocks the run reads (before unlocking and the pipelines'
-  parts, which only lower it): for the held-out rows exactly as the plan computes it (their releases
-  have a public shape: q = 1, units from epochs and tuner); for the training rows, whose sampling
-  depends on the private row count, an upper bound: the lifetime filter admits at most the RDP left
-  at the dataset's order, and a run's epsilon is at most that RDP converted at that order
-  (epsilon is a minimum over orders), and nothing at all when nothing is left after the counts.
+* what the ledger has left in the blocks the run reads: for the held-out rows as the plan computes
+  it (their releases have a public shape: q = 1, units from epochs and tuner); for the training
+  rows, whose sampling depends on the private row count, an upper bound: the room the plan sizes
+  the run to (each block's unlocked share and the pipeline's part of it, run_rooms) at the
+  dataset's order, and a run's epsilon is at most that RDP converted at that order (epsilon is a
+  minimum over orders), and nothing at all when nothing is left after the counts.
 
 The policy is asked for every extreme; the run is refused only when every answer refuses, so
 with a policy whose rules refuse more as those inputs get worse (all of policies.rego's do) a run
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ import numpy as np
 from ppmlops.compliance.engine import Decision, evaluate, read_policy
 from ppmlops.errors import PolicyRefused
 from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, segment_rdp
-from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
+from ppmlops.privacy.blocks import unlock_horizon
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, BlockRoom, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget, choose_order, epsilon_at, typical_run_curve
 from ppmlops.privacy.planning import EVALUATION_WEIGHT, split_conflict
 from ppmlops.run.context import FLOOR_SLACK, count_release_floor
@@ -116,8 +118,12 @@ def public_facts(ctx: RunContext, ledger: Ledger) -> PublicFacts:
 
     # The run's whole curve (counts and training) fits in what is left at the order, so its
     # epsilon is at most that RDP converted at the order; with nothing left after the counts,
-    # training adds nothing and the run's epsilon is its counts'.
+    # training adds nothing and the run's epsilon is its counts'. What is left is what the plan
+    # will size the run to: each block's unlocked share and this pipeline's part of it (a second
+    # run in the same week finds nothing unlocked and is refused here, before its counts).
     room = budget.rdp - float(others.get(TRAIN, _zeros())[i])
+    if registered:
+        room = min([room] + [r.room(TRAIN) for r in run_rooms(ctx, ledger, budget, staged)])
     train_bound = floor if room - float(counts[i]) <= 0 else max(floor, epsilon_at(room, budget.delta, budget.order))
 
     units = (ctx.params.epochs if wants_holdout_accuracy(ctx.tuner) else 0) + EVALUATION_WEIGHT
@@ -137,6 +143,16 @@ def public_facts(ctx: RunContext, ledger: Ledger) -> PublicFacts:
                            f"train or evaluate on dataset {spec.dataset.id!r}")
     return PublicFacts(spec.dataset.id, registered, budget.epsilon, budget.delta, floor, train_bound, holdout_left,
                        budget.share_used(others), budget.spent_epsilon(others), budget.order, reasons)
+
+
+def run_rooms(ctx: RunContext, ledger: Ledger, budget: LifetimeBudget, staged: Staged) -> list[BlockRoom]:
+    """Each block the run reads as its pipeline sees it at the window's end (the unlocked share,
+    the pipelines sharing it): what the plan sizes the run to."""
+    spec = ctx.spec
+    end = staged.window.end or datetime.now(timezone.utc)
+    lookback = spec.dataset.window.lookback if spec.dataset.window else None
+    return ledger.block_rooms(spec.dataset.id, staged.blocks, pipeline=spec.name, end=end,
+                              horizon=unlock_horizon(budget.calendar, lookback))
 
 
 def policy_input(ctx: RunContext, facts: PublicFacts, risk_score: float) -> dict[str, Any]:

@@ -176,3 +176,52 @@ def test_a_spent_block_outside_the_runs_window_does_not_refuse_it(tmp_path, monk
     ingest.run(ctx)
     assert precheck.refusal(ctx, ledger) == ([], None)
     assert precheck.public_facts(ctx, ledger).share_used == 0.0  # the run's own block is fresh
+
+
+def test_a_second_run_in_the_same_week_is_refused_before_its_counts(tmp_path, monkeypatch):
+    """With a lookback, the newest block unlocks one share a week: runs of the same week take it,
+    and the one that finds nothing unlocked is refused by the pre-check, which sizes the run as the
+    plan does, before its counts are charged (nothing of it in the ledger), not after at plan."""
+    from datetime import datetime, timedelta, timezone
+
+    from ppmlops.stages import plan
+    from ppmlops.window import DataInterval
+
+    monday = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    src = tmp_path / "events.csv"
+    # 8,000 rows over the 4-week lookback (every 5 minutes): enough that the noisy counts the plan
+    # reads (consent coverage, each partition's classes) pass the policy's floors
+    src.write_text("t,age,y\n" + "\n".join(f"{(monday - timedelta(minutes=5 * i)).isoformat()},{20 + i % 50},"
+                                         f"{'yes' if i % 3 else 'no'}" for i in range(1, 8000)) + "\n")
+    spec = parse_spec({
+        "name": "pre", "dataset": {"id": "pre", "source": {"path": str(src)},
+                                   "window": {"column": "t", "lookback": "P28D"},
+                                   "label": {"column": "y", "positive": "yes", "values": ["yes", "no"]},
+                                   "features": [{"name": "age", "type": "numeric", "range": [18, 90]}]},
+        "privacy": {"epsilon": 3.0, "delta": 1e-5, "run_epsilon": 1.0, "blocks": "P7D"},
+        "deploy": {"model_name": "pre"},
+    })
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    interval = DataInterval(monday - timedelta(days=7), monday)
+
+    def context(run_id):
+        ctx = RunContext(spec=spec, run_id=run_id, params=RunParams.defaults(spec), interval=interval)
+        ingest.run(ctx)
+        return ctx
+
+    planned = []
+    for n in range(6):  # runs of the same week, each planned (its grant reserved) until one cannot be
+        ctx = context(f"run-{n}")
+        try:
+            assess.run(ctx)
+        except PolicyRefused as refused:
+            assert "before any release, on public facts" in str(refused)
+            break
+        plan.run(ctx)  # a run the pre-check let through is one the plan sizes and admits
+        planned.append(ctx.run_id)
+    else:
+        pytest.fail("six runs of one week all found unlocked budget")
+    assert planned  # the first run of the week trains
+    ledger = Ledger(ctx.settings.db_url)
+    assert {e.run_id for e in ledger.entries("pre")} == set(planned)  # nothing charged for the refused one
+    assert ctx.store.read(Refusal).stage == "assess"
