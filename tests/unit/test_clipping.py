@@ -129,3 +129,35 @@ def test_linear_clipping_refuses_inputs_that_are_not_rows(gloo_world_of_one):
     model = _private(build_model("logistic", D), "linear")
     with pytest.raises(TrainingError, match=r"\(batch, features\) inputs"):
         model.clipper.backward(torch.zeros(4, 3, D), torch.zeros(4, dtype=torch.int64), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "linear"])
+def test_a_step_moves_the_weights_by_the_noisy_clipped_sum_over_the_public_divisor(mode, gloo_world_of_one):
+    """The reference step, written out: w <- w - lr (sum of clipped rows + N(0, (sigma C)^2)) / divisor,
+    the noise read from a second copy of the same reproducible stream."""
+    net = _nets()["mlp"]
+    X, y = _batch()
+    clip = float(_reference(net, X, y, 1.0)[0].median())
+    _, clipped = _reference(net, X, y, clip)
+    before = torch.cat([p.detach().flatten() for p in net.parameters()])
+    model = _private(net, mode, clip)  # lr 0.3, divisor 32
+    model.set_epoch(noise_multiplier=1.1, max_grad_norm=clip, learning_rate=0.3,
+                    noise_source=Randomness.reproducible(9, "step-test").source("noise", 1))
+    model.step(X, y)
+    noise = Randomness.reproducible(9, "step-test").source("noise", 1).gaussian_tensor(
+        before.numel(), 1.1 * clip, torch.float32, CPU)
+    after = torch.cat([p.detach().flatten() for p in model.net.parameters()])
+    torch.testing.assert_close(after, before - 0.3 * (clipped + noise) / 32.0, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "linear"])
+def test_a_clipped_sum_is_released_once(mode, gloo_world_of_one):
+    """A second optimizer step on the same backward would release the same sum again with fresh
+    noise, which nothing charges for: refused until zero_grad."""
+    model = _private(_nets()["mlp"], mode)
+    model.set_epoch(noise_multiplier=1.1, max_grad_norm=1.0, learning_rate=0.3,
+                    noise_source=Randomness.reproducible(9, "once").source("noise", 1))
+    X, y = _batch()
+    model.step(X, y)
+    with pytest.raises((TrainingError, ValueError), match="twice|already been used|zero_grad"):
+        model.optimizer.step()
