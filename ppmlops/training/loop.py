@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # Opacus is imported where a model is wrapped: the driver rea
     from ppmlops.training.private_model import PrivateModel
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, INIT_FILE = "model.pt", "optimizer.pt", "state.json", "init.pt"
+HOLDOUT_CHUNK = 65_536  # held-out rows scored at a time, so padding them never copies the whole partition
 
 
 class Comm:
@@ -129,12 +130,24 @@ class Arrays:
     # True: X and y are this rank's own rows only (ppmlops.training.shards); False: every rank
     # holds every row and samples rows rank::world of them.
     sharded: bool = False
+    # Zero input columns after the features, where the gradient canaries' weights sit: appended to
+    # each batch as it is used, not stored with every row (16,384 canaries on 32 units are 512
+    # columns: 2 KiB a row, five times the Adult features).
+    canary_columns: int = 0
 
     def sampler(self, plan, comm: "Comm") -> LockstepPoissonSampler:
         """The rank's Poisson sampler: over its own shard, or over its rows of the whole table."""
         rank, world = (0, 1) if self.sharded else (comm.rank, comm.world)
         return LockstepPoissonSampler(total_size=len(self.X), sample_rate=plan.sample_rate,
                                       steps=plan.steps_per_epoch, rank=rank, world_size=world)
+
+
+def as_tensor(a: np.ndarray, dtype) -> torch.Tensor:
+    """The rows as a tensor sharing the array's memory where it can: a copy would double what a
+    worker holds (its shard is most of its memory). Read-only arrays (Ray's object store) are
+    copied: torch may not alias memory it must not write."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return torch.from_numpy(a) if a.flags.writeable else torch.tensor(a)
 
 
 @dataclass
@@ -182,7 +195,8 @@ class Controller:
                  tuner: Tuner | None, echo: Callable[[str], None] = say):
         self.job, self.plan, self.randomness, self.state, self.tuner, self.echo = (
             job, job.plan, randomness, state, tuner, echo)
-        self.X_holdout = torch.tensor(np.array(arrays.X_holdout), dtype=torch.float32)
+        self.X_holdout = as_tensor(arrays.X_holdout, np.float32)
+        self.canary_columns = arrays.canary_columns
         self.y_holdout = np.asarray(arrays.y_holdout, dtype=np.int64)
         self.session = PrivacySession.open(Ledger(job.ledger_url), grant_of(self.plan))
         self.pending: list = []  # admissions to complete once the epoch is checkpointed
@@ -269,7 +283,9 @@ class Controller:
             return None, None
         admission = self.session.spend(HOLDOUT, segment, key=f"holdout/epoch-{epoch}",
                                        note=signals.holdout_note(epoch, sigma), mechanism="gaussian")
-        correct = int(((predict_proba(net, self.X_holdout).numpy() >= 0.5) == self.y_holdout).sum())
+        correct = sum(int(((predict_proba(net, padded(self.X_holdout[i:i + HOLDOUT_CHUNK], self.canary_columns))
+                             .numpy() >= 0.5) == self.y_holdout[i:i + HOLDOUT_CHUNK]).sum())
+                      for i in range(0, len(self.y_holdout), HOLDOUT_CHUNK))
         from ppmlops.privacy.releases import noisy_counts
 
         noisy = noisy_counts(signals.accuracy_counts(correct, len(self.y_holdout)), signals.accuracy_groups(sigma),
@@ -321,14 +337,19 @@ def progress_line(plan, record: dict, budget: float) -> str:
 
 
 def train_epoch(model: PrivateModel, sampler: LockstepPoissonSampler, X: torch.Tensor, y: torch.Tensor,
-                source, device: torch.device, counts: list[int] | None = None) -> int:
+                source, device: torch.device, counts: list[int] | None = None, pad: int = 0) -> int:
     """One pass of `steps` DP-SGD steps on this rank's Poisson samples; returns steps taken."""
     model.module.train()
     taken = 0
     for idx in sampler.batches(source):
-        model.step(X[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True), counts)
+        model.step(padded(X[idx], pad).to(device, non_blocking=True), y[idx].to(device, non_blocking=True), counts)
         taken += 1
     return taken
+
+
+def padded(X: torch.Tensor, columns: int) -> torch.Tensor:
+    """X with `columns` zero columns appended (the canaries' inputs: zero on every real row)."""
+    return torch.nn.functional.pad(X, (0, columns)) if columns else X
 
 
 def _randomness(job: WorkerJob) -> Randomness:
@@ -337,13 +358,13 @@ def _randomness(job: WorkerJob) -> Randomness:
     return Randomness.reproducible(job.seed, job.plan.run_id)
 
 
-def _start(job: WorkerJob, X: torch.Tensor, randomness: Randomness, restored: Restored | None,
+def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restored | None,
            device: torch.device) -> tuple[PrivateModel, EpochSettings]:
     """The model (restored or freshly initialised) wrapped for DP-SGD, and the settings to start from."""
     from ppmlops.training.private_model import make_private_model
 
     torch.manual_seed(randomness.torch_seed("init"))  # no private row is involved in initialisation
-    net = build_model(job.model_kind, X.shape[1], list(job.hidden))
+    net = build_model(job.model_kind, width, list(job.hidden))
     settings = EpochSettings(job.plan.noise_multiplier, job.max_grad_norm, job.learning_rate)
     if restored is not None:
         net.load_state_dict(restored.weights)
@@ -395,11 +416,10 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     """Train the run's remaining epochs on this rank (every rank calls this); returns its timings."""
     times, t_setup = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
-    X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
-    y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
+    X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, np.int64)
     restored = checkpoints.restore()
     state = restored.state if restored is not None else LoopState()
-    model, settings = _start(job, X, randomness, restored, device)
+    model, settings = _start(job, X.shape[1] + arrays.canary_columns, randomness, restored, device)
     sampler = arrays.sampler(plan, comm)
     ctl = Controller(job, arrays, randomness, state, tuner, echo) if comm.rank == 0 else None
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final
@@ -430,7 +450,8 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
                         max_grad_norm=settings.max_grad_norm, learning_rate=settings.learning_rate,
                         noise_source=randomness.source("noise", epoch) if comm.rank == 0 else None)
         counts = [0, 0] if decision["count_noise"] else None
-        taken = train_epoch(model, sampler, X, y, randomness.source("sample", epoch, comm.rank), device, counts)
+        taken = train_epoch(model, sampler, X, y, randomness.source("sample", epoch, comm.rank), device, counts,
+                            pad=arrays.canary_columns)
         reports = comm.gather({"rank": comm.rank, "node": node, "device": str(device), "steps": taken,
                                "counts": counts, "gradient_noise": float(model.optimizer.noise_multiplier)})
         if any(r["steps"] != plan.steps_per_epoch for r in reports):

@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import asdict
 
+from ppmlops.training import peak_memory
 from ppmlops.training.loop import Arrays, Comm, Restored, read_checkpoint, run_worker, say
 from ppmlops.training.progress import append
 
@@ -128,6 +129,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     else:
         times = run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
                            node=ray.get_runtime_context().get_node_id(), echo=echo)
+    if job.storage_path:  # under the run's private/ray: a shard's memory tells its rows
+        peak_memory.record(os.path.join(job.storage_path, job.run_id, "memory"), rank)
     return {**asdict(times), "entered_at": entered_at, "process_at": _process_start()} if rank == 0 else None
 
 

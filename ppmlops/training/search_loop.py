@@ -38,7 +38,7 @@ from ppmlops.privacy.search import TrialCount
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.loop import (
     INIT_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Arrays, Checkpoints, Comm, LoopState, WorkerTimes, _randomness,
-    say, train_epoch,
+    as_tensor, say, train_epoch,
 )
 from ppmlops.training.models import build_model, predict_proba
 from ppmlops.training.sampling import LockstepPoissonSampler
@@ -193,9 +193,8 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
     times, t0 = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
     progress = progress or SearchProgress(job.search_state_path)
-    X = torch.tensor(np.asarray(arrays.X), dtype=torch.float32)
-    y = torch.tensor(np.asarray(arrays.y), dtype=torch.int64)
-    X_holdout, y_holdout = torch.tensor(np.asarray(arrays.X_holdout), dtype=torch.float32), np.asarray(arrays.y_holdout)
+    X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, np.int64)
+    X_holdout, y_holdout = as_tensor(arrays.X_holdout, np.float32), np.asarray(arrays.y_holdout)
     state, best = (progress.load() or (None, None)) if comm.rank == 0 else (None, None)
     if comm.rank == 0 and state is None:
         k = TrialCount(plan.search.trials_mean, plan.search.trials_shape).draw(

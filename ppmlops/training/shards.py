@@ -51,7 +51,7 @@ def read(snapshot: Snapshot, path: str, rank: int, world: int) -> tuple[np.ndarr
 
 
 def shard(snapshot: Snapshot, rank: int, world: int, canaries=None):
-    """This rank's Arrays (sharded), canary columns appended when the run has canaries."""
+    """This rank's Arrays (sharded), with the number of canary columns the loop appends per batch."""
     from ppmlops.audit.canary import CanarySet
     from ppmlops.training.loop import Arrays
 
@@ -63,7 +63,6 @@ def shard(snapshot: Snapshot, rank: int, world: int, canaries=None):
         Xh, yh = read(snapshot, snapshot.holdout, 0, 1)
     else:
         Xh, yh = np.zeros((0, X.shape[1]), np.float32), np.zeros(0, np.int64)
-    if canaries is not None:
-        audit = CanarySet.of(canaries)
-        X, Xh = audit.pad(X), audit.pad(Xh)
-    return Arrays(X, y, Xh, yh, sharded=True)
+    # The canary columns are zero on every real row: the loop appends them per batch.
+    columns = CanarySet.of(canaries).columns if canaries is not None else 0
+    return Arrays(X, y, Xh, yh, sharded=True, canary_columns=columns)

@@ -18,6 +18,7 @@ from plans import DELTA, make_job, synthetic
 
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.ledger import Ledger
+from ppmlops.training import peak_memory
 from ppmlops.training.launch import train_on_ray
 from ppmlops.training.metrics import accuracy, majority_rate
 from ppmlops.training.models import build_model, predict_proba
@@ -83,6 +84,10 @@ def test_two_workers_train_and_charge_every_epoch_ahead(ray_runtime, arrays, tmp
     t = outcome.timings  # rank 0's clock and the driver's: the parts lie inside fit()
     assert t.worker_start > 0 and t.epochs > 0 and t.checkpoints > 0
     assert t.worker_start + t.worker_imports + t.setup + t.epochs + t.checkpoints + t.worker_stop <= t.fit + 0.5
+    # Each worker's peak memory (a function of its shard's rows) is kept in Ray's storage, which
+    # a run puts under its private/ folder; benchmarks/dag_memory.py reads it.
+    peaks = peak_memory.read(Path(job.storage_path) / job.run_id / "memory")
+    assert sorted(peaks) == [0, 1] and all(100 < mib < 16_000 for mib in peaks.values())
 
 
 class KeepPlan:

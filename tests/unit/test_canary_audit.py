@@ -93,7 +93,7 @@ def _audited_run(tmp_path, monkeypatch, *, seed: int, noise_scale: float | None 
         monkeypatch.setattr(CsprngNoise, "add_noise", add_other_noise)
     base = synthetic(n=ROWS, d=FEATURES, seed=seed)
     made = make_canaries(CANARIES, FEATURES, HIDDEN, Randomness.reproducible(seed, "coins").source("canaries"))
-    arrays = Arrays(made.pad(base.X), base.y, made.pad(base.X_holdout), base.y_holdout)
+    arrays = Arrays(base.X, base.y, base.X_holdout, base.y_holdout, canary_columns=made.columns)  # as shards.shard
     job = make_job(f"sqlite:///{tmp_path / 'l.db'}", arrays, epochs=EPOCHS, batch=BATCH, run_epsilon=1.0, seed=seed)
     assert (job.plan.steps_per_epoch, job.plan.sample_rate) == (18, pytest.approx(1 / 18))
     job = type(job)(**{**job.__dict__, "model_kind": "mlp", "hidden": (HIDDEN,), "init_path": str(tmp_path / "init.pt"),
@@ -189,7 +189,7 @@ def _training_seconds(tmp_path, with_canaries: bool) -> float:
 
     base = synthetic(n=ROWS, d=FEATURES)
     made = make_canaries(CANARIES if with_canaries else 0, FEATURES, HIDDEN, Randomness.secure().source("canaries"))
-    arrays = Arrays(made.pad(base.X), base.y, made.pad(base.X_holdout), base.y_holdout)
+    arrays = Arrays(base.X, base.y, base.X_holdout, base.y_holdout, canary_columns=made.columns)  # as shards.shard
     job = make_job(f"sqlite:///{tmp_path / 'l.db'}", arrays, epochs=EPOCHS, batch=BATCH, run_epsilon=1.0)
     job = type(job)(**{**job.__dict__, "model_kind": "mlp", "hidden": (HIDDEN,),
                        "canaries": Canaries(n_features=FEATURES, units=HIDDEN, included=made.included.tolist()),

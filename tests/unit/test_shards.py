@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ppmlops.data.features import encode, feature_names
 from ppmlops.data.synthetic import generate
@@ -13,6 +14,7 @@ from ppmlops.run.records import Canaries
 from ppmlops.spec import load_spec
 from ppmlops.training import shards
 from ppmlops.training.job import Snapshot
+from ppmlops.training.loop import padded
 from ppmlops.training.shards import shard
 
 from conftest import REPO
@@ -50,12 +52,18 @@ def test_shards_are_disjoint_cover_the_table_and_encode_as_the_whole(tmp_path, m
     assert len(parts[1].X_holdout) == len(parts[2].X_holdout) == 0
 
 
-def test_canary_columns_are_appended_on_every_rank(tmp_path):
+def test_canary_columns_are_appended_per_batch_on_every_rank(tmp_path):
+    """The zero canary columns are not stored with every row (512 of them for the default audit):
+    the shard says how many, and each batch gets them as it is used."""
     spec, snap, _ = _snapshot(tmp_path)
     width = len(feature_names(spec))
     record = Canaries(n_features=width, units=4, included=[True, False] * 8)
     a = shard(snap, 1, 2, record)
-    assert a.X.shape[1] == width + 4 and not a.X[:, width:].any()
+    assert a.X.shape[1] == width and a.canary_columns == 4
+    batch = padded(torch.from_numpy(a.X[:5]), a.canary_columns)
+    assert batch.shape == (5, width + 4) and not batch[:, width:].any()
+    torch.testing.assert_close(batch[:, :width], torch.from_numpy(a.X[:5]))
+    assert shard(snap, 1, 2).canary_columns == 0
 
 
 def test_a_rank_without_rows_is_refused(tmp_path):
