@@ -122,7 +122,8 @@ class NoiseSource:
         self._secure = secure
         self._gen = np.random.Generator(ChaCha(key=key, rounds=20))
         # Gaussian noise: AES-256-CTR under a subkey of the same key (a PRF output, so the two
-        # streams are independent), turned into Gaussians by torch (ppmlops.privacy.cipher_noise).
+        # streams are independent), turned into Gaussians by numpy on the CPU or torch on a GPU
+        # (ppmlops.privacy.cipher_noise).
         self._gaussian = AesCtrKeystream(hashlib.sha256(b"ppmlops gaussian noise" + key.to_bytes(32, "big")).digest())
         # Exact integer draws: the OS in secure mode, a seeded generator in reproducible mode.
         self._ints = secrets.SystemRandom() if secure else random.Random(key)
