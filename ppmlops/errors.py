@@ -34,5 +34,10 @@ class BudgetExceeded(PpmlopsError):
     """A privacy filter refused a step that would overspend the run's budget."""
 
 
+class ModelError(PpmlopsError):
+    """The spec's own model (model.factory) cannot be built, or cannot be trained with DP-SGD as it
+    is; the message names the factory and the layer at fault."""
+
+
 class TrainingError(PpmlopsError):
     """Training could not start or did not finish (Ray unreachable, worker failure)."""

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, field_validator, model_validator,
+)
 
 from ppmlops.errors import SpecError
 from ppmlops.tuning.protocol import TUNER_NAMES
@@ -309,9 +311,72 @@ class Privacy(_Model):
         return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
 
 
+# "package.module:callable" (dotted names on both sides): what importlib and getattr can resolve.
+FACTORY_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
+# Passed by ppmlops to every factory: the encoded feature count and the number of model outputs.
+FACTORY_KEYWORDS = ("n_features", "n_outputs")
+
+
+class FactoryRef(_Model):
+    """A model of the user's own: `target(n_features=..., n_outputs=..., **args)` returns the
+    nn.Module (ppmlops.training.factory builds it, ppmlops.training.model_check checks it)."""
+
+    target: str = Field(pattern=FACTORY_PATTERN)
+    args: dict[str, JsonValue] = {}
+    # Opacus's ModuleValidator.fix: BatchNorm (which mixes rows) becomes GroupNorm.
+    fix_batchnorm: bool = False
+
+
 class ModelSpec(_Model):
-    kind: Literal["logistic", "mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = [64]
+    """`kind` (a built-in: logistic or mlp with `hidden` sizes), or `factory` with its `args`."""
+
+    kind: Literal["logistic", "mlp"] | None = None
+    hidden: list[Annotated[int, Field(ge=1)]] | None = None
+    factory: str | None = None
+    args: dict[str, JsonValue] = {}
+    fix_batchnorm: bool = False
+
+    @field_validator("factory")
+    @classmethod
+    def _importable_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(FACTORY_PATTERN, v):
+            raise ValueError(f"model.factory must be 'package.module:callable' (an importable module, a colon, "
+                             f"then the callable's name), got {v!r}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        if data.get("factory") is None:
+            # A built-in: the defaults every existing spec relies on.
+            return {"kind": "mlp", "hidden": [64]} | {k: v for k, v in data.items() if v is not None}
+        given = [k for k in ("kind", "hidden") if data.get(k) is not None]
+        if given:
+            raise ValueError(f"model.factory names the whole model: remove model.{' and model.'.join(given)} "
+                             "(those are for the built-in models)")
+        return data
+
+    @model_validator(mode="after")
+    def _factory_fields(self) -> "ModelSpec":
+        if self.factory is None and (self.args or self.fix_batchnorm):
+            raise ValueError("model.args and model.fix_batchnorm go with model.factory")
+        passed = sorted(set(self.args) & set(FACTORY_KEYWORDS))
+        if passed:
+            raise ValueError(f"model.args may not set {passed}: ppmlops passes n_features (the encoded feature "
+                             "count) and n_outputs itself")
+        bad = [k for k in self.args if not k.isidentifier()]
+        if bad:
+            raise ValueError(f"model.args keys must be Python keyword names, got {bad}")
+        return self
+
+    @property
+    def own(self) -> FactoryRef | None:
+        """The user's factory, or None for a built-in model."""
+        if self.factory is None:
+            return None
+        return FactoryRef(target=self.factory, args=self.args, fix_batchnorm=self.fix_batchnorm)
 
 
 class Training(_Model):

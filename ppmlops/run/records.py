@@ -349,6 +349,35 @@ class SearchResult(Part):
     schedule: list[SearchEpoch] = []
 
 
+class ModelCode(Part):
+    """Which code a factory model came from: the module's file as it was when the run was checked."""
+
+    module: str
+    sha256: str | None  # of the module's source file; None: the module has no file (built into Python)
+    distribution: str | None = None  # the installed distribution providing the module's top-level package
+    version: str | None = None
+
+
+class ModelCheck(Record):
+    """PUBLIC. The spec's own model (model.factory) as checked at assess, before anything was
+    charged (ppmlops.training.model_check). Built from the spec and the code alone: its inputs were
+    zeros and seeded draws, never a row."""
+
+    FILE: ClassVar[str] = "model.json"
+    factory: str
+    args: dict[str, Any]
+    fix_batchnorm: bool
+    n_features: int  # the encoded features (ppmlops.data.features.feature_names)
+    n_outputs: int
+    parameters: int
+    code: ModelCode
+    clipping: Literal["linear", "ghost"]  # the path clipping="auto" takes (ppmlops.training.clipping)
+    replaced: list[str] = []  # "layer: BatchNorm1d -> GroupNorm", by model.fix_batchnorm
+    canary_layer: str | None  # the nn.Linear on the raw features whose weight carries the canaries
+    canary_units: int  # its out_features (0 without a canary layer)
+    canary_note: str  # where the canaries live, or why the audit runs without any
+
+
 class TrainRecord(Record):
     FILE: ClassVar[str] = "train.json"
     model_path: str
@@ -373,6 +402,9 @@ class Canaries(Record):
     n_features: int
     units: int  # the first layer's width: canary i is its weight (i % units, n_features + i // units)
     included: list[bool]
+    # The nn.Linear whose weight carries them, by module name ("0": a built-in's first layer);
+    # None: the model has no layer that can (ModelCheck.canary_note says why) and there are none.
+    layer: str | None = "0"
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -457,7 +489,7 @@ class TrackedRun(Record):
 
 
 PUBLIC_RECORDS: tuple[type[Record], ...] = (
-    RunIdentity, Staged, Validated, CountsRelease, RiskAssessment, PlanRecord, Refusal, TrainRecord, EvaluationRecord,
-    GateRecord, ApprovalRecord, DeployRecord, TrackedRun,
+    RunIdentity, Staged, Validated, CountsRelease, RiskAssessment, ModelCheck, PlanRecord, Refusal, TrainRecord,
+    EvaluationRecord, GateRecord, ApprovalRecord, DeployRecord, TrackedRun,
 )
 PRIVATE_RECORDS: tuple[type[Record], ...] = (StagedData, ExactRisk, Canaries)

@@ -14,7 +14,7 @@ from ppmlops.audit.canary import CanarySet, observed_noise, step_scores
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.randomness import NoiseSource
 
-FIRST_WEIGHT = "0.weight"  # build_model's first layer: Sequential index 0
+FIRST_WEIGHT = "0.weight"  # build_model's first layer: Sequential index 0 (a factory model's: ModelCheck)
 
 
 class GradientCanaries:
@@ -70,9 +70,17 @@ def read_scores(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def without_canary_columns(state: dict, n_features: int) -> dict:
-    """The model for real rows: the first layer cut to the real features (canary columns are
-    zero in every real row, so predictions do not change)."""
+def without_canary_columns(state: dict, n_features: int, layer: str | None = "0") -> dict:
+    """The model for real rows: the canaries' layer (a built-in's first) cut to the real features
+    (canary columns are zero in every real row, so predictions do not change). A model without a
+    canary layer trained on the real features alone: nothing to cut."""
     out = {k: v.detach().cpu().clone() for k, v in state.items()}
-    out[FIRST_WEIGHT] = out[FIRST_WEIGHT][:, :n_features].contiguous()
+    if layer is not None:
+        key = weight_key(layer)
+        out[key] = out[key][:, :n_features].contiguous()
     return out
+
+
+def weight_key(layer: str) -> str:
+    """The state_dict key of a layer's weight ("" is the model itself, e.g. a bare nn.Linear)."""
+    return f"{layer}.weight" if layer else "weight"

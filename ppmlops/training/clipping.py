@@ -154,3 +154,19 @@ class HooksClipper:
             return torch.empty(0)
         norms = [p.grad_sample.reshape(len(p.grad_sample), -1).norm(2, dim=-1) for p in self.params]
         return torch.stack(norms, dim=1).norm(2, dim=1)
+
+
+def probe_norms(net: nn.Module, mode: str, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """The per-row gradient norms `mode`'s clipper computes for `net` on one batch, outside any
+    process group: the same code a worker runs, for a model's check before training
+    (ppmlops.training.model_check). `net` is wrapped (Opacus adds hooks): pass a copy."""
+    if mode == "linear":
+        return LinearClipper(net, net).backward(xb, yb, 1.0)
+    if mode == "ghost":
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+
+        optimizer = DPOptimizerFastGradientClipping(torch.optim.SGD(net.parameters(), lr=0.0), noise_multiplier=0.0,
+                                                    max_grad_norm=1.0, expected_batch_size=len(yb),
+                                                    loss_reduction="mean")
+        return GhostClipper(net, optimizer, 1.0).backward(xb, yb, 1.0)
+    return HooksClipper(net).backward(xb, yb, 1.0)

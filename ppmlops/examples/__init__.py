@@ -1,0 +1,1 @@
+"""Examples that ship with ppmlops: model factories a spec can name (`model.factory`)."""

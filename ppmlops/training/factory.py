@@ -1,0 +1,132 @@
+"""Every model ppmlops trains, evaluates or serves is built here: a built-in (`model.kind`,
+ppmlops.training.models) or the user's own (`model.factory: "package.module:callable"`).
+
+A factory is called as `callable(n_features=..., n_outputs=..., **model.args)` and returns an
+nn.Module mapping (batch, n_features) float32 to (batch, n_outputs) logits. It is called wherever
+the model is (re)built: the workers, each trial of a private search, the evaluate stage and the
+served MLflow model, so its module must be importable in each of those processes. What a run
+trained records the factory, its args and the module's version next to the weights (`saved_model`),
+and `rebuild` builds the same model again from that record alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+from torch import nn
+
+from ppmlops.errors import ModelError
+from ppmlops.run.records import ModelCode
+from ppmlops.spec import FactoryRef
+from ppmlops.training.models import N_CLASSES, build_model
+
+log = logging.getLogger(__name__)
+IMPORTABLE = ("it must be importable (installed, or on PYTHONPATH) wherever the run trains and wherever "
+              "the model is served")
+
+
+def load(target: str) -> Callable[..., Any]:
+    """The callable `target` ("package.module:callable") names; ModelError naming it otherwise."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - a module that fails to import, for any reason, is named
+        raise ModelError(f"model.factory {target!r}: cannot import module {module_name!r} "
+                         f"({type(err).__name__}: {err}); {IMPORTABLE}") from None
+    found: Any = module
+    for part in attr.split("."):
+        if not hasattr(found, part):
+            raise ModelError(f"model.factory {target!r}: module {module_name!r} has no attribute {attr!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ModelError(f"model.factory {target!r}: {attr!r} is a {type(found).__name__}, not a callable")
+    return found
+
+
+def build_own(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES) -> tuple[nn.Module, list[str]]:
+    """The factory's model, with BatchNorm replaced when `ref.fix_batchnorm`, and what was replaced."""
+    factory = load(ref.target)
+    try:
+        net = factory(n_features=n_features, n_outputs=n_outputs, **ref.args)
+    except Exception as err:  # noqa: BLE001 - the factory's own error, named as the factory's
+        raise ModelError(f"model.factory {ref.target!r} raised {type(err).__name__}: {err} (called with "
+                         f"n_features={n_features}, n_outputs={n_outputs} and args {dict(ref.args)})") from None
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"model.factory {ref.target!r} returned a {type(net).__name__}, not a torch.nn.Module")
+    return fix_batchnorm(net) if ref.fix_batchnorm else (net, [])
+
+
+def fix_batchnorm(net: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Opacus's ModuleValidator.fix (BatchNorm becomes GroupNorm), and each layer it replaced."""
+    from opacus.validators import ModuleValidator
+
+    before = {name: type(m).__name__ for name, m in net.named_modules() if name}
+    fixed = ModuleValidator.fix(net)
+    after = {name: type(m).__name__ for name, m in fixed.named_modules() if name}
+    return fixed, [f"{name}: {kind} -> {after.get(name, 'removed')}" for name, kind in before.items()
+                   if after.get(name) != kind]
+
+
+def build_net(kind: str | None, hidden: Sequence[int] | None, factory: FactoryRef | None,
+              n_features: int) -> nn.Module:
+    """The run's model for `n_features` inputs: the factory's when there is one, else the built-in."""
+    if factory is not None:
+        return build_own(factory, n_features)[0]
+    return build_model(kind, n_features, list(hidden or ()))
+
+
+def code_of(target: str) -> ModelCode:
+    """The factory module's version: its file's sha256 and, when an installed distribution provides
+    its top-level package, that distribution and its version."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    module_name = target.partition(":")[0]
+    module = importlib.import_module(module_name)
+    path = getattr(module, "__file__", None)
+    sha = None
+    if path:
+        with open(path, "rb") as fh:
+            sha = hashlib.sha256(fh.read()).hexdigest()
+    found = packages_distributions().get(module_name.split(".")[0]) or []
+    dist = sorted(found)[0] if found else None
+    try:
+        ver = version(dist) if dist else None
+    except PackageNotFoundError:
+        ver = None
+    return ModelCode(module=module_name, sha256=sha, distribution=dist, version=ver)
+
+
+def saved_model(state_dict: dict, kind: str | None, hidden: Sequence[int] | None, features: list[str],
+                factory: FactoryRef | None, code: ModelCode | None) -> dict:
+    """The model file a run leaves (read by evaluate and by the served model): the weights and
+    everything `rebuild` needs, in types torch.load(weights_only=True) reads."""
+    return {"state_dict": state_dict, "kind": kind, "hidden": list(hidden) if hidden is not None else None,
+            "features": list(features), "factory": factory.model_dump(mode="json") if factory else None,
+            "code": code.model_dump(mode="json") if code else None}
+
+
+def rebuild(saved: Mapping[str, Any], n_features: int) -> nn.Module:
+    """The trained model from its saved file (`saved_model`), weights loaded."""
+    ref = saved.get("factory")
+    if ref:
+        ref = FactoryRef.model_validate(ref)
+        _warn_if_changed(ref, saved.get("code"))
+    net = build_net(saved.get("kind"), saved.get("hidden"), ref or None, n_features)
+    net.load_state_dict(saved["state_dict"])
+    return net
+
+
+def _warn_if_changed(ref: FactoryRef, code: Mapping[str, Any] | None) -> None:
+    """A module edited since training may build the same shapes with another forward: loading
+    succeeds, so say so (a package upgrade does this too, which is why it is not refused)."""
+    if not code or not code.get("sha256"):
+        return
+    now = code_of(ref.target)
+    if now.sha256 != code["sha256"]:
+        log.warning("model.factory %r: module %s has changed since the model was trained (sha256 %s then, %s "
+                    "now); its predictions may differ from the ones the run evaluated", ref.target, now.module,
+                    code["sha256"][:12], (now.sha256 or "none")[:12])
