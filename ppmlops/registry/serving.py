@@ -3,8 +3,11 @@ positive label out.
 
 It carries its feature encoding (the spec's declared ranges and categories, ppmlops.data.features)
 so that `mlflow.pyfunc.load_model("models:/<name>@production").predict(rows)` needs nothing from
-the run. torch is imported when the model is loaded, never when it is logged: the deploy stage
-runs in an Airflow worker, which does not import torch.
+the run, except, for a model of the spec's own (model.factory), its factory's module: the weights
+file names the factory, its args and the module's version, and the factory builds the model again,
+so the module must be installed wherever the model is served. torch is imported when the model is
+loaded, never when it is logged: the deploy stage runs in an Airflow worker, which does not import
+torch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class TabularModel(mlflow.pyfunc.PythonModel):
 
         from ppmlops.data.features import columns_of
         from ppmlops.spec import Feature
-        from ppmlops.training.models import build_model
+        from ppmlops.training.factory import rebuild
 
         saved = torch.load(context.artifacts[WEIGHTS], weights_only=True)
         with open(context.artifacts[ENCODING], encoding="utf-8") as fh:
@@ -35,8 +38,9 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         names = columns_of(self.features)
         if names != list(saved["features"]):
             raise ValueError(f"the encoding's columns {names} are not the ones the weights were trained on")
-        self.net = build_model(saved["kind"], len(names), saved["hidden"])
-        self.net.load_state_dict(saved["state_dict"])
+        # A model.factory model is built by its factory again (recorded with the weights), so its
+        # module must be importable here too: installed where the model is served.
+        self.net = rebuild(saved, len(names))
         self.net.eval()
 
     # A DataFrame hint: MLflow then infers no schema from it (rows are raw) and asks for no other.

@@ -60,9 +60,11 @@ class Registry:
 
     # -- versions ------------------------------------------------------------------------------
     def register(self, model_name: str, model_file: Path, card: dict, *, encoding: dict | None = None,
-                 run_id: str | None = None) -> int:
+                 run_id: str | None = None, requirements: list[str] | None = None) -> int:
         """Log `model_file` (with `encoding`, the spec's features) as the next version of
-        `model_name`, `card` as its card; `run_id` is the MLflow run that produced it. Returns N."""
+        `model_name`, `card` as its card; `run_id` is the MLflow run that produced it;
+        `requirements`, pip requirements the served model needs besides ppmlops's own (a
+        model.factory's distribution). Returns N."""
         _check_name("model name", model_name)
         src = Path(model_file)
         if not src.is_file():
@@ -76,7 +78,7 @@ class Registry:
                 "model_sha256": _sha256(src)}
         text = _json(full, what=f"model card for {model_name}")
         with tempfile.TemporaryDirectory(prefix="ppmlops-register-") as tmp:
-            model_dir = _save_model(Path(tmp), src, encoding)
+            model_dir = _save_model(Path(tmp), src, encoding, requirements or [])
             (model_dir / CARD_FILE).write_text(text + "\n", encoding="utf-8")
             with self._errors(f"registering {model_name}"):
                 logged = self._log_model(model_name, model_dir, run_id, full["model_sha256"])
@@ -261,7 +263,7 @@ def card_tags(card: dict[str, Any]) -> dict[str, str]:
             for k, v in card.items() if len(CARD_TAG + k) <= 250}
 
 
-def _save_model(tmp: Path, src: Path, encoding: dict | None) -> Path:
+def _save_model(tmp: Path, src: Path, encoding: dict | None, extra: list[str]) -> Path:
     """The pyfunc model folder: weights and encoding as artifacts, the model as code (no pickle)."""
     backend.quiet()
     import mlflow.pyfunc
@@ -277,21 +279,28 @@ def _save_model(tmp: Path, src: Path, encoding: dict | None) -> Path:
         artifacts[serving.ENCODING] = str(enc)
     model_dir = tmp / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=str(Path(serving.__file__).with_name("model_code.py")),
-                             artifacts=artifacts, pip_requirements=_requirements())
+                             artifacts=artifacts, pip_requirements=_requirements(extra))
     return model_dir
 
 
-def _requirements() -> list[str]:
+def _requirements(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     # Read from the installed metadata: logging a model must not import torch (or let MLflow infer).
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("ppmlops", "torch", "pandas", "numpy", "pydantic", "mlflow-skinny"):
+    names = ("ppmlops", "torch", "pandas", "numpy", "pydantic", "mlflow-skinny")
+    for name in names:
         try:
             out.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
             out.append(name)
-    return out
+    known = {_canonical(n) for n in names}
+    return out + [r for r in extra if _canonical(re.split(r"[=<>!~\[; ]", r, maxsplit=1)[0]) not in known]
+
+
+def _canonical(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _all_pages(search) -> list:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from ppmlops.registry import backend
 from ppmlops.run.records import (
-    ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, PlanRecord, Record, Refusal,
+    ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, ModelCheck, PlanRecord, Record, Refusal,
     RiskAssessment, TrackedRun, TrainRecord,
 )
 from ppmlops.run.context import RunContext
@@ -107,6 +107,16 @@ def _risk(r: RiskAssessment) -> Payload:
     return [("risk_score", r.score, 0)], {"risk.regulation": r.regulation}, {"ppmlops.risk_level": r.level}
 
 
+def _model(r: ModelCheck) -> Payload:
+    """The spec's own model as checked: the factory and args are the spec's (logged with it), the
+    code's version and what the check found are this record's."""
+    params = {"model.code.module": r.code.module, "model.code.sha256": r.code.sha256,
+              "model.code.distribution": r.code.distribution, "model.code.version": r.code.version,
+              "model.parameters": r.parameters, "model.clipping": r.clipping, "model.canary_layer": r.canary_layer,
+              "model.replaced": r.replaced}
+    return [], params, {"ppmlops.model_factory": r.factory}
+
+
 def _plan(r: PlanRecord) -> Payload:
     p = r.privacy.model_dump(mode="json", exclude={"grant", "run_id", "dataset_id", "dataset_share_before",
                                                    "dataset_share_after"})
@@ -186,7 +196,8 @@ def _refused(r: Refusal) -> Payload:
 
 
 _STAGES: tuple[tuple[str, type[Record], Callable[[Any], Payload]], ...] = (
-    ("assess", CountsRelease, _counts), ("risk", RiskAssessment, _risk), ("plan", PlanRecord, _plan),
+    ("assess", CountsRelease, _counts), ("risk", RiskAssessment, _risk), ("model", ModelCheck, _model),
+    ("plan", PlanRecord, _plan),
     ("train", TrainRecord, _train), ("evaluate", EvaluationRecord, _evaluate), ("gate", GateRecord, _gate),
     ("approval", ApprovalRecord, _approval), ("deploy", DeployRecord, _deploy), ("refused", Refusal, _refused),
 )

@@ -9,7 +9,9 @@ so which reasons occurred is not revealed either. With a person unit (privacy.un
 max_rows = m rows per person, ppmlops.privacy.unit) one person moves each of these by m times
 as much: the release is charged as unit_scaled(segment, m) and drawn with m times the noise;
 rows the person bound dropped are in no bin. This is also where a dataset is first
-registered in the ledger: its first charge.
+registered in the ledger: its first charge. Before it, a model of the spec's own (model.factory) is
+built and checked on public inputs (ppmlops.training.model_check): one that cannot train is refused
+with nothing charged.
 """
 
 from __future__ import annotations
@@ -132,6 +134,15 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
     return record
 
 
+def check_model(ctx: RunContext) -> None:
+    """The spec's own model (model.factory), built and checked on public inputs alone
+    (ppmlops.training.model_check; torch is imported for it only); a built-in needs no check."""
+    if ctx.spec.model.own is not None:
+        from ppmlops.training.model_check import checked
+
+        checked(ctx)
+
+
 def _exact_report(ctx: RunContext) -> None:
     """The officer's detailed report, with value-based findings: private, in the run folder only."""
     from ppmlops.risk.assess import assess
@@ -157,6 +168,7 @@ def run(ctx: RunContext) -> RiskAssessment:
         raise err
     ledger = Ledger(ctx.settings.db_url)
     try:
+        check_model(ctx)  # a model that cannot train is refused before anything is charged
         precheck.run(ctx, ledger)  # a run that cannot train is refused before its counts are charged
         register(ctx, ledger)
         counts = release_counts(ctx, ledger, found)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ppmlops.compliance.utility_inputs import deploy_metrics
 from ppmlops.run.records import (
-    CountsRelease, EvaluationRecord, PlanRecord, RiskAssessment, Staged, TrainRecord,
+    CountsRelease, EvaluationRecord, ModelCheck, PlanRecord, RiskAssessment, Staged, TrainRecord,
 )
 from ppmlops.stages.context import RunContext
 
@@ -44,7 +44,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
         "dataset_id": spec.dataset.id, "data_fingerprint": staged.data_fingerprint, "data_window": staged.model_dump(mode="json")["window"],
         "rows_train": counts.rows_train, "rows_holdout": counts.rows_holdout,
         "rows_note": f"noisy counts (discrete Gaussian, sigma {counts.sigma_rows:.3g}), charged at assess",
-        "model": {"kind": spec.model.kind, "hidden": list(spec.model.hidden), "n_features": trained.n_features},
+        "model": model_section(ctx, trained),
         "epsilon": plan.epsilon, "delta": plan.delta, "epsilon_by_partition": plan.epsilon_by_partition,
         "epsilon_note": ("the run's fixed RDP budget curve (the privacy filter's guarantee), its count release "
                          "included; the epochs may have used less"),
@@ -68,6 +68,32 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
         "privacy_audit": evaluated.audit.model_dump(),
         "intended_use": spec.description or f"{spec.name} retraining",
     }
+
+
+def model_section(ctx: RunContext, trained: TrainRecord) -> dict[str, Any]:
+    """What was trained: a built-in's kind, or the spec's factory with its args and the code's
+    version, as checked before the run spent anything (ModelCheck)."""
+    spec = ctx.spec
+    if spec.model.own is None:
+        return {"kind": spec.model.kind, "hidden": list(spec.model.hidden or []), "n_features": trained.n_features}
+    check = ctx.store.read_optional(ModelCheck)
+    if check is None:  # not checked: nothing trained (assess checks before anything is charged)
+        return {"factory": spec.model.factory, "args": dict(spec.model.args), "n_features": trained.n_features}
+    plan = ctx.store.read_optional(PlanRecord)
+    searched = plan is not None and plan.privacy.search is not None
+    out = {"factory": check.factory, "args": check.args, "n_features": trained.n_features,
+           "n_outputs": check.n_outputs, "parameters": check.parameters, "code": check.code.model_dump(),
+           "code_note": ("sha256 of the factory's module file when the run was checked; code it imports is "
+                         "covered by its distribution's version only"),
+           "clipping": check.clipping,
+           "canaries": ("none: a private search carries no canaries (an audit of 0 canaries gives no bound)"
+                        if searched else check.canary_note)}
+    if check.replaced:
+        out["fix_batchnorm"] = {"replaced": check.replaced,
+                                "note": ("model.fix_batchnorm: Opacus's ModuleValidator.fix replaced these layers "
+                                         "(BatchNorm mixes rows) before training; the model trained and served is "
+                                         "the factory's model with those replacements")}
+    return out
 
 
 def unit_text(spec, k: int) -> str:

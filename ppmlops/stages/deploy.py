@@ -12,7 +12,7 @@ from pathlib import Path
 from ppmlops.errors import PolicyRefused
 from ppmlops.registry import tracking
 from ppmlops.registry.store import Registry
-from ppmlops.run.records import ApprovalRecord, DeployRecord, GateRecord, TrainRecord
+from ppmlops.run.records import ApprovalRecord, DeployRecord, GateRecord, ModelCheck, TrainRecord
 from ppmlops.stages.card import model_card
 from ppmlops.stages.context import RunContext, timed
 
@@ -33,6 +33,16 @@ def encoding(ctx: RunContext) -> dict:
     return {"features": [f.model_dump(mode="json") for f in ds.features], "label": ds.label.model_dump(mode="json")}
 
 
+def factory_requirements(ctx: RunContext) -> list[str]:
+    """The distribution that provides a model.factory's module, pinned: the served model builds
+    itself with the factory, so wherever it is served must install it."""
+    check = ctx.store.read_optional(ModelCheck) if ctx.spec.model.own is not None else None
+    if check is None or not check.code.distribution:
+        return []
+    code = check.code
+    return [f"{code.distribution}=={code.version}" if code.version else code.distribution]
+
+
 @tracking.tracked
 @timed
 def run(ctx: RunContext) -> DeployRecord:
@@ -50,7 +60,7 @@ def run(ctx: RunContext) -> DeployRecord:
     registry = Registry(ctx.settings.registry_dir)
     mlflow_run = tracking.sync(ctx)  # the version links to the run (the gate's sync made it)
     version = registry.register(name, Path(ctx.store.read(TrainRecord).model_path), card, encoding=encoding(ctx),
-                                run_id=mlflow_run.mlflow_run_id)
+                                run_id=mlflow_run.mlflow_run_id, requirements=factory_requirements(ctx))
     alias = alias_for(ctx.params.environment)
     registry.set_alias(name, alias, version)
     return DeployRecord(model_name=name, version=version, alias=alias, path=f"models:/{name}/{version}")

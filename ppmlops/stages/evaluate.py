@@ -103,13 +103,11 @@ def _model_and_holdout(ctx: RunContext):
     import torch
 
     from ppmlops.data.features import encode
-    from ppmlops.training.models import build_model
+    from ppmlops.training.factory import rebuild
 
     saved = torch.load(ctx.store.read(TrainRecord).model_path, weights_only=True)
     X, y, _ = encode(pd.read_parquet(ctx.store.read(StagedData).result.snapshot_test), ctx.spec)
-    model = build_model(saved["kind"], X.shape[1], saved["hidden"])
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), X, y
+    return rebuild(saved, X.shape[1]).eval(), X, y
 
 
 def canary_audit(ctx: RunContext, n_features: int, delta: float) -> CanaryAudit:

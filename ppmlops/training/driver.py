@@ -35,17 +35,33 @@ def first_layer_units(kind: str, hidden: list[int] | tuple[int, ...]) -> int:
     return N_CLASSES if kind == "logistic" else int(hidden[0])
 
 
+def canary_layer(ctx: RunContext) -> tuple[str | None, int]:
+    """(the layer whose weight carries the canaries, its units): a built-in's first layer, or
+    where the model's check placed them (None: the model has no layer that can; no canaries)."""
+    if ctx.spec.model.own is None:
+        return "0", first_layer_units(ctx.spec.model.kind, ctx.spec.model.hidden)
+    from ppmlops.training.model_check import checked
+
+    check = checked(ctx)
+    return check.canary_layer, check.canary_units
+
+
 def canaries(ctx: RunContext, count: int, n_features: int) -> Canaries:
     """The run's canaries, drawn once (a retried task reuses them: the coins must not change).
     A private search trains several trials from fresh weights and does not carry canaries yet:
-    it gets none, and its audit says so (0 canaries, no bound)."""
+    it gets none, and its audit says so (0 canaries, no bound); so does a model whose check found
+    no layer that can carry them (the card says why)."""
     kept = ctx.store.read_optional(Canaries)
     if kept is None:
         randomness = ctx.draws()
-        units = first_layer_units(ctx.spec.model.kind, ctx.spec.model.hidden)
-        count = 0 if ctx.store.read(PlanRecord).privacy.search else min(count, units * MAX_CANARY_COLUMNS)
-        made = make_canaries(count, n_features, units, randomness.source("canaries"))
-        kept = ctx.store.write(Canaries(n_features=n_features, units=units, included=made.included.tolist()))
+        layer, units = canary_layer(ctx)
+        if layer is None or ctx.store.read(PlanRecord).privacy.search:
+            count = 0
+        count = min(count, units * MAX_CANARY_COLUMNS)
+        made = make_canaries(count, n_features, max(units, 1), randomness.source("canaries"))
+        # units 1 without a layer: a CanarySet needs one, and with no canaries it adds no column.
+        kept = ctx.store.write(Canaries(n_features=n_features, units=max(units, 1), included=made.included.tolist(),
+                                        layer=layer))
     return kept
 
 
@@ -59,8 +75,8 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
     best = best_known(list(warm))
     if best is not None and ctx.tuner != "fixed":
         lr, clip = best.learning_rate, best.max_grad_norm
-    return WorkerJob(plan=plan, ledger_url=ctx.settings.db_url, model_kind=spec.model.kind,
-                     hidden=tuple(spec.model.hidden), learning_rate=lr, warm_start=warm,
+    return WorkerJob(plan=plan, ledger_url=ctx.settings.db_url, model_kind=spec.model.kind or "",
+                     hidden=tuple(spec.model.hidden or ()), factory=spec.model.own, learning_rate=lr, warm_start=warm,
                      tuning_anchor=(spec.training.learning_rate, spec.training.max_grad_norm),
                      momentum=spec.training.momentum, max_grad_norm=clip, tuner=ctx.tuner,
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
@@ -70,6 +86,23 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
 
 
 progress = logging.getLogger("ppmlops.progress")
+
+
+def _unchanged_code(ctx: RunContext):
+    """The factory module's version (None for a built-in), refused if it changed since assess
+    checked the model: the check, the canaries' layer and the card would describe other code."""
+    if ctx.spec.model.own is None:
+        return None
+    from ppmlops.training.factory import code_of
+    from ppmlops.training.model_check import checked
+
+    check = checked(ctx)
+    now = code_of(check.factory)
+    if now.sha256 != check.code.sha256:
+        raise TrainingError(f"model.factory {check.factory!r}: module {now.module} changed after the run's model "
+                            f"was checked at assess (sha256 {check.code.sha256} then, {now.sha256} now); start a "
+                            "new run so that the model is checked again")
+    return check.code
 
 
 @contextlib.contextmanager
@@ -123,6 +156,7 @@ def train_here(ctx: RunContext) -> TrainRecord:
                               snapshot=Snapshot.of(ctx.spec, result.snapshot_train, result.snapshot_test))
     here = in_process(ctx, job)
     try:
+        code = _unchanged_code(ctx)
         with (contextlib.nullcontext() if here else _turn(ctx)), library_logs(ctx.store.private_dir, "ray"), \
                 followed(job.progress_path, progress.info):
             weights, outcome = (train_in_process if here else train_on_ray)(job)
@@ -130,9 +164,11 @@ def train_here(ctx: RunContext) -> TrainRecord:
         session.recover().close()  # released when the run used none of it, kept otherwise
         raise
     from ppmlops.training.canary_scores import without_canary_columns
+    from ppmlops.training.factory import saved_model
 
-    torch.save({"state_dict": without_canary_columns(weights, len(names)), "kind": ctx.spec.model.kind,
-                "hidden": list(ctx.spec.model.hidden), "features": names}, ctx.store.model_path)
+    state = without_canary_columns(weights, len(names), kept.layer)
+    torch.save(saved_model(state, ctx.spec.model.kind, ctx.spec.model.hidden, names, ctx.spec.model.own, code),
+               ctx.store.model_path)
     session.recover()
     # A search's grant is never trimmed to usage (ppmlops.privacy.ledger): all of it is used.
     used = session.budget_epsilon if plan.search else session.used_epsilon

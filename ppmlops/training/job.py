@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ppmlops.run.records import Canaries, KnownResult, PrivacyPlan, TrainTimings
+from ppmlops.spec import FactoryRef
 
 # Per-row clipping (ppmlops.training.clipping): auto = closed-form norms for linear stacks, else
 # Opacus's ghost clipping; hooks = Opacus's per-row gradients. The privacy guarantee is the same.
@@ -71,6 +72,9 @@ class WorkerJob:
     # Where each worker reads its own rows (ppmlops.training.shards); None: the caller hands the
     # rows over as arrays (tests, benchmarks).
     snapshot: Snapshot | None = None
+    # The spec's own model (model.factory): built by it instead of model_kind and hidden
+    # (ppmlops.training.factory); its module must be importable on every worker.
+    factory: FactoryRef | None = None
 
     @property
     def run_id(self) -> str:

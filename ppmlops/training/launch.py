@@ -209,8 +209,8 @@ def _check_arrays(job: WorkerJob, arrays: Arrays, fail) -> None:
 
 
 def _check_job(job: WorkerJob, fail) -> None:
-    if job.model_kind not in MODEL_KINDS:
-        fail(f"model_kind must be one of {list(MODEL_KINDS)}, got {job.model_kind!r}")
+    if job.factory is None and job.model_kind not in MODEL_KINDS:
+        fail(f"model_kind must be one of {list(MODEL_KINDS)} (or a model.factory), got {job.model_kind!r}")
     if not 0 <= job.momentum < 1:
         fail(f"momentum must be in [0, 1), got {job.momentum!r}")
     if job.clipping not in CLIPPING_MODES:

@@ -36,7 +36,8 @@ from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.training.job import WorkerJob
-from ppmlops.training.models import build_model, predict_proba
+from ppmlops.training.factory import build_net
+from ppmlops.training.models import predict_proba
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning.tuners import affordable_floor
 from ppmlops.tuning import signals
@@ -364,7 +365,7 @@ def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restore
     from ppmlops.training.private_model import make_private_model
 
     torch.manual_seed(randomness.torch_seed("init"))  # no private row is involved in initialisation
-    net = build_model(job.model_kind, width, list(job.hidden))
+    net = build_net(job.model_kind, job.hidden, job.factory, width)
     settings = EpochSettings(job.plan.noise_multiplier, job.max_grad_norm, job.learning_rate)
     if restored is not None:
         net.load_state_dict(restored.weights)
@@ -389,8 +390,13 @@ def _attach_canaries(job: WorkerJob, model: PrivateModel, state: LoopState):
     from ppmlops.audit.canary import CanarySet
     from ppmlops.training.canary_scores import GradientCanaries
 
-    first = next(m for m in model.net.modules() if isinstance(m, torch.nn.Linear))
-    tracker = GradientCanaries(CanarySet.of(job.canaries), first.weight, job.plan.sample_rate, state.canary_scores)
+    try:
+        layer = model.net.get_submodule(job.canaries.layer) if job.canaries.layer is not None else None
+    except AttributeError:
+        layer = None
+    if not isinstance(layer, torch.nn.Linear):
+        raise TrainingError(f"the canaries' layer {job.canaries.layer!r} is not an nn.Linear of the model")
+    tracker = GradientCanaries(CanarySet.of(job.canaries), layer.weight, job.plan.sample_rate, state.canary_scores)
     model.attach_canaries(tracker)
     return tracker
 

@@ -33,6 +33,9 @@ def _nets() -> dict[str, nn.Module]:
         # LayerNorm has parameters: not a linear stack, so ghost clipping (with Opacus's hooks
         # for any layer it has no norm sampler for).
         "layernorm": nn.Sequential(nn.Linear(D, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 2)),
+        # A factory's convolution over the features (issue 29): ghost clipping's Conv1d norm sampler.
+        "conv": nn.Sequential(nn.Unflatten(1, (1, D)), nn.Conv1d(1, 3, 4), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(3 * (D - 3), 2)),
     }
 
 
@@ -72,7 +75,7 @@ def _private(net, mode: str, clip: float = 1.0):
 
 
 def _modes(name: str) -> list[str]:
-    return ["hooks", "ghost"] + (["linear"] if name != "layernorm" else [])
+    return ["hooks", "ghost"] + (["linear"] if name not in ("layernorm", "conv") else [])
 
 
 @pytest.mark.parametrize("name", list(_nets()))
@@ -91,7 +94,7 @@ def test_every_path_gives_the_reference_norms_and_clipped_sum(name, gloo_world_o
         torch.testing.assert_close(clipped_sum, sum_ref, rtol=1e-4, atol=1e-5, msg=f"{mode} clipped sum")
 
 
-@pytest.mark.parametrize("name", ["mlp", "layernorm"])
+@pytest.mark.parametrize("name", ["mlp", "layernorm", "conv"])
 def test_counts_and_noisy_steps_match_across_paths(name, gloo_world_of_one):
     """Same counts, and the same weights after steps drawing one reproducible noise stream: the
     noise, its scale (sigma C) and the public divisor are applied identically on every path."""
@@ -118,6 +121,7 @@ def test_the_fast_path_is_the_default_and_unsupported_models_are_named(gloo_worl
     assert resolve_mode("auto", build_model("mlp", D, [8])) == "linear"
     assert resolve_mode("auto", nn.Linear(D, 2)) == "ghost"  # not a Sequential: Opacus's ghost clipping
     assert resolve_mode("auto", _nets()["layernorm"]) == "ghost"
+    assert resolve_mode("auto", _nets()["conv"]) == "ghost"
     assert _private(build_model("logistic", D), "auto").clipping == "linear"
     with pytest.raises(TrainingError, match="linear clipping needs an nn.Sequential"):
         resolve_mode("linear", _nets()["layernorm"])
