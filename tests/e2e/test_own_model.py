@@ -10,7 +10,6 @@ tests/conftest.py): a small DP model ties the majority class in about one run of
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,17 @@ import pytest
 from ppmlops import pipeline, settings
 from ppmlops.data.features import feature_names
 from ppmlops.run.records import EvaluationRecord, ModelCheck, TrackedRun, TrainRecord
-from ppmlops.spec import load_spec
-from ppmlops.stages.context import RunContext, RunParams
+
+from dag_run import run_dag
 
 pytestmark = [pytest.mark.e2e]
-REPO = Path(__file__).resolve().parents[2]
 CONF = {"epochs": 2}
 FACTORY = "ppmlops.examples.models:build"
 
 
 @pytest.fixture(scope="module")
 def own_run(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    spec = load_spec(Path(os.environ["PPMLOPS_PIPELINES"]) / "demo_own_model.yaml")
-    run = bag.dags[spec.dag_id].test(run_conf=CONF)
-    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, CONF))
-    return run, spec, ctx
+    return run_dag("demo_own_model.yaml", CONF)
 
 
 def _card(spec, ctx) -> dict:

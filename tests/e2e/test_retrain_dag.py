@@ -9,31 +9,22 @@ hash, exact counts, real rows' losses) is in any record, XCom or card that leave
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from ppmlops import pipeline, settings
 from ppmlops.run.records import CountsRelease, EvaluationRecord, PlanRecord, StagedData, TrainRecord
-from ppmlops.spec import load_spec
-from ppmlops.stages.context import RunContext, RunParams
+
+from dag_run import run_dag
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
-REPO = Path(__file__).resolve().parents[2]
 CONF = {"epochs": 2, "seed": 3}
 
 
 @pytest.fixture(scope="module")
 def e2e_run(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    spec = load_spec(Path(os.environ["PPMLOPS_PIPELINES"]) / "e2e_small.yaml")
-    run = bag.dags[spec.dag_id].test(run_conf=CONF)
-    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, CONF))
-    return run, spec, ctx
+    return run_dag("e2e_small.yaml", CONF)
 
 
 def test_run_succeeds_with_secure_randomness_and_deploys_to_its_environment(e2e_run):
