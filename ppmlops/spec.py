@@ -394,6 +394,10 @@ class Training(_Model):
     learning_rate: float = Field(0.5, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    # The most rows one forward and backward takes (a GPU's memory, say): a larger Poisson batch is
+    # clipped in pieces whose clipped sums are added, with one noise draw and one step (virtual
+    # steps: the sampling and the accounting are unchanged). None: the whole batch at once.
+    max_physical_batch: int | None = Field(None, ge=1)
     tuner: Literal[TUNER_NAMES] = "bayes"  # ANOM: how settings change between epochs
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0

@@ -82,7 +82,7 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
                      storage_path=str(ctx.store.ray_storage()), ray_address=ctx.settings.ray_address,
                      max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
-                     progress_path=str(ctx.store.root / PROGRESS_FILE))
+                     progress_path=str(ctx.store.root / PROGRESS_FILE), physical_batch=spec.training.max_physical_batch)
 
 
 progress = logging.getLogger("ppmlops.progress")

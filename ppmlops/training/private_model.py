@@ -132,6 +132,9 @@ class PrivateModel:
     clipper: Clipper
     optimizer: CsprngDistributedDPOptimizer | CsprngFastClippingOptimizer
     clipping: str  # the resolved mode: linear, ghost or hooks
+    # The most rows one forward and backward may take (None: the whole Poisson batch at once).
+    # A larger batch is clipped in physical pieces whose clipped sums add up (virtual steps).
+    physical_batch: int | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -157,7 +160,11 @@ class PrivateModel:
         """One DP-SGD step on a (possibly empty) batch. With `counts` ([clipped, unclipped]),
         adds this rank's exact per-row clipping counts (the caller noises their epoch sum)."""
         self.optimizer.zero_grad(set_to_none=True)
-        norms = self.clipper.backward(xb, yb, self.optimizer.max_grad_norm)
+        limit = self.physical_batch
+        if limit and len(yb) > limit:
+            norms = self._virtual_backward(xb, yb, limit)
+        else:
+            norms = self.clipper.backward(xb, yb, self.optimizer.max_grad_norm)
         if counts is not None and len(yb):
             clipped = int((norms > self.optimizer.max_grad_norm).sum())
             counts[0] += clipped
@@ -169,8 +176,32 @@ class PrivateModel:
             canaries.observe(opt.expected_batch_size * opt.world_size, opt.max_grad_norm)
 
 
+    def _virtual_backward(self, xb: torch.Tensor, yb: torch.Tensor, limit: int) -> torch.Tensor:
+        """A Poisson batch larger than memory allows, in physical pieces of at most `limit` rows.
+
+        Clipping is per row, so the clipped sum of the batch is the sum of its pieces' clipped
+        sums: each piece's is added up here, and the optimizer then adds one noise draw and takes
+        one step for the whole logical batch. The sampling (one Poisson batch a step), the noise
+        and the divisor are those of an unsplit step, so the accounting is unchanged; only the
+        peak memory of a backward is bounded (Opacus's BatchMemoryManager splits the same way)."""
+        params = list(self.optimizer.params)
+        total: list[torch.Tensor] | None = None
+        norms = []
+        for start in range(0, len(yb), limit):
+            for p in params:
+                p.grad = None  # each piece's clipped sum on its own; the total is kept apart
+            norms.append(self.clipper.backward(xb[start:start + limit], yb[start:start + limit],
+                                               self.optimizer.max_grad_norm))
+            grads = [p.grad for p in params]
+            total = grads if total is None else [t.add_(g) for t, g in zip(total, grads)]
+        for p, t in zip(params, total or []):
+            p.grad = t
+        return torch.cat(norms)
+
+
 def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm: float, learning_rate: float,
-                       momentum: float, divisor: float, device: torch.device, clipping: str = "auto") -> PrivateModel:
+                       momentum: float, divisor: float, device: torch.device, clipping: str = "auto",
+                       physical_batch: int | None = None) -> PrivateModel:
     """Wrap `net` for distributed DP-SGD; torch.distributed must already be initialised.
 
     `clipping`: "auto" (linear where it applies, else ghost), "linear", "ghost" or "hooks"."""
@@ -182,6 +213,9 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
     if not divisor > 0:
         raise TrainingError(f"the update divisor must be > 0, got {divisor!r}")
     mode = resolve_mode(clipping, net)
+    if physical_batch is not None and (physical_batch < 1 or mode == "hooks"):
+        raise TrainingError(f"a physical batch limit ({physical_batch!r}) needs a positive row count and a fast "
+                            "clipping path (linear or ghost): hooks hold every row's gradient at once")
     net.to(device)
     ddp = DPDDP(net)  # broadcasts rank 0's weights; gradients are reduced by the optimizer
     world = dist.get_world_size()
@@ -197,4 +231,4 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
         clipper = GhostClipper(ddp, optimizer, max_grad_norm)
     else:
         clipper = HooksClipper(ddp)
-    return PrivateModel(net, clipper, optimizer, mode)
+    return PrivateModel(net, clipper, optimizer, mode, physical_batch)

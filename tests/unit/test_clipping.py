@@ -165,3 +165,37 @@ def test_a_clipped_sum_is_released_once(mode, gloo_world_of_one):
     model.step(X, y)
     with pytest.raises((TrainingError, ValueError), match="twice|already been used|zero_grad"):
         model.optimizer.step()
+
+
+@pytest.mark.parametrize("name,mode", [("mlp", "linear"), ("mlp", "ghost"), ("layernorm", "ghost")])
+def test_virtual_steps_give_the_clipped_sum_and_the_step_of_one_big_batch(name, mode, gloo_world_of_one):
+    """A physical limit of 7 rows splits the 40-row batch into 6 pieces: the same norms, the same
+    clipped sum and, under one reproducible noise stream, the same weights as one backward."""
+    net = _nets()[name]
+    X, y = _batch()
+    clip = float(_reference(net, X, y, 1.0)[0].median())
+    weights = {}
+    for limit in (None, 7):
+        model = _private(net, mode, clip)
+        model.physical_batch = limit
+        model.set_epoch(noise_multiplier=1.1, max_grad_norm=clip, learning_rate=0.3,
+                        noise_source=Randomness.reproducible(9, "virtual").source("noise", 1))
+        model.optimizer.zero_grad(set_to_none=True)
+        norms = model._virtual_backward(X, y, limit) if limit else model.clipper.backward(X, y, clip)
+        summed = torch.cat([p.grad.flatten() for p in model.optimizer.params])
+        if limit is None:
+            norms_one, summed_one = norms, summed
+        else:
+            torch.testing.assert_close(norms, norms_one, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(summed, summed_one, rtol=1e-4, atol=1e-5)
+        counts = [0, 0]
+        model.step(X, y, counts)
+        weights[limit] = (counts, torch.cat([p.detach().flatten() for p in model.net.parameters()]))
+    assert weights[None][0] == weights[7][0] and sum(weights[7][0]) == 40
+    torch.testing.assert_close(weights[7][1], weights[None][1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_physical_limit_needs_a_fast_clipping_path(gloo_world_of_one):
+    with pytest.raises(TrainingError, match="fast clipping path"):
+        make_private_model(build_model("mlp", D, [8]), noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1,
+                           momentum=0.0, divisor=8.0, device=CPU, clipping="hooks", physical_batch=4)

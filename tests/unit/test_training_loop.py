@@ -5,6 +5,8 @@ The Ray path is the same loop behind ppmlops.training.ray_worker; tests/integrat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 import os
 
@@ -104,6 +106,19 @@ def test_replaying_a_run_gives_the_same_weights_only_in_reproducible_mode(tmp_pa
         weights.append(_train(tmp_path, job, arrays, name=f"c{i}").weights)
     equal = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert equal is same
+
+
+def test_a_physical_batch_limit_trains_the_same_model(tmp_path, gloo_world_of_one):
+    """training.max_physical_batch reaches the worker loop, and virtual steps of 16 rows give the
+    weights of whole batches (reproducible noise, same seed and run id)."""
+    arrays = synthetic()
+    weights = []
+    for i, limit in enumerate((None, 16)):
+        job = make_job(f"sqlite:///{tmp_path / f'p{i}.db'}", arrays, randomness="reproducible")
+        job = replace(job, physical_batch=limit)
+        weights.append(_train(tmp_path, job, arrays, name=f"p{i}").weights)
+    for k in weights[0]:
+        torch.testing.assert_close(weights[1][k], weights[0][k], rtol=1e-4, atol=1e-5)
 
 
 # -- what the loop charges -----------------------------------------------------------------------
