@@ -16,22 +16,36 @@ detected from the first 64 KiB: among , ; tab and |, the one that splits the hea
 most columns with the most following lines agreeing on that width. A line with a different
 number of fields than the header is not an error but a ragged record, kept with its text for
 the caller to quarantine. The SHA-256 of the file's bytes is computed while reading.
+
+CSV is read a block of whole lines at a time (BLOCK_BYTES). A block that holds no quote, NUL or
+unit separator (\x1f), whose line breaks are all LF or all CRLF and that decodes, is split by
+pyarrow's CSV parser with quoting off: there every line is one record and every delimiter splits
+fields, which is exactly what the csv module does with such lines, so the two cannot differ, and
+line numbers are counted from the line breaks. Any other block, from the line where the first
+such byte occurs, goes through the csv module as before (quoted fields, fields that span lines,
+unclosed quotes, undecodable bytes and the errors that name them), until the block's end is
+passed at a record boundary. `SourceReader.batches` gives the records column-wise (`Batch`);
+iterating the reader gives them as lists of strings (`Chunk`), as it always did.
 """
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import difflib
 import gc
 import hashlib
 import io
+import itertools
 import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from ppmlops.errors import DataError
 
@@ -47,6 +61,16 @@ FIELD_LIMIT = 64 * 1024 * 1024
 # (as many delimiters as a row has), is an unclosed quote that swallowed the rows after it.
 MAX_RECORD_LINES = 1000
 RUNAWAY_RECORDS = 2
+# Whole lines parsed at once by the block path, and the size of each read from the file. A line
+# longer than a block goes through the csv module.
+BLOCK_BYTES = 2 << 20
+READ_BYTES = 4 << 20
+# Record fields are joined with this byte for the split hash and the quarantine HMAC (see
+# Batch.joined); a block holding it goes through the csv module, so a joined record of the block
+# path splits back into its fields.
+UNIT = "\x1f"
+_CSV_ONLY = (b'"', b"\x00", UNIT.encode())
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 class UnclosedQuote(DataError):
@@ -89,18 +113,340 @@ class Chunk:
         return len(self.records) + len(self.ragged)
 
 
-class _HashingRaw(io.RawIOBase):
-    def __init__(self, fh: Any, digest: Any):
-        self._fh, self._digest = fh, digest
+class _Block:
+    """A block of whole lines parsed by pyarrow: the records' wanted columns, their line numbers,
+    and the ragged lines among them."""
 
-    def readable(self) -> bool:
-        return True
+    __slots__ = ("data", "eol", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined")
 
-    def readinto(self, buffer: Any) -> int:
-        n = self._fh.readinto(buffer)
+    def __init__(self, data: bytes, eol: bytes, unit: bytes, table: Any, n_lines: int, lines: np.ndarray,
+                 rows: list[int] | None, ragged: list[tuple[int, list[str], str]]):
+        self.data, self.eol, self.unit, self.table, self.n_lines = data, eol, unit, table, n_lines
+        self.lines = lines  # line number of each record
+        self.rows = rows  # which of the block's lines are records (None: every one)
+        self.ragged = ragged
+        self._joined: list[bytes] | None = None
+
+    def joined(self) -> list[bytes]:
+        """Each record's fields joined by UNIT, UTF-8: the line with its delimiters replaced."""
+        if self._joined is None:
+            parts = self.data.translate(self.unit).split(self.eol)
+            if self.data.endswith(self.eol):
+                parts.pop()
+            self._joined = parts if self.rows is None else [parts[i] for i in self.rows]
+        return self._joined
+
+
+class _Rows:
+    """Records read by the csv module (or from Parquet), as lists of strings."""
+
+    __slots__ = ("records", "lines")
+
+    def __init__(self, records: list[list[str]] | None = None, lines: list[int] | None = None):
+        self.records = [] if records is None else records
+        self.lines = [] if lines is None else lines
+
+
+class Batch:
+    """Consecutive records of one file, column-wise: the well-formed records (`column`, `lines`,
+    `joined`, `records`) and the ragged ones, as in Chunk.
+
+    Made of pieces: row ranges of parsed blocks and runs of records read by the csv module. Only
+    the columns the reader was asked for are held as Arrow arrays; whole records are rebuilt on
+    demand (for the rows a caller must see in full, e.g. those it quarantines).
+    """
+
+    def __init__(self, pieces: list[tuple[Any, int, int]], ragged: list[tuple[int, list[str], str]]):
+        self._pieces = pieces  # (a _Block or _Rows, first row, end row)
+        self.ragged = ragged
+        self.num_rows = sum(b - a for _, a, b in pieces)
+        self._columns: dict[int, Any] = {}
+        self._lines: np.ndarray | None = None
+        self._joined: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return self.num_rows + len(self.ragged)
+
+    @property
+    def lines(self) -> np.ndarray:
+        """The line each record starts on (int64)."""
+        if self._lines is None:
+            parts = [p.lines[a:b] if isinstance(p, _Block) else np.asarray(p.lines[a:b], dtype=np.int64)
+                     for p, a, b in self._pieces]
+            self._lines = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return self._lines
+
+    def column(self, index: int) -> Any:
+        """Column `index` of the header (one the reader was asked for), as a pyarrow string array."""
+        import pyarrow as pa
+
+        if index not in self._columns:
+            parts = []
+            for p, a, b in self._pieces:
+                if isinstance(p, _Block):
+                    parts.extend(p.table.column(f"c{index}").slice(a, b - a).chunks)
+                else:
+                    parts.append(pa.array([r[index] for r in p.records[a:b]], pa.string()))
+            self._columns[index] = (pa.chunked_array(parts, pa.string()).combine_chunks() if parts
+                                    else pa.array([], pa.string()))
+        return self._columns[index]
+
+    def joined(self) -> list[bytes]:
+        """Each record's fields joined by UNIT, encoded as UTF-8 (what the split hash and the
+        quarantine HMAC take)."""
+        if self._joined is None:
+            out: list[bytes] = []
+            for p, a, b in self._pieces:
+                if isinstance(p, _Block):
+                    out.extend(p.joined()[a:b])
+                else:
+                    out.extend(UNIT.join(r).encode("utf-8") for r in p.records[a:b])
+            self._joined = out
+        return self._joined
+
+    def records(self, rows: Sequence[int] | None = None) -> list[list[str]]:
+        """The records at `rows` (ascending; default all) as lists of strings."""
+        if rows is None:
+            rows = range(self.num_rows)
+        ends = list(itertools.accumulate(b - a for _, a, b in self._pieces))
+        out: list[list[str]] = []
+        for row in rows:
+            k = bisect.bisect_right(ends, row)
+            piece, a, _ = self._pieces[k]
+            at = a + row - (ends[k - 1] if k else 0)
+            if isinstance(piece, _Block):
+                out.append(piece.joined()[at].decode("utf-8").split(UNIT))
+            else:
+                out.append(piece.records[at])
+        return out
+
+    def chunk(self) -> Chunk:
+        return Chunk(self.records(), self.lines.tolist(), list(self.ragged))
+
+
+class _Batches:
+    """Cuts the records into batches of `limit` (the last may be shorter), as the reader always
+    has: a ragged line goes with the batch being filled when it is read, so with the first batch
+    whose last record lies after it."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.pieces: list[tuple[Any, int, int]] = []
+        self.rows = 0
+        self.ragged: list[tuple[int, list[str], str]] = []
+        self._open: _Rows | None = None  # the csv module's records, being appended to
+
+    def block(self, block: _Block) -> Iterator[Batch]:
+        self._close()
+        self.ragged.extend(block.ragged)
+        n = len(block.lines)
         if n:
-            self._digest.update(memoryview(buffer)[:n])
-        return n
+            self.pieces.append((block, 0, n))
+            self.rows += n
+        while self.rows >= self.limit:
+            yield self._cut()
+
+    def record(self, fields: list[str], line: int) -> Batch | None:
+        if self._open is None:
+            self._open = _Rows()
+        self._open.records.append(fields)
+        self._open.lines.append(line)
+        self.rows += 1
+        if self.rows >= self.limit:
+            return self._cut()
+        return None
+
+    def ragged_line(self, item: tuple[int, list[str], str]) -> None:
+        self.ragged.append(item)
+
+    def rest(self) -> Batch | None:
+        self._close()
+        if not self.pieces and not self.ragged:
+            return None
+        batch = Batch(self.pieces, self.ragged)
+        self.pieces, self.ragged, self.rows = [], [], 0
+        return batch
+
+    def _close(self) -> None:
+        if self._open is not None:
+            self.pieces.append((self._open, 0, len(self._open.records)))
+            self._open = None
+
+    def _cut(self) -> Batch:
+        self._close()
+        taken, need = [], self.limit
+        while need:
+            piece, a, b = self.pieces[0]
+            if b - a <= need:
+                taken.append(self.pieces.pop(0))
+                need -= b - a
+            else:
+                taken.append((piece, a, a + need))
+                self.pieces[0] = (piece, a + need, b)
+                need = 0
+        piece, a, b = taken[-1]
+        last = int(piece.lines[b - 1])
+        ragged = [r for r in self.ragged if r[0] < last]
+        self.ragged = [r for r in self.ragged if r[0] >= last]
+        self.rows -= self.limit
+        return Batch(taken, ragged)
+
+
+class _Source:
+    """A file's bytes, read forward in large pieces and hashed as they are read; `line` counts
+    the physical lines consumed (a line ends at CRLF, CR or LF, as io's newline="" splits)."""
+
+    def __init__(self, path: Path, digest: Any):
+        self._fh = open(path, "rb", buffering=0)
+        self._digest = digest
+        self.buf = b""
+        self.pos = 0  # the next byte of buf to consume
+        self.base = 0  # the file offset of buf[0]
+        self.eof = False
+        self.line = 0
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def fill(self, want: int) -> None:
+        """At least `want` unconsumed bytes in buf, or all that is left of the file."""
+        have = len(self.buf) - self.pos
+        if have >= want or self.eof:
+            return
+        parts = [self.buf[self.pos:]] if have else []
+        self.base += self.pos
+        while have < want:
+            data = self._fh.read(max(want - have, READ_BYTES))
+            if not data:
+                self.eof = True
+                break
+            self._digest.update(data)
+            parts.append(data)
+            have += len(data)
+        self.buf, self.pos = b"".join(parts), 0
+
+    def line_bytes(self) -> bytes | None:
+        """The next physical line with its line break; None at the end of the file."""
+        while True:
+            m = _LINE_BREAK.search(self.buf, self.pos)
+            # A CR at the end of what is read may be the first half of a CRLF.
+            if m is not None and (m.end() < len(self.buf) or self.eof or m.group() != b"\r"):
+                line, self.pos = self.buf[self.pos:m.end()], m.end()
+                self.line += 1
+                return line
+            if self.eof:
+                if self.pos == len(self.buf):
+                    return None
+                line, self.pos = self.buf[self.pos:], len(self.buf)
+                self.line += 1
+                return line
+            self.fill(len(self.buf) - self.pos + READ_BYTES)
+
+    def block_end(self, size: int) -> int:
+        """The end (in buf) of the whole lines that start at pos within `size` bytes: pos when
+        the next line is longer, the end of the file when all that is left fits."""
+        self.fill(size)
+        if self.eof and len(self.buf) - self.pos <= size:
+            return len(self.buf)
+        return self.buf.rfind(b"\n", self.pos, self.pos + size) + 1 or self.pos
+
+
+def _decoded_lines(source: _Source, codec: str) -> Iterator[str]:
+    # Strict: an undecodable byte raises here, where the csv module asks for its line.
+    while (line := source.line_bytes()) is not None:
+        yield line.decode(codec)
+
+
+class _BlockParser:
+    """pyarrow's CSV parser with quoting off, for blocks where it reads what the csv module would."""
+
+    def __init__(self, delimiter: str, width: int, wanted: Sequence[int], encoding: str):
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        self.delimiter, self.width = delimiter, width
+        self.sep = delimiter.encode("utf-8")
+        self.unit = bytes.maketrans(self.sep, UNIT.encode())
+        self.codec = None if encoding == "utf-8" else CODECS[encoding]  # transcoded to UTF-8 first
+        names = [f"c{i}" for i in range(width)]
+        # At least one column: pyarrow reads every column when include_columns is empty.
+        include = [names[i] for i in (wanted or [0])]
+        self._read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=2 * BLOCK_BYTES + 1)
+        self._parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
+                                         escape_char=False, newlines_in_values=False, ignore_empty_lines=False)
+        self._convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in include}, include_columns=include,
+                                             strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                             check_utf8=False)
+        self._pa, self._csv = pa, pacsv
+
+    @staticmethod
+    def usable(delimiter: str | None) -> bool:
+        # One ASCII byte that is neither a quote nor a line break nor one of _CSV_ONLY.
+        return (delimiter is not None and len(delimiter) == 1 and delimiter.isascii()
+                and delimiter not in '"\r\n\x00' + UNIT)
+
+    def _table(self, data: bytes, rows: int | None) -> Any:
+        if data.startswith(codecs.BOM_UTF8):
+            return None  # pyarrow would drop it; the csv module keeps it in the first field
+        try:
+            table = self._csv.read_csv(self._pa.py_buffer(data), read_options=self._read,
+                                       parse_options=self._parse, convert_options=self._convert)
+        except (self._pa.ArrowInvalid, self._pa.ArrowException):
+            return None
+        return table if rows is None or table.num_rows == rows else None
+
+    def parse(self, data: bytes, first_line: int) -> _Block | None:
+        """The block's records, or None where only the csv module may read it."""
+        try:
+            if self.codec is None:
+                data.decode("utf-8")
+            else:
+                data = data.decode(self.codec).encode("utf-8")
+        except UnicodeDecodeError:
+            return None  # the csv module reads up to the byte and names its line
+        eol = b"\n"
+        if b"\r" in data:
+            cr = data.count(b"\r")
+            if data.count(b"\r\n") != cr or data.count(b"\n") != cr:
+                return None  # a lone CR breaks a line too; mixed line breaks are left to the csv module
+            eol = b"\r\n"
+        # pyarrow reads a blank line as a record of empty fields; the csv module skips it.
+        if not (data.startswith(eol) or eol + eol in data):
+            # pyarrow raises on a line with another number of fields: then each line is looked at.
+            # Otherwise each line is one of its rows (a line ends at LF or CRLF, for both).
+            table = self._table(data, None)
+            if table is not None:
+                n_lines = table.num_rows
+                lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
+                return _Block(data, eol, self.unit, table, n_lines, lines, None, [])
+        parts = data.split(eol)
+        if data.endswith(eol):
+            parts.pop()
+        n_lines = len(parts)
+        rows, ragged, fields_less = [], [], self.width - 1
+        for i, line in enumerate(parts):
+            if not line:
+                continue  # a blank line carries no row
+            if line.count(self.sep) == fields_less:
+                rows.append(i)
+            else:
+                fields = line.decode("utf-8").split(self.delimiter)
+                n = first_line + i
+                ragged.append((n, fields, f"line {n} has {len(fields)} fields, the header has {self.width}"))
+        table = self._table(eol.join([parts[i] for i in rows]) + eol, len(rows)) if rows else None
+        if rows and table is None:
+            return None
+        if table is None:
+            table = self._table_of_nothing()
+        lines = first_line + np.asarray(rows, dtype=np.int64)
+        return _Block(data, eol, self.unit, table, n_lines, lines, rows, ragged)
+
+    def _table_of_nothing(self) -> Any:
+        return self._pa.table({name: self._pa.array([], self._pa.string()) for name in self._convert.include_columns})
 
 
 class SourceReader:
@@ -118,6 +464,7 @@ class SourceReader:
         self.rows_in = 0
         self._digest = hashlib.sha256()
         self._done = False
+        self._arrow = True  # blocks of plain lines through pyarrow (tests turn it off to compare)
         _check_file(self.path)
         # Taken before the first byte is read (the header included), compared after the last.
         before = FileState.of(self.path)
@@ -142,12 +489,15 @@ class SourceReader:
             raise RuntimeError("sha256 is known only after the whole file has been read")
         return self._digest.hexdigest()
 
-    def __iter__(self) -> Iterator[Chunk]:
-        chunks = self._csv_chunks() if self.format == "csv" else self._parquet_chunks()
+    def batches(self, columns: Sequence[int] | None = None) -> Iterator[Batch]:
+        """The records column-wise, `chunk_rows` at a time; `columns` (header positions, default
+        all) are the ones `Batch.column` gives."""
+        wanted = list(range(len(self.header))) if columns is None else sorted(set(columns))
+        batches = self._csv_batches(wanted) if self.format == "csv" else self._parquet_batches()
         try:
-            for chunk in chunks:
-                self.rows_in += len(chunk)
-                yield chunk
+            for batch in batches:
+                self.rows_in += len(batch)
+                yield batch
         except DataError as err:
             # A file cut short mid-read shows up as a parse error (an unclosed quote, a cut
             # multi-byte character, a damaged Parquet footer): the change is the cause to report.
@@ -155,6 +505,10 @@ class SourceReader:
             raise
         self._check_unchanged()
         self._done = True
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for batch in self.batches():
+            yield batch.chunk()
 
     def head(self, rows: int) -> list[list[str]]:
         """The first `rows` well-formed records, from a read of their own (this reader's
@@ -168,11 +522,13 @@ class SourceReader:
                 raise DataError(f"{self.path}: cannot read Parquet: {err}") from None
             return [] if batch is None else _text_records(batch)
         again = SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=rows)
-        chunks = again._csv_chunks()
+        again.header = self.header
+        batches = again._csv_batches(list(range(len(self.header))))
         try:
-            return next(chunks, Chunk()).records
+            first = next(batches, None)
+            return [] if first is None else first.records()
         finally:
-            chunks.close()
+            batches.close()
 
     def _check_unchanged(self, cause: BaseException | None = None) -> None:
         change = self._before.change_to(FileState.of(self.path))
@@ -182,64 +538,114 @@ class SourceReader:
 
     # ------------------------------------------------------------------------------------ CSV
 
-    def _open_text(self, digest: Any | None) -> io.TextIOWrapper:
-        raw = open(self.path, "rb", buffering=0)
-        stream = _HashingRaw(raw, digest) if digest is not None else raw
-        return io.TextIOWrapper(io.BufferedReader(stream, 1 << 20), encoding=CODECS[self.encoding], newline="")
+    def _open_text(self) -> io.TextIOWrapper:
+        return open(self.path, encoding=CODECS[self.encoding], newline="", buffering=1 << 20)
 
     def _csv_header(self) -> list[str]:
         csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-        with self._decoding(), self._open_text(None) as text:
+        with self._decoding(), self._open_text() as text:
             for fields in csv.reader(text, delimiter=self.delimiter):
                 if fields and any(f.strip() for f in fields):
                     return check_header(self.path, fields)
         raise DataError(f"{self.path}: file is empty (expected a header line and data rows)")
 
-    def _csv_chunks(self) -> Iterator[Chunk]:
-        # The hot loop of every scan: kept flat, with the common case (a well-formed record) first.
-        # The cyclic garbage collector is paused while a chunk fills: tens of thousands of new
-        # lists of strings (which cannot form cycles) would otherwise trigger a collection every
-        # few hundred rows and more than double the time per row. It runs again before each yield.
-        width, limit = len(self.header), self.chunk_rows
-        chunk = Chunk()
-        records, lines = chunk.records, chunk.lines
+    def _csv_batches(self, wanted: list[int]) -> Iterator[Batch]:
+        # Blocks of plain lines go to pyarrow; the rest, from the first line that needs it, to the
+        # csv module (see the module docstring). The cyclic garbage collector is paused while
+        # records are read: the csv module's tens of thousands of new lists of strings (which
+        # cannot form cycles) would otherwise trigger a collection every few hundred rows and
+        # more than double the time per row. It runs again while a batch is out.
+        width = len(self.header)
+        blocks = (_BlockParser(self.delimiter, width, wanted, self.encoding)
+                  if self._arrow and _BlockParser.usable(self.delimiter) else None)
+        codec = "utf-8" if self.encoding == "utf-8" else CODECS[self.encoding]
+        out = _Batches(self.chunk_rows)
+        source = _Source(self.path, self._digest)
         collecting = gc.isenabled()
-        with self._decoding(), self._open_text(self._digest) as text:
-            reader = csv.reader(text, delimiter=self.delimiter)
-            prev_end = 0
-            try:
-                gc.disable()
-                for fields in reader:  # up to and including the header
-                    prev_end = reader.line_num
-                    if fields and any(f.strip() for f in fields):
+        try:
+            gc.disable()
+            with self._decoding():
+                if self.encoding == "utf-8":
+                    source.fill(len(codecs.BOM_UTF8))
+                    if source.buf.startswith(codecs.BOM_UTF8):
+                        source.pos = len(codecs.BOM_UTF8)  # as the utf-8-sig codec does
+                self._skip_header(source, codec)
+                while True:
+                    end = source.block_end(BLOCK_BYTES)
+                    start = source.pos
+                    if start == len(source.buf) and source.eof:
                         break
-                for fields in reader:
-                    start, prev_end = prev_end + 1, reader.line_num
-                    if prev_end > start and self._runaway(fields, start, prev_end, width):
-                        raise self._unclosed(start, prev_end, "runs to line")
-                    if len(fields) == width:
-                        records.append(fields)
-                        lines.append(start)
-                        if len(records) >= limit:
-                            if collecting:
-                                gc.enable()
-                            yield chunk
-                            gc.disable()
-                            chunk = Chunk()
-                            records, lines = chunk.records, chunk.lines
-                    elif fields:  # a blank line carries no row
-                        where = f"line {start}" if prev_end == start else f"the record on lines {start}-{prev_end}"
-                        why = f"{where} has {len(fields)} fields, the header has {width}"
-                        chunk.ragged.append((start, fields, why))
-            except csv.Error as err:
-                if "field larger than field limit" in str(err):
-                    raise self._unclosed(prev_end + 1, reader.line_num, "is still open at line") from None
-                raise DataError(f"{self.path}: line {reader.line_num}: cannot parse CSV: {err}") from None
-            finally:
-                if collecting:
-                    gc.enable()
-        if chunk:
-            yield chunk
+                    if blocks is not None and end > start:
+                        data = source.buf[start:end]
+                        hits = [i for i in (data.find(b) for b in _CSV_ONLY) if i >= 0]
+                        plain = len(data) if not hits else data.rfind(b"\n", 0, min(hits)) + 1
+                        block = blocks.parse(data[:plain] if plain < len(data) else data, source.line + 1) if plain else None
+                        if block is not None:
+                            source.pos += plain
+                            source.line += block.n_lines
+                            for batch in out.block(block):
+                                if collecting:
+                                    gc.enable()
+                                yield batch
+                                gc.disable()
+                            if plain == len(data):
+                                continue
+                    # The csv module, from here to the end of the block (at least one record).
+                    until = source.base + max(end, source.pos + 1)
+                    for batch in self._csv_records(source, codec, until, out):
+                        if collecting:
+                            gc.enable()
+                        yield batch
+                        gc.disable()
+        finally:
+            source.close()
+            if collecting:
+                gc.enable()
+        last = out.rest()
+        if last is not None:
+            yield last
+
+    def _skip_header(self, source: _Source, codec: str) -> None:
+        """Consume the lines up to and including the header's (blank ones may come before it)."""
+        reader = csv.reader(_decoded_lines(source, codec), delimiter=self.delimiter)
+        try:
+            for fields in reader:
+                if fields and any(f.strip() for f in fields):
+                    return
+        except csv.Error as err:
+            raise self._csv_error(err, 1, source.line) from None
+
+    def _csv_records(self, source: _Source, codec: str, until: int, out: _Batches) -> Iterator[Batch]:
+        """Records through the csv module from the source's position until its offset passes
+        `until`, at a record boundary; a full batch is given as soon as it is."""
+        width = len(self.header)
+        reader = csv.reader(_decoded_lines(source, codec), delimiter=self.delimiter)
+        start = source.line + 1
+        try:
+            while True:
+                start = source.line + 1
+                fields = next(reader, None)
+                if fields is None:
+                    return
+                end = source.line
+                if end > start and self._runaway(fields, start, end, width):
+                    raise self._unclosed(start, end, "runs to line")
+                if len(fields) == width:
+                    batch = out.record(fields, start)
+                    if batch is not None:
+                        yield batch
+                elif fields:  # a blank line carries no row
+                    where = f"line {start}" if end == start else f"the record on lines {start}-{end}"
+                    out.ragged_line((start, fields, f"{where} has {len(fields)} fields, the header has {width}"))
+                if source.offset >= until:
+                    return
+        except csv.Error as err:
+            raise self._csv_error(err, start, source.line) from None
+
+    def _csv_error(self, err: csv.Error, start: int, line: int) -> DataError:
+        if "field larger than field limit" in str(err):
+            return self._unclosed(start, line, "is still open at line")
+        return DataError(f"{self.path}: line {line}: cannot parse CSV: {err}")
 
     def _runaway(self, fields: list[str], start: int, end: int, width: int) -> bool:
         if end - start + 1 > MAX_RECORD_LINES:
@@ -292,7 +698,7 @@ class SourceReader:
             raise DataError(f"{self.path}: has columns but no data rows")
         return header
 
-    def _parquet_chunks(self) -> Iterator[Chunk]:
+    def _parquet_batches(self) -> Iterator[Batch]:
         import pyarrow as pa
 
         with open(self.path, "rb") as fh:
@@ -302,7 +708,8 @@ class SourceReader:
         try:
             for batch in self._parquet_file().iter_batches(batch_size=self.chunk_rows):
                 records = _text_records(batch)
-                yield Chunk(records, list(range(row + 1, row + 1 + len(records))), [])
+                rows = _Rows(records, list(range(row + 1, row + 1 + len(records))))
+                yield Batch([(rows, 0, len(records))] if records else [], [])
                 row += len(records)
         except (pa.ArrowException, OSError) as err:
             raise DataError(f"{self.path}: cannot read Parquet: {err}") from None
@@ -375,6 +782,15 @@ def check_text_encoding(path: Path) -> None:
         f"no setting of source.encoding reads {name}. Convert it to UTF-8, e.g. `iconv -f {iconv} -t UTF-8 "
         f"{path.name} > {path.stem}.utf8{path.suffix}` (or save it as \"CSV UTF-8\"), and point source.path at "
         f"the converted file")
+
+
+def by_value(array: Any) -> tuple[np.ndarray, list[str]]:
+    """(per row an index into the values, the distinct values as Python strings) of a pyarrow
+    string array: a rule written for one value is then run once per distinct value, not per row."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(array)
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
 
 
 def _text_records(batch: Any) -> list[list[str]]:
