@@ -9,12 +9,11 @@ clock inside, so a backfill judges expiry on its own date and a test on a fixed 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from datetime import date, datetime, timezone
-from itertools import compress
-from operator import itemgetter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ppmlops.spec import Consent
 
@@ -55,47 +54,74 @@ class ConsentRules:
 
     def check(self, rec: Sequence[str]) -> tuple[str, str] | None:
         """None if the row may be used, else (kind, reason)."""
-        col, i, granted = self.flag
-        if rec[i].strip().lower() not in granted:
-            return FLAG, f"column {col}: {rec[i]!r} does not grant consent"
-        if self.purposes is not None:
-            col, i, wanted = self.purposes
-            given = {p.strip().lower() for p in _SPLIT.split(rec[i]) if p.strip()}
-            if wanted not in given:
-                listed = f"{rec[i]!r}" if rec[i].strip() else "no purpose"
-                return PURPOSE, f"column {col}: {listed} does not include the purpose {self.consent.purpose!r}"
-        if self.expiry is not None:
-            col, i = self.expiry
-            text = rec[i].strip()
-            if not text:
-                if self.consent.expiry_required:
-                    return EXPIRED, f"column {col}: no expiry date, and the spec requires one"
-            else:
-                until = parse_expiry(text)
-                if until is None:
-                    return EXPIRED, f"column {col}: {rec[i]!r} is not an ISO 8601 date (YYYY-MM-DD)"
-                if until < self.as_of:
-                    return EXPIRED, f"column {col}: consent expired on {until.isoformat()} (run date {self.as_of.isoformat()})"
+        for index, rule in self._rules():
+            refused = rule(rec[index])
+            if refused is not None:
+                return refused
         return None
 
+    def refusals(self, column: Callable[[int], Any], rows: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """`check` for a whole batch, given its columns by header position (pyarrow string
+        arrays): per row an index into the returned (kind, reason) list, or -1 where the row may
+        be used. Each rule reads one column, so it is judged once per distinct value there, and
+        a row's refusal is its first rule's that fails, as in `check`."""
+        from ppmlops.data.reading import by_value
 
-    def split(self, records: list[Sequence[str]]) -> tuple[list[Sequence[str]], dict[str, int]]:
-        """The records that may be used, and the refusals by rule, for a whole chunk at once."""
-        col, i, granted = self.flag
-        if self.purposes is None and self.expiry is None:
-            # The flag alone: decided without building a reason per row.
-            flags = [v.strip().lower() in granted for v in map(itemgetter(i), records)]
-            kept = list(compress(records, flags))
-            refused = len(records) - len(kept)
-            return kept, ({FLAG: refused} if refused else {})
-        kept, counts = [], Counter()
-        for rec in records:
-            refused = self.check(rec)
-            if refused is None:
-                kept.append(rec)
-            else:
-                counts[refused[0]] += 1
-        return kept, dict(counts)
+        out = np.full(rows, -1, dtype=np.int64)
+        found: list[tuple[str, str]] = []
+        for index, rule in self._rules():
+            codes, values = by_value(column(index))
+            verdict = np.full(len(values), -1, dtype=np.int64)
+            for k, value in enumerate(values):
+                refused = rule(value)
+                if refused is not None:
+                    verdict[k] = len(found)
+                    found.append(refused)
+            if (verdict >= 0).any():
+                per_row = verdict[codes]
+                first = (out < 0) & (per_row >= 0)
+                out[first] = per_row[first]
+        return out, found
+
+    def columns(self) -> list[int]:
+        """The header positions the rules read."""
+        return [index for index, _ in self._rules()]
+
+    def _rules(self) -> list[tuple[int, Callable[[str], tuple[str, str] | None]]]:
+        rules = [(self.flag[1], self._flag)]
+        if self.purposes is not None:
+            rules.append((self.purposes[1], self._purpose))
+        if self.expiry is not None:
+            rules.append((self.expiry[1], self._expiry))
+        return rules
+
+    def _flag(self, value: str) -> tuple[str, str] | None:
+        col, _, granted = self.flag
+        if value.strip().lower() not in granted:
+            return FLAG, f"column {col}: {value!r} does not grant consent"
+        return None
+
+    def _purpose(self, value: str) -> tuple[str, str] | None:
+        col, _, wanted = self.purposes
+        given = {p.strip().lower() for p in _SPLIT.split(value) if p.strip()}
+        if wanted not in given:
+            listed = f"{value!r}" if value.strip() else "no purpose"
+            return PURPOSE, f"column {col}: {listed} does not include the purpose {self.consent.purpose!r}"
+        return None
+
+    def _expiry(self, value: str) -> tuple[str, str] | None:
+        col, _ = self.expiry
+        text = value.strip()
+        if not text:
+            if self.consent.expiry_required:
+                return EXPIRED, f"column {col}: no expiry date, and the spec requires one"
+            return None
+        until = parse_expiry(text)
+        if until is None:
+            return EXPIRED, f"column {col}: {value!r} is not an ISO 8601 date (YYYY-MM-DD)"
+        if until < self.as_of:
+            return EXPIRED, f"column {col}: consent expired on {until.isoformat()} (run date {self.as_of.isoformat()})"
+        return None
 
 
 def today() -> date:

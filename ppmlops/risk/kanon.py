@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -65,12 +65,21 @@ def row_hashes(columns: Sequence[Sequence[str]]) -> np.ndarray:
     Each column is hashed by pandas (SipHash of the string, vectorized) and the columns are
     chained as h = h x MIX + column hash (mod 2^64), so ("a", "bc") and ("ab", "c") differ.
     """
+    return chain_hashes(value_hashes(col) for col in columns)
+
+
+def value_hashes(values: Sequence[str]) -> np.ndarray:
+    """The hash row_hashes gives each value of one column (uint64)."""
     import pandas as pd
 
+    return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+
+
+def chain_hashes(columns: Iterable[np.ndarray]) -> np.ndarray:
+    """row_hashes' chaining of per-column hashes (equal lengths) into one hash per row."""
     out: np.ndarray | None = None
     with np.errstate(over="ignore"):
-        for col in columns:
-            h = pd.util.hash_array(np.asarray(col, dtype=object), categorize=False)
+        for h in columns:
             out = h if out is None else out * _MIX + h
     return out if out is not None else np.zeros(0, dtype=np.uint64)
 

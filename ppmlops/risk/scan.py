@@ -11,6 +11,12 @@ a file larger than memory is scanned in bounded memory:
   the `sample_rows` rows with the smallest keys are kept, which is a uniform sample without
   replacement whatever the file's length, the same for the same seed and file;
 - rows' quasi-identifier tuples, when columns are given, are hashed into a ClassCounter.
+
+Rows are read column-wise (ppmlops.data.reading.Batch) and only the consent and
+quasi-identifier columns are held as arrays: consent rules and the stripping and hashing of a
+quasi-identifier value run once per distinct value of a batch, and a whole record is built only
+for the rows the sample keeps. The results are those of the row-wise scan: the same refusals,
+the same random keys in the same order, the same 64-bit hashes.
 """
 
 from __future__ import annotations
@@ -19,17 +25,16 @@ import csv
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import itemgetter
 from datetime import date
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ppmlops.data.consent import ConsentRules
-from ppmlops.data.reading import SourceReader, detect_encoding, to_csv_line
+from ppmlops.data.reading import Batch, SourceReader, by_value, detect_encoding, to_csv_line
 from ppmlops.errors import DataError
-from ppmlops.risk.kanon import ClassCounter, ClassStats, row_hashes
+from ppmlops.risk.kanon import ClassCounter, ClassStats, chain_hashes, value_hashes
 from ppmlops.spec import Consent
 
 MAX_LINES_LISTED = 20
@@ -112,26 +117,32 @@ class _Sample:
         self.keys = np.zeros(0)
         self.rows: list[tuple[int, list[str]]] = []
 
-    def offer(self, file_index: int, records: list[list[str]]) -> None:
-        if not records:
+    def offer(self, file_index: int, count: int, fetch: Callable[[np.ndarray], list[list[str]]]) -> None:
+        """`count` usable rows; `fetch(positions)` gives the records at those positions among
+        them, asked only for the rows that enter the sample."""
+        if not count:
             return
-        keys = self.rng.random(len(records))
+        keys = self.rng.random(count)
         if self.size <= 0:
             return
         if len(self.rows) >= self.size:
             cut = self.keys.max()
             keep = np.flatnonzero(keys < cut)
         else:
-            keep = np.arange(len(records))
+            keep = np.arange(count)
         if len(keep) == 0:
             return
         self.keys = np.concatenate([self.keys, keys[keep]])
-        self.rows.extend((file_index, records[i]) for i in keep)
-        if len(self.rows) > self.size:
-            best = np.argpartition(self.keys, self.size - 1)[: self.size]
-            best.sort()
-            self.keys = self.keys[best]
-            self.rows = [self.rows[i] for i in best]
+        held = len(self.rows)
+        if len(self.keys) <= self.size:
+            self.rows.extend((file_index, rec) for rec in fetch(keep))
+            return
+        best = np.argpartition(self.keys, self.size - 1)[: self.size]
+        best.sort()
+        new = best[best >= held]
+        fetched = fetch(keep[new - held])
+        self.rows = [self.rows[i] for i in best[best < held]] + [(file_index, rec) for rec in fetched]
+        self.keys = self.keys[best]
 
 
 def scan_sources(
@@ -172,23 +183,24 @@ def scan_sources(
             rules = ConsentRules(consent, reader.header, as_of, reader.path) if consent is not None else None
             refusals: Counter = Counter()
             qi_index = [reader.header.index(c) if c in reader.header else None for c in (qi_columns or [])]
-            for chunk in reader:
-                for line, fields, why in chunk.ragged:
+            wanted = (rules.columns() if rules is not None else []) + [i for i in qi_index if i is not None]
+            for batch in reader.batches(wanted):
+                for line, fields, why in batch.ragged:
                     info.rows_malformed += 1
                     if len(info.malformed_lines) < MAX_LINES_LISTED:
                         info.malformed_lines.append(line)
                     if writer is not None:
                         writer.write(reader.path, line, why, to_csv_line(fields, reader.delimiter or ","))
-                records = chunk.records
+                used = np.arange(batch.num_rows)
                 if rules is not None:
-                    records, refused = rules.split(records)
-                    refusals.update(refused)
-                rows_used += len(records)
-                sample.offer(index, records)
-                if counter is not None and records:
-                    # Stripped, so " Male" and "Male" fall in one class, as ingestion would stage them.
-                    counter.add(row_hashes([list(map(str.strip, map(itemgetter(i), records))) if i is not None
-                                            else [""] * len(records) for i in qi_index]))
+                    refusal, found = rules.refusals(batch.column, batch.num_rows)
+                    for code, n in zip(*np.unique(refusal[refusal >= 0], return_counts=True)):
+                        refusals[found[code][0]] += int(n)
+                    used = np.flatnonzero(refusal < 0)
+                rows_used += len(used)
+                sample.offer(index, len(used), lambda at, batch=batch, used=used: batch.records(used[at].tolist()))
+                if counter is not None and len(used):
+                    counter.add(_class_hashes(batch, qi_index, used))
             info.rows_in = reader.rows_in
             info.sha256 = reader.sha256
             info.rows_refused = sum(refusals.values())
@@ -215,6 +227,20 @@ def class_stats_of(sources: Sequence[SourceInput], qi: Sequence[str], k: int, *,
     """A second pass for equivalence classes only, when the quasi-identifiers are known late."""
     return scan_sources(sources, consent=consent, as_of=as_of, sample_rows=0, qi_columns=qi, k=k,
                         chunk_rows=chunk_rows).classes
+
+
+def _class_hashes(batch: Batch, qi_index: Sequence[int | None], rows: np.ndarray) -> np.ndarray:
+    """row_hashes of the stripped quasi-identifier values of `rows` (a column the file lacks
+    counts as empty), hashing each distinct value of a column once."""
+
+    def column(i: int | None) -> np.ndarray:
+        if i is None:
+            return np.repeat(value_hashes([""]), len(rows))
+        codes, values = by_value(batch.column(i))
+        # Stripped, so " Male" and "Male" fall in one class, as ingestion would stage them.
+        return value_hashes([v.strip() for v in values])[codes[rows]]
+
+    return chain_hashes(column(i) for i in qi_index)
 
 
 class _QuarantineWriter:
