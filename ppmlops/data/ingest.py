@@ -27,6 +27,16 @@ Everything streams: a chunk of rows (reading.CHUNK_ROWS) is read, checked, split
 the snapshots (one Parquet row group per chunk) and the quarantine file, and hashed, before the
 next is read, so memory does not grow with the source (benchmarks/ingest_memory.py).
 
+A chunk is checked column-wise (reading.Batch): each rule that reads one column (consent, label,
+category, the window's timestamp) is judged once per distinct value; a number is accepted at once
+when its text is a plain number (the _NUMBER form, nothing around it) that pyarrow parses to a
+finite value in range (pyarrow and Python both round decimal text correctly, so the doubles are
+the same). Every other row (a refusal aside, whose reason is its consent value's) is checked by
+_RowChecker.check on its whole record, as before, which writes the reasons; only the rows that
+pass or are quarantined leave the columns as Python objects. The split hash runs per accepted
+row over the record's fields joined as before; the canonical hash is written from the staged
+columns (ingest._canonical_columns) byte for byte as the row-wise writer would.
+
 Without a test_source, the test partition is chosen per row by a keyed hash of the row's
 content (key: spec.training.seed), so a row keeps its partition when the dataset grows between
 retraining runs; the ledger's per-partition accounting relies on that.
@@ -61,13 +71,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from ppmlops.data import quarantine
 from ppmlops.data.person_bound import KEEP, OVER, PersonBound, bound_key
 from ppmlops.data.consent import ConsentRules, today
 from ppmlops.privacy.blocks import BlockCalendar, calendar_of
 from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
-from ppmlops.data.reading import CHUNK_ROWS, SourceReader, match_declared, missing_columns
+from ppmlops.data.reading import CHUNK_ROWS, UNIT, Batch, SourceReader, by_value, match_declared, missing_columns
 from ppmlops.errors import DataError
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source
 
@@ -87,6 +99,9 @@ MALFORMED_LINE = "malformed line"
 # Plain decimal or scientific notation in ASCII digits; float() alone would also take "1_000",
 # "nan", "inf" and other scripts' digits ("٣٠", "３０"), which no declared range was written for.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# The same form for pyarrow's regex engine (RE2), over the whole unstripped value: text it matches
+# has no surrounding whitespace, so it is its own .strip().
+_PLAIN_NUMBER = "^(?:" + _NUMBER.pattern + ")$"
 
 
 @dataclass
@@ -210,6 +225,28 @@ class _WindowFilter:
         return None
 
 
+    def verdicts(self, batch: Batch) -> tuple[np.ndarray, dict[int, str]]:
+        """`keep` and `outside_blocks` for every record of a batch, judged once per distinct
+        timestamp text: per row 1 (inside), 0 (outside) or -1 (no timestamp), and the rows of the
+        window in no open block -> why."""
+        if self.index is None:
+            return np.ones(batch.num_rows, dtype=np.int8), {}
+        codes, values = by_value(batch.column(self.index))
+        keep_of = np.empty(len(values), dtype=np.int8)
+        why_of: list[str | None] = []
+        for k, value in enumerate(values):
+            rec = {self.index: value}  # the methods read only this column
+            keep = self.keep(rec)
+            keep_of[k] = -1 if keep is None else int(keep)
+            why_of.append(None if keep is False else self.outside_blocks(rec, keep))
+        why = {}
+        if any(w is not None for w in why_of):
+            has = np.array([w is not None for w in why_of])
+            for row in np.flatnonzero(has[codes]).tolist():
+                why[row] = why_of[codes[row]]
+        return keep_of[codes], why
+
+
 def keep_invalid(window: _WindowFilter) -> tuple[str, str, str]:
     return INVALID_VALUE, f"column {window.column}: not an ISO 8601 date or date-time (the run's window needs one)", ""
 
@@ -283,6 +320,47 @@ class _RowChecker:
         self.categorical = [(f.name, index(f.name), set(f.categories))
                             for f in ds.features if isinstance(f, CategoricalFeature)]
 
+    def columns(self) -> list[int]:
+        """The header positions the checks and the pseudonyms read."""
+        used = [self.label[1]] + [i for _, i, _ in self.numeric] + [i for _, i, _ in self.categorical]
+        used += [i for _, i in self.pseudonyms] + (self.consent.columns() if self.consent is not None else [])
+        return sorted(set(used))
+
+    def accepted(self, batch: Batch) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None, list[tuple[str, str]]]:
+        """What `check` accepts in a batch, decided column-wise, and what it would stage there:
+        (rows certainly accepted, staged values by column for all rows (meaningful where
+        accepted; numbers as float64, text as pyarrow strings), consent refusal per row (an
+        index into the (kind, reason) list, -1 for none; None without consent rules), that
+        list). A row not certainly accepted may still be (e.g. " 30 "): `check` decides it."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        rows = batch.num_rows
+        ok = np.ones(rows, dtype=bool)
+        refusal, refusals = None, []
+        if self.consent is not None:
+            refusal, refusals = self.consent.refusals(batch.column, rows)
+            ok &= refusal < 0
+        staged: dict[str, Any] = {}
+        col, i, allowed, _ = self.label
+        good, staged[col] = _in_set(batch.column(i), allowed)
+        ok &= good
+        for col, i, (lo, hi) in self.numeric:
+            text = batch.column(i)
+            plain = pc.match_substring_regex(text, _PLAIN_NUMBER)
+            try:
+                x = pc.cast(pc.if_else(plain, text, "0"), pa.float64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid:  # not expected for the _NUMBER form; `check` then decides every row
+                ok[:] = False
+                x = np.zeros(rows)
+            with np.errstate(invalid="ignore"):
+                ok &= plain.to_numpy(zero_copy_only=False) & np.isfinite(x) & (lo <= x) & (x <= hi)
+            staged[col] = x
+        for col, i, allowed in self.categorical:
+            good, staged[col] = _in_set(batch.column(i), allowed)
+            ok &= good
+        return ok, staged, refusal, refusals
+
     def check(self, rec: list[str]) -> tuple[str, str, str] | dict[str, Any]:
         """(category, reason, consent rule) for a row to quarantine, else the row's staged values by column."""
         if self.consent is not None:
@@ -328,6 +406,16 @@ class _RowChecker:
         return out
 
 
+def _in_set(text: Any, allowed: set[str]) -> tuple[np.ndarray, Any]:
+    """Per row whether value.strip() is allowed, and value.strip() (as `check` stages it)."""
+    import pyarrow as pa
+
+    codes, values = by_value(text)
+    stripped = [v.strip() for v in values]
+    good = np.array([v in allowed for v in stripped], dtype=bool)
+    return good[codes], pa.array(stripped, pa.string()).take(pa.array(codes))
+
+
 # --------------------------------------------------------------------------- staging
 
 
@@ -339,6 +427,24 @@ def _is_test(rec: Sequence[str], key: bytes, fraction: float) -> bool:
     """The keyed hash of the row's content decides its partition (see the module docstring)."""
     digest = hashlib.blake2b("\x1f".join(rec).encode("utf-8"), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def _are_test(joined: Iterable[bytes], key: bytes, fraction: float) -> np.ndarray:
+    """`_is_test` of many rows, given each row's fields joined by UNIT as UTF-8.
+
+    The digests are the same; the comparison is done in float64: a uint64 converts to the
+    nearest double (as int / int in Python rounds the exact quotient) and dividing by 2**64 is
+    exact, so the verdicts are the same too.
+    """
+    base = hashlib.blake2b(digest_size=8, key=key)
+    digests = []
+    append, copy = digests.append, base.copy
+    for message in joined:
+        h = copy()
+        h.update(message)
+        append(h.digest())
+    draws = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.float64)
+    return draws / 2.0**64 < fraction
 
 
 def snapshot_columns(spec: PipelineSpec) -> list[str]:
@@ -369,6 +475,73 @@ def _canonical_rows(rows: Iterable[Sequence[Any]], floats: bool = True) -> str:
     return buf.getvalue()
 
 
+def _float_text(x: np.ndarray) -> Any:
+    """repr() of each float64 (as _canonical_rows writes them), computed once per distinct bit
+    pattern (so -0.0 and 0.0 stay apart), as a pyarrow string array."""
+    import pyarrow as pa
+
+    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.int64)
+    distinct, inverse = np.unique(bits, return_inverse=True)
+    texts = pa.array([repr(v) for v in distinct.view(np.float64).tolist()], pa.string())
+    return texts.take(pa.array(inverse.reshape(-1)))
+
+
+def _csv_field(value: str) -> str:
+    """One field as csv.writer writes it within a row of two or more."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([value, ""])
+    return buf.getvalue()[:-2]
+
+
+def _csv_text(text: Any) -> Any:
+    """A pyarrow string array's values as csv.writer writes them: those holding a character the
+    writer may quote for (a superset: comma, quote, CR, LF) are written by csv itself."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = text.cast(pa.string())
+    special = pc.match_substring_regex(text, '[",\r\n]')
+    if not pc.any(special).as_py():
+        return text
+    rows = np.flatnonzero(special.to_numpy(zero_copy_only=False))
+    quoted = [_csv_field(v) for v in text.take(pa.array(rows)).to_pylist()]
+    return pc.replace_with_mask(text, special, pa.array(quoted, pa.string()))
+
+
+def _canonical_columns(columns: Sequence[Any]) -> bytes | None:
+    """The rows of `columns` as _canonical_rows writes them (UTF-8), built column-wise; None
+    where this does not apply (another type than float64 or text, a null, a single column: a
+    lone empty field is quoted) and the caller must write the rows one by one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(columns) < 2:
+        return None
+    texts = []
+    for col in columns:
+        if isinstance(col, np.ndarray):
+            if col.dtype != np.float64:
+                return None
+            texts.append(_float_text(col))
+            continue
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if col.null_count:
+            return None
+        if col.type == pa.float64():
+            texts.append(_float_text(col.to_numpy(zero_copy_only=False)))
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            texts.append(_csv_text(col))
+        else:
+            return None
+    if len(texts[0]) == 0:
+        return b""
+    texts[-1] = pc.binary_join_element_wise(texts[-1], "\n", "")
+    lines = pc.binary_join_element_wise(*texts, ",")
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset: lines.offset + len(lines) + 1]
+    return lines.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+
+
 def canonical_sha256(partitions: Iterable[tuple[str, Sequence[str], Iterable[Sequence[Any]]]]) -> str:
     """SHA-256 over (name, columns, rows) per partition as canonical CSV.
 
@@ -382,12 +555,17 @@ def canonical_sha256(partitions: Iterable[tuple[str, Sequence[str], Iterable[Seq
     return h.hexdigest()
 
 
-def _parquet_rows(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[list[str], list[tuple]]]:
+def _parquet_canonical(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+    """A Parquet file's rows as canonical CSV (UTF-8), a batch at a time."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=batch_rows):
-        yield batch.schema.names, list(zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns))))
+        text = _canonical_columns(batch.columns)
+        if text is None:
+            rows = list(zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns))))
+            text = _canonical_rows(rows).encode("utf-8")
+        yield text
 
 
 def snapshot_sha256(train_path: str | Path, test_path: str | Path) -> str:
@@ -397,8 +575,8 @@ def snapshot_sha256(train_path: str | Path, test_path: str | Path) -> str:
     h = hashlib.sha256()
     for name, path in (("train", train_path), ("test", test_path)):
         h.update(_canonical_part(name, pq.ParquetFile(path).schema_arrow.names).encode("utf-8"))
-        for _, rows in _parquet_rows(path):
-            h.update(_canonical_rows(rows).encode("utf-8"))
+        for text in _parquet_canonical(path):
+            h.update(text)
     return h.hexdigest()
 
 
@@ -411,7 +589,8 @@ class _Snapshot:
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer = None
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, columns: dict[str, Any], rows: int) -> None:
+        """Append `rows` rows given column-wise (float64 arrays for numbers, strings else)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -419,9 +598,9 @@ class _Snapshot:
             return
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, self._schema)
-        table = pa.table({c: [r[c] for r in rows] for c in self.columns}, schema=self._schema)
+        table = pa.table({c: columns[c] for c in self.columns}, schema=self._schema)
         self._writer.write_table(table)
-        self.rows += len(rows)
+        self.rows += rows
 
     def commit(self) -> None:
         if self._writer is None:
@@ -548,26 +727,24 @@ class _IngestRun:
         bound = PersonBound(self.ds.id, unit.column, unit.max_rows, bound_key(self.ds.id, home))
         return bound, [r.header.index(unit.column) for r in self.readers]
 
-    def _in_run(self, n: int, rec: list[str]) -> tuple[bool | None, str | None]:
-        """(window verdict, why outside the open blocks): a row with keep False or a reason is not
-        part of the run; every other row counts towards its person's bound."""
-        keep = self.in_window[n].keep(rec)
-        if keep is False:
-            return keep, None
-        return keep, self.in_window[n].outside_blocks(rec, keep)
-
     def _count_persons(self) -> None:
         """Pass one of the per-person bound: the person ids of every row the run will read."""
+        import pyarrow as pa
+
         for n, r in enumerate(self.readers):
             again = SourceReader(r.path, r.format, r.encoding, r.delimiter, chunk_rows=r.chunk_rows)
-            at = self.person_at[n]
-            for chunk in again:
-                ids = []
-                for rec in chunk.records:
-                    keep, no_block = self._in_run(n, rec)
-                    if keep is not False and no_block is None:
-                        ids.append(rec[at])
-                self.bound.count(ids)
+            window, at = self.in_window[n], self.person_at[n]
+            for batch in again.batches([at] + ([window.index] if window.index is not None else [])):
+                keep, no_block = window.verdicts(batch)
+                in_run = keep != 0
+                in_run[list(no_block)] = False
+                self.bound.count(batch.column(at).filter(pa.array(in_run)).to_pylist())
+
+    def _read_columns(self, n: int) -> list[int]:
+        """The header positions of reader n that the run reads column-wise."""
+        window = self.in_window[n]
+        used = self.checkers[n].columns() + ([window.index] if window.index is not None else [])
+        return used + ([self.person_at[n]] if self.bound is not None else [])
 
     def stage(self) -> None:
         """Read every source; commit the snapshots and quarantine only if all rows reconcile."""
@@ -576,7 +753,7 @@ class _IngestRun:
             if self.bound is not None:
                 self._count_persons()
             for n, reader in enumerate(self.readers):
-                for chunk in reader:
+                for chunk in reader.batches(self._read_columns(n)):
                     self._chunk(n, reader, chunk)
                 if reader.rows_in == 0:
                     what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
@@ -593,51 +770,130 @@ class _IngestRun:
             self.test.abort()
             raise
 
-    def _chunk(self, n: int, reader, chunk) -> None:
-        to_train, to_test = [], []
-        # Quarantine rows in line order: the ragged lines sit among the chunk's records.
-        events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in chunk.ragged]
-        verdicts = [self._in_run(n, rec) for rec in chunk.records]
-        bounded = iter(())
+    def _chunk(self, n: int, reader, batch: Batch) -> None:
+        """Check, split, stage and quarantine one batch. Row by row this is what the stage has
+        always done: outside the window -> not read; in no open privacy block -> quarantined
+        (kind 2); over the person bound -> quarantined (kind 3); else check -> quarantined
+        (kind 1) or staged, in the test partition by the split hash. The columns decide the rows
+        they can; `check` decides the others on their whole records."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        rows, lines = batch.num_rows, batch.lines
+        window, checker = self.in_window[n], self.checkers[n]
+        keep, no_block = window.verdicts(batch)
+        outside = keep == 0
+        self.outside += int(outside.sum())
+        in_run = ~outside
+        in_run[list(no_block)] = False
+        bound = None
         if self.bound is not None:  # before any check: a person's rows in every released bin add up to <= k
-            at = self.person_at[n]
-            bounded = iter(self.bound.select([rec[at] for rec, (keep, no_block) in zip(chunk.records, verdicts)
-                                              if keep is not False and no_block is None]))
-        for rec, line, (keep, no_block) in zip(chunk.records, chunk.lines, verdicts):
-            if keep is False:
-                self.outside += 1
-                continue
-            if no_block is not None:
-                events.append((line, 2, (rec, no_block)))
-                continue
-            if self.bound is not None:
-                verdict = next(bounded)
-                if verdict != KEEP:
-                    reason = self.bound.over_reason() if verdict == OVER else self.bound.unknown_reason()
-                    events.append((line, 3, (rec, reason)))
-                    continue
-            result = self.checkers[n].check(rec) if keep else keep_invalid(self.in_window[n])
-            if isinstance(result, tuple):
-                events.append((line, 1, (rec, result)))
-            elif n == 1 or (self.ds.test_source is None and self._is_test(n, rec)):
-                to_test.append(result)
+            bound = np.full(rows, KEEP, dtype=np.int8)
+            ids = batch.column(self.person_at[n]).filter(pa.array(in_run)).to_pylist()
+            bound[in_run] = self.bound.select(ids)
+        ok, staged, refusal, refusals = checker.accepted(batch)
+        accepted = in_run & ok & (keep == 1)
+        if bound is not None:
+            accepted &= bound == KEEP
+        # Quarantine rows in line order: the ragged lines sit among the chunk's records.
+        events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in batch.ragged]
+        to_check = []
+        for row in np.flatnonzero(~outside & ~accepted).tolist():
+            line = int(lines[row])
+            if row in no_block:
+                events.append((line, 2, (row, no_block[row])))
+            elif bound is not None and bound[row] != KEEP:
+                reason = self.bound.over_reason() if bound[row] == OVER else self.bound.unknown_reason()
+                events.append((line, 3, (row, reason)))
+            elif keep[row] < 0:
+                events.append((line, 1, (row, keep_invalid(window))))
+            elif refusal is not None and refusal[row] >= 0:
+                kind, reason = refusals[refusal[row]]
+                events.append((line, 1, (row, (NO_CONSENT, reason, kind))))
             else:
-                to_train.append(result)
+                to_check.append(row)
+        records = dict(zip(to_check, batch.records(to_check)))
+        late: dict[int, dict[str, Any]] = {}  # rows `check` accepts that the columns could not
+        for row in to_check:
+            result = checker.check(records[row])
+            if isinstance(result, tuple):
+                events.append((int(lines[row]), 1, (row, result)))
+            else:
+                late[row] = result
+        accepted[list(late)] = True
+        taken = np.flatnonzero(accepted)
+        if n == 1:
+            test = np.ones(len(taken), dtype=bool)
+        elif self.ds.test_source is not None:
+            test = np.zeros(len(taken), dtype=bool)
+        else:
+            test = self._are_test(n, batch, taken)
+        values = self._staged(n, batch, taken, staged, late)
+        for part, where in ((self.train, ~test), (self.test, test)):
+            picked = np.flatnonzero(where)
+            columns = {c: v[picked] if isinstance(v, np.ndarray) else v.take(pa.array(picked))
+                       for c, v in values.items()}
+            part.write(columns, len(picked))
+            if part is self.train and len(picked):
+                text = _canonical_columns([columns[c] for c in self.columns])
+                if text is None:  # not expected for a snapshot's columns
+                    listed = [v.tolist() if isinstance(v, np.ndarray) else v.to_pylist()
+                              for v in (columns[c] for c in self.columns)]
+                    text = _canonical_rows(zip(*listed)).encode("utf-8")
+                self.train_hash.update(text)
         events.sort(key=lambda e: e[0])
+        full = sorted({p[0] for _, kind, p in events if kind == 2 or (kind == 1 and p[1][0] != NO_CONSENT)} - set(records))
+        records.update(zip(full, batch.records(full)))
+        joined = batch.joined() if any(kind == 3 or (kind == 1 and p[1][0] == NO_CONSENT) for _, kind, p in events) else []
         for line, kind, payload in events:
-            self._quarantine(reader, line, kind, payload)
-        self.train.write(to_train)
-        self.test.write(to_test)
-        self.train_hash.update(_canonical_rows([r[c] for c in self.columns] for r in to_train).encode("utf-8"))
-        self.counts[n].accepted += len(to_train) + len(to_test)
+            self._quarantine(reader, line, kind, payload, records, joined)
+        self.counts[n].accepted += len(taken)
         self.counts[n].quarantined += len(events)
 
-    def _is_test(self, n: int, rec: list[str]) -> bool:
-        if self.bound is not None:  # by person: all of a person's rows in one partition (parallel composition)
-            return _is_test([rec[self.person_at[n]].strip()], self.split_key, self.fraction)
-        return _is_test(rec, self.split_key, self.fraction)
+    def _staged(self, n: int, batch: Batch, taken: np.ndarray, staged: dict[str, Any],
+                late: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """The snapshot columns of the accepted rows `taken`: from the columns' staged values,
+        with those of the rows `check` accepted (`late`) put in their places."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-    def _quarantine(self, reader, line: int, kind: int, payload) -> None:
+        checker = self.checkers[n]
+        at = np.searchsorted(taken, np.asarray(sorted(late), dtype=np.int64))
+        mask = np.zeros(len(taken), dtype=bool)
+        mask[at] = True
+        rows = [late[r] for r in sorted(late)]
+        out: dict[str, Any] = {}
+        for name, value in staged.items():
+            if isinstance(value, np.ndarray):
+                column = value[taken]
+                if rows:
+                    column[at] = [r[name] for r in rows]
+            else:
+                column = value.take(pa.array(taken))
+                if rows:
+                    column = pc.replace_with_mask(column, pa.array(mask), pa.array([r[name] for r in rows], pa.string()))
+            out[name] = column
+        for name, i in checker.pseudonyms:
+            # pseudonym() of the raw value, as `check` computes it, once per distinct value.
+            codes, distinct = by_value(batch.column(i).take(pa.array(taken)))
+            out[name] = pa.array([pseudonym(checker.key, v) for v in distinct], pa.string()).take(pa.array(codes))
+        return out
+
+    def _are_test(self, n: int, batch: Batch, rows: np.ndarray) -> np.ndarray:
+        """The split hash's verdict for each of `rows` (see _is_test)."""
+        import pyarrow as pa
+
+        if self.bound is not None:  # by person: all of a person's rows in one partition (parallel composition)
+            ids = batch.column(self.person_at[n]).take(pa.array(rows)).to_pylist()
+            return _are_test((UNIT.join([p.strip()]).encode("utf-8") for p in ids), self.split_key, self.fraction)
+        joined = batch.joined()
+        return _are_test((joined[r] for r in rows.tolist()), self.split_key, self.fraction)
+
+    def _quarantine(self, reader, line: int, kind: int, payload, records: dict[int, list[str]],
+                    joined: list[bytes]) -> None:
+        """One quarantined row: `records` holds the whole records of the rows whose values are
+        kept (kind 2 and kind 1 but a refusal), `joined` every row's joined fields (for the HMAC
+        of the rest)."""
         if kind == 0:
             fields, why = payload
             self.q.malformed(reader.path, line, why, fields)
@@ -647,21 +903,21 @@ class _IngestRun:
                 self.reasons[MALFORMED_LINE] += 1
             return
         if kind == 3:  # dropped by the per-person bound: quarantined, private, in no release
-            rec, reason = payload
+            row, reason = payload
             # Where, why and the HMAC only: the bound runs before the consent check, so the
             # row's owner may have refused, and its values must not be kept then.
-            self.q.refused(reader.path, line, reason, rec)
+            self.q.refused_joined(reader.path, line, reason, joined[row])
             return
         if kind == 2:  # outside every open privacy block: quarantined, kept out of self.reasons (released)
-            rec, reason = payload
-            self.q.invalid(reader.path, line, reason, reader.header, rec)
+            row, reason = payload
+            self.q.invalid(reader.path, line, reason, reader.header, records[row])
             self.outside_blocks += 1
             return
-        rec, (category, reason, rule) = payload
+        row, (category, reason, rule) = payload
         if category == NO_CONSENT:
-            self.q.refused(reader.path, line, reason, rec)
+            self.q.refused_joined(reader.path, line, reason, joined[row])
         else:
-            self.q.invalid(reader.path, line, reason, reader.header, rec)
+            self.q.invalid(reader.path, line, reason, reader.header, records[row])
         self.reasons[category] += 1
         if rule:
             self.refusals[rule] += 1
@@ -688,8 +944,8 @@ class _IngestRun:
     def _sha256(self) -> str:
         h = self.train_hash
         h.update(_canonical_part("test", self.columns).encode("utf-8"))
-        for _, rows in _parquet_rows(self.test.path, self.chunk_rows):
-            h.update(_canonical_rows(rows).encode("utf-8"))
+        for text in _parquet_canonical(self.test.path, self.chunk_rows):
+            h.update(text)
         return h.hexdigest()
 
     def result(self, expired: list[str]) -> IngestResult:

@@ -118,6 +118,7 @@ class QuarantineWriter:
         self._screen = screen
         self.cells_withheld: dict[str, Counter] = {}
         self._key = key
+        self._mac = hmac.new(key, _CONTEXT, hashlib.sha256)  # record_hmac's, its prefix fed once
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._fh, lineterminator="\n")
@@ -127,6 +128,13 @@ class QuarantineWriter:
     def refused(self, source: Path, line: int, reason: str, record: Sequence[str]) -> None:
         """A row whose owner did not consent: where, why and its HMAC only."""
         self._row(source, line, reason, record_hmac(self._key, record), {})
+
+    def refused_joined(self, source: Path, line: int, reason: str, joined: bytes) -> None:
+        """`refused` for a record given as its fields joined by \\x1f in UTF-8 (what record_hmac
+        hashes after its prefix): the same row."""
+        mac = self._mac.copy()
+        mac.update(joined)
+        self._row(source, line, reason, mac.hexdigest(), {})
 
     def invalid(self, source: Path, line: int, reason: str, header: Sequence[str], record: Sequence[str]) -> None:
         """A well-formed row with a bad value: its non-identifier columns are kept."""
