@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 
 def run_child(args: list[str], env: dict[str, str]) -> dict | int:
@@ -22,3 +24,28 @@ def print_rate_and_memory(what: str, doing: str, r: dict, size: int) -> None:
           f"{size / 2**20 / r['seconds']:.1f} MiB/s")
     print(f"peak resident memory of the {doing} process: {r['peak_rss_mb']:.0f} MiB "
           f"({r['rss_after_imports_mb']:.0f} MiB after imports) for a {size / 2**20:.0f} MiB file")
+
+
+def arrow_parse(path: Path) -> dict:
+    """Runs in a child: pyarrow's own streaming CSV parse of the file (every column as text, one
+    thread, as ppmlops' reader runs it), the reference the ingest and the scan are measured
+    against. Only the parse: no hash of the bytes, no checks."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        names = fh.readline().rstrip("\r\n").split(",")
+    start = time.perf_counter()
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=False),
+                            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+    rows = sum(batch.num_rows for batch in reader)
+    return {"seconds": time.perf_counter() - start, "rows": rows}
+
+
+def print_reference(what: str, r: dict, arrow: dict | int) -> None:
+    """Our rate next to pyarrow's parse of the same file, in the same run."""
+    if isinstance(arrow, int):
+        return
+    ours, theirs = r["rows"] / r["seconds"], arrow["rows"] / arrow["seconds"]
+    print(f"pyarrow.csv.open_csv alone (all columns as text, one thread): {arrow['rows']} rows in "
+          f"{arrow['seconds']:.1f}s = {theirs:,.0f} rows/s; {what} runs at {ours / theirs:.2f}x that")

@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/ingest_memory.py                     # 1 GiB file in /tmp, ingested, deleted
     .venv/bin/python benchmarks/ingest_memory.py --size-mb 200
+    .venv/bin/python benchmarks/ingest_memory.py --source /tmp/scan.csv  # a file of benchmarks/risk_scan.py --keep
 
 Writes the customer table of benchmarks/risk_scan.py (identifiers, quasi-identifiers, a consent
 flag, numbers) of the given size, then runs the ingest stage on it in a child process, so the
 reported peak resident memory (ru_maxrss) is ingest's own: imports, one chunk of rows, the
 Parquet writers' buffers, not the file. Prints rows per second, MiB per second, the peak memory
-next to the file size, and what was staged (the snapshots and the quarantine file).
+next to the file size, what was staged (the snapshots and the quarantine file), and pyarrow's
+own parse of the same file (every column as text, one thread, in a child process of its own)
+with the ingest's rate as a share of it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from child import print_rate_and_memory, run_child  # noqa: E402  benchmarks/ is this script's folder
+from child import arrow_parse, print_rate_and_memory, print_reference, run_child  # noqa: E402  benchmarks/ is this script's folder
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,10 +75,16 @@ def ingest_child(path: Path, run_dir: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=1024)
+    ap.add_argument("--source", metavar="PATH", help="ingest this file (one benchmarks/risk_scan.py --keep wrote) "
+                                                     "instead of generating one")
     ap.add_argument("--child", nargs=2, metavar=("CSV", "RUN_DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--arrow-only", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(ingest_child(Path(args.child[0]), Path(args.child[1]))))
+        return 0
+    if args.arrow_only:
+        print(json.dumps(arrow_parse(Path(args.arrow_only))))
         return 0
 
     loader = importlib.util.spec_from_file_location("risk_scan_bench", HERE / "risk_scan.py")
@@ -83,17 +92,19 @@ def main() -> int:
     loader.loader.exec_module(risk_scan)
     work = Path(tempfile.mkdtemp(prefix="ppmlops-ingest-bench-", dir="/tmp"))
     try:
-        path = work / "customers.csv"
-        t = time.perf_counter()
-        rows = risk_scan.generate(path, int(args.size_mb * 1024 * 1024))
+        path = Path(args.source).resolve() if args.source else work / "customers.csv"
+        if not args.source:
+            t = time.perf_counter()
+            rows = risk_scan.generate(path, int(args.size_mb * 1024 * 1024))
+            print(f"generated {path}: {path.stat().st_size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
         size = path.stat().st_size
-        print(f"generated {path}: {size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
         env = {**os.environ, "PYTHONPATH": str(HERE.parent), "PPMLOPS_HOME": str(work / "home"),
-               "PPMLOPS_DATA_ROOTS": str(work)}
+               "PPMLOPS_DATA_ROOTS": os.pathsep.join([str(work), str(path.parent)])}
         r = run_child([__file__, "--child", str(path), str(work / "run")], env)
         if isinstance(r, int):
             return r
         print_rate_and_memory("ingest", "ingesting", r, size)
+        print_reference("ingest", r, run_child([__file__, "--arrow-only", str(path)], env))
         print(f"staged: train {r['train']}, test {r['test']} ({r['snapshot_mb']:.0f} MiB of Parquet); "
               f"quarantined {r['quarantined']} {r['reasons']} ({r['quarantine_mb']:.1f} MiB)")
         return 0

@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/risk_scan.py                       # 1 GiB file in /tmp, scanned, deleted
     .venv/bin/python benchmarks/risk_scan.py --size-mb 200 --keep /tmp/scan.csv
+    .venv/bin/python benchmarks/risk_scan.py --source /tmp/scan.csv  # a file written before, scanned again
 
 Writes a customer table (identifiers, quasi-identifiers, a consent flag, numbers) of the given
 size, then runs `ppmlops risk scan`'s assessment on it in a child process, so the reported peak
 resident memory (ru_maxrss) is the scan's own: the imports, one chunk of rows, the value sample
 and the k-anonymity counter's buffer, not the file. Prints rows per second, MB per second and
-the peak memory next to the file size.
+the peak memory next to the file size, and pyarrow's own parse of the same file (every column
+as text, one thread, in a child process of its own) with the scan's rate as a share of it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from child import print_rate_and_memory, run_child  # noqa: E402  benchmarks/ is this script's folder
+from child import arrow_parse, print_rate_and_memory, print_reference, run_child  # noqa: E402  benchmarks/ is this script's folder
 
 import numpy as np
 
@@ -89,28 +91,37 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=1024)
     ap.add_argument("--keep", metavar="PATH", help="write the CSV here and keep it (default: a temporary file, deleted)")
+    ap.add_argument("--source", metavar="PATH", help="scan this file, written by an earlier --keep, instead")
     ap.add_argument("--scan-only", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--arrow-only", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scan_only:
         print(json.dumps(scan(Path(args.scan_only))))
         return 0
+    if args.arrow_only:
+        print(json.dumps(arrow_parse(Path(args.arrow_only))))
+        return 0
 
-    path = Path(args.keep) if args.keep else Path(tempfile.mkstemp(prefix="ppmlops-scan-", suffix=".csv", dir="/tmp")[1])
+    keep = bool(args.keep or args.source)
+    path = Path(args.source or args.keep or tempfile.mkstemp(prefix="ppmlops-scan-", suffix=".csv", dir="/tmp")[1])
     try:
-        t = time.perf_counter()
-        rows = generate(path, int(args.size_mb * 1024 * 1024))
-        size = path.stat().st_size
-        print(f"generated {path}: {size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
-        r = run_child([__file__, "--scan-only", str(path)],
-                      {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        size = path.stat().st_size if args.source else 0
+        if not args.source:
+            t = time.perf_counter()
+            rows = generate(path, int(args.size_mb * 1024 * 1024))
+            size = path.stat().st_size
+            print(f"generated {path}: {size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        r = run_child([__file__, "--scan-only", str(path)], env)
         if isinstance(r, int):
             return r
         print_rate_and_memory("scan", "scanning", r, size)
+        print_reference("the scan", r, run_child([__file__, "--arrow-only", str(path)], env))
         print(f"result: score {r['score']:.3f} ({r['level']}), direct identifiers {r['direct']}, "
               f"k-anonymity over {r['quasi_identifiers']} ({r['classes']} classes), {r['rows_used']} consented rows")
         return 0
     finally:
-        if not args.keep:
+        if not keep:
             path.unlink(missing_ok=True)
 
 
