@@ -478,12 +478,12 @@ def _canonical_rows(rows: Iterable[Sequence[Any]], floats: bool = True) -> str:
 def _float_text(x: np.ndarray) -> Any:
     """repr() of each float64 (as _canonical_rows writes them), computed once per distinct bit
     pattern (so -0.0 and 0.0 stay apart), as a pyarrow string array."""
+    import pandas as pd
     import pyarrow as pa
 
-    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.int64)
-    distinct, inverse = np.unique(bits, return_inverse=True)
+    codes, distinct = pd.factorize(np.ascontiguousarray(x, dtype=np.float64).view(np.int64))
     texts = pa.array([repr(v) for v in distinct.view(np.float64).tolist()], pa.string())
-    return texts.take(pa.array(inverse.reshape(-1)))
+    return texts.take(pa.array(codes))
 
 
 def _csv_field(value: str) -> str:
@@ -500,9 +500,12 @@ def _csv_text(text: Any) -> Any:
     import pyarrow.compute as pc
 
     text = text.cast(pa.string())
-    special = pc.match_substring_regex(text, '[",\r\n]')
-    if not pc.any(special).as_py():
+    # The characters' bytes anywhere in the values' buffer (a slice's buffer may hold more than
+    # its values: then only this shortcut is missed).
+    data = text.buffers()[2]
+    if data is None or not any(c in data.to_pybytes() for c in (b",", b'"', b"\r", b"\n")):
         return text
+    special = pc.match_substring_regex(text, '[",\r\n]')
     rows = np.flatnonzero(special.to_numpy(zero_copy_only=False))
     quoted = [_csv_field(v) for v in text.take(pa.array(rows)).to_pylist()]
     return pc.replace_with_mask(text, special, pa.array(quoted, pa.string()))
@@ -629,9 +632,10 @@ class _Counts:
     quarantined: int = 0
 
 
-# Rows per chunk: the chunk's records, their staged rows and its Parquet row group are what ingest
-# holds at once (about 2 KiB a row in Python objects); 20,000 keeps that near 40 MiB.
-INGEST_CHUNK_ROWS = 20_000
+# Rows per chunk: the chunk's columns, its records' joined fields and its Parquet row group are
+# what ingest holds at once (a few hundred bytes a row, most rows never become Python lists);
+# 50,000 keeps that near 20 MiB and the work per chunk (a few dozen pyarrow calls) small per row.
+INGEST_CHUNK_ROWS = 50_000
 
 
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
@@ -885,9 +889,11 @@ class _IngestRun:
 
         if self.bound is not None:  # by person: all of a person's rows in one partition (parallel composition)
             ids = batch.column(self.person_at[n]).take(pa.array(rows)).to_pylist()
-            return _are_test((UNIT.join([p.strip()]).encode("utf-8") for p in ids), self.split_key, self.fraction)
+            return _are_test([UNIT.join([p.strip()]).encode("utf-8") for p in ids], self.split_key, self.fraction)
         joined = batch.joined()
-        return _are_test((joined[r] for r in rows.tolist()), self.split_key, self.fraction)
+        if len(rows) == len(joined):
+            return _are_test(joined, self.split_key, self.fraction)
+        return _are_test([joined[r] for r in rows.tolist()], self.split_key, self.fraction)
 
     def _quarantine(self, reader, line: int, kind: int, payload, records: dict[int, list[str]],
                     joined: list[bytes]) -> None:

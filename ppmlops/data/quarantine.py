@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import io
 import os
 import time
 from collections import Counter
@@ -93,6 +94,13 @@ def record_hmac(key: bytes, fields: Sequence[str]) -> str:
     return hmac.new(key, _CONTEXT + "\x1f".join(fields).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def _csv_cell(value: str) -> str:
+    """One cell as csv.writer (this writer's dialect) writes it within a row of several."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([value, ""])
+    return buf.getvalue()[:-2]
+
+
 def _cell(value: str) -> str:
     if len(value) <= CELL_LIMIT:
         return value
@@ -119,10 +127,12 @@ class QuarantineWriter:
         self.cells_withheld: dict[str, Counter] = {}
         self._key = key
         self._mac = hmac.new(key, _CONTEXT, hashlib.sha256)  # record_hmac's, its prefix fed once
+        self._refused: dict[tuple[str, str], list[str]] = {}  # (source, reason) -> the row's cells as written
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._fh, lineterminator="\n")
         self._csv.writerow(self.columns)
+        self._at_line, self._at_mac = self.columns.index("_line"), self.columns.index("_record_hmac")
         self.rows = 0
 
     def refused(self, source: Path, line: int, reason: str, record: Sequence[str]) -> None:
@@ -131,10 +141,22 @@ class QuarantineWriter:
 
     def refused_joined(self, source: Path, line: int, reason: str, joined: bytes) -> None:
         """`refused` for a record given as its fields joined by \\x1f in UTF-8 (what record_hmac
-        hashes after its prefix): the same row."""
+        hashes after its prefix): the same row. Refusals are many and alike: the row is the
+        same cells but for its line and MAC (digits and hex, which csv never quotes), so each
+        (source, reason) is rendered by csv once."""
         mac = self._mac.copy()
         mac.update(joined)
-        self._row(source, line, reason, mac.hexdigest(), {})
+        cells = self._refused.get((str(source), reason))
+        if cells is None:
+            if len(self._refused) >= 4096:  # a reason per value of a free-text column: keep memory bounded
+                self._refused.clear()
+            values = {"_source": str(source), "_line": "", "_reason": reason, "_record_hmac": ""}
+            cells = [_csv_cell(_cell(values[c])) if c in values else "" for c in self.columns]
+            self._refused[(str(source), reason)] = cells
+        cells[self._at_line] = str(line)
+        cells[self._at_mac] = mac.hexdigest()
+        self._fh.write(",".join(cells) + "\n")
+        self.rows += 1
 
     def invalid(self, source: Path, line: int, reason: str, header: Sequence[str], record: Sequence[str]) -> None:
         """A well-formed row with a bad value: its non-identifier columns are kept."""
