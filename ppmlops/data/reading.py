@@ -117,15 +117,17 @@ class _Block:
     """A block of whole lines parsed by pyarrow: the records' wanted columns, their line numbers,
     and the ragged lines among them."""
 
-    __slots__ = ("data", "eol", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined")
+    __slots__ = ("data", "eol", "delimiter", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined", "_ends")
 
-    def __init__(self, data: bytes, eol: bytes, unit: bytes, table: Any, n_lines: int, lines: np.ndarray,
-                 rows: list[int] | None, ragged: list[tuple[int, list[str], str]]):
-        self.data, self.eol, self.unit, self.table, self.n_lines = data, eol, unit, table, n_lines
+    def __init__(self, data: bytes, eol: bytes, delimiter: str, unit: bytes, table: Any, n_lines: int,
+                 lines: np.ndarray, rows: list[int] | None, ragged: list[tuple[int, list[str], str]]):
+        self.data, self.eol, self.delimiter, self.unit, self.table = data, eol, delimiter, unit, table
+        self.n_lines = n_lines
         self.lines = lines  # line number of each record
         self.rows = rows  # which of the block's lines are records (None: every one)
         self.ragged = ragged
         self._joined: list[bytes] | None = None
+        self._ends: np.ndarray | None = None
 
     def joined(self) -> list[bytes]:
         """Each record's fields joined by UNIT, UTF-8: the line with its delimiters replaced."""
@@ -135,6 +137,19 @@ class _Block:
                 parts.pop()
             self._joined = parts if self.rows is None else [parts[i] for i in self.rows]
         return self._joined
+
+    def record(self, at: int) -> list[str]:
+        """Record `at` as a list of strings. Its line is found by the line breaks' offsets rather
+        than by splitting the block: a sample asks for few records of most blocks."""
+        if self._joined is not None:
+            return self._joined[at].decode("utf-8").split(UNIT)
+        if self._ends is None:
+            ends = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == 10)
+            self._ends = ends if len(ends) == self.n_lines else np.append(ends, len(self.data) + len(self.eol) - 1)
+        i = at if self.rows is None else self.rows[at]
+        start = 0 if i == 0 else int(self._ends[i - 1]) + 1
+        end = int(self._ends[i]) + 1 - len(self.eol)
+        return self.data[start:end].decode("utf-8").split(self.delimiter)
 
 
 class _Rows:
@@ -215,7 +230,7 @@ class Batch:
             piece, a, _ = self._pieces[k]
             at = a + row - (ends[k - 1] if k else 0)
             if isinstance(piece, _Block):
-                out.append(piece.joined()[at].decode("utf-8").split(UNIT))
+                out.append(piece.record(at))
             else:
                 out.append(piece.records[at])
         return out
@@ -403,7 +418,8 @@ class _BlockParser:
         """The block's records, or None where only the csv module may read it."""
         try:
             if self.codec is None:
-                data.decode("utf-8")
+                if not data.isascii():  # ASCII is UTF-8; the check is much cheaper than decoding
+                    data.decode("utf-8")
             else:
                 data = data.decode(self.codec).encode("utf-8")
         except UnicodeDecodeError:
@@ -422,7 +438,7 @@ class _BlockParser:
             if table is not None:
                 n_lines = table.num_rows
                 lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
-                return _Block(data, eol, self.unit, table, n_lines, lines, None, [])
+                return _Block(data, eol, self.delimiter, self.unit, table, n_lines, lines, None, [])
         parts = data.split(eol)
         if data.endswith(eol):
             parts.pop()
@@ -443,7 +459,7 @@ class _BlockParser:
         if table is None:
             table = self._table_of_nothing()
         lines = first_line + np.asarray(rows, dtype=np.int64)
-        return _Block(data, eol, self.unit, table, n_lines, lines, rows, ragged)
+        return _Block(data, eol, self.delimiter, self.unit, table, n_lines, lines, rows, ragged)
 
     def _table_of_nothing(self) -> Any:
         return self._pa.table({name: self._pa.array([], self._pa.string()) for name in self._convert.include_columns})
@@ -791,6 +807,31 @@ def by_value(array: Any) -> tuple[np.ndarray, list[str]]:
 
     encoded = pc.dictionary_encode(array)
     return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+
+
+# The ASCII characters str.strip() removes; every other character it removes is not ASCII.
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_ASCII_SPACE[128:] = True  # the bytes of any non-ASCII character: maybe one of those
+
+
+def may_need_strip(array: Any) -> bool:
+    """False when no value of a pyarrow string array starts or ends with a character str.strip()
+    removes (read from the first and last byte of each value, conservatively: a non-ASCII byte
+    there counts as one), so that .strip() of each value can be skipped."""
+    import pyarrow as pa
+
+    if not len(array):
+        return False
+    array = array.cast(pa.string())
+    _, offsets, data = array.buffers()
+    if data is None:
+        return False
+    offsets = np.frombuffer(offsets, dtype=np.int32)[array.offset: array.offset + len(array) + 1]
+    starts, ends = offsets[:-1], offsets[1:]
+    filled = ends > starts
+    raw = np.frombuffer(data, dtype=np.uint8)
+    return bool(_ASCII_SPACE[raw[starts[filled]]].any() or _ASCII_SPACE[raw[ends[filled] - 1]].any())
 
 
 def _text_records(batch: Any) -> list[list[str]]:

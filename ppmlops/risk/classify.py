@@ -178,7 +178,9 @@ def _detect(column: str, values: list[str], rows: int, as_of: date) -> tuple[dic
 
 def _structured_evidence(column: str, values: list[str], hints: frozenset[str], as_of: date) -> dict[str, _Evidence]:
     n = len(values)
-    classified = [detectors.classify(v, hints) for v in values]
+    # The detectors are functions of the value: each distinct value is judged once.
+    kind_of = {v: detectors.classify(v, hints) for v in dict.fromkeys(values)}
+    classified = [kind_of[v] for v in values]
     kinds = Counter(classified)
     kinds.pop(None, None)
     found: dict[str, _Evidence] = {}
@@ -206,7 +208,8 @@ def _structured_evidence(column: str, values: list[str], hints: frozenset[str], 
                                      {qkind: round(share, 4)}, _examples(matching))
             break
 
-    codes = [detectors.health_code(v, hints) for v in values]
+    code_of = {v: detectors.health_code(v, hints) for v in kind_of}
+    codes = [code_of[v] for v in values]
     code_kinds = Counter(c for c in codes if c)
     coded = sum(code_kinds.values())
     if coded / n >= VALUE_SHARE_THRESHOLD:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ppmlops.data.consent import ConsentRules
-from ppmlops.data.reading import Batch, SourceReader, by_value, detect_encoding, to_csv_line
+from ppmlops.data.reading import Batch, SourceReader, detect_encoding, may_need_strip, to_csv_line
 from ppmlops.errors import DataError
 from ppmlops.risk.kanon import ClassCounter, ClassStats, chain_hashes, value_hashes
 from ppmlops.spec import Consent
@@ -232,13 +232,17 @@ def class_stats_of(sources: Sequence[SourceInput], qi: Sequence[str], k: int, *,
 def _class_hashes(batch: Batch, qi_index: Sequence[int | None], rows: np.ndarray) -> np.ndarray:
     """row_hashes of the stripped quasi-identifier values of `rows` (a column the file lacks
     counts as empty), hashing each distinct value of a column once."""
+    import pyarrow.compute as pc
 
     def column(i: int | None) -> np.ndarray:
         if i is None:
             return np.repeat(value_hashes([""]), len(rows))
-        codes, values = by_value(batch.column(i))
+        encoded = pc.dictionary_encode(batch.column(i))
+        values = encoded.dictionary.to_numpy(zero_copy_only=False)
         # Stripped, so " Male" and "Male" fall in one class, as ingestion would stage them.
-        return value_hashes([v.strip() for v in values])[codes[rows]]
+        if may_need_strip(encoded.dictionary):
+            values = [v.strip() for v in values]
+        return value_hashes(values)[encoded.indices.to_numpy(zero_copy_only=False)[rows]]
 
     return chain_hashes(column(i) for i in qi_index)
 

@@ -125,3 +125,18 @@ def test_crlf_and_latin1_blocks_are_read_by_pyarrow(tmp_path, monkeypatch):
     ok, _, chunks, _, _ = read(path, encoding="cp1252")
     assert chunks[0][0] == [["José", "Zürich"], ["Renée", "Besançon"]] and taken == [True]
     assert read(path, encoding="cp1252") == read(path, encoding="cp1252", arrow=False)
+
+
+def test_may_need_strip_knows_every_character_strip_removes():
+    import pyarrow as pa
+
+    from ppmlops.data.reading import _ASCII_SPACE, may_need_strip
+
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    assert {ord(c) for c in spaces if c.isascii()} == set(map(int, _ASCII_SPACE[:128].nonzero()[0]))
+    for c in spaces:  # at either end, by itself, or next to other text
+        for value in (c, "a" + c, c + "a", "a" + c + "b" + c):
+            assert may_need_strip(pa.array(["x", value, "y"])) == (value != value.strip() or not c.isascii())
+    assert not may_need_strip(pa.array(["male", "", "a b", "é-x"[1:]]))
+    assert may_need_strip(pa.array(["café"]))  # a non-ASCII last byte counts, conservatively
+    assert not may_need_strip(pa.array(["  x", "y"]).slice(1))
