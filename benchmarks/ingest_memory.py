@@ -61,11 +61,11 @@ def ingest_child(path: Path, run_dir: Path) -> dict:
     doc["dataset"]["source"]["path"] = str(path)
     spec = parse_spec(doc)
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     r = ingest(spec, run_dir)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "rows": r.rows_in, "train": r.rows_train, "test": r.rows_test,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "rows": r.rows_in, "train": r.rows_train, "test": r.rows_test,
             "quarantined": r.rows_quarantined, "reasons": r.quarantine_reasons,
             "peak_rss_mb": peak_kb / 1024, "rss_after_imports_mb": base_kb / 1024,
             "snapshot_mb": (Path(r.snapshot_train).stat().st_size + Path(r.snapshot_test).stat().st_size) / 2**20,
