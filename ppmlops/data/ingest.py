@@ -799,23 +799,30 @@ class _IngestRun:
         accepted = in_run & ok & (keep == 1)
         if bound is not None:
             accepted &= bound == KEEP
-        # Quarantine rows in line order: the ragged lines sit among the chunk's records.
+        # Quarantine rows in line order: the ragged lines sit among the chunk's records. Each
+        # row not accepted meets the first rule it fails, in the order above; refusals (the
+        # common case) stay arrays, the rest become events.
         events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in batch.ragged]
-        to_check = []
-        for row in np.flatnonzero(~outside & ~accepted).tolist():
-            line = int(lines[row])
-            if row in no_block:
-                events.append((line, 2, (row, no_block[row])))
-            elif bound is not None and bound[row] != KEEP:
+        pending = np.flatnonzero(~outside & ~accepted)
+        decided = np.zeros(len(pending), dtype=bool)
+        if no_block:
+            decided = np.isin(pending, np.fromiter(no_block, dtype=np.int64))
+            events += [(int(lines[row]), 2, (row, no_block[row])) for row in pending[decided].tolist()]
+        if bound is not None:
+            over = (bound[pending] != KEEP) & ~decided
+            for row in pending[over].tolist():
                 reason = self.bound.over_reason() if bound[row] == OVER else self.bound.unknown_reason()
-                events.append((line, 3, (row, reason)))
-            elif keep[row] < 0:
-                events.append((line, 1, (row, keep_invalid(window))))
-            elif refusal is not None and refusal[row] >= 0:
-                kind, reason = refusals[refusal[row]]
-                events.append((line, 1, (row, (NO_CONSENT, reason, kind))))
-            else:
-                to_check.append(row)
+                events.append((int(lines[row]), 3, (row, reason)))
+            decided |= over
+        untimed = (keep[pending] < 0) & ~decided
+        events += [(int(lines[row]), 1, (row, keep_invalid(window))) for row in pending[untimed].tolist()]
+        decided |= untimed
+        refused = np.zeros(0, dtype=np.int64)
+        if refusal is not None:
+            is_refused = (refusal[pending] >= 0) & ~decided
+            refused = pending[is_refused]
+            decided |= is_refused
+        to_check = pending[~decided].tolist()
         records = dict(zip(to_check, batch.records(to_check)))
         late: dict[int, dict[str, Any]] = {}  # rows `check` accepts that the columns could not
         for row in to_check:
@@ -845,14 +852,32 @@ class _IngestRun:
                               for v in (columns[c] for c in self.columns)]
                     text = _canonical_rows(zip(*listed)).encode("utf-8")
                 self.train_hash.update(text)
+        joined = batch.joined() if len(refused) or bound is not None else []
+        self.counts[n].accepted += len(taken)
+        self.counts[n].quarantined += len(events) + len(refused)
+        if not events:  # only refusals: written in one go, in line order (rows are)
+            self._refused(reader, lines[refused], refused, refusal, refusals, joined)
+            return
+        if len(refused):
+            events += [(int(lines[row]), 1, (row, (NO_CONSENT, refusals[code][1], refusals[code][0])))
+                       for row, code in zip(refused.tolist(), refusal[refused].tolist())]
         events.sort(key=lambda e: e[0])
         full = sorted({p[0] for _, kind, p in events if kind == 2 or (kind == 1 and p[1][0] != NO_CONSENT)} - set(records))
         records.update(zip(full, batch.records(full)))
-        joined = batch.joined() if any(kind == 3 or (kind == 1 and p[1][0] == NO_CONSENT) for _, kind, p in events) else []
         for line, kind, payload in events:
             self._quarantine(reader, line, kind, payload, records, joined)
-        self.counts[n].accepted += len(taken)
-        self.counts[n].quarantined += len(events)
+
+    def _refused(self, reader, lines: np.ndarray, rows: np.ndarray, refusal: np.ndarray | None,
+                 refusals: list[tuple[str, str]], joined: list[bytes]) -> None:
+        """Rows refused by their consent values (what _quarantine does for each), together."""
+        if not len(rows):
+            return
+        codes = refusal[rows]
+        self.q.refused_many(reader.path, lines.tolist(), [refusals[c][1] for c in codes.tolist()],
+                            [joined[r] for r in rows.tolist()])
+        self.reasons[NO_CONSENT] += len(rows)
+        for code, count in zip(*np.unique(codes, return_counts=True)):
+            self.refusals[refusals[code][0]] += int(count)
 
     def _staged(self, n: int, batch: Batch, taken: np.ndarray, staged: dict[str, Any],
                 late: dict[int, dict[str, Any]]) -> dict[str, Any]:

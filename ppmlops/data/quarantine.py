@@ -141,22 +141,31 @@ class QuarantineWriter:
 
     def refused_joined(self, source: Path, line: int, reason: str, joined: bytes) -> None:
         """`refused` for a record given as its fields joined by \\x1f in UTF-8 (what record_hmac
-        hashes after its prefix): the same row. Refusals are many and alike: the row is the
-        same cells but for its line and MAC (digits and hex, which csv never quotes), so each
-        (source, reason) is rendered by csv once."""
-        mac = self._mac.copy()
-        mac.update(joined)
-        cells = self._refused.get((str(source), reason))
-        if cells is None:
-            if len(self._refused) >= 4096:  # a reason per value of a free-text column: keep memory bounded
-                self._refused.clear()
-            values = {"_source": str(source), "_line": "", "_reason": reason, "_record_hmac": ""}
-            cells = [_csv_cell(_cell(values[c])) if c in values else "" for c in self.columns]
-            self._refused[(str(source), reason)] = cells
-        cells[self._at_line] = str(line)
-        cells[self._at_mac] = mac.hexdigest()
-        self._fh.write(",".join(cells) + "\n")
-        self.rows += 1
+        hashes after its prefix): the same row."""
+        self.refused_many(source, [line], [reason], [joined])
+
+    def refused_many(self, source: Path, lines: Sequence[int], reasons: Sequence[str], joined: Sequence[bytes]) -> None:
+        """refused_joined for several rows of one source, in the order given. Refusals are many
+        and alike: a row is the same cells but for its line and MAC (digits and hex, which csv
+        never quotes), so each (source, reason) is rendered by csv once."""
+        out = []
+        copy = self._mac.copy
+        for line, reason, record in zip(lines, reasons, joined):
+            mac = copy()
+            mac.update(record)
+            cells = self._refused.get((str(source), reason))
+            if cells is None:
+                if len(self._refused) >= 4096:  # a reason per value of a free-text column: keep memory bounded
+                    self._refused.clear()
+                values = {"_source": str(source), "_line": "", "_reason": reason, "_record_hmac": ""}
+                cells = [_csv_cell(_cell(values[c])) if c in values else "" for c in self.columns]
+                self._refused[(str(source), reason)] = cells
+            cells[self._at_line] = str(line)
+            cells[self._at_mac] = mac.hexdigest()
+            out.append(",".join(cells))
+        if out:
+            self._fh.write("\n".join(out) + "\n")
+            self.rows += len(out)
 
     def invalid(self, source: Path, line: int, reason: str, header: Sequence[str], record: Sequence[str]) -> None:
         """A well-formed row with a bad value: its non-identifier columns are kept."""
