@@ -18,10 +18,11 @@ number of fields than the header is not an error but a ragged record, kept with 
 the caller to quarantine. The SHA-256 of the file's bytes is computed while reading.
 
 CSV is read a block of whole lines at a time (BLOCK_BYTES). A block that holds no quote, NUL or
-unit separator (\x1f), whose line breaks are all LF or all CRLF and that decodes, is split by
-pyarrow's CSV parser with quoting off: there every line is one record and every delimiter splits
-fields, which is exactly what the csv module does with such lines, so the two cannot differ, and
-line numbers are counted from the line breaks. Any other block, from the line where the first
+unit separator (\x1f), whose line breaks are all LF or all CRLF, that decodes and does not begin
+with a byte-order mark (pyarrow would drop it) is split by pyarrow's CSV parser with quoting off:
+there every line is one record and every delimiter splits fields, which is exactly what the csv
+module does with such lines, so the two cannot differ, and line numbers are counted from the
+line breaks. Any other block, from the line where the first
 such byte occurs, goes through the csv module as before (quoted fields, fields that span lines,
 unclosed quotes, undecodable bytes and the errors that name them), until the block's end is
 passed at a record boundary. `SourceReader.batches` gives the records column-wise (`Batch`);
@@ -624,12 +625,14 @@ class SourceReader:
     def _skip_header(self, source: _Source, codec: str) -> None:
         """Consume the lines up to and including the header's (blank ones may come before it)."""
         reader = csv.reader(_decoded_lines(source, codec), delimiter=self.delimiter)
+        start = 1
         try:
             for fields in reader:
                 if fields and any(f.strip() for f in fields):
                     return
+                start = source.line + 1
         except csv.Error as err:
-            raise self._csv_error(err, 1, source.line) from None
+            raise self._csv_error(err, start, source.line) from None
 
     def _csv_records(self, source: _Source, codec: str, until: int, out: _Batches) -> Iterator[Batch]:
         """Records through the csv module from the source's position until its offset passes

@@ -120,7 +120,8 @@ class ClassCounter:
             return
         h = np.concatenate(self._pending)
         self._pending, self._pending_n = [], 0
-        part = (h >> np.uint64(64 - self.bits)).astype(np.int64)
+        # At most 12 bits: as uint16 the stable sort is a radix sort (linear), not a merge sort.
+        part = (h >> np.uint64(64 - self.bits)).astype(np.uint16)
         order = np.argsort(part, kind="stable")
         h, part = h[order], part[order]
         bounds = np.searchsorted(part, np.arange((1 << self.bits) + 1))
