@@ -781,11 +781,9 @@ class _IngestRun:
         (kind 1) or staged, in the test partition by the split hash. The columns decide the rows
         they can; `check` decides the others on their whole records."""
         import pyarrow as pa
-        import pyarrow.compute as pc
 
-        rows, lines = batch.num_rows, batch.lines
-        window, checker = self.in_window[n], self.checkers[n]
-        keep, no_block = window.verdicts(batch)
+        rows = batch.num_rows
+        keep, no_block = self.in_window[n].verdicts(batch)
         outside = keep == 0
         self.outside += int(outside.sum())
         in_run = ~outside
@@ -795,15 +793,40 @@ class _IngestRun:
             bound = np.full(rows, KEEP, dtype=np.int8)
             ids = batch.column(self.person_at[n]).filter(pa.array(in_run)).to_pylist()
             bound[in_run] = self.bound.select(ids)
-        ok, staged, refusal, refusals = checker.accepted(batch)
+        ok, staged, refusal, refusals = self.checkers[n].accepted(batch)
         accepted = in_run & ok & (keep == 1)
         if bound is not None:
             accepted &= bound == KEEP
-        # Quarantine rows in line order: the ragged lines sit among the chunk's records. Each
-        # row not accepted meets the first rule it fails, in the order above; refusals (the
-        # common case) stay arrays, the rest become events.
+        events, refused, records, late = self._not_accepted(n, batch, np.flatnonzero(~outside & ~accepted), keep,
+                                                            no_block, bound, refusal)
+        accepted[list(late)] = True
+        taken = np.flatnonzero(accepted)
+        self._stage_rows(n, batch, taken, staged, late)
+        self.counts[n].accepted += len(taken)
+        self.counts[n].quarantined += len(events) + len(refused)
+        joined = batch.joined() if len(refused) or bound is not None else []
+        if not events:  # only refusals: written in one go, in line order (rows are)
+            self._refused(reader, batch.lines[refused], refused, refusal, refusals, joined)
+            return
+        if len(refused):
+            events += [(int(batch.lines[row]), 1, (row, (NO_CONSENT, refusals[code][1], refusals[code][0])))
+                       for row, code in zip(refused.tolist(), refusal[refused].tolist())]
+        events.sort(key=lambda e: e[0])
+        full = sorted({p[0] for _, kind, p in events if kind == 2 or (kind == 1 and p[1][0] != NO_CONSENT)} - set(records))
+        records.update(zip(full, batch.records(full)))
+        for line, kind, payload in events:
+            self._quarantine(reader, line, kind, payload, records, joined)
+
+    def _not_accepted(self, n: int, batch: Batch, pending: np.ndarray, keep: np.ndarray, no_block: dict[int, str],
+                      bound: np.ndarray | None, refusal: np.ndarray | None
+                      ) -> tuple[list[tuple[int, int, Any]], np.ndarray, dict[int, list[str]], dict[int, dict[str, Any]]]:
+        """The rows of the run the columns did not accept (`pending`), each under the first rule
+        it fails, in _chunk's order: (events to quarantine, in any order: the ragged lines and
+        every kind but consent refusals; the refused rows, an array; the whole records read for
+        `check`; the rows `check` accepts after all -> their staged values)."""
+        lines, window = batch.lines, self.in_window[n]
+        # Quarantine rows in line order: the ragged lines sit among the chunk's records.
         events: list[tuple[int, int, Any]] = [(line, 0, (raw_fields, why)) for line, raw_fields, why in batch.ragged]
-        pending = np.flatnonzero(~outside & ~accepted)
         decided = np.zeros(len(pending), dtype=bool)
         if no_block:
             decided = np.isin(pending, np.fromiter(no_block, dtype=np.int64))
@@ -824,15 +847,20 @@ class _IngestRun:
             decided |= is_refused
         to_check = pending[~decided].tolist()
         records = dict(zip(to_check, batch.records(to_check)))
-        late: dict[int, dict[str, Any]] = {}  # rows `check` accepts that the columns could not
+        late: dict[int, dict[str, Any]] = {}
         for row in to_check:
-            result = checker.check(records[row])
+            result = self.checkers[n].check(records[row])
             if isinstance(result, tuple):
                 events.append((int(lines[row]), 1, (row, result)))
             else:
                 late[row] = result
-        accepted[list(late)] = True
-        taken = np.flatnonzero(accepted)
+        return events, refused, records, late
+
+    def _stage_rows(self, n: int, batch: Batch, taken: np.ndarray, staged: dict[str, Any],
+                    late: dict[int, dict[str, Any]]) -> None:
+        """Split the accepted rows `taken`, append them to the snapshots, hash the training ones."""
+        import pyarrow as pa
+
         if n == 1:
             test = np.ones(len(taken), dtype=bool)
         elif self.ds.test_source is not None:
@@ -852,20 +880,6 @@ class _IngestRun:
                               for v in (columns[c] for c in self.columns)]
                     text = _canonical_rows(zip(*listed)).encode("utf-8")
                 self.train_hash.update(text)
-        joined = batch.joined() if len(refused) or bound is not None else []
-        self.counts[n].accepted += len(taken)
-        self.counts[n].quarantined += len(events) + len(refused)
-        if not events:  # only refusals: written in one go, in line order (rows are)
-            self._refused(reader, lines[refused], refused, refusal, refusals, joined)
-            return
-        if len(refused):
-            events += [(int(lines[row]), 1, (row, (NO_CONSENT, refusals[code][1], refusals[code][0])))
-                       for row, code in zip(refused.tolist(), refusal[refused].tolist())]
-        events.sort(key=lambda e: e[0])
-        full = sorted({p[0] for _, kind, p in events if kind == 2 or (kind == 1 and p[1][0] != NO_CONSENT)} - set(records))
-        records.update(zip(full, batch.records(full)))
-        for line, kind, payload in events:
-            self._quarantine(reader, line, kind, payload, records, joined)
 
     def _refused(self, reader, lines: np.ndarray, rows: np.ndarray, refusal: np.ndarray | None,
                  refusals: list[tuple[str, str]], joined: list[bytes]) -> None:
