@@ -437,13 +437,13 @@ def _are_test(joined: Iterable[bytes], key: bytes, fraction: float) -> np.ndarra
     exact, so the verdicts are the same too.
     """
     base = hashlib.blake2b(digest_size=8, key=key)
-    digests = []
-    append, copy = digests.append, base.copy
+    digests = bytearray()  # not a list of 8-byte objects: a chunk's worth would be megabytes
+    copy = base.copy
     for message in joined:
         h = copy()
         h.update(message)
-        append(h.digest())
-    draws = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.float64)
+        digests += h.digest()
+    draws = np.frombuffer(bytes(digests), dtype=">u8").astype(np.float64)
     return draws / 2.0**64 < fraction
 
 
