@@ -563,7 +563,8 @@ def _parquet_canonical(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterat
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_rows):
+    # One thread: reading the columns in parallel holds more of the file at once, for little gain.
+    for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
         text = _canonical_columns(batch.columns)
         if text is None:
             rows = list(zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns))))
@@ -759,6 +760,7 @@ class _IngestRun:
             for n, reader in enumerate(self.readers):
                 for chunk in reader.batches(self._read_columns(n)):
                     self._chunk(n, reader, chunk)
+                    del chunk  # not held while the reader makes the next one
                 if reader.rows_in == 0:
                     what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
                     raise DataError(f"{reader.path}: {what}")

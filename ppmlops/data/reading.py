@@ -515,6 +515,7 @@ class SourceReader:
             for batch in batches:
                 self.rows_in += len(batch)
                 yield batch
+                del batch  # not held while the next one is read: a batch holds its blocks
         except DataError as err:
             # A file cut short mid-read shows up as a parse error (an unclosed quote, a cut
             # multi-byte character, a damaged Parquet footer): the change is the cause to report.
@@ -526,6 +527,7 @@ class SourceReader:
     def __iter__(self) -> Iterator[Chunk]:
         for batch in self.batches():
             yield batch.chunk()
+            del batch
 
     def head(self, rows: int) -> list[list[str]]:
         """The first `rows` well-formed records, from a read of their own (this reader's
@@ -604,6 +606,7 @@ class SourceReader:
                                 if collecting:
                                     gc.enable()
                                 yield batch
+                                del batch  # see batches()
                                 gc.disable()
                             if plain == len(data):
                                 continue
@@ -613,6 +616,7 @@ class SourceReader:
                         if collecting:
                             gc.enable()
                         yield batch
+                        del batch
                         gc.disable()
         finally:
             source.close()
@@ -653,6 +657,7 @@ class SourceReader:
                     batch = out.record(fields, start)
                     if batch is not None:
                         yield batch
+                        del batch
                 elif fields:  # a blank line carries no row
                     where = f"line {start}" if end == start else f"the record on lines {start}-{end}"
                     out.ragged_line((start, fields, f"{where} has {len(fields)} fields, the header has {width}"))
