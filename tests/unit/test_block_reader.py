@@ -69,7 +69,37 @@ def test_blocks_read_exactly_what_the_csv_module_reads(tmp_path, monkeypatch, se
         kw = {"encoding": encoding, "delimiter": delimiter, "chunk_rows": rng.choice([1, 3, 7, 50_000])}
         # Tiny blocks put block boundaries everywhere: a quoted field across them, a CRLF at one.
         monkeypatch.setattr(reading, "BLOCK_BYTES", rng.choice([7, 64, 2 << 20]))
-        assert read(path, **kw) == read(path, arrow=False, **kw), (path.read_bytes(), kw)
+        got = read(path, **kw)
+        assert got == read(path, arrow=False, **kw), (path.read_bytes(), kw)
+        if got[0] == "ok":
+            records = [r for recs, _, _ in got[2] for r in recs]
+            lines = [n for _, ls, _ in got[2] for n in ls]
+            ragged = [(n, f) for _, _, rs in got[2] for n, f, _ in rs]
+            assert (records, lines, ragged) == csv_module(path, encoding, delimiter), (path.read_bytes(), kw)
+
+
+def csv_module(path: Path, encoding: str, delimiter: str):
+    """The records, their lines and the ragged lines as the csv module reads the file through
+    io's universal line breaks (what SourceReader did before it read blocks)."""
+    import csv
+
+    with open(path, encoding=reading.CODECS[encoding], newline="") as fh:
+        rows = csv.reader(fh, delimiter=delimiter)
+        end = 0
+        for fields in rows:
+            end = rows.line_num
+            if fields and any(f.strip() for f in fields):
+                width = len(fields)
+                break
+        records, lines, ragged = [], [], []
+        for fields in rows:
+            start, end = end + 1, rows.line_num
+            if len(fields) == width:
+                records.append(fields)
+                lines.append(start)
+            elif fields:
+                ragged.append((start, fields))
+    return records, lines, ragged
 
 
 def test_both_paths_are_taken_and_quoted_lines_mid_file_go_to_csv(tmp_path, monkeypatch):
