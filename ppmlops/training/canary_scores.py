@@ -14,8 +14,6 @@ from ppmlops.audit.canary import CanarySet, observed_noise, step_scores
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.randomness import NoiseSource
 
-FIRST_WEIGHT = "0.weight"  # build_model's first layer: Sequential index 0 (a factory model's: ModelCheck)
-
 
 class GradientCanaries:
     """The run's canaries on rank 0 (exactly one rank injects, so the all-reduced sum holds each

@@ -47,7 +47,6 @@ if TYPE_CHECKING:  # Opacus is imported where a model is wrapped: the driver rea
     from ppmlops.training.private_model import PrivateModel
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, INIT_FILE = "model.pt", "optimizer.pt", "state.json", "init.pt"
-HOLDOUT_CHUNK = 65_536  # held-out rows scored at a time, so padding them never copies the whole partition
 
 
 class Comm:
@@ -284,9 +283,8 @@ class Controller:
             return None, None
         admission = self.session.spend(HOLDOUT, segment, key=f"holdout/epoch-{epoch}",
                                        note=signals.holdout_note(epoch, sigma), mechanism="gaussian")
-        correct = sum(int(((predict_proba(net, padded(self.X_holdout[i:i + HOLDOUT_CHUNK], self.canary_columns))
-                             .numpy() >= 0.5) == self.y_holdout[i:i + HOLDOUT_CHUNK]).sum())
-                      for i in range(0, len(self.y_holdout), HOLDOUT_CHUNK))
+        probs = predict_proba(net, self.X_holdout, zero_columns=self.canary_columns)
+        correct = int(((probs.numpy() >= 0.5) == self.y_holdout).sum())
         from ppmlops.privacy.releases import noisy_counts
 
         noisy = noisy_counts(signals.accuracy_counts(correct, len(self.y_holdout)), signals.accuracy_groups(sigma),

@@ -46,8 +46,9 @@ def build_model(kind: str, n_features: int, hidden: Sequence[int] = (64,), *, bi
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, X, batch_size: int = 8192) -> "torch.Tensor":
-    """Probability of class 1 for each row of X (a float32 array or tensor), on CPU."""
+def predict_proba(model: nn.Module, X, batch_size: int = 8192, zero_columns: int = 0) -> "torch.Tensor":
+    """Probability of class 1 for each row of X (a float32 array or tensor), on CPU. `zero_columns`
+    zero inputs are appended to each batch (the canary audit's columns, never stored with the rows)."""
     was_training = model.training
     model.eval()
     try:
@@ -55,7 +56,10 @@ def predict_proba(model: nn.Module, X, batch_size: int = 8192) -> "torch.Tensor"
         X = torch.as_tensor(X, dtype=torch.float32)
         out = []
         for start in range(0, len(X), batch_size):
-            logits = model(X[start : start + batch_size].to(device))
+            batch = X[start : start + batch_size]
+            if zero_columns:
+                batch = nn.functional.pad(batch, (0, zero_columns))
+            logits = model(batch.to(device))
             out.append(torch.softmax(logits, dim=1)[:, 1].cpu())
         return torch.cat(out) if out else torch.empty(0)
     finally:

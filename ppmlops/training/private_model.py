@@ -89,11 +89,18 @@ class CsprngNoise:
         if self.loss_reduction == "mean":
             flat.div_(self.expected_batch_size * self.accumulated_iterations)
         self._flat = flat
+        self._unflatten(params, flat)
+        for p in params:
+            p.summed_grad._ppmlops_released = True
+
+    @staticmethod
+    def _unflatten(params: list, flat: torch.Tensor) -> None:
+        """Each p.grad from its slice of `flat`: a view, or a copy in p's dtype where the
+        parameters' dtypes differ (torch.cat promoted them)."""
         offset = 0
         for p in params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p)
+            p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()
-            p.summed_grad._ppmlops_released = True
 
     def scale_grad(self) -> None:
         """Done in add_noise, on the flat buffer."""
@@ -107,6 +114,7 @@ class CsprngNoise:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         if self.loss_reduction == "mean":
             flat /= self.world_size
+        self._unflatten(list(self.params), flat)  # where p.grad was a copy (mixed dtypes), the reduced sum
 
 
 class CsprngDistributedDPOptimizer(CsprngNoise, DistributedDPOptimizer):

@@ -129,7 +129,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     else:
         times = run_worker(job, arrays, Comm(device), checkpoints, device, tuner=tuner,
                            node=ray.get_runtime_context().get_node_id(), echo=echo)
-    if job.storage_path:  # under the run's private/ray: a shard's memory tells its rows
+    if job.storage_path and "://" not in job.storage_path:  # a local path: private/ray, as a shard's memory tells its rows
         peak_memory.record(os.path.join(job.storage_path, job.run_id, "memory"), rank)
     return {**asdict(times), "entered_at": entered_at, "process_at": _process_start()} if rank == 0 else None
 

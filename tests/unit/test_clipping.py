@@ -199,3 +199,25 @@ def test_a_physical_limit_needs_a_fast_clipping_path(gloo_world_of_one):
     with pytest.raises(TrainingError, match="fast clipping path"):
         make_private_model(build_model("mlp", D, [8]), noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1,
                            momentum=0.0, divisor=8.0, device=CPU, clipping="hooks", physical_batch=4)
+
+
+def test_a_model_with_parameters_of_two_dtypes_steps_in_each_dtype(gloo_world_of_one):
+    """The fused step gathers every clipped sum into one buffer (torch.cat promotes float32 to
+    float64): each gradient still reaches its parameter in the parameter's own dtype."""
+    net = build_model("mlp", D, [8])
+    net[2].double()  # the last layer in float64
+    net = nn.Sequential(net[0], net[1], _ToDouble(), net[2])
+    model = make_private_model(net, noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1, momentum=0.0,
+                               divisor=8.0, device=CPU, clipping="ghost")
+    model.set_epoch(noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1,
+                    noise_source=Randomness.reproducible(9, "dtypes").source("noise", 1))
+    before = [p.detach().clone() for p in net.parameters()]
+    X, y = _batch(8)
+    model.step(X, y)
+    for p, b in zip(net.parameters(), before):
+        assert p.dtype == b.dtype and not torch.equal(p, b)
+
+
+class _ToDouble(nn.Module):
+    def forward(self, x):
+        return x.double()
