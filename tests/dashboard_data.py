@@ -71,6 +71,7 @@ def _evaluation(accuracy: float, entry: int) -> rec.EvaluationRecord:
 
 
 def _ledger(ledger: Ledger, run_id: str, released_unused: bool) -> int:
+    ledger.register_run(DATASET, run_id, PIPELINE, None)  # as plan does
     [release] = ledger.charge(dataset_id=DATASET, run_id=run_id, charges=[Charge("train", Segment(20.0, 1.0, 1))],
                               kind="release", key="assess/counts", randomness="secure")
     ledger.complete(release)

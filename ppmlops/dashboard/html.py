@@ -201,6 +201,11 @@ GLOSSARY = (
     ("retired", "A block of a run's window whose budget could not afford the run: the run left its rows out "
                 "(quarantined, not dropped) and trained on the others. Block bounds come from the calendar, so "
                 "naming them reveals nothing."),
+    ("dominant share", "For one pipeline: the largest share of a block's budget its runs have used. Pipelines "
+                       "on one dataset share each block's unlocked budget by it (DPF): each has a fair part, "
+                       "an equal share of what is unlocked; a run keeps off the unused part of every pipeline "
+                       "whose dominant share is no larger than its own pipeline's (up to what that pipeline's "
+                       "last run cost), so the pipeline that has had the least may take more."),
     ("ε of a charge", "One release or grant on its own, at its best order: how a run's guarantee is stated. "
                       "Charges do not add up in ε; that is why the dataset's figure is a share."),
 )
@@ -388,7 +393,8 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
             + "<h2>Blocks</h2><p class=\"muted small\">Each block of event time has the lifetime budget in full; "
             "a run is charged to every block of its window and to no other. The outlined bar is the worst block: "
             "its share is the dataset's figure above.</p>"
-            + charts.block_svg(block_chart(d)) + charts.svg(spend_chart(d, d.get("spend_steps") or []))
+            + charts.block_svg(block_chart(d)) + pipelines_table(d)
+            + charts.svg(spend_chart(d, d.get("spend_steps") or []))
             + "<h2>How the budget was spent</h2><p class=\"muted small\">Each change of what the dataset's totals "
             "count. A grant reserves a run's whole budget before it trains; when the run ends the grant is "
             "trimmed to what the run used, or released if it used nothing. \"ε of the charge\" is the release or "
@@ -407,6 +413,17 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
             + "<h2>Decisions on this dataset</h2>"
             + section(decisions, lambda x: chain_box(x["chain"]) + decision_table(v, x)))
     return v.page(f"Dataset {d['dataset_id']}", body)
+
+
+def pipelines_table(d: dict) -> str:
+    """Each pipeline (spec) training on the dataset: its runs and its dominant share (see GLOSSARY)."""
+    pipelines = d.get("pipelines") or {}
+    rows = [f"<tr><td>{esc(name)}</td><td class=\"num\">{len(p.get('runs') or [])}</td>"
+            f"<td class=\"num\">{esc(_pct(p.get('dominant_share')))}</td></tr>"
+            for name, p in sorted(pipelines.items())]
+    return ("<h2>Pipelines</h2><p class=\"muted small\">Pipelines on this dataset share each block's unlocked "
+            "budget by dominant share (see the glossary below).</p>"
+            + table(["pipeline", "runs", "dominant share"], rows, "No pipeline has planned a run yet."))
 
 
 def _block_span(blocks: Any) -> str:

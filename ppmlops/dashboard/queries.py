@@ -159,7 +159,9 @@ def dataset(settings: Settings, dataset_id: str) -> dict:
     retired = run_folders.retirements(settings, dataset_id)
     return jsonable({**_budget(d), "run_spend": runs, "entries": d["entries"], "spend_steps": steps,
                      "block_length_seconds": d.get("block_length_seconds"), "block_origin": d.get("block_origin"),
-                     "block_rows": [_block_row(r) for r in block_rows(d)], "retired": retired})
+                     "block_rows": [_block_row(r) for r in block_rows(d)], "retired": retired,
+                     "pipelines": {name: {"runs": p["runs"], "dominant_share": p["dominant_share"]}
+                                   for name, p in d["pipelines"].items()}})
 
 
 def _block_row(r: Any) -> dict:

@@ -344,13 +344,22 @@ class PipelineRun:
 
 @dataclass(frozen=True)
 class BlockRoom:
-    """One block as a run of one pipeline sees it at plan: DPF unlocking and fair sharing.
+    """One block as a run of one pipeline sees it at plan: DPF unlocking and dominant-share sharing.
 
     RDP values are at the dataset's order. `unlocked` is the share of the block's lifetime budget
-    unlocked at the run's window end (ppmlops.privacy.blocks.unlocked_fraction); each of the
-    `pipelines` pipelines reading the dataset may use an equal part of it. The room is what the
-    run may still add: within the unlocked budget left over by every run, and within its
-    pipeline's part of it left over by that pipeline's runs (its own count release included)."""
+    unlocked at the run's window end (ppmlops.privacy.blocks.unlocked_fraction). The `pipelines`
+    pipelines reading the dataset each have a fair part of it, an equal share of what is unlocked
+    (DPF's fair share). Who may take more is decided by dominant share (DPF, Luo et al. OSDI 2021,
+    after Dominant Resource Fairness; a pipeline's dominant share is the largest share of a block's
+    budget its runs have used, over the blocks this run reads): `reserved` is, per partition, what
+    this pipeline leaves for every other pipeline whose dominant share is no larger than its own,
+    namely the part of their fair part they have not used, up to what their last run cost (their
+    demand as public facts tell it; all of it for a pipeline with no granted run). The room is the unlocked budget left
+    over by every run, less that reservation. So the pipeline that has had strictly the least may
+    take more than its part (nothing idles while it asks), one that has had more keeps off the
+    others' parts, and pipelines level with each other each keep to their part: runs that arrive
+    one after the other share as DPF's queue would serve them had they waited for each other, and
+    no run has to wait (an Airflow worker slot is not held for it)."""
 
     block: str
     unlocked: float
@@ -358,12 +367,11 @@ class BlockRoom:
     lifetime_rdp: float  # the block's lifetime RDP budget (each (block, partition) has it)
     spent: dict[str, float]  # per partition, counted RDP of every run
     own: dict[str, float]  # per partition, counted RDP of this pipeline's runs
+    reserved: dict[str, float] = field(default_factory=dict)  # per partition, kept for pipelines below
 
     def room(self, partition: str) -> float:
         open_ = self.unlocked * self.lifetime_rdp
-        left = open_ - self.spent.get(partition, 0.0)
-        fair = open_ / self.pipelines - self.own.get(partition, 0.0)
-        return max(0.0, min(left, fair))
+        return max(0.0, open_ - self.spent.get(partition, 0.0) - self.reserved.get(partition, 0.0))
 
     @property
     def share_used(self) -> float:
@@ -376,19 +384,29 @@ class BlockRoom:
         return max(self.own.values(), default=0.0) / self.lifetime_rdp
 
 
-def active_pipelines(runs: Iterable[PipelineRun], pipeline: str, end: datetime,
-                     horizon: timedelta | None) -> int:
-    """How many pipelines share a dataset's blocks for a run of `pipeline` ending at `end`: this
-    one and every other that registered a run whose window ends within one horizon of `end`
+def _last_ask(entries: list[LedgerEntry], order_index: int) -> dict[str, float]:
+    """Per partition, what a pipeline's latest granted run counts (its releases and grant, RDP at
+    the dataset's order; a trimmed grant at its usage): the pipeline's demand, as far as public
+    facts tell. Empty when none of its runs has a grant yet."""
+    granted = [e for e in entries if e.kind == "grant"]
+    if not granted:
+        return {}
+    last = max(granted, key=lambda e: (e.created_at, e.id)).run_id
+    return {p: float(c[order_index]) for p, c in _curves(counted(e for e in entries if e.run_id == last)).items()}
+
+
+def sharing_pipelines(runs: Iterable[PipelineRun], pipeline: str, end: datetime,
+                      horizon: timedelta | None) -> list[str]:
+    """The pipelines that share a dataset's blocks for a run of `pipeline` ending at `end`, sorted:
+    this one and every other that registered a run whose window ends within one horizon of `end`
     (before or after: a backfill runs out of order). A pipeline that has not run for a horizon
-    drops out and its unused part flows to the others (the delay DPF's fairness needs to stay
-    work-conserving). Without a horizon (a dataset without blocks or without a lookback) every
-    pipeline that ever registered counts: nothing flows."""
+    drops out, so nothing stays reserved for it. Without a horizon (a dataset without blocks or
+    without a lookback) every pipeline that ever registered counts."""
     names = {pipeline}
     for r in runs:
         if horizon is None or r.window_end is None or abs(r.window_end - end) < horizon:
             names.add(r.pipeline)
-    return len(names)
+    return sorted(names)
 
 
 def best_order_epsilon(curves: Mapping[str, np.ndarray], delta: float) -> float:
@@ -757,7 +775,8 @@ class Ledger:
                     horizon: timedelta | None) -> list[BlockRoom]:
         """Each of `blocks` as a run of `pipeline` whose window ends at `end` sees it (BlockRoom):
         the share unlocked over `horizon` (ppmlops.privacy.blocks.unlock_horizon), the pipelines
-        sharing it, and what every run and this pipeline's runs have counted there."""
+        sharing it, what every run and this pipeline's runs have counted there, and what it
+        keeps for the pipelines below it in dominant share."""
         with self._read() as conn:
             budget = self._budget(conn, dataset_id)
             if budget is None:
@@ -769,14 +788,35 @@ class Ledger:
             entries = self._entries(conn, dataset_id)
             runs = self._pipeline_runs(conn, dataset_id)
         end = _utc_dt(end)
-        mine = {r.run_id for r in runs if r.pipeline == pipeline}
+        at, lifetime = budget.index, budget.rdp
         every = block_curves(entries, budget.calendar, blocks)
-        own = block_curves([e for e in entries if e.run_id in mine], budget.calendar, blocks)
-        sharing = active_pipelines(runs, pipeline, end, horizon)
-        at = budget.index
-        return [BlockRoom(b, unlocked_fraction(budget.calendar, b, end, horizon), sharing, budget.rdp,
-                          {p: float(c[at]) for p, c in sorted(every[b].items())},
-                          {p: float(c[at]) for p, c in sorted(own[b].items())}) for b in blocks]
+        sharing = sharing_pipelines(runs, pipeline, end, horizon)
+        # Each sharing pipeline's counted RDP per (block, partition) and its dominant share over
+        # the blocks this run reads (the resources it asks for): the largest share it has used.
+        own: dict[str, dict[str, dict[str, float]]] = {}
+        asks: dict[str, dict[str, float]] = {}
+        for name in sharing:
+            ids = {r.run_id for r in runs if r.pipeline == name}
+            mine = [e for e in entries if e.run_id in ids]
+            curves = block_curves(mine, budget.calendar, blocks)
+            own[name] = {b: {p: float(c[at]) for p, c in sorted(curves[b].items())} for b in blocks}
+            asks[name] = _last_ask(mine, at)
+        dominant = {name: max((v / lifetime for b in blocks for v in own[name][b].values()), default=0.0)
+                    for name in sharing}
+        # DPF serves the smallest dominant share first: this pipeline keeps off the unused fair
+        # part of every pipeline that has had no more than it (ties keep off each other's parts),
+        # but no more of it than that pipeline's last run cost: what it will ask again. The rest
+        # would idle (DPF is work-conserving); a pipeline with no granted run yet keeps its part.
+        below = [q for q in sharing if q != pipeline and dominant[q] <= dominant[pipeline]]
+        rooms = []
+        for b in blocks:
+            unlocked = unlocked_fraction(budget.calendar, b, end, horizon)
+            fair = unlocked * lifetime / len(sharing)
+            spent = {p: float(c[at]) for p, c in sorted(every[b].items())}
+            reserved = {p: sum(min(max(0.0, fair - own[q][b].get(p, 0.0)), asks[q].get(p, math.inf)) for q in below)
+                        for p in (TRAIN, HOLDOUT)}
+            rooms.append(BlockRoom(b, unlocked, len(sharing), lifetime, spent, own[pipeline][b], reserved))
+        return rooms
 
     def usage_curves(self, dataset_id: str, run_id: str) -> dict[str, np.ndarray]:
         """Per partition, what the run's usage rows say it spent under its grant."""

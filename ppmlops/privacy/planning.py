@@ -14,8 +14,8 @@ Two constraints fix each partition's noise, and the plan takes the larger noise:
   order.
 
 The lifetime filter's remainder is the most a run may take; with privacy blocks the plan takes less
-(`Room`): each touched block's unlocked share, divided among the pipelines reading the dataset,
-minus what is spent there (ppmlops.privacy.ledger.BlockRoom), the tightest block deciding. That
+(`Room`): each touched block's unlocked share, less what the pipelines reading the dataset keep
+for each other by dominant share, minus what is spent there (ppmlops.privacy.ledger.BlockRoom), the tightest block deciding. That
 is a scheduling rule so that later runs still find budget; the ledger's filter is the guarantee.
 
 The unit of privacy (privacy.unit: one person with at most k rows; ppmlops.privacy.unit) enters

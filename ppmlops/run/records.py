@@ -212,7 +212,7 @@ class BlockShare(Part):
     share_used: float  # by every run, before this run's grant (its count release included)
     unlocked: float  # unlocked at the run's window end (DPF: over the runs its lookback implies)
     pipeline_share_used: float  # by this pipeline's runs
-    pipelines: int  # pipelines sharing the unlocked budget equally
+    pipelines: int  # pipelines sharing the unlocked budget (each one's fair part: 1/pipelines)
 
 
 class PrivacyPlan(Part):

@@ -3,7 +3,8 @@ run's privacy is fixed (ppmlops.privacy.planning) and its grant reserved in the 
 
 With privacy blocks the run is sized to the blocks it reads (DPF, Luo et al. OSDI 2021): each
 block's budget unlocks over the runs its lookback implies, the pipelines registered on the dataset
-share the unlocked part equally, and the tightest block limits the run (planning.Room). The policy
+share the unlocked part by dominant share (ppmlops.privacy.ledger.BlockRoom), and the tightest
+block limits the run (planning.Room). The policy
 sees each block (`blocks`: id, share_used, unlocked, pipeline_share_used, pipelines) and
 `ledger.epsilon_remaining` is what that room allows.
 

@@ -13,7 +13,7 @@ import pytest
 from ppmlops.errors import BudgetExceeded
 from ppmlops.privacy.accountant import Segment
 from ppmlops.privacy.blocks import BlockCalendar, unlock_horizon, unlocked_fraction
-from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger, active_pipelines, PipelineRun, charge_curves
+from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger, PipelineRun, sharing_pipelines, charge_curves
 from ppmlops.privacy.planning import EpochShape, Room, RunRequest, plan_run, runs_left
 
 DS, DELTA = "events", 1e-5
@@ -34,7 +34,8 @@ def _register(ledger: Ledger, calendar: BlockCalendar):
     return ledger.register_dataset(DS, epsilon_budget=3.0, delta=DELTA, order=8.0, calendar=calendar)
 
 
-def _run(ledger: Ledger, budget, pipeline: str, run_id: str, end: datetime, lookback=LOOKBACK):
+def _run(ledger: Ledger, budget, pipeline: str, run_id: str, end: datetime, lookback=LOOKBACK,
+         run_epsilon: float = GREEDY):
     """One run as the stages make it: registered, its count release charged, then planned against
     the rooms the ledger gives and its grant reserved. Returns the plan (BudgetExceeded if none)."""
     cal = budget.calendar
@@ -45,8 +46,8 @@ def _run(ledger: Ledger, budget, pipeline: str, run_id: str, end: datetime, look
                   randomness="reproducible", blocks=blocks)
     rooms = ledger.block_rooms(DS, blocks, pipeline=pipeline, end=end, horizon=unlock_horizon(cal, lookback))
     charged = ledger.charged_curves(DS, blocks=blocks)
-    req = RunRequest(DS, DELTA, 2, EpochShape.of(12_000, 0, 256), False, GREEDY, charge_curves(counts), "split")
-    planned = plan_run(budget, charged, req, GREEDY, Room.of_blocks(budget, rooms))
+    req = RunRequest(DS, DELTA, 2, EpochShape.of(12_000, 0, 256), False, run_epsilon, charge_curves(counts), "split")
+    planned = plan_run(budget, charged, req, run_epsilon, Room.of_blocks(budget, rooms))
     ledger.charge(dataset_id=DS, run_id=run_id, charges=list(planned.charges), kind="grant", key="grant",
                   randomness="reproducible", blocks=blocks)
     return planned, rooms
@@ -127,6 +128,48 @@ def test_two_pipelines_share_every_block_fairly(ledger):
     assert len(pipelines["churn"]["runs"]) == 16
 
 
+def test_the_pipeline_with_the_smaller_dominant_share_may_take_more_than_its_part(ledger):
+    """DPF serves the smallest dominant share first: a pipeline that has had less than the other
+    is not held to its half of what is unlocked; the one that has had more is. (A one-week
+    lookback: each run reads one block, whole unlocked at the week's end.)"""
+    budget = _register(ledger, BlockCalendar(WEEK))
+    ledger.register_run(DS, "u0", "upsell", FIRST_END)
+    # churn's count release puts it above upsell (nothing used): it keeps off upsell's half.
+    _, rooms = _run(ledger, budget, "churn", "c0", FIRST_END, lookback=WEEK)
+    assert [(r.unlocked, r.pipelines) for r in rooms] == [(1.0, 2)]
+    assert rooms[0].reserved[TRAIN] == pytest.approx(0.5 * budget.rdp)
+    churn = max(_shares(ledger).values())
+    assert 0.45 < churn <= 0.5 + 1e-9
+    # upsell has had less: nothing is kept for churn, and upsell takes the rest, past its half.
+    _, rooms = _run(ledger, budget, "upsell", "u0", FIRST_END, lookback=WEEK)
+    assert rooms[0].reserved == {TRAIN: 0.0, HOLDOUT: 0.0}
+    upsell = ledger.summary(DS)["datasets"][0]["pipelines"]["upsell"]["dominant_share"]
+    assert upsell > 0.45 and max(_shares(ledger).values()) > 0.95  # nothing idles
+
+
+def test_a_modest_pipeline_keeps_what_it_asks_and_its_unused_part_flows_to_the_other(ledger):
+    """Work-conserving: a pipeline whose runs ask for little keeps that much of its part for its
+    next run, and the rest of its part goes to the pipeline that asks for more (the equal split
+    left it idle); both train every week."""
+    budget = _register(ledger, BlockCalendar(WEEK))
+    trained, epsilons = {"churn": 0, "upsell": 0}, {"churn": [], "upsell": []}
+    for week in range(16):
+        end = FIRST_END + week * WEEK
+        for pipeline in ("upsell", "churn"):
+            ledger.register_run(DS, f"{pipeline}-{week}", pipeline, end)
+        for pipeline, eps in (("upsell", 0.3), ("churn", GREEDY)):  # the modest one asks first
+            planned, _ = _run(ledger, budget, pipeline, f"{pipeline}-{week}", end, run_epsilon=eps)
+            trained[pipeline] += 1
+            epsilons[pipeline].append(planned.epsilon)
+    assert trained == {"churn": 16, "upsell": 16}
+    # upsell always got what it asked for (its run epsilon, counts included)...
+    assert min(epsilons["upsell"]) == pytest.approx(0.3, rel=1e-3)
+    dominant = {n: p["dominant_share"] for n, p in ledger.summary(DS)["datasets"][0]["pipelines"].items()}
+    # ... and churn used far more than the half an equal split would have held it to.
+    assert dominant["churn"] > 0.7 and dominant["upsell"] < 0.3
+    assert max(_shares(ledger).values()) <= 1.0 + 1e-9
+
+
 def test_unused_share_flows_to_the_other_pipeline_after_a_horizon(ledger):
     budget = _register(ledger, BlockCalendar(WEEK))
     ledger.register_run(DS, "u0", "upsell", FIRST_END)
@@ -139,8 +182,8 @@ def test_unused_share_flows_to_the_other_pipeline_after_a_horizon(ledger):
     _, rooms = _run(ledger, budget, "churn", "c9", later)
     assert {r.pipelines for r in rooms} == {1}
     runs = [PipelineRun("u0", "upsell", FIRST_END)]
-    assert active_pipelines(runs, "churn", FIRST_END + LOOKBACK - timedelta(seconds=1), LOOKBACK) == 2
-    assert active_pipelines(runs, "churn", FIRST_END + LOOKBACK, LOOKBACK) == 1
+    assert sharing_pipelines(runs, "churn", FIRST_END + LOOKBACK - timedelta(seconds=1), LOOKBACK) == ["churn", "upsell"]
+    assert sharing_pipelines(runs, "churn", FIRST_END + LOOKBACK, LOOKBACK) == ["churn"]
 
 
 def test_a_whole_table_dataset_keeps_the_lifetime_rule_and_counts_runs_left(ledger):

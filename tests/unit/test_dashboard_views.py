@@ -20,6 +20,7 @@ from ppmlops.dashboard import access, charts, create_app
 from ppmlops.dashboard.access import Reader
 from ppmlops.dashboard.html_base import esc
 from ppmlops.dashboard.spend import spend_steps
+from ppmlops.privacy.block_view import percent
 from ppmlops.privacy.ledger import Ledger, counted
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,6 +102,13 @@ def test_dataset_page_tells_how_the_budget_was_spent(built):
     assert "grant trimmed: the run ended, only what it used still counts" in page
     assert "grant released unused: it stops counting" in page
     assert f'href="../{run_url(built.good_run)[1:]}"' in page  # run ids link to run pages
+    # each pipeline's runs and dominant share, as the ledger sums them, and what that means
+    [d] = Ledger(built.settings.db_url).summary(dashboard_data.DATASET)["datasets"]
+    share = d["pipelines"][dashboard_data.PIPELINE]["dominant_share"]
+    assert share > 0
+    row = (f'<td>{dashboard_data.PIPELINE}</td><td class="num">{len(d["pipelines"][dashboard_data.PIPELINE]["runs"])}'
+           f'</td><td class="num">{percent(share)}</td>')
+    assert "<h2>Pipelines</h2>" in page and row in page and "<dt>dominant share</dt>" in page
 
 
 # -- the run page -----------------------------------------------------------------------------
