@@ -6,6 +6,12 @@ definition per snapshot, the suite loaded from its JSON file, and a ValidationDe
 with the snapshot passed as the batch parameter. GX is imported inside `validate` because its
 import takes seconds and DAG parsing must stay fast.
 
+The snapshot is read in batches of BATCH_ROWS rows and each is validated on its own, so the
+Airflow worker never holds the table (a 1M-row snapshot as pandas strings is hundreds of MB):
+exact for row-wise expectations (counts add up: merge_results) and for the table's columns; the
+row count is checked once on an index of the table's length. A suite with any other expectation
+(an aggregate such as a column mean, or "mostly") is validated on the whole table at once.
+
 validation.json in the output folder keeps GX's own result JSON per snapshot next to a short
 summary, and data_docs/ holds GX's data docs (HTML: the suite and each snapshot's validation
 result; open data_docs/index.html), built from the same ephemeral context into a local site.
@@ -22,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ppmlops.data.suites import mask_sensitive
 from ppmlops.errors import DataError, ValidationFailed
@@ -76,27 +82,49 @@ def _context(gx: Any) -> Any:
     return context
 
 
-def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Path) -> dict[str, Any]:
+def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Path,
+             batch_rows: int | None = -1) -> dict[str, Any]:
+    """Validate each snapshot against the suite; ValidationFailed names what failed.
+    `batch_rows`: rows a batch holds (-1: BATCH_ROWS; None: the whole table at once)."""
     suite_path, out_dir = Path(suite_path), Path(out_dir)
     doc = load_suite_doc(suite_path)
     if not snapshot_paths:
         raise DataError("validate: no snapshot to validate")
-    frames = [(str(p), _read_snapshot(Path(p))) for p in snapshot_paths]
+    files = [(str(p), _open_snapshot(Path(p))) for p in snapshot_paths]
+    expectations = doc["expectations"]
+    rows = BATCH_ROWS if batch_rows == -1 else batch_rows
+    batched = rows is not None and all(isinstance(e, dict) and e.get("type") in ROW_WISE | TABLE_SHAPE | ROW_COUNT
+                  and "mostly" not in (e.get("kwargs") or {}) for e in expectations)
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
 
     context = _context(gx)
-    suite = context.suites.add(_build_suite(gx, doc, suite_path))
     source = context.data_sources.add_pandas(name="ppmlops_snapshots")
+    counting = [e for e in expectations if batched and e.get("type") in ROW_COUNT]
+    suite = context.suites.add(_build_suite(gx, {**doc, "expectations": [e for e in expectations
+                                                                         if e not in counting]}, suite_path))
+    count_suite = (context.suites.add(_build_suite(gx, {**doc, "name": f"{doc['name']}_row_count",
+                                                        "expectations": counting}, suite_path))
+                   if counting else None)
     per_snapshot: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     evaluated = 0
-    for i, (path, df) in enumerate(frames):
+    for i, (path, parquet) in enumerate(files):
         batch = source.add_dataframe_asset(name=f"snapshot_{i}").add_batch_definition_whole_dataframe("all_rows")
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{doc['name']}_{i}", data=batch, suite=suite))
-        result = definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY").to_json_dict()
+        runs = [definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY").to_json_dict()
+                for df in _frames(path, parquet, rows if batched else None)]
+        if count_suite is not None:
+            # The row count is the table's, not a batch's: GX counts an index of the table's length.
+            import pandas as pd
+
+            counted = gx.ValidationDefinition(name=f"{doc['name']}_{i}_row_count", data=batch, suite=count_suite)
+            frame = pd.DataFrame(index=pd.RangeIndex(parquet.metadata.num_rows))
+            runs.append(context.validation_definitions.add(counted).run(
+                batch_parameters={"dataframe": frame}, result_format="SUMMARY").to_json_dict())
+        result = merge_results(runs)
         for r in result["results"]:
             r["result"] = mask_sensitive(r.get("result") or {})
             if r.get("exception_info"):
@@ -114,7 +142,7 @@ def validate(snapshot_paths: Sequence[str | Path], suite_path: Path, out_dir: Pa
         "suite_path": str(suite_path),
         "evaluated": evaluated,
         "failed": failed,
-        "snapshots": [p for p, _ in frames],
+        "snapshots": [p for p, _ in files],
         "great_expectations_version": gx.__version__,
         "data_docs": build_data_docs(context, out_dir / DATA_DOCS_DIR),
     }
@@ -172,15 +200,116 @@ def build_data_docs(context: Any, target: Path) -> dict[str, Any]:
         return {"error": f"data docs not built: {type(err).__name__}: {err}"}
 
 
-def _read_snapshot(path: Path):
-    import pandas as pd
+def _open_snapshot(path: Path):
+    import pyarrow.parquet as pq
 
     if not path.exists():
         raise DataError(f"{path}: snapshot to validate not found")
     try:
-        return pd.read_parquet(path)
+        return pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: cannot read snapshot: {err}") from None
+
+
+def _frames(path: str, parquet: Any, rows: int | None) -> Iterator[Any]:
+    """The snapshot as pandas frames of at most `rows` rows (None: one frame), each indexed by
+    its rows' positions in the table, so that GX's row indices are the table's. A table with no
+    rows is one empty frame (GX still checks its columns)."""
+    import pyarrow as pa
+
+    start = 0
+    try:
+        if rows is None:
+            yield parquet.read().to_pandas()
+            return
+        for batch in parquet.iter_batches(batch_size=rows):
+            df = pa.Table.from_batches([batch]).to_pandas()
+            df.index = range(start, start + len(df))
+            start += len(df)
+            yield df
+        if start == 0:
+            yield parquet.schema_arrow.empty_table().to_pandas()
+    except DataError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read snapshot: {err}") from None
+
+
+# Expectations GX decides row by row: over a table they are exactly the union of their results
+# over its batches (counts add up; "mostly" would not: a suite using it is validated whole).
+ROW_WISE = frozenset({
+    "expect_column_values_to_not_match_regex", "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex_list", "expect_column_values_to_match_regex_list",
+    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null",
+    "expect_column_values_to_be_in_set", "expect_column_values_to_not_be_in_set",
+    "expect_column_values_to_be_between", "expect_column_value_lengths_to_be_between",
+    "expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type",
+})
+# Expectations on the table's columns: every batch of one Parquet file has the file's schema.
+TABLE_SHAPE = frozenset({"expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
+                         "expect_column_to_exist", "expect_table_column_count_to_equal",
+                         "expect_table_column_count_to_be_between"})
+# Expectations on the row count: checked once, on an index of the table's length.
+ROW_COUNT = frozenset({"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"})
+# Rows a batch holds while GX checks it: the snapshot is never in memory whole (issue 28).
+BATCH_ROWS = 100_000
+_PARTIAL = 20  # GX's SUMMARY format keeps the first 20 unexpected values
+
+
+def merge_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """GX's result JSON of one table from its runs over the table's batches (and the row-count
+    run): per expectation, success in every batch, counts summed, percentages recomputed from the
+    sums, the first unexpected values kept up to GX's 20, the first exception kept."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for r in run["results"]:
+            key = r["expectation_config"].get("id") or json.dumps(r["expectation_config"], sort_keys=True, default=str)
+            if key not in merged:
+                merged[key] = json.loads(json.dumps(r, default=str))
+                continue
+            m = merged[key]
+            raised = (r.get("exception_info") or {}).get("raised_exception")
+            if raised and not (m.get("exception_info") or {}).get("raised_exception"):
+                m["exception_info"] = r["exception_info"]
+            m["success"] = bool(m["success"] and r["success"])
+            m["result"] = _sum_result(m.get("result") or {}, r.get("result") or {})
+    results = list(merged.values())
+    ok = sum(1 for r in results if r["success"])
+    stats = {"evaluated_expectations": len(results), "successful_expectations": ok,
+             "unsuccessful_expectations": len(results) - ok,
+             "success_percent": 100.0 * ok / len(results) if results else None}
+    return {**runs[0], "success": ok == len(results), "results": results, "statistics": stats}
+
+
+def _sum_result(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    if "element_count" not in a or "element_count" not in b:
+        return a  # a table-shape result: every batch observes the same
+    out = dict(a)
+    for k in ("element_count", "unexpected_count", "missing_count"):
+        if k in a or k in b:
+            out[k] = (a.get(k) or 0) + (b.get(k) or 0)
+    for k in ("partial_unexpected_list", "partial_unexpected_index_list"):
+        if k in a or k in b:
+            out[k] = ((a.get(k) or []) + (b.get(k) or []))[:_PARTIAL]
+    if "partial_unexpected_counts" in out:
+        counts: dict[str, list] = {}
+        for v in out.get("partial_unexpected_list") or []:
+            counts.setdefault(json.dumps(v, sort_keys=True, default=str), [v, 0])[1] += 1
+        out["partial_unexpected_counts"] = [{"value": v, "count": c}
+                                            for v, c in sorted(counts.values(), key=lambda x: -x[1])]
+    n, bad, missing = out["element_count"], out.get("unexpected_count", 0), out.get("missing_count", 0)
+    present = n - missing
+
+    def pct(x: int, of: int) -> float | None:
+        return 100.0 * x / of if of else None
+
+    for k, v in (("missing_percent", pct(missing, n)), ("unexpected_percent_total", pct(bad, n)),
+                 ("unexpected_percent_nonmissing", pct(bad, present)), ("unexpected_percent", pct(bad, present))):
+        if k in out:
+            out[k] = v
+    return out
 
 
 def _failure(r: dict[str, Any], snapshot: str) -> dict[str, Any]:

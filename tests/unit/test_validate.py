@@ -183,13 +183,59 @@ def test_data_docs_are_built_with_the_run_and_masked(staged, tmp_path):
     docs = report["data_docs"]
     assert docs["index"] == str(tmp_path / "data_docs" / "index.html")
     pages = [p for p in docs["pages"] if p.startswith("validations/")]
-    assert len(pages) == 1 and (tmp_path / "data_docs" / "expectations" / "demo_customers.html").exists()
+    # one page per batch of the snapshot (here one) and one for the table's row count
+    assert len(pages) == 2 and (tmp_path / "data_docs" / "expectations" / "demo_customers.html").exists()
     html = "".join(p.read_text(errors="replace") for p in (tmp_path / "data_docs").rglob("*.html"))
     assert "jane.doe@example.com" not in html and "j***@e***.com" in html
     # a second validation replaces the site rather than piling up pages
     _, r, _ = staged
     validate([r.snapshot_train], DEMO_SUITE, tmp_path)
-    assert len(list((tmp_path / "data_docs" / "validations").rglob("*.html"))) == 1
+    assert len(list((tmp_path / "data_docs" / "validations").rglob("*.html"))) == 2
+
+
+def _report(tmp_path, bad, **kw):
+    with pytest.raises(ValidationFailed):
+        validate([bad], DEMO_SUITE, tmp_path, **kw)
+    return json.loads((tmp_path / "validation.json").read_text())
+
+
+def test_a_snapshot_validated_in_batches_gives_the_whole_tables_results(staged, tmp_path, monkeypatch):
+    """Batches of 150 rows against the table at once: the same expectations fail with the same
+    counts, percentages, first unexpected values (with their row numbers) and statistics."""
+    from ppmlops.data import validate as validate_mod
+
+    def damage(df):
+        assert len(df) > 30 * 24
+        for i in range(0, 30 * 24, 24):  # 30 bad values over 5 batches: more than GX's 20 examples
+            df.loc[i, "region"] = f"person{i}@example.com"
+        df.loc[[5, 400], "age"] = [130.0, 140.0]
+        df.loc[[9, 333], "plan"] = None
+        df.loc[len(df) - 1, "education"] = "bogus"  # fails in the last batch only
+        return df
+
+    bad = tampered(staged, tmp_path, damage)
+    whole = _report(tmp_path / "whole", bad, batch_rows=None)
+    monkeypatch.setattr(validate_mod, "BATCH_ROWS", 150)
+    batched = _report(tmp_path / "batched", bad)
+    [w], [b] = whole["results"], batched["results"]
+    assert b["gx_result"]["statistics"] == w["gx_result"]["statistics"]
+    assert w["gx_result"]["statistics"]["unsuccessful_expectations"] >= 3  # email pattern, region set, age, plan
+
+    def by_expectation(result):
+        return {(r["expectation_config"]["type"], r["expectation_config"]["kwargs"].get("column"),
+                 json.dumps(r["expectation_config"]["kwargs"].get("regex"))): (r["success"], r["result"])
+                for r in result["gx_result"]["results"]}
+
+    got, want = by_expectation(b), by_expectation(w)
+    assert got.keys() == want.keys()
+    for key, (success, result) in want.items():
+        assert got[key][0] == success, key
+        for field in ("element_count", "unexpected_count", "missing_count", "partial_unexpected_list",
+                      "partial_unexpected_index_list", "observed_value"):
+            assert got[key][1].get(field) == result.get(field), (key, field)
+        for field in ("unexpected_percent", "missing_percent", "unexpected_percent_total"):
+            assert got[key][1].get(field) == pytest.approx(result.get(field)), (key, field)
+    assert {f["expectation"] for f in batched["failed"]} == {f["expectation"] for f in whole["failed"]}
 
 
 def test_pseudonym_columns_are_pinned_to_hmac_digests(tmp_path, monkeypatch):
