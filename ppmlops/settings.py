@@ -6,8 +6,9 @@ Every variable is listed, with its default, in the README's "Settings" table.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 
 def _home() -> Path:
@@ -37,6 +38,9 @@ class Settings:
     ray_jobs_url: str | None  # set: train through a Ray Jobs submission instead of as the Ray driver
     randomness: str | None  # None: follow the spec; 'secure' or 'reproducible' forces it (benchmarks)
     project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/ (and policies.rego)
+    # SQL sources' Airflow Connections, id -> SQLAlchemy URL (ppmlops.airflow.connections.source_urls);
+    # a URL may hold a password, so it is in no repr.
+    source_urls: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @property
     def runs_dir(self) -> Path:

@@ -17,7 +17,8 @@ from typing import Annotated, Iterable, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, field_serializer, field_validator,
+    model_validator,
 )
 
 from ppmlops.errors import SpecError
@@ -45,13 +46,62 @@ Encoding = Literal["utf-8", "latin-1", "cp1252"]
 
 
 class Source(_Model):
-    path: str
+    """A file (`path`) or a SQL query (`sql`, with `connection` or `url`: see ppmlops.data.sql_source)."""
+
+    path: str | None = None
     format: Literal["csv", "parquet"] | None = None
     generate: SyntheticSource | None = None
     # CSV only. UTF-8 is strict (a stray byte is an error naming its line) because guessing an
     # encoding can silently change values; legacy exports declare latin-1 or cp1252.
     encoding: Encoding = "utf-8"
     delimiter: str | None = None  # None: detected from the first lines among , ; tab |
+    # A SQL source: one SELECT (a WITH ... SELECT), read through `connection` (an Airflow
+    # Connection's id) or `url` (a SQLAlchemy URL); exactly one of the two. A password in `url`
+    # is never shown: the field is left out of repr and dumped redacted (secrets are better kept
+    # in the connection, or in libpq's ~/.pgpass).
+    sql: str | None = None
+    connection: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str | None = Field(None, repr=False)
+
+    @field_serializer("url")
+    def _redacted_url(self, v: str | None) -> str | None:
+        from ppmlops.db import redact
+
+        return None if v is None else redact(v)
+
+    @model_validator(mode="after")
+    def _file_or_query(self) -> "Source":
+        if (self.path is None) == (self.sql is None):
+            raise ValueError("a source is exactly one of: path (a CSV or Parquet file) or sql (a SELECT query with "
+                             "connection or url)")
+        if self.sql is None:
+            given = [k for k in ("connection", "url") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"source.{given[0]} goes with source.sql (a query), not with a file path")
+            return self
+        file_only = [k for k in ("format", "generate", "delimiter") if getattr(self, k) is not None]
+        file_only += ["encoding"] if self.encoding != "utf-8" else []
+        if file_only:
+            raise ValueError(f"source.{file_only[0]} is for files; a SQL source (source.sql) has none")
+        if (self.connection is None) == (self.url is None):
+            raise ValueError("a SQL source (source.sql) names exactly one of source.connection (an Airflow "
+                             "Connection id) or source.url (a SQLAlchemy URL)")
+        from ppmlops.data.sql_query import select_problem
+
+        problem = select_problem(self.sql)
+        if problem is not None:
+            raise ValueError(f"source.sql: {problem}")
+        if self.url is not None:
+            from ppmlops.data.sql_query import url_problem
+
+            problem = url_problem(self.url)
+            if problem is not None:
+                raise ValueError(f"source.url: {problem}")
+        return self
+
+    @property
+    def is_sql(self) -> bool:
+        return self.sql is not None
 
     @field_validator("delimiter")
     @classmethod
@@ -80,9 +130,13 @@ class Source(_Model):
         return confine(expanded, self._field)
 
     def _expanded(self) -> Path:
+        if self.path is None:
+            raise SpecError(f"{self._field.rsplit('.', 1)[0]}: a SQL source has no file path")
         return Path(expand_env(self.path, self._variables, self._field)).expanduser()
 
     def resolved_format(self) -> str:
+        if self.sql is not None:
+            return "sql"  # no file suffix to go by
         if self.format:
             return self.format
         suffix = self._expanded().suffix.lower()
@@ -545,6 +599,11 @@ class PipelineSpec(_Model):
         if window is not None and window.partition:
             from ppmlops.window import partition_template_problem
 
+            sql = [f for f, s in (("dataset.source", ds.source), ("dataset.test_source", ds.test_source))
+                   if s is not None and s.is_sql]
+            if sql:
+                raise ValueError(f"dataset.window.partition formats a file path; {sql[0]} is a SQL query: use "
+                                 "dataset.window.column (the interval is pushed into the query)")
             paths = [("dataset.source.path", ds.source.path)]
             paths += [("dataset.test_source.path", ds.test_source.path)] if ds.test_source else []
             for field_name, path in paths:
@@ -562,7 +621,7 @@ class PipelineSpec(_Model):
         sources = [("dataset.source.path", self.dataset.source)]
         if self.dataset.test_source is not None:
             sources.append(("dataset.test_source.path", self.dataset.test_source))
-        templated = [(f, s.path) for f, s in sources]
+        templated = [(f, s.path) for f, s in sources if s.path is not None]
         if self.validation_suite is not None:
             templated.append(("validation_suite", self.validation_suite))
         for field_name, text in templated:

@@ -9,6 +9,11 @@ Two connections, both optional (Admin -> Connections, `airflow connections add`,
   ``ray-head``, port 8265): training runs as a Ray job that a deferred task follows. Extra
   ``{"address": "ray-head:6379"}`` instead joins the cluster as the Ray driver (no job server).
 
+A SQL source (`dataset.source: {sql: ..., connection: NAME}`) names a third kind: a connection
+of type ``postgres`` (host, port, schema = the database, login, password; extra keys such as
+``sslmode`` go to the driver). `source_urls` turns the ones a spec names into SQLAlchemy URLs for
+ppmlops.data.sql_source; the password travels in the URL only and is never shown.
+
 A connection that is not defined leaves the environment's value (``PPMLOPS_OPA_URL``,
 ``PPMLOPS_RAY_JOBS_URL``, ``RAY_ADDRESS``), which is also what the CLI reads outside Airflow.
 Credentials in a connection are refused rather than silently dropped: ppmlops sends none.
@@ -98,3 +103,33 @@ def _airflow_get(conn_id: str) -> Any:
         return Connection.get(conn_id)
     except AirflowNotFoundException:
         return None
+
+
+SQL_CONN_TYPES = ("postgres", "postgresql")
+
+
+def source_urls(spec: Any, get: Callable[[str], Any] | None = None) -> dict[str, str]:
+    """The SQLAlchemy URL of each Airflow Connection the spec's SQL sources name (id -> URL); a
+    connection that is not defined is left out, and reading the source then names it."""
+    from sqlalchemy.engine import URL
+
+    get = get or _airflow_get
+    ds = spec.dataset
+    out: dict[str, str] = {}
+    for source in (ds.source, ds.test_source):
+        name = getattr(source, "connection", None) if source is not None else None
+        if name is None or name in out:
+            continue
+        conn = get(name)
+        if conn is None:
+            continue
+        if (conn.conn_type or "").lower() not in SQL_CONN_TYPES:
+            raise SpecError(f"Airflow connection {name}: type {conn.conn_type!r} is not postgres (a SQL source reads "
+                            "PostgreSQL)")
+        if not (conn.host or "").strip() or not (conn.schema or "").strip():
+            raise SpecError(f"Airflow connection {name}: a SQL source needs its host and its schema (the database)")
+        extra = {str(k): str(v) for k, v in _extra(conn, name).items()}
+        out[name] = URL.create("postgresql+psycopg2", username=conn.login or None, password=conn.password or None,
+                               host=conn.host.strip(), port=conn.port or None, database=conn.schema.strip(),
+                               query=extra).render_as_string(hide_password=False)
+    return out

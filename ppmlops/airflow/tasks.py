@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from ppmlops import pipeline, settings as settings_mod
 from ppmlops.airflow import connections, variables
@@ -16,7 +17,7 @@ from ppmlops.window import DataInterval
 from ppmlops.data.reading import SourceChanged
 from ppmlops.db import DatabaseUnavailable
 from ppmlops.registry.backend import TrackingUnavailable
-from ppmlops.errors import PpmlopsError, TrainingError
+from ppmlops.errors import DataError, PpmlopsError, TrainingError
 from ppmlops.run.records import Record
 from ppmlops.spec import PipelineSpec
 from ppmlops.run.context import RunContext, RunParams
@@ -40,6 +41,7 @@ def run_context(spec: PipelineSpec) -> RunContext:
     try:
         variables.apply_at_task_start()  # settings changed in Airflow since the scheduler started
         settings = connections.apply(settings_mod.load())
+        settings = replace(settings, source_urls=connections.source_urls(spec))
     except (ValueError, PpmlopsError) as err:  # a Variable, connection or setting that cannot be used
         raise failure(err) from err
     params = RunParams.from_mapping(spec, dict(ctx["params"]))
@@ -63,6 +65,8 @@ def retried(err: BaseException) -> bool:
         return err.transient
     if isinstance(err, SourceChanged):  # a file still being written: complete at a later try
         return True
+    if isinstance(err, DataError):  # a SQL source's server down or connection dropped: transient
+        return bool(getattr(err, "transient", False))
     return isinstance(err, TrainingError)
 
 

@@ -69,11 +69,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ppmlops.data import quarantine
+from ppmlops.data import quarantine, sql_source
+from ppmlops.data.sql_source import SqlReader
 from ppmlops.data.person_bound import KEEP, OVER, PersonBound, bound_key
 from ppmlops.data.consent import ConsentRules, today
 from ppmlops.privacy.blocks import BlockCalendar, calendar_of
@@ -151,9 +152,16 @@ class IngestResult:
 # --------------------------------------------------------------------------- reading
 
 
-def open_source(source: Source, chunk_rows: int = CHUNK_ROWS, partition: DataInterval | None = None) -> SourceReader:
+def open_source(source: Source, chunk_rows: int = CHUNK_ROWS, partition: DataInterval | None = None, *,
+                connections: Mapping[str, str] | None = None, window=None,
+                interval: DataInterval | None = None) -> SourceReader | SqlReader:
     """A reader over a spec source (CSV or Parquet, as text); generates the demo table first if asked.
-    With `partition`, the source path is formatted for that interval."""
+    With `partition`, the source path is formatted for that interval. A SQL source is read by
+    ppmlops.data.sql_source, its connection looked up in `connections` (id -> URL), the
+    `window`'s column and `interval` pushed into its query."""
+    if source.is_sql:
+        return sql_source.open_reader(source, connections=connections, window=window, interval=interval,
+                                      chunk_rows=chunk_rows)
     path = source.resolved_path(partition)
     if source.generate is not None:
         from ppmlops.data.synthetic import ensure_demo
@@ -642,14 +650,16 @@ INGEST_CHUNK_ROWS = 50_000
 def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
            chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
            interval: DataInterval | None = None, home: Path | None = None,
-           screen: quarantine.IdentifierScreen | None = None, retired: Iterable[str] = ()) -> IngestResult:
+           screen: quarantine.IdentifierScreen | None = None, retired: Iterable[str] = (),
+           connections: Mapping[str, str] | None = None) -> IngestResult:
     """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: the
     interval's end, else today, UTC). `interval` is the run's data interval: the spec's
     dataset.window selects the rows for it (ppmlops.window). `home` holds the per-dataset
     quarantine key (default: the settings' PPMLOPS_HOME). `screen` judges the columns the spec
     does not declare before their values go to quarantine (without one, none is kept).
     `retired` are privacy blocks of the window the run leaves out (ppmlops.privacy.blocks): their
-    rows are quarantined with the block named and counted in no release.
+    rows are quarantined with the block named and counted in no release. `connections` maps the
+    Airflow Connection ids a SQL source may name to their URLs (ppmlops.airflow.connections).
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
     the retention setting are deleted. Streams: each file is read, checked, split and written a
@@ -662,7 +672,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
 
         home = settings.load().home
     run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home),
-                     screen or quarantine.WithholdUndeclared(), frozenset(retired))
+                     screen or quarantine.WithholdUndeclared(), frozenset(retired), connections)
     run.stage()
     return run.result(quarantine.expire(earlier, run.retention))
 
@@ -672,7 +682,7 @@ class _IngestRun:
 
     def __init__(self, spec: PipelineSpec, run_dir: Path, as_of: date | None, chunk_rows: int,
                  interval: DataInterval | None, home: Path, screen: quarantine.IdentifierScreen,
-                 retired: frozenset[str] = frozenset()):
+                 retired: frozenset[str] = frozenset(), connections: Mapping[str, str] | None = None):
         ds = self.ds = spec.dataset
         self.spec, self.chunk_rows = spec, chunk_rows
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -682,9 +692,10 @@ class _IngestRun:
         key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
         self.retention = quarantine.retention_days()
         partition = self.selected if self.window is not None and self.window.partition else None
-        self.readers = [open_source(ds.source, chunk_rows, partition)]
+        opened = dict(connections=connections, window=self.window, interval=self.selected)
+        self.readers = [open_source(ds.source, chunk_rows, partition, **opened)]
         if ds.test_source is not None:
-            self.readers.append(open_source(ds.test_source, chunk_rows, partition))
+            self.readers.append(open_source(ds.test_source, chunk_rows, partition, **opened))
         declared = declared_columns(spec)
         self.renamed: dict[str, str] = {}
         for r in self.readers:
@@ -737,7 +748,7 @@ class _IngestRun:
         import pyarrow as pa
 
         for n, r in enumerate(self.readers):
-            again = SourceReader(r.path, r.format, r.encoding, r.delimiter, chunk_rows=r.chunk_rows)
+            again = r.again()
             window, at = self.in_window[n], self.person_at[n]
             for batch in again.batches([at] + ([window.index] if window.index is not None else [])):
                 keep, no_block = window.verdicts(batch)
@@ -762,7 +773,10 @@ class _IngestRun:
                     self._chunk(n, reader, chunk)
                     del chunk  # not held while the reader makes the next one
                 if reader.rows_in == 0:
-                    what = "has a header but no data rows" if reader.format == "csv" else "has columns but no data rows"
+                    what = {"csv": "has a header but no data rows", "sql": "returned no rows"}.get(
+                        reader.format, "has columns but no data rows")
+                    if reader.format == "sql" and self.selected is not None and self.window is not None:
+                        what += f" for the run's window ({_describe_window(self.window, self.selected).text()})"
                     raise DataError(f"{reader.path}: {what}")
             self.q.commit()
             committed = True
@@ -1017,6 +1031,7 @@ class _IngestRun:
                 {"path": str(r.path), "format": r.format, "sha256": r.sha256, "rows_in": r.rows_in,
                  "rows_accepted": c.accepted, "rows_quarantined": c.quarantined}
                 | ({"encoding": r.encoding, "delimiter": r.delimiter} if r.format == "csv" else {})
+                | (r.describe() if r.format == "sql" else {})
                 for r, c in zip(readers, self.counts)
             ],
             split=split, consent_refusals=dict(sorted(self.refusals.items())),

@@ -500,6 +500,10 @@ class SourceReader:
         else:
             raise DataError(f"{self.path}: unsupported format {fmt!r} (csv or parquet)")
 
+    def again(self) -> "SourceReader":
+        """A fresh reader of the same file (its own read, rows and hash)."""
+        return SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=self.chunk_rows)
+
     @property
     def sha256(self) -> str:
         if not self._done:

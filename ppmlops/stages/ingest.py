@@ -112,7 +112,8 @@ def run(ctx: RunContext) -> Staged:
         ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
     result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
-                    home=ctx.settings.home, screen=DirectIdentifierScreen(), retired=[r.block for r in retired])
+                    home=ctx.settings.home, screen=DirectIdentifierScreen(), retired=[r.block for r in retired],
+                    connections=ctx.settings.source_urls)
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,
