@@ -86,13 +86,13 @@ class Source(_Model):
         if (self.connection is None) == (self.url is None):
             raise ValueError("a SQL source (source.sql) names exactly one of source.connection (an Airflow "
                              "Connection id) or source.url (a SQLAlchemy URL)")
-        from ppmlops.data.sql_query import select_problem
+        from ppmlops.sql_query import select_problem
 
         problem = select_problem(self.sql)
         if problem is not None:
             raise ValueError(f"source.sql: {problem}")
         if self.url is not None:
-            from ppmlops.data.sql_query import url_problem
+            from ppmlops.sql_query import url_problem
 
             problem = url_problem(self.url)
             if problem is not None:

@@ -38,11 +38,11 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timezone
 from decimal import Decimal
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from ppmlops.data import sql_query
+from ppmlops import sql_query
 from ppmlops.data.reading import CHUNK_ROWS, UNIT, Batch, _Rows, check_header
-from ppmlops.errors import DataError, SpecError
+from ppmlops.errors import DataError
 from ppmlops.window import DataInterval
 
 log = logging.getLogger(__name__)
@@ -85,35 +85,15 @@ class SqlTarget:
 
     @classmethod
     def of(cls, url: str, shown: str) -> "SqlTarget":
-        return cls(url, shown, server_of(url))
-
-
-def server_of(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database}"
+        return cls(url, shown, sql_query.server_of(url))
 
 
 def target(source: Any, connections: Mapping[str, str] | None = None) -> SqlTarget:
-    """The spec source's server: its url, or the URL of its connection from `connections` (the
-    Airflow adapter resolves them, see ppmlops.airflow.connections.source_urls)."""
-    from ppmlops.db import redact
-
-    field = source_field(source)
-    if source.url is not None:
-        return SqlTarget.of(source.url, redact(source.url))
-    url = (connections or {}).get(source.connection)
-    if url is None:
-        raise SpecError(f"{field}.connection: no connection {source.connection!r} is defined: add an Airflow "
-                        f"Connection of that id (type postgres; Admin -> Connections, `airflow connections add`, "
-                        f"or AIRFLOW_CONN_{source.connection.upper()}), or give {field}.url instead")
-    return SqlTarget.of(url, source.connection)
+    """The spec source's server (see sql_query.source_url)."""
+    return SqlTarget.of(*sql_query.source_url(source, connections))
 
 
-def source_field(source: Any) -> str:
-    """`dataset.source` or `dataset.test_source`: where in the spec this source is."""
-    return getattr(source, "_field", "dataset.source.path").rsplit(".", 1)[0]
+source_field = sql_query.source_field
 
 
 def sql_text(value: Any) -> str:
@@ -169,7 +149,7 @@ class SqlReader:
 
     def describe(self) -> dict[str, Any]:
         """The source as lineage records it: the query, where it ran (never a password), its hash."""
-        return {"sql": sql_query.normalized(self.sql), "query_sha256": self.query_sha256,
+        return {"field": self.field, "sql": sql_query.normalized(self.sql), "query_sha256": self.query_sha256,
                 "connection" if self.source.connection is not None else "url": self.where.shown,
                 "server": self.where.server, "window_pushed_down": self.window_column is not None}
 
@@ -209,8 +189,6 @@ class SqlReader:
 
     def _rows(self, limit: int | None = None) -> Iterator[tuple[list[str], list[Any]]]:
         """(column names, then each fetched partition of rows), inside one read-only transaction."""
-        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
         engine = self._engine()
         statement, params = self._statement(limit)
         try:
@@ -237,7 +215,7 @@ class SqlReader:
     def head(self, rows: int) -> list[list[str]]:
         """The first `rows` records, from a read of their own."""
         out: list[list[str]] = []
-        for i, (_, part) in enumerate(self._rows(limit=rows)):
+        for _, part in self._rows(limit=rows):
             out.extend([sql_text(v) for v in r] for r in part)
         return out
 

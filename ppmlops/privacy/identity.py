@@ -16,6 +16,10 @@ that OLD covers: a decision that their loss adds up, made by a person and kept i
 log. Aliasing (NEW charging OLD's budget) is not offered: every stage charges the spec's
 dataset id, so the way to share OLD's budget is to keep OLD's id in the spec.
 
+A SQL source's identity is `sql://host:port/database <normalized query>` (comments and layout
+removed, unquoted words lower-cased; ppmlops.sql_query): two specs over the same query on the
+same server are recognised whether they name a connection or a URL, and whoever connects.
+
 Matching is on sources, not on labels: a second pipeline with another label over the same rows
 trains on the same people (it shares their budget by using the same id). A source is matched by
 its resolved path or template text, so two different templates over the same files, or a copy
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, Text, and_, insert, inspect, or_, select
 from sqlalchemy.engine import Connection
@@ -70,14 +74,32 @@ class SourceIdentity:
     label_column: str
 
 
-def source_identity(spec: Any) -> SourceIdentity:
+def source_identity(spec: Any, connections: Mapping[str, str] | None = None) -> SourceIdentity:
     """The identity of a pipeline spec's dataset (its sources resolved like ingest resolves them,
-    without an interval: a partitioned source stays its template)."""
+    without an interval: a partitioned source stays its template). A SQL source is the server
+    (host:port/database: no user, no password) and its normalized query, whether it is reached
+    through a connection (resolved from `connections`, id -> URL) or a URL."""
     ds = spec.dataset
-    paths = {str(ds.source.resolved_path())}
+    paths = {_identity_of(ds.source, connections)}
     if ds.test_source is not None:
-        paths.add(str(ds.test_source.resolved_path()))
+        paths.add(_identity_of(ds.test_source, connections))
     return SourceIdentity(ds.id, tuple(sorted(paths)), ds.label.column)
+
+
+# The sources column's width: a longer normalized query is recorded by its SHA-256.
+_QUERY_CHARS = 900
+
+
+def _identity_of(source: Any, connections: Mapping[str, str] | None) -> str:
+    if not source.is_sql:
+        return str(source.resolved_path())
+    from ppmlops import sql_query
+
+    server = sql_query.server_of(sql_query.source_url(source, connections)[0])
+    query = sql_query.normalized(source.sql)
+    if len(query) > _QUERY_CHARS:
+        query = f"sha256:{sql_query.query_sha256(source.sql)}"
+    return f"sql://{server} {query}"
 
 
 def _now() -> str:
@@ -173,9 +195,9 @@ class DatasetSources:
         return covered
 
 
-def claim_source(db_url: str, spec: Any) -> SourceIdentity:
+def claim_source(db_url: str, spec: Any, connections: Mapping[str, str] | None = None) -> SourceIdentity:
     """Record the spec's dataset sources, or refuse (SourceAlreadyCovered) before any charge."""
-    identity = source_identity(spec)
+    identity = source_identity(spec, connections)
     sources = DatasetSources(db_url)
     try:
         sources.claim(identity)

@@ -54,7 +54,13 @@ def value_kind(value: str) -> str | None:
     return detectors.classify(value)
 
 
-def _input(source: Source, partition=None) -> SourceInput:
+def _input(source: Source, partition=None, *, connections=None, window=None, interval=None):
+    """What the scan reads: a file's SourceInput, or a SQL source's reader (the window pushed down
+    when `interval` is the one ingest read)."""
+    if source.is_sql:
+        from ppmlops.data.sql_source import open_reader
+
+        return open_reader(source, connections=connections, window=window, interval=interval)
     return SourceInput(source.resolved_path(partition), source.resolved_format(), source.encoding, source.delimiter)
 
 
@@ -62,10 +68,15 @@ def _input(source: Source, partition=None) -> SourceInput:
 
 
 def assess(spec: PipelineSpec, ingest: IngestResult, *, sample_rows: int = SAMPLE_ROWS,
-           partition=None) -> RiskReport:
-    """`partition`: the interval a partitioned window read (the files ingestion staged from)."""
+           partition=None, connections=None) -> RiskReport:
+    """`partition`: the interval a partitioned window read (the files ingestion staged from).
+    A SQL source's query is run again over the window ingest read (`connections`: its Airflow
+    Connections' URLs), and must give the same rows."""
     ds = spec.dataset
-    sources = [_input(ds.source, partition)] + ([_input(ds.test_source, partition)] if ds.test_source else [])
+    pushed = dict(connections=connections, window=ds.window,
+                  interval=ingest.window.interval() if ingest.window.mode == "column" else None)
+    sources = [_input(ds.source, partition, **pushed)]
+    sources += [_input(ds.test_source, partition, **pushed)] if ds.test_source else []
     as_of = date.fromisoformat(ingest.consent_as_of) if ingest.consent_as_of else today()
     data = scan_sources(sources, consent=ds.consent, as_of=as_of, sample_rows=sample_rows)
     digest = source_sha256(data.files)

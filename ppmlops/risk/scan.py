@@ -161,6 +161,9 @@ def scan_sources(
         raise ValueError("consent rules need the run date (as_of)")
     readers = []
     for src in sources:
+        if hasattr(src, "batches"):  # a reader opened by the caller (a SQL source: ppmlops.data.sql_source)
+            readers.append(src)
+            continue
         encoding = detect_encoding(src.path) if src.format == "csv" and src.encoding == "auto" else src.encoding
         readers.append(SourceReader(src.path, src.format, encoding, src.delimiter, chunk_rows))
     header: list[str] = []
@@ -170,7 +173,7 @@ def scan_sources(
     if missing:
         raise DataError(f"quasi-identifier column(s) {missing} are in none of "
                         f"{', '.join(str(r.path) for r in readers)}")
-    counter = (ClassCounter(qi_columns, sum(os.path.getsize(r.path) for r in readers))
+    counter = (ClassCounter(qi_columns, sum(_size(r) for r in readers))
                if qi_columns else None)
     sample = _Sample(sample_rows, seed)
     files: list[FileScan] = []
@@ -179,7 +182,7 @@ def scan_sources(
     try:
         for index, reader in enumerate(readers):
             info = FileScan(reader.path, reader.format, reader.encoding if reader.format == "csv" else None,
-                            reader.delimiter, reader.header, bytes=os.path.getsize(reader.path))
+                            reader.delimiter, reader.header, bytes=_size(reader))
             rules = ConsentRules(consent, reader.header, as_of, reader.path) if consent is not None else None
             refusals: Counter = Counter()
             qi_index = [reader.header.index(c) if c in reader.header else None for c in (qi_columns or [])]
@@ -206,7 +209,8 @@ def scan_sources(
             info.rows_refused = sum(refusals.values())
             info.refusals = dict(sorted(refusals.items()))
             if info.rows_in == 0:
-                raise DataError(f"{reader.path}: has a header but no data rows")
+                raise DataError(f"{reader.path}: " + ("returned no rows" if reader.format == "sql"
+                                                      else "has a header but no data rows"))
             files.append(info)
         classes = counter.finish(k) if counter is not None else None
     finally:
@@ -220,6 +224,11 @@ def scan_sources(
         for c, v in zip(readers[file_index].header, rec):
             values[c].append(v)
     return ScanData(header, files, rows_used, values, len(sample.rows), classes)
+
+
+def _size(reader) -> int:
+    """The file's size in bytes; 0 for a query (its size is not known before it is read)."""
+    return 0 if reader.format == "sql" else os.path.getsize(reader.path)
 
 
 def class_stats_of(sources: Sequence[SourceInput], qi: Sequence[str], k: int, *, consent: Consent | None = None,

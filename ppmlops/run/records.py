@@ -74,6 +74,19 @@ class RetiredBlock(Part):
     why: str
 
 
+class SourceQuery(Part):
+    """PUBLIC. A SQL source as lineage records it: the spec's query (normalized) and its hash, the
+    connection id or the URL with its password hidden, and the server; never a row or a count."""
+
+    field: str  # dataset.source or dataset.test_source
+    sql: str
+    query_sha256: str
+    connection: str | None = None
+    url: str | None = None  # redacted
+    server: str  # host:port/database
+    window_pushed_down: bool = False
+
+
 class Staged(Record):
     """PUBLIC. That the data was staged, and which (no counts: those are released at assess).
 
@@ -92,6 +105,7 @@ class Staged(Record):
     # the blocks of its window it left out because they cannot afford a run (rows quarantined).
     blocks: list[str] = Field(default_factory=lambda: ["all"])
     retired_blocks: list[RetiredBlock] = Field(default_factory=list)
+    queries: list[SourceQuery] = Field(default_factory=list)  # the SQL sources, if any
 
 
 class Validated(Record):

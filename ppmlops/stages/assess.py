@@ -54,7 +54,7 @@ def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
     if spec.dataset.expected_rows and spec.privacy.accounting_order is None:
         curve = typical_run_curve(spec.privacy.run_epsilon, spec.privacy.delta, spec.dataset.expected_rows,
                                   spec.training.batch_size, spec.training.epochs)
-    claim_source(ctx.settings.db_url, spec)  # a new id over another dataset's rows would reset their budget
+    claim_source(ctx.settings.db_url, spec, ctx.settings.source_urls)  # a new id over another dataset's rows would reset their budget
     return ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta,
                                    order=spec.privacy.accounting_order, run_curve=curve,
                                    calendar=calendar_of(spec.privacy), unit=unit_of(spec.privacy))
@@ -150,7 +150,7 @@ def _exact_report(ctx: RunContext) -> None:
     staged = ctx.store.read(StagedData).result
     # A partitioned window read the files of its interval: the report must scan the same ones.
     partition = staged.window.interval() if staged.window.mode == "partition" else None
-    report = assess(ctx.spec, staged, partition=partition)
+    report = assess(ctx.spec, staged, partition=partition, connections=ctx.settings.source_urls)
     (ctx.store.private_dir / "risk.txt").write_text(report.summary())
     ctx.store.write(ExactRisk(report=report.to_dict()))
 

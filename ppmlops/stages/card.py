@@ -42,6 +42,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
     return {
         "model_name": spec.deploy.model_name, "pipeline": spec.name, "run_id": ctx.run_id,
         "dataset_id": spec.dataset.id, "data_fingerprint": staged.data_fingerprint, "data_window": staged.model_dump(mode="json")["window"],
+        "data_queries": [q.model_dump(mode="json", exclude_none=True) for q in staged.queries],
         "rows_train": counts.rows_train, "rows_holdout": counts.rows_holdout,
         "rows_note": f"noisy counts (discrete Gaussian, sigma {counts.sigma_rows:.3g}), charged at assess",
         "model": model_section(ctx, trained),

@@ -20,7 +20,7 @@ from ppmlops.window import DataInterval
 from ppmlops.data.lineage import fingerprint
 from ppmlops.risk.screen import DirectIdentifierScreen
 from ppmlops.run.context import ReplayableRandomness
-from ppmlops.run.records import Refusal, RetiredBlock, Staged, StagedData
+from ppmlops.run.records import Refusal, RetiredBlock, SourceQuery, Staged, StagedData
 from ppmlops.run.store import RunStore
 from ppmlops.stages.context import RunContext, timed
 
@@ -117,4 +117,6 @@ def run(ctx: RunContext) -> Staged:
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,
-                  consent_as_of=result.consent_as_of, window=result.window, blocks=blocks, retired_blocks=retired)
+                  consent_as_of=result.consent_as_of, window=result.window, blocks=blocks, retired_blocks=retired,
+                  queries=[SourceQuery.model_validate({k: s[k] for k in SourceQuery.model_fields if k in s})
+                           for s in result.sources if s.get("format") == "sql"])

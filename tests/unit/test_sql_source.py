@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from ppmlops.airflow.tasks import retried
-from ppmlops.data import sql_query
+from ppmlops import sql_query
 from ppmlops.data.ingest import ingest
 from ppmlops.data.sql_source import SqlQueryError, SqlSourceUnavailable, open_reader
 from ppmlops.errors import SpecError
@@ -344,3 +344,89 @@ def test_a_dropped_connection_during_ingest_leaves_no_snapshot(people, tmp_path)
         done.set()
         killer.join()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------- identity, lineage
+
+
+def test_two_specs_over_the_same_query_and_server_share_one_identity(people, tmp_path):
+    from ppmlops.privacy.identity import DatasetSources, SourceAlreadyCovered, source_identity
+
+    url, _ = people
+    other_role = sa.engine.make_url(url).set(username="someone_else", password="other-pw")
+    first = spec_of({"sql": QUERY, "url": url})
+    renamed = copy.deepcopy(DOC)
+    renamed["dataset"].update(id="sqlsmall_v2", source={"sql": QUERY.lower().replace(" from ", "\n  FROM ") + ";  -- v2",
+                                                         "connection": "warehouse"})
+    second = parse_spec(renamed)
+    a = source_identity(first)
+    b = source_identity(second, {"warehouse": other_role.render_as_string(hide_password=False)})
+    assert a.sources == b.sources == (f"sql://{_server(url)} {sql_query.normalized(QUERY)}",)
+    assert sa.engine.make_url(url).password not in a.sources[0]
+    different = spec_of({"sql": QUERY.replace("ORDER BY seen_at", "WHERE age > 30"), "url": url})
+    assert source_identity(different).sources != a.sources
+    sources = DatasetSources(f"sqlite:///{tmp_path / 'ledger.db'}")
+    sources.claim(a)
+    with pytest.raises(SourceAlreadyCovered, match="dataset 'sqlsmall_v2' reads sql://.*which dataset 'sqlsmall'"):
+        sources.claim(b)
+    sources.close()
+
+
+def test_the_stages_record_the_query_and_connection_not_the_password(people, tmp_path, monkeypatch):
+    """ingest and assess as the DAG runs them: the public records name the query, its hash and the
+    connection; the risk scan reads the query again over the same window; nothing public holds the
+    password or a row."""
+    from dataclasses import replace
+
+    from ppmlops import settings as settings_mod
+    from ppmlops.run.records import Staged
+    from ppmlops.stages import assess, ingest as ingest_stage
+    from ppmlops.stages.context import RunContext, RunParams
+
+    url, _ = people
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    spec = spec_of({"sql": QUERY, "connection": "ppmlops_source"}, test_data=True)
+    settings = replace(settings_mod.load(), source_urls={"ppmlops_source": url})
+    ctx = RunContext(spec=spec, run_id="sql-1", params=RunParams.defaults(spec), settings=settings,
+                     interval=DataInterval(MONDAY + WEEK, MONDAY + 2 * WEEK))
+    ingest_stage.run(ctx)
+    staged = ctx.store.read(Staged)
+    assert staged.sources == ["sql:ppmlops_source"]
+    [query] = staged.queries
+    assert (query.field, query.connection, query.url, query.server) == ("dataset.source", "ppmlops_source", None,
+                                                                       _server(url))
+    assert query.sql == sql_query.normalized(QUERY) and query.query_sha256 == sql_query.query_sha256(QUERY)
+    assert query.window_pushed_down
+    assess.run(ctx)
+    password = sa.engine.make_url(url).password
+    public = [p for p in ctx.store.root.rglob("*") if p.is_file() and ctx.store.private_dir not in p.parents]
+    assert public and not any(password in p.read_text(errors="replace") for p in public)
+    assert not any("example.org" in p.read_text(errors="replace") for p in public)
+
+
+def test_assess_refuses_a_table_that_changed_since_ingest(people, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from ppmlops import settings as settings_mod
+    from ppmlops.errors import DataError
+    from ppmlops.stages import assess, ingest as ingest_stage
+    from ppmlops.stages.context import RunContext, RunParams
+
+    url, _ = people
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    spec = spec_of({"sql": QUERY, "url": url}, test_data=True)
+    ctx = RunContext(spec=spec, run_id="sql-2", params=RunParams.defaults(spec), settings=settings_mod.load(),
+                     interval=DataInterval(MONDAY + WEEK, MONDAY + 2 * WEEK))
+    ingest_stage.run(ctx)
+    engine = sa.create_engine(url)
+    late = {"email": "late@example.org", "age": 40, "plan": "basic", "consent": True, "y": "no",
+            "seen_at": MONDAY + WEEK + timedelta(hours=1), "note": "late"}
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO people VALUES (:email, :age, :plan, :consent, :y, :seen_at, :note)"), late)
+    try:
+        with pytest.raises(DataError, match="sql:postgresql.*source changed since ingestion"):
+            assess.run(ctx)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM people WHERE email = 'late@example.org'")
+        engine.dispose()

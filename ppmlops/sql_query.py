@@ -1,6 +1,7 @@
 """A SQL source's query as text: is it one SELECT, its normalized form, and the window wrapped around it.
 
-No database is touched here (the spec checks a query when it is loaded); reading is
+No database is touched here (the spec checks a query when it is loaded, so this sits beside
+ppmlops.window rather than under ppmlops.data, which imports the spec); reading is
 ppmlops.data.sql_source. The checks are a first line only: the query runs in a READ ONLY
 transaction, which is what actually stops a write (a function with side effects, SELECT ... FOR
 UPDATE, a data-modifying WITH), whatever the text looks like.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 # Statements and clauses that write or change the schema; matched as whole words outside string
 # literals, quoted identifiers and comments. INTO catches SELECT ... INTO new_table.
@@ -165,3 +167,34 @@ def as_subquery(sql: str) -> str:
     if pieces and pieces[-1].code:
         pieces[-1] = _Piece(pieces[-1].text.rstrip(" \t\r\n;"), True)
     return "".join(p.text.replace(":", r"\:") for p in pieces).strip()
+
+
+def server_of(url: str) -> str:
+    """host:port/database of a PostgreSQL URL: where a query runs, without the user or password."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database}"
+
+
+def source_url(source: Any, connections: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(URL, how messages name it) of a spec's SQL source: its url (shown redacted), or the URL
+    of its connection from `connections` (the Airflow adapter resolves them, see
+    ppmlops.airflow.connections.source_urls), shown by the connection's id."""
+    from ppmlops.db import redact
+    from ppmlops.errors import SpecError
+
+    if source.url is not None:
+        return source.url, redact(source.url)
+    url = (connections or {}).get(source.connection)
+    if url is None:
+        field = source_field(source)
+        raise SpecError(f"{field}.connection: no connection {source.connection!r} is defined: add an Airflow "
+                        f"Connection of that id (type postgres; Admin -> Connections, `airflow connections add`, "
+                        f"or AIRFLOW_CONN_{source.connection.upper()}), or give {field}.url instead")
+    return url, source.connection
+
+
+def source_field(source: Any) -> str:
+    """`dataset.source` or `dataset.test_source`: where in the spec this source is."""
+    return getattr(source, "_field", "dataset.source.path").rsplit(".", 1)[0]
