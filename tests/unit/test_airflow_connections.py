@@ -62,3 +62,27 @@ def test_bad_connections_are_named_without_their_secrets(base):
     ftp = Connection(conn_id="ppmlops_opa", conn_type="http", host="ftp://opa")
     with pytest.raises(SpecError, match="scheme 'ftp'"):
         connections.apply(base, _lookup(ppmlops_opa=ftp))
+
+
+def test_a_sql_sources_postgres_connection_becomes_its_url():
+    from sqlalchemy.engine import make_url
+
+    from ppmlops.spec import parse_spec
+
+    doc = {"name": "p", "dataset": {"id": "d", "source": {"sql": "SELECT * FROM t", "connection": "ppmlops_source"},
+                                    "label": {"column": "y", "positive": "yes", "values": ["yes", "no"]},
+                                    "features": [{"name": "age", "type": "numeric", "range": [0, 1]}]},
+           "privacy": {"epsilon": 1.0, "delta": 1e-5, "run_epsilon": 1.0}, "deploy": {"model_name": "m"}}
+    spec = parse_spec(doc)
+    conn = Connection(conn_id="ppmlops_source", conn_type="postgres", host="db.internal", port=5433,
+                      schema="warehouse", login="reader", password="p@ss/word", extra=json.dumps({"sslmode": "require"}))
+    [(name, url)] = connections.source_urls(spec, _lookup(ppmlops_source=conn)).items()
+    parsed = make_url(url)
+    assert name == "ppmlops_source" and parsed.drivername == "postgresql+psycopg2"
+    assert (parsed.host, parsed.port, parsed.database, parsed.username, parsed.password) == (
+        "db.internal", 5433, "warehouse", "reader", "p@ss/word")
+    assert parsed.query == {"sslmode": "require"}
+    assert connections.source_urls(spec, _lookup()) == {}  # undefined: reading the source names it
+    http = Connection(conn_id="ppmlops_source", conn_type="http", host="db.internal", schema="warehouse")
+    with pytest.raises(SpecError, match="ppmlops_source: type 'http' is not postgres"):
+        connections.source_urls(spec, _lookup(ppmlops_source=http))
