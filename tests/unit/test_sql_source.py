@@ -201,6 +201,9 @@ def test_a_sql_source_names_exactly_one_of_connection_and_url():
     assert by_url.resolved_format() == "sql" and by_url.is_sql
     assert "s3cret-pw" not in repr(by_url) and "s3cret-pw" not in by_url.model_dump_json()
     assert by_url.model_dump()["url"] == "postgresql+psycopg2://reader:***@db.internal:5433/warehouse"
+    # The training job rebuilds the spec from its JSON: the redacted URL still parses.
+    spec = spec_of({"sql": QUERY, "url": url})
+    assert type(spec).model_validate_json(spec.model_dump_json()).dataset.source.sql == QUERY
     for source, message in [
         ({"sql": QUERY}, "exactly one of source.connection"),
         ({"sql": QUERY, "connection": "a", "url": url}, "exactly one of source.connection"),
