@@ -55,9 +55,33 @@ def block_shares(rooms: list[BlockRoom]) -> list[BlockShare]:
                        pipeline_share_used=r.pipeline_share_used, pipelines=r.pipelines) for r in rooms]
 
 
+def learnability(ctx: RunContext, rows: float, budget: LifetimeBudget, charged, req: RunRequest,
+                 room: Room | None):
+    """Whether the run could learn at the most epsilon it could get (ppmlops.training.learnability),
+    from public facts and the noisy counts; None when no training fits at all (the budget rules
+    refuse that run). The train policy reads it, so a run that cannot learn is refused before its
+    grant."""
+    from ppmlops.data.features import feature_names
+    from ppmlops.run.records import ModelCheck
+    from ppmlops.training.learnability import builtin_parameters, estimate
+
+    spec = ctx.spec
+    best = min(ctx.params.epsilon_cap, affordable(budget, charged, req, room)[TRAIN])
+    try:
+        planned = plan_run(budget, charged, req, best, room)
+    except BudgetExceeded:
+        return None
+    check = ctx.store.read_optional(ModelCheck) if spec.model.own is not None else None
+    parameters = (check.parameters if check is not None
+                  else builtin_parameters(spec.model.kind, len(feature_names(spec)), spec.model.hidden or (), 2))
+    return estimate(rows=rows, parameters=parameters, steps=req.shape.steps * req.epochs, epochs=req.epochs,
+                    expected_batch=req.shape.divisor, noise_multiplier=planned.noise_multiplier,
+                    learning_rate=spec.training.learning_rate, max_grad_norm=spec.training.max_grad_norm, epsilon=best)
+
+
 def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, budget: LifetimeBudget,
                  charged, req: RunRequest, room: Room | None = None,
-                 blocks: list[BlockShare] | None = None) -> dict[str, Any]:
+                 blocks: list[BlockShare] | None = None, learn=None) -> dict[str, Any]:
     spec, refused = ctx.spec, max(0, counts.quarantined.get("no consent", 0))
     afford, already = affordable(budget, charged, req, room), released(req)
     return {
@@ -80,6 +104,8 @@ def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, b
         # budget used by every run and by this pipeline, and unlocked at the run's window end.
         "blocks": [{"id": b.id, "share_used": b.share_used, "unlocked": b.unlocked,
                     "pipeline_share_used": b.pipeline_share_used, "pipelines": b.pipelines} for b in blocks or []],
+        # Can the run learn at the most epsilon it could get (ppmlops.training.learnability)?
+        **({"learnability": learn.model_dump()} if learn is not None else {}),
     }
 
 
@@ -121,7 +147,8 @@ def run(ctx: RunContext) -> PlanRecord:
     ledger.register_run(spec.dataset.id, ctx.run_id, spec.name, staged.window.end)
     rooms = run_rooms(ctx, ledger, budget, staged)
     room, shares = Room.of_blocks(budget, rooms), block_shares(rooms)
-    doc = policy_input(ctx, counts, risk, budget, charged, req, room, shares)
+    doc = policy_input(ctx, counts, risk, budget, charged, req, room, shares,
+                       learnability(ctx, max(1, counts.rows_train), budget, charged, req, room))
     run_epsilon, reasons, decisions = _budget(ctx, doc)
     warm = _warm_start(ctx)
     try:
