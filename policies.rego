@@ -222,6 +222,7 @@ _train_deny contains msg if {
 # The deploy gate's metric_defined check is the one that demands confidence.
 _class_errors contains msg if {
 	_train_input_ok
+	object.get(input.classes, "task", "binary") != "regression" # a regression label has no classes
 	some partition in ["train", "holdout"]
 	counts := input.classes[partition]
 	counts.smallest < utility.min_class_rows

@@ -180,16 +180,66 @@ class CategoricalFeature(_Model):
 Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="type")]
 
 
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+
+
 class Label(_Model):
+    """What the model predicts. Everything here is declared, never learned from the rows: the class
+    list and the range are public, so the model's shape and every release's sensitivity are too.
+
+    binary      `positive` is class 1, every other value among `values` class 0
+    multiclass  `classes` in declared order (class i is the i-th); a row with another value is
+                quarantined as an invalid label, like a binary label outside `values`
+    regression  a number in the declared `range` [low, high] (outside it: quarantined); the model
+                predicts it scaled to [0, 1] by that range, and every error is clipped to it, so
+                the evaluation's sensitivity is the range's width, never a property of the data
+    """
+
     column: str
-    positive: str  # the value that means class 1; every other allowed value is class 0
-    values: list[str] = Field(min_length=2)  # all allowed label values; other values are quarantined
+    task: Task = "binary"
+    positive: str | None = None  # binary: the value that means class 1
+    values: list[str] | None = Field(None, min_length=2)  # binary: all allowed label values
+    classes: list[str] | None = Field(None, min_length=2)  # multiclass: the classes, in order
+    range: tuple[float, float] | None = None  # regression: [low, high]
 
     @model_validator(mode="after")
-    def _positive_allowed(self) -> "Label":
-        if self.positive not in self.values:
+    def _fields_of_task(self) -> "Label":
+        wanted = {"binary": ("positive", "values"), "multiclass": ("classes",), "regression": ("range",)}[self.task]
+        missing = [f for f in wanted if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"label.task {self.task} needs label.{' and label.'.join(missing)}")
+        stray = [f for f in ("positive", "values", "classes", "range") if f not in wanted and getattr(self, f) is not None]
+        if stray:
+            raise ValueError(f"label.{' and label.'.join(stray)} do not apply to label.task {self.task}")
+        if self.task == "binary" and self.positive not in self.values:
             raise ValueError(f"label.positive {self.positive!r} is not among label.values {self.values}")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("label.classes must be unique")
+        if self.range is not None:
+            lo, hi = self.range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"label.range must be two finite numbers [low, high] with low < high, got {list(self.range)}")
         return self
+
+    @property
+    def allowed(self) -> list[str] | None:
+        """The label values a row may have (others are quarantined); None: a number in `range`."""
+        return self.values if self.task == "binary" else self.classes
+
+    @property
+    def n_outputs(self) -> int:
+        """The model's outputs: two logits for binary (as always), one per class, one number."""
+        if self.task == "regression":
+            return 1
+        return len(self.classes) if self.task == "multiclass" else 2
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class i's name: binary's 0 and 1 are "negative" and label.positive."""
+        if self.task == "multiclass":
+            return list(self.classes)
+        return ["negative", str(self.positive)] if self.task == "binary" else []
 
 
 class Consent(_Model):

@@ -28,16 +28,31 @@ def deploy_metrics(evaluated: EvaluationRecord, deploy: Deploy) -> dict[str, Any
             "class_rows_lower": evaluated.class_rows_lower}
 
 
-def plan_classes(counts: CountsRelease, label: str, confidence: float) -> dict[str, Any] | None:
+def plan_classes(counts: CountsRelease, label: str, confidence: float, task: str = "binary") -> dict[str, Any] | None:
     """input.classes of data.ppmlops.train: the noisy rows of each class in each partition and the
     smaller of the two (clamped at 0). The policy refuses a partition whose noisy counts show one
     class; a confidence bound would refuse every small table under count noise (see the rule).
     None when the counts release has no class counts (released before they existed): the policy's
-    input check then refuses to train."""
+    input check then refuses to train.
+
+    Multiclass: `positive` is the noisy rows of the largest class and `negative` the rest, so the
+    smaller says whether a second class is there at all (post-processing of the per-class counts,
+    which are listed under `by_class`). Regression: the rows below and at or above the declared
+    range's midpoint (`task` tells the policy, which applies its single-class rule to
+    classification only)."""
     if counts.labels is None or counts.sigma_labels is None:
         return None
     out: dict[str, Any] = {"label": label, "sigma": counts.sigma_labels, "confidence": confidence}
+    if task != "binary":  # a binary input stays as it was: the policy reads a missing task as binary
+        out["task"] = task
     for p in PARTITIONS:
-        noisy = {c: counts.labels[f"{p}:{c}"] for c in CLASSES}
+        if task == "binary":
+            noisy = {c: counts.labels[f"{p}:{c}"] for c in CLASSES}
+        else:
+            by_class = {k.split(":", 1)[1]: v for k, v in counts.labels.items() if k.startswith(f"{p}:")}
+            largest = max(by_class.values())
+            noisy = {"positive": largest, "negative": sum(by_class.values()) - largest}
         out[p] = noisy | {"smallest": float(max(0, min(noisy.values())))}
+        if task != "binary":
+            out[p]["by_class"] = by_class
     return out

@@ -7,7 +7,9 @@ width that depended on the data would change the model's shape from run to run.
 numeric      clip to the declared [low, high] (log1p of value and bounds first when `log`),
              then scale to [0, 1]; one column named after the feature
 categorical  one-hot over the declared categories in declared order; columns `name=category`
-label        1 where the value equals label.positive, 0 for every other declared value
+label        binary: 1 where the value equals label.positive, 0 for every other declared value;
+             multiclass: the class's index in label.classes; regression: the number scaled to
+             [0, 1] by label.range (float32), what the model predicts (`unscale` undoes it)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ppmlops.errors import DataError
-from ppmlops.spec import CategoricalFeature, Feature, NumericFeature, PipelineSpec
+from ppmlops.spec import CategoricalFeature, Feature, Label, NumericFeature, PipelineSpec
 
 
 def feature_names(spec: PipelineSpec) -> list[str]:
@@ -37,14 +39,42 @@ def columns_of(features: Sequence[Feature]) -> list[str]:
 
 
 def encode(df: pd.DataFrame, spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """X (float32, n x width), y (int64, 1 == label.positive) and the column names of X."""
+    """X (float32, n x width), y (int64 class indices; float32 in [0, 1] for regression) and the
+    column names of X."""
     ds = spec.dataset
     if ds.label.column not in df.columns:
         raise DataError(f"cannot encode: label column {ds.label.column!r} missing from the staged snapshot "
                         f"({len(df.columns)} columns)")
     X = encode_features(df, ds.features)
-    y = _label(df[ds.label.column], ds.label.positive, ds.label.values)
+    y = encode_label(df[ds.label.column], ds.label)
     return X, y, feature_names(spec)
+
+
+def encode_label(col: pd.Series, label: Label) -> np.ndarray:
+    """The label column as the task's targets (see the module docstring)."""
+    if label.task == "binary":
+        return _label(col, label.positive, label.values)
+    if label.task == "multiclass":
+        codes = pd.Index(label.classes, dtype=object).get_indexer(col.astype("string").to_numpy(dtype=object))
+        if (codes < 0).any():
+            row = int(np.flatnonzero(codes < 0)[0])
+            raise DataError(f"cannot encode label {col.name}: row {row} is not one of {label.classes}")
+        return codes.astype(np.int64)
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    lo, hi = label.range
+    bad = ~(np.isfinite(values) & (values >= lo) & (values <= hi))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"cannot encode label {col.name}: row {row} is not a number in [{lo:g}, {hi:g}] "
+                        f"({int(bad.sum())} such rows); ingestion should have quarantined it")
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def unscale(values, label: Label) -> np.ndarray:
+    """A regression model's outputs (the label scaled to [0, 1]) in the label's own units, clipped
+    to the declared range: the model never claims a value the spec rules out."""
+    lo, hi = label.range
+    return lo + np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0) * (hi - lo)
 
 
 def encode_features(df: pd.DataFrame, features: Sequence[Feature]) -> np.ndarray:

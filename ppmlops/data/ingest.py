@@ -11,7 +11,9 @@ are checked in this order, and a row is quarantined under the category of its fi
                   required purpose not among the consented purposes, or the consent expired
                   before the run's date (ppmlops.data.consent): "no consent", with the reason
                   saying which; nothing else is checked on a row whose owner did not consent
-  2. label     -- empty or not among label.values: "invalid label"
+  2. label     -- empty or not among the declared labels (label.values, or label.classes for a
+                  multiclass task), or for a regression task not a finite number inside
+                  label.range: "invalid label"
   3. numeric   -- not a finite number, or outside the declared range: "invalid value"
   4. category  -- not among the declared categories: "unknown category"
   and, before all of these, a line with the wrong number of fields: "malformed line".
@@ -304,6 +306,37 @@ def _screen_columns(readers: Sequence[SourceReader], undeclared: list[str],
     return withheld
 
 
+def _in_range(text, bounds: tuple[float, float]) -> np.ndarray:
+    """Rows whose text is a plain number inside [low, high] (certainly accepted; others are decided
+    by _RowChecker.check)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lo, hi = bounds
+    plain = pc.fill_null(pc.match_substring_regex(text, _PLAIN_NUMBER), False)
+    try:
+        x = pc.cast(pc.if_else(plain, text, "0"), pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        return np.zeros(len(text), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return plain.to_numpy(zero_copy_only=False) & np.isfinite(x) & (lo <= x) & (x <= hi)
+
+
+def _range_problem(text: str, bounds: tuple[float, float]) -> str | None:
+    """Why `text` is not a number inside [low, high], or None."""
+    lo, hi = bounds
+    if not text:
+        return "is empty"
+    if not _NUMBER.fullmatch(text):
+        return f"{text!r} is not a number"
+    x = float(text)
+    if not math.isfinite(x):
+        return f"{text!r} is not a finite number"
+    if not lo <= x <= hi:
+        return f"{text} is outside the declared range [{lo:g}, {hi:g}]"
+    return None
+
+
 # --------------------------------------------------------------------------- checking
 
 
@@ -323,7 +356,10 @@ class _RowChecker:
         self.consent = ConsentRules(ds.consent, header, as_of, path) if ds.consent is not None else None
         self.pseudonyms = [(pseudonym_column(c), index(c)) for c in ds.pseudonymize]
         self.key = key
-        self.label = (ds.label.column, index(ds.label.column), set(ds.label.values), ds.label.values)
+        allowed = ds.label.allowed
+        self.label = (ds.label.column, index(ds.label.column), set(allowed or ()), allowed)
+        # A regression label is a number in the declared range, kept as its text like other labels.
+        self.label_range = ds.label.range if ds.label.task == "regression" else None
         self.numeric = [(f.name, index(f.name), f.range) for f in ds.features if isinstance(f, NumericFeature)]
         self.categorical = [(f.name, index(f.name), set(f.categories))
                             for f in ds.features if isinstance(f, CategoricalFeature)]
@@ -351,7 +387,10 @@ class _RowChecker:
             ok &= refusal < 0
         staged: dict[str, Any] = {}
         col, i, allowed, _ = self.label
-        good, staged[col] = _in_set(batch.column(i), allowed)
+        if self.label_range is None:
+            good, staged[col] = _in_set(batch.column(i), allowed)
+        else:
+            good, staged[col] = _in_range(batch.column(i), self.label_range), batch.column(i)
         ok &= good
         for col, i, (lo, hi) in self.numeric:
             text = batch.column(i)
@@ -379,7 +418,13 @@ class _RowChecker:
         out: dict[str, Any] = {}
         col, i, allowed, ordered = self.label
         value = rec[i].strip()
-        if value in allowed:
+        if self.label_range is not None:
+            problem = _range_problem(value, self.label_range)
+            if problem is None:
+                out[col] = value
+            else:
+                problems.append((INVALID_LABEL, f"column {col}: label {problem}"))
+        elif value in allowed:
             out[col] = value
         elif not value:
             problems.append((INVALID_LABEL, f"column {col}: label is empty"))

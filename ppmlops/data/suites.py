@@ -119,8 +119,12 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
                                      column=f.name, value_set=list(f.categories)))
             string_columns.append(f.name)
     exps.append(_expectation("expect_column_values_to_not_be_null", "completeness", column=ds.label.column))
-    exps.append(_expectation("expect_column_values_to_be_in_set", "label",
-                             column=ds.label.column, value_set=list(ds.label.values)))
+    if ds.label.task == "regression":  # staged as its text, like every label: a number in the range
+        exps.append(_expectation("expect_column_values_to_match_regex", "label", column=ds.label.column,
+                                 regex=r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"))
+    else:
+        exps.append(_expectation("expect_column_values_to_be_in_set", "label",
+                                 column=ds.label.column, value_set=list(ds.label.allowed)))
     string_columns.append(ds.label.column)
     for col in string_columns:
         exps.extend(sensitivity_expectations(col))

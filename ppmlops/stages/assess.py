@@ -70,14 +70,23 @@ def _exact_counts(result, k_unsafe: int | None) -> dict[str, dict[str, int]]:
 
 def _label_counts(result, label) -> dict[str, int]:
     """Exact rows by partition and class (private; released only with noise, for the plan's check
-    that neither partition holds a single class)."""
+    that neither partition holds a single class). Binary: the positive and negative rows, as
+    always; multiclass: one count per declared class; regression: the rows below and at or above
+    the declared range's midpoint (a public threshold: a spread the plan's report shows)."""
     import pandas as pd
 
     out = {}
     for part, path in (("train", result.snapshot_train), ("holdout", result.snapshot_test)):
         values = pd.read_parquet(path, columns=[label.column])[label.column].astype("string")
-        positive = int((values == label.positive).sum())
-        out |= {f"{part}:positive": positive, f"{part}:negative": len(values) - positive}
+        if label.task == "binary":
+            positive = int((values == label.positive).sum())
+            out |= {f"{part}:positive": positive, f"{part}:negative": len(values) - positive}
+        elif label.task == "multiclass":
+            out |= {f"{part}:{c}": int((values == c).sum()) for c in label.classes}
+        else:
+            mid = (label.range[0] + label.range[1]) / 2
+            high = int((pd.to_numeric(values, errors="coerce") >= mid).sum())
+            out |= {f"{part}:low": len(values) - high, f"{part}:high": high}
     return out
 
 

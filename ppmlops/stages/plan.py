@@ -99,7 +99,8 @@ def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, b
         "request": {"run_epsilon": spec.privacy.run_epsilon, "epsilon_cap": ctx.params.epsilon_cap,
                     "environment": ctx.params.environment, "randomness": ctx.randomness},
         # Noisy rows per class and partition: a partition with one class cannot be evaluated.
-        "classes": plan_classes(counts, spec.dataset.label.column, spec.deploy.confidence),
+        "classes": plan_classes(counts, spec.dataset.label.column, spec.deploy.confidence,
+                                spec.dataset.label.task),
         # Each block the run reads (public: the calendar and the ledger): shares of its lifetime
         # budget used by every run and by this pipeline, and unlocked at the run's window end.
         "blocks": [{"id": b.id, "share_used": b.share_used, "unlocked": b.unlocked,
