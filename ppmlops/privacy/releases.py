@@ -125,3 +125,42 @@ def ratio(numerator: float, denominator: float, *, empty: float = 0.0) -> float:
     if d <= 0:
         return empty
     return min(1.0, n / d)
+
+
+@dataclass
+class NoisySums:
+    """A release of real-valued sums: the noisy sums by group and name, with each group's noise."""
+
+    values: dict[str, dict[str, float]] = field(default_factory=dict)
+    sigmas: dict[str, float] = field(default_factory=dict)
+    sensitivities: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def noise_multiplier(self) -> float:
+        return effective_sigma([CountGroup(self.sigmas[g], self.sensitivities[g]) for g in self.values])
+
+
+def noisy_sums(exact: Mapping[str, Mapping[str, float]], groups: Mapping[str, CountGroup],
+               source: NoiseSource) -> NoisySums:
+    """Add the continuous Gaussian of each group to its exact sums.
+
+    The same accounting as `noisy_counts`, for sums of bounded real values: in each group one
+    row's contribution to the group's sums is a vector of L2 norm at most the group's
+    `sensitivity` (the caller bounds it: clips each row's values first), so the release is the
+    Gaussian mechanism of ``effective_sigma(groups)``. The noise comes from the source's CSPRNG
+    (ppmlops.privacy.randomness.NoiseSource.gaussian); the caller must have charged
+    ``release_segment(groups.values())`` before calling this.
+    """
+    if set(exact) != set(groups):
+        raise ReleaseError(f"sums for groups {sorted(exact)} do not match noise for groups {sorted(groups)}")
+    out = NoisySums()
+    for name, sums in exact.items():
+        g = groups[name]
+        bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
+        if bad:
+            raise ReleaseError(f"sums must be finite numbers; group {name!r} has {bad}")
+        noise = source.gaussian((len(sums),), g.sigma)
+        out.values[name] = {k: float(v) + float(z) for (k, v), z in zip(sums.items(), noise)}
+        out.sigmas[name] = g.sigma
+        out.sensitivities[name] = g.sensitivity
+    return out

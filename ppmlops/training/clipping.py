@@ -28,11 +28,11 @@ import warnings
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ppmlops.errors import TrainingError
 from ppmlops.training.job import CLIPPING_MODES
+from ppmlops.training.tasks import loss_module, loss_sum
 # Parameter-free layers that act on each row alone: a layer mixing rows (a batch statistic) would
 # make a row's gradient depend on other rows, and the closed form would no longer be its gradient.
 ROW_WISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Identity, nn.Dropout)
@@ -73,7 +73,8 @@ def _zero_grads(params) -> torch.Tensor:
 class LinearClipper:
     fast = True
 
-    def __init__(self, ddp: nn.Module, net: nn.Sequential):
+    def __init__(self, ddp: nn.Module, net: nn.Sequential, task: str = "binary"):
+        self.task = task
         self.module, self.layers = ddp, list(net)
         self.params = [p for p in net.parameters() if p.requires_grad]
 
@@ -91,7 +92,7 @@ class LinearClipper:
             else:
                 h = layer(h)
         # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
-        grads = torch.autograd.grad(F.cross_entropy(h, yb, reduction="sum"), outputs)
+        grads = torch.autograd.grad(loss_sum(self.task, h, yb), outputs)
         sq = torch.zeros(len(yb), dtype=h.dtype, device=h.device)
         linears = [m for m in self.layers if isinstance(m, nn.Linear)]
         for layer, a, g in zip(linears, inputs, grads):
@@ -110,13 +111,13 @@ class LinearClipper:
 class GhostClipper:
     fast = True
 
-    def __init__(self, ddp: nn.Module, optimizer, max_grad_norm: float):
+    def __init__(self, ddp: nn.Module, optimizer, max_grad_norm: float, task: str = "binary"):
         from opacus.grad_sample import GradSampleModuleFastGradientClipping
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
         self.module = GradSampleModuleFastGradientClipping(ddp, batch_first=True, loss_reduction="mean",
                                                            max_grad_norm=max_grad_norm, use_ghost_clipping=True)
-        self.loss = DPLossFastGradientClipping(self.module, optimizer, nn.CrossEntropyLoss(reduction="mean"),
+        self.loss = DPLossFastGradientClipping(self.module, optimizer, loss_module(task),
                                                loss_reduction="mean")
         self.params = list(optimizer.params)
 
@@ -133,7 +134,8 @@ class GhostClipper:
 class HooksClipper:
     fast = False
 
-    def __init__(self, ddp: nn.Module):
+    def __init__(self, ddp: nn.Module, task: str = "binary"):
+        self.task = task
         from opacus import GradSampleModule
 
         self.module = GradSampleModule(ddp, batch_first=True, loss_reduction="mean")
@@ -144,7 +146,7 @@ class HooksClipper:
     def backward(self, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
         out = self.module(xb)
         # The mean loss, but 0 rather than NaN on an empty batch; Opacus rescales by the batch size.
-        loss = F.cross_entropy(out, yb, reduction="sum") / max(len(yb), 1)
+        loss = loss_sum(self.task, out, yb) / max(len(yb), 1)
         with warnings.catch_warnings():
             # Inputs never require grad, so torch notes that Opacus's backward hooks fire on outputs
             # only; that is exactly what per-sample gradients need.
@@ -156,17 +158,17 @@ class HooksClipper:
         return torch.stack(norms, dim=1).norm(2, dim=1)
 
 
-def probe_norms(net: nn.Module, mode: str, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+def probe_norms(net: nn.Module, mode: str, xb: torch.Tensor, yb: torch.Tensor, task: str = "binary") -> torch.Tensor:
     """The per-row gradient norms `mode`'s clipper computes for `net` on one batch, outside any
     process group: the same code a worker runs, for a model's check before training
     (ppmlops.training.model_check). `net` is wrapped (Opacus adds hooks): pass a copy."""
     if mode == "linear":
-        return LinearClipper(net, net).backward(xb, yb, 1.0)
+        return LinearClipper(net, net, task).backward(xb, yb, 1.0)
     if mode == "ghost":
         from opacus.optimizers import DPOptimizerFastGradientClipping
 
         optimizer = DPOptimizerFastGradientClipping(torch.optim.SGD(net.parameters(), lr=0.0), noise_multiplier=0.0,
                                                     max_grad_norm=1.0, expected_batch_size=len(yb),
                                                     loss_reduction="mean")
-        return GhostClipper(net, optimizer, 1.0).backward(xb, yb, 1.0)
-    return HooksClipper(net).backward(xb, yb, 1.0)
+        return GhostClipper(net, optimizer, 1.0, task).backward(xb, yb, 1.0)
+    return HooksClipper(net, task).backward(xb, yb, 1.0)

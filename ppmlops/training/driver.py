@@ -28,18 +28,16 @@ INIT_FILE, CANARY_SCORES_FILE = "model_init.pt", "canary_scores.npy"
 MAX_CANARY_COLUMNS = 512
 
 
-def first_layer_units(kind: str, hidden: list[int] | tuple[int, ...]) -> int:
+def first_layer_units(kind: str, hidden: list[int] | tuple[int, ...], n_outputs: int = 2) -> int:
     """The output width of build_model's first layer: where the gradient canaries live."""
-    from ppmlops.training.models import N_CLASSES
-
-    return N_CLASSES if kind == "logistic" else int(hidden[0])
+    return int(n_outputs) if kind == "logistic" else int(hidden[0])
 
 
 def canary_layer(ctx: RunContext) -> tuple[str | None, int]:
     """(the layer whose weight carries the canaries, its units): a built-in's first layer, or
     where the model's check placed them (None: the model has no layer that can; no canaries)."""
     if ctx.spec.model.own is None:
-        return "0", first_layer_units(ctx.spec.model.kind, ctx.spec.model.hidden)
+        return "0", first_layer_units(ctx.spec.model.kind, ctx.spec.model.hidden, ctx.spec.dataset.label.n_outputs)
     from ppmlops.training.model_check import checked
 
     check = checked(ctx)
@@ -82,7 +80,8 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
                      storage_path=str(ctx.store.ray_storage()), ray_address=ctx.settings.ray_address,
                      max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
-                     progress_path=str(ctx.store.root / PROGRESS_FILE), physical_batch=spec.training.max_physical_batch)
+                     progress_path=str(ctx.store.root / PROGRESS_FILE), physical_batch=spec.training.max_physical_batch,
+                     task=spec.dataset.label.task, n_outputs=spec.dataset.label.n_outputs)
 
 
 progress = logging.getLogger("ppmlops.progress")
@@ -167,7 +166,9 @@ def train_here(ctx: RunContext) -> TrainRecord:
     from ppmlops.training.factory import saved_model
 
     state = without_canary_columns(weights, len(names), kept.layer)
-    torch.save(saved_model(state, ctx.spec.model.kind, ctx.spec.model.hidden, names, ctx.spec.model.own, code),
+    label = ctx.spec.dataset.label
+    torch.save(saved_model(state, ctx.spec.model.kind, ctx.spec.model.hidden, names, ctx.spec.model.own, code,
+                           label.task, label.n_outputs),
                ctx.store.model_path)
     session.recover()
     # A search's grant is never trimmed to usage (ppmlops.privacy.ledger): all of it is used.

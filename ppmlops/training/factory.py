@@ -72,11 +72,12 @@ def fix_batchnorm(net: nn.Module) -> tuple[nn.Module, list[str]]:
 
 
 def build_net(kind: str | None, hidden: Sequence[int] | None, factory: FactoryRef | None,
-              n_features: int) -> nn.Module:
-    """The run's model for `n_features` inputs: the factory's when there is one, else the built-in."""
+              n_features: int, n_outputs: int = N_CLASSES) -> nn.Module:
+    """The run's model for `n_features` inputs and the task's `n_outputs` (ppmlops.spec.Label.
+    n_outputs): the factory's when there is one, else the built-in."""
     if factory is not None:
-        return build_own(factory, n_features)[0]
-    return build_model(kind, n_features, list(hidden or ()))
+        return build_own(factory, n_features, n_outputs)[0]
+    return build_model(kind, n_features, list(hidden or ()), n_outputs=n_outputs)
 
 
 def code_of(target: str) -> ModelCode:
@@ -101,12 +102,17 @@ def code_of(target: str) -> ModelCode:
 
 
 def saved_model(state_dict: dict, kind: str | None, hidden: Sequence[int] | None, features: list[str],
-                factory: FactoryRef | None, code: ModelCode | None) -> dict:
+                factory: FactoryRef | None, code: ModelCode | None, task: str = "binary",
+                n_outputs: int = N_CLASSES) -> dict:
     """The model file a run leaves (read by evaluate and by the served model): the weights and
-    everything `rebuild` needs, in types torch.load(weights_only=True) reads."""
-    return {"state_dict": state_dict, "kind": kind, "hidden": list(hidden) if hidden is not None else None,
-            "features": list(features), "factory": factory.model_dump(mode="json") if factory else None,
-            "code": code.model_dump(mode="json") if code else None}
+    everything `rebuild` needs, in types torch.load(weights_only=True) reads. A binary model's
+    file is as it always was (a file without `task` is binary)."""
+    out = {"state_dict": state_dict, "kind": kind, "hidden": list(hidden) if hidden is not None else None,
+           "features": list(features), "factory": factory.model_dump(mode="json") if factory else None,
+           "code": code.model_dump(mode="json") if code else None}
+    if task != "binary":
+        out |= {"task": task, "n_outputs": int(n_outputs)}
+    return out
 
 
 def rebuild(saved: Mapping[str, Any], n_features: int) -> nn.Module:
@@ -115,7 +121,8 @@ def rebuild(saved: Mapping[str, Any], n_features: int) -> nn.Module:
     if ref:
         ref = FactoryRef.model_validate(ref)
         _warn_if_changed(ref, saved.get("code"))
-    net = build_net(saved.get("kind"), saved.get("hidden"), ref or None, n_features)
+    net = build_net(saved.get("kind"), saved.get("hidden"), ref or None, n_features,
+                    int(saved.get("n_outputs", N_CLASSES)))
     net.load_state_dict(saved["state_dict"])
     return net
 

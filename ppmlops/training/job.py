@@ -76,6 +76,10 @@ class WorkerJob:
     # The spec's own model (model.factory): built by it instead of model_kind and hidden
     # (ppmlops.training.factory); its module must be importable on every worker.
     factory: FactoryRef | None = None
+    # The spec's label.task and the model's outputs (ppmlops.training.tasks): the loss, the
+    # targets' dtype and the tuner's held-out signal follow them.
+    task: str = "binary"
+    n_outputs: int = 2
 
     @property
     def run_id(self) -> str:

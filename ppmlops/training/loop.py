@@ -37,7 +37,7 @@ from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.factory import build_net
-from ppmlops.training.models import predict_proba
+from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning.tuners import affordable_floor
 from ppmlops.tuning import signals
@@ -197,7 +197,7 @@ class Controller:
             job, job.plan, randomness, state, tuner, echo)
         self.X_holdout = as_tensor(arrays.X_holdout, np.float32)
         self.canary_columns = arrays.canary_columns
-        self.y_holdout = np.asarray(arrays.y_holdout, dtype=np.int64)
+        self.y_holdout = np.asarray(arrays.y_holdout, dtype=target_dtype(job.task))
         self.session = PrivacySession.open(Ledger(job.ledger_url), grant_of(self.plan))
         self.pending: list = []  # admissions to complete once the epoch is checkpointed
         if tuner is not None and state.tuner:
@@ -283,14 +283,11 @@ class Controller:
             return None, None
         admission = self.session.spend(HOLDOUT, segment, key=f"holdout/epoch-{epoch}",
                                        note=signals.holdout_note(epoch, sigma), mechanism="gaussian")
-        probs = predict_proba(net, self.X_holdout, zero_columns=self.canary_columns)
-        correct = int(((probs.numpy() >= 0.5) == self.y_holdout).sum())
-        from ppmlops.privacy.releases import noisy_counts
-
-        noisy = noisy_counts(signals.accuracy_counts(correct, len(self.y_holdout)), signals.accuracy_groups(sigma),
-                             self.randomness.source("holdout", epoch))
+        predicted = predict(net, self.X_holdout, self.job.task, zero_columns=self.canary_columns)
+        signal = signals.noisy_signal(self.job.task, scores(self.job.task, predicted, self.y_holdout), sigma,
+                                      self.randomness.source("holdout", epoch))
         self.pending.append(admission)
-        return signals.accuracy_of(noisy.values), admission.entry_id
+        return signal, admission.entry_id
 
     def after_epoch(self, epoch: int, decision: dict, net, reports: list[dict], seconds: float) -> dict:
         """Record the epoch (history, progress line) and return the metrics Ray reports."""
@@ -363,7 +360,7 @@ def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restore
     from ppmlops.training.private_model import make_private_model
 
     torch.manual_seed(randomness.torch_seed("init"))  # no private row is involved in initialisation
-    net = build_net(job.model_kind, job.hidden, job.factory, width)
+    net = build_net(job.model_kind, job.hidden, job.factory, width, job.n_outputs)
     settings = EpochSettings(job.plan.noise_multiplier, job.max_grad_norm, job.learning_rate)
     if restored is not None:
         net.load_state_dict(restored.weights)
@@ -373,7 +370,7 @@ def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restore
     model = make_private_model(net, noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
                                learning_rate=settings.learning_rate, momentum=job.momentum,
                                divisor=job.plan.divisor, device=device, clipping=job.clipping,
-                               physical_batch=job.physical_batch)
+                               physical_batch=job.physical_batch, task=job.task)
     if restored is not None:
         model.optimizer.original_optimizer.load_state_dict(restored.optimizer)
     elif job.init_path and dist.get_rank() == 0:
@@ -421,7 +418,7 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     """Train the run's remaining epochs on this rank (every rank calls this); returns its timings."""
     times, t_setup = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
-    X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, np.int64)
+    X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, target_dtype(job.task))
     restored = checkpoints.restore()
     state = restored.state if restored is not None else LoopState()
     model, settings = _start(job, X.shape[1] + arrays.canary_columns, randomness, restored, device)

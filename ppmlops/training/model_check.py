@@ -36,6 +36,7 @@ from ppmlops.training.canary_scores import weight_key
 from ppmlops.training.clipping import probe_norms, resolve_mode
 from ppmlops.training.factory import build_own, code_of
 from ppmlops.training.models import N_CLASSES
+from ppmlops.training.tasks import loss_sum
 
 PROBE_ROWS = 4  # rows of the seeded probe batches (public: drawn from a fixed seed, no data)
 WIDER = 3  # extra input columns the canary check builds the model with
@@ -52,17 +53,18 @@ def checked(ctx: RunContext) -> ModelCheck | None:
     kept = ctx.store.read_optional(ModelCheck)
     if kept is not None and (kept.factory, kept.args, kept.fix_batchnorm) == (ref.target, ref.args, ref.fix_batchnorm):
         return kept
-    return ctx.store.write(check(ref, len(feature_names(ctx.spec))))
+    label = ctx.spec.dataset.label
+    return ctx.store.write(check(ref, len(feature_names(ctx.spec)), label.n_outputs, label.task))
 
 
-def check(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES) -> ModelCheck:
+def check(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES, task: str = "binary") -> ModelCheck:
     """Build and check the factory's model; ModelError naming the factory and the layer if refused."""
     # The checks draw initial weights and probes from torch's generator: the caller's stream is kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net, replaced = build_own(ref, n_features, n_outputs)
         try:
-            mode, trainable = _check_model(ref, net, n_features, n_outputs)
+            mode, trainable = _check_model(ref, net, n_features, n_outputs, task)
         except ModelError as err:
             if replaced:  # the model that failed is not the one the factory wrote: say so
                 raise ModelError(f"{err} (model.fix_batchnorm replaced {', '.join(replaced)} first)") from None
@@ -73,7 +75,8 @@ def check(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES) -> Model
                       replaced=replaced, canary_layer=layer, canary_units=units, canary_note=note)
 
 
-def _check_model(ref: FactoryRef, net: nn.Module, n_features: int, n_outputs: int) -> tuple[str, int]:
+def _check_model(ref: FactoryRef, net: nn.Module, n_features: int, n_outputs: int,
+                 task: str = "binary") -> tuple[str, int]:
     """(the clipping path, the trainable parameters) of a model that passes every check."""
     net.train()
     _check_layers(ref, net)
@@ -83,7 +86,7 @@ def _check_model(ref: FactoryRef, net: nn.Module, n_features: int, n_outputs: in
         raise ModelError(f"model.factory {ref.target!r}: the model has no trainable parameters")
     _check_rows_independent(ref, net, n_features)
     mode = resolve_mode("auto", net)
-    _check_clipping(ref, net, mode, n_features, n_outputs)
+    _check_clipping(ref, net, mode, n_features, n_outputs, task)
     return mode, trainable
 
 
@@ -180,20 +183,23 @@ def _check_rows_independent(ref: FactoryRef, net: nn.Module, n_features: int) ->
                   "the batch dimension breaks"])
 
 
-def _row_norms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _row_norms(net: nn.Module, X: torch.Tensor, y: torch.Tensor, task: str = "binary") -> torch.Tensor:
     """Each row's gradient norm by plain autograd, one row at a time: the definition."""
     params = [p for p in net.parameters() if p.requires_grad]
     norms = []
     for i in range(len(y)):
-        loss = nn.functional.cross_entropy(net(X[i:i + 1]), y[i:i + 1])
+        loss = loss_sum(task, net(X[i:i + 1]), y[i:i + 1])
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         norms.append(torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), torch.tensor(0.0))))
     return torch.stack(norms)
 
 
-def _check_clipping(ref: FactoryRef, net: nn.Module, mode: str, n_features: int, n_outputs: int) -> None:
+def _check_clipping(ref: FactoryRef, net: nn.Module, mode: str, n_features: int, n_outputs: int,
+                    task: str = "binary") -> None:
     """The clipping path the run will take gives every row's own gradient norm."""
     X, y = _probe(n_features, 2), torch.arange(PROBE_ROWS) % n_outputs
+    if task == "regression":  # targets in [0, 1], as the encoded label
+        y = (torch.arange(PROBE_ROWS, dtype=torch.float32) + 1) / (PROBE_ROWS + 1)
     # Row by row and batched, dropout would draw different masks: compared without it. Opacus
     # hooks only layers in training mode, so the rest of the model stays in it.
     net = copy.deepcopy(net)
@@ -201,11 +207,11 @@ def _check_clipping(ref: FactoryRef, net: nn.Module, mode: str, n_features: int,
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()
     try:
-        want = _row_norms(net, X, y)
+        want = _row_norms(net, X, y, task)
     except Exception as err:  # noqa: BLE001 - the model's own error, named as the model's
         raise _forward_failed(ref, err, f"one row of a seeded probe batch, shape (1, {n_features})") from None
     try:
-        got = probe_norms(copy.deepcopy(net), mode, X, y).detach()
+        got = probe_norms(copy.deepcopy(net), mode, X, y, task).detach()
     except Exception as err:  # noqa: BLE001 - Opacus's error, named with the path that raised it
         raise ModelError(f"model.factory {ref.target!r}: the {mode} clipping path cannot run on the model "
                          f"({type(err).__name__}: {_first_sentence(err)})") from None

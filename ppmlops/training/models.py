@@ -1,4 +1,5 @@
-"""Model builders for tabular binary classification under DP-SGD.
+"""Model builders for tabular data under DP-SGD: two logits for a binary label (as always), one
+per class for multiclass, one output for regression (ppmlops.training.tasks).
 
 Only layers Opacus can compute per-sample gradients for are used, and no BatchNorm: batch
 statistics mix records, so a record's influence would no longer be bounded by clipping its own
@@ -16,8 +17,9 @@ MODEL_KINDS = ("logistic", "mlp")
 N_CLASSES = 2
 
 
-def build_model(kind: str, n_features: int, hidden: Sequence[int] = (64,), *, bias: bool = True) -> nn.Module:
-    """A classifier mapping (batch, n_features) float32 to (batch, 2) logits.
+def build_model(kind: str, n_features: int, hidden: Sequence[int] = (64,), *, bias: bool = True,
+                n_outputs: int = N_CLASSES) -> nn.Module:
+    """A model mapping (batch, n_features) float32 to (batch, n_outputs) outputs (2 logits by default).
 
     "logistic" is one Linear layer; "mlp" is Linear+ReLU per entry of `hidden`, then a Linear to
     the two logits. `bias=False` drops every bias term (tests use it to make gradients vanish
@@ -25,11 +27,14 @@ def build_model(kind: str, n_features: int, hidden: Sequence[int] = (64,), *, bi
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
+    if int(n_outputs) != n_outputs or n_outputs < 1:
+        raise ValueError(f"n_outputs must be a positive integer, got {n_outputs!r}")
+    n_outputs = int(n_outputs)
     if int(n_features) != n_features or n_features < 1:
         raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
     n_features = int(n_features)
     if kind == "logistic":
-        return nn.Sequential(nn.Linear(n_features, N_CLASSES, bias=bias))
+        return nn.Sequential(nn.Linear(n_features, n_outputs, bias=bias))
     widths = list(hidden)
     if not widths:
         raise ValueError("an mlp needs at least one hidden layer; use kind 'logistic' for none")
@@ -41,7 +46,7 @@ def build_model(kind: str, n_features: int, hidden: Sequence[int] = (64,), *, bi
     for w in widths:
         layers += [nn.Linear(width_in, int(w), bias=bias), nn.ReLU()]
         width_in = int(w)
-    layers.append(nn.Linear(width_in, N_CLASSES, bias=bias))
+    layers.append(nn.Linear(width_in, n_outputs, bias=bias))
     return nn.Sequential(*layers)
 
 

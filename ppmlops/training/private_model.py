@@ -209,7 +209,7 @@ class PrivateModel:
 
 def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm: float, learning_rate: float,
                        momentum: float, divisor: float, device: torch.device, clipping: str = "auto",
-                       physical_batch: int | None = None) -> PrivateModel:
+                       physical_batch: int | None = None, task: str = "binary") -> PrivateModel:
     """Wrap `net` for distributed DP-SGD; torch.distributed must already be initialised.
 
     `clipping`: "auto" (linear where it applies, else ghost), "linear", "ghost" or "hooks"."""
@@ -234,9 +234,9 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
         # Each rank divides by divisor / world, the all-reduce sums and divides by world again.
         expected_batch_size=divisor / world, loss_reduction="mean")
     if mode == "linear":
-        clipper: Clipper = LinearClipper(ddp, net)
+        clipper: Clipper = LinearClipper(ddp, net, task)
     elif mode == "ghost":
-        clipper = GhostClipper(ddp, optimizer, max_grad_norm)
+        clipper = GhostClipper(ddp, optimizer, max_grad_norm, task)
     else:
-        clipper = HooksClipper(ddp)
+        clipper = HooksClipper(ddp, task)
     return PrivateModel(net, clipper, optimizer, mode, physical_batch)

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from ppmlops.errors import TrainingError
-from ppmlops.privacy.releases import noisy_counts
 from ppmlops.privacy.search import TrialCount
 from ppmlops.training.job import WorkerJob
 from ppmlops.training.loop import (
@@ -41,7 +40,7 @@ from ppmlops.training.loop import (
     as_tensor, say, train_epoch,
 )
 from ppmlops.training.factory import build_net
-from ppmlops.training.models import predict_proba
+from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning import signals
 from ppmlops.tuning.protocol import BudgetView, EpochSettings
@@ -69,13 +68,12 @@ def _draw_settings(job: WorkerJob, source) -> dict[str, float]:
 
 
 def _noisy_accuracy(X_holdout: torch.Tensor, y_holdout: np.ndarray, net: torch.nn.Module, sigma: float,
-                    source) -> float:
-    """A noisy held-out accuracy: (correct, wrong) plus the discrete Gaussian of scale `sigma`."""
+                    source, task: str = "binary") -> float:
+    """The task's noisy held-out signal (ppmlops.tuning.signals.noisy_signal): for a classifier
+    (correct, wrong) plus the discrete Gaussian of scale `sigma`."""
     if not len(y_holdout):
         return 0.5
-    correct = int(((predict_proba(net, X_holdout).numpy() >= 0.5) == y_holdout).sum())
-    noisy = noisy_counts(signals.accuracy_counts(correct, len(y_holdout)), signals.accuracy_groups(sigma), source)
-    return signals.accuracy_of(noisy.values)
+    return signals.noisy_signal(task, scores(task, predict(net, X_holdout, task), y_holdout), sigma, source)
 
 
 def _release_sigma(plan) -> float:
@@ -104,12 +102,12 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
 
     plan = job.plan
     torch.manual_seed(randomness.torch_seed("init", trial))
-    net = build_net(job.model_kind, job.hidden, job.factory, X.shape[1])
+    net = build_net(job.model_kind, job.hidden, job.factory, X.shape[1], job.n_outputs)
     init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     model = make_private_model(net, noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
                                learning_rate=settings["learning_rate"], momentum=job.momentum,
                                divisor=plan.divisor, device=device, clipping=job.clipping,
-                               physical_batch=job.physical_batch)
+                               physical_batch=job.physical_batch, task=job.task)
     tuner = _trial_tuner(job, settings, trial) if comm.rank == 0 else None
     current = EpochSettings(plan.noise_multiplier, settings["max_grad_norm"], settings["learning_rate"])
     epochs: list[dict] = []
@@ -127,7 +125,7 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
         train_epoch(model, sampler, X, y, randomness.source("sample", trial, epoch, comm.rank), device)
         if tuner is not None:
             acc = _noisy_accuracy(*holdout, model.net, _release_sigma(plan),
-                                  randomness.source("search-score", trial, epoch))
+                                  randomness.source("search-score", trial, epoch), job.task)
             epochs.append({"epoch": epoch, "learning_rate": current.learning_rate,
                            "max_grad_norm": current.max_grad_norm, SIGNAL: acc})
     return init, model.net, epochs
@@ -195,7 +193,7 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
     times, t0 = WorkerTimes(started_at=time.time()), time.perf_counter()
     plan, randomness = job.plan, _randomness(job)
     progress = progress or SearchProgress(job.search_state_path)
-    X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, np.int64)
+    X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, target_dtype(job.task))
     X_holdout, y_holdout = as_tensor(arrays.X_holdout, np.float32), np.asarray(arrays.y_holdout)
     state, best = (progress.load() or (None, None)) if comm.rank == 0 else (None, None)
     if comm.rank == 0 and state is None:
@@ -221,7 +219,7 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
                 score = epochs[-1][SIGNAL]
             else:
                 score = _noisy_accuracy(X_holdout, y_holdout, net, _release_sigma(plan),
-                                        randomness.source("search-score", trial))
+                                        randomness.source("search-score", trial), job.task)
             kept = state.search["best"]
             if kept is None or score > kept["holdout_accuracy_noisy"]:
                 state.search["best"] = {**settings, "holdout_accuracy_noisy": score,

@@ -10,6 +10,13 @@ the same for every run of the dataset (ppmlops.privacy.planning.split_conflict).
   Accuracy is correct~ / (correct~ + wrong~): the holdout's exact size is itself a function of
   the private rows, so the noisy denominator is the only one that may be used.
 
+Other tasks (label.task, ppmlops.training.tasks). Multiclass: (correct, wrong) as above, a row
+right when its argmax is its class. Regression: each held-out row has a score s = 1 - |error| on
+the label's [0, 1] scale (prediction and label clipped to the declared range, so s is in [0, 1])
+and adds (s, 1 - s) to the pair of sums, a vector of L2 norm sqrt(s^2 + (1-s)^2) <= 1: the same
+sensitivity, so the same Gaussian of that sigma (continuous, ppmlops.privacy.releases.noisy_sums)
+costs the same and the signal correct~ / (correct~ + wrong~) is a noisy 1 - MAE / range width.
+
 Noisy clipped fraction (Andrew et al. 2021, "Differentially Private Learning with Adaptive
 Clipping", arXiv 1905.03871; ledger partition ``train``). In every DP-SGD step each sampled row
 adds one to either the clipped or the unclipped count, besides its clipped gradient. Scaled by
@@ -48,6 +55,27 @@ def accuracy_of(noisy: dict[str, dict[str, int]]) -> float:
     """correct~ / (correct~ + wrong~), each clamped at 0; 0.5 when both are 0."""
     c, w = noisy[OUTCOME]["correct"], noisy[OUTCOME]["wrong"]
     return ratio(c, max(c, 0) + max(w, 0), empty=0.5)
+
+
+def score_sums(scores) -> dict[str, dict[str, float]]:
+    """The regression signal's exact pair: sum of the rows' scores in [0, 1] and of 1 - score."""
+    import numpy as np
+
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)  # the sensitivity rests on this bound
+    return {OUTCOME: {"correct": float(s.sum()), "wrong": float((1.0 - s).sum())}}
+
+
+def noisy_signal(task: str, scores, sigma: float, source: NoiseSource) -> float:
+    """The tuner's noisy held-out signal for `task` from each row's score (ppmlops.training.tasks.
+    scores); the caller has charged Segment(sigma, 1, 1) on the held-out partition."""
+    from ppmlops.privacy.releases import noisy_counts, noisy_sums
+
+    if task == "regression":
+        noisy = noisy_sums(score_sums(scores), accuracy_groups(sigma), source)
+    else:
+        correct = int(round(float(sum(scores))))
+        noisy = noisy_counts(accuracy_counts(correct, len(scores)), accuracy_groups(sigma), source)
+    return accuracy_of(noisy.values)
 
 
 def holdout_note(epoch: int, sigma: float) -> str:
