@@ -60,6 +60,9 @@ def summary(ctx: RunContext) -> dict[str, Any]:
     if evaluated:
         out.update(accuracy=evaluated.accuracy, auc=evaluated.auc,
                    audit_epsilon_lower_bound=evaluated.audit.epsilon_lower_bound)
+        if evaluated.task != "binary":
+            out.update(task=evaluated.task, macro_f1=evaluated.macro_f1, mae=evaluated.mae, rmse=evaluated.rmse,
+                       baseline_rmse=evaluated.baseline_rmse)
     decided = s.read_optional(GateRecord)
     if decided:
         out.update(decision=decided.outcome, decision_reasons=decided.reasons)
@@ -104,7 +107,7 @@ def stage_line(name: str, record: Record) -> str:
                           f"{r.epsilon_used.get('train', 0):.4g} of the run's budget"),
         "evaluate": lambda: (f"noisy accuracy {r.accuracy:.4f}, AUC {_num(r.auc)}, majority rate "
                              f"{r.majority_baseline:.4f}; canary audit epsilon lower bound "
-                             f"{r.audit.epsilon_lower_bound:.3f}"),
+                             f"{r.audit.epsilon_lower_bound:.3f}" if r.task == "binary" else _task_summary(r)),
         "gate": lambda: f"decision {r.outcome}" + (f": {'; '.join(r.reasons)}" if r.reasons else ""),
         "deploy": lambda: f"{r.model_name} v{r.version} registered, alias {r.alias}",
     }
@@ -138,3 +141,9 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("mlflow_run_id"):
         lines.insert(-1, f"  MLflow run {s['mlflow_run_id']} in {s['mlflow_tracking_uri']}")
     return "\n".join(lines)
+
+
+def _task_summary(r) -> str:
+    from ppmlops.run.task_metrics import summary
+
+    return summary(r)

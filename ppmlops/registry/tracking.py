@@ -168,8 +168,10 @@ def _train(r: TrainRecord) -> Payload:
 
 
 def _evaluate(r: EvaluationRecord) -> Payload:
-    metrics = [("accuracy_noisy", r.accuracy, 0), ("majority_baseline_noisy", r.majority_baseline, 0),
-               ("holdout_rows_noisy", r.rows, 0), ("audit_epsilon_lower_bound", r.audit.epsilon_lower_bound, 0)]
+    from ppmlops.run.task_metrics import tracked_metrics
+
+    metrics = [(name, value, 0) for name, value in tracked_metrics(r)]
+    metrics += [("holdout_rows_noisy", r.rows, 0), ("audit_epsilon_lower_bound", r.audit.epsilon_lower_bound, 0)]
     if r.auc is not None:
         metrics.append(("auc_noisy", r.auc, 0))
     return metrics, {"evaluate.sigma": r.sigma, "audit.canaries": r.audit.canaries}, {}

@@ -438,9 +438,9 @@ class EvaluationRecord(Record):
     """PUBLIC. Noisy utility on the held-out partition (charged under the grant) and the audit."""
 
     FILE: ClassVar[str] = "evaluate.json"
-    accuracy: float
+    accuracy: float | None  # None for regression (label.task), which has mae and rmse instead
     auc: float | None
-    majority_baseline: float
+    majority_baseline: float | None
     rows: int  # noisy number of held-out rows evaluated
     sigma: float
     partition: str = "holdout"
@@ -456,6 +456,16 @@ class EvaluationRecord(Record):
     advantage_lower: float | None = None  # of accuracy - majority rate, on the population
     rows_lower: float | None = None  # of the held-out rows evaluated
     class_rows_lower: float | None = None  # of the smaller class's held-out rows
+    # label.task and its own releases (ppmlops.stages.task_evaluation); a binary record is as it was.
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    macro_f1: float | None = None  # multiclass
+    confusion: list[list[int]] | None = None  # multiclass: noisy counts, rows true class, columns predicted
+    classes: list[str] | None = None  # multiclass: the declared classes, in the matrix's order
+    mae: float | None = None  # regression, in the label's units
+    rmse: float | None = None
+    baseline_mean: float | None = None  # regression: the noisy mean of the held-out labels
+    baseline_rmse: float | None = None  # regression: RMSE of always predicting that mean
+    label_range: tuple[float, float] | None = None  # regression: the declared range errors are clipped to
 
 
 # ---------------------------------------------------------------------------------- gate, deploy

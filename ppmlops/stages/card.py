@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ppmlops.compliance.utility_inputs import deploy_metrics
+from ppmlops.run.task_metrics import card_metrics
 from ppmlops.run.records import (
     CountsRelease, EvaluationRecord, ModelCheck, PlanRecord, RiskAssessment, Staged, TrainRecord,
 )
@@ -62,8 +63,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
         "epoch_settings": [{"epoch": h.epoch, "noise_multiplier": h.noise_multiplier, "max_grad_norm": h.max_grad_norm,
                             "learning_rate": h.learning_rate} for h in trained.history],
         "tuner": trained.tuner, "search": _search(plan, trained),
-        "metrics": {"accuracy": evaluated.accuracy, "auc": evaluated.auc,
-                    "majority_baseline": evaluated.majority_baseline, "rows": evaluated.rows},
+        "metrics": card_metrics(evaluated),
         "metrics_note": (f"noisy releases on the held-out partition (discrete Gaussian, effective sigma "
                          f"{evaluated.sigma:.3g}), charged to the ledger"),
         "privacy_audit": evaluated.audit.model_dump(),

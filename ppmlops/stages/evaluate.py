@@ -1,5 +1,8 @@
 """evaluate: noisy utility on the held-out rows, charged under the run's grant, and the canary audit.
 
+What follows is the binary task's release; multiclass and regression have their own, of the same
+cost (ppmlops.stages.task_evaluation).
+
 One release on the held-out partition, of two groups of counts: the 2x2 confusion matrix
 (prediction at threshold 0.5 by true class) and a histogram of the predicted probability in BINS
 bins per true class. A row adds one to one count of each group, so the release costs one
@@ -144,6 +147,8 @@ def run(ctx: RunContext) -> EvaluationRecord:
         session.close()
         return done
     model, X, y = _model_and_holdout(ctx)
+    if ctx.spec.dataset.label.task != "binary":
+        return _run_task(ctx, session, plan, model, X, y)
     groups = groups_for(plan.evaluation_sigma)
     admission = session.spend(HOLDOUT, release_segment(list(groups.values())), key="holdout/evaluation",
                               note="final noisy evaluation: (correct, wrong) and the score histogram by class",
@@ -153,6 +158,45 @@ def run(ctx: RunContext) -> EvaluationRecord:
     record = ctx.store.write(EvaluationRecord(**metrics_of(noisy.values), sigma=plan.evaluation_sigma,
                                               cell_sigma=cell_sigma, confidence=confidence,
                                               **confidence_bounds(noisy.values["confusion"], cell_sigma, confidence),
+                                              ledger_entry=admission.entry_id,
+                                              audit=canary_audit(ctx, X.shape[1], plan.delta)))
+    session.complete(admission)
+    session.close()
+    return record
+
+
+def _run_task(ctx: RunContext, session: PrivacySession, plan, model, X, y) -> EvaluationRecord:
+    """A multiclass or regression evaluation (ppmlops.stages.task_evaluation): one release, charged
+    once before any noise is drawn, like the binary one above."""
+    from ppmlops.privacy.releases import noisy_sums
+    from ppmlops.stages import task_evaluation as te
+    from ppmlops.training.tasks import predict
+
+    label, confidence = ctx.spec.dataset.label, ctx.spec.deploy.confidence
+    predicted = predict(model, X, label.task)
+    if label.task == "multiclass":
+        k = len(label.classes)
+        groups = te.multiclass_groups(plan.evaluation_sigma)
+        note = f"final noisy evaluation: the {k}x{k} confusion matrix (one row moves one cell by 1)"
+    else:
+        groups = te.regression_groups(plan.evaluation_sigma)
+        note = ("final noisy evaluation: rows, sum |error|, sum error^2, sum label, sum label^2 on the range-scaled "
+                "label (each per-row value clipped to [0, 1])")
+    admission = session.spend(HOLDOUT, release_segment(list(groups.values())), key="holdout/evaluation", note=note,
+                              mechanism="gaussian")
+    source = ctx.draws().source("evaluation")
+    if label.task == "multiclass":
+        noisy = noisy_counts(te.multiclass_counts(predicted, y, k), groups, source)
+        cell_sigma = groups[te.CONFUSION].sigma
+        fields = te.multiclass_metrics(te.noisy_matrix(noisy.values, k), cell_sigma, confidence) | {
+            "classes": list(label.classes)}
+    else:
+        released = noisy_sums(te.regression_sums(predicted, y), groups, source)
+        cell_sigma = groups[te.SUMS[0]].sigma
+        fields = te.regression_metrics(released.values, cell_sigma, confidence, label.range) | {
+            "label_range": tuple(label.range)}
+    record = ctx.store.write(EvaluationRecord(**fields, task=label.task, sigma=plan.evaluation_sigma,
+                                              cell_sigma=cell_sigma, confidence=confidence,
                                               ledger_entry=admission.entry_id,
                                               audit=canary_audit(ctx, X.shape[1], plan.delta)))
     session.complete(admission)
