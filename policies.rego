@@ -88,6 +88,10 @@ epsilon_tolerance := 1e-9
 #   min_margin        accuracy must beat always guessing the (noisy) majority class by at least
 #                     this many accuracy points on the held-out rows, beyond what the release's
 #                     noise could explain; a spec's deploy.min_margin may raise it, never lower it.
+#                     For a regression label (metrics.task "regression") the same margin applies
+#                     to the squared error: always predicting the noisy held-out mean must have
+#                     a mean squared error larger than the model's by at least this fraction of
+#                     the declared range's width squared.
 #                     Chance in a small held-out sample is bounded by min_holdout_rows: raise
 #                     either to demand more evidence
 #   min_holdout_rows  the evaluation must rest on at least this many held-out rows: compared
@@ -272,10 +276,10 @@ deploy_checks := [
 	{"id": "accountant", "effect": "deny", "title": "the RDP accountant was used"},
 	{"id": "privacy_filter", "effect": "deny", "title": "a privacy filter governed the run"},
 	{"id": "audit", "effect": "deny", "title": "the canary audit's lower bound does not exceed the claimed epsilon"},
-	{"id": "accuracy", "effect": "deny", "title": "noisy held-out accuracy reaches the spec's minimum"},
-	{"id": "metric_defined", "effect": "deny", "title": "the held-out rows hold both classes, so AUC and accuracy mean something", "quotes_sizes": true},
+	{"id": "accuracy", "effect": "deny", "title": "noisy held-out accuracy reaches the spec's minimum (classifiers)"},
+	{"id": "metric_defined", "effect": "deny", "title": "the held-out rows hold more than one class, so AUC and accuracy mean something (classifiers)", "quotes_sizes": true},
 	{"id": "evaluation_size", "effect": "deny", "title": "the evaluation rests on at least the policy's minimum of held-out rows", "quotes_sizes": true},
-	{"id": "beats_baseline", "effect": "deny", "title": "accuracy beats always guessing the majority class by the margin, with the noise's and the sample's uncertainty counted"},
+	{"id": "beats_baseline", "effect": "deny", "title": "the model beats its task's noisy baseline (the majority class for a classifier, the mean for a regression) by the margin, with the noise's and the sample's uncertainty counted"},
 	{"id": "randomness", "effect": "deny", "title": "trained with secure (CSPRNG) randomness"},
 	{"id": "card_fields", "effect": "deny", "title": "the model card states every required field"},
 	{"id": "card_numbers", "effect": "deny", "title": "the model card's epsilon and delta are numbers"},
@@ -375,20 +379,39 @@ _deploy_fail contains ["audit", msg] if {
 	])
 }
 
+# The label's task (ppmlops.spec.Label.task): a document without one is a binary classifier's.
+_task := object.get(input, ["metrics", "task"], "binary")
+
+_tasks := {"binary", "multiclass", "regression"}
+
+_classifier if _task != "regression"
+
 _deploy_fail contains ["accuracy", msg] if {
 	_deploy_input_ok
+	_classifier
 	input.metrics.accuracy < input.metrics.min_accuracy
 	msg := sprintf("accuracy %s is below the required %s", [fmt(input.metrics.accuracy), fmt(input.metrics.min_accuracy)])
 }
 
 _deploy_fail contains ["metric_defined", msg] if {
 	_deploy_input_ok
+	_task == "binary"
 	input.metrics.auc == null
 	msg := "AUC is undefined: the noisy score histogram shows a single class among the held-out rows"
 }
 
 _deploy_fail contains ["metric_defined", msg] if {
 	_deploy_input_ok
+	_task == "multiclass"
+	input.metrics.class_rows_lower < utility.min_class_rows
+	msg := sprintf("the held-out rows may hold a single class: noisy rows %v in the largest class, %v in the others; at %s confidence the rows outside any one class may be fewer than %v, so accuracy means nothing", [
+		input.metrics.positives, input.metrics.negatives, _percent(input.metrics.confidence), utility.min_class_rows,
+	])
+}
+
+_deploy_fail contains ["metric_defined", msg] if {
+	_deploy_input_ok
+	_task == "binary"
 	input.metrics.class_rows_lower < utility.min_class_rows
 	msg := sprintf("the held-out rows may hold a single class: noisy rows %v positive, %v negative; at %s confidence the smaller class has fewer than %v rows, so accuracy and AUC mean nothing", [
 		input.metrics.positives, input.metrics.negatives, _percent(input.metrics.confidence), utility.min_class_rows,
@@ -410,6 +433,17 @@ _min_margin := max([utility.min_margin, input.metrics.min_margin]) if {
 
 _deploy_fail contains ["beats_baseline", msg] if {
 	_deploy_input_ok
+	_task == "regression"
+	input.metrics.advantage_lower < _min_margin
+	msg := sprintf("RMSE %s does not beat always predicting the noisy mean %s (RMSE %s) by the required margin %s: at %s confidence against the release's noise, the mean's squared error minus the model's, on the held-out rows and over the range's width squared, may be as low as %s", [
+		fmt(input.metrics.rmse), fmt(input.metrics.baseline_mean), fmt(input.metrics.baseline_rmse), fmt(_min_margin),
+		_percent(input.metrics.confidence), fmt(input.metrics.advantage_lower),
+	])
+}
+
+_deploy_fail contains ["beats_baseline", msg] if {
+	_deploy_input_ok
+	_classifier
 	input.metrics.advantage_lower < _min_margin
 	msg := sprintf("accuracy %s does not beat always guessing the majority class (%s) by the required margin %s: at %s confidence against the release's noise, accuracy minus the majority rate on the held-out rows may be as low as %s", [
 		fmt(input.metrics.accuracy), fmt(input.metrics.majority_baseline), fmt(_min_margin),
@@ -581,16 +615,27 @@ _train_fields := array.concat(_dataset_fields, [
 	[["classes", "holdout", "smallest"], "number"],
 ])
 
-_deploy_fields := array.concat(_dataset_fields, [
-	[["run", "id"], "string"],
-	[["run", "environment"], "string"],
-	[["privacy", "accountant"], "string"],
-	[["privacy", "filter"], "boolean"],
-	[["privacy", "epsilon"], "number"],
-	[["privacy", "epsilon_used"], "number"],
-	[["privacy", "delta"], "number"],
-	[["privacy", "dataset_share_used"], "number"],
-	[["privacy", "randomness"], "string"],
+_deploy_fields := array.concat(_deploy_common_fields, _task_metric_fields[_task]) if {
+	_tasks[_task]
+} else := _deploy_common_fields
+
+# What each task's evaluation releases (ppmlops.compliance.utility_inputs).
+_task_metric_fields := {
+	"binary": _classifier_fields,
+	"multiclass": _classifier_fields,
+	"regression": [
+		[["metrics", "mae"], "number"],
+		[["metrics", "rmse"], "number"],
+		[["metrics", "baseline_mean"], "number"],
+		[["metrics", "baseline_rmse"], "number"],
+		[["metrics", "advantage_lower"], "number"],
+		[["metrics", "confidence"], "number"],
+		[["metrics", "rows"], "number"],
+		[["metrics", "rows_lower"], "number"],
+	],
+}
+
+_classifier_fields := [
 	[["metrics", "accuracy"], "number"],
 	[["metrics", "min_accuracy"], "number"],
 	[["metrics", "majority_baseline"], "number"],
@@ -601,6 +646,18 @@ _deploy_fields := array.concat(_dataset_fields, [
 	[["metrics", "positives"], "number"],
 	[["metrics", "negatives"], "number"],
 	[["metrics", "class_rows_lower"], "number"],
+]
+
+_deploy_common_fields := array.concat(_dataset_fields, [
+	[["run", "id"], "string"],
+	[["run", "environment"], "string"],
+	[["privacy", "accountant"], "string"],
+	[["privacy", "filter"], "boolean"],
+	[["privacy", "epsilon"], "number"],
+	[["privacy", "epsilon_used"], "number"],
+	[["privacy", "delta"], "number"],
+	[["privacy", "dataset_share_used"], "number"],
+	[["privacy", "randomness"], "string"],
 	[["audit"], "object"],
 	[["model_card"], "object"],
 ])
@@ -629,6 +686,10 @@ _ranges := [
 	[["metrics", "positives"], -1e15, 1e15],
 	[["metrics", "negatives"], -1e15, 1e15],
 	[["metrics", "class_rows_lower"], 0, 1e15],
+	[["metrics", "mae"], 0, 1e15],
+	[["metrics", "rmse"], 0, 1e15],
+	[["metrics", "baseline_mean"], -1e15, 1e15],
+	[["metrics", "baseline_rmse"], 0, 1e15],
 	[["classes", "sigma"], 0, 1e15],
 	[["classes", "confidence"], 0.5, 1],
 	[["classes", "train", "smallest"], 0, 1e15],
@@ -683,6 +744,15 @@ _common_value_errors contains msg if {
 _train_input_errors := (_shape_errors(_train_fields) | _value_errors(_train_fields)) | _common_value_errors
 
 _deploy_input_errors := ((_shape_errors(_deploy_fields) | _value_errors(_deploy_fields)) | _common_value_errors) | _deploy_extra_errors
+
+_deploy_extra_errors contains msg if {
+	is_object(input)
+	not _tasks[_task]
+	msg := sprintf("input.metrics.task: %s is not one of %s", [_shown_value(_task), concat(", ", sort(_tasks))])
+}
+
+_shown_value(v) := sprintf("%q", [v]) if is_string(v)
+else := type_name(v)
 
 _deploy_extra_errors contains msg if {
 	is_object(input)

@@ -8,7 +8,9 @@ a noisy release or post-processing of one: the decisions are public.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from ppmlops.run.records import CountsRelease, EvaluationRecord
 from ppmlops.spec import Deploy
@@ -17,15 +19,67 @@ PARTITIONS = ("train", "holdout")
 CLASSES = ("positive", "negative")
 
 
+class ClassifierMetrics(BaseModel):
+    """input.metrics of data.ppmlops.deploy for a binary or multiclass model. A binary document is
+    exactly what it always was (no `task`, no `macro_f1`: the policy reads a missing task as binary)."""
+
+    model_config = ConfigDict(extra="forbid")
+    accuracy: float
+    auc: float | None
+    min_accuracy: float
+    majority_baseline: float
+    min_margin: float | None
+    advantage_lower: float | None
+    confidence: float | None
+    rows: int
+    rows_lower: float | None
+    positives: int | None  # multiclass: the noisy rows of the largest class
+    negatives: int | None  # multiclass: the noisy rows of the other classes
+    class_rows_lower: float | None
+    task: Literal["binary", "multiclass"] = "binary"
+    macro_f1: float | None = None
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"task", "macro_f1"} if self.task == "binary" else set())
+
+
+class RegressionMetrics(BaseModel):
+    """input.metrics of data.ppmlops.deploy for a regression model, in the label's units;
+    advantage_lower is the lower bound on (mean baseline's MSE - model's MSE) / range width^2."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Literal["regression"] = "regression"
+    mae: float
+    rmse: float
+    baseline_mean: float
+    baseline_rmse: float
+    label_range: tuple[float, float]
+    min_margin: float | None
+    advantage_lower: float
+    confidence: float
+    rows: int
+    rows_lower: float
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 def deploy_metrics(evaluated: EvaluationRecord, deploy: Deploy) -> dict[str, Any]:
-    """input.metrics of data.ppmlops.deploy. The bounds are None for an evaluation recorded before
-    they existed: the policy's input check then denies (it never guesses them)."""
-    return {"accuracy": evaluated.accuracy, "auc": evaluated.auc, "min_accuracy": deploy.min_accuracy,
-            "majority_baseline": evaluated.majority_baseline, "min_margin": deploy.min_margin,
-            "advantage_lower": evaluated.advantage_lower, "confidence": evaluated.confidence,
-            "rows": evaluated.rows, "rows_lower": evaluated.rows_lower,
-            "positives": evaluated.positives, "negatives": evaluated.negatives,
-            "class_rows_lower": evaluated.class_rows_lower}
+    """input.metrics of data.ppmlops.deploy, by the evaluation's task. The bounds are None for an
+    evaluation recorded before they existed: the policy's input check then denies (it never
+    guesses them)."""
+    if evaluated.task == "regression":
+        return RegressionMetrics(mae=evaluated.mae, rmse=evaluated.rmse, baseline_mean=evaluated.baseline_mean,
+                                 baseline_rmse=evaluated.baseline_rmse, label_range=evaluated.label_range,
+                                 min_margin=deploy.min_margin, advantage_lower=evaluated.advantage_lower,
+                                 confidence=evaluated.confidence, rows=evaluated.rows,
+                                 rows_lower=evaluated.rows_lower).document()
+    return ClassifierMetrics(
+        accuracy=evaluated.accuracy, auc=evaluated.auc, min_accuracy=deploy.min_accuracy,
+        majority_baseline=evaluated.majority_baseline, min_margin=deploy.min_margin,
+        advantage_lower=evaluated.advantage_lower, confidence=evaluated.confidence, rows=evaluated.rows,
+        rows_lower=evaluated.rows_lower, positives=evaluated.positives, negatives=evaluated.negatives,
+        class_rows_lower=evaluated.class_rows_lower, task=evaluated.task, macro_f1=evaluated.macro_f1).document()
 
 
 def plan_classes(counts: CountsRelease, label: str, confidence: float, task: str = "binary") -> dict[str, Any] | None:

@@ -180,8 +180,8 @@ def _run_task(ctx: RunContext, session: PrivacySession, plan, model, X, y) -> Ev
         note = f"final noisy evaluation: the {k}x{k} confusion matrix (one row moves one cell by 1)"
     else:
         groups = te.regression_groups(plan.evaluation_sigma)
-        note = ("final noisy evaluation: rows, sum |error|, sum error^2, sum label, sum label^2 on the range-scaled "
-                "label (each per-row value clipped to [0, 1])")
+        note = ("final noisy evaluation: rows, sum |error|, sum (d^2 - error^2), sum 2d, sum 4d^2 on the range-scaled "
+                "label, d = label - 1/2 (every per-row value clipped into [-1, 1])")
     admission = session.spend(HOLDOUT, release_segment(list(groups.values())), key="holdout/evaluation", note=note,
                               mechanism="gaussian")
     source = ctx.draws().source("evaluation")
@@ -192,8 +192,9 @@ def _run_task(ctx: RunContext, session: PrivacySession, plan, model, X, y) -> Ev
             "classes": list(label.classes)}
     else:
         released = noisy_sums(te.regression_sums(predicted, y), groups, source)
-        cell_sigma = groups[te.SUMS[0]].sigma
-        fields = te.regression_metrics(released.values, cell_sigma, confidence, label.range) | {
+        cell_sigma = groups["gain"].sigma  # the noise on the sum the gate reads
+        sigmas = {name: g.sigma for name, g in groups.items()}
+        fields = te.regression_metrics(released.values, sigmas, confidence, label.range) | {
             "label_range": tuple(label.range)}
     record = ctx.store.write(EvaluationRecord(**fields, task=label.task, sigma=plan.evaluation_sigma,
                                               cell_sigma=cell_sigma, confidence=confidence,

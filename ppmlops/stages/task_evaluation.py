@@ -11,16 +11,18 @@ multiclass  the k x k confusion matrix (true class by predicted class) plus the 
 regression  predictions and labels on the [0, 1] scale of the declared range (the prediction
             clipped to it), so each row's error e = |yhat - y| is at most 1 (the range's width w
             in the label's units: the sensitivity comes from the declaration, never the data).
-            Released: the row count, sum e, sum e^2, sum y and sum y^2, each a sum of per-row
-            values in [0, 1], each in its own group with its own continuous Gaussian (noise from
-            the CSPRNG, ppmlops.privacy.releases.noisy_sums). Scaled by its noise, a row moves the
-            vector by at most 1 in L2 (each coordinate by at most 1 and equal noise on each:
-            sigma_group = sqrt(5) sigma), so the release is the Gaussian mechanism at sigma.
-            The baseline is the noisy MEAN of the held-out labels: its squared error is
-            sum y^2 - (sum y)^2 / n, post-processing of the same release, so no constant has to
-            be fixed beforehand and nothing is charged twice. It is the best constant predictor
-            in hindsight on these rows (a stricter baseline than the training mean). The gate
-            compares squared errors (RMSE); MAE is reported.
+            With d = y - 1/2 (the range's midpoint, public), released: the row count, sum e,
+            sum (d^2 - e^2) (the "gain"), sum 2d and sum 4d^2: per row each value lies in [-1, 1],
+            each sum is its own group with its own continuous Gaussian (noise from the CSPRNG,
+            ppmlops.privacy.releases.noisy_sums), so scaled by its noise a row moves the vector
+            by at most (sum over groups of sigma_g^-2)^-1/2 = 1 / sigma in L2: the release is the
+            Gaussian mechanism at sigma, however the noise is split (WEIGHTS: the gate's sum gets
+            the least). The baseline is the noisy MEAN of the held-out labels: its squared error
+            is sum d^2 - (sum d)^2 / n, post-processing of the same release, so no constant has
+            to be fixed beforehand and nothing is charged twice. It is the best constant
+            predictor in hindsight on these rows (stricter than the training mean). Centring on
+            the midpoint keeps (sum d)^2 / n, whose noise would swamp the comparison for
+            uncentred labels, small. The gate compares squared errors (RMSE); MAE is reported.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ import numpy as np
 from ppmlops.privacy.releases import CountGroup, sigmas_for
 
 CONFUSION = "confusion"
-# The regression release's sums, each its own group: rows, sum |e|, sum e^2, sum y, sum y^2.
-SUMS = ("rows", "abs_error", "sq_error", "label", "label_sq")
+# The regression release's sums on the [0, 1] scale, each its own group (d = y - CENTRE):
+# rows, sum |e|, the gain sum (d^2 - e^2), sum 2d and sum 4d^2.
+SUMS = ("rows", "abs_error", "gain", "label", "label_sq")
+CENTRE = 0.5  # the declared range's midpoint: public, fixed before any row is read
+# Relative noise of each sum (ppmlops.privacy.releases.sigmas_for): the gate reads the gain, so it
+# gets the least; the rest are reported (and n and sum d enter the gate's bound only weakly).
+WEIGHTS = {"rows": 3.0, "abs_error": 3.0, "gain": 1.0, "label": 2.0, "label_sq": 3.0}
 
 
 def _cell(i: int, j: int) -> str:
@@ -98,49 +105,53 @@ def multiclass_metrics(matrix: np.ndarray, cell_sigma: float, confidence: float)
 # ------------------------------------------------------------------------------ regression
 
 def regression_sums(predicted: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
-    """The exact sums on the [0, 1] scale (private: released only with noise). The clipping is
-    what the sensitivity rests on: every per-row value is in [0, 1]."""
+    """The exact sums on the [0, 1] scale (private: released only with noise). Each row's value in
+    each sum is at most 1 in absolute value; the clipping is what that rests on."""
     p = np.clip(np.asarray(predicted, dtype=np.float64), 0.0, 1.0)
     t = np.clip(np.asarray(y, dtype=np.float64), 0.0, 1.0)
-    e = np.abs(p - t)
-    values = {"rows": float(len(t)), "abs_error": float(e.sum()), "sq_error": float((e * e).sum()),
-              "label": float(t.sum()), "label_sq": float((t * t).sum())}
+    e, d = np.abs(p - t), t - CENTRE
+    values = {"rows": float(len(t)), "abs_error": float(e.sum()),
+              "gain": float((d * d - e * e).sum()),  # in [-1, 0.25] per row
+              "label": float((2 * d).sum()),  # in [-1, 1] per row
+              "label_sq": float((4 * d * d).sum())}  # in [0, 1] per row
     return {name: {"sum": values[name]} for name in SUMS}
 
 
 def regression_groups(sigma: float) -> dict[str, CountGroup]:
-    """Equal noise on the five sums, together costing exactly the Gaussian at `sigma`."""
-    sigmas = sigmas_for(sigma, [1.0] * len(SUMS), [1] * len(SUMS))
+    """The five sums' noise, in the ratios of WEIGHTS, together costing exactly the Gaussian at
+    `sigma`: the gate's sum gets the least noise."""
+    sigmas = sigmas_for(sigma, [WEIGHTS[n] for n in SUMS], [1] * len(SUMS))
     return {name: CountGroup(s) for name, s in zip(SUMS, sigmas)}
 
 
-# Five one-sided events: n's two sides, sum y's upper side, sum y^2's lower, sum e^2's upper.
+# Five one-sided events: n's two sides, sum (y - c)'s two sides and the gain's lower side.
 _REGRESSION_EVENTS = 5
 
 
-def regression_metrics(noisy: dict[str, dict[str, float]], sum_sigma: float, confidence: float,
+def regression_metrics(noisy: dict[str, dict[str, float]], sigmas: dict[str, float], confidence: float,
                        label_range: tuple[float, float]) -> dict:
-    """The record's fields from the noisy sums, in the label's units (width w of the range).
+    """The record's fields from the noisy sums (`sigmas`: each sum's noise std), in the label's
+    units (the range's width w).
 
-    advantage_lower is a lower confidence bound on (baseline MSE - model MSE) / w^2 on the held-out
-    rows, the mean baseline's squared error being sum y^2 - (sum y)^2 / n: from the noisy sums
-    with every term pushed against the model (sum y^2 down, sum y up (true sum y >= 0), n down in
-    the division, sum e^2 up), then divided by n's upper bound when positive and its lower bound
-    when negative."""
+    With d = y - c, the mean baseline's squared error is sum d^2 - (sum d)^2 / n for any constant
+    c, so baseline SSE - model SSE = gain - (sum d)^2 / n. advantage_lower is a lower confidence
+    bound on that over n w^2 (on the held-out rows): gain at its lower bound, (sum d)^2 at the
+    larger square of its interval's ends, n at its lower bound in that division; then divided
+    by n's upper bound when positive, its lower bound when negative."""
     lo, hi = label_range
     w = hi - lo
     v = {name: noisy[name]["sum"] for name in SUMS}
     n = max(1.0, v["rows"])
-    clamp = lambda x: min(1.0, max(0.0, x))  # noqa: E731 - a metric on the [0, 1] scale
-    mean = clamp(v["label"] / n)
-    mse = clamp(v["sq_error"] / n)
-    var = clamp(v["label_sq"] / n - mean * mean)
+    clamp = lambda x, top=1.0: min(top, max(0.0, x))  # noqa: E731 - a metric on the [0, 1] scale
+    d_mean = v["label"] / 2 / n
+    var = clamp(v["label_sq"] / 4 / n - d_mean * d_mean)
+    mse = clamp(v["label_sq"] / 4 / n - v["gain"] / n)
     z = NormalDist().inv_cdf(1 - (1 - confidence) / _REGRESSION_EVENTS)
-    n_lo, n_hi = max(0.0, v["rows"] - z * sum_sigma), max(1.0, v["rows"] + z * sum_sigma)
-    s_hi = max(0.0, v["label"] + z * sum_sigma)
-    d_lo = (v["label_sq"] - z * sum_sigma) - s_hi * s_hi / max(1.0, n_lo) - (v["sq_error"] + z * sum_sigma)
+    n_lo, n_hi = max(0.0, v["rows"] - z * sigmas["rows"]), max(1.0, v["rows"] + z * sigmas["rows"])
+    s_ends = [(v["label"] + sign * z * sigmas["label"]) / 2 for sign in (-1, 1)]
+    d_lo = v["gain"] - z * sigmas["gain"] - max(x * x for x in s_ends) / max(1.0, n_lo)
     advantage = d_lo / (n_hi if d_lo >= 0 else max(1.0, n_lo))
     return {"accuracy": None, "auc": None, "majority_baseline": None, "rows": int(round(max(0.0, v["rows"]))),
-            "mae": clamp(v["abs_error"] / n) * w, "rmse": math.sqrt(mse) * w, "baseline_mean": lo + mean * w,
-            "baseline_rmse": math.sqrt(var) * w, "advantage_lower": max(-1.0, min(1.0, advantage)),
-            "rows_lower": n_lo}
+            "mae": clamp(v["abs_error"] / n) * w, "rmse": math.sqrt(mse) * w,
+            "baseline_mean": lo + clamp(CENTRE + d_mean) * w, "baseline_rmse": math.sqrt(var) * w,
+            "advantage_lower": max(-1.0, min(1.0, advantage)), "rows_lower": n_lo}

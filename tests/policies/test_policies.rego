@@ -564,3 +564,84 @@ test_train_denies_missing_class_counts if {
 	not t.allow
 	"input.classes.train.smallest: expected number, got nothing (missing or null)" in t.reasons
 }
+
+# --- every label.task beats its own noisy baseline (issue 29 items 3 and 5) -------------------
+
+multiclass_metrics := {
+	"task": "multiclass", "accuracy": 0.91, "auc": null, "min_accuracy": 0.6, "majority_baseline": 0.11,
+	"min_margin": null, "macro_f1": 0.9, "advantage_lower": 0.7, "confidence": 0.95, "rows": 360,
+	"rows_lower": 250.0, "positives": 40, "negatives": 320, "class_rows_lower": 210.0,
+}
+
+regression_metrics := {
+	"task": "regression", "mae": 7.1, "rmse": 10.2, "baseline_mean": 40.3, "baseline_rmse": 12.4,
+	"min_margin": null, "advantage_lower": 0.004, "confidence": 0.95, "rows": 1180, "rows_lower": 1100.0,
+}
+
+with_metrics(m) := object.union(json.remove(deploy_input, ["metrics"]), {"metrics": m})
+
+test_deploy_allows_a_multiclass_model_above_its_majority_class if {
+	d := ppmlops.deploy with input as with_metrics(multiclass_metrics)
+	d.outcome == "allow"
+}
+
+test_deploy_denies_a_multiclass_model_below_its_majority_class if {
+	d := ppmlops.deploy with input as with_metrics(object.union(multiclass_metrics, {"accuracy": 0.1, "advantage_lower": -0.05}))
+	d.outcome == "deny"
+	_failed(d, "beats_baseline")
+	"accuracy 0.10 does not beat always guessing the majority class (0.11) by the required margin 0.00: at 95.0% confidence against the release's noise, accuracy minus the majority rate on the held-out rows may be as low as -0.05" in d.reasons
+}
+
+test_deploy_multiclass_needs_no_auc_but_more_than_one_class if {
+	# AUC is a binary metric: null is no reason to deny a multiclass model...
+	ppmlops.deploy.outcome == "allow" with input as with_metrics(multiclass_metrics)
+	# ...but held-out rows that may all be one class are
+	d := ppmlops.deploy with input as with_metrics(object.union(multiclass_metrics, {"class_rows_lower": 0}))
+	_failed(d, "metric_defined")
+	"the held-out rows may hold a single class: noisy rows 40 in the largest class, 320 in the others; at 95.0% confidence the rows outside any one class may be fewer than 1, so accuracy means nothing" in d.reasons
+}
+
+test_deploy_allows_a_regression_model_that_beats_the_mean if {
+	d := ppmlops.deploy with input as with_metrics(regression_metrics)
+	d.outcome == "allow"
+}
+
+test_deploy_denies_a_regression_model_no_better_than_the_mean if {
+	d := ppmlops.deploy with input as with_metrics(object.union(regression_metrics, {"rmse": 12.5, "advantage_lower": -0.01}))
+	d.outcome == "deny"
+	_failed(d, "beats_baseline")
+	"RMSE 12.50 does not beat always predicting the noisy mean 40.30 (RMSE 12.40) by the required margin 0.00: at 95.0% confidence against the release's noise, the mean's squared error minus the model's, on the held-out rows and over the range's width squared, may be as low as -0.01" in d.reasons
+}
+
+test_deploy_regression_keeps_the_size_floor if {
+	d := ppmlops.deploy with input as with_metrics(object.union(regression_metrics, {"rows": 60, "rows_lower": 12}))
+	_failed(d, "evaluation_size")
+}
+
+test_deploy_input_check_follows_the_task if {
+	# a regression document needs its own fields, not a classifier's
+	some field in ["mae", "rmse", "baseline_rmse", "advantage_lower", "rows_lower"]
+	d := ppmlops.deploy with input as json.remove(with_metrics(regression_metrics), [concat("/", ["metrics", field])])
+	sprintf("input.metrics.%s: expected number, got nothing (missing or null)", [field]) in d.reasons
+}
+
+test_deploy_input_check_rejects_an_unknown_task if {
+	d := ppmlops.deploy with input as deploy_with({"metrics": {"task": "ranking"}})
+	d.outcome == "deny"
+	"input.metrics.task: \"ranking\" is not one of binary, multiclass, regression" in d.reasons
+}
+
+test_train_class_rule_skips_regression if {
+	spread := {"classes": {
+		"label": "hours", "sigma": 40.2, "confidence": 0.95, "task": "regression",
+		"train": {"positive": 4700, "negative": 0, "smallest": 0},
+		"holdout": {"positive": 1173, "negative": 0, "smallest": 0},
+	}}
+	d := ppmlops.train with input as train_with(spread)
+	not _any_class_reason(d.reasons)
+}
+
+_any_class_reason(reasons) if {
+	some r in reasons
+	contains(r, "holds a single class")
+}

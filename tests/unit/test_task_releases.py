@@ -54,12 +54,15 @@ def test_a_regression_row_moves_the_scaled_sums_by_at_most_one_sigma_eff():
     p, y = rng.uniform(-3, 4, 200), rng.uniform(0, 1, 200)
     base = te.regression_sums(p, y)
     worst = 0.0
-    for extra_p, extra_y in [(5.0, 0.0), (-5.0, 1.0), (1.0, 1.0), (0.0, 1.0), (0.5, 0.5)]:
+    for extra_p, extra_y in [(5.0, 0.0), (-5.0, 1.0), (1.0, 1.0), (0.0, 1.0), (0.5, 0.5), (0.5, 0.0)]:
         more = te.regression_sums(np.append(p, extra_p), np.append(y, extra_y))
         scaled = [(more[g]["sum"] - base[g]["sum"]) / groups[g].sigma for g in te.SUMS]
         worst = max(worst, math.sqrt(sum(x * x for x in scaled)))
     assert worst <= 1 / effective_sigma(list(groups.values())) + 1e-9
-    assert worst == pytest.approx(1 / sigma, rel=1e-6)  # the row (0, 1): every coordinate moves by 1
+    # rows, |e|, the gain, 2d, 4d^2 each move by at most 1 whatever the row
+    rows = np.array([[a, b] for a in np.linspace(-2, 3, 26) for b in np.linspace(0, 1, 21)])
+    per_row = np.array([[te.regression_sums([a], [b])[g]["sum"] for g in te.SUMS] for a, b in rows])
+    assert np.abs(per_row).max() <= 1.0 + 1e-12
 
 
 def test_multiclass_metrics_are_the_exact_ones_under_negligible_noise():
@@ -97,7 +100,7 @@ def test_regression_metrics_are_the_exact_ones_under_negligible_noise():
     p = y + rng.normal(scale=0.05, size=1000)
     groups = te.regression_groups(1e-6)
     released = noisy_sums(te.regression_sums(p, y), groups, Randomness.reproducible("t").source("e"))
-    m = te.regression_metrics(released.values, groups["rows"].sigma, 0.95, (10.0, 60.0))
+    m = te.regression_metrics(released.values, {g: x.sigma for g, x in groups.items()}, 0.95, (10.0, 60.0))
     e = np.abs(np.clip(p, 0, 1) - y)
     assert m["mae"] == pytest.approx(50 * e.mean(), rel=1e-6)
     assert m["rmse"] == pytest.approx(50 * math.sqrt((e * e).mean()), rel=1e-6)
@@ -115,6 +118,6 @@ def test_regression_bound_denies_a_model_no_better_than_the_mean():
     for seed in range(100):
         groups = te.regression_groups(5.0)
         released = noisy_sums(te.regression_sums(p, y), groups, Randomness.reproducible("r", seed).source("e"))
-        m = te.regression_metrics(released.values, groups["rows"].sigma, 0.95, (0.0, 1.0))
+        m = te.regression_metrics(released.values, {g: x.sigma for g, x in groups.items()}, 0.95, (0.0, 1.0))
         below += m["advantage_lower"] < 0
     assert below >= 95
