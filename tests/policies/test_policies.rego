@@ -629,6 +629,8 @@ test_deploy_input_check_rejects_an_unknown_task if {
 	d := ppmlops.deploy with input as deploy_with({"metrics": {"task": "ranking"}})
 	d.outcome == "deny"
 	"input.metrics.task: \"ranking\" is not one of binary, multiclass, regression" in d.reasons
+	n := ppmlops.deploy with input as deploy_with({"metrics": {"task": 3}})
+	"input.metrics.task: number is not one of binary, multiclass, regression" in n.reasons
 }
 
 test_train_class_rule_skips_regression if {
