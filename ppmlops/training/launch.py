@@ -200,8 +200,11 @@ def _check_arrays(job: WorkerJob, arrays: Arrays, fail) -> None:
         a = getattr(arrays, name)
         if not isinstance(a, np.ndarray) or a.shape != (len(X),):
             fail(f"{name} must be a 1-d array with one label per row ({len(X)}), got shape {getattr(a, 'shape', None)}")
-        if a.size and not np.isin(a, (0, 1)).all():
-            fail(f"{name} must hold labels 0 and 1 only")
+        if a.size and job.task == "regression" and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            fail(f"{name} must hold the label scaled to [0, 1] by its declared range")
+        if a.size and job.task != "regression" and not np.isin(a, np.arange(job.n_outputs)).all():
+            fail(f"{name} must hold labels 0 and 1 only" if job.task == "binary" else
+                 f"{name} must hold class indices 0 to {job.n_outputs - 1} only")
     if arrays.X_holdout.shape[1] != arrays.X.shape[1]:
         fail(f"the held-out rows have {arrays.X_holdout.shape[1]} columns but the training rows {arrays.X.shape[1]}")
     if len(arrays.X) < job.workers and not arrays.sharded:
