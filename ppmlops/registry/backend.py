@@ -193,5 +193,5 @@ def quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.models.model"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # "Failed to infer model signature": the deployed model takes raw rows, so it has none on purpose.
+    # "Failed to infer model signature": a model registered without its encoding (tests) has none.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)

@@ -1,5 +1,12 @@
-"""The deployed model as an MLflow pyfunc: raw rows in, the probability of the spec's
-positive label out.
+"""The deployed model as an MLflow pyfunc: raw rows in, the label's task's prediction out:
+binary      `probability` of the spec's positive label and `positive` (it is the likelier one)
+multiclass  `label` (the likeliest declared class) and its `probability`
+regression  `prediction` in the label's units, inside the declared range
+
+It is saved with a signature (the declared feature columns and their types, the task's outputs)
+and an input example built from the spec's public declarations alone (each numeric feature at its
+declared low and high, each categorical at its first and last declared category): no real row
+is ever written into the model.
 
 It carries its feature encoding (the spec's declared ranges and categories, ppmlops.data.features)
 so that `mlflow.pyfunc.load_model("models:/<name>@production").predict(rows)` needs nothing from
@@ -16,6 +23,7 @@ import json
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 
 WEIGHTS = "weights"  # artifact keys inside the MLflow model
@@ -28,13 +36,15 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         from pydantic import TypeAdapter
 
         from ppmlops.data.features import columns_of
-        from ppmlops.spec import Feature
+        from ppmlops.spec import Feature, Label
         from ppmlops.training.factory import rebuild
 
         saved = torch.load(context.artifacts[WEIGHTS], weights_only=True)
         with open(context.artifacts[ENCODING], encoding="utf-8") as fh:
             encoding = json.load(fh)
         self.features = TypeAdapter(list[Feature]).validate_python(encoding["features"])
+        # An encoding saved before label.task is a binary model's, as it always was.
+        self.label = Label.model_validate(encoding["label"]) if "label" in encoding else None
         names = columns_of(self.features)
         if names != list(saved["features"]):
             raise ValueError(f"the encoding's columns {names} are not the ones the weights were trained on")
@@ -43,12 +53,63 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         self.net = rebuild(saved, len(names))
         self.net.eval()
 
-    # A DataFrame hint: MLflow then infers no schema from it (rows are raw) and asks for no other.
+    # A DataFrame hint: MLflow then infers no schema from it (the signature is given when saving).
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from ppmlops.data.features import encode_features
-        from ppmlops.training.models import predict_proba
+        from ppmlops.data.features import encode_features, unscale
+        from ppmlops.training.tasks import predict
 
         rows = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        p = predict_proba(self.net, encode_features(rows, self.features)).numpy()
-        # `positive`: the label the spec calls positive (label.positive) is the likelier one.
-        return pd.DataFrame({"probability": p, "positive": p >= 0.5})
+        X = encode_features(rows, self.features)
+        task = self.label.task if self.label is not None else "binary"
+        if task == "binary":
+            from ppmlops.training.models import predict_proba
+
+            p = predict_proba(self.net, X).numpy()
+            # `positive`: the label the spec calls positive (label.positive) is the likelier one.
+            return pd.DataFrame({"probability": p, "positive": p >= 0.5})
+        if task == "multiclass":
+            import torch
+
+            with torch.no_grad():
+                probs = torch.softmax(self.net(torch.as_tensor(X, dtype=torch.float32)), dim=1).numpy()
+            best = probs.argmax(axis=1)
+            return pd.DataFrame({"label": [self.label.classes[i] for i in best],
+                                 "probability": probs[np.arange(len(best)), best].astype(np.float64)})
+        return pd.DataFrame({"prediction": unscale(predict(self.net, X, task), self.label)})
+
+
+def _declared(encoding: dict):
+    from pydantic import TypeAdapter
+
+    from ppmlops.spec import Feature, Label
+
+    return (TypeAdapter(list[Feature]).validate_python(encoding["features"]),
+            Label.model_validate(encoding["label"]))
+
+
+def signature_for(encoding: dict):
+    """The MLflow signature: the declared features in order and the task's output columns. A
+    categorical is a string; a numeric feature is Any, because the model takes raw rows as they
+    come (integers, floats or their text, coerced by ppmlops.data.features, which names a value
+    that is not a number): MLflow's "double" would refuse an integer column outright."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    from ppmlops.spec import NumericFeature
+
+    features, label = _declared(encoding)
+    inputs = Schema([ColSpec(AnyType() if isinstance(f, NumericFeature) else "string", f.name) for f in features])
+    outputs = {"binary": [ColSpec("double", "probability"), ColSpec("boolean", "positive")],
+               "multiclass": [ColSpec("string", "label"), ColSpec("double", "probability")],
+               "regression": [ColSpec("double", "prediction")]}[label.task]
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+
+
+def input_example_for(encoding: dict) -> pd.DataFrame:
+    """Two rows from the declarations alone (public): each numeric feature at its declared low,
+    then its high; each categorical at its first declared category, then its last."""
+    from ppmlops.spec import NumericFeature
+
+    features, _ = _declared(encoding)
+    return pd.DataFrame({f.name: ([float(f.range[0]), float(f.range[1])] if isinstance(f, NumericFeature)
+                                  else [f.categories[0], f.categories[-1]]) for f in features})

@@ -278,8 +278,12 @@ def _save_model(tmp: Path, src: Path, encoding: dict | None, extra: list[str]) -
         enc.write_text(_json(encoding, what="feature encoding"), encoding="utf-8")
         artifacts[serving.ENCODING] = str(enc)
     model_dir = tmp / "model"
+    # The signature and the input example come from the spec's declarations (public), never from
+    # rows; given explicitly, MLflow infers nothing and so never loads the model (or torch) here.
+    described = {"signature": serving.signature_for(encoding),
+                 "input_example": serving.input_example_for(encoding)} if encoding is not None else {}
     mlflow.pyfunc.save_model(str(model_dir), python_model=str(Path(serving.__file__).with_name("model_code.py")),
-                             artifacts=artifacts, pip_requirements=_requirements(extra))
+                             artifacts=artifacts, pip_requirements=_requirements(extra), **described)
     return model_dir
 
 

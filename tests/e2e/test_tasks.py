@@ -79,3 +79,39 @@ def test_hours_regression_trains_and_releases_noisy_errors_against_the_mean(hour
     assert r.rmse < r.baseline_rmse  # the census columns say something about hours worked
     _evaluation_charge(ctx)
     assert ctx.store.read(GateRecord).allowed
+
+
+def _registered(spec, ctx):
+    import mlflow.pyfunc
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from ppmlops.registry.store import Registry
+
+    registry = Registry(settings.load().registry_dir)
+    with _use_tracking_uri(registry.uri):
+        return mlflow.pyfunc.load_model(registry.model_uri(spec.deploy.model_name, pipeline.summary(ctx)["model_version"]))
+
+
+def test_the_registered_digits_model_answers_a_declared_class_with_a_signature(digits_run):
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    _, spec, ctx = digits_run
+    model = _registered(spec, ctx)
+    assert [c.name for c in model.metadata.signature.inputs.inputs] == [f"px_{i}" for i in range(64)]
+    images = load_digits()
+    rows = pd.DataFrame(images.data[:50].astype(int), columns=[f"px_{i}" for i in range(64)])
+    out = model.predict(rows)
+    assert set(out["label"]) <= set(spec.dataset.label.classes)
+    assert (out["label"].astype(int) == images.target[:50]).mean() > 0.3  # well above one in ten
+
+
+def test_the_registered_hours_model_predicts_inside_the_declared_range(hours_run):
+    import pandas as pd
+
+    _, spec, ctx = hours_run
+    model = _registered(spec, ctx)
+    rows = pd.read_csv(f"{settings.load().data_dir}/adult/test.csv", nrows=200, skipinitialspace=True)
+    out = model.predict(rows)["prediction"]
+    assert out.between(1, 99).all() and out.std() > 0
+    assert [c.name for c in model.metadata.signature.outputs.inputs] == ["prediction"]
