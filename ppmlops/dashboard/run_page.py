@@ -37,13 +37,27 @@ def summary_cards(data: dict) -> str:
               f"granted {num(plan.get('run_epsilon'))} at δ {num(plan.get('delta'), '{:.0e}')}; "
               f"the epochs used {num(used)}"),
         _use_card(data, plan),
-        _card("noisy held-out accuracy", num(ev.get("accuracy"), "{:.3f}"),
-              f"majority baseline {num(ev.get('majority_baseline'), '{:.3f}')}; AUC {num(ev.get('auc'), '{:.3f}')}"),
+        evaluation_card(ev),
         _card("canary audit", "ε ≥ " + num(audit.get("epsilon_lower_bound")),
               f"lower bound at {num(audit.get('confidence'), '{:.0%}')} confidence, claimed ε {num(plan.get('epsilon'))}; "
               f"{num(audit.get('correct'))} of {num(audit.get('guesses'))} guesses right"),
     ]
     return f'<div class="summary">{"".join(cards)}</div>'
+
+
+def evaluation_card(ev: dict) -> str:
+    """The evaluation's noisy releases as its label.task has them (an older record is binary)."""
+    task = ev.get("task") or "binary"
+    if task == "regression":
+        return _card("noisy held-out RMSE", num(ev.get("rmse"), "{:.3g}"),
+                     f"MAE {num(ev.get('mae'), '{:.3g}')}; always predicting the noisy mean "
+                     f"{num(ev.get('baseline_mean'), '{:.3g}')} scores RMSE {num(ev.get('baseline_rmse'), '{:.3g}')}")
+    if task == "multiclass":
+        return _card("noisy held-out accuracy", num(ev.get("accuracy"), "{:.3f}"),
+                     f"majority baseline {num(ev.get('majority_baseline'), '{:.3f}')}; macro-F1 "
+                     f"{num(ev.get('macro_f1'), '{:.3f}')} over {len(ev.get('classes') or [])} classes")
+    return _card("noisy held-out accuracy", num(ev.get("accuracy"), "{:.3f}"),
+                 f"majority baseline {num(ev.get('majority_baseline'), '{:.3f}')}; AUC {num(ev.get('auc'), '{:.3f}')}")
 
 
 def _use_card(data: dict, plan: dict) -> str:

@@ -121,3 +121,16 @@ def test_regression_bound_denies_a_model_no_better_than_the_mean():
         m = te.regression_metrics(released.values, {g: x.sigma for g, x in groups.items()}, 0.95, (0.0, 1.0))
         below += m["advantage_lower"] < 0
     assert below >= 95
+
+
+def test_the_dashboards_evaluation_card_follows_the_task():
+    from ppmlops.dashboard.run_page import evaluation_card
+
+    binary = evaluation_card({"accuracy": 0.81, "majority_baseline": 0.7, "auc": 0.86})
+    assert "noisy held-out accuracy" in binary and "AUC 0.860" in binary
+    multi = evaluation_card({"task": "multiclass", "accuracy": 0.9, "majority_baseline": 0.11, "macro_f1": 0.88,
+                             "classes": [str(i) for i in range(10)], "auc": None})
+    assert "macro-F1 0.880 over 10 classes" in multi and "AUC" not in multi
+    reg = evaluation_card({"task": "regression", "rmse": 11.65, "mae": 7.9, "baseline_mean": 40.4,
+                           "baseline_rmse": 12.5, "accuracy": None})
+    assert "noisy held-out RMSE" in reg and "11.7" in reg and "noisy mean 40.4 scores RMSE 12.5" in reg
