@@ -100,8 +100,15 @@ epsilon_tolerance := 1e-9
 #   min_class_rows    each class must have at least this many rows: in each partition before
 #                     training (the plan's noisy class counts) and in the evaluation; with fewer,
 #                     AUC is undefined and accuracy says nothing
+#   min_signal_to_noise, min_update_reach
+#                     before the grant, the plan's public estimate of whether the run can learn
+#                     at the most epsilon it could get (input.learnability,
+#                     ppmlops.training.learnability): the signal-to-noise of its summed update
+#                     and how far its clipped steps can move the weights (learning rate x steps x
+#                     clip). On UCI Adult (benchmarks/learnability.py) runs stayed at the majority
+#                     class below a ratio of 2.1 or a reach of 48 and learned from 2.5 and 95 on.
 # ---------------------------------------------------------------------------------------------
-utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1}
+utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1, "min_signal_to_noise": 3, "min_update_reach": 60}
 
 # ---------------------------------------------------------------------------------------------
 # budget
@@ -162,7 +169,7 @@ train := {"allow": count(_train_deny) == 0, "reasons": sort(_train_deny), "sized
 # shown that such a check failed, not the numbers.
 _train_sized := {m | some m in _train_deny; m in _sized_reasons}
 
-_sized_reasons := ({m | some m in _delta_errors} | {m | some m in _consent_errors}) | {m | some m in _class_errors}
+_sized_reasons := (({m | some m in _delta_errors} | {m | some m in _consent_errors}) | {m | some m in _class_errors}) | {m | some m in _learn_errors}
 
 _train_deny contains msg if {
 	some msg in _train_input_errors
@@ -218,6 +225,48 @@ _train_deny contains msg if {
 
 _train_deny contains msg if {
 	some msg in _class_errors
+}
+
+_train_deny contains msg if {
+	some msg in _learn_errors
+}
+
+_learn_fields := ["rows", "parameters", "steps", "epochs", "expected_batch", "noise_multiplier", "learning_rate",
+	"max_grad_norm", "epsilon", "signal_to_noise", "update_reach"]
+
+# The estimate is optional (none when no training fits: other rules refuse that run), but a
+# malformed one is refused rather than read as "can learn".
+_learn_errors contains msg if {
+	_train_input_ok
+	"learnability" in object.keys(input)
+	some key in _learn_fields
+	not is_number(object.get(object.get(input, "learnability", {}), key, null))
+	msg := sprintf("input.learnability.%s must be a number", [key])
+}
+
+# A run that could not learn even at the most epsilon it could get: refused before its grant,
+# with what would help (ppmlops.training.learnability; the estimate is the run's best case).
+_learn_errors contains msg if {
+	_train_input_ok
+	learn := input.learnability
+	learn.update_reach < utility.min_update_reach
+	msg := sprintf("the run cannot learn: its %v steps (%v epochs over %v noisy training rows, expected batch %v) at learning rate %s and clip norm %s move the weights at most %s, below the floor %v; raise training.epochs to about %v (or the learning rate, or lower the batch size)", [
+		learn.steps, learn.epochs, round(learn.rows), round(learn.expected_batch), fmt(learn.learning_rate),
+		fmt(learn.max_grad_norm), fmt(learn.update_reach), utility.min_update_reach,
+		ceil((learn.epochs * utility.min_update_reach) / max([learn.update_reach, 1e-9])),
+	])
+}
+
+_learn_errors contains msg if {
+	_train_input_ok
+	learn := input.learnability
+	learn.signal_to_noise < utility.min_signal_to_noise
+	factor := utility.min_signal_to_noise / max([learn.signal_to_noise, 1e-9])
+	msg := sprintf("the run cannot learn: the noise would swamp its updates (signal-to-noise %s at epsilon %s, below the floor %v: %v noisy training rows for %v model parameters, noise multiplier %s); about %v rows, or epsilon %s, or a model of %v parameters would reach it (more rows, more epsilon, fewer features or a smaller model)", [
+		fmt(learn.signal_to_noise), fmt(learn.epsilon), utility.min_signal_to_noise, round(learn.rows), learn.parameters,
+		fmt(learn.noise_multiplier), ceil(learn.rows * factor), fmt(learn.epsilon * factor),
+		floor(learn.parameters / (factor * factor)),
+	])
 }
 
 # A partition whose noisy class counts show a single class: refused before any training. The

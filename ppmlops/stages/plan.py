@@ -73,7 +73,8 @@ def learnability(ctx: RunContext, rows: float, budget: LifetimeBudget, charged, 
         return None
     check = ctx.store.read_optional(ModelCheck) if spec.model.own is not None else None
     parameters = (check.parameters if check is not None
-                  else builtin_parameters(spec.model.kind, len(feature_names(spec)), spec.model.hidden or (), 2))
+                  else builtin_parameters(spec.model.kind, len(feature_names(spec)), spec.model.hidden or (),
+                                     spec.dataset.label.n_outputs))
     return estimate(rows=rows, parameters=parameters, steps=req.shape.steps * req.epochs, epochs=req.epochs,
                     expected_batch=req.shape.divisor, noise_multiplier=planned.noise_multiplier,
                     learning_rate=spec.training.learning_rate, max_grad_norm=spec.training.max_grad_norm, epsilon=best)

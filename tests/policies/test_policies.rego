@@ -186,6 +186,37 @@ test_train_denies_low_consent if {
 	d.sized_reasons == d.reasons  # it quotes row counts
 }
 
+learn := {
+	"rows": 2400, "parameters": 6850, "steps": 45, "epochs": 5, "expected_batch": 256, "noise_multiplier": 4.66,
+	"learning_rate": 0.5, "max_grad_norm": 1, "epsilon": 1, "signal_to_noise": 6.9, "update_reach": 22.5,
+}
+
+test_train_denies_a_run_with_too_few_steps_to_learn if {
+	d := ppmlops.train with input as object.union(train_input, {"learnability": learn})
+	d.allow == false
+	d.reasons == ["the run cannot learn: its 45 steps (5 epochs over 2400 noisy training rows, expected batch 256) at learning rate 0.50 and clip norm 1.00 move the weights at most 22.50, below the floor 60; raise training.epochs to about 14 (or the learning rate, or lower the batch size)"]
+	d.sized_reasons == d.reasons  # it quotes the noisy row count
+}
+
+test_train_denies_a_run_the_noise_would_swamp if {
+	d := ppmlops.train with input as object.union(train_input, {"learnability": object.union(learn, {
+		"update_reach": 200, "signal_to_noise": 1.5, "epsilon": 0.25})})
+	d.allow == false
+	d.reasons == ["the run cannot learn: the noise would swamp its updates (signal-to-noise 1.50 at epsilon 0.25, below the floor 3: 2400 noisy training rows for 6850 model parameters, noise multiplier 4.66); about 4800 rows, or epsilon 0.50, or a model of 1712 parameters would reach it (more rows, more epsilon, fewer features or a smaller model)"]
+}
+
+test_train_allows_a_run_that_can_learn if {
+	d := ppmlops.train with input as object.union(train_input, {"learnability": object.union(learn, {
+		"update_reach": 60, "signal_to_noise": 3})})
+	d.allow == true
+}
+
+test_train_denies_a_malformed_learnability_estimate if {
+	d := ppmlops.train with input as object.union(train_input, {"learnability": object.union(learn, {"update_reach": "far"})})
+	d.allow == false
+	d.reasons == ["input.learnability.update_reach must be a number"]
+}
+
 test_train_denies_direct_identifiers if {
 	d := ppmlops.train with input as train_with({"risk": {"direct_identifiers_in_features": ["ssn", "email"]}})
 	d.allow == false
