@@ -108,7 +108,7 @@ epsilon_tolerance := 1e-9
 #                     clip). On UCI Adult (benchmarks/learnability.py) runs stayed at the majority
 #                     class below a ratio of 2.1 or a reach of 48 and learned from 2.5 and 95 on.
 # ---------------------------------------------------------------------------------------------
-utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1, "min_signal_to_noise": 3, "min_update_reach": 60}
+utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1, "min_signal_to_noise": 2.4, "min_update_reach": 60}
 
 # ---------------------------------------------------------------------------------------------
 # budget

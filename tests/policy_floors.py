@@ -13,7 +13,7 @@ tests/unit/test_gate_baseline.py and tests/policies/test_policies.rego.
 from __future__ import annotations
 
 UTILITY_FLOORS = ('utility := {"min_margin": 0, "min_holdout_rows": 100, "min_class_rows": 1, '
-                  '"min_signal_to_noise": 3, "min_update_reach": 60}')
+                  '"min_signal_to_noise": 2.4, "min_update_reach": 60}')
 LOWERED_FLOORS = ('utility := {"min_margin": -1, "min_holdout_rows": 0, "min_class_rows": 0, '
                   '"min_signal_to_noise": 0, "min_update_reach": 0}')
 

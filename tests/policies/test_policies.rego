@@ -202,12 +202,12 @@ test_train_denies_a_run_the_noise_would_swamp if {
 	d := ppmlops.train with input as object.union(train_input, {"learnability": object.union(learn, {
 		"update_reach": 200, "signal_to_noise": 1.5, "epsilon": 0.25})})
 	d.allow == false
-	d.reasons == ["the run cannot learn: the noise would swamp its updates (signal-to-noise 1.50 at epsilon 0.25, below the floor 3: 2400 noisy training rows for 6850 model parameters, noise multiplier 4.66); about 4800 rows, or epsilon 0.50, or a model of 1712 parameters would reach it (more rows, more epsilon, fewer features or a smaller model)"]
+	d.reasons == ["the run cannot learn: the noise would swamp its updates (signal-to-noise 1.50 at epsilon 0.25, below the floor 2.4: 2400 noisy training rows for 6850 model parameters, noise multiplier 4.66); about 3840 rows, or epsilon 0.40, or a model of 2675 parameters would reach it (more rows, more epsilon, fewer features or a smaller model)"]
 }
 
 test_train_allows_a_run_that_can_learn if {
 	d := ppmlops.train with input as object.union(train_input, {"learnability": object.union(learn, {
-		"update_reach": 60, "signal_to_noise": 3})})
+		"update_reach": 60, "signal_to_noise": 2.4})})
 	d.allow == true
 }
 

@@ -81,5 +81,5 @@ def test_a_small_table_with_the_demos_epochs_is_refused_at_plan_before_its_grant
     record = plan.run(later)
     assert isinstance(record, PlanRecord)
     learn = record.policy_input["learnability"]
-    assert learn["update_reach"] >= 60 and learn["signal_to_noise"] >= 3
+    assert learn["update_reach"] >= 60 and learn["signal_to_noise"] >= 2.4
     assert "grant" in {e.kind for e in Ledger(later.settings.db_url).entries(later.spec.dataset.id)}
