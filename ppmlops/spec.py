@@ -439,6 +439,20 @@ class ModelSpec(_Model):
     factory: str | None = None
     args: dict[str, JsonValue] = {}
     fix_batchnorm: bool = False
+    # Fine-tuning: pretrained weights from a local file (a state dict, public by declaration: they
+    # must not come from this dataset's rows) and the parameter-name prefixes DP-SGD updates (the
+    # rest frozen); None: every parameter trains.
+    init: str | None = None
+    trainable: list[Annotated[str, Field(min_length=1)]] | None = None
+
+    # Set by PipelineSpec: the spec's declared variables (for `init`).
+    _variables: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def init_path(self) -> Path | None:
+        """`init` with variables expanded and symlinks resolved, inside the data roots."""
+        if self.init is None:
+            return None
+        return confine(Path(expand_env(self.init, self._variables, "model.init")).expanduser(), "model.init")
 
     @field_validator("factory")
     @classmethod
@@ -461,6 +475,14 @@ class ModelSpec(_Model):
             raise ValueError(f"model.factory names the whole model: remove model.{' and model.'.join(given)} "
                              "(those are for the built-in models)")
         return data
+
+    @field_validator("trainable")
+    @classmethod
+    def _some_trainable(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("model.trainable lists at least one parameter-name prefix (leave it out to train "
+                             "every parameter)")
+        return v
 
     @model_validator(mode="after")
     def _factory_fields(self) -> "ModelSpec":
@@ -674,6 +696,8 @@ class PipelineSpec(_Model):
         templated = [(f, s.path) for f, s in sources if s.path is not None]
         if self.validation_suite is not None:
             templated.append(("validation_suite", self.validation_suite))
+        if self.model.init is not None:
+            templated.append(("model.init", self.model.init))
         for field_name, text in templated:
             for m in _VAR.finditer(text):
                 if m.group(1) not in BUILTIN_VARIABLES and m.group(1) not in self.variables:
@@ -683,6 +707,7 @@ class PipelineSpec(_Model):
         for field_name, source in sources:
             source._variables = dict(self.variables)
             source._field = field_name
+        self.model._variables = dict(self.variables)
         return self
 
     @property

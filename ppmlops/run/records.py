@@ -390,6 +390,25 @@ class ModelCheck(Record):
     canary_layer: str | None  # the nn.Linear on the raw features whose weight carries the canaries
     canary_units: int  # its out_features (0 without a canary layer)
     canary_note: str  # where the canaries live, or why the audit runs without any
+    trainable: list[str] | None = None  # model.trainable the check froze the rest by
+
+
+class Pretrained(Record):
+    """PUBLIC. Fine-tuning (model.init, model.trainable) as checked at assess, before anything was
+    charged: the pretrained weights are public by declaration (the spec's author says they were
+    not learned from this dataset's rows); names and counts come from the file and the spec."""
+
+    FILE: ClassVar[str] = "pretrained.json"
+    init: str | None  # model.init as the spec writes it
+    sha256: str | None  # of the file read
+    loaded: list[str]  # tensors the file set
+    kept: list[str]  # the model's tensors the file lacks: the builder's initialisation
+    trainable: list[str]  # parameters DP-SGD updates
+    frozen: list[str]
+    trainable_parameters: int
+    frozen_parameters: int
+    note: str = ("pretrained weights are public by declaration: ppmlops charges nothing for them and "
+                 "relies on the spec's author that no row of this dataset shaped them")
 
 
 class TrainRecord(Record):

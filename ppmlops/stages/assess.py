@@ -144,11 +144,13 @@ def release_counts(ctx: RunContext, ledger: Ledger, found: Classification) -> Co
 
 
 def check_model(ctx: RunContext) -> None:
-    """The spec's own model (model.factory), built and checked on public inputs alone
-    (ppmlops.training.model_check; torch is imported for it only); a built-in needs no check."""
-    if ctx.spec.model.own is not None:
-        from ppmlops.training.model_check import checked
+    """The spec's own model (model.factory), built and checked on public inputs alone, and its
+    pretrained weights and frozen parameters (model.init, model.trainable)
+    (ppmlops.training.model_check; torch is imported for it only); a plain built-in needs none."""
+    if ctx.spec.model.own is not None or ctx.spec.model.init is not None or ctx.spec.model.trainable:
+        from ppmlops.training.model_check import check_pretrained, checked
 
+        check_pretrained(ctx)
         checked(ctx)
 
 

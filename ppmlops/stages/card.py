@@ -12,7 +12,7 @@ from typing import Any
 from ppmlops.compliance.utility_inputs import deploy_metrics
 from ppmlops.run.task_metrics import card_metrics
 from ppmlops.run.records import (
-    CountsRelease, EvaluationRecord, ModelCheck, PlanRecord, RiskAssessment, Staged, TrainRecord,
+    CountsRelease, EvaluationRecord, ModelCheck, PlanRecord, Pretrained, RiskAssessment, Staged, TrainRecord,
 )
 from ppmlops.stages.context import RunContext
 
@@ -74,6 +74,19 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
 def model_section(ctx: RunContext, trained: TrainRecord) -> dict[str, Any]:
     """What was trained: a built-in's kind, or the spec's factory with its args and the code's
     version, as checked before the run spent anything (ModelCheck)."""
+    spec = ctx.spec
+    tuned = ctx.store.read_optional(Pretrained)
+    fine_tuning = ({"fine_tuning": {
+        "init": tuned.init, "sha256": tuned.sha256, "loaded": len(tuned.loaded), "kept": tuned.kept,
+        "trainable": tuned.trainable, "trainable_parameters": tuned.trainable_parameters,
+        "frozen_parameters": tuned.frozen_parameters, "note": tuned.note}} if tuned is not None else {})
+    if tuned is not None and spec.model.own is None and "0.weight" not in tuned.trainable:
+        fine_tuning["fine_tuning"]["canaries"] = ("none: the first layer, where the canaries would live, is "
+                                                  "frozen (model.trainable), so the audit gives no bound")
+    return model_of(ctx, trained) | fine_tuning
+
+
+def model_of(ctx: RunContext, trained: TrainRecord) -> dict[str, Any]:
     spec = ctx.spec
     if spec.model.own is None:
         return {"kind": spec.model.kind, "hidden": list(spec.model.hidden or []), "n_features": trained.n_features}

@@ -62,7 +62,7 @@ def learnability(ctx: RunContext, rows: float, budget: LifetimeBudget, charged, 
     refuse that run). The train policy reads it, so a run that cannot learn is refused before its
     grant."""
     from ppmlops.data.features import feature_names
-    from ppmlops.run.records import ModelCheck
+    from ppmlops.run.records import ModelCheck, Pretrained
     from ppmlops.training.learnability import builtin_parameters, estimate
 
     spec = ctx.spec
@@ -72,7 +72,8 @@ def learnability(ctx: RunContext, rows: float, budget: LifetimeBudget, charged, 
     except BudgetExceeded:
         return None
     check = ctx.store.read_optional(ModelCheck) if spec.model.own is not None else None
-    parameters = (check.parameters if check is not None
+    tuned = ctx.store.read_optional(Pretrained)  # only the trainable parameters get noise
+    parameters = (tuned.trainable_parameters if tuned is not None else check.parameters if check is not None
                   else builtin_parameters(spec.model.kind, len(feature_names(spec)), spec.model.hidden or (),
                                      spec.dataset.label.n_outputs))
     return estimate(rows=rows, parameters=parameters, steps=req.shape.steps * req.epochs, epochs=req.epochs,

@@ -63,6 +63,10 @@ def resolve_mode(mode: str, net: nn.Module) -> str:
     return mode
 
 
+def _trains(layer: nn.Linear) -> bool:
+    return layer.weight.requires_grad or (layer.bias is not None and layer.bias.requires_grad)
+
+
 def _zero_grads(params) -> torch.Tensor:
     """An empty Poisson batch: the clipped sum is zero (the step still adds its noise)."""
     for p in params:
@@ -83,27 +87,33 @@ class LinearClipper:
             return _zero_grads(self.params)
         if xb.dim() != 2:
             raise TrainingError(f"linear clipping needs (batch, features) inputs, got shape {tuple(xb.shape)}")
-        inputs, outputs, h = [], [], xb
+        # Only layers with a trainable parameter (model.trainable freezes the rest): a frozen
+        # layer's gradient is neither released nor part of a row's norm.
+        inputs, outputs, tracked, h = [], [], [], xb
         for layer in self.layers:
-            if isinstance(layer, nn.Linear):
+            if isinstance(layer, nn.Linear) and _trains(layer):
                 inputs.append(h.detach())
                 h = layer(h)
                 outputs.append(h)
+                tracked.append(layer)
             else:
                 h = layer(h)
         # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
         grads = torch.autograd.grad(loss_sum(self.task, h, yb), outputs)
         sq = torch.zeros(len(yb), dtype=h.dtype, device=h.device)
-        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
-        for layer, a, g in zip(linears, inputs, grads):
+        for layer, a, g in zip(tracked, inputs, grads):
             g2 = g.pow(2).sum(1)
-            sq += g2 * a.pow(2).sum(1) + (g2 if layer.bias is not None else 0.0)
+            if layer.weight.requires_grad:
+                sq += g2 * a.pow(2).sum(1)
+            if layer.bias is not None and layer.bias.requires_grad:
+                sq += g2
         norms = sq.sqrt()
         factor = (max_grad_norm / (norms + EPS)).clamp(max=1.0)
-        for layer, a, g in zip(linears, inputs, grads):
+        for layer, a, g in zip(tracked, inputs, grads):
             gc = g * factor[:, None]
-            layer.weight.grad = gc.t() @ a
-            if layer.bias is not None:
+            if layer.weight.requires_grad:
+                layer.weight.grad = gc.t() @ a
+            if layer.bias is not None and layer.bias.requires_grad:
                 layer.bias.grad = gc.sum(0)
         return norms.detach()
 

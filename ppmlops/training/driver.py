@@ -37,6 +37,9 @@ def canary_layer(ctx: RunContext) -> tuple[str | None, int]:
     """(the layer whose weight carries the canaries, its units): a built-in's first layer, or
     where the model's check placed them (None: the model has no layer that can; no canaries)."""
     if ctx.spec.model.own is None:
+        trainable = ctx.spec.model.trainable
+        if trainable and not any(t in ("0", "0.weight") for t in trainable):
+            return None, 0  # the first layer is frozen: no real gradient reaches it, nor would a canary's
         return "0", first_layer_units(ctx.spec.model.kind, ctx.spec.model.hidden, ctx.spec.dataset.label.n_outputs)
     from ppmlops.training.model_check import checked
 
@@ -81,7 +84,9 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      storage_path=str(ctx.store.ray_storage()), ray_address=ctx.settings.ray_address,
                      max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
                      progress_path=str(ctx.store.root / PROGRESS_FILE), physical_batch=spec.training.max_physical_batch,
-                     task=spec.dataset.label.task, n_outputs=spec.dataset.label.n_outputs)
+                     task=spec.dataset.label.task, n_outputs=spec.dataset.label.n_outputs,
+                     pretrained=str(spec.model.init_path()) if spec.model.init is not None else None,
+                     trainable=tuple(spec.model.trainable) if spec.model.trainable else None)
 
 
 progress = logging.getLogger("ppmlops.progress")

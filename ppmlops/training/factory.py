@@ -80,6 +80,95 @@ def build_net(kind: str | None, hidden: Sequence[int] | None, factory: FactoryRe
     return build_model(kind, n_features, list(hidden or ()), n_outputs=n_outputs)
 
 
+def job_net(job, width: int, features: int | None = None) -> nn.Module:
+    """The run's model for a worker (a WorkerJob): built for `width` inputs, then its pretrained
+    weights and frozen parameters (job.pretrained, job.trainable). `features`: the real feature
+    columns when the run widened the canaries' layer (their columns keep the builder's weights)."""
+    net = build_net(job.model_kind, job.hidden, job.factory, width, job.n_outputs)
+    if job.pretrained or job.trainable:
+        layer = job.canaries.layer if getattr(job, "canaries", None) is not None else None
+        widened = {f"{layer}.weight": features} if layer and features is not None and features < width else None
+        pretrained(net, job.pretrained, job.trainable, widened=widened)
+    return net
+
+
+def read_state(path: str) -> tuple[dict, str]:
+    """(the tensors of a pretrained-weights file, the file's sha256). The file is a state dict
+    saved with torch.save, or a file with one under "state_dict" (a model a ppmlops run saved);
+    read with weights_only=True, so it can hold tensors and plain containers but no code."""
+    import torch
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ModelError(f"model.init {path}: pretrained weights file not found") from None
+    except OSError as err:
+        raise ModelError(f"model.init {path}: cannot read the file: {err.strerror or err}") from None
+    try:
+        import io
+
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a file it cannot read
+        raise ModelError(f"model.init {path}: not a file of weights torch.load(weights_only=True) can read "
+                         f"({type(err).__name__})") from None
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"model.init {path}: expected a state dict (parameter names to tensors), "
+                         f"got a {type(loaded).__name__}")
+    return state, hashlib.sha256(data).hexdigest()
+
+
+def pretrained(net: nn.Module, path: str | None, trainable: Sequence[str] | None, *,
+               widened: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Load `path`'s weights into `net` and freeze every parameter no `trainable` prefix names
+    (a prefix names a parameter equal to it or under it: "head" names head.weight and head.bias).
+    Every tensor of the file must be one the model has, of its shape; the model's tensors the file
+    lacks keep the builder's initialisation. `widened`: a weight name and the columns the file's
+    copy fills, when the run widened that layer's input (the canary audit's zero columns keep their
+    initialisation). Returns what was done (public: names and counts from the file and the spec)."""
+    import torch
+
+    loaded, kept, sha = [], [], None
+    if path:
+        state, sha = read_state(path)
+        own = net.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise ModelError(f"model.init {path}: {len(unknown)} tensor(s) the model does not have, e.g. "
+                             f"{unknown[:3]} (the model's: {sorted(own)[:6]}...)")
+        widened = dict(widened or {})
+        with torch.no_grad():
+            for name, tensor in state.items():
+                mine = own[name]
+                cols = widened.get(name)
+                if tuple(tensor.shape) == tuple(mine.shape):
+                    mine.copy_(tensor.to(mine.dtype))
+                elif cols is not None and tensor.dim() == 2 and tuple(tensor.shape) == (mine.shape[0], cols):
+                    mine[:, :cols].copy_(tensor.to(mine.dtype))
+                else:
+                    raise ModelError(f"model.init {path}: tensor {name!r} has shape {tuple(tensor.shape)}, the "
+                                     f"model's has {tuple(mine.shape)}")
+        loaded, kept = sorted(state), sorted(set(own) - set(state))
+    names = [n for n, _ in net.named_parameters()]
+    if trainable:
+        unmatched = [t for t in trainable if not any(_names(n, t) for n in names)]
+        if unmatched:
+            raise ModelError(f"model.trainable: {unmatched} name(s) no parameter of the model (its parameters: "
+                             f"{names[:8]}{'...' if len(names) > 8 else ''})")
+        for n, p in net.named_parameters():
+            p.requires_grad_(any(_names(n, t) for t in trainable))
+    train = [n for n, p in net.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    return {"init": path, "sha256": sha, "loaded": loaded, "kept": kept, "trainable": train, "frozen": frozen,
+            "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+            "frozen_parameters": sum(p.numel() for p in net.parameters() if not p.requires_grad)}
+
+
+def _names(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def code_of(target: str) -> ModelCode:
     """The factory module's version: its file's sha256 and, when an installed distribution provides
     its top-level package, that distribution and its version."""

@@ -80,6 +80,11 @@ class WorkerJob:
     # targets' dtype and the tuner's held-out signal follow them.
     task: str = "binary"
     n_outputs: int = 2
+    # Fine-tuning (model.init, model.trainable; ppmlops.training.factory.pretrained): the weights
+    # file every worker reads (a path the workers can read, like a source), and the parameter-
+    # name prefixes DP-SGD updates (None: all).
+    pretrained: str | None = None
+    trainable: tuple[str, ...] | None = None
 
     @property
     def run_id(self) -> str:

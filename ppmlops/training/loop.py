@@ -36,7 +36,7 @@ from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.training.job import WorkerJob
-from ppmlops.training.factory import build_net
+from ppmlops.training.factory import job_net
 from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning.tuners import affordable_floor
@@ -355,12 +355,12 @@ def _randomness(job: WorkerJob) -> Randomness:
 
 
 def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restored | None,
-           device: torch.device) -> tuple[PrivateModel, EpochSettings]:
+           device: torch.device, features: int | None = None) -> tuple[PrivateModel, EpochSettings]:
     """The model (restored or freshly initialised) wrapped for DP-SGD, and the settings to start from."""
     from ppmlops.training.private_model import make_private_model
 
     torch.manual_seed(randomness.torch_seed("init"))  # no private row is involved in initialisation
-    net = build_net(job.model_kind, job.hidden, job.factory, width, job.n_outputs)
+    net = job_net(job, width, features)
     settings = EpochSettings(job.plan.noise_multiplier, job.max_grad_norm, job.learning_rate)
     if restored is not None:
         net.load_state_dict(restored.weights)
@@ -421,7 +421,7 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, target_dtype(job.task))
     restored = checkpoints.restore()
     state = restored.state if restored is not None else LoopState()
-    model, settings = _start(job, X.shape[1] + arrays.canary_columns, randomness, restored, device)
+    model, settings = _start(job, X.shape[1] + arrays.canary_columns, randomness, restored, device, X.shape[1])
     sampler = arrays.sampler(plan, comm)
     ctl = Controller(job, arrays, randomness, state, tuner, echo) if comm.rank == 0 else None
     first = plan.epochs + 1 if state.stopped_reason != "completed" else state.epoch + 1  # a refusal is final

@@ -30,7 +30,7 @@ from torch import nn
 
 from ppmlops.errors import ModelError
 from ppmlops.run.context import RunContext
-from ppmlops.run.records import ModelCheck
+from ppmlops.run.records import ModelCheck, Pretrained
 from ppmlops.spec import FactoryRef
 from ppmlops.training.canary_scores import weight_key
 from ppmlops.training.clipping import probe_norms, resolve_mode
@@ -51,28 +51,55 @@ def checked(ctx: RunContext) -> ModelCheck | None:
     if ref is None:
         return None
     kept = ctx.store.read_optional(ModelCheck)
-    if kept is not None and (kept.factory, kept.args, kept.fix_batchnorm) == (ref.target, ref.args, ref.fix_batchnorm):
+    trainable = ctx.spec.model.trainable
+    if kept is not None and (kept.factory, kept.args, kept.fix_batchnorm, kept.trainable) == (
+            ref.target, ref.args, ref.fix_batchnorm, trainable):
         return kept
     label = ctx.spec.dataset.label
-    return ctx.store.write(check(ref, len(feature_names(ctx.spec)), label.n_outputs, label.task))
+    return ctx.store.write(check(ref, len(feature_names(ctx.spec)), label.n_outputs, label.task, trainable))
 
 
-def check(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES, task: str = "binary") -> ModelCheck:
-    """Build and check the factory's model; ModelError naming the factory and the layer if refused."""
+def check_pretrained(ctx: RunContext) -> Pretrained | None:
+    """model.init and model.trainable applied to the run's model on public inputs (the file read,
+    every tensor's name and shape matched, the prefixes resolved); None when the spec sets
+    neither. ModelError naming the file or the prefix otherwise, before anything is charged."""
+    from ppmlops.data.features import feature_names
+    from ppmlops.training.factory import build_net, pretrained
+
+    model, label = ctx.spec.model, ctx.spec.dataset.label
+    if model.init is None and not model.trainable:
+        return None
+    init = model.init_path()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_net(model.kind, model.hidden, model.own, len(feature_names(ctx.spec)), label.n_outputs)
+        done = pretrained(net, str(init) if init else None, model.trainable)
+    return ctx.store.write(Pretrained(**{**done, "init": model.init}))
+
+
+def check(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES, task: str = "binary",
+          trainable: list[str] | None = None) -> ModelCheck:
+    """Build and check the factory's model (with only `trainable`'s parameters trainable, as the
+    run will have it); ModelError naming the factory and the layer if refused."""
     # The checks draw initial weights and probes from torch's generator: the caller's stream is kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net, replaced = build_own(ref, n_features, n_outputs)
+        if trainable:
+            from ppmlops.training.factory import pretrained
+
+            pretrained(net, None, trainable)
         try:
-            mode, trainable = _check_model(ref, net, n_features, n_outputs, task)
+            mode, n_trainable = _check_model(ref, net, n_features, n_outputs, task)
         except ModelError as err:
             if replaced:  # the model that failed is not the one the factory wrote: say so
                 raise ModelError(f"{err} (model.fix_batchnorm replaced {', '.join(replaced)} first)") from None
             raise
         layer, units, note = canary_layer(ref, net, n_features, n_outputs)
     return ModelCheck(factory=ref.target, args=dict(ref.args), fix_batchnorm=ref.fix_batchnorm, n_features=n_features,
-                      n_outputs=n_outputs, parameters=trainable, code=code_of(ref.target), clipping=mode,
-                      replaced=replaced, canary_layer=layer, canary_units=units, canary_note=note)
+                      n_outputs=n_outputs, parameters=n_trainable, code=code_of(ref.target), clipping=mode,
+                      replaced=replaced, canary_layer=layer, canary_units=units, canary_note=note,
+                      trainable=trainable)
 
 
 def _check_model(ref: FactoryRef, net: nn.Module, n_features: int, n_outputs: int,
@@ -229,6 +256,8 @@ def canary_layer(ref: FactoryRef, net: nn.Module, n_features: int, n_outputs: in
     if not found:
         return None, 0, f"no nn.Linear takes the {n_features} features directly: {NO_CANARIES}"
     name = found[0][0]
+    if not found[0][1].weight.requires_grad:
+        return None, 0, f"layer {name!r} on the {n_features} features is frozen (model.trainable): {NO_CANARIES}"
     why = _canary_unsafe(ref, net, name, n_features, n_outputs)
     if why:
         return None, 0, f"layer {name!r} cannot carry the canaries ({why}): {NO_CANARIES}"

@@ -39,7 +39,7 @@ from ppmlops.training.loop import (
     INIT_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Arrays, Checkpoints, Comm, LoopState, WorkerTimes, _randomness,
     as_tensor, say, train_epoch,
 )
-from ppmlops.training.factory import build_net
+from ppmlops.training.factory import job_net
 from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning import signals
@@ -102,7 +102,7 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
 
     plan = job.plan
     torch.manual_seed(randomness.torch_seed("init", trial))
-    net = build_net(job.model_kind, job.hidden, job.factory, X.shape[1], job.n_outputs)
+    net = job_net(job, X.shape[1])
     init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     model = make_private_model(net, noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
                                learning_rate=settings["learning_rate"], momentum=job.momentum,
