@@ -193,10 +193,9 @@ def _e2e_policy_floors_lowered(request, tmp_path_factory):
     if "e2e" not in Path(str(request.node.path)).parts:
         yield None
         return
-    from policy_floors import lowered_policy
+    from policy_floors import lowered_policy_file
 
-    path = tmp_path_factory.mktemp("e2e-policy") / "policies.rego"
-    path.write_text(lowered_policy((REPO / "policies.rego").read_text()))
+    path = lowered_policy_file(tmp_path_factory.mktemp("e2e-policy"))
     before = os.environ.get("PPMLOPS_POLICY")
     os.environ["PPMLOPS_POLICY"] = str(path)
     yield path

@@ -6,7 +6,8 @@ one run of five, and the shipped policy then rightly denies the deploy (beats_ba
 whose subject is a run, an approval or the ledger would fail by chance. So every module under
 tests/e2e runs with the floors lowered in a copy of the policy (tests/conftest.py,
 _e2e_policy_floors_lowered); tests that bring their own policy (test_gates.py, test_scheduler.py)
-lower the same floors in it. The floors themselves are tested where the outcome is fixed:
+lower the same floors in it, and so do the unit tests that plan the e2e table to test something
+else (the learnability floors refuse its few steps). The floors themselves are tested where the outcome is fixed:
 tests/unit/test_gate_baseline.py and tests/policies/test_policies.rego.
 """
 
@@ -16,6 +17,15 @@ UTILITY_FLOORS = ('utility := {"min_margin": 0, "min_holdout_rows": 100, "min_cl
                   '"min_signal_to_noise": 2.4, "min_update_reach": 60}')
 LOWERED_FLOORS = ('utility := {"min_margin": -1, "min_holdout_rows": 0, "min_class_rows": 0, '
                   '"min_signal_to_noise": 0, "min_update_reach": 0}')
+
+
+def lowered_policy_file(folder) -> "Path":
+    """The shipped policy with the floors lowered, written to `folder`: for PPMLOPS_POLICY."""
+    from pathlib import Path
+
+    path = Path(folder) / "policies.rego"
+    path.write_text(lowered_policy((Path(__file__).resolve().parents[1] / "policies.rego").read_text()))
+    return path
 
 
 def lowered_policy(text: str) -> str:

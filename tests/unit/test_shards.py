@@ -17,6 +17,8 @@ from ppmlops.training.job import Snapshot
 from ppmlops.training.loop import padded
 from ppmlops.training.shards import shard
 
+from policy_floors import lowered_policy_file
+
 from conftest import REPO
 
 
@@ -83,6 +85,7 @@ def test_the_driver_reads_no_rows(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PPMLOPS_RANDOMNESS", "reproducible")
+    monkeypatch.setenv("PPMLOPS_POLICY", str(lowered_policy_file(tmp_path)))  # the e2e table's few steps
     spec = load_spec(REPO / "tests" / "e2e" / "e2e_small.yaml")
     spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"test_data": True})})
     ctx = RunContext(spec=spec, run_id="drv", params=RunParams.from_mapping(spec, {"workers": 2, "epochs": 1}))

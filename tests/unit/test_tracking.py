@@ -16,6 +16,8 @@ from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest, plan, validate
 from ppmlops.stages.context import RunContext, RunParams
 
+from policy_floors import lowered_policy_file
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())
 SENTINEL = "exact-private-value-4242424242"
@@ -26,6 +28,7 @@ def planned(tmp_path, monkeypatch):
     """ingest, validate, assess and plan of the small e2e spec, for real, in a home of its own."""
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
+    monkeypatch.setenv("PPMLOPS_POLICY", str(lowered_policy_file(tmp_path)))  # the e2e table's few steps
     doc = copy.deepcopy(DOC)
     doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": 1500, "seed": 11}}
     spec = parse_spec(doc, "tracking.yaml")
