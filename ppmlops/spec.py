@@ -524,6 +524,11 @@ class Training(_Model):
     # clipped in pieces whose clipped sums are added, with one noise draw and one step (virtual
     # steps: the sampling and the accounting are unchanged). None: the whole batch at once.
     max_physical_batch: int | None = Field(None, ge=1)
+    # Clip each layer's per-row gradient to max_grad_norm / sqrt(layers) instead of the whole
+    # gradient to max_grad_norm: the same bound on a row's gradient, so the same noise and
+    # accounting, but a layer with large gradients no longer shrinks the others' (the closed-form
+    # path only: a Sequential of Linear layers and row-wise activations).
+    per_layer_clipping: bool = False
     tuner: Literal[TUNER_NAMES] = "bayes"  # ANOM: how settings change between epochs
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0

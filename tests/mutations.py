@@ -131,6 +131,8 @@ MUTATIONS = (
     Mutation("model.trainable freezes nothing", "ppmlops/training/factory.py",
              "            p.requires_grad_(any(_names(n, t) for t in trainable))", "            pass",
              ("tests/unit/test_finetune.py",)),
+    Mutation("per-layer clipping clips the whole gradient", "ppmlops/training/clipping.py",
+             "        if self.per_layer:\n", "        if False:\n", ("tests/unit/test_per_layer_clipping.py",)),
     Mutation("block budget unlocked at once", "ppmlops/privacy/blocks.py",
              "    if not calendar.blocked or horizon is None or block == ALL:\n        return 1.0",
              "    if True:\n        return 1.0", ("tests/unit/test_block_unlock.py",)),

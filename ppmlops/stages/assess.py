@@ -147,11 +147,17 @@ def check_model(ctx: RunContext) -> None:
     """The spec's own model (model.factory), built and checked on public inputs alone, and its
     pretrained weights and frozen parameters (model.init, model.trainable)
     (ppmlops.training.model_check; torch is imported for it only); a plain built-in needs none."""
-    if ctx.spec.model.own is not None or ctx.spec.model.init is not None or ctx.spec.model.trainable:
+    model = ctx.spec.model
+    if model.own is not None or model.init is not None or model.trainable:
         from ppmlops.training.model_check import check_pretrained, checked
 
         check_pretrained(ctx)
-        checked(ctx)
+        check = checked(ctx)
+        if check is not None and ctx.spec.training.per_layer_clipping and check.clipping != "linear":
+            from ppmlops.errors import ModelError
+            from ppmlops.training.private_model import per_layer_refusal
+
+            raise ModelError(f"model.factory {check.factory!r}: {per_layer_refusal(check.clipping)}")
 
 
 def _exact_report(ctx: RunContext) -> None:

@@ -77,8 +77,8 @@ def _zero_grads(params) -> torch.Tensor:
 class LinearClipper:
     fast = True
 
-    def __init__(self, ddp: nn.Module, net: nn.Sequential, task: str = "binary"):
-        self.task = task
+    def __init__(self, ddp: nn.Module, net: nn.Sequential, task: str = "binary", per_layer: bool = False):
+        self.task, self.per_layer = task, per_layer
         self.module, self.layers = ddp, list(net)
         self.params = [p for p in net.parameters() if p.requires_grad]
 
@@ -100,16 +100,29 @@ class LinearClipper:
                 h = layer(h)
         # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
         grads = torch.autograd.grad(loss_sum(self.task, h, yb), outputs)
-        sq = torch.zeros(len(yb), dtype=h.dtype, device=h.device)
+        per = []  # each trainable layer's per-row squared gradient norm
         for layer, a, g in zip(tracked, inputs, grads):
             g2 = g.pow(2).sum(1)
+            sq = torch.zeros(len(yb), dtype=h.dtype, device=h.device)
             if layer.weight.requires_grad:
-                sq += g2 * a.pow(2).sum(1)
+                sq = sq + g2 * a.pow(2).sum(1)
             if layer.bias is not None and layer.bias.requires_grad:
-                sq += g2
-        norms = sq.sqrt()
-        factor = (max_grad_norm / (norms + EPS)).clamp(max=1.0)
-        for layer, a, g in zip(tracked, inputs, grads):
+                sq = sq + g2
+            per.append(sq)
+        norms = torch.stack(per).sum(0).sqrt()
+        if self.per_layer:
+            # Per-layer clipping (training.per_layer_clipping): each of the L layers' gradient is
+            # clipped to C / sqrt(L) on its own, so a row's whole gradient still has norm at most C
+            # and the noise (sigma C) and accounting are the flat path's. The norm returned is
+            # C times the largest ratio of a layer's norm to its bound: above C exactly when some
+            # layer was clipped, as the clipping counts want.
+            bound = max_grad_norm / len(per) ** 0.5
+            layer_norms = torch.stack(per).sqrt()
+            factors = (bound / (layer_norms + EPS)).clamp(max=1.0)
+            norms = max_grad_norm * (layer_norms / bound).amax(0)
+        else:
+            factors = (max_grad_norm / (norms + EPS)).clamp(max=1.0).expand(len(per), -1)
+        for layer, a, g, factor in zip(tracked, inputs, grads, factors):
             gc = g * factor[:, None]
             if layer.weight.requires_grad:
                 layer.weight.grad = gc.t() @ a

@@ -86,7 +86,8 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      progress_path=str(ctx.store.root / PROGRESS_FILE), physical_batch=spec.training.max_physical_batch,
                      task=spec.dataset.label.task, n_outputs=spec.dataset.label.n_outputs,
                      pretrained=str(spec.model.init_path()) if spec.model.init is not None else None,
-                     trainable=tuple(spec.model.trainable) if spec.model.trainable else None)
+                     trainable=tuple(spec.model.trainable) if spec.model.trainable else None,
+                     per_layer=spec.training.per_layer_clipping)
 
 
 progress = logging.getLogger("ppmlops.progress")

@@ -370,7 +370,8 @@ def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restore
     model = make_private_model(net, noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
                                learning_rate=settings.learning_rate, momentum=job.momentum,
                                divisor=job.plan.divisor, device=device, clipping=job.clipping,
-                               physical_batch=job.physical_batch, task=job.task)
+                               physical_batch=job.physical_batch, task=job.task,
+                               per_layer=job.per_layer)
     if restored is not None:
         model.optimizer.original_optimizer.load_state_dict(restored.optimizer)
     elif job.init_path and dist.get_rank() == 0:

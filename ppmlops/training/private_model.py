@@ -207,12 +207,19 @@ class PrivateModel:
         return torch.cat(norms)
 
 
+def per_layer_refusal(mode: str) -> str:
+    return ("training.per_layer_clipping needs the closed-form clipping path (an nn.Sequential of Linear layers "
+            f"and row-wise activations); this model takes the {mode} path, which clips each row's whole gradient")
+
+
 def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm: float, learning_rate: float,
                        momentum: float, divisor: float, device: torch.device, clipping: str = "auto",
-                       physical_batch: int | None = None, task: str = "binary") -> PrivateModel:
+                       physical_batch: int | None = None, task: str = "binary",
+                       per_layer: bool = False) -> PrivateModel:
     """Wrap `net` for distributed DP-SGD; torch.distributed must already be initialised.
 
-    `clipping`: "auto" (linear where it applies, else ghost), "linear", "ghost" or "hooks"."""
+    `clipping`: "auto" (linear where it applies, else ghost), "linear", "ghost" or "hooks".
+    `per_layer`: each layer's gradient clipped to C / sqrt(layers) (the closed-form path only)."""
     if not dist.is_available() or not dist.is_initialized():
         raise TrainingError("distributed DP-SGD needs torch.distributed initialised (Ray Train does this)")
     errors = ModuleValidator.validate(net, strict=False)
@@ -224,6 +231,8 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
     if physical_batch is not None and (physical_batch < 1 or mode == "hooks"):
         raise TrainingError(f"a physical batch limit ({physical_batch!r}) needs a positive row count and a fast "
                             "clipping path (linear or ghost): hooks hold every row's gradient at once")
+    if per_layer and mode != "linear":
+        raise TrainingError(per_layer_refusal(mode))
     net.to(device)
     ddp = DPDDP(net)  # broadcasts rank 0's weights; gradients are reduced by the optimizer
     world = dist.get_world_size()
@@ -234,7 +243,7 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
         # Each rank divides by divisor / world, the all-reduce sums and divides by world again.
         expected_batch_size=divisor / world, loss_reduction="mean")
     if mode == "linear":
-        clipper: Clipper = LinearClipper(ddp, net, task)
+        clipper: Clipper = LinearClipper(ddp, net, task, per_layer)
     elif mode == "ghost":
         clipper = GhostClipper(ddp, optimizer, max_grad_norm, task)
     else:

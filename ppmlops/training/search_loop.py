@@ -107,7 +107,8 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
     model = make_private_model(net, noise_multiplier=plan.noise_multiplier, max_grad_norm=settings["max_grad_norm"],
                                learning_rate=settings["learning_rate"], momentum=job.momentum,
                                divisor=plan.divisor, device=device, clipping=job.clipping,
-                               physical_batch=job.physical_batch, task=job.task)
+                               physical_batch=job.physical_batch, task=job.task,
+                               per_layer=job.per_layer)
     tuner = _trial_tuner(job, settings, trial) if comm.rank == 0 else None
     current = EpochSettings(plan.noise_multiplier, settings["max_grad_norm"], settings["learning_rate"])
     epochs: list[dict] = []
