@@ -84,6 +84,11 @@ def _api_routes(r: APIRouter) -> None:
             data["entries"] = [{**e, "note": ""} for e in data["entries"]]
         return JSONResponse(data)
 
+    @r.api_route("/api/ledger", methods=GET_HEAD)
+    def api_ledger() -> JSONResponse:
+        """The ledger's tables: registered datasets, runs by pipeline, entries."""
+        return JSONResponse(queries.ledger_tables(settings_mod.load()))
+
     @r.api_route("/api/decisions", methods=GET_HEAD)
     def api_decisions(request: Request, run_id: str | None = None, dataset_id: str | None = None,
                       limit: int = Query(200, ge=1, le=100_000)) -> JSONResponse:
@@ -128,6 +133,11 @@ def _page_routes(r: APIRouter) -> None:
                              steps if isinstance(steps, dict) else {})
         unavailable = isinstance(budgets, Unavailable) or isinstance(decisions, Unavailable)
         return HTMLResponse(body, status_code=503 if unavailable else 200)
+
+    @r.api_route("/ledger", methods=GET_HEAD, response_class=HTMLResponse)
+    def ledger_page(request: Request) -> HTMLResponse:
+        s = settings_mod.load()
+        return HTMLResponse(html.ledger_page(view(request, "./", run_folders.index(s)), queries.ledger_tables(s)))
 
     @r.api_route("/datasets/{dataset_id:path}", methods=GET_HEAD, response_class=HTMLResponse)
     def dataset_page(request: Request, dataset_id: str) -> HTMLResponse:

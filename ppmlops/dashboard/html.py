@@ -53,6 +53,8 @@ def overview(v: View, settings_info: dict, budgets: Any, decisions: Any, models:
     spend = "".join(charts.svg(spend_chart(d, steps.get(d["dataset_id"]) or []))
                     for d in (budgets["datasets"] if isinstance(budgets, dict) else []))
     body = (info + "<h2>Privacy budgets</h2>" + section(budgets, lambda b: budget_table(v, b))
+            + f'<p class="small">{link(v.up + "ledger", "The ledger tables")}: every registered dataset, run and '
+            "entry as the database holds them.</p>"
             + (f'<div class="charts">{spend}</div>' if spend else "")
             + "<h2>Recent runs</h2>" + section(runs, lambda r: run_table(v, r))
             + "<h2>Deployed models</h2>" + section(models, lambda m: model_sections(v, m))
@@ -424,6 +426,39 @@ def pipelines_table(d: dict) -> str:
     return ("<h2>Pipelines</h2><p class=\"muted small\">Pipelines on this dataset share each block's unlocked "
             "budget by dominant share (see the glossary below).</p>"
             + table(["pipeline", "runs", "dominant share"], rows, "No pipeline has planned a run yet."))
+
+
+def ledger_page(v: View, data: dict) -> str:
+    """The ledger's three tables as the database holds them (queries.ledger_tables)."""
+    def days(seconds: Any) -> str:
+        return "one block (the whole dataset)" if not seconds else f"{seconds / 86400:g} days"
+
+    datasets = [f"<tr><td>{link(v.up + 'datasets/' + seg(d['dataset_id']), d['dataset_id'])}</td>"
+                f"<td class=\"num\">{num(d['epsilon_budget'])}</td><td class=\"num\">{esc(d['delta'])}</td>"
+                f"<td class=\"num\">{num(d['accounting_order'])}</td><td>{esc(days(d['block_seconds']))}</td>"
+                f"<td class=\"small\">{esc(d['block_origin'] or '-')}</td><td>{esc(d['unit'] or 'one row')}</td></tr>"
+                for d in data["datasets"]]
+    runs = [f"<tr><td>{esc(r['dataset_id'])}</td><td>{esc(r['pipeline'])}</td>"
+            f"<td>{v.run(r['run_id'], r['dataset_id'])}</td><td>{when(r['window_end'])}</td></tr>" for r in data["runs"]]
+    entries = [f"<tr><td class=\"num\">{e['id']}</td><td>{esc(e['dataset_id'])}</td>"
+               f"<td>{v.run(e['run_id'], e['dataset_id'])}</td><td>{esc(e['kind'])}</td><td>{esc(e['partition'])}</td>"
+               f"<td>{esc(e['mechanism'])}</td><td class=\"num\">{num(e['noise_multiplier'])}</td>"
+               f"<td class=\"num\">{num(e['sample_rate'])}</td><td class=\"num\">{e['steps']}</td>"
+               f"<td>{esc(e['status'])}</td><td class=\"small\">{esc(_block_span(e.get('blocks')))}</td>"
+               f"<td>{when(e['created_at'])}</td></tr>" for e in data["entries"]]
+    body = ("<p class=\"muted small\">The privacy ledger's tables as the database holds them. A dataset's "
+            "budget, delta, accounting order, blocks and unit are fixed when it is registered; runs are "
+            "registered by pipeline at plan; every charge is an entry (see the glossary below).</p>"
+            + "<h2>Datasets (privacy_datasets)</h2>"
+            + table(["dataset", "ε budget", "δ", "order", "blocks", "block origin", "unit of privacy"], datasets,
+                    "No dataset is registered.")
+            + "<h2>Runs (privacy_runs)</h2>"
+            + table(["dataset", "pipeline", "run", "window end"], runs, "No run is registered.")
+            + "<h2>Entries (privacy_ledger)</h2>"
+            + table(["id", "dataset", "run", "kind", "partition", "mechanism", "σ", "q", "steps", "status", "blocks",
+                     "recorded"], entries, "No entries.")
+            + glossary())
+    return v.page("Ledger tables", body)
 
 
 def _block_span(blocks: Any) -> str:

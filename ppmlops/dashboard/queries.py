@@ -164,6 +164,30 @@ def dataset(settings: Settings, dataset_id: str) -> dict:
                                    for name, p in d["pipelines"].items()}})
 
 
+def ledger_tables(settings: Settings) -> dict:
+    """The privacy ledger's tables as they stand, for the officer: each registered dataset's fixed
+    terms (budget, delta, accounting order, blocks, unit of privacy), the runs registered by
+    pipeline, and every entry (all public: the ledger holds no row data)."""
+    ledger, _ = stores(settings)
+    datasets, runs, entries = [], [], []
+    with _reading(settings):
+        for ds in ledger.datasets():
+            budget, unit = ledger.budget(ds), ledger.unit(ds)
+            cal = budget.calendar if budget is not None else None
+            datasets.append({
+                "dataset_id": ds, "epsilon_budget": budget.epsilon if budget else None,
+                "delta": budget.delta if budget else None, "accounting_order": budget.order if budget else None,
+                "block_seconds": cal.seconds if cal is not None and cal.blocked else None,
+                "block_origin": cal.origin.isoformat() if cal is not None and cal.blocked else None,
+                "unit": unit.describe() if unit is not None else None})
+            runs += [{"dataset_id": ds, "run_id": r.run_id, "pipeline": r.pipeline,
+                      "window_end": r.window_end.isoformat() if r.window_end else None}
+                     for r in ledger.pipeline_runs(ds)]
+            # An entry's note can quote a run's settings: the dataset page shows it to officers only.
+            entries += [{k: v for k, v in e.to_dict().items() if k != "note"} for e in ledger.entries(ds)]
+    return jsonable({"datasets": datasets, "runs": runs, "entries": entries})
+
+
 def _block_row(r: Any) -> dict:
     return {"block": r.block, "start": r.start.isoformat() if r.start else None,
             "end": r.end.isoformat() if r.end else None, "shares": r.shares, "worst": r.worst, "runs": list(r.runs)}

@@ -111,6 +111,20 @@ def test_dataset_page_tells_how_the_budget_was_spent(built):
     assert "<h2>Pipelines</h2>" in page and row in page and "<dt>dominant share</dt>" in page
 
 
+def test_the_ledger_tables_page_shows_each_table_as_the_database_holds_it(built):
+    page = client_as(VIEWER).get("/ledger").text
+    ledger = Ledger(built.settings.db_url)
+    budget = ledger.budget(dashboard_data.DATASET)
+    assert "<h2>Datasets (privacy_datasets)</h2>" in page and f">{dashboard_data.DATASET}</a>" in page
+    assert f'<td class="num">{budget.order:.4g}' in page or f"{budget.order:g}" in page
+    assert f"<td>{dashboard_data.DATASET}</td><td>{dashboard_data.PIPELINE}</td>" in page  # a registered run
+    entries = ledger.entries(dashboard_data.DATASET)
+    assert page.count("<tr>") - 3 == len(entries) + len(ledger.pipeline_runs(dashboard_data.DATASET)) + 1
+    api = client_as(VIEWER).get("/api/ledger").json()
+    assert [e["id"] for e in api["entries"]] == [e.id for e in entries] and "note" not in api["entries"][0]
+    assert 'href="./ledger"' in client_as(VIEWER).get("/").text
+
+
 # -- the run page -----------------------------------------------------------------------------
 
 def test_run_page_opens_with_the_summary_and_every_gate_check(built):
