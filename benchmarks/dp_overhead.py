@@ -73,9 +73,12 @@ def _batch(batch: int):
 
 
 def non_private(kind, hidden, batch):
-    net = build_model(kind, FEATURES, hidden)
+    return plain_step(build_model(kind, FEATURES, hidden), *_batch(batch))
+
+
+def plain_step(net, X, y):
+    """A non-private SGD step of `net` on the batch (X, y), as a closure (benchmarks/models.py too)."""
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    X, y = _batch(batch)
 
     def step():
         opt.zero_grad()
@@ -97,16 +100,20 @@ class TorchNormal:
 
 
 def private(kind, hidden, batch, *, clipping: str, csprng: bool):
-    net = build_model(kind, FEATURES, hidden)
+    return private_step(build_model(kind, FEATURES, hidden), *_batch(batch), clipping=clipping, csprng=csprng)[0]
+
+
+def private_step(net, X, y, *, clipping: str = "auto", csprng: bool = True, task: str = "binary"):
+    """The product's DP-SGD step (PrivateModel.step) of `net` on the batch (X, y), as a closure, and
+    the clipping mode it resolved to ("auto": the product's choice for the model)."""
     model = make_private_model(net, noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1, momentum=0.0,
-                               divisor=float(batch), device=torch.device("cpu"), clipping=clipping)
+                               divisor=float(len(y)), device=X.device, clipping=clipping, task=task)
     if csprng:
         model.set_epoch(noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1,
                         noise_source=Randomness.secure().source("noise"))
     else:  # torch.normal (Opacus's noise outside its secure mode, not a CSPRNG), for the comparison only
         model.set_epoch(noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=0.1, noise_source=TorchNormal())
-    X, y = _batch(batch)
-    return lambda: model.step(X, y)
+    return (lambda: model.step(X, y)), model.clipping
 
 
 def main() -> int:
