@@ -182,8 +182,10 @@ def step_times(spec, *, steps: int, repeats: int, device) -> None:
     cnn = lambda: build_net(None, None, spec.model.own, 64, label.n_outputs)  # noqa: E731
     wide = lambda: build_model("mlp", WIDE[0], WIDE[1], n_outputs=WIDE[2])  # noqa: E731
     cases = {"digits CNN 8x8, channels 8": (cnn, 64, BATCH, steps, repeats),
-             f"wide MLP {WIDE[0]}-{'-'.join(map(str, WIDE[1]))}-{WIDE[2]}": (wide, WIDE[0], WIDE_BATCH,
-                                                                        max(3, steps // 10), min(3, repeats))}
+             # Steps of half a second or more: two a turn and many turns, so that a burst of load
+             # from other processes lands in a few turns, which the median drops.
+             f"wide MLP {WIDE[0]}-{'-'.join(map(str, WIDE[1]))}-{WIDE[2]}": (wide, WIDE[0], WIDE_BATCH, 2,
+                                                                        2 * repeats + 1)}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"\n2. Step time on {device.type.upper()}, one torch thread: a DP-SGD step (PrivateModel.step, the clipping "
           f"path the product picks, AES-CTR noise) against a plain SGD step, same model and batch; median over "
