@@ -153,11 +153,14 @@ def check_model(ctx: RunContext) -> None:
 
         check_pretrained(ctx)
         check = checked(ctx)
-        if check is not None and ctx.spec.training.per_layer_clipping and check.clipping != "linear":
+        if check is not None and check.clipping != "linear":
             from ppmlops.errors import ModelError
-            from ppmlops.training.private_model import per_layer_refusal
+            from ppmlops.training.private_model import per_layer_refusal, precision_refusal
 
-            raise ModelError(f"model.factory {check.factory!r}: {per_layer_refusal(check.clipping)}")
+            if ctx.spec.training.per_layer_clipping:
+                raise ModelError(f"model.factory {check.factory!r}: {per_layer_refusal(check.clipping)}")
+            if ctx.spec.training.precision == "bf16":
+                raise ModelError(f"model.factory {check.factory!r}: {precision_refusal(check.clipping)}")
 
 
 def _exact_report(ctx: RunContext) -> None:

@@ -77,8 +77,14 @@ def _zero_grads(params) -> torch.Tensor:
 class LinearClipper:
     fast = True
 
-    def __init__(self, ddp: nn.Module, net: nn.Sequential, task: str = "binary", per_layer: bool = False):
+    def __init__(self, ddp: nn.Module, net: nn.Sequential, task: str = "binary", per_layer: bool = False,
+                 precision: str = "fp32"):
         self.task, self.per_layer = task, per_layer
+        # bf16 (training.precision): the forward and the backward to the layers' outputs under
+        # torch.autocast in bfloat16; every per-row norm, clipping factor and clipped sum below is
+        # computed in float32 from float32 copies, so the bound on a row's gradient is exactly the
+        # fp32 path's (a norm rounded down in bfloat16 could let a row past the clip norm).
+        self.autocast = precision == "bf16"
         self.module, self.layers = ddp, list(net)
         self.params = [p for p in net.parameters() if p.requires_grad]
 
@@ -90,16 +96,20 @@ class LinearClipper:
         # Only layers with a trainable parameter (model.trainable freezes the rest): a frozen
         # layer's gradient is neither released nor part of a row's norm.
         inputs, outputs, tracked, h = [], [], [], xb
-        for layer in self.layers:
-            if isinstance(layer, nn.Linear) and _trains(layer):
-                inputs.append(h.detach())
-                h = layer(h)
-                outputs.append(h)
-                tracked.append(layer)
-            else:
-                h = layer(h)
-        # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
-        grads = torch.autograd.grad(loss_sum(self.task, h, yb), outputs)
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            for layer in self.layers:
+                if isinstance(layer, nn.Linear) and _trains(layer):
+                    inputs.append(h.detach())
+                    h = layer(h)
+                    outputs.append(h)
+                    tracked.append(layer)
+                else:
+                    h = layer(h)
+            # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
+            loss = loss_sum(self.task, h.float(), yb)
+        grads = [g.float() for g in torch.autograd.grad(loss, outputs)]
+        inputs = [a.float() for a in inputs]
+        h = h.float()
         per = []  # each trainable layer's per-row squared gradient norm
         for layer, a, g in zip(tracked, inputs, grads):
             g2 = g.pow(2).sum(1)

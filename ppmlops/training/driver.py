@@ -87,7 +87,7 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      task=spec.dataset.label.task, n_outputs=spec.dataset.label.n_outputs,
                      pretrained=str(spec.model.init_path()) if spec.model.init is not None else None,
                      trainable=tuple(spec.model.trainable) if spec.model.trainable else None,
-                     per_layer=spec.training.per_layer_clipping)
+                     per_layer=spec.training.per_layer_clipping, precision=spec.training.precision)
 
 
 progress = logging.getLogger("ppmlops.progress")

@@ -62,6 +62,7 @@ class WorkerJob:
     progress_path: str = ""  # rank 0 appends its per-epoch lines here (ppmlops.training.progress)
     clipping: str = "auto"  # one of CLIPPING_MODES
     per_layer: bool = False  # training.per_layer_clipping
+    precision: str = "fp32"  # training.precision
     physical_batch: int | None = None  # training.max_physical_batch: rows per forward and backward
     warm_start: tuple[KnownResult, ...] = ()  # earlier runs' released results (the plan's)
     # The spec's (learning rate, clip norm): where the bayes box is centred, whatever the warm

@@ -371,7 +371,7 @@ def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restore
                                learning_rate=settings.learning_rate, momentum=job.momentum,
                                divisor=job.plan.divisor, device=device, clipping=job.clipping,
                                physical_batch=job.physical_batch, task=job.task,
-                               per_layer=job.per_layer)
+                               per_layer=job.per_layer, precision=job.precision)
     if restored is not None:
         model.optimizer.original_optimizer.load_state_dict(restored.optimizer)
     elif job.init_path and dist.get_rank() == 0:

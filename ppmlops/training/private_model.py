@@ -212,14 +212,22 @@ def per_layer_refusal(mode: str) -> str:
             f"and row-wise activations); this model takes the {mode} path, which clips each row's whole gradient")
 
 
+def precision_refusal(mode: str) -> str:
+    return ("training.precision bf16 needs the closed-form clipping path (an nn.Sequential of Linear layers and "
+            f"row-wise activations), where the norms and clipping are computed in float32; this model takes the "
+            f"{mode} path, whose per-row norms would be computed in bfloat16 and could round a row past the bound")
+
+
 def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm: float, learning_rate: float,
                        momentum: float, divisor: float, device: torch.device, clipping: str = "auto",
                        physical_batch: int | None = None, task: str = "binary",
-                       per_layer: bool = False) -> PrivateModel:
+                       per_layer: bool = False, precision: str = "fp32") -> PrivateModel:
     """Wrap `net` for distributed DP-SGD; torch.distributed must already be initialised.
 
     `clipping`: "auto" (linear where it applies, else ghost), "linear", "ghost" or "hooks".
-    `per_layer`: each layer's gradient clipped to C / sqrt(layers) (the closed-form path only)."""
+    `per_layer`: each layer's gradient clipped to C / sqrt(layers) (the closed-form path only).
+    `precision`: "bf16" runs the forward and backward in bfloat16, the clipping and noise in
+    float32 (the closed-form path only)."""
     if not dist.is_available() or not dist.is_initialized():
         raise TrainingError("distributed DP-SGD needs torch.distributed initialised (Ray Train does this)")
     errors = ModuleValidator.validate(net, strict=False)
@@ -233,6 +241,10 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
                             "clipping path (linear or ghost): hooks hold every row's gradient at once")
     if per_layer and mode != "linear":
         raise TrainingError(per_layer_refusal(mode))
+    if precision not in ("fp32", "bf16"):
+        raise TrainingError(f"training.precision must be fp32 or bf16, got {precision!r}")
+    if precision == "bf16" and mode != "linear":
+        raise TrainingError(precision_refusal(mode))
     net.to(device)
     ddp = DPDDP(net)  # broadcasts rank 0's weights; gradients are reduced by the optimizer
     world = dist.get_world_size()
@@ -243,7 +255,7 @@ def make_private_model(net: nn.Module, *, noise_multiplier: float, max_grad_norm
         # Each rank divides by divisor / world, the all-reduce sums and divides by world again.
         expected_batch_size=divisor / world, loss_reduction="mean")
     if mode == "linear":
-        clipper: Clipper = LinearClipper(ddp, net, task, per_layer)
+        clipper: Clipper = LinearClipper(ddp, net, task, per_layer, precision)
     elif mode == "ghost":
         clipper = GhostClipper(ddp, optimizer, max_grad_norm, task)
     else:

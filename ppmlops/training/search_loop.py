@@ -108,7 +108,7 @@ def _train_trial(job: WorkerJob, settings: dict, X, y, holdout, comm: Comm, devi
                                learning_rate=settings["learning_rate"], momentum=job.momentum,
                                divisor=plan.divisor, device=device, clipping=job.clipping,
                                physical_batch=job.physical_batch, task=job.task,
-                               per_layer=job.per_layer)
+                               per_layer=job.per_layer, precision=job.precision)
     tuner = _trial_tuner(job, settings, trial) if comm.rank == 0 else None
     current = EpochSettings(plan.noise_multiplier, settings["max_grad_norm"], settings["learning_rate"])
     epochs: list[dict] = []
