@@ -61,3 +61,28 @@ def make_job(ledger_url: str, arrays: Arrays, *, run_id: str = "run-1", epochs: 
     return WorkerJob(plan=plan, ledger_url=ledger_url, model_kind="logistic", hidden=(),
                      learning_rate=learning_rate, momentum=0.0, max_grad_norm=max_grad_norm, tuner=tuner, seed=seed,
                      workers=workers)
+
+
+def demo_table_run(tmp_path, monkeypatch, run_id: str, rows: int, seed: int = 3, **changes):
+    """A RunContext for the demo spec on a generated table of `rows` rows, read whole (no window,
+    no blocks, no schedule), in a home of its own under tmp_path; `changes` replace top-level
+    sections of the spec after those edits (e.g. training={...}, model={...})."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from ppmlops.spec import parse_spec
+    from ppmlops.stages.context import RunContext, RunParams
+
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    doc = copy.deepcopy(yaml.safe_load((Path(__file__).resolve().parents[1] / "dags" / "pipelines" / "demo.yaml")
+                                       .read_text()))
+    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": rows, "seed": seed}}
+    doc["dataset"]["window"] = {"whole_table": True}
+    doc["privacy"].pop("blocks", None)
+    doc["schedule"] = None
+    for section, value in changes.items():
+        doc[section] = {**doc.get(section, {}), **value} if isinstance(value, dict) else value
+    spec = parse_spec(doc)
+    return RunContext(spec=spec, run_id=run_id, params=RunParams.defaults(spec))

@@ -23,15 +23,13 @@ spec-only suite without a scan.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ppmlops.data.pseudonymize import pseudonym_column
+from ppmlops.atomic_file import write_json
 from ppmlops.spec import NumericFeature, PipelineSpec
 
 # Most specific first: sensitive_kind() reports the first match.
@@ -167,19 +165,8 @@ def write_suite(spec: PipelineSpec, path: Path | str) -> Path:
 
 def write_suite_doc(doc: dict[str, Any], path: Path | str) -> Path:
     """Write a suite document to `path` (atomically, parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a suite is a shared, committed config file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # 0644: mkstemp makes 0600, and a suite is a shared, committed config file.
+    return write_json(path, doc, 0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,6 @@ Columns match dags/pipelines/demo.yaml. Everything is drawn from one numpy Gener
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ppmlops.atomic_file import write_csv
 if TYPE_CHECKING:
     from ppmlops.spec import SyntheticSource
 
@@ -172,17 +171,8 @@ def write_demo(path: Path, n_rows: int, seed: int, consent_detail: bool = False,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     df = generate(n_rows, seed, consent_detail, event_weeks)
-    # A unique temporary name in the target folder: two runs generating at once each replace
-    # the file with a complete copy, and os.replace is atomic within one filesystem.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            df.to_csv(fh, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # Two runs generating at once each replace the file with a complete copy.
+    return write_csv(path, df)
 
 
 def _emails(rng: np.random.Generator, first: np.ndarray, last: np.ndarray) -> list[str]:

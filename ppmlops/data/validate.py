@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ppmlops.data.suites import mask_sensitive
+from ppmlops.atomic_file import write_json
 from ppmlops.errors import DataError, ValidationFailed
 
 
@@ -350,11 +351,4 @@ def _describe(kind: str | None, meta: dict[str, Any], details: dict[str, Any]) -
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, doc, newline=False)

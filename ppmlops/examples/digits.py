@@ -10,11 +10,10 @@ when it is already there, so a pipeline may be pointed at it like any other sour
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from ppmlops.atomic_file import write_csv
 PIXELS = 64
 COLUMNS = [f"px_{i}" for i in range(PIXELS)]
 LABEL = "digit"
@@ -31,15 +30,7 @@ def write_digits(path: Path | str) -> Path:
     frame = load_digits(as_frame=True).frame
     frame.columns = COLUMNS + [LABEL]
     frame = frame.astype({c: int for c in COLUMNS})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            frame.to_csv(fh, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_csv(path, frame)
 
 
 def default_path() -> Path:

@@ -20,23 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from ppmlops.atomic_file import replace_with, write_csv
 SPEC = Path(__file__).resolve().parents[2] / "dags" / "pipelines" / "demo_finetune.yaml"
 PRIVATE, WEIGHTS = "adult_private.csv", "adult_pretrained.pt"
 EPOCHS, BATCH, LEARNING_RATE = 8, 256, 0.2
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_halves(data_dir: Path, out_dir: Path, spec_path: Path = SPEC) -> tuple[Path, Path]:
@@ -53,7 +42,7 @@ def write_halves(data_dir: Path, out_dir: Path, spec_path: Path = SPEC) -> tuple
     private, weights = out_dir / PRIVATE, out_dir / WEIGHTS
     rows = pd.read_csv(data_dir / "train.csv")
     if not private.exists():
-        _atomic(private, lambda tmp: rows.iloc[1::2].to_csv(tmp, index=False, lineterminator="\n"))
+        write_csv(private, rows.iloc[1::2])
     if not weights.exists():
         spec = load_spec(spec_path)
         public = rows.iloc[0::2]
@@ -69,7 +58,7 @@ def write_halves(data_dir: Path, out_dir: Path, spec_path: Path = SPEC) -> tuple
                 F.cross_entropy(net(Xs[idx]), ys[idx]).backward()
                 opt.step()
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        _atomic(weights, lambda tmp: torch.save(state, tmp))
+        replace_with(weights, lambda tmp: torch.save(state, tmp))
     return private, weights
 
 

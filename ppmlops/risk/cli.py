@@ -173,19 +173,9 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    import os
-    import tempfile
+    from ppmlops.atomic_file import write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, doc)
 
 
 def _suggest(args: argparse.Namespace) -> int:

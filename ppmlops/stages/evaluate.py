@@ -155,10 +155,15 @@ def run(ctx: RunContext) -> EvaluationRecord:
                               mechanism="gaussian")
     noisy = noisy_counts(exact_counts(predict_proba(model, X).numpy(), y), groups, ctx.draws().source("evaluation"))
     cell_sigma, confidence = groups["confusion"].sigma, ctx.spec.deploy.confidence
-    record = ctx.store.write(EvaluationRecord(**metrics_of(noisy.values), sigma=plan.evaluation_sigma,
-                                              cell_sigma=cell_sigma, confidence=confidence,
-                                              **confidence_bounds(noisy.values["confusion"], cell_sigma, confidence),
-                                              ledger_entry=admission.entry_id,
+    return _recorded(ctx, session, admission, plan, X, cell_sigma,
+                     metrics_of(noisy.values) | confidence_bounds(noisy.values["confusion"], cell_sigma, confidence))
+
+
+def _recorded(ctx: RunContext, session: PrivacySession, admission, plan, X, cell_sigma: float,
+              fields: dict) -> EvaluationRecord:
+    """The evaluation's record with the canary audit, then its release completed in the ledger."""
+    record = ctx.store.write(EvaluationRecord(**fields, sigma=plan.evaluation_sigma, cell_sigma=cell_sigma,
+                                              confidence=ctx.spec.deploy.confidence, ledger_entry=admission.entry_id,
                                               audit=canary_audit(ctx, X.shape[1], plan.delta)))
     session.complete(admission)
     session.close()
@@ -196,10 +201,4 @@ def _run_task(ctx: RunContext, session: PrivacySession, plan, model, X, y) -> Ev
         sigmas = {name: g.sigma for name, g in groups.items()}
         fields = te.regression_metrics(released.values, sigmas, confidence, label.range) | {
             "label_range": tuple(label.range)}
-    record = ctx.store.write(EvaluationRecord(**fields, task=label.task, sigma=plan.evaluation_sigma,
-                                              cell_sigma=cell_sigma, confidence=confidence,
-                                              ledger_entry=admission.entry_id,
-                                              audit=canary_audit(ctx, X.shape[1], plan.delta)))
-    session.complete(admission)
-    session.close()
-    return record
+    return _recorded(ctx, session, admission, plan, X, cell_sigma, fields | {"task": label.task})

@@ -51,9 +51,10 @@ def build_model(kind: str, n_features: int, hidden: Sequence[int] = (64,), *, bi
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, X, batch_size: int = 8192, zero_columns: int = 0) -> "torch.Tensor":
-    """Probability of class 1 for each row of X (a float32 array or tensor), on CPU. `zero_columns`
-    zero inputs are appended to each batch (the canary audit's columns, never stored with the rows)."""
+def outputs(model: nn.Module, X, head, batch_size: int = 8192, zero_columns: int = 0) -> "torch.Tensor":
+    """`head(the model's outputs)` for each row of X (a float32 array or tensor), in eval mode, batch
+    by batch, on CPU. `zero_columns` zero inputs are appended to each batch (the canary audit's
+    columns, never stored with the rows)."""
     was_training = model.training
     model.eval()
     try:
@@ -64,8 +65,12 @@ def predict_proba(model: nn.Module, X, batch_size: int = 8192, zero_columns: int
             batch = X[start : start + batch_size]
             if zero_columns:
                 batch = nn.functional.pad(batch, (0, zero_columns))
-            logits = model(batch.to(device))
-            out.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+            out.append(head(model(batch.to(device))).cpu())
         return torch.cat(out) if out else torch.empty(0)
     finally:
         model.train(was_training)
+
+
+def predict_proba(model: nn.Module, X, batch_size: int = 8192, zero_columns: int = 0) -> "torch.Tensor":
+    """Probability of class 1 for each row of X, on CPU (see `outputs`)."""
+    return outputs(model, X, lambda logits: torch.softmax(logits, dim=1)[:, 1], batch_size, zero_columns)

@@ -62,26 +62,13 @@ def loss_module(task: str) -> nn.Module:
 def predict(model: nn.Module, X, task: str, batch_size: int = 8192, zero_columns: int = 0) -> np.ndarray:
     """Per row: P(class 1) for binary, the class index for multiclass, the output clipped to [0, 1]
     for regression (on CPU; `zero_columns` as in ppmlops.training.models.predict_proba)."""
-    from ppmlops.training.models import predict_proba
+    from ppmlops.training.models import outputs, predict_proba
 
     if check_task(task) == "binary":
         return predict_proba(model, X, batch_size, zero_columns).numpy()
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        X = torch.as_tensor(X, dtype=torch.float32)
-        out = []
-        for start in range(0, len(X), batch_size):
-            batch = X[start:start + batch_size]
-            if zero_columns:
-                batch = F.pad(batch, (0, zero_columns))
-            logits = model(batch.to(device)).cpu()
-            out.append(logits.argmax(dim=1) if task == "multiclass" else logits[:, 0].clamp(0.0, 1.0))
-        dtype = np.int64 if task == "multiclass" else np.float64
-        return torch.cat(out).numpy().astype(dtype) if out else np.zeros(0, dtype)
-    finally:
-        model.train(was_training)
+    dtype = np.int64 if task == "multiclass" else np.float64
+    head = (lambda out: out.argmax(dim=1)) if task == "multiclass" else (lambda out: out[:, 0].clamp(0.0, 1.0))
+    return outputs(model, X, head, batch_size, zero_columns).numpy().astype(dtype)
 
 
 def scores(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from ppmlops.errors import ModelError
 from ppmlops.privacy.ledger import Ledger
-from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest
-from ppmlops.stages.context import RunContext, RunParams
 from ppmlops.training.clipping import probe_norms
 from ppmlops.training.factory import pretrained
 from ppmlops.training.models import build_model
 from ppmlops.training.tasks import loss_sum
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = yaml.safe_load((REPO / "dags" / "pipelines" / "demo.yaml").read_text())
+from plans import demo_table_run
+
 
 
 def _saved(tmp_path, net: nn.Module, name="w.pt", wrap=False) -> str:
@@ -109,16 +106,10 @@ def test_a_frozen_layer_does_not_move_in_a_private_step(gloo_world_of_one):
 
 
 def test_a_bad_pretrained_file_stops_the_run_at_assess_before_any_charge(tmp_path, monkeypatch):
-    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
-    doc = copy.deepcopy(DEMO)
-    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": 600, "seed": 3}}
-    doc["dataset"]["window"] = {"whole_table": True}
-    doc["privacy"].pop("blocks", None)
-    doc["schedule"] = None
     torch.save({"0.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
-    doc["model"] = {"kind": "mlp", "hidden": [32], "init": str(tmp_path / "other.pt"), "trainable": ["2"]}
-    spec = parse_spec(doc)
-    ctx = RunContext(spec=spec, run_id="bad-init", params=RunParams.defaults(spec))
+    ctx = demo_table_run(tmp_path, monkeypatch, "bad-init", 600,
+                         model={"kind": "mlp", "hidden": [32], "init": str(tmp_path / "other.pt"), "trainable": ["2"]})
+    spec = ctx.spec
     ingest.run(ctx)
     with pytest.raises(ModelError, match=r"model.init .*other.pt: tensor '0.weight' has shape \(3, 3\)"):
         assess.run(ctx)

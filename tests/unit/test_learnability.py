@@ -3,23 +3,20 @@ item 5): the estimate's arithmetic, and the plan stage on a small demo table wit
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ppmlops.errors import PolicyRefused
 from ppmlops.privacy.ledger import Ledger
 from ppmlops.run.records import PlanRecord, Refusal
-from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest, plan
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.stages.context import RunContext
 from ppmlops.training.learnability import builtin_parameters, estimate
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = yaml.safe_load((REPO / "dags" / "pipelines" / "demo.yaml").read_text())
+from plans import demo_table_run
+
 
 
 @pytest.mark.parametrize("kind,hidden,outputs", [("logistic", [], 2), ("mlp", [32], 2), ("mlp", [64, 16], 10),
@@ -47,15 +44,7 @@ def test_the_estimate_is_the_documented_arithmetic():
 
 
 def _ctx(tmp_path, monkeypatch, run_id: str, epochs: int) -> RunContext:
-    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
-    doc = copy.deepcopy(DEMO)
-    doc["dataset"]["source"] = {"path": str(tmp_path / "customers.csv"), "generate": {"rows": 3000, "seed": 3}}
-    doc["dataset"]["window"] = {"whole_table": True}
-    doc["privacy"].pop("blocks", None)
-    doc["schedule"] = None
-    doc["training"]["epochs"] = epochs
-    spec = parse_spec(doc)
-    return RunContext(spec=spec, run_id=run_id, params=RunParams.defaults(spec))
+    return demo_table_run(tmp_path, monkeypatch, run_id, 3000, training={"epochs": epochs})
 
 
 def test_a_small_table_with_the_demos_epochs_is_refused_at_plan_before_its_grant(tmp_path, monkeypatch):
