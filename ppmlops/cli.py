@@ -156,6 +156,25 @@ def _audit_verify(args: argparse.Namespace) -> int:
     else:
         print(f"audit log intact: {head.count} record(s), head {head}"
               + (f", matches the anchor {anchor}" if anchor else " (no anchor given: a cut-off tail cannot show)"))
+    return _verify_cards(log)
+
+
+def _verify_cards(log) -> int:
+    """Every registered version's card as MLflow holds it now, against the hash recorded at deploy."""
+    from ppmlops.registry.card_check import card_problems, recorded
+    from ppmlops.registry.store import Registry
+
+    records = log.records() if log.chain_head() is not None else []
+    if not recorded(records):
+        return 0
+    registry = Registry(settings_mod.load().registry_dir)
+    problems = card_problems(records, registry)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"model cards NOT intact: {len(problems)} of {len(recorded(records))} in {registry.location}")
+        return 1
+    print(f"model cards intact: {len(recorded(records))} version(s) in {registry.location} match the audit log")
     return 0
 
 

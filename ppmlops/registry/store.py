@@ -107,6 +107,10 @@ class Registry:
             raise RegistryError(f"the card of {model_name} v{version} is not a JSON object")
         return {**doc, "version": int(version)}
 
+    def card_tags(self, model_name: str, version: int) -> dict[str, str]:
+        """The version's `card.*` tags as MLflow holds them now (ppmlops.registry.card_check)."""
+        return {k: v for k, v in self._version(model_name, version).tags.items() if k.startswith(CARD_TAG)}
+
     def model_path(self, model_name: str, version: int) -> Path:
         """The weights file of a version, on local disk (downloaded under the root from a server)."""
         mv = self._version(model_name, version)
@@ -181,7 +185,14 @@ class Registry:
         logged = c.create_logged_model(exp, name=model_name, source_run_id=run_id,
                                        tags={"ppmlops.model_sha256": sha})
         c.log_model_artifacts(logged.model_id, str(model_dir))
-        return c.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        done = c.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        if run_id:
+            # The model as the run's output: MLflow's UI lists a run with a model output as a
+            # training run, one without as an evaluation run (source_run_id alone does not link it).
+            from mlflow.entities import LoggedModelOutput
+
+            c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, 0)])
+        return done
 
     def _ensure_registered(self, model_name: str) -> None:
         from mlflow.exceptions import MlflowException

@@ -518,6 +518,7 @@ class DeployRecord(Record):
     version: int
     alias: str
     path: str  # the version's MLflow model URI (models:/<name>/<version>)
+    card_sha256: str | None = None  # as recorded in the audit log (ppmlops.registry.card_check)
 
 
 class TrackedRun(Record):

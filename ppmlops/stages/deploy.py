@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ppmlops.audit.log import AuditLog
 from ppmlops.errors import PolicyRefused
 from ppmlops.registry import tracking
+from ppmlops.registry.card_check import card_sha256, registration
 from ppmlops.registry.store import Registry
 from ppmlops.run.records import ApprovalRecord, DeployRecord, GateRecord, ModelCheck, TrainRecord
 from ppmlops.stages.card import model_card
@@ -62,5 +64,15 @@ def run(ctx: RunContext) -> DeployRecord:
     version = registry.register(name, Path(ctx.store.read(TrainRecord).model_path), card, encoding=encoding(ctx),
                                 run_id=mlflow_run.mlflow_run_id, requirements=factory_requirements(ctx))
     alias = alias_for(ctx.params.environment)
+    # The card as MLflow holds it, hashed into the audit log before the alias moves to it: `ppmlops
+    # audit verify` then names a card edited in MLflow afterwards.
+    sha = card_sha256(registry.card(name, version))
+    log = AuditLog(ctx.settings.db_url)
+    try:
+        log.record(registration(name, version, sha, alias, gate.decision_id, gate.policy_hash), run_id=ctx.run_id,
+                   dataset_id=ctx.spec.dataset.id, stage="deploy")
+    finally:
+        log.close()
     registry.set_alias(name, alias, version)
-    return DeployRecord(model_name=name, version=version, alias=alias, path=f"models:/{name}/{version}")
+    return DeployRecord(model_name=name, version=version, alias=alias, path=f"models:/{name}/{version}",
+                        card_sha256=sha)
