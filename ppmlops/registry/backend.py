@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 URI_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT_PREFIX = "ppmlops/"
+# MLflow 3's UI files an experiment without this tag by what it finds in it (traces make it a GenAI
+# experiment, whose runs without a model output it lists as "Evaluation runs") and then writes
+# its guess as the tag. Said up front, ppmlops's runs are listed as training runs of a custom model.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+_GUESSED_KINDS = ("genai_development", "genai_development_inferred", "no_inferred_type", "")
 
 
 class RegistryError(PpmlopsError):
@@ -177,15 +183,23 @@ def experiment_id(uri: str, root: Path, model_name: str) -> str:
     name = EXPERIMENT_PREFIX + model_name
     found = c.get_experiment_by_name(name)
     if found is not None:
-        return found.experiment_id
+        return _filed_as_training(c, found)
     location = str(Path(root).expanduser().resolve() / model_name) if is_embedded(uri) else None
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         found = c.get_experiment_by_name(name)  # another process created it first
         if found is None:
             raise
-        return found.experiment_id
+        return _filed_as_training(c, found)
+
+
+def _filed_as_training(c, experiment) -> str:
+    """An experiment made before the tag, or that the UI guessed to be GenAI, is set right; a kind a
+    person chose among MLflow's machine-learning ones (classification, ...) is left as it is."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG, "") in _GUESSED_KINDS:
+        c.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def quiet() -> None:

@@ -7,8 +7,16 @@ PRIVATE records (exact counts, the exact risk report, the canaries' coins) are n
 and seeds are never logged. The MLflow run links to the Airflow DAG run and the dashboard's run
 page by tags; the run folder's mlflow.json (shown on the dashboard's run page) links back.
 
+When: the MLflow run is opened at plan (the first stage after the run's privacy is fixed), with
+the spec, the noisy counts, the risk score, the plan and the training data as an MLflow dataset
+input (ppmlops.registry.dataset_input: its public description, never a row). While training, the
+driver logs each epoch's public values as they are written (ppmlops.registry.live_epochs); the
+train, gate, approval and deploy stages sync after their records. The run is filed as a training
+run: its experiment says it holds custom models (EXPERIMENT_KIND) and the registered version is
+the run's model output (ppmlops.registry.store).
+
 A sync is incremental: mlflow.json lists the stages already logged, so each stage's values are
-logged once however often the gate, deploy or approval sync.
+logged once however often a stage syncs; an epoch already logged live is not logged again.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from urllib.parse import quote
 from ppmlops.registry import backend
 from ppmlops.run.records import (
     ApprovalRecord, CountsRelease, DeployRecord, EvaluationRecord, GateRecord, ModelCheck, PlanRecord, Record, Refusal,
-    RiskAssessment, TrackedRun, TrainRecord,
+    RiskAssessment, Staged, TrackedRun, TrainRecord,
 )
 from ppmlops.run.context import RunContext
 
@@ -44,12 +52,20 @@ def sync(ctx: RunContext) -> TrackedRun:
 def _sync(ctx: RunContext, uri: str, client) -> TrackedRun:
     tracked = ctx.store.read_optional(TrackedRun) or _start(ctx, uri, client)
     logged = list(tracked.logged)
+    staged = ctx.store.read_optional(Staged)
+    if staged is not None and "dataset" not in logged:
+        from ppmlops.registry.dataset_input import log_dataset
+
+        log_dataset(client, tracked.mlflow_run_id, ctx.spec, staged)
+        logged.append("dataset")
     for name, cls, payload in _STAGES:
         record = ctx.store.read_optional(cls)
         if record is None or name in logged:
             continue
         metrics, params, tags = payload(record)
         _log(client, tracked.mlflow_run_id, metrics, params, tags)
+        if name == "train":  # the epochs the driver did not log live (a Ray job followed elsewhere)
+            log_epochs(client, tracked.mlflow_run_id, [h.model_dump() for h in record.history])
         logged.append(name)
         if name == "plan":
             _log_dataset_use(ctx, client, tracked.mlflow_run_id, 0)
@@ -158,13 +174,24 @@ def _log_dataset_use(ctx: RunContext, client, mlflow_run_id: str, step: int) -> 
 def _train(r: TrainRecord) -> Payload:
     metrics = [("epochs_completed", r.epochs_completed, 0)]
     metrics += [(f"epsilon_used_{part}", eps, 0) for part, eps in sorted(r.epsilon_used.items())]
-    for h in r.history:
-        for key in ("noise_multiplier", "max_grad_norm", "learning_rate", "epsilon_used", "sample_rate",
-                    "holdout_accuracy_noisy", "clipped_fraction_noisy"):
-            value = getattr(h, key)
-            if value is not None:
-                metrics.append((f"epoch/{key}", value, h.epoch))
     return metrics, {"train.tuner": r.tuner, "train.randomness": r.randomness}, {"ppmlops.stopped_reason": r.stopped_reason}
+
+
+def epoch_metrics(epoch: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """One epoch's public values as metrics at step = epoch (ppmlops.training.progress.EPOCH_KEYS:
+    the settings, the epsilon used so far, and the noisy signals only when the tuner released them)."""
+    from ppmlops.training.progress import EPOCH_KEYS
+
+    return [(f"epoch/{key}", float(epoch[key]), int(epoch["epoch"])) for key in EPOCH_KEYS
+            if epoch.get(key) is not None]
+
+
+def log_epochs(client, mlflow_run_id: str, epochs: list[dict[str, Any]]) -> int:
+    """Log the epochs not logged yet (the run's epsilon_used history says which); returns how many."""
+    done = {m.step for m in client.get_metric_history(mlflow_run_id, "epoch/epsilon_used")}
+    fresh = [e for e in epochs if int(e["epoch"]) not in done]
+    _log(client, mlflow_run_id, [m for e in fresh for m in epoch_metrics(e)], {}, {})
+    return len(fresh)
 
 
 def _evaluate(r: EvaluationRecord) -> Payload:
@@ -190,7 +217,7 @@ def _approval(r: ApprovalRecord) -> Payload:
 
 def _deploy(r: DeployRecord) -> Payload:
     return [], {}, {"ppmlops.model": f"{r.model_name} v{r.version}", "ppmlops.model_uri": r.path,
-                    "ppmlops.alias": r.alias}
+                    "ppmlops.alias": r.alias, "ppmlops.card_sha256": r.card_sha256 or "-"}
 
 
 def _refused(r: Refusal) -> Payload:
@@ -209,6 +236,7 @@ _STAGES: tuple[tuple[str, type[Record], Callable[[Any], Payload]], ...] = (
 
 def _start(ctx: RunContext, uri: str, client) -> TrackedRun:
     exp = backend.experiment_id(uri, ctx.settings.registry_dir, ctx.spec.deploy.model_name)
+    # No mlflow.runType tag: MLflow's only values for it mark GenAI evaluations and tests.
     run = client.create_run(exp, run_name=ctx.run_id, tags={"ppmlops.run_id": ctx.run_id,
                                                             "ppmlops.pipeline": ctx.spec.name})
     run_id = run.info.run_id
@@ -234,6 +262,10 @@ def _flat(doc: Any, prefix: str) -> dict[str, Any]:
             out |= _flat(v, f"{prefix}{k}.")
         return out
     return {prefix.rstrip("."): doc}
+
+
+def log_metrics(client, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
+    _log(client, run_id, metrics, {}, {})
 
 
 def _log(client, run_id: str, metrics: list[tuple[str, float, int]], params: dict[str, Any],

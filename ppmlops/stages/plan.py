@@ -123,6 +123,7 @@ def _budget(ctx: RunContext, doc: dict[str, Any]) -> tuple[float, list[str], lis
     return float(budget.result["epsilon"]), budget.reasons, [train.id, budget.id]
 
 
+@tracking.tracked  # the MLflow run opens here, once the run's privacy is fixed
 @timed
 def run(ctx: RunContext) -> PlanRecord:
     done = ctx.store.read_optional(PlanRecord)

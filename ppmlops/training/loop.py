@@ -36,6 +36,7 @@ from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.training.job import WorkerJob
+from ppmlops.training.progress import append_epoch
 from ppmlops.training.factory import job_net
 from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
@@ -313,6 +314,8 @@ class Controller:
         self.state.usage_entries += [a.entry_id for a in self.pending]
         self.state.tuner = self.tuner.state_dict() if self.tuner is not None else None
         self.echo(progress_line(self.plan, record, self.session.budget_epsilon(TRAIN)))
+        if self.job.progress_path:
+            append_epoch(self.job.progress_path, record)
         return {"epoch": epoch, "epsilon_used": used, **asdict(settings),
                 **({} if acc is None else {"holdout_accuracy_noisy": acc})}
 

@@ -9,16 +9,34 @@ values (settings, epsilon used, noisy signals, the tuner's reason).
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
 PROGRESS_FILE = "progress.log"
+# Beside it, one JSON line per finished epoch for the driver to log to MLflow while training runs
+# (ppmlops.registry.live_epochs): the worker itself never needs to reach MLflow.
+EPOCHS_FILE = "epochs.jsonl"
+# What an epoch line holds, all public (they are train.json's history too): the settings, the
+# epsilon used so far, and the noisy signals, None when the tuner released none. Never an exact
+# metric on private rows.
+EPOCH_KEYS = ("noise_multiplier", "max_grad_norm", "learning_rate", "epsilon_used", "sample_rate",
+              "holdout_accuracy_noisy", "clipped_fraction_noisy")
 
 
 def append(path: str | Path, line: str) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line.rstrip("\n") + "\n")
+
+
+def epochs_path(progress_path: str | Path) -> Path:
+    return Path(progress_path).with_name(EPOCHS_FILE)
+
+
+def append_epoch(progress_path: str | Path, record: dict) -> None:
+    """Rank 0's line for one finished epoch, beside the progress file."""
+    append(epochs_path(progress_path), json.dumps({"epoch": record["epoch"], **{k: record.get(k) for k in EPOCH_KEYS}}))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ppmlops.registry import backend, tracking
-from ppmlops.run.records import CountsRelease, ExactRisk, PlanRecord, Refusal, StagedData, TrackedRun
+from ppmlops.run.records import CountsRelease, ExactRisk, PlanRecord, Refusal, Staged, StagedData, TrackedRun
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest, plan, validate
 from ppmlops.stages.context import RunContext, RunParams
@@ -94,7 +94,7 @@ def test_the_runs_link_to_each_other(planned):
 def test_a_sync_logs_each_stage_once_and_a_refusal_ends_the_run(planned):
     ctx = planned
     first = tracking.sync(ctx)
-    assert first.logged == ["assess", "risk", "plan"]
+    assert first.logged == ["dataset", "assess", "risk", "plan"]
     again = tracking.sync(ctx)
     assert again.mlflow_run_id == first.mlflow_run_id and again.logged == first.logged
     client = backend.client(backend.resolve_uri(ctx.settings.registry_dir))
@@ -103,3 +103,30 @@ def test_a_sync_logs_each_stage_once_and_a_refusal_ends_the_run(planned):
     tracking.sync(ctx)
     run = client.get_run(first.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["ppmlops.decision"] == "refused at plan"
+
+
+def test_plan_opens_the_run_with_the_dataset_described_without_rows(planned):
+    """plan synced already (the fixture ran it): the run, and its dataset input, exist before training."""
+    ctx = planned
+    tracked = ctx.store.read(TrackedRun)
+    assert tracked.logged[:1] == ["dataset"] and "plan" in tracked.logged
+    client = backend.client(backend.resolve_uri(ctx.settings.registry_dir))
+    run = client.get_run(tracked.mlflow_run_id)
+    (used,) = run.inputs.dataset_inputs
+    staged = ctx.store.read(Staged)
+    ds, tags = used.dataset, {t.key: t.value for t in used.tags}
+    assert ds.name == ctx.spec.dataset.id and ds.source_type == "ppmlops" and ds.profile is None
+    assert ds.digest == staged.data_fingerprint.rsplit(":", 1)[1][:36] and len(ds.digest) == 36
+    source = json.loads(ds.source)
+    assert source["sources"] == staged.sources and source["window"] == staged.window.text() == tags["ppmlops.window"]
+    assert source["fingerprint"] == staged.data_fingerprint == tags["ppmlops.fingerprint"]
+    assert tags["mlflow.data.context"] == "training"
+    schema = json.loads(ds.schema)["mlflow_colspec"]
+    assert [(c["name"], c["type"]) for c in schema] == [
+        (f.name, "double" if f.type == "numeric" else "string") for f in ctx.spec.dataset.features]
+    exact = ctx.store.read(StagedData).result
+    assert str(exact.rows_staged) not in ds.source and exact.sha256 not in ds.source + ds.digest
+    # Filed as a training run: the experiment says it holds custom models, and no GenAI run type.
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "mlflow.runType" not in run.data.tags
