@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -258,10 +259,23 @@ class Registry:
             raise RegistryError(f"{what} in {self.location}: {type(err).__name__}: {backend.scrub(str(err))}") from None
 
 
+@contextlib.contextmanager
 def _global_uri(uri: str):
+    """MLflow's fluent calls (log_model) read its global tracking URI: it is `uri` for the block.
+    MLflow mirrors its global into MLFLOW_TRACKING_URI and, leaving the block with no global set
+    before, unsets that variable: every later call of the process (the deploy stage's own sync)
+    would then go to the embedded store, not the server. The variable is put back as it was."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    return _use_tracking_uri(uri)
+    before = os.environ.get(backend.URI_ENV)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(backend.URI_ENV, None)
+        else:
+            os.environ[backend.URI_ENV] = before
 
 
 def run_experiment(client, run_id: str) -> str:
