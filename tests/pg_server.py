@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL server for the tests: initdb and pg_ctl under a folder, on loopback.
 
-The binaries come from Debian's `postgresql` package (.ci/run installs it): on PATH, or under
+The binaries come from Debian's `postgresql` package (`./dev test` installs it): on PATH, or under
 /usr/lib/postgresql/<version>/bin where Debian puts them. The server listens on 127.0.0.1 only,
 on a free port, with a random password (scram-sha-256), its socket in the same folder, fsync
 off (the data is thrown away). PostgreSQL refuses to run as root, so as root it runs as the

@@ -84,7 +84,7 @@ def _up(url: str) -> bool:
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail("no Chromium at /usr/bin/chromium: .ci/run and ./dev setup install Debian's chromium")
+        pytest.fail("no Chromium at /usr/bin/chromium: ./dev test and ./dev setup install Debian's chromium")
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(exist_ok=True)
