@@ -235,12 +235,30 @@ def _registry_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    from ppmlops import scaffold
+
+    target = Path(args.dir)
+    written = scaffold.init(target, force=args.force)
+    print("\n".join(f"wrote {path}" for path in written))
+    print(scaffold.next_steps(target))
+    return 0
+
+
+def _register_init(sub) -> None:
+    p = sub.add_parser("init", help="write a project (DAG file, demo pipeline, policy, expectations) into DIR")
+    p.add_argument("dir", help="the project folder, e.g. $AIRFLOW_HOME (created if missing)")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    p.set_defaults(func=_init)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ppmlops import ledger_cli as privacy_cli
     from ppmlops.risk import cli as risk_cli
 
     parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _register_init(sub)
     privacy_cli.register(sub)
     risk_cli.register(sub)
 
@@ -264,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_policy_eval)
     p = policy.add_parser("test", help="run the policy's Rego tests, like `opa test`")
     p.add_argument("--policy")
-    p.add_argument("--tests", default=str(settings_mod.REPO_ROOT / "tests" / "policies"))
+    p.add_argument("--tests", default=str(settings_mod.find_project_root() / "tests" / "policies"))
     p.add_argument("--coverage", action="store_true",
                    help="report line coverage per file, with the lines not covered (like `opa test --coverage`)")
     p.add_argument("--coverage-json", metavar="FILE",

@@ -37,7 +37,7 @@ class Settings:
     ray_address: str | None
     ray_jobs_url: str | None  # set: train through a Ray Jobs submission instead of as the Ray driver
     randomness: str | None  # None: follow the spec; 'secure' or 'reproducible' forces it (benchmarks)
-    project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/ (and policies.rego)
+    project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/, policies.rego, dags/pipelines/
     # SQL sources' Airflow Connections, id -> SQLAlchemy URL (ppmlops.airflow.connections.source_urls);
     # a URL may hold a password, so it is in no repr.
     source_urls: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False, hash=False)
@@ -55,13 +55,26 @@ class Settings:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def find_project_root() -> Path:
+    """The folder holding dags/pipelines/, expectations/ and policies.rego.
+
+    PPMLOPS_PROJECT_ROOT if set (the Docker image's /opt/airflow); else a source checkout is its own
+    root; else (an installed package, whose REPO_ROOT is site-packages) the Airflow home, where
+    `ppmlops init $AIRFLOW_HOME` puts a project beside Airflow's default dags folder.
+    """
+    if os.environ.get("PPMLOPS_PROJECT_ROOT"):
+        return Path(os.environ["PPMLOPS_PROJECT_ROOT"]).expanduser()
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "policies.rego").is_file():
+        return REPO_ROOT
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser()
+
+
 def load() -> Settings:
     home = _home()
     randomness = os.environ.get("PPMLOPS_RANDOMNESS") or None
     if randomness not in (None, "secure", "reproducible"):
         raise ValueError(f"PPMLOPS_RANDOMNESS must be secure or reproducible, got {randomness!r}")
-    # A source checkout is its own project root; an installed package (the Docker image) is told.
-    root = Path(os.environ.get("PPMLOPS_PROJECT_ROOT") or REPO_ROOT)
+    root = find_project_root()
     return Settings(
         home=home,
         db_url=os.environ.get("PPMLOPS_DB_URL") or f"sqlite:///{home / 'ppmlops.db'}",

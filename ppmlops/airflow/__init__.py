@@ -1,1 +1,20 @@
-"""What ties ppmlops to a running Airflow, beyond the DAG file: settings read at task start."""
+"""The Airflow provider: the DAG factory, operators, triggers, hooks, the dashboard's plugin, and
+what ties ppmlops to a running Airflow at task start (connections, variables).
+
+`from ppmlops.airflow import pipeline_dags` is all a project's DAG file needs. It is imported on
+first use (PEP 562), so `import ppmlops.airflow.connections` does not build DAGs' imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["pipeline_dags"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "pipeline_dags":
+        from ppmlops.airflow.dag_factory import pipeline_dags
+
+        return pipeline_dags
+    raise AttributeError(f"module 'ppmlops.airflow' has no attribute {name!r}")

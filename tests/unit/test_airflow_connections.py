@@ -84,5 +84,5 @@ def test_a_sql_sources_postgres_connection_becomes_its_url():
     assert parsed.query == {"sslmode": "require"}
     assert connections.source_urls(spec, _lookup()) == {}  # undefined: reading the source names it
     http = Connection(conn_id="ppmlops_source", conn_type="http", host="db.internal", schema="warehouse")
-    with pytest.raises(SpecError, match="ppmlops_source: type 'http' is not postgres"):
+    with pytest.raises(SpecError, match="ppmlops_source: type 'http' is not ppmlops_source or postgres"):
         connections.source_urls(spec, _lookup(ppmlops_source=http))

@@ -134,7 +134,9 @@ def test_the_budget_in_the_docs_moves_in_tenths_so_parsing_makes_no_new_dag_vers
     monkeypatch.delenv("PPMLOPS_DB_URL", raising=False)
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
-    module = _dag_module(monkeypatch, pipelines)
+    _dag_module(monkeypatch, pipelines)
+    from ppmlops.airflow import dag_factory as module
+
     spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
     ledger = Ledger(f"sqlite:///{tmp_path / 'ppmlops.db'}")
     ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta)
@@ -256,27 +258,34 @@ def _dag_module(monkeypatch, folder: Path):
     return module
 
 
+def _picker(module):
+    """What `python dags/ppmlops_retrain.py NAME` picks from, with the DAG file's own DAGs."""
+    from ppmlops.airflow import run_one
+
+    return lambda argument: run_one.pick(argument, vars(module))
+
+
 def test_a_spec_file_outside_the_pipelines_folder_runs_by_path(tmp_path, monkeypatch):
-    module = _dag_module(monkeypatch, _folder(tmp_path, **{"a.yaml": _demo_named("in_folder")}))
+    pick = _picker(_dag_module(monkeypatch, _folder(tmp_path, **{"a.yaml": _demo_named("in_folder")})))
     elsewhere = tmp_path / "elsewhere" / "mine.yaml"
     elsewhere.parent.mkdir()
     elsewhere.write_text(_demo_named("my_own"))
-    spec, dag = module.pick(str(elsewhere))
+    spec, dag = pick(str(elsewhere))
     assert spec.name == "my_own" and dag.dag_id == "ppmlops_my_own" and set(dag.task_dict) == EXPECTED_TASKS
-    spec, dag = module.pick("in_folder")
+    spec, dag = pick("in_folder")
     assert dag.dag_id == "ppmlops_in_folder"
 
 
 def test_picking_an_invalid_or_unknown_pipeline_says_why(tmp_path, monkeypatch):
-    module = _dag_module(monkeypatch, _folder(tmp_path, **{"b.yaml": _demo_named("broken", **{"epochs: 4": "epochs: -1"})}))
+    pick = _picker(_dag_module(monkeypatch, _folder(tmp_path, **{"b.yaml": _demo_named("broken", **{"epochs: 4": "epochs: -1"})})))
     with pytest.raises(SystemExit, match=r"b\.yaml: invalid pipeline spec\n  training\.epochs"):
-        module.pick("broken")
+        pick("broken")
     with pytest.raises(SystemExit, match=r"no pipeline named 'nothing' in .*, and no spec file nothing"):
-        module.pick("nothing")
+        pick("nothing")
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text("name: [unclosed")
     with pytest.raises(SystemExit, match=r"bad\.yaml: not valid YAML"):
-        module.pick(str(bad_file))
+        pick(str(bad_file))
 
 
 def test_spec_check_reports_every_file(tmp_path, capsys):

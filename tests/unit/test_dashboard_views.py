@@ -4,7 +4,6 @@ built by the stages' record classes, the real ledger, audit log, policy and regi
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -242,9 +241,8 @@ def test_airflow_mount_login_redirect_trailing_slash_and_roles(built, monkeypatc
 def test_plugin_is_compliance_officer_follows_the_simple_auth_managers_admin_role():
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
-    spec = importlib.util.spec_from_file_location("ppmlops_dashboard_roles", REPO / "plugins" / "ppmlops_dashboard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from ppmlops.airflow import plugin as module
+
     assert module.is_compliance_officer(SimpleAuthManagerUser(username="a", role="admin"))
     for role in ("viewer", "user", "op"):
         assert not module.is_compliance_officer(SimpleAuthManagerUser(username="b", role=role))

@@ -1,0 +1,1 @@
+../../../dags/ppmlops_retrain.py

@@ -1,0 +1,1 @@
+../../../plugins/ppmlops_dashboard.py

@@ -1,0 +1,1 @@
+../../../../tests/policies/test_policies.rego

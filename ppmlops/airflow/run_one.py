@@ -1,0 +1,73 @@
+"""Run one pipeline's DAG in-process with Airflow's dag.test(): what a project's DAG file does when
+run as a script (`python dags/ppmlops_retrain.py demo_churn`, which `./dev demo` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ppmlops import pipeline
+from ppmlops.airflow.dag_factory import _load_all, build_dag, pipelines_folder
+from ppmlops.errors import PpmlopsError
+from ppmlops.run.context import RunContext, RunParams
+from ppmlops.spec import load_spec
+
+
+def pick(argument: str, dags: Mapping[str, Any]):
+    """(spec, DAG) for a spec file anywhere, or a pipeline name in pipelines_folder(); SystemExit says why not."""
+    folder = pipelines_folder()
+    candidate = Path(argument)
+    if candidate.is_file():
+        # Built from this very file, which need not be in PPMLOPS_PIPELINES.
+        try:
+            spec = load_spec(candidate)
+        except PpmlopsError as err:
+            raise SystemExit(str(err)) from None
+        return spec, build_dag(spec)
+    found = [(d, v) for d, v in _load_all(folder).items() if argument in (d, d.removeprefix("ppmlops_"))]
+    if not found:
+        raise SystemExit(f"no pipeline named {argument!r} in {folder}, and no spec file {argument}")
+    [(dag_id, (_, spec, error))] = found
+    if spec is None:
+        raise SystemExit(error)
+    return spec, dags[dag_id]
+
+
+def main(dags: Mapping[str, Any], argv: list[str] | None = None) -> None:
+    """`dags`: the DAG file's globals, which hold its DAGs by id; exits 0 when the run succeeded."""
+    parser = argparse.ArgumentParser(description="Run one retraining DAG in-process (dag.test()).")
+    parser.add_argument("pipeline", help="spec name (e.g. demo_churn) or path to a spec file")
+    parser.add_argument("--conf", default="{}", help="run conf as JSON, e.g. '{\"epochs\": 2}'")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also Airflow's task logs and Ray's, Great Expectations' and Opacus' own output")
+    args = parser.parse_args(argv)
+    # What a person reads: stage lines, one line per epoch, the summary; --verbose brings the rest.
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("  %(message)s"))
+    ours = logging.getLogger("ppmlops")
+    ours.addHandler(console)
+    ours.setLevel(logging.INFO)
+    ours.propagate = args.verbose
+    logging.getLogger("ppmlops.run.summary").setLevel(logging.WARNING)  # printed once, below, with the run's state
+    if args.verbose:
+        os.environ["PPMLOPS_VERBOSE"] = "1"
+    else:
+        import warnings
+
+        # dag.test() runs the execution API in-process through Starlette's test client, whose
+        # httpx notice is about Airflow's internals, not this run.
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+
+    spec, the_dag = pick(args.pipeline, dags)
+    run = the_dag.test(run_conf=json.loads(args.conf))
+    ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, json.loads(args.conf)))
+    result = pipeline.summary(ctx)
+    result["dag_run_state"] = str(run.state)
+    print(json.dumps(result, indent=2, default=str) if args.json else pipeline.format_summary(result)
+          + f"\n  DAG run state: {run.state}")
+    raise SystemExit(0 if str(run.state) == "success" else 1)
