@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -80,9 +79,11 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     python = venv / "bin" / "python"
     purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                         os.environ.copy(), tmp).strip())
-    # The dependencies: this environment's site-packages, after the venv's own (so the wheel's
-    # ppmlops comes first; the .pth files there, such as an editable ppmlops, are not run).
-    (purelib / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # The dependencies: this environment's package folders (those a .pth of its own added too),
+    # after the venv's own, so the wheel's ppmlops comes first; the .pth files in them, such as an
+    # editable ppmlops's, are not run.
+    folders = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (purelib / "dependencies.pth").write_text("\n".join(folders) + "\n")
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], os.environ.copy(), tmp)
     return venv
 
@@ -99,7 +100,7 @@ def _project_env(home: Path) -> dict[str, str]:
 
 def test_the_wheel_installs_as_a_provider_and_runs_the_demo_dag_from_an_init_project(tmp_path):
     venv = _fresh_venv(tmp_path, _wheel(tmp_path))
-    python, home = venv / "bin" / "python", tmp_path / "airflow"
+    python, home = venv / "bin" / "python", tmp_path / "airflow_home"
     env = _project_env(home)
 
     out = _run([venv / "bin" / "ppmlops", "init", home], env, tmp_path)
