@@ -83,6 +83,9 @@ class FakeOpa:
 
             def do_GET(self):
                 opa.requests.append(("GET", self.path))
+                if self.path == "/health":  # OPA's health API: 200 and {} once the server is up
+                    self._reply(500 if opa.mode == "error" else 200, {})
+                    return
                 policy_id = self.path.removeprefix("/v1/policies/")
                 if policy_id not in opa.policies:
                     self._reply(404, {"code": "resource_not_found", "message": f"storage_not_found_error: policy id {policy_id!r}"})

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from airflow.sdk import BaseHook
 
+# What Airflow's Test button waits for a server (the connection's own deadline when it has one).
+TEST_TIMEOUT_S = 5.0
+
 from ppmlops.airflow import connections
 
 
@@ -46,6 +49,19 @@ class PpmlopsOpaHook(BaseHook):
     def get_conn(self) -> connections.OpaEndpoint:
         return connections.opa_endpoint(self.get_connection(self.opa_conn_id), self.opa_conn_id)
 
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's Test button: OPA's health API (GET /health) answers 200."""
+        import urllib.request
+
+        endpoint = self.get_conn()
+        if endpoint.url is None:
+            return False, f"connection {self.opa_conn_id} has no host"
+        try:
+            with urllib.request.urlopen(f"{endpoint.url}/health", timeout=endpoint.timeout_s or TEST_TIMEOUT_S):
+                return True, f"OPA at {endpoint.url} is healthy"
+        except (OSError, ValueError) as err:  # HTTPError, URLError and timeouts are OSErrors
+            return False, f"OPA at {endpoint.url}: {err}"
+
 
 class PpmlopsSourceHook(BaseHook):
     """A SQL data source (``dataset.source: {sql: ..., connection: NAME}``): a PostgreSQL database."""
@@ -62,3 +78,21 @@ class PpmlopsSourceHook(BaseHook):
     def get_conn(self) -> str:
         """The source's SQLAlchemy URL; it holds the password, so it is for a driver, not a log."""
         return connections.source_url(self.get_connection(self.source_conn_id), self.source_conn_id)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's Test button: log in and run SELECT 1. A failure names the server, never the password."""
+        import sqlalchemy as sa
+
+        url = sa.engine.make_url(self.get_conn())
+        where = f"{url.host}:{url.port or 5432}/{url.database}"
+        engine = sa.create_engine(url, connect_args={"connect_timeout": int(TEST_TIMEOUT_S)})
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True, f"connected to {where} as {url.username}"
+        except sa.exc.SQLAlchemyError as err:
+            # The driver's first line (e.g. password authentication failed for user "reader").
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            return False, f"{where}: " + (reason.replace(url.password, "***") if url.password else reason)
+        finally:
+            engine.dispose()

@@ -160,3 +160,39 @@ def test_an_installed_package_finds_its_project_in_the_airflow_home(monkeypatch,
     assert dag_factory.pipelines_folder() == tmp_path / "airflow" / "dags" / "pipelines"
     monkeypatch.setenv("PPMLOPS_PROJECT_ROOT", str(tmp_path / "elsewhere"))
     assert settings_mod.load().policy_path == tmp_path / "elsewhere" / "policies.rego"
+
+
+# -- Airflow's Test button ------------------------------------------------------------------------
+
+def test_the_opa_hook_tests_the_servers_health(monkeypatch):
+    from opa_server import FakeOpa
+
+    from ppmlops.airflow.hooks import PpmlopsOpaHook
+
+    with FakeOpa() as opa:
+        monkeypatch.setenv("AIRFLOW_CONN_PPMLOPS_OPA", json.dumps({"conn_type": "ppmlops_opa", "host": opa.url}))
+        assert PpmlopsOpaHook().test_connection() == (True, f"OPA at {opa.url} is healthy")
+        assert opa.requests == [("GET", "/health")]
+        opa.mode = "error"
+        ok, message = PpmlopsOpaHook().test_connection()
+        assert not ok and "500" in message
+    ok, message = PpmlopsOpaHook().test_connection()  # the server is gone
+    assert not ok and opa.url in message
+
+
+def test_the_source_hook_logs_in_to_postgresql(monkeypatch, pg_url):
+    """Against the tests' real PostgreSQL server: the right password connects, a wrong one is named
+    as such without being shown."""
+    import sqlalchemy as sa
+
+    from ppmlops.airflow.hooks import PpmlopsSourceHook
+
+    url = sa.engine.make_url(pg_url)
+    conn = {"conn_type": "ppmlops_source", "host": url.host, "port": url.port, "schema": url.database,
+            "login": url.username, "password": url.password}
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(conn))
+    ok, message = PpmlopsSourceHook("warehouse").test_connection()
+    assert ok and message == f"connected to {url.host}:{url.port}/{url.database} as {url.username}"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({**conn, "password": "not-the-password-9"}))
+    ok, message = PpmlopsSourceHook("warehouse").test_connection()
+    assert not ok and "password authentication failed" in message and "not-the-password-9" not in message
