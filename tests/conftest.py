@@ -189,8 +189,9 @@ def gloo_world_of_one():
 
 @pytest.fixture(autouse=True, scope="module")
 def _e2e_policy_floors_lowered(request, tmp_path_factory):
-    """Modules under tests/e2e run with the office's utility floors lowered (tests/policy_floors.py)."""
-    if "e2e" not in Path(str(request.node.path)).parts:
+    """Modules under tests/e2e and tests/integration run with the office's utility floors lowered
+    (tests/policy_floors.py): they test a pipeline's mechanics on small tables."""
+    if not {"e2e", "integration"} & set(Path(str(request.node.path)).parts):
         yield None
         return
     from policy_floors import lowered_policy_file

@@ -2,9 +2,10 @@
 
 End-to-end tests run the pipelines' mechanics on small tables. A DP model trained on the e2e table
 (4,000 rows, epsilon 1) beats always guessing the majority class in most runs but ties it in about
-one run of five, and the shipped policy then rightly denies the deploy (beats_baseline): a test
-whose subject is a run, an approval or the ledger would fail by chance. So every module under
-tests/e2e runs with the floors lowered in a copy of the policy (tests/conftest.py,
+one run of five, and the shipped policy then rightly denies the deploy (beats_baseline), and the
+learnability floors refuse its few steps at plan: a test whose subject is a run, an approval, a
+cluster or the ledger would fail by chance. So every module under tests/e2e and tests/integration
+runs with the floors lowered in a copy of the policy (tests/conftest.py,
 _e2e_policy_floors_lowered); tests that bring their own policy (test_gates.py, test_scheduler.py)
 lower the same floors in it, and so do the unit tests that plan the e2e table to test something
 else (the learnability floors refuse its few steps). The floors themselves are tested where the outcome is fixed:
