@@ -58,8 +58,6 @@ def _timetable(schedule: str | None):
 
 
 def build_dag(spec: PipelineSpec):
-    budget_left = trigger_form.remaining_share(spec)
-
     @dag(
         dag_id=spec.dag_id,
         description=spec.description or None,
@@ -68,13 +66,13 @@ def build_dag(spec: PipelineSpec):
         catchup=False,
         max_active_runs=1,  # one scheduled run at a time (backfills take --max-active-runs; grants keep any safe)
         tags=["ppmlops", spec.dataset.id, spec.dataset.regulation],
-        # Titles, descriptions and the spec's limits (refused, not clamped), and the dataset's
-        # budget left, rounded so parsing does not make a new DAG version each time.
-        params=trigger_form.params(spec, budget_left),
+        # Titles, descriptions and the spec's limits (refused, not clamped); no figure from the
+        # ledger (it would make a new DAG version whenever a run moved it: ppmlops.airflow.trigger_form).
+        params=trigger_form.params(spec),
         # Retries are safe: every release is idempotent per run and training resumes from its
         # checkpoint; run_stage fails a problem the user must fix at once, without them.
         default_args={"retries": spec.retries.count, "retry_delay": spec.retries.delay},
-        doc_md=trigger_form.doc_md(spec, budget_left),
+        doc_md=trigger_form.doc_md(spec),
     )
     def retrain():
         @task

@@ -7,12 +7,10 @@ top-level minimum / maximum into its number field, which then clamps what a pers
 1) without a word. Under `allOf` the form leaves the value as typed and the server's Param check
 refuses it with jsonschema's message ("5 is greater than the maximum of 1.0"), which the form shows.
 
-The dataset's remaining budget goes into the docs and the epsilon field's description, read from
-the ledger when the DAG file is parsed. Airflow makes a new DAG version whenever the serialised
-DAG changes, descriptions included, and its DAG hash cannot leave a field out: so the figure is
-the share of the lifetime budget left, rounded DOWN to a tenth. It changes at most ten times over
-a dataset's life, never on a parse that found nothing new, and never overstates what is left;
-the dashboard has the exact figure.
+What is left of the dataset's budget is not in the form or the docs: Airflow makes a new DAG
+version whenever the serialised DAG changes, descriptions included, so a figure read from the ledger
+at parse time made a new version after every run that moved it. The form and the docs state the
+spec's fixed terms and link to the dashboard's dataset page, which shows the figure as it is now.
 """
 
 from __future__ import annotations
@@ -25,31 +23,6 @@ from ppmlops.run.context import RunParams
 from ppmlops.tuning.protocol import TUNER_NAMES
 
 MAX_EPOCHS, MAX_WORKERS = 1000, 256
-
-
-def remaining_share(spec: PipelineSpec) -> float | None:
-    """The share of the dataset's lifetime budget left, floored to a tenth; None when the ledger
-    cannot say (not registered yet, no database, or it cannot be reached while parsing)."""
-    from ppmlops import settings as settings_mod
-    from ppmlops.privacy.block_view import dataset_use
-    from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
-
-    ledger = None
-    try:
-        url = settings_mod.load().db_url
-        if sqlite_file_missing(url):  # parsing must not create the database
-            return None
-        ledger = Ledger.reading(url)
-        if ledger.budget(spec.dataset.id) is None:
-            return None
-        # The dashboard's figure (ppmlops.privacy.block_view): the worst block and split's share.
-        left = dataset_use(ledger, spec.dataset.id).left
-    except Exception:  # noqa: BLE001 - a DAG must parse without its ledger; the text says so
-        return None
-    finally:
-        if ledger is not None:
-            ledger.close()
-    return math.floor(left * 10 + 1e-9) / 10
 
 
 def cap_minimum(spec: PipelineSpec, min_epsilon: float | None = None) -> tuple[float, str]:
@@ -74,22 +47,20 @@ def cap_minimum(spec: PipelineSpec, min_epsilon: float | None = None) -> tuple[f
     return least, why
 
 
-def budget_words(spec: PipelineSpec, share: float | None) -> str:
-    # No block is named here: the worst block changes as runs charge new ones, and a name in the
-    # text would make a new DAG version on such a parse (the dashboard names it).
+def budget_words(spec: PipelineSpec) -> str:
+    """The dataset's fixed budget terms and where to see what is left (never a figure from the
+    ledger: see the module docstring)."""
     lifetime = f"lifetime budget ε {spec.privacy.epsilon:g} at δ {spec.privacy.delta:g}"
     per = " per block of event time" if spec.privacy.blocks is not None else ""
-    if share is None:
-        return f"Dataset {spec.dataset.id}: {lifetime}{per}; nothing charged yet (or the ledger was not readable when " \
-               "this DAG was parsed). The dashboard shows the exact figure."
     blocks = (" A block whose budget is spent is retired from a run's window; new blocks start with the full budget."
               if per else "")
-    return (f"Dataset {spec.dataset.id}: at least {share:.0%} of its {lifetime}{per} is left in its most-used "
-            "block (the dashboard's figure, rounded down to a tenth when this DAG was parsed; the dashboard shows "
-            f"the exact figure and names the block).{blocks}")
+    from ppmlops.dashboard.links import dataset_page_path
+
+    return (f"Dataset {spec.dataset.id}: {lifetime}{per}. What is left is on the dashboard's dataset page "
+            f"({dataset_page_path(spec.dataset.id)}).{blocks}")
 
 
-def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
+def params(spec: PipelineSpec) -> dict[str, Any]:
     from airflow.sdk import Param
 
     d = RunParams.defaults(spec)
@@ -101,7 +72,7 @@ def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
             title="Epsilon cap for this run",
             description=f"The most epsilon this run may spend: at least {least:g} ({why}), at most {cap:g} (the "
                         f"spec's run_epsilon). The policy may grant less (risk, what is left). "
-                        f"{budget_words(spec, share)}"),
+                        f"{budget_words(spec)}"),
         "epochs": Param(d.epochs, type="integer", allOf=[{"minimum": 1, "maximum": MAX_EPOCHS}], title="Epochs",
                         description=f"Passes of DP-SGD over the training rows: 1 to {MAX_EPOCHS} (spec: {d.epochs}). "
                                     "More epochs spend the same grant in smaller steps (more noise each)."),
@@ -131,13 +102,13 @@ def params(spec: PipelineSpec, share: float | None) -> dict[str, Any]:
     }
 
 
-def doc_md(spec: PipelineSpec, share: float | None) -> str:
+def doc_md(spec: PipelineSpec) -> str:
     ds, p = spec.dataset, spec.privacy
     return f"""### {spec.name}: differentially private retraining
 
 {spec.description or ''}
 
-**Dataset** `{ds.id}` ({ds.regulation.upper()}). {budget_words(spec, share)}
+**Dataset** `{ds.id}` ({ds.regulation.upper()}). {budget_words(spec)}
 Each run may spend at most ε {p.run_epsilon:g}; the ledger never lets runs together exceed the lifetime budget.
 
 **What a run does**: ingest (consent filter, identifiers dropped) → validate → assess (noisy counts and a

@@ -18,6 +18,11 @@ def base_path() -> str:
     return urlsplit(base).path.rstrip("/")
 
 
+def dataset_page_path(dataset_id: str) -> str:
+    """The dataset's dashboard page, as an absolute path on the Airflow API server."""
+    return f"{base_path()}{URL_PREFIX}/datasets/{quote(dataset_id, safe='')}"
+
+
 def run_page_path(pipeline: str, run_id: str) -> str:
     """The run's dashboard page, as an absolute path on the Airflow API server."""
     return f"{base_path()}{URL_PREFIX}/runs/{quote(pipeline, safe='')}/{quote(run_id, safe='')}"
