@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ppmlops.risk import cli as risk_cli
 
     parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ppmlops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _register_init(sub)
     privacy_cli.register(sub)
@@ -326,6 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_registry_migrate)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ppmlops")
+    except PackageNotFoundError:
+        from ppmlops import __version__
+
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

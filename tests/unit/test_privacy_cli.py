@@ -229,3 +229,13 @@ def test_the_python_api_cannot_change_the_accounting_order(tmp_path):
     assert after.order == 10.0 and after.epsilon == 4.0
     # Naming the registered order is allowed (nothing changes).
     assert ledger.set_budget("adult", epsilon_budget=5.0, order=10.0)[1].order == 10.0
+
+
+def test_version_names_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    from ppmlops.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"ppmlops {version('ppmlops')}"
