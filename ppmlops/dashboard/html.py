@@ -476,8 +476,10 @@ def _step_after(s: dict) -> str:
     return f"{esc(_pct(s['share'][p]))} <span class=\"small muted\">(block {esc(s['block'].get(p))}, {esc(p)})</span>"
 
 
-def checks_list(v: View, result: Any) -> str:
-    """The deploy policy's checks, each passed or failed with its reasons (the policy's own list)."""
+def checks_list(v: View, result: Any, answered: str | None = None) -> str:
+    """The deploy policy's checks, each passed or failed with its reasons (the policy's own list).
+    A check whose effect is a person's approval is "not met" (its title states what would have
+    let the model through without one), then the person's answer when there is one (`answered`)."""
     found = result.get("checks") if isinstance(result, dict) else None
     if not isinstance(found, list):
         return ""
@@ -488,7 +490,11 @@ def checks_list(v: View, result: Any) -> str:
         elif c.get("passed"):
             mark, cls = "passed", "b-ok"
         else:
-            mark, cls = ("needs approval", "b-warn") if c.get("effect") == "needs_approval" else ("failed", "b-deny")
+            mark, cls = ("failed", "b-deny")
+            if c.get("effect") == "needs_approval":
+                mark, cls = {"approved": ("not met: approved by a person", "b-ok"),
+                             "rejected": ("not met: rejected by a person", "b-deny")}.get(
+                                 answered or "", ("not met: needs a person's approval", "b-warn"))
         why = "".join(f"<li>{esc(r)}</li>" for r in access.check_reasons(v.reader, c))
         items.append(f'<li><span class="badge {cls}">{mark}</span> {esc(c.get("title") or c.get("id"))}'
                      f'{"<ul class=reasons>" + why + "</ul>" if why else ""}</li>')

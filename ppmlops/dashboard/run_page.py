@@ -103,8 +103,9 @@ def gate_section(v: View, data: dict, decisions: Any) -> str:
         return "<h2>Deploy gate</h2><p class=\"muted\">The run has not reached the deploy gate.</p>"
     decision = _decision(decisions, gate.get("decision_id"), "gate")
     # A decision from before the policy listed its checks has reasons only.
-    checks = checks_list(v, decision.get("result")) or _reason_list(v, decision, gate.get("reasons"))
     outcome = gate.get("outcome")
+    answered = approval.get("outcome") if approval else None
+    checks = checks_list(v, decision.get("result"), answered) or _reason_list(v, decision, gate.get("reasons"))
     airflow = airflow_run_link(v.up, data["dag_id"], data["run_id"], data["id_known"])
     if approval:
         answer = (f"<p>Approval: {approval_cell(approval)} <span class=\"muted small\">via "
@@ -113,7 +114,11 @@ def gate_section(v: View, data: dict, decisions: Any) -> str:
         answer = f"<p>Waiting for a person's approval in Airflow ({airflow}).</p>" if outcome == "needs_approval" else ""
     deployed = (f"<p>Deployed: <b>{esc(deploy.get('model_name'))} v{esc(deploy.get('version'))}</b> as "
                 f"<code>{esc(deploy.get('alias'))}</code>.</p>") if deploy else ""
-    return f"<h2>Deploy gate: {badge(outcome)} {esc(OUTCOME_WORDS.get(outcome, ''))}</h2>{checks}{answer}{deployed}"
+    # After a person's answer the gate's state is that answer: a run that was approved and deployed
+    # no longer reads "needs approval".
+    state = (f"{badge(answered)} {esc(OUTCOME_WORDS['needs_approval'])}, {esc(OUTCOME_WORDS.get(answered, ''))}"
+             if answered else f"{badge(outcome)} {esc(OUTCOME_WORDS.get(outcome, ''))}")
+    return f"<h2>Deploy gate: {state}</h2>{checks}{answer}{deployed}"
 
 
 def _changes(prev: dict | None, cur: dict) -> list[str]:

@@ -146,6 +146,11 @@ def test_run_page_opens_with_the_summary_and_every_gate_check(built):
 def test_run_page_shows_the_approval_and_the_deploy(built):
     page = client_as(VIEWER).get(run_url(built.good_run)).text
     assert "needs_approval" in page and "approved</span> officer" in page
+    # Approved and deployed: the gate's state is the answer, and the check that asked for a person
+    # says it was not met and that a person approved (not a standing "needs approval").
+    header = page[page.index("<h2>Deploy gate: "):].split("</h2>", 1)[0]
+    assert 'badge b-allow">approved</span>' in header and "needs a person&#x27;s approval, approved" in header
+    assert "not met: approved by a person" in page and ">needs approval</span>" not in page
     assert "Deployed: <b>demo_churn v1</b>" in page
     assert 'href="../../../dags/ppmlops_demo_churn/runs/' + quote(built.good_run, safe="") + '" target="_top"' in page
 
