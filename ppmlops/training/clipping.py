@@ -24,6 +24,8 @@ the batch; tests/unit/test_clipping.py checks that on one batch.
 
 from __future__ import annotations
 
+import contextlib
+
 import warnings
 from typing import Protocol
 
@@ -96,7 +98,8 @@ class LinearClipper:
         # Only layers with a trainable parameter (model.trainable freezes the rest): a frozen
         # layer's gradient is neither released nor part of a row's norm.
         inputs, outputs, tracked, h = [], [], [], xb
-        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        # No autocast context at all in fp32: on a small model each step's cost is per operation.
+        with (torch.autocast(xb.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()):
             for layer in self.layers:
                 if isinstance(layer, nn.Linear) and _trains(layer):
                     inputs.append(h.detach())
@@ -106,10 +109,10 @@ class LinearClipper:
                 else:
                     h = layer(h)
             # Summed, not averaged: row i's share of the gradient at each output is then exactly its own.
-            loss = loss_sum(self.task, h.float(), yb)
-        grads = [g.float() for g in torch.autograd.grad(loss, outputs)]
-        inputs = [a.float() for a in inputs]
-        h = h.float()
+            loss = loss_sum(self.task, h.float() if self.autocast else h, yb)
+        grads = list(torch.autograd.grad(loss, outputs))
+        if self.autocast:
+            grads, inputs, h = [g.float() for g in grads], [a.float() for a in inputs], h.float()
         per = []  # each trainable layer's per-row squared gradient norm
         for layer, a, g in zip(tracked, inputs, grads):
             g2 = g.pow(2).sum(1)
@@ -119,7 +122,6 @@ class LinearClipper:
             if layer.bias is not None and layer.bias.requires_grad:
                 sq = sq + g2
             per.append(sq)
-        norms = torch.stack(per).sum(0).sqrt()
         if self.per_layer:
             # Per-layer clipping (training.per_layer_clipping): each of the L layers' gradient is
             # clipped to C / sqrt(L) on its own, so a row's whole gradient still has norm at most C
@@ -131,7 +133,8 @@ class LinearClipper:
             factors = (bound / (layer_norms + EPS)).clamp(max=1.0)
             norms = max_grad_norm * (layer_norms / bound).amax(0)
         else:
-            factors = (max_grad_norm / (norms + EPS)).clamp(max=1.0).expand(len(per), -1)
+            norms = sum(per[1:], per[0]).sqrt()
+            factors = [(max_grad_norm / (norms + EPS)).clamp(max=1.0)] * len(per)
         for layer, a, g, factor in zip(tracked, inputs, grads, factors):
             gc = g * factor[:, None]
             if layer.weight.requires_grad:
