@@ -91,6 +91,10 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
 
 
 progress = logging.getLogger("ppmlops.progress")
+# A line in the task log when training has said nothing for this long (Ray and worker start-up
+# included), so that a slow start reads as one and a hung one is noticed. Not in a private search:
+# how many such lines it printed would grow with its secret trial count.
+QUIET_AFTER_S = 30.0
 
 
 def _unchanged_code(ctx: RunContext):
@@ -162,8 +166,10 @@ def train_here(ctx: RunContext) -> TrainRecord:
     here = in_process(ctx, job)
     try:
         code = _unchanged_code(ctx)
+        if here:
+            progress.info(f"[run {ctx.run_id}] training in this process (one worker, no Ray: ray.in_process)")
         with (contextlib.nullcontext() if here else _turn(ctx)), library_logs(ctx.store.private_dir, "ray"), \
-                followed(job.progress_path, progress.info):
+                followed(job.progress_path, progress.info, quiet_after_s=None if plan.search else QUIET_AFTER_S):
             weights, outcome = (train_in_process if here else train_on_ray)(job)
     except TrainingError:
         session.recover().close()  # released when the run used none of it, kept otherwise

@@ -229,6 +229,14 @@ def _check_job(job: WorkerJob, fail) -> None:
 # Run
 # ---------------------------------------------------------------------------------------------
 
+_progress = logging.getLogger("ppmlops.progress")
+
+
+def _phase(job: WorkerJob, what: str) -> None:
+    """A start-up phase of the run, in the task's log (public: settings and timings only)."""
+    _progress.info(f"[run {job.run_id}] {what}")
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -267,8 +275,15 @@ def train_on_ray(job: WorkerJob, arrays: Arrays | None = None, tuner: Any = None
 
     _check(job, arrays)
     t0 = time.perf_counter()
-    ensure_ray(job.ray_address, num_cpus=max(_usable_cpus(), math.ceil(job.workers * job.cpus_per_worker)))
+    cpus = max(_usable_cpus(), math.ceil(job.workers * job.cpus_per_worker))
+    address = job.ray_address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        # The start-up phases go to the task log: a Ray start or a worker group start on a loaded
+        # machine can take minutes, and a silent log cannot tell a slow start from a hung one.
+        _phase(job, f"joining the Ray cluster at {address}" if address else f"starting the local Ray runtime ({cpus} CPUs)")
+    ensure_ray(job.ray_address, num_cpus=cpus)
     ray_start = time.perf_counter() - t0
+    _phase(job, f"Ray ready in {ray_start:.1f} s; Ray Train starting {job.workers} worker(s)")
     config: dict[str, Any] = {"job": job, "tuner": tuner}
     for name in ("X", "y", "X_holdout", "y_holdout") if arrays is not None else ():
         dtype = np.float32 if name.startswith("X") else np.int64

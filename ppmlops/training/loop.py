@@ -433,6 +433,9 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
     if restored is not None and state.epoch and comm.rank == 0:
         echo(f"[run {plan.run_id}] resumed from the checkpoint of epoch {state.epoch}")
     times.setup = time.perf_counter() - t_setup
+    if comm.rank == 0 and first <= plan.epochs:
+        echo(f"[run {plan.run_id}] rank 0 set up in {times.setup:.1f} s (model built, checkpoints looked up); "
+             f"training epochs {first} to {plan.epochs}")
     if restored is not None and first > plan.epochs:
         # Nothing left to train: report the restored checkpoint again, so the run's result is
         # the newest one (Ray's own record of "latest" may lag behind it, see RayCheckpoints).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -40,14 +41,20 @@ def append_epoch(progress_path: str | Path, record: dict) -> None:
 
 
 @contextlib.contextmanager
-def followed(path: str | Path, emit: Callable[[str], None], poll_s: float = 0.5) -> Iterator[None]:
-    """Emit every line appended to `path` while the block runs (and the last ones after it)."""
+def followed(path: str | Path, emit: Callable[[str], None], poll_s: float = 0.5,
+             quiet_after_s: float | None = None) -> Iterator[None]:
+    """Emit every line appended to `path` while the block runs (and the last ones after it).
+
+    With `quiet_after_s`, a "still working" line is emitted each time that long passes with no new
+    line: a task log that stops for minutes cannot otherwise tell a slow start from a hung one.
+    """
     path = Path(path)
     stop = threading.Event()
     offset = path.stat().st_size if path.exists() else 0
+    started = last = time.monotonic()
 
     def drain() -> None:
-        nonlocal offset
+        nonlocal offset, last
         if not path.exists():
             return
         with open(path, encoding="utf-8") as fh:
@@ -57,10 +64,16 @@ def followed(path: str | Path, emit: Callable[[str], None], poll_s: float = 0.5)
         offset += len(complete.encode("utf-8"))
         for line in complete.splitlines():
             emit(line)
+            last = time.monotonic()
 
     def loop() -> None:
+        nonlocal last
         while not stop.wait(poll_s):
             drain()
+            now = time.monotonic()
+            if quiet_after_s is not None and now - last >= quiet_after_s:
+                emit(f"still working: no progress line for {now - last:.0f} s ({now - started:.0f} s since training started)")
+                last = now
 
     thread = threading.Thread(target=loop, name="ppmlops-progress", daemon=True)
     thread.start()

@@ -104,6 +104,15 @@ def train_loop_per_worker(config: dict) -> dict | None:
     _keep_counts_private(job.plan.search is not None)
     device = ray.train.torch.get_device() if job.use_gpu else torch.device("cpu")
     rank = ray.train.get_context().get_world_rank()
+
+    def echo(line: str) -> None:
+        say(line)  # Ray's worker log
+        if job.progress_path:
+            append(job.progress_path, line)  # the driver follows this file
+
+    if rank == 0:
+        echo(f"[run {job.run_id}] Ray Train's workers started ({ray.train.get_context().get_world_size()}); "
+             "each reads its shard of the snapshot")
     if job.snapshot is not None:  # this rank's rows, read here: the driver holds none
         world = ray.train.get_context().get_world_size()
         from ppmlops.training.shards import shard
@@ -116,11 +125,6 @@ def train_loop_per_worker(config: dict) -> dict | None:
         tuner = config.get("tuner") or make_tuner(job.tuner, seed=job.seed, learning_rate=job.learning_rate,
                                                   max_grad_norm=job.max_grad_norm, prior=job.warm_start,
                                                   anchor=job.tuning_anchor)
-    def echo(line: str) -> None:
-        say(line)  # Ray's worker log
-        if job.progress_path:
-            append(job.progress_path, line)  # the driver follows this file
-
     checkpoints = RayCheckpoints(os.path.join(job.storage_path, job.run_id) if job.storage_path else "")
     if job.plan.search is not None:
         from ppmlops.training.search_loop import run_search_worker

@@ -61,10 +61,20 @@ def test_unreachable_ray_address_names_it(arrays, tmp_path):
         train_on_ray(job, arrays)
 
 
-def test_two_workers_train_and_charge_every_epoch_ahead(ray_runtime, arrays, tmp_path):
-    job = job_for(tmp_path, arrays, "run-main", epochs=2, randomness="secure")
-    weights, outcome = train_on_ray(job, arrays)
+def test_two_workers_train_and_charge_every_epoch_ahead(ray_runtime, arrays, tmp_path, caplog):
+    job = replace(job_for(tmp_path, arrays, "run-main", epochs=2, randomness="secure"),
+                  progress_path=str(tmp_path / "progress.log"))
+    with caplog.at_level("INFO", logger="ppmlops.progress"):
+        weights, outcome = train_on_ray(job, arrays)
     assert outcome.stopped_reason == "completed" and outcome.epochs_completed == 2
+    # the start-up phases, in order, before the first epoch: the driver's in its log, rank 0's in
+    # the progress file the train task follows
+    assert "[run run-main] Ray ready in" in caplog.text and "Ray Train starting 2 worker(s)" in caplog.text
+    lines = (tmp_path / "progress.log").read_text().splitlines()
+    started = [i for i, line in enumerate(lines) if "Ray Train's workers started (2)" in line]
+    set_up = [i for i, line in enumerate(lines) if "rank 0 set up in" in line and "training epochs 1 to 2" in line]
+    first = [i for i, line in enumerate(lines) if "epoch 1/2" in line]
+    assert len(started) == len(set_up) == len(first) == 1 and started[0] < set_up[0] < first[0], lines
 
     model = build_model("logistic", arrays.X.shape[1])
     model.load_state_dict(weights)

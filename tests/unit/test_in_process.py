@@ -42,7 +42,9 @@ def test_it_trains_charges_as_planned_and_gives_the_process_back(tmp_path):
     kept = sorted(p.name for p in root.iterdir())
     assert kept == ["checkpoint_000001", "checkpoint_000002"]  # the two newest of three
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
-    assert "epoch 3/3" in (tmp_path / "progress.log").read_text()
+    progress = (tmp_path / "progress.log").read_text()
+    assert "epoch 3/3" in progress
+    assert progress.index("rank 0 set up in") < progress.index("epoch 1/3")  # the start-up phase first
     assert torch.get_num_threads() == threads and not dist.is_initialized()
     assert os.umask(mask) == mask  # the umask it found is back
     assert outcome.timings.epochs > 0 and outcome.timings.ray_start == 0
