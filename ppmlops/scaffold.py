@@ -1,7 +1,8 @@
 """`ppmlops init DIR`: a project for an Airflow that has ppmlops installed.
 
 It writes what a source checkout holds at its top level, for the demo pipeline:
-dags/ppmlops_retrain.py (the DAG file: `globals().update(pipeline_dags())`), dags/pipelines/demo.yaml,
+dags/ppmlops_retrain.py (the DAG file: `globals().update(pipeline_dags())`), dags/ppmlops_spec_errors.py
+(invalid specs in Airflow's Import Errors), dags/pipelines/demo.yaml,
 plugins/ppmlops_dashboard.py (the dashboard's plugin), policies.rego with its Rego tests under
 tests/policies/, and expectations/demo_customers.json. The package's copies (ppmlops/_scaffold/)
 are symbolic links to the repo's own files, which the wheel stores as files: the two cannot drift.

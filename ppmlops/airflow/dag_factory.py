@@ -134,6 +134,45 @@ def build_dag(spec: PipelineSpec):
     return retrain()
 
 
+class InvalidPipelineSpecs(Exception):
+    """Raised by a project's spec-errors DAG file (dags/ppmlops_spec_errors.py), so that Airflow
+    lists the invalid specs under Import Errors."""
+
+
+def report_spec_errors(folder: Path | None = None) -> None:
+    """Raise InvalidPipelineSpecs naming every invalid spec in `folder` (default: pipelines_folder()).
+
+    Airflow lists import errors per DAG *file*, and one error marks every DAG of that file stale
+    (see invalid_spec_dag), so the DAG file that builds the pipelines must never raise. A second
+    DAG file that builds no DAG calls this: the errors show in Airflow's Import Errors under its
+    name, and the pipelines' own file, with its placeholder for each bad spec, stays healthy.
+    """
+    folder = folder or pipelines_folder()
+    problems = []
+    for path, spec, error in _load_all(folder, log_errors=False).values():
+        if error is None and (why := _schedule_problem(spec)):
+            error = f"{path}: {why}"
+        if error is not None:
+            problems.append(f"- {error}")
+    if problems:
+        raise InvalidPipelineSpecs(
+            f"{len(problems)} invalid pipeline spec(s) in {folder}; each one's DAG fails until its file is fixed "
+            f"(`ppmlops spec check FILE`), and the other pipelines run as usual:\n" + "\n".join(problems))
+
+
+def _schedule_problem(spec: PipelineSpec) -> str | None:
+    """Why Airflow cannot read the spec's schedule, or None (what _dag_for finds by building it)."""
+    timetable = _timetable(spec.schedule)
+    if timetable is None or isinstance(timetable, str):
+        return None
+    try:
+        timetable.validate()
+    except Exception as err:  # noqa: BLE001 - AirflowTimetableInvalid, named in the message
+        return (f"schedule {spec.schedule!r} is not a schedule Airflow reads (a cron expression, a preset such as "
+                f"@daily, or null): {type(err).__name__}: {err}")
+    return None
+
+
 def invalid_spec_dag(dag_id: str, path: Path, message: str):
     """What an invalid spec becomes: a DAG that says what is wrong and fails with it when run.
 
@@ -141,7 +180,8 @@ def invalid_spec_dag(dag_id: str, path: Path, message: str):
     stale (dag_processing/collection.py, _update_import_errors), so raising for one bad spec, or
     any per-DAG error, would take every pipeline of this file off the scheduler. Instead the bad
     spec keeps its DAG id (its `name:` when readable), loses its schedule, and shows the error in
-    its description, its docs and the log of its one task; the DAG processor's log has it too.
+    its description, its docs and the log of its one task; the DAG processor's log has it too, and
+    Import Errors lists it under the project's other DAG file (report_spec_errors).
     """
 
     @dag(
@@ -164,7 +204,7 @@ def invalid_spec_dag(dag_id: str, path: Path, message: str):
     return invalid()
 
 
-def _load_all(folder: Path) -> dict[str, tuple[Path, PipelineSpec | None, str | None]]:
+def _load_all(folder: Path, log_errors: bool = True) -> dict[str, tuple[Path, PipelineSpec | None, str | None]]:
     """dag_id -> (file, spec or None, error or None) for every spec in `folder`, each on its own."""
     out: dict[str, tuple[Path, PipelineSpec | None, str | None]] = {}
     for r in load_each(sorted(folder.glob("*.yaml"))):
@@ -177,7 +217,8 @@ def _load_all(folder: Path) -> dict[str, tuple[Path, PipelineSpec | None, str | 
         if dag_id is None:
             dag_id = "ppmlops_invalid_" + re.sub(r"[^A-Za-z0-9_.-]", "_", r.path.stem)
         if error is not None:
-            log.error("pipeline spec %s is invalid; DAG %s will fail until it is fixed:\n%s", r.path, dag_id, error)
+            if log_errors:
+                log.error("pipeline spec %s is invalid; DAG %s will fail until it is fixed:\n%s", r.path, dag_id, error)
             out[dag_id] = (r.path, None, error)
         else:
             out[dag_id] = (r.path, r.spec, None)

@@ -231,6 +231,32 @@ def test_one_invalid_spec_does_not_take_the_others_down(mixed):
     assert set(bag.dags["ppmlops_good_two"].task_dict) == EXPECTED_TASKS
 
 
+def test_the_invalid_specs_show_in_import_errors_under_their_own_file(mixed):
+    """The project's dags folder as the DAG processor parses it: the spec-errors file holds one
+    import error naming each bad spec, and the pipelines' file is clean, with every DAG bagged."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder, _ = mixed
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert list(bag.import_errors) == [str(REPO / "dags" / "ppmlops_spec_errors.py")]
+    error = bag.import_errors[str(REPO / "dags" / "ppmlops_spec_errors.py")]
+    assert "InvalidPipelineSpecs: 4 invalid pipeline spec(s)" in error
+    for message in (r"b_typo\.yaml: invalid pipeline spec", r"c_broken\.yaml: not valid YAML",
+                    r"d_copy\.yaml: pipeline name 'good_one' is already used",
+                    r"e_cron\.yaml: schedule 'every tuesday' is not a schedule Airflow reads"):
+        assert re.search(message, error), message
+    assert not re.search(r"^- \S*(a|f)_good\.yaml:", error, re.M)  # a good spec is not listed
+    assert {"ppmlops_good_one", "ppmlops_good_two"} <= set(bag.dags)
+
+
+def test_the_spec_errors_file_is_silent_when_every_spec_is_valid(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PPMLOPS_PIPELINES", str(_folder(tmp_path, **{"a.yaml": _demo_named("only_one")})))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {} and set(bag.dags) == {"ppmlops_only_one"}
+
+
 @pytest.mark.parametrize("dag_id,file,message", [
     ("ppmlops_typo_one", "b_typo.yaml", r"b_typo\.yaml: invalid pipeline spec\n  training\.epochs: Input should be a valid integer"),
     ("ppmlops_invalid_c_broken", "c_broken.yaml", r"c_broken\.yaml: not valid YAML"),

@@ -115,7 +115,7 @@ def test_hooks_return_what_the_tasks_resolve(monkeypatch, tmp_path):
 # -- ppmlops init ---------------------------------------------------------------------------------
 
 SCAFFOLD = REPO / "ppmlops" / "_scaffold"
-PROJECT_FILES = {"dags/ppmlops_retrain.py", "dags/pipelines/demo.yaml", "plugins/ppmlops_dashboard.py",
+PROJECT_FILES = {"dags/ppmlops_retrain.py", "dags/ppmlops_spec_errors.py", "dags/pipelines/demo.yaml", "plugins/ppmlops_dashboard.py",
                  "policies.rego", "tests/policies/test_policies.rego", "expectations/demo_customers.json"}
 
 

@@ -1,0 +1,1 @@
+../../../dags/ppmlops_spec_errors.py
