@@ -510,6 +510,7 @@ class ApprovalRecord(Record):
     channel: str
     gate_decision_id: str
     gate_reasons: list[str]
+    comment: str = ""  # the person's why, from the approval form (none in records written before it)
 
 
 class DeployRecord(Record):

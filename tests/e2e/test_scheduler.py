@@ -34,7 +34,7 @@ import yaml
 from ppmlops.data.synthetic import generate
 from ppmlops.privacy.accountant import ORDERS
 from ppmlops.privacy.ledger import Ledger
-from ppmlops.run.records import PlanRecord, Staged, StagedData, TrainRecord
+from ppmlops.run.records import ApprovalRecord, PlanRecord, Staged, StagedData, TrainRecord
 from airflow_proc import Airflow, stop, wait_for  # noqa: E402 - tests/ is on the path (conftest)
 from policy_floors import lowered_policy  # noqa: E402
 
@@ -198,7 +198,11 @@ def _kill_the_first_training(af: Airflow, doc: dict) -> str:
         done = [e for e in ledger.entries(dataset, kind="usage") if e.key == "train/epoch-1" and e.status == "completed"]
         return done[0].run_id if done else None
 
-    run_id = wait_for("a run to finish its first epoch", trained_one_epoch, 600, af, every_s=0.5)
+    try:
+        run_id = wait_for("a run to finish its first epoch", trained_one_epoch, 600, af, every_s=0.5)
+    except pytest.fail.Exception as e:  # say where each run is: the train tasks' logs name the phase
+        dag_id = f"ppmlops_{doc['name']}"
+        pytest.fail(f"{e}\n{_task_report(af, dag_id, af.runs(dag_id), lambda ti: ti['task_id'] == 'train')}")
     # The task's process is titled "airflow worker -- <task instance id>".
     ti_id = af.tasks(f"ppmlops_{doc['name']}", run_id)["train"]["id"]
     # The LocalExecutor's supervisor may carry the same title as the task process it forks: the
@@ -227,8 +231,9 @@ def _approve_every_waiting_deploy(af: Airflow, dag_id: str, stop) -> list[str]:
                 continue
             if time.monotonic() - first_seen.setdefault(key, time.monotonic()) < 3:
                 continue
+            assert "Key numbers (noisy, already charged)" in detail["body"], detail["body"]
             af.ok("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{key[0]}/taskInstances/approve/-1/hitlDetails",
-                  json={"chosen_options": ["Approve"], "params_input": {}})
+                  json={"chosen_options": ["Approve"], "params_input": {"comment": f"looks right ({key[0]})"}})
             answered.add(key)
         time.sleep(1)
     return sorted({run_id for run_id, _ in answered})
@@ -246,22 +251,31 @@ def sched_backfill(airflow):
 
 def _why_not_success(af: Airflow, dag_id: str, runs: list[dict]) -> str:
     """Each unsuccessful run's task states and its failed tasks' logs, every try."""
+    return _task_report(af, dag_id, [r for r in runs if r["state"] != "success"],
+                        lambda ti: ti["state"] in ("failed", "up_for_retry")) or "every run succeeded"
+
+
+def _task_report(af: Airflow, dag_id: str, runs: list[dict], logs_of) -> str:
+    """The runs' task states, and the logs of every try of the tasks `logs_of` picks."""
     out = []
-    for r in (r for r in runs if r["state"] != "success"):
+    for r in runs:
         tis = af.tasks(dag_id, r["dag_run_id"])
         out.append(f"{r['dag_run_id']} {r['state']}: " + ", ".join(f"{t} {ti['state']} (try {ti['try_number']})"
                                                                    for t, ti in tis.items()))
-        for t, ti in ((t, ti) for t, ti in tis.items() if ti["state"] in ("failed", "up_for_retry")):
+        for t, ti in ((t, ti) for t, ti in tis.items() if logs_of(ti)):
             for n in range(1, int(ti["try_number"] or 1) + 1):
                 log = af.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}/taskInstances/{t}/logs/{n}")
                 out.append(f"--- {t} try {n}:\n{log.text[-4000:]}")
-    return "\n".join(out) or "every run succeeded"
+    return "\n".join(out)
 
 
 def test_a_backfill_trains_each_interval_on_its_own_rows(airflow, sched_backfill):
     runs, _, approved = sched_backfill
     assert [r["state"] for r in runs] == ["success"] * len(WEEKS), _why_not_success(airflow, "ppmlops_sched", runs)
     assert sorted(approved) == sorted(r["dag_run_id"] for r in runs)  # each deploy waited for the officer
+    for r in runs:  # and kept the officer's answer with the comment typed in the approval form
+        answer = airflow.context(SCHED, r["dag_run_id"]).store.read(ApprovalRecord)
+        assert (answer.outcome, answer.comment) == ("approved", f"looks right ({r['dag_run_id']})")
     windows, hashes = set(), set()
     for r in runs:
         ctx = airflow.context(SCHED, r["dag_run_id"])

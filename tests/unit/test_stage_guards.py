@@ -131,3 +131,32 @@ def test_a_bad_held_out_snapshot_fails_validation(small_run, tmp_path):
     ctx.store.write(StagedData(result=replace(staged, snapshot_test=str(bad))))
     with pytest.raises(ValidationFailed, match=r"expect_column_values_to_be_between on age in snapshot_test_bad"):
         validate.run(ctx)
+
+
+def test_the_approval_request_shows_the_key_numbers_and_the_answer_keeps_its_comment(small_run, monkeypatch, tmp_path):
+    """What the person deciding reads (the gate's reasons, then the plan's public one-line summary)
+    and what is kept of the answer: who, when and why, in the run and in the audit log."""
+    from policy_floors import lowered_policy_file  # noqa: E402 - tests/ is on the path
+
+    from ppmlops.airflow.approval import approval_body
+    from ppmlops.audit.log import AuditLog
+    from ppmlops.dashboard.links import run_page_path
+    from ppmlops.stages.approval import COMMENT_CHARS, record_approval
+
+    monkeypatch.setenv("PPMLOPS_POLICY", str(lowered_policy_file(tmp_path)))
+    ctx = RunContext(spec=small_run.spec, run_id=small_run.run_id, params=small_run.params)
+    plan.run(ctx)
+    ctx.store.write(gate_record("needs_approval", ["production deploys of gdpr data need a person's approval"]))
+    body = approval_body(ctx)
+    assert body.index("- production deploys of gdpr data need a person's approval") < body.index("Key numbers")
+    assert "- plan: epsilon " in body and "lifetime budget used" in body  # the plan's public line
+    assert f"]({run_page_path(ctx.spec.name, ctx.run_id)})" in body  # a link to the run's page
+
+    answer = record_approval(ctx, approved=False, user="officer", responded_at="2026-12-07T10:00:00+00:00",
+                             channel="airflow-hitl", comment="  AUC interval too wide; retrain next week  ")
+    assert answer.comment == "AUC interval too wide; retrain next week" and answer.outcome == "rejected"
+    logged = [r for r in AuditLog(ctx.settings.db_url).records(run_id=ctx.run_id) if r["stage"] == "approval"]
+    assert logged and logged[-1]["decision"]["reasons"] == [
+        "rejected by officer at 2026-12-07T10:00:00+00:00: AUC interval too wide; retrain next week"]
+    long = record_approval(ctx, approved=True, user="officer", responded_at="t", channel="cli", comment="x" * 5000)
+    assert long.comment == "x" * COMMENT_CHARS + " [cut]"
