@@ -125,7 +125,7 @@ def _dp_accounting_epsilon(entries, delta: float, order: float) -> float:
 def write_chart(ledger, ds: str, path: Path) -> None:
     """The dashboard's block chart of `ds` (the same query and drawing code as its dataset page),
     as a standalone HTML page with the dashboard's stylesheet, and a PNG of it when a headless
-    Chromium is installed (the README's picture)."""
+    Chromium is installed (the picture in docs/privacy-model.md)."""
     import shutil
     import subprocess
 

@@ -1,6 +1,6 @@
 """Settings, read from the environment at call time so a DAG picks up changes without restart.
 
-Every variable is listed, with its default, in the README's "Settings" table.
+Every variable is listed, with its default, in docs/settings.md.
 """
 
 from __future__ import annotations

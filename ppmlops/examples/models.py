@@ -1,4 +1,4 @@
-"""Example model factories for `model.factory` (README, "Bring your own model").
+"""Example model factories for `model.factory` (docs/specs.md, "Bring your own model").
 
 `build` is what a spec names as "ppmlops.examples.models:build": a residual MLP whose layers all act
 on each row alone (Linear, LayerNorm, GELU), so Opacus gives exact per-row gradients (its ghost

@@ -14,7 +14,7 @@ Three entry points run the same assessment on different inputs:
 Detection (ppmlops.risk.detectors, .categories, .classify) looks at column names and at a
 uniform sample of up to SAMPLE_ROWS usable rows; k-anonymity and the counts cover every row.
 The score (ppmlops.risk.score) is a weighted sum of six components whose weights and values are
-documented there and in the README. The report never holds a raw value: examples are masked.
+documented there and in docs/pram.md. The report never holds a raw value: examples are masked.
 
 A direct identifier among the training columns makes the level high and the identifiers
 component 1.0; `RiskReport.raise_if_identifiers_in_features()` turns that into the error that

@@ -1,7 +1,7 @@
 """The PRAM risk score: six components, each valued in [0, 1], weighted; weights sum to 1.
 
 score = sum(weight x value), so every point of the score is one component's and each
-component's reason says where its value came from. The table (also in the README):
+component's reason says where its value came from. The table (also in docs/pram.md):
 
 | component          | weight | value |
 | ------------------ | ------ | ----- |

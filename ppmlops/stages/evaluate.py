@@ -85,7 +85,7 @@ def confidence_bounds(confusion: dict[str, int], cell_sigma: float, confidence: 
     What they do not bound: how the model would do on other rows. A model no better than guessing
     can beat the majority on a small held-out sample by chance (sampling error about
     sqrt(rows predicted as the minority) / n); the policy's min_holdout_rows (and min_margin) are
-    the officer's control of that, and the README says so.
+    the officer's control of that, and docs/policies.md says so.
     """
     z = NormalDist().inv_cdf(1 - (1 - confidence) / _EVENTS)
     tp, fp, fn, tn = (float(confusion[k]) for k in CELLS)

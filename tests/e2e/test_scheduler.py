@@ -1,6 +1,6 @@
 """Scheduled retraining under a real Airflow: `./dev ui` (API server, scheduler on LocalExecutor,
 DAG processor, triggerer; metadata and ledger on PostgreSQL), driven the way people drive it: the
-backfill command from the README, Airflow's REST API for triggers, settings and approvals, Ctrl-C
+backfill command from docs/runs.md, Airflow's REST API for triggers, settings and approvals, Ctrl-C
 to stop.
 
 Two pipelines over timestamped tables:
@@ -170,7 +170,7 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
 
 
 def backfill(af: Airflow, dag_id: str, max_active_runs: int, starts: list) -> list[dict]:
-    """The README's backfill command, then the DAG unpaused; returns the backfill's runs once done."""
+    """The backfill command of docs/runs.md, then the DAG unpaused; returns the backfill's runs once done."""
     af.cli("backfill", "create", "--dag-id", dag_id, "--from-date", starts[0].isoformat(),
            "--to-date", starts[-1].isoformat(), "--max-active-runs", str(max_active_runs))
     af.ok("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})

@@ -29,7 +29,7 @@ print(json.dumps(sorted(sys.modules)))
 
 def test_the_airflow_side_loads_neither_torch_opacus_nor_ray_train():
     """What an Airflow worker runs (the DAG file, the stages, the Ray job submission path, the
-    provider's hooks that ProvidersManager imports), in a fresh interpreter: the README promises
+    provider's hooks that ProvidersManager imports), in a fresh interpreter: docs/cluster.md promises
     such a worker needs none of them."""
     out = subprocess.run([sys.executable, "-c", AIRFLOW_SIDE], cwd=REPO, capture_output=True, text=True,
                          check=True, timeout=300)
