@@ -11,6 +11,7 @@ registry do not pay its import (about 2 s).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -172,7 +173,33 @@ def _client(uri: str) -> "MlflowClient":
         os.environ.setdefault(name, value)
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not is_embedded(uri):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _creating_embedded_store(uri):
+        made = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        made.search_experiments(max_results=1)  # the tracking store's tables
+        made.search_registered_models(max_results=1)  # the model registry's
+    return made
+
+
+@contextlib.contextmanager
+def _creating_embedded_store(uri: str) -> Iterator[None]:
+    """Create (or upgrade) the embedded store's tables, one process at a time.
+
+    MLflow runs its schema migrations when a process first opens a SQLite store. Two task
+    processes doing that at once (a backfill's runs reach plan together, and plan opens the MLflow
+    run) interleave the migrations: the loser fails with "table _alembic_tmp_tags already exists"
+    and the file is left half-migrated, so every retry fails too. An exclusive lock beside the file
+    lets one process migrate while the others wait, then find the tables made.
+    """
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])  # sqlite:////abs/path?opts: the file's own path
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def experiment_id(uri: str, root: Path, model_name: str) -> str:
