@@ -67,6 +67,15 @@ profiles := {
 	},
 }
 
+# Scheduled runs that start late. When a DAG is unpaused, Airflow's scheduler starts the latest
+# interval that ended while it was paused, whoever unpaused it: the trigger form's "unpause"
+# default does it even for a trigger that Airflow then refuses, and that run would spend budget
+# nobody asked to spend. A run the scheduler starts on time starts within grace_s of its
+# interval's end (a tenth of the interval, at least 5 minutes: Airflow's own rule for unpaused
+# DAGs); a later one is refused before anything is spent. Trigger it by hand if it is wanted, or
+# set refuse_late to false to run such catch-ups.
+scheduled_runs := {"refuse_late": true}
+
 # Fields a model card must state before its model may serve.
 required_card_fields := [
 	"model_name", "dataset_id", "data_fingerprint", "epsilon", "delta",
@@ -221,6 +230,19 @@ _train_deny contains msg if {
 
 _train_deny contains msg if {
 	some msg in _consent_errors
+}
+
+_train_deny contains msg if {
+	scheduled_runs.refuse_late
+	trigger := object.get(input.request, "trigger", {})
+	object.get(trigger, "kind", "") == "scheduled"
+	# fails closed: a scheduled run whose lateness is not stated counts as late
+	late := object.get(trigger, "late_s", 1e12)
+	grace := object.get(trigger, "grace_s", 0)
+	late > grace
+	msg := sprintf("this scheduled run started %s minutes after its interval ended (a run the scheduler starts on time starts within %s): Airflow starts a past interval when a DAG is unpaused, also by the trigger form's 'unpause' default for a trigger it refused; trigger the run by hand if it is wanted", [
+		num(round(late / 60)), sprintf("%s minutes", [num(round(grace / 60))]),
+	])
 }
 
 _train_deny contains msg if {

@@ -139,6 +139,11 @@ MUTATIONS = (
     Mutation("block budget unlocked at once", "ppmlops/privacy/blocks.py",
              "    if not calendar.blocked or horizon is None or block == ALL:\n        return 1.0",
              "    if True:\n        return 1.0", ("tests/unit/test_block_unlock.py",)),
+    Mutation("embedded MLflow store created without its lock", "ppmlops/registry/backend.py",
+             "    with _creating_embedded_store(uri):", "    with contextlib.nullcontext():",
+             ("tests/unit/test_mlflow_store_creation.py",)),
+    Mutation("late scheduled runs not refused", "policies.rego",
+             "\tlate > grace\n", "\tlate > grace * 1000000\n", ("tests/unit/test_precheck.py",)),
 )
 
 

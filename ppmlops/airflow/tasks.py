@@ -20,7 +20,7 @@ from ppmlops.registry.backend import TrackingUnavailable
 from ppmlops.errors import DataError, PpmlopsError, TrainingError
 from ppmlops.run.records import Record
 from ppmlops.spec import PipelineSpec
-from ppmlops.run.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams, RunTrigger
 
 stages_log = logging.getLogger("ppmlops.run")
 
@@ -46,7 +46,17 @@ def run_context(spec: PipelineSpec) -> RunContext:
         raise failure(err) from err
     params = RunParams.from_mapping(spec, dict(ctx["params"]))
     return RunContext(spec=spec, run_id=ctx["run_id"], params=params, settings=settings,
-                      interval=data_interval(ctx))
+                      interval=data_interval(ctx), trigger=run_trigger(ctx))
+
+
+def run_trigger(ctx) -> RunTrigger:
+    """How Airflow started this run (its type, and for a scheduled run how late it started)."""
+    run = ctx.get("dag_run")
+    if run is None:
+        return RunTrigger()
+    kind = getattr(run.run_type, "value", run.run_type)
+    return RunTrigger.of_airflow(str(kind), run.start_date, run.run_after, ctx.get("data_interval_start"),
+                                 ctx.get("data_interval_end"))
 
 
 def failure(err: Exception) -> Exception:

@@ -89,6 +89,36 @@ def count_release_floor(spec: PipelineSpec) -> float:
     return epsilon_from_rdp(segment_rdp(Segment(sigma, 1.0, 1)), p.delta)[0] * (1 - FLOOR_SLACK)
 
 
+# How late a scheduled run may start after its interval ended: a tenth of the interval, and at
+# least five minutes (Airflow's own rule for whether an unpaused DAG runs its latest past
+# interval: CronTriggerTimetable's run_immediately=None).
+LATE_SHARE, LATE_FLOOR_S = 0.1, 300.0
+
+
+@dataclass(frozen=True)
+class RunTrigger:
+    """How the run was started: Airflow's own public metadata about it, for the policy.
+
+    When a DAG is unpaused, Airflow's scheduler starts the latest interval that ended while it was
+    paused (catchup off), whoever unpaused it and why: the trigger form's "unpause" default does it
+    even for a trigger Airflow then refuses, and that run spends budget nobody asked to spend. Such
+    a run starts late, long after its interval ended, which a run the scheduler started on time
+    never does: the policy reads `late_s` against `grace_s` (policies.rego, scheduled_runs).
+    """
+
+    kind: str = "cli"  # Airflow's run type (scheduled, manual, backfill, asset_triggered), or cli outside Airflow
+    late_s: float = 0.0  # a scheduled run: seconds from its interval's end to its start
+    grace_s: float = LATE_FLOOR_S  # how late it may start
+
+    @classmethod
+    def of_airflow(cls, run_type: str, started, run_after, interval_start, interval_end) -> "RunTrigger":
+        if run_type != "scheduled" or started is None or run_after is None:
+            return cls(kind=run_type)
+        span = (interval_end - interval_start).total_seconds() if interval_start and interval_end else 0.0
+        return cls(kind=run_type, late_s=max(0.0, (started - run_after).total_seconds()),
+                   grace_s=max(LATE_FLOOR_S, LATE_SHARE * span))
+
+
 @dataclass
 class RunContext:
     spec: PipelineSpec
@@ -97,6 +127,13 @@ class RunContext:
     settings: settings_mod.Settings = field(default_factory=settings_mod.load)
     # The run's data interval (Airflow's, for scheduled runs and backfills); None: up to now.
     interval: DataInterval | None = None
+    trigger: RunTrigger = field(default_factory=RunTrigger)
+
+    def request_facts(self) -> dict[str, Any]:
+        """The policy input's `request`: what this run asks for and how it was started (public)."""
+        return {"run_epsilon": self.spec.privacy.run_epsilon, "epsilon_cap": self.params.epsilon_cap,
+                "environment": self.params.environment, "randomness": self.randomness,
+                "trigger": asdict(self.trigger)}
 
     @property
     def store(self) -> RunStore:

@@ -98,8 +98,7 @@ def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, b
                                                            if f.category == "direct_identifier" and f.in_features})},
         "consent": {"rows_in": max(1, counts.rows_in), "rows_refused": refused,
                     "coverage": max(0.0, 1.0 - refused / max(1, counts.rows_in))},
-        "request": {"run_epsilon": spec.privacy.run_epsilon, "epsilon_cap": ctx.params.epsilon_cap,
-                    "environment": ctx.params.environment, "randomness": ctx.randomness},
+        "request": ctx.request_facts(),
         # Noisy rows per class and partition: a partition with one class cannot be evaluated.
         "classes": plan_classes(counts, spec.dataset.label.column, spec.deploy.confidence,
                                 spec.dataset.label.task),

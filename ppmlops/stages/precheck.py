@@ -45,7 +45,7 @@ from ppmlops.errors import PolicyRefused
 from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, segment_rdp
 from ppmlops.privacy.blocks import unlock_horizon
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, BlockRoom, Ledger
-from ppmlops.privacy.lifetime import LifetimeBudget, choose_order, epsilon_at, typical_run_curve
+from ppmlops.privacy.lifetime import LifetimeBudget, epsilon_at, expected_budget
 from ppmlops.privacy.planning import EVALUATION_WEIGHT, split_conflict
 from ppmlops.run.context import FLOOR_SLACK, count_release_floor
 from ppmlops.run.records import CountsRelease, Staged
@@ -103,12 +103,7 @@ def public_facts(ctx: RunContext, ledger: Ledger) -> PublicFacts:
     budget = ledger.budget(spec.dataset.id)
     registered = budget is not None
     if budget is None:  # first run: the budget register() is about to fix, with nothing charged
-        p, curve = spec.privacy, None
-        if spec.dataset.expected_rows and p.accounting_order is None:  # as assess.register chooses it
-            curve = typical_run_curve(p.run_epsilon, p.delta, spec.dataset.expected_rows, spec.training.batch_size,
-                                      spec.training.epochs)
-        order = float(p.accounting_order) if p.accounting_order is not None else choose_order(p.epsilon, p.delta, curve)
-        budget = LifetimeBudget(spec.dataset.id, p.epsilon, p.delta, order)
+        budget = expected_budget(spec)
     staged = ctx.store.read(Staged)
     others = _others(ledger, spec.dataset.id, ctx.run_id, staged.blocks) if registered else {}
     counts = _counts_rdp(ctx)
@@ -168,8 +163,7 @@ def policy_input(ctx: RunContext, facts: PublicFacts, risk_score: float) -> dict
         "risk": {"score": risk_score, "level": "not assessed yet (pre-check before the noisy counts)",
                  "direct_identifiers_in_features": []},
         "consent": {"rows_in": 1, "rows_refused": 0, "coverage": 1.0},
-        "request": {"run_epsilon": spec.privacy.run_epsilon, "epsilon_cap": ctx.params.epsilon_cap,
-                    "environment": ctx.params.environment, "randomness": ctx.randomness},
+        "request": ctx.request_facts(),
         "classes": {"label": spec.dataset.label.column, "sigma": 1.0, "confidence": spec.deploy.confidence,
                     "train": plenty, "holdout": plenty},
     }

@@ -34,7 +34,7 @@ import yaml
 from ppmlops.data.synthetic import generate
 from ppmlops.privacy.accountant import ORDERS
 from ppmlops.privacy.ledger import Ledger
-from ppmlops.run.records import ApprovalRecord, PlanRecord, Staged, StagedData, TrainRecord
+from ppmlops.run.records import ApprovalRecord, PlanRecord, Refusal, Staged, StagedData, TrainRecord
 from airflow_proc import Airflow, stop, wait_for  # noqa: E402 - tests/ is on the path (conftest)
 from policy_floors import lowered_policy  # noqa: E402
 
@@ -102,6 +102,15 @@ SCHED = spec_doc("sched", **{"deploy.environment": "production", "privacy.epsilo
 TIGHT = spec_doc("tight", **{"privacy.epsilon": 1.0, "privacy.stats_epsilon": 0.1, "training.epochs": 1})
 
 
+def late_doc() -> dict:
+    """`late`: hourly, at the minute half an hour ago, never triggered. Unpausing it makes
+    Airflow start the hour that ended 30 minutes ago, which the policy refuses as a run started
+    late (its grace is a tenth of the hour). Built when Airflow starts, so the half hour holds."""
+    minute = (datetime.now(UTC).minute + 30) % 60
+    return spec_doc("late", **{"schedule": f"{minute} * * * *", "dataset.window": {"column": "event_time"},
+                               "dataset.expected_rows": 370, "training.epochs": 1})
+
+
 # --------------------------------------------------------------------------- Airflow
 
 
@@ -132,10 +141,12 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
     root = tmp_path_factory.mktemp("scheduler")
     home, pipelines = root / "ppmlops", root / "pipelines"
     pipelines.mkdir()
-    for doc in (SCHED, TIGHT):
+    for doc in (SCHED, TIGHT, late_doc()):
         (pipelines / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     write_table(home / "data" / "sched_events.csv", WEEKS, timedelta(weeks=1))
     write_table(home / "data" / "tight_events.csv", DAYS, timedelta(days=1))
+    hours = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    write_table(home / "data" / "late_events.csv", [hours + timedelta(hours=n) for n in range(3)], timedelta(hours=1))
     # The compliance office's policy: every production deploy of GDPR data waits for a person.
     policy = root / "policies.rego"
     shipped = (REPO / "policies.rego").read_text()
@@ -160,7 +171,7 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
         token = httpx.post(f"{af.url}/auth/token", json={"username": APPROVER, "password": APPROVER_PASSWORD},
                            timeout=30).json()["access_token"]
         af.client = httpx.Client(base_url=af.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        for doc in (SCHED, TIGHT):
+        for doc in (SCHED, TIGHT, {"name": "late"}):
             wait_for(f"DAG ppmlops_{doc['name']}", lambda d=doc: af.api("GET", f"/api/v2/dags/ppmlops_{d['name']}")
                      .status_code == 200, 180, af, every_s=2)
         yield af
@@ -405,6 +416,29 @@ def test_concurrent_plans_never_overspend_and_the_policy_refuses_once_spent(airf
     reasons = ("over its lifetime budget", "budget spent", "budget is spent") if stopped == "assess" else ("budget spent",)
     assert any(reason in log for reason in reasons), log[-3000:]
     assert budget.share_used(ledger.charged_curves("tight_events")) <= 1
+
+
+# --------------------------------------------------------------------------- late
+
+
+def test_a_refused_trigger_that_unpaused_the_dag_spends_nothing(airflow):
+    """The trigger form unpauses the DAG (its default), then Airflow refuses the trigger (400: a
+    cap above the spec's): the scheduler starts the past hour's run on its own. The policy refuses
+    that run, started half an hour after its interval ended, before anything is charged."""
+    dag_id = "ppmlops_late"
+    airflow.ok("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})  # the form's "unpause on trigger"
+    refused = airflow.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {"epsilon_cap": 5}})
+    assert refused.status_code == 400, refused.text
+    [run] = wait_for("the scheduled run to finish", lambda: [r for r in airflow.runs(dag_id) if r["state"] in ("success", "failed")]
+                     or None, 600, airflow, every_s=2)
+    assert run["run_type"] == "scheduled" and run["state"] == "failed"
+    tis = airflow.tasks(dag_id, run["dag_run_id"])
+    assert tis["assess"]["state"] == "failed" and tis["assess"]["try_number"] == 1 and tis["plan"]["state"] == "upstream_failed"
+    refusal = airflow.context(late_doc(), run["dag_run_id"]).store.read(Refusal)
+    assert refusal.stage == "assess" and any(re.search(r"this scheduled run started \d+ minutes after its interval ended", r)
+                                             for r in refusal.reasons), refusal.reasons
+    assert Ledger(airflow.env["PPMLOPS_DB_URL"]).entries("late_events") == []  # nothing charged, not even its counts
+    airflow.ok("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": True})
 
 
 # --------------------------------------------------------------------------- Ctrl-C

@@ -157,6 +157,31 @@ test_train_allows_reproducible_randomness_for_development if {
 	d.allow == true
 }
 
+test_train_denies_a_scheduled_run_that_started_late if {
+	# unpaused on a Wednesday: the weekly interval that ended on Monday starts 2 days late
+	trigger := {"kind": "scheduled", "late_s": 172800, "grace_s": 60480}
+	d := ppmlops.train with input as train_with({"request": {"trigger": trigger}})
+	d.allow == false
+	d.reasons == ["this scheduled run started 2880 minutes after its interval ended (a run the scheduler starts on time starts within 1008 minutes): Airflow starts a past interval when a DAG is unpaused, also by the trigger form's 'unpause' default for a trigger it refused; trigger the run by hand if it is wanted"]
+}
+
+test_train_allows_a_scheduled_run_on_time_and_any_late_manual_or_backfill_run if {
+	ppmlops.train.allow with input as train_with({"request": {"trigger": {"kind": "scheduled", "late_s": 40, "grace_s": 300}}})
+	ppmlops.train.allow with input as train_with({"request": {"trigger": {"kind": "manual", "late_s": 1e6, "grace_s": 300}}})
+	ppmlops.train.allow with input as train_with({"request": {"trigger": {"kind": "backfill", "late_s": 1e6, "grace_s": 300}}})
+}
+
+test_train_refuses_a_scheduled_run_that_does_not_say_how_late_it_is if {
+	d := ppmlops.train with input as train_with({"request": {"trigger": {"kind": "scheduled"}}})
+	d.allow == false
+}
+
+test_train_runs_late_scheduled_runs_when_the_office_allows_them if {
+	trigger := {"kind": "scheduled", "late_s": 172800, "grace_s": 60480}
+	ppmlops.train.allow with input as train_with({"request": {"trigger": trigger}})
+		with ppmlops.scheduled_runs as {"refuse_late": false}
+}
+
 test_train_denies_plan_below_minimum if {
 	# 0.06 * (1 - 0.5 * 0.9) = 0.033 < 0.05, although the ledger has plenty left
 	d := ppmlops.train with input as train_with({

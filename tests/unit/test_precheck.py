@@ -225,3 +225,33 @@ def test_a_second_run_in_the_same_week_is_refused_before_its_counts(tmp_path, mo
     ledger = Ledger(ctx.settings.db_url)
     assert {e.run_id for e in ledger.entries("pre")} == set(planned)  # nothing charged for the refused one
     assert ctx.store.read(Refusal).stage == "assess"
+
+
+def test_a_scheduled_run_the_scheduler_started_late_is_refused_before_any_ledger_entry(tmp_path, monkeypatch):
+    """The run Airflow starts when a DAG is unpaused (e.g. by the trigger form's default for a
+    trigger it refused) starts long after its interval ended: refused before its counts."""
+    from datetime import datetime, timedelta, timezone
+
+    from ppmlops.run.context import RunTrigger
+
+    end = datetime(2026, 11, 30, tzinfo=timezone.utc)  # a Monday: the weekly interval's end
+    start = end - timedelta(weeks=1)
+    late = RunTrigger.of_airflow("scheduled", end + timedelta(days=2), end, start, end)  # unpaused on Wednesday
+    assert (late.late_s, late.grace_s) == (2 * 86400, pytest.approx(0.1 * 7 * 86400))
+    on_time = RunTrigger.of_airflow("scheduled", end + timedelta(seconds=40), end, start, end)
+    assert on_time.late_s == 40
+    # an hourly schedule's tenth (6 minutes) is above the floor; a 10-minute one's is the floor, 5 minutes
+    assert RunTrigger.of_airflow("scheduled", end, end, end - timedelta(hours=1), end).grace_s == pytest.approx(360)
+    assert RunTrigger.of_airflow("scheduled", end, end, end - timedelta(minutes=10), end).grace_s == 300
+    assert RunTrigger.of_airflow("manual", end + timedelta(days=9), end, None, end) == RunTrigger(kind="manual")
+
+    spec = _spec(tmp_path)
+    ctx = _ingested(tmp_path, monkeypatch, spec)
+    ctx.trigger = late
+    with pytest.raises(PolicyRefused, match=r"this scheduled run started 2880 minutes after its interval ended"):
+        assess.run(ctx)
+    _nothing_spent(ctx)
+    ctx.trigger = on_time  # the same run, had the scheduler started it on time, trains
+    ctx.store.path_of(Refusal).unlink()
+    assess.run(ctx)
+    assert ctx.store.read(CountsRelease) is not None
