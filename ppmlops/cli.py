@@ -253,13 +253,14 @@ def _register_init(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppmlops import ledger_cli as privacy_cli
+    from ppmlops import backfill_cli, ledger_cli as privacy_cli
     from ppmlops.risk import cli as risk_cli
 
     parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ppmlops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _register_init(sub)
+    backfill_cli.register(sub)
     privacy_cli.register(sub)
     risk_cli.register(sub)
 

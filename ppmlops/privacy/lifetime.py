@@ -31,7 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from ppmlops.errors import PpmlopsError
-from ppmlops.privacy.blocks import BlockCalendar
+from ppmlops.privacy.blocks import BlockCalendar, calendar_of
 from ppmlops.privacy.accountant import (
     ORDERS, Segment, calibrate_noise, check_delta, least_noise, segment_rdp, step_rdp,
 )
@@ -169,3 +169,22 @@ class LifetimeBudget:
                         f"(RDP {after:.6g} at order {self.order:g}, over its lifetime budget {self.rdp:.6g}, "
                         f"which is epsilon {self.epsilon:g} at delta {self.delta:g})")
         return None
+
+
+def spec_run_curve(spec) -> np.ndarray | None:
+    """The curve the ledger fixes a dataset's accounting order from (ppmlops.stages.assess.register):
+    a run like the spec's on its declared rows (public), when the spec declares them and names no order."""
+    p = spec.privacy
+    if spec.dataset.expected_rows and p.accounting_order is None:
+        return typical_run_curve(p.run_epsilon, p.delta, spec.dataset.expected_rows, spec.training.batch_size,
+                                 spec.training.epochs)
+    return None
+
+
+def expected_budget(spec) -> LifetimeBudget:
+    """The budget the dataset's first run will register, before anything is charged: for what is
+    asked about a dataset no run has touched yet (the assess pre-check, a backfill's cost)."""
+    p = spec.privacy
+    order = (float(p.accounting_order) if p.accounting_order is not None
+             else choose_order(p.epsilon, p.delta, spec_run_curve(spec)))
+    return LifetimeBudget(spec.dataset.id, p.epsilon, p.delta, order, calendar=calendar_of(p))

@@ -22,7 +22,7 @@ from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp
 from ppmlops.privacy.identity import claim_source
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Charge, Ledger, PrivacyUnit
 from ppmlops.privacy.blocks import calendar_of
-from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
+from ppmlops.privacy.lifetime import LifetimeBudget, spec_run_curve
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
 from ppmlops.privacy.unit import row_noise, unit_scaled
 from ppmlops.risk.categories import DIRECT
@@ -50,13 +50,9 @@ def unit_of(privacy) -> PrivacyUnit:
 def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
     """The dataset's lifetime budget and blocks (fixed on first use; a changed spec is refused, not applied)."""
     spec = ctx.spec
-    curve = None
-    if spec.dataset.expected_rows and spec.privacy.accounting_order is None:
-        curve = typical_run_curve(spec.privacy.run_epsilon, spec.privacy.delta, spec.dataset.expected_rows,
-                                  spec.training.batch_size, spec.training.epochs)
     claim_source(ctx.settings.db_url, spec, ctx.settings.source_urls)  # a new id over another dataset's rows would reset their budget
     return ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta,
-                                   order=spec.privacy.accounting_order, run_curve=curve,
+                                   order=spec.privacy.accounting_order, run_curve=spec_run_curve(spec),
                                    calendar=calendar_of(spec.privacy), unit=unit_of(spec.privacy))
 
 
