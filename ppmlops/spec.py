@@ -49,7 +49,11 @@ class Source(_Model):
     """A file (`path`) or a SQL query (`sql`, with `connection` or `url`: see ppmlops.data.sql_source)."""
 
     path: str | None = None
-    format: Literal["csv", "parquet"] | None = None
+    format: Literal["csv", "parquet", "npz"] | None = None
+    # NPZ only: a CSV file of per-row columns (the label, say) for the arrays of `path`, row i of
+    # the file belonging to index i of the arrays' first axis (see ppmlops.data.reading). Without
+    # it, the label is one of the NPZ's one-dimensional arrays.
+    labels: str | None = None
     generate: SyntheticSource | None = None
     # CSV only. UTF-8 is strict (a stray byte is an error naming its line) because guessing an
     # encoding can silently change values; legacy exports declare latin-1 or cp1252.
@@ -78,8 +82,10 @@ class Source(_Model):
             given = [k for k in ("connection", "url") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"source.{given[0]} goes with source.sql (a query), not with a file path")
+            if self.labels is not None and (self.format or _suffix_format(self.path)) != "npz":
+                raise ValueError("source.labels goes with an NPZ source (source.format: npz, or a .npz path)")
             return self
-        file_only = [k for k in ("format", "generate", "delimiter") if getattr(self, k) is not None]
+        file_only = [k for k in ("format", "generate", "delimiter", "labels") if getattr(self, k) is not None]
         file_only += ["encoding"] if self.encoding != "utf-8" else []
         if file_only:
             raise ValueError(f"source.{file_only[0]} is for files; a SQL source (source.sql) has none")
@@ -139,12 +145,30 @@ class Source(_Model):
             return "sql"  # no file suffix to go by
         if self.format:
             return self.format
-        suffix = self._expanded().suffix.lower()
-        if suffix in {".parquet", ".pq"}:
-            return "parquet"
-        if suffix in {".csv", ".txt", ".data"}:
-            return "csv"
-        raise SpecError(f"cannot tell the format of {self.path!r} from its suffix; set source.format")
+        found = _suffix_format(str(self._expanded()))
+        if found is None:
+            raise SpecError(f"cannot tell the format of {self.path!r} from its suffix; set source.format")
+        return found
+
+    def labels_path(self, interval=None) -> Path | None:
+        """An NPZ source's label file, expanded and confined like the path (None: none declared)."""
+        if self.labels is None:
+            return None
+        expanded = Path(expand_env(self.labels, self._variables, f"{self._field.rsplit('.', 1)[0]}.labels"))
+        if interval is not None:
+            from ppmlops.window import format_partition
+
+            expanded = Path(format_partition(str(expanded.expanduser()), interval))
+        return confine(expanded.expanduser(), f"{self._field.rsplit('.', 1)[0]}.labels")
+
+
+def _suffix_format(path: str) -> str | None:
+    suffix = Path(path).suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    if suffix in {".csv", ".txt", ".data"}:
+        return "csv"
+    return "npz" if suffix == ".npz" else None
 
 
 class NumericFeature(_Model):
@@ -177,7 +201,87 @@ class CategoricalFeature(_Model):
         return v
 
 
-Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="type")]
+# Element types a tensor feature may declare: what the staged snapshot stores and what the served
+# model's signature names. The integer types' limits bound the declared range.
+TensorDtype = Literal["float32", "float64", "uint8", "int8", "uint16", "int16", "int32", "int64"]
+# Enough for a 3-channel 1024x1024 image; a row larger than this is not one row's worth of features.
+MAX_TENSOR_ELEMENTS = 1 << 22
+
+
+class TensorFeature(_Model):
+    """A fixed-shape array per row (an image, a spectrum, a window of a signal): the model's input.
+
+        - {name: pixels, type: tensor, shape: [1, 8, 8], range: [0, 16], dtype: float32}
+
+    `name`   the column: in Parquet a list or fixed_size_list column (nested lists too); in an NPZ
+             source an array whose first axis is the row (source.format npz); in CSV a cell
+             holding a JSON array of numbers
+    `shape`  the row's shape, 1 to 4 dimensions (channels first for images: [C, H, W]); a row is
+             its prod(shape) numbers in C order, flat or nested to exactly this shape (a
+             dimension of size 1 may be left out of the nesting)
+    `range`  [low, high]: every value is clipped to it and scaled to [0, 1] from it, so the
+             encoding never looks at the data (a min or max of private pixels would be a release)
+    `dtype`  the element type staged and named in the served model's signature (default float32);
+             an integer type refuses a value it cannot hold (a fraction, beyond its limits)
+
+    A row whose array has another number of values, a null (the array or one value), a value
+    that is not a finite number, or a value its dtype cannot hold is quarantined ("invalid value",
+    the reason naming the column and the element's position, never a value). A tensor feature
+    is the whole input: it is listed alone under dataset.features. It is never a quasi-identifier
+    (k-anonymity over raw arrays is meaningless: nearly every row is unique); DP-SGD protects it.
+    The model factory is called with `input_shape` (the shape) besides n_features (prod(shape))
+    and n_outputs, and its module receives each batch flat, (batch, n_features): reshape with
+    x.reshape(len(x), *input_shape). The built-in logistic and mlp take the flat rows as they are.
+    """
+
+    name: str
+    type: Literal["tensor"]
+    shape: list[int] | None = None
+    range: tuple[float, float] | None = None
+    dtype: TensorDtype = "float32"
+
+    @model_validator(mode="after")
+    def _declared(self) -> "TensorFeature":
+        where = f"tensor feature {self.name!r}"
+        if self.shape is None:
+            raise ValueError(f"{where} needs shape: the row's dimensions, e.g. shape: [1, 8, 8]")
+        if not 1 <= len(self.shape) <= 4 or any(d < 1 for d in self.shape):
+            raise ValueError(f"{where}: shape must be 1 to 4 positive integers (e.g. [1, 8, 8]), got {self.shape}")
+        if self.size > MAX_TENSOR_ELEMENTS:
+            raise ValueError(f"{where}: shape {self.shape} has {self.size} values a row, more than {MAX_TENSOR_ELEMENTS}")
+        if self.range is None:
+            raise ValueError(f"{where} needs range: [low, high], the values' declared range (encoding clips to it "
+                             "and scales from it, never from the data)")
+        lo, hi = self.range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"{where}: range must be two finite numbers [low, high] with low < high, got "
+                             f"{list(self.range)}")
+        limits = dtype_limits(self.dtype)
+        if limits is not None and not (limits[0] <= lo and hi <= limits[1]):
+            raise ValueError(f"{where}: range {list(self.range)} lies outside what dtype {self.dtype} holds "
+                             f"[{limits[0]}, {limits[1]}]")
+        return self
+
+    @property
+    def size(self) -> int:
+        """Values a row: the product of the shape."""
+        return math.prod(self.shape or ())
+
+
+def dtype_limits(dtype: str) -> tuple[int, int] | None:
+    """An integer dtype's [min, max]; None for a float type."""
+    import numpy as np
+
+    kind = np.dtype(dtype)
+    return (int(np.iinfo(kind).min), int(np.iinfo(kind).max)) if kind.kind in "iu" else None
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature | TensorFeature, Field(discriminator="type")]
+
+
+def tensor_of(features) -> "TensorFeature | None":
+    """The tensor feature of a feature list (a tensor is listed alone), or None."""
+    return next((f for f in features if isinstance(f, TensorFeature)), None)
 
 
 Task = Literal["binary", "multiclass", "regression"]
@@ -328,6 +432,14 @@ class Dataset(_Model):
     @model_validator(mode="after")
     def _columns_disjoint(self) -> "Dataset":
         names = [f.name for f in self.features]
+        tensor = tensor_of(self.features)
+        if tensor is not None and len(self.features) > 1:
+            raise ValueError(f"tensor feature {tensor.name!r} is the model's whole input: list it alone under "
+                             "dataset.features (tabular columns beside a tensor are not supported)")
+        if tensor is not None and tensor.name in self.quasi_identifiers:
+            raise ValueError(f"quasi_identifiers lists tensor feature {tensor.name!r}: an array per row is not a "
+                             "quasi-identifier (k-anonymity over raw arrays is meaningless; DP-SGD protects it); "
+                             "declare it under special_categories if it shows a face or other biometric data")
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"features listed twice: {sorted(dupes)}")
@@ -418,7 +530,8 @@ class Privacy(_Model):
 # "package.module:callable" (dotted names on both sides): what importlib and getattr can resolve.
 FACTORY_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
 # Passed by ppmlops to every factory: the encoded feature count and the number of model outputs.
-FACTORY_KEYWORDS = ("n_features", "n_outputs")
+# With a tensor feature, also `input_shape` (its declared shape).
+FACTORY_KEYWORDS = ("n_features", "n_outputs", "input_shape")
 
 
 class FactoryRef(_Model):
@@ -429,6 +542,9 @@ class FactoryRef(_Model):
     args: dict[str, JsonValue] = {}
     # Opacus's ModuleValidator.fix: BatchNorm (which mixes rows) becomes GroupNorm.
     fix_batchnorm: bool = False
+    # A tensor feature's declared shape, passed to the factory as `input_shape` (None: a table's
+    # columns, and the factory is called as it always was).
+    input_shape: list[int] | None = None
 
 
 class ModelSpec(_Model):
@@ -445,8 +561,9 @@ class ModelSpec(_Model):
     init: str | None = None
     trainable: list[Annotated[str, Field(min_length=1)]] | None = None
 
-    # Set by PipelineSpec: the spec's declared variables (for `init`).
+    # Set by PipelineSpec: the spec's declared variables (for `init`) and a tensor feature's shape.
     _variables: dict[str, str] = PrivateAttr(default_factory=dict)
+    _input_shape: list[int] | None = PrivateAttr(default=None)
 
     def init_path(self) -> Path | None:
         """`init` with variables expanded and symlinks resolved, inside the data roots."""
@@ -491,7 +608,7 @@ class ModelSpec(_Model):
         passed = sorted(set(self.args) & set(FACTORY_KEYWORDS))
         if passed:
             raise ValueError(f"model.args may not set {passed}: ppmlops passes n_features (the encoded feature "
-                             "count) and n_outputs itself")
+                             "count), n_outputs and, for a tensor feature, input_shape itself")
         bad = [k for k in self.args if not k.isidentifier()]
         if bad:
             raise ValueError(f"model.args keys must be Python keyword names, got {bad}")
@@ -502,7 +619,8 @@ class ModelSpec(_Model):
         """The user's factory, or None for a built-in model."""
         if self.factory is None:
             return None
-        return FactoryRef(target=self.factory, args=self.args, fix_batchnorm=self.fix_batchnorm)
+        return FactoryRef(target=self.factory, args=self.args, fix_batchnorm=self.fix_batchnorm,
+                          input_shape=self._input_shape)
 
 
 class Training(_Model):
@@ -703,6 +821,7 @@ class PipelineSpec(_Model):
         if self.dataset.test_source is not None:
             sources.append(("dataset.test_source.path", self.dataset.test_source))
         templated = [(f, s.path) for f, s in sources if s.path is not None]
+        templated += [(f.replace(".path", ".labels"), s.labels) for f, s in sources if s.labels is not None]
         if self.validation_suite is not None:
             templated.append(("validation_suite", self.validation_suite))
         if self.model.init is not None:
@@ -717,6 +836,8 @@ class PipelineSpec(_Model):
             source._variables = dict(self.variables)
             source._field = field_name
         self.model._variables = dict(self.variables)
+        tensor = tensor_of(self.dataset.features)
+        self.model._input_shape = list(tensor.shape) if tensor is not None else None
         return self
 
     @property

@@ -7,6 +7,8 @@ width that depended on the data would change the model's shape from run to run.
 numeric      clip to the declared [low, high] (log1p of value and bounds first when `log`),
              then scale to [0, 1]; one column named after the feature
 categorical  one-hot over the declared categories in declared order; columns `name=category`
+tensor       each of the prod(shape) values clipped to the declared [low, high] and scaled to
+             [0, 1], flat in C order; columns `name[i]` (ppmlops.data.tensors)
 label        binary: 1 where the value equals label.positive, 0 for every other declared value;
              multiclass: the class's index in label.classes; regression: the number scaled to
              [0, 1] by label.range (float32), what the model predicts (`unscale` undoes it)
@@ -20,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ppmlops.errors import DataError
-from ppmlops.spec import CategoricalFeature, Feature, Label, NumericFeature, PipelineSpec
+from ppmlops.data import tensors
+from ppmlops.spec import CategoricalFeature, Feature, Label, NumericFeature, PipelineSpec, TensorFeature
 
 
 def feature_names(spec: PipelineSpec) -> list[str]:
@@ -33,6 +36,8 @@ def columns_of(features: Sequence[Feature]) -> list[str]:
     for f in features:
         if isinstance(f, NumericFeature):
             names.append(f.name)
+        elif isinstance(f, TensorFeature):
+            names.extend(tensors.column_names(f))
         else:
             names.extend(f"{f.name}={c}" for c in f.categories)
     return names
@@ -86,6 +91,8 @@ def encode_features(df: pd.DataFrame, features: Sequence[Feature]) -> np.ndarray
     for f in features:
         if isinstance(f, NumericFeature):
             blocks.append(_numeric(df[f.name], f)[:, None])
+        elif isinstance(f, TensorFeature):
+            blocks.append(tensors.encode(df[f.name], f))
         else:
             blocks.append(_one_hot(df[f.name], f))
     return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((len(df), 0), np.float32)

@@ -16,6 +16,11 @@ are checked in this order, and a row is quarantined under the category of its fi
                   label.range: "invalid label"
   3. numeric   -- not a finite number, or outside the declared range: "invalid value"
   4. category  -- not among the declared categories: "unknown category"
+  5. tensor    -- a tensor feature's array (ppmlops.data.tensors) with another number of values
+                  than its declared shape, ragged, a null, a value that is not a finite number or
+                  one its dtype cannot hold: "invalid value" (staged as a fixed_size_list column
+                  of the declared dtype; values outside the declared range are kept, and clipped
+                  when encoded)
   and, before all of these, a line with the wrong number of fields: "malformed line".
 
 The snapshot holds the feature and label columns, numeric features as float64 and categorical
@@ -84,7 +89,8 @@ from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
 from ppmlops.data.reading import CHUNK_ROWS, UNIT, Batch, SourceReader, by_value, match_declared, missing_columns
 from ppmlops.errors import DataError
-from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source
+from ppmlops.data import tensors
+from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source, TensorFeature
 
 QUARANTINE_COLUMNS = ("_source", "_line", "_reason", "_raw")
 # Rows of each source whose values decide whether an undeclared column is an identifier (the
@@ -172,6 +178,8 @@ def open_source(source: Source, chunk_rows: int = CHUNK_ROWS, partition: DataInt
     fmt = source.resolved_format()
     if fmt == "csv":
         return SourceReader(path, "csv", source.encoding, source.delimiter, chunk_rows=chunk_rows)
+    if fmt == "npz":
+        return SourceReader(path, "npz", chunk_rows=chunk_rows, labels=source.labels_path(partition))
     return SourceReader(path, "parquet", chunk_rows=chunk_rows)
 
 
@@ -363,10 +371,12 @@ class _RowChecker:
         self.numeric = [(f.name, index(f.name), f.range) for f in ds.features if isinstance(f, NumericFeature)]
         self.categorical = [(f.name, index(f.name), set(f.categories))
                             for f in ds.features if isinstance(f, CategoricalFeature)]
+        self.tensors = [(f.name, index(f.name), f) for f in ds.features if isinstance(f, TensorFeature)]
 
     def columns(self) -> list[int]:
         """The header positions the checks and the pseudonyms read."""
         used = [self.label[1]] + [i for _, i, _ in self.numeric] + [i for _, i, _ in self.categorical]
+        used += [i for _, i, _ in self.tensors]
         used += [i for _, i in self.pseudonyms] + (self.consent.columns() if self.consent is not None else [])
         return sorted(set(used))
 
@@ -405,6 +415,9 @@ class _RowChecker:
             staged[col] = x
         for col, i, allowed in self.categorical:
             good, staged[col] = _in_set(batch.column(i), allowed)
+            ok &= good
+        for col, i, f in self.tensors:  # each row's array parsed once; a (rows, size) array of the dtype
+            staged[col], good = tensors.stage_column(batch.column(i).to_pylist(), f)
             ok &= good
         return ok, staged, refusal, refusals
 
@@ -452,6 +465,12 @@ class _RowChecker:
                 problems.append((UNKNOWN_CATEGORY, f"column {col}: value is empty"))
             else:
                 problems.append((UNKNOWN_CATEGORY, f"column {col}: {rec[i]!r} is not a declared category"))
+        for col, i, f in self.tensors:
+            values, why = tensors.stage(rec[i], f)
+            if why is None:
+                out[col] = values
+            else:  # the element's position and what is wrong, never a value
+                problems.append((INVALID_VALUE, why))
         if problems:
             return problems[0][0], "; ".join(p[1] for p in problems), ""
         for name, i in self.pseudonyms:
@@ -509,7 +528,8 @@ def snapshot_columns(spec: PipelineSpec) -> list[str]:
 def _arrow_schema(spec: PipelineSpec):
     import pyarrow as pa
 
-    fields = [pa.field(f.name, pa.float64() if isinstance(f, NumericFeature) else pa.string(), nullable=False)
+    fields = [pa.field(f.name, pa.float64() if isinstance(f, NumericFeature) else
+                       tensors.arrow_type(f) if isinstance(f, TensorFeature) else pa.string(), nullable=False)
               for f in spec.dataset.features]
     fields.append(pa.field(spec.dataset.label.column, pa.string(), nullable=False))
     fields += [pa.field(pseudonym_column(c), pa.string(), nullable=False) for c in spec.dataset.pseudonymize]
@@ -576,7 +596,7 @@ def _canonical_columns(columns: Sequence[Any]) -> bytes | None:
     texts = []
     for col in columns:
         if isinstance(col, np.ndarray):
-            if col.dtype != np.float64:
+            if col.dtype != np.float64 or col.ndim != 1:  # a tensor column: written row by row
                 return None
             texts.append(_float_text(col))
             continue
@@ -643,6 +663,7 @@ class _Snapshot:
     def __init__(self, path: Path, spec: PipelineSpec, columns: list[str]):
         self.path, self.columns, self.rows = path, columns, 0
         self._schema = _arrow_schema(spec)
+        self._tensors = {f.name: f for f in spec.dataset.features if isinstance(f, TensorFeature)}
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer = None
 
@@ -655,7 +676,8 @@ class _Snapshot:
             return
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, self._schema)
-        table = pa.table({c: columns[c] for c in self.columns}, schema=self._schema)
+        table = pa.table({c: tensors.to_arrow(columns[c], self._tensors[c]) if c in self._tensors else columns[c]
+                          for c in self.columns}, schema=self._schema)
         self._writer.write_table(table)
         self.rows += rows
 
@@ -1076,6 +1098,7 @@ class _IngestRun:
                 {"path": str(r.path), "format": r.format, "sha256": r.sha256, "rows_in": r.rows_in,
                  "rows_accepted": c.accepted, "rows_quarantined": c.quarantined}
                 | ({"encoding": r.encoding, "delimiter": r.delimiter} if r.format == "csv" else {})
+                | ({"labels": str(r.labels)} if r.format == "npz" and r.labels is not None else {})
                 | (r.describe() if r.format == "sql" else {})
                 for r, c in zip(readers, self.counts)
             ],

@@ -467,14 +467,23 @@ class _BlockParser:
 
 
 class SourceReader:
-    """One CSV or Parquet file; `header` is known on construction, chunks come from iteration.
+    """One CSV, Parquet or NPZ file; `header` is known on construction, chunks come from iteration.
 
     `sha256` (of the file's bytes) and `rows_in` are final once iteration has finished.
+
+    NPZ (numpy's savez): each array is a column whose rows are the indices of its first axis (all
+    arrays the same length); an array of more dimensions is a tensor column, each row's values
+    as text like a Parquet list's (ppmlops.data.tensors). `labels`, a CSV file, adds its columns,
+    its i-th record belonging to index i (the same number of records as the arrays have rows).
+    Row numbers (`_line` in quarantine) are 1-based indices of the first axis. Arrays are loaded
+    with allow_pickle=False (an object array would run code to load: refused, named); the file is
+    read whole, and `sha256` is that of its bytes followed by the label file's.
     """
 
     def __init__(self, path: Path | str, fmt: str = "csv", encoding: str = "utf-8",
-                 delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS):
+                 delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS, labels: Path | str | None = None):
         self.path = Path(path)
+        self.labels = Path(labels) if labels is not None else None
         self.format = fmt
         self.encoding = encoding
         self.chunk_rows = chunk_rows
@@ -497,12 +506,21 @@ class SourceReader:
         elif fmt == "parquet":
             self.delimiter = None
             self.header = self._parquet_header()
+        elif fmt == "npz":
+            self.delimiter = None
+            if self.labels is not None:
+                _check_file(self.labels)
+            self._labels_before = FileState.of(self.labels) if self.labels is not None else None
+            self.header = self._npz_header()
         else:
-            raise DataError(f"{self.path}: unsupported format {fmt!r} (csv or parquet)")
+            raise DataError(f"{self.path}: unsupported format {fmt!r} (csv, parquet or npz)")
+        if self.labels is not None and fmt != "npz":
+            raise DataError(f"{self.path}: a label file goes with an NPZ source, not {fmt}")
 
     def again(self) -> "SourceReader":
         """A fresh reader of the same file (its own read, rows and hash)."""
-        return SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=self.chunk_rows)
+        return SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=self.chunk_rows,
+                            labels=self.labels)
 
     @property
     def sha256(self) -> str:
@@ -514,7 +532,8 @@ class SourceReader:
         """The records column-wise, `chunk_rows` at a time; `columns` (header positions, default
         all) are the ones `Batch.column` gives."""
         wanted = list(range(len(self.header))) if columns is None else sorted(set(columns))
-        batches = self._csv_batches(wanted) if self.format == "csv" else self._parquet_batches()
+        batches = (self._csv_batches(wanted) if self.format == "csv" else self._npz_batches() if self.format == "npz"
+                   else self._parquet_batches())
         try:
             for batch in batches:
                 self.rows_in += len(batch)
@@ -544,6 +563,9 @@ class SourceReader:
             except (pa.ArrowException, OSError) as err:
                 raise DataError(f"{self.path}: cannot read Parquet: {err}") from None
             return [] if batch is None else _text_records(batch)
+        if self.format == "npz":
+            arrays, labels = self._npz_arrays()
+            return self._npz_records(arrays, labels, 0, min(rows, _npz_rows(arrays)))
         again = SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=rows)
         again.header = self.header
         batches = again._csv_batches(list(range(len(self.header))))
@@ -554,10 +576,13 @@ class SourceReader:
             batches.close()
 
     def _check_unchanged(self, cause: BaseException | None = None) -> None:
-        change = self._before.change_to(FileState.of(self.path))
-        if change is not None:
-            raise SourceChanged(f"{self.path}: the file changed while it was being read ({change}): nothing was "
-                                f"staged; re-run when the file is complete") from cause
+        states = [(self.path, self._before)]
+        states += [(self.labels, self._labels_before)] if self.format == "npz" and self.labels is not None else []
+        for path, before in states:
+            change = before.change_to(FileState.of(path))
+            if change is not None:
+                raise SourceChanged(f"{path}: the file changed while it was being read ({change}): nothing was "
+                                    f"staged; re-run when the file is complete") from cause
 
     # ------------------------------------------------------------------------------------ CSV
 
@@ -743,7 +768,96 @@ class SourceReader:
             raise DataError(f"{self.path}: cannot read Parquet: {err}") from None
 
 
+    # ------------------------------------------------------------------------------------ NPZ
+
+    def _npz_arrays(self, digest: Any = None) -> tuple[dict[str, np.ndarray], list[list[str]] | None]:
+        """(the NPZ's arrays by name, the label file's records or None); `digest` takes the bytes."""
+        import zipfile
+
+        data = self.path.read_bytes()
+        if digest is not None:
+            digest.update(data)
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {}
+                for name in npz.files:
+                    try:
+                        arrays[name] = npz[name]
+                    except ValueError as err:  # an object array: loading it would unpickle
+                        raise DataError(f"{self.path}: array {name!r} cannot be read without pickle ({err}); "
+                                        "save numbers or strings, not Python objects") from None
+        except AttributeError:  # np.load gave one array: a .npy, not an archive
+            raise DataError(f"{self.path}: is a single .npy array, not an NPZ of named arrays (np.savez)") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"{self.path}: cannot read NPZ: {type(err).__name__}: {err}") from None
+        if not arrays:
+            raise DataError(f"{self.path}: the NPZ holds no arrays")
+        flat = [n for n, a in arrays.items() if a.ndim == 0]
+        if flat:
+            raise DataError(f"{self.path}: array(s) {flat} are single values; every array needs a first axis of rows")
+        if len({len(a) for a in arrays.values()}) > 1:
+            raise DataError(f"{self.path}: arrays {sorted(arrays)} differ in length along their first axis; index i "
+                            "of every array must be the same row")
+        labels = None
+        if self.labels is not None:
+            reader = SourceReader(self.labels, "csv", chunk_rows=self.chunk_rows)
+            labels = []
+            for chunk in reader:
+                if chunk.ragged:
+                    line, _, why = chunk.ragged[0]
+                    raise DataError(f"{self.labels}: {why} (each record of a label file belongs to one row; line "
+                                    f"{line})")
+                labels.extend(chunk.records)
+            if digest is not None:
+                with open(self.labels, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            if len(labels) != _npz_rows(arrays):
+                raise DataError(f"{self.labels}: the label file's records and the rows of {self.path.name} (its "
+                                "arrays' first axis) differ in number; record i must belong to row i")
+            self._label_header = reader.header
+        return arrays, labels
+
+    def _npz_header(self) -> list[str]:
+        arrays, labels = self._npz_arrays()
+        header = check_header(self.path, list(arrays) + (self._label_header if labels is not None else []))
+        if _npz_rows(arrays) == 0:
+            raise DataError(f"{self.path}: has arrays but no rows")
+        return header
+
+    def _npz_records(self, arrays: dict[str, np.ndarray], labels: list[list[str]] | None, start: int,
+                     end: int) -> list[list[str]]:
+        """Rows start..end as text records (a tensor's row as its flat list, like Parquet's)."""
+        import pyarrow as pa
+
+        columns = []
+        for a in arrays.values():
+            part = np.ascontiguousarray(a[start:end])
+            if part.ndim == 1:
+                columns.append(pa.array(part))
+            else:
+                width = int(np.prod(part.shape[1:]))
+                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), width))
+        records = _text_records(pa.RecordBatch.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))]))
+        if labels is not None:
+            records = [r + list(lab) for r, lab in zip(records, labels[start:end])]
+        return records
+
+    def _npz_batches(self) -> Iterator[Batch]:
+        arrays, labels = self._npz_arrays(self._digest)
+        n = _npz_rows(arrays)
+        for start in range(0, n, self.chunk_rows):
+            end = min(n, start + self.chunk_rows)
+            records = self._npz_records(arrays, labels, start, end)
+            yield Batch([(_Rows(records, list(range(start + 1, end + 1))), 0, len(records))], [])
+
+
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _npz_rows(arrays: dict[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values())))
+
 
 
 @dataclass(frozen=True)

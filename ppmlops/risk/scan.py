@@ -46,6 +46,7 @@ class SourceInput:
     format: str = "csv"
     encoding: str = "utf-8"  # or "auto" (ppmlops.data.reading.detect_encoding)
     delimiter: str | None = None
+    labels: Path | None = None  # an NPZ source's label file (ppmlops.data.reading.SourceReader)
 
     @classmethod
     def of(cls, path: Path | str, fmt: str | None = None, encoding: str = "auto",
@@ -165,7 +166,7 @@ def scan_sources(
             readers.append(src)
             continue
         encoding = detect_encoding(src.path) if src.format == "csv" and src.encoding == "auto" else src.encoding
-        readers.append(SourceReader(src.path, src.format, encoding, src.delimiter, chunk_rows))
+        readers.append(SourceReader(src.path, src.format, encoding, src.delimiter, chunk_rows, labels=src.labels))
     header: list[str] = []
     for r in readers:
         header.extend(c for c in r.header if c not in header)
