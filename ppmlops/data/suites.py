@@ -13,7 +13,13 @@ The suite pins the staged snapshot to what the spec declares:
     risk scan's detectors (no checksums): in a training column even an invalid card number is
     worth a look;
   - pseudonym columns (dataset.pseudonymize) hold only HMAC-SHA256 hex digests (or nothing), so
-    a raw identifier can never pass as a pseudonym.
+    a raw identifier can never pass as a pseudonym;
+  - a tensor feature (one array per row) is not null, and GX sees three numbers per row beside it
+    (ppmlops.data.validate adds them to each batch it checks, computed from the array):
+    `<name>#values` (how many values: exactly prod(shape)), `<name>#min` and `<name>#max` (not
+    null, i.e. no NaN, and within what the declared dtype holds; values outside the declared
+    range are allowed, because encoding clips them). A range check on #min/#max may be added by
+    hand where the data must lie inside the declared range.
 
 Suites are generated from a risk scan by `ppmlops risk suggest SPEC --out expectations/<id>.json`
 (ppmlops.risk.suggest, which adds the scan's findings to the suite's meta), committed under
@@ -30,7 +36,7 @@ from typing import Any
 
 from ppmlops.data.pseudonymize import pseudonym_column
 from ppmlops.atomic_file import write_json
-from ppmlops.spec import NumericFeature, PipelineSpec
+from ppmlops.spec import NumericFeature, PipelineSpec, TensorFeature, dtype_limits
 
 # Most specific first: sensitive_kind() reports the first match.
 # Search patterns (GX's pandas engine applies them with str.contains, i.e. anywhere in a value);
@@ -100,6 +106,7 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
     ds = spec.dataset
     pseudonyms = [pseudonym_column(c) for c in ds.pseudonymize]
     columns = [f.name for f in ds.features] + [ds.label.column] + pseudonyms
+    columns += [c for f in ds.features if isinstance(f, TensorFeature) for c in tensor_summary_columns(f.name)]
     exps: list[dict[str, Any]] = [
         _expectation("expect_table_columns_to_match_set", "schema", column_set=columns, exact_match=True),
         _expectation("expect_table_row_count_to_be_between", "schema", min_value=1),
@@ -107,7 +114,9 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
     string_columns: list[str] = []
     for f in ds.features:
         exps.append(_expectation("expect_column_values_to_not_be_null", "completeness", column=f.name))
-        if isinstance(f, NumericFeature):
+        if isinstance(f, TensorFeature):
+            exps.extend(tensor_expectations(f))
+        elif isinstance(f, NumericFeature):
             exps.append(_expectation("expect_column_values_to_be_in_type_list", "type",
                                      column=f.name, type_list=NUMERIC_TYPES))
             exps.append(_expectation("expect_column_values_to_be_between", "range",
@@ -146,6 +155,29 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
             + ", declared ranges and categories, and no direct identifiers in string columns."
         ),
     }
+
+
+TENSOR_SUMMARIES = ("values", "min", "max")
+
+
+def tensor_summary_columns(name: str) -> list[str]:
+    """The per-row numbers GX sees for a tensor column (ppmlops.data.validate computes them)."""
+    return [f"{name}#{s}" for s in TENSOR_SUMMARIES]
+
+
+def tensor_expectations(f: TensorFeature) -> list[dict[str, Any]]:
+    """A tensor column's checks on its per-row summaries: the declared number of values, no NaN
+    (a NaN makes the row's min and max null), and values the declared dtype holds."""
+    count, low, high = tensor_summary_columns(f.name)
+    limits = dtype_limits(f.dtype) or ((-3.4028234663852886e38, 3.4028234663852886e38) if f.dtype == "float32"
+                                       else (-1.7976931348623157e308, 1.7976931348623157e308))
+    out = [_expectation("expect_column_values_to_be_between", "shape", column=count,
+                        min_value=f.size, max_value=f.size)]
+    for col in (low, high):
+        out.append(_expectation("expect_column_values_to_not_be_null", "completeness", column=col))
+        out.append(_expectation("expect_column_values_to_be_between", "type", column=col,
+                                min_value=limits[0], max_value=limits[1]))
+    return out
 
 
 def sensitivity_expectations(column: str) -> list[dict[str, Any]]:

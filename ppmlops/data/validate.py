@@ -221,19 +221,49 @@ def _frames(path: str, parquet: Any, rows: int | None) -> Iterator[Any]:
     start = 0
     try:
         if rows is None:
-            yield parquet.read().to_pandas()
+            yield with_tensor_summaries(parquet.read())
             return
         for batch in parquet.iter_batches(batch_size=rows):
-            df = pa.Table.from_batches([batch]).to_pandas()
+            df = with_tensor_summaries(pa.Table.from_batches([batch]))
             df.index = range(start, start + len(df))
             start += len(df)
             yield df
         if start == 0:
-            yield parquet.schema_arrow.empty_table().to_pandas()
+            yield with_tensor_summaries(parquet.schema_arrow.empty_table())
     except DataError:
         raise
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: cannot read snapshot: {err}") from None
+
+
+def with_tensor_summaries(table: Any) -> Any:
+    """The table as pandas, with, for each list column (a tensor feature, ppmlops.data.suites),
+    its per-row number of values, min and max (null when the row holds a NaN) beside it: GX has no
+    expectation on arrays, so the suite checks these."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ppmlops.data.suites import tensor_summary_columns
+
+    df = table.to_pandas()
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)
+                or pa.types.is_large_list(column.type)):
+            continue
+        count, low, high = tensor_summary_columns(name)
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        values = pc.list_flatten(column).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        starts = np.concatenate([[0], np.cumsum(np.nan_to_num(lengths).astype(np.int64))[:-1]]).astype(np.int64)
+        lo, hi = np.full(len(lengths), np.nan), np.full(len(lengths), np.nan)
+        filled = np.nan_to_num(lengths) > 0
+        if filled.any():
+            # np.minimum.reduceat propagates NaN: a row holding one has a null min and max.
+            lo[filled] = np.minimum.reduceat(values, starts[filled])
+            hi[filled] = np.maximum.reduceat(values, starts[filled])
+        df[count], df[low], df[high] = lengths, lo, hi
+    return df
 
 
 # Expectations GX decides row by row: over a table they are exactly the union of their results
