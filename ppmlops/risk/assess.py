@@ -13,6 +13,12 @@ Three entry points run the same assessment on different inputs:
 
 Detection (ppmlops.risk.detectors, .categories, .classify) looks at column names and at a
 uniform sample of up to SAMPLE_ROWS usable rows; k-anonymity and the counts cover every row.
+A tensor feature (ppmlops.spec.TensorFeature: an array per row, e.g. an image) is set aside:
+its values are not read as text (an array's numbers would pass for phone numbers or dates), it
+is never a quasi-identifier (k-anonymity over raw arrays is meaningless: nearly every row is
+unique, and DP-SGD is what protects it), and the report says so (`tensor_columns`). Declaring it
+a special category (a face is biometric data) still counts.
+
 The score (ppmlops.risk.score) is a weighted sum of six components whose weights and values are
 documented there and in docs/pram.md. The report never holds a raw value: examples are masked.
 
@@ -33,7 +39,7 @@ from ppmlops.data.reading import SourceReader, detect_encoding
 from ppmlops.errors import DataError
 from ppmlops.risk import detectors
 from ppmlops.risk.categories import DIRECT, QUASI, name_matches
-from ppmlops.risk.classify import Classification, Declarations, classify_columns
+from ppmlops.risk.classify import TENSOR_NOTE, Classification, Declarations, classify_columns, set_tensors_aside
 from ppmlops.risk.kanon import ClassStats, class_stats
 from ppmlops.risk.report import IdentifierInFeatures, RiskReport
 from ppmlops.risk.scan import ScanData, SourceInput, class_stats_of, scan_sources
@@ -41,7 +47,7 @@ from ppmlops.risk.score import (
     K_BY_REGULATION, WEIGHTS, consent_component, identifiers_component, k_anonymity_component, level_of,
     regulation_component, size_component, special_component,
 )
-from ppmlops.spec import Consent, PipelineSpec, Source
+from ppmlops.spec import Consent, PipelineSpec, Source, TensorFeature
 
 __all__ = ["assess", "assess_spec", "assess_file", "value_kind", "RiskReport", "IdentifierInFeatures",
            "WEIGHTS", "K_BY_REGULATION", "SAMPLE_ROWS"]
@@ -61,7 +67,8 @@ def _input(source: Source, partition=None, *, connections=None, window=None, int
         from ppmlops.data.sql_source import open_reader
 
         return open_reader(source, connections=connections, window=window, interval=interval)
-    return SourceInput(source.resolved_path(partition), source.resolved_format(), source.encoding, source.delimiter)
+    return SourceInput(source.resolved_path(partition), source.resolved_format(), source.encoding, source.delimiter,
+                       source.labels_path(partition))
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -84,14 +91,16 @@ def assess(spec: PipelineSpec, ingest: IngestResult, *, sample_rows: int = SAMPL
         raise DataError(f"{', '.join(str(f.path) for f in data.files)}: source changed since ingestion "
                         f"(sha256 {digest[:12]}..., ingested {ingest.source_sha256[:12]}...); re-run ingest")
     training = {f.name for f in ds.features} | {ds.label.column}
-    found = classify_columns(data.header, data.sample, training, Declarations.of_dataset(ds), as_of)
+    tensors = _tensors(ds.features)
+    found = set_tensors_aside(classify_columns(data.header, _unread(data.sample, tensors), training,
+                                                Declarations.of_dataset(ds), as_of), tensors)
     k = K_BY_REGULATION[ds.regulation]
     qi = _quasi_features(found, [f.name for f in ds.features])
     stats = _snapshot_classes(ingest.snapshot_train, qi, k)
     consent = {"declared": ds.consent is not None, "rows_in": ingest.rows_in,
                "rows_refused": ingest.quarantine_reasons.get("no consent", 0),
                "refusals": dict(ingest.consent_refusals), "as_of": ingest.consent_as_of}
-    return _report(ds.id, found, stats, consent, ingest.rows_train, spec.privacy.delta, ds.regulation, data)
+    return _report(ds.id, found, stats, consent, ingest.rows_train, spec.privacy.delta, ds.regulation, data, tensors)
 
 
 def _snapshot_classes(snapshot: str, qi: list[str], k: int) -> ClassStats:
@@ -120,7 +129,8 @@ def assess_spec(spec: PipelineSpec, *, sample_rows: int = SAMPLE_ROWS, as_of: da
             ensure_demo(s.path, src.generate)
     features = [f.name for f in ds.features]
     return _scan_report(ds.id, sources, features + [ds.label.column], features, Declarations.of_dataset(ds),
-                        ds.consent, as_of or today(), ds.regulation, spec.privacy.delta, None, sample_rows, None)
+                        ds.consent, as_of or today(), ds.regulation, spec.privacy.delta, None, sample_rows, None,
+                        _tensors(ds.features))
 
 
 def assess_file(path: Path | str, *, fmt: str | None = None, encoding: str = "auto", delimiter: str | None = None,
@@ -151,16 +161,18 @@ def assess_file(path: Path | str, *, fmt: str | None = None, encoding: str = "au
 
 def _scan_report(dataset_id: str, sources: list[SourceInput], training: list[str], features: list[str],
                  declarations: Declarations, consent: Consent | None, as_of: date, regulation: str,
-                 delta: float | None, k: int | None, sample_rows: int, quarantine: Path | None) -> RiskReport:
+                 delta: float | None, k: int | None, sample_rows: int, quarantine: Path | None,
+                 tensors: Sequence[TensorFeature] = ()) -> RiskReport:
     k = k or K_BY_REGULATION[regulation]
     # The quasi-identifiers are known for sure only after the values are classified; count classes
     # in the same pass over those the names and declarations give, and pass again only if the
     # values add or remove one.
     guess = [c for c in features if (name_matches(c).get(QUASI) or c in declarations.quasi_identifiers)
-             and c not in declarations.not_sensitive]
+             and c not in declarations.not_sensitive and c not in {t.name for t in tensors}]
     data = scan_sources(sources, consent=consent, as_of=as_of, sample_rows=sample_rows, qi_columns=guess or None,
                         k=k, quarantine=quarantine)
-    found = classify_columns(data.header, data.sample, set(training), declarations, as_of)
+    found = set_tensors_aside(classify_columns(data.header, _unread(data.sample, tensors), set(training),
+                                                declarations, as_of), tensors)
     qi = _quasi_features(found, features)
     if qi == guess:
         stats = data.classes if qi else class_stats(_empty_frame(), [], k)
@@ -168,7 +180,7 @@ def _scan_report(dataset_id: str, sources: list[SourceInput], training: list[str
         stats = class_stats_of(sources, qi, k, consent=consent, as_of=as_of) if qi else class_stats(_empty_frame(), [], k)
     consent_info = {"declared": consent is not None, "rows_in": data.rows_in, "rows_refused": data.rows_refused,
                     "refusals": data.refusals(), "as_of": as_of.isoformat() if consent is not None else ""}
-    return _report(dataset_id, found, stats, consent_info, data.rows_used, delta, regulation, data)
+    return _report(dataset_id, found, stats, consent_info, data.rows_used, delta, regulation, data, tensors)
 
 
 def _empty_frame():
@@ -180,6 +192,23 @@ def _empty_frame():
 # ---------------------------------------------------------------------------------------------- assembly
 
 
+def _tensors(features) -> list[TensorFeature]:
+    return [f for f in features if isinstance(f, TensorFeature)]
+
+
+def _unread(sample: dict[str, list[str]], tensors: Sequence[TensorFeature]) -> dict[str, list[str]]:
+    """The sample without the tensor columns' values: an array's numbers read as text would pass
+    for phone numbers, card numbers or dates; only the name and the declarations speak for it."""
+    names = {t.name for t in tensors}
+    return {c: ([] if c in names else v) for c, v in sample.items()}
+
+
+def tensor_columns(tensors: Sequence[TensorFeature]) -> list[dict[str, Any]]:
+    """What the report says of each tensor feature (public: the spec's declarations)."""
+    return [{"column": t.name, "shape": list(t.shape), "range": list(t.range), "dtype": t.dtype,
+             "quasi_identifier": False, "note": TENSOR_NOTE} for t in tensors]
+
+
 def _quasi_features(found: Classification, features: list[str]) -> list[str]:
     quasi = {f["column"] for f in found.findings if f["category"] == QUASI}
     direct = {f["column"] for f in found.findings if f["category"] == DIRECT}
@@ -188,7 +217,8 @@ def _quasi_features(found: Classification, features: list[str]) -> list[str]:
 
 
 def _report(dataset_id: str, found: Classification, stats: ClassStats, consent: dict[str, Any], rows: int,
-            delta: float | None, regulation: str, data: ScanData) -> RiskReport:
+            delta: float | None, regulation: str, data: ScanData,
+            tensors: Sequence[TensorFeature] = ()) -> RiskReport:
     components = [
         identifiers_component(found.findings, regulation),
         special_component(found.findings),
@@ -206,5 +236,5 @@ def _report(dataset_id: str, found: Classification, stats: ClassStats, consent: 
         consent=consent,
         source={"files": [f.to_dict() for f in data.files], "rows_in": data.rows_in, "rows_used": data.rows_used,
                 "rows_malformed": data.rows_malformed, "columns": data.header},
-        overridden=found.overridden, dismissed=found.dismissed,
+        overridden=found.overridden, dismissed=found.dismissed, tensor_columns=tensor_columns(tensors),
     )

@@ -40,7 +40,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ppmlops.data.suites import mask_value
 from ppmlops.risk import detectors
@@ -337,3 +337,20 @@ def _finding(column: str, category: str, ev: _Evidence, values: list[str], train
         "normalized_name": normalize(column),
     }
 
+
+# ---------------------------------------------------------------------------------------------- tensors
+
+TENSOR_NOTE = ("a fixed-shape tensor feature (an array per row): not a quasi-identifier (k-anonymity over raw arrays "
+               "is meaningless: nearly every row is unique) and its values are not scanned as text; DP-SGD protects "
+               "it like every training column. If it shows a face or other biometric data, declare it under "
+               "special_categories")
+
+
+def set_tensors_aside(found: Classification, tensors: Sequence[Any]) -> Classification:
+    """`found` with any quasi-identifier finding on a tensor column (by its name) dismissed."""
+    names = {t.name for t in tensors}
+    for f in [f for f in found.findings if f["column"] in names and f["category"] == QUASI]:
+        found.findings.remove(f)
+        found.dismissed.append({"column": f["column"], "category": QUASI, "kind": f["kind"],
+                                "reason": f"the name suggests a quasi-identifier, but the column is {TENSOR_NOTE}"})
+    return found

@@ -18,20 +18,22 @@ nothing about any row.
 from __future__ import annotations
 
 from ppmlops.risk.categories import DIRECT, QUASI
-from ppmlops.risk.classify import Classification, Declarations, classify_columns
+from ppmlops.risk.classify import Classification, Declarations, classify_columns, set_tensors_aside
 from ppmlops.risk.score import (
     K_BY_REGULATION, component, consent_component, identifiers_component, level_of, regulation_component,
     size_component, special_component,
 )
 from ppmlops.run.records import CountsRelease, PublicFinding, RiskAssessment, RiskComponent
-from ppmlops.spec import CategoricalFeature, PipelineSpec
+from ppmlops.spec import CategoricalFeature, PipelineSpec, TensorFeature
 
 
 def public_classification(spec: PipelineSpec, header: list[str]) -> Classification:
     ds = spec.dataset
     declared_values = {f.name: list(f.categories) for f in ds.features if isinstance(f, CategoricalFeature)}
     training = {f.name for f in ds.features} | {ds.label.column}
-    return classify_columns(header, declared_values, training, Declarations.of_dataset(ds))
+    # A tensor feature is never a quasi-identifier (ppmlops.risk.classify.TENSOR_NOTE).
+    tensors = [f for f in ds.features if isinstance(f, TensorFeature)]
+    return set_tensors_aside(classify_columns(header, declared_values, training, Declarations.of_dataset(ds)), tensors)
 
 
 def quasi_identifier_features(spec: PipelineSpec, found: Classification) -> list[str]:

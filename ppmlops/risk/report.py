@@ -44,6 +44,8 @@ class RiskReport:
     source: dict[str, Any] = field(default_factory=dict)  # files scanned: encoding, delimiter, rows, malformed lines
     overridden: list[dict[str, Any]] = field(default_factory=list)  # detections a declaration overrode
     dismissed: list[dict[str, Any]] = field(default_factory=list)  # name-only detections the values contradict
+    # Tensor features (ppmlops.risk.assess.tensor_columns): never quasi-identifiers, values not scanned.
+    tensor_columns: list[dict[str, Any]] = field(default_factory=list)
     # With no consent column declared: columns whose name says consent (opt_in, gdpr_ok, ...).
     possible_consent_columns: list[str] = field(default_factory=list)
 
@@ -97,6 +99,8 @@ class RiskReport:
                          f"({o['kind']}, by {'+'.join(o['detected_by'])}); the spec declares it {o['declared']}")
         for d in self.dismissed:
             lines.append(f"  dismissed: {d['column']}: {d['reason']}")
+        for t in self.tensor_columns:
+            lines.append(f"  tensor: {t['column']} (shape {t['shape']}, range {t['range']}, {t['dtype']}): {t['note']}")
         r = self.reidentification
         if r:
             lines.append(f"re-identification: k={r['k']} over {r['quasi_identifiers']}: {r['rows_below_k']} of "
