@@ -45,31 +45,39 @@ def build(n_features: int, n_outputs: int, width: int = 64, blocks: int = 2) -> 
 
 
 class SmallCNN(nn.Module):
-    """Two 3x3 convolutions on a (side x side) single-channel image given as its flattened pixels,
+    """Two 3x3 convolutions on a (channels x height x width) image given as its flattened values,
     then a linear head. Convolutions act on each image alone (no BatchNorm), so Opacus bounds
     every row's gradient; there is no nn.Linear on the raw pixels, so the canary audit records
     that it cannot place its canaries (ppmlops.training.model_check)."""
 
-    def __init__(self, side: int, n_outputs: int, channels: int):
+    def __init__(self, shape: tuple[int, int, int], n_outputs: int, channels: int):
         super().__init__()
-        self.side = side
+        self.shape = tuple(shape)
+        c, h, w = self.shape
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU(),
         )
-        half = (side + 1) // 2
-        self.head = nn.Linear(2 * channels * half * half, n_outputs)
+        self.head = nn.Linear(2 * channels * ((h + 1) // 2) * ((w + 1) // 2), n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        images = x.reshape(len(x), 1, self.side, self.side)
+        # ppmlops hands every model its rows flat, (batch, n_features): the image is C order.
+        images = x.reshape(len(x), *self.shape)
         return self.head(self.features(images).flatten(1))
 
 
-def cnn(n_features: int, n_outputs: int, channels: int = 8) -> nn.Module:
-    """A small CNN for square single-channel images of n_features pixels (e.g. 64: digits' 8x8)."""
+def cnn(n_features: int, n_outputs: int, channels: int = 8, input_shape: list[int] | None = None) -> nn.Module:
+    """A small CNN. With a tensor feature ppmlops passes its declared `input_shape`: [C, H, W], or
+    [H, W] for one channel. Without one (a table of pixel columns), the n_features columns are a
+    square single-channel image (e.g. 64: digits' 8x8)."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    if input_shape is not None:
+        if len(input_shape) not in (2, 3):
+            raise ValueError(f"cnn needs an image: input_shape [C, H, W] or [H, W], got {list(input_shape)}")
+        shape = tuple(int(d) for d in input_shape) if len(input_shape) == 3 else (1, *map(int, input_shape))
+        return SmallCNN(shape, n_outputs, int(channels))
     side = int(round(n_features ** 0.5))
     if side * side != n_features:
         raise ValueError(f"cnn needs a square image: {n_features} features are not side x side pixels")
-    if channels < 1:
-        raise ValueError(f"channels must be >= 1, got {channels}")
-    return SmallCNN(side, n_outputs, int(channels))
+    return SmallCNN((1, side, side), n_outputs, int(channels))

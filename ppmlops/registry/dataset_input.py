@@ -79,6 +79,15 @@ def describe(spec: PipelineSpec, staged: Staged) -> dict[str, Any]:
 def schema_of(spec: PipelineSpec):
     from mlflow.types import ColSpec, Schema
 
+    from ppmlops.spec import tensor_of
+
+    tensor = tensor_of(spec.dataset.features)
+    if tensor is not None:  # the declared dtype and shape, as the served model's signature has it
+        import numpy as np
+        from mlflow.types.schema import TensorSpec
+
+        return Schema([TensorSpec(np.dtype(tensor.dtype), (-1, *tensor.shape), tensor.name)])
+
     return Schema([ColSpec("double" if isinstance(f, NumericFeature) else "string", f.name)
                    for f in spec.dataset.features])
 

@@ -6,7 +6,10 @@ regression  `prediction` in the label's units, inside the declared range
 It is saved with a signature (the declared feature columns and their types, the task's outputs)
 and an input example built from the spec's public declarations alone (each numeric feature at its
 declared low and high, each categorical at its first and last declared category): no real row
-is ever written into the model.
+is ever written into the model. A tensor feature (ppmlops.spec.TensorFeature) makes the input a
+tensor: the signature's input is TensorSpec(dtype, (-1, *shape)) with the declared dtype and
+shape, `predict` takes an array of shape (n, *shape) (or (n, prod(shape))), and the example is
+two arrays, every value at the declared low, then at the declared high.
 
 It carries its feature encoding (the spec's declared ranges and categories, ppmlops.data.features)
 so that `mlflow.pyfunc.load_model("models:/<name>@production").predict(rows)` needs nothing from
@@ -58,8 +61,7 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         from ppmlops.data.features import encode_features, unscale
         from ppmlops.training.tasks import predict
 
-        rows = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        X = encode_features(rows, self.features)
+        X = self._encoded(model_input)
         task = self.label.task if self.label is not None else "binary"
         if task == "binary":
             from ppmlops.training.models import predict_proba
@@ -76,6 +78,20 @@ class TabularModel(mlflow.pyfunc.PythonModel):
             return pd.DataFrame({"label": [self.label.classes[i] for i in best],
                                  "probability": probs[np.arange(len(best)), best].astype(np.float64)})
         return pd.DataFrame({"prediction": unscale(predict(self.net, X, task), self.label)})
+
+
+    def _encoded(self, model_input) -> np.ndarray:
+        from ppmlops.data import tensors
+        from ppmlops.data.features import encode_features
+        from ppmlops.spec import tensor_of
+
+        tensor = tensor_of(self.features)
+        if tensor is not None and not isinstance(model_input, pd.DataFrame):
+            if isinstance(model_input, dict):  # a named tensor: {"pixels": array}
+                model_input = model_input[tensor.name]
+            return tensors.encode(np.asarray(model_input), tensor)
+        rows = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return encode_features(rows, self.features)
 
 
 def _declared(encoding: dict):
@@ -95,21 +111,35 @@ def signature_for(encoding: dict):
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    from ppmlops.spec import NumericFeature
+    from ppmlops.spec import NumericFeature, tensor_of
 
     features, label = _declared(encoding)
-    inputs = Schema([ColSpec(AnyType() if isinstance(f, NumericFeature) else "string", f.name) for f in features])
+    tensor = tensor_of(features)
+    inputs = (Schema([tensor_spec(tensor)]) if tensor is not None else
+              Schema([ColSpec(AnyType() if isinstance(f, NumericFeature) else "string", f.name) for f in features]))
     outputs = {"binary": [ColSpec("double", "probability"), ColSpec("boolean", "positive")],
                "multiclass": [ColSpec("string", "label"), ColSpec("double", "probability")],
                "regression": [ColSpec("double", "prediction")]}[label.task]
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
-def input_example_for(encoding: dict) -> pd.DataFrame:
+def tensor_spec(tensor):
+    """A tensor feature's MLflow TensorSpec: the declared dtype, (-1, *shape), its name."""
+    from mlflow.types.schema import TensorSpec
+
+    return TensorSpec(np.dtype(tensor.dtype), (-1, *tensor.shape), tensor.name)
+
+
+def input_example_for(encoding: dict) -> pd.DataFrame | np.ndarray:
     """Two rows from the declarations alone (public): each numeric feature at its declared low,
-    then its high; each categorical at its first declared category, then its last."""
-    from ppmlops.spec import NumericFeature
+    then its high; each categorical at its first declared category, then its last; a tensor's
+    every value at its declared low, then its high."""
+    from ppmlops.spec import NumericFeature, tensor_of
 
     features, _ = _declared(encoding)
+    tensor = tensor_of(features)
+    if tensor is not None:
+        lo, hi = tensor.range
+        return np.stack([np.full(tensor.shape, lo), np.full(tensor.shape, hi)]).astype(tensor.dtype)
     return pd.DataFrame({f.name: ([float(f.range[0]), float(f.range[1])] if isinstance(f, NumericFeature)
                                   else [f.categories[0], f.categories[-1]]) for f in features})

@@ -83,7 +83,20 @@ def model_section(ctx: RunContext, trained: TrainRecord) -> dict[str, Any]:
     if tuned is not None and spec.model.own is None and "0.weight" not in tuned.trainable:
         fine_tuning["fine_tuning"]["canaries"] = ("none: the first layer, where the canaries would live, is "
                                                   "frozen (model.trainable), so the audit gives no bound")
-    return model_of(ctx, trained) | fine_tuning
+    return model_of(ctx, trained) | input_of(spec) | fine_tuning
+
+
+def input_of(spec) -> dict[str, Any]:
+    """A tensor feature's declaration (public): what the model takes and how it was scaled."""
+    from ppmlops.spec import tensor_of
+
+    tensor = tensor_of(spec.dataset.features)
+    if tensor is None:
+        return {}
+    return {"input": {"tensor": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype,
+                      "range": list(tensor.range),
+                      "note": ("each value clipped to the declared range and scaled to [0, 1] from it (never from the "
+                               "data); the model received each row flat, prod(shape) values in C order")}}
 
 
 def model_of(ctx: RunContext, trained: TrainRecord) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 ppmlops.training.models) or the user's own (`model.factory: "package.module:callable"`).
 
 A factory is called as `callable(n_features=..., n_outputs=..., **model.args)` and returns an
-nn.Module mapping (batch, n_features) float32 to (batch, n_outputs) logits. It is called wherever
+nn.Module mapping (batch, n_features) float32 to (batch, n_outputs) logits; with a tensor feature
+(ppmlops.spec.TensorFeature) also `input_shape=[...]`, its declared shape, while the rows still
+arrive flat (n_features = prod(input_shape), C order) for the module to reshape. It is called wherever
 the model is (re)built: the workers, each trial of a private search, the evaluate stage and the
 served MLflow model, so its module must be importable in each of those processes. What a run
 trained records the factory, its args and the module's version next to the weights (`saved_model`),
@@ -50,11 +52,16 @@ def load(target: str) -> Callable[..., Any]:
 def build_own(ref: FactoryRef, n_features: int, n_outputs: int = N_CLASSES) -> tuple[nn.Module, list[str]]:
     """The factory's model, with BatchNorm replaced when `ref.fix_batchnorm`, and what was replaced."""
     factory = load(ref.target)
+    # A tensor feature's shape goes to the factory as input_shape; a table's factory is called as
+    # it always was, so factories written for tables need not accept the keyword.
+    shaped = {"input_shape": list(ref.input_shape)} if ref.input_shape is not None else {}
     try:
-        net = factory(n_features=n_features, n_outputs=n_outputs, **ref.args)
+        net = factory(n_features=n_features, n_outputs=n_outputs, **shaped, **ref.args)
     except Exception as err:  # noqa: BLE001 - the factory's own error, named as the factory's
+        called = f"n_features={n_features}, n_outputs={n_outputs}" + (f", input_shape={shaped['input_shape']}"
+                                                                       if shaped else "")
         raise ModelError(f"model.factory {ref.target!r} raised {type(err).__name__}: {err} (called with "
-                         f"n_features={n_features}, n_outputs={n_outputs} and args {dict(ref.args)})") from None
+                         f"{called} and args {dict(ref.args)})") from None
     if not isinstance(net, nn.Module):
         raise ModelError(f"model.factory {ref.target!r} returned a {type(net).__name__}, not a torch.nn.Module")
     return fix_batchnorm(net) if ref.fix_batchnorm else (net, [])
