@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_GUARDS = "tests/unit/test_stage_guards.py"
 PRIVACY_NOISE = "tests/unit/test_privacy_noise.py"
+TENSORS = "tests/unit/test_tensor_inputs.py"
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,13 @@ MUTATIONS = (
              ("tests/unit/test_mlflow_store_creation.py",)),
     Mutation("late scheduled runs not refused", "policies.rego",
              "\tlate > grace\n", "\tlate > grace * 1000000\n", ("tests/unit/test_precheck.py",)),
+    Mutation("tensor encoding scales from the data's min and max", "ppmlops/data/tensors.py",
+             "    lo, hi = f.range\n    return ((np.clip(rows, lo, hi)",
+             "    lo, hi = rows.min(), rows.max()\n    return ((np.clip(rows, lo, hi)", (TENSORS,)),
+    Mutation("a tensor of the wrong length is staged", "ppmlops/data/tensors.py",
+             "    if len(flat) != f.size:\n        raise _Bad(", "    if False:\n        raise _Bad(", (TENSORS,)),
+    Mutation("a non-finite tensor value is staged", "ppmlops/data/tensors.py",
+             "    if not finite.all():\n", "    if False:\n", (TENSORS,)),
 )
 
 
