@@ -149,7 +149,7 @@ MUTATIONS = (
              "    lo, hi = f.range\n    return ((np.clip(rows, lo, hi)",
              "    lo, hi = rows.min(), rows.max()\n    return ((np.clip(rows, lo, hi)", (TENSORS,)),
     Mutation("a tensor of the wrong length is staged", "ppmlops/data/tensors.py",
-             "    if len(flat) != f.size:\n        raise _Bad(", "    if False:\n        raise _Bad(", (TENSORS,)),
+             "    if count != f.size:\n        raise _Bad(", "    if False:\n        raise _Bad(", (TENSORS,)),
     Mutation("a non-finite tensor value is staged", "ppmlops/data/tensors.py",
              "    if not finite.all():\n", "    if False:\n", (TENSORS,)),
 )

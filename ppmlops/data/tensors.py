@@ -44,14 +44,19 @@ def parse(text: str, f: TensorFeature) -> np.ndarray:
         parsed = json.loads(_PY_WORDS.sub(lambda m: _JSON_WORD[m.group(1)], text))
     except (ValueError, RecursionError):
         raise _Bad("not an array of numbers") from None
+    if not isinstance(parsed, list):
+        raise _Bad("not an array of numbers")
+    try:  # the common case at numpy's speed: regular nested lists of numbers
+        arr = np.asarray(parsed)
+    except ValueError:
+        arr = None  # ragged: the slow path names it
+    if arr is not None and arr.dtype.kind in "iuf":
+        return _shaped(arr.reshape(-1).astype(np.float64), list(arr.shape), f)
     flat: list[Any] = []
     nested = _shape_of(parsed, flat)
     if nested is None:
         raise _Bad("ragged: its nested lists differ in length")
-    if len(flat) != f.size:
-        raise _Bad(f"{len(flat)} values, the declared shape {f.shape} has {f.size}")
-    if len(nested) > 1 and [d for d in nested if d != 1] != [d for d in f.shape if d != 1]:
-        raise _Bad(f"nested as {nested}, the declared shape is {f.shape}")
+    _check_shape(len(flat), nested, f)
     values = np.empty(f.size, dtype=np.float64)
     for i, v in enumerate(flat):
         if v is None:
@@ -60,6 +65,20 @@ def parse(text: str, f: TensorFeature) -> np.ndarray:
             raise _Bad(f"value {_position(i, f.shape)} is not a number")
         values[i] = v
     return values
+
+
+def _shaped(values: np.ndarray, nested: list[int], f: TensorFeature) -> np.ndarray:
+    _check_shape(len(values), nested, f)
+    return values
+
+
+def _check_shape(count: int, nested: list[int], f: TensorFeature) -> None:
+    """_Bad unless the row holds prod(shape) values, flat or nested as the declared shape (a
+    dimension of size 1 may be left out of the nesting)."""
+    if count != f.size:
+        raise _Bad(f"{count} values, the declared shape {f.shape} has {f.size}")
+    if len(nested) > 1 and [d for d in nested if d != 1] != [d for d in f.shape if d != 1]:
+        raise _Bad(f"nested as {nested}, the declared shape is {f.shape}")
 
 
 def _shape_of(x: Any, flat: list[Any]) -> list[int] | None:
