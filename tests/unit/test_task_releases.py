@@ -134,3 +134,21 @@ def test_the_dashboards_evaluation_card_follows_the_task():
     reg = evaluation_card({"task": "regression", "rmse": 11.65, "mae": 7.9, "baseline_mean": 40.4,
                            "baseline_rmse": 12.5, "accuracy": None})
     assert "noisy held-out RMSE" in reg and "11.7" in reg and "noisy mean 40.4 scores RMSE 12.5" in reg
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_an_evaluation_never_costs_more_than_its_planned_gaussian(task):
+    """The filter compares curves exactly: a release whose noise, read back, is an ulp cheaper-looking
+    than planned would be refused when the plan uses the held-out budget to the last digit (a
+    1-epoch multiclass run was refused by 2e-15 when the confusion matrix's sigma was the plan's)."""
+    import numpy as np
+
+    from ppmlops.privacy.accountant import Segment, segment_rdp
+    from ppmlops.privacy.releases import release_segment
+    from ppmlops.stages import evaluate, task_evaluation as te
+
+    groups_of = {"binary": evaluate.groups_for, "multiclass": te.multiclass_groups,
+                 "regression": te.regression_groups}[task]
+    for sigma in np.random.default_rng(0).uniform(0.3, 50, 2000):
+        cost = segment_rdp(release_segment(list(groups_of(float(sigma)).values())))
+        assert np.all(cost <= segment_rdp(Segment(float(sigma), 1.0, 1))), sigma
