@@ -54,12 +54,16 @@ EPOCHS = 2
 # --------------------------------------------------------------------------- the pipelines
 
 
+def _at(start) -> datetime:
+    """An interval's start: a date's midnight (UTC), or the time itself."""
+    return start if isinstance(start, datetime) else datetime.combine(start, datetime.min.time(), UTC)
+
+
 def write_table(path: Path, starts: list, length: timedelta) -> None:
     """The demo generator's rows with an event_time: 500 in each interval of `length` from `starts`."""
     df = generate(ROWS_PER_DAY * len(starts), seed=11)
     span = length.total_seconds()
-    times = [datetime.combine(day, datetime.min.time(), UTC) + timedelta(seconds=int(s))
-             for day in starts for s in np.linspace(60, span - 60, ROWS_PER_DAY)]
+    times = [_at(day) + timedelta(seconds=int(s)) for day in starts for s in np.linspace(60, span - 60, ROWS_PER_DAY)]
     df.insert(1, "event_time", [t.isoformat() for t in times])
     # fewer refusals than the generator's, on every day alike, so each day's consent coverage passes
     # the GDPR floor with room for the count noise (the first two thirds in row order left the last
@@ -146,7 +150,7 @@ def airflow(tmp_path_factory, pg_url, airflow_db_url):
     write_table(home / "data" / "sched_events.csv", WEEKS, timedelta(weeks=1))
     write_table(home / "data" / "tight_events.csv", DAYS, timedelta(days=1))
     hours = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
-    write_table(home / "data" / "late_events.csv", [hours + timedelta(hours=n) for n in range(3)], timedelta(hours=1))
+    write_table(home / "data" / "late_events.csv", [hours + timedelta(hours=n) for n in range(4)], timedelta(hours=1))
     # The compliance office's policy: every production deploy of GDPR data waits for a person.
     policy = root / "policies.rego"
     shipped = (REPO / "policies.rego").read_text()
