@@ -37,6 +37,9 @@ class Settings:
     ray_address: str | None
     ray_jobs_url: str | None  # set: train through a Ray Jobs submission instead of as the Ray driver
     randomness: str | None  # None: follow the spec; 'secure' or 'reproducible' forces it (benchmarks)
+    # A run with no end record that wrote nothing for this long reads "stalled" on the dashboard,
+    # not "running" (no record says a task failed; a private search writes nothing until it ends).
+    run_stale_after_s: float = 3600.0
     project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/, policies.rego, dags/pipelines/
     # SQL sources' Airflow Connections, id -> SQLAlchemy URL (ppmlops.airflow.connections.source_urls);
     # a URL may hold a password, so it is in no repr.
@@ -85,5 +88,6 @@ def load() -> Settings:
         ray_address=os.environ.get("RAY_ADDRESS") or None,
         ray_jobs_url=os.environ.get("PPMLOPS_RAY_JOBS_URL") or None,
         randomness=randomness,
+        run_stale_after_s=float(os.environ.get("PPMLOPS_RUN_STALE_AFTER_S") or 3600),
         project_root=root,
     )

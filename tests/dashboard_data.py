@@ -155,3 +155,26 @@ def build(s: Settings, good_run: str = "manual__2026-03-02T09:00:00+00:00",
     refused.write(rec.Refusal(stage="plan", reasons=[r for r in log.records(run_id=refused_run)[-1]["decision"]
                                                      ["reasons"]], decision_id=decision_id))
     return Built(s, good_run, denied_run, refused_run)
+
+
+def in_flight_run(s: Settings, run_id: str = "manual__2026-03-23T09:00:00+00:00", *, epochs_done: int = 2,
+                  search: bool = False) -> RunStore:
+    """A run of the pipeline still training: planned, `epochs_done` epoch lines written by rank 0
+    (ppmlops.training.progress.append_epoch, as the loop writes them), no train.json yet. With
+    `search`, its plan is a private search's (which writes no epoch lines)."""
+    from ppmlops.training.progress import PROGRESS_FILE, append_epoch
+
+    store = RunStore.of(s.runs_dir, PIPELINE, run_id).ensure()
+    store.write(rec.RunIdentity(run_id=run_id, pipeline=PIPELINE, dag_id=DAG_ID, dataset_id=DATASET))
+    plan = _plan(run_id, 0.55, 0.8)
+    if search:
+        plan = plan.model_copy(update={"privacy": plan.privacy.model_copy(update={"search": rec.SearchPlan(
+            trials_mean=4.0, trials_shape=1.0, distribution="truncated negative binomial",
+            learning_rate=(0.01, 1.0), max_grad_norm=(0.1, 4.0), score_sigma=8.0)})})
+    store.write(plan)
+    if not search:
+        for i, (n, c, lr, acc, _why) in enumerate(EPOCHS[:epochs_done], start=1):
+            append_epoch(store.root / PROGRESS_FILE, {"epoch": i, "noise_multiplier": n, "max_grad_norm": c,
+                                                      "learning_rate": lr, "epsilon_used": 0.2 * i,
+                                                      "sample_rate": 0.02, "holdout_accuracy_noisy": acc})
+    return store

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from ppmlops.dashboard import access, charts
 from ppmlops.dashboard.access import Reader
 from ppmlops.dashboard.html_base import (
-    KIND, badge, bar, error_box, esc, link, num, page, run_link, section, seg, table, when,
+    KIND, badge, bar, error_box, esc, link, num, page, run_link, section, seg, state_badge, table, when,
 )
 from ppmlops.dashboard.runs import RunIndex
 
@@ -41,6 +41,12 @@ class View:
     def page(self, title: str, body: str) -> str:
         return page(title, body, up=self.up, who=self.reader.words)
 
+    def in_flight_badge(self, run_id: Any, dataset_id: str | None = None) -> str:
+        """A "running" (or "waiting") badge after a run in flight; nothing for any other run."""
+        found = self.runs.find(run_id, dataset_id) if self.runs is not None else None
+        state = self.runs.state(found) if found else None
+        return " " + state_badge(state.as_dict()) if state and state.in_flight else ""
+
 
 # -- overview ---------------------------------------------------------------------------------
 
@@ -56,6 +62,7 @@ def overview(v: View, settings_info: dict, budgets: Any, decisions: Any, models:
             + f'<p class="small">{link(v.up + "ledger", "The ledger tables")}: every registered dataset, run and '
             "entry as the database holds them.</p>"
             + (f'<div class="charts">{spend}</div>' if spend else "")
+            + in_flight_section(v)
             + "<h2>Recent runs</h2>" + section(runs, lambda r: run_table(v, r))
             + "<h2>Deployed models</h2>" + section(models, lambda m: model_sections(v, m))
             + "<h2>Audit log</h2>" + section(decisions, lambda d: chain_box(d["chain"]) + decision_table(v, d)))
@@ -351,11 +358,30 @@ def run_table(v: View, data: dict) -> str:
     for r in data["runs"]:
         ts = datetime.fromtimestamp(r["modified"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         outcome = badge(r["outcome"]) if r["outcome"] else (badge("deny") + " refused" if r["refused"] else "&ndash;")
+        state = r.get("state") or {}
         rows.append(
             f"<tr><td>{run_link(v.up, r['pipeline'], r['run_id'])}</td><td>{esc(r['pipeline'])}</td>"
             f"<td>{airflow_run_link(v.up, r['dag_id'], r['run_id'], r['id_known'])}</td>"
+            f'<td>{state_badge(state)} <span class="small">{esc(state.get("words"))}</span></td>'
             f'<td class="small">{esc(ts)}</td><td>{esc(", ".join(r["records"]))}</td><td>{outcome}</td></tr>')
-    return table(["run", "pipeline", "Airflow", "last written (UTC)", "records", "gate"], rows, "No run folders yet.")
+    return table(["run", "pipeline", "Airflow", "state", "last written (UTC)", "records", "gate"], rows,
+                 "No run folders yet.")
+
+
+def in_flight_section(v: View, dataset_id: str | None = None) -> str:
+    """Runs in flight (of one dataset, or all): the stage each is at and, while training, the
+    epoch. All public: which records exist, the plan's epochs, the epoch lines (runs.state_of)."""
+    pairs = v.runs.in_flight(dataset_id) if v.runs is not None else []
+    rows = []
+    for ref, st in pairs:
+        epoch = f"{st.epoch} of {st.epochs if st.epochs is not None else '?'}" if st.epoch is not None else "&ndash;"
+        ts = datetime.fromtimestamp(st.last_written, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(f"<tr><td>{run_link(v.up, ref.pipeline, ref.run_id)}</td><td>{esc(ref.pipeline)}</td>"
+                    f"<td>{state_badge(st.as_dict())}</td><td>{esc(st.stage)}</td><td class=\"num\">{epoch}</td>"
+                    f"<td>{esc(st.words)}</td><td class=\"small\">{esc(ts)}</td></tr>")
+    return ("<h2>Runs in flight</h2>"
+            + table(["run", "pipeline", "state", "stage", "epoch", "where it is", "last written (UTC)"], rows,
+                    "No run in flight."))
 
 
 def airflow_run_link(up: str, dag_id: str, run_id: str, known: bool = True) -> str:
@@ -377,7 +403,7 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
             f"<td class=\"small\">{esc(', '.join(x['block'] for x in retired.get(r['run_id'], []))) or '&ndash;'}</td>"
             f"<td class=\"num\">{r['entries']}</td><td class=\"num\">{r['steps']}</td>"
             f"<td>{esc(', '.join(r['statuses']))}"
-            f"{_replayable(r.get('replayable_entries'))}</td></tr>"
+            f"{_replayable(r.get('replayable_entries'))}{v.in_flight_badge(r['run_id'], d['dataset_id'])}</td></tr>"
             for r in d["run_spend"]]
     steps = [f"<tr><td>{when(s['at'])}</td><td>{v.run(s['run_id'], d['dataset_id'])}</td><td>{esc(s['words'])}</td>"
              f"<td>{esc(s['partition'])}</td><td class=\"num\">{num(s.get('charge_epsilon'))}</td>"
@@ -391,7 +417,7 @@ def dataset_page(v: View, d: dict, decisions: Any) -> str:
                f"<td>{when(e['created_at'])}</td><td>{when(e.get('completed_at'))}</td>"
                f"<td class=\"small\">{esc(e.get('note')) if v.reader.compliance else ''}</td></tr>"
                for e in d["entries"]]
-    body = (budget_table(v, {"datasets": [d]})
+    body = (budget_table(v, {"datasets": [d]}) + in_flight_section(v, d["dataset_id"])
             + "<h2>Blocks</h2><p class=\"muted small\">Each block of event time has the lifetime budget in full; "
             "a run is charged to every block of its window and to no other. The outlined bar is the worst block: "
             "its share is the dataset's figure above.</p>"

@@ -62,6 +62,19 @@ def badge(outcome: Any) -> str:
     return f'<span class="badge b-{kind}">{esc(outcome)}</span>'
 
 
+# A run's state (ppmlops.dashboard.runs.RunState) as a badge: in flight, stalled, or how it ended.
+STATE_CLASS = {"running": "running", "waiting": "needs_approval", "stalled": "warn", "deployed": "ok",
+               "refused": "deny", "denied": "deny", "rejected": "deny"}
+
+
+def state_badge(state: dict | None) -> str:
+    """The state's badge, its words on hover."""
+    if not state:
+        return "&ndash;"
+    kind = STATE_CLASS.get(state.get("state"), "other")
+    return f'<span class="badge b-{kind}" title="{esc(state.get("words"))}">{esc(state.get("state"))}</span>'
+
+
 def bar(fraction: Any) -> str:
     """How much of a budget is used, as a small SVG bar (no inline style: the CSP forbids it)."""
     try:

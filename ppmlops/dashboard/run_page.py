@@ -10,7 +10,7 @@ from typing import Any
 
 from ppmlops.dashboard import access, charts
 from ppmlops.dashboard.html import View, airflow_run_link, approval_cell, chain_box, checks_list, decision_table
-from ppmlops.dashboard.html_base import bar, badge, esc, link, num, section, seg, table, OUTCOME_WORDS
+from ppmlops.dashboard.html_base import bar, badge, esc, link, num, section, seg, state_badge, table, OUTCOME_WORDS
 from ppmlops.run.known import best_known
 from ppmlops.run.records import KnownResult
 
@@ -146,13 +146,17 @@ def epoch_charts(epochs: list[dict]) -> str:
     return f'<div class="charts">{"".join(figures)}</div>'
 
 
-def epoch_table(epochs: list[dict], plan: dict) -> str:
+def epoch_table(epochs: list[dict], plan: dict, live: bool = False) -> str:
+    """`live`: the epoch lines of a run still training, which carry no tuner's reason (train.json's
+    history, written when training ends, has it)."""
     rows, prev = [], None
     budget = plan.get("epsilon")
     for e in (x for x in epochs if isinstance(x, dict)):
         tuner = e.get("tuner") or {}
         change = _changes(prev, e)
-        why = esc(tuner.get("why")) if tuner else '<span class="muted">no tuner: the plan\'s settings</span>'
+        why = (esc(tuner.get("why")) if tuner else
+               '<span class="muted">recorded when training ends</span>' if live else
+               '<span class="muted">no tuner: the plan\'s settings</span>')
         rows.append(
             f'<tr><td class="num">{esc(e.get("epoch"))}</td>'
             + "".join(f'<td class="num">{num(e.get(k))}</td>' for k, _ in SETTINGS)
@@ -207,6 +211,16 @@ def raw_records(v: View, data: dict) -> str:
             + folded)
 
 
+def state_line(state: dict | None) -> str:
+    """Where the run is: its state, the stage reached and, while it trains, epoch k of n."""
+    if not state:
+        return ""
+    epoch = (f' &middot; epoch <b>{esc(state["epoch"])}</b> of {esc(state.get("epochs") or "?")}'
+             if state.get("epoch") is not None and state.get("in_flight") else "")
+    return (f'<p class="run-state">{state_badge(state)} {esc(state.get("words"))} &middot; stage '
+            f'<b>{esc(state.get("stage"))}</b>{epoch}</p>')
+
+
 def run_page(v: View, data: dict, decisions: Any) -> str:
     plan = _rec(data, "plan").get("privacy") or {}
     dataset = data.get("dataset_id") or plan.get("dataset_id")
@@ -214,11 +228,12 @@ def run_page(v: View, data: dict, decisions: Any) -> str:
     head = (f'<p class="small">Pipeline <b>{esc(data["pipeline"])}</b>'
             + (f' &middot; dataset {link(v.up + "datasets/" + seg(dataset), dataset)}' if dataset else "")
             + f' &middot; {airflow_run_link(v.up, data["dag_id"], data["run_id"], data["id_known"])} in Airflow</p>')
-    body = (head + summary_cards(data) + gate_section(v, data, decisions)
+    body = (head + state_line(data.get("state")) + summary_cards(data) + gate_section(v, data, decisions)
             + "<h2>Training, epoch by epoch</h2><p class=\"muted small\">The settings each epoch ran with, what the "
             "privacy filter admitted, and the tuner's reason. Marked epochs: the tuner changed a setting."
             + (f" Training stopped: {esc(stopped)}." if stopped else "") + "</p>"
-            + epoch_charts(data["epochs"]) + epoch_table(data["epochs"], plan) + tuning_start(data)
+            + epoch_charts(data["epochs"]) + epoch_table(data["epochs"], plan, bool(data.get("epochs_live")))
+            + tuning_start(data)
             + "<h2>Decisions</h2>" + section(decisions, lambda x: chain_box(x["chain"]) + decision_table(v, x))
             + "<h2>Stage records</h2>" + raw_records(v, data))
     return v.page(f"Run {data['run_id']}", body)

@@ -4,19 +4,26 @@ each recorded. Read-only; only public records (private/ is never opened).
 A run's id is Airflow's (`manual__2026-01-01T00:00:00+00:00`); its folder name is sanitised.
 Pages spell runs by the real id, read from run.json (written before a run's first stage), or
 from plan.json for runs from before run.json; a folder with neither shows its folder name.
+
+A run's state (`state_of`) comes from which public stage records exist and, while it trains,
+from epochs.jsonl (the epoch lines rank 0 appends as epochs finish, ppmlops.training.progress).
+No record says a task failed (Airflow knows that, not the run folder), so a run with no end
+record that has written nothing for `Settings.run_stale_after_s` reads "stalled", not "running".
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ppmlops.dashboard.errors import NotFound
 from ppmlops.run.store import run_folder_name
 from ppmlops.settings import Settings
+from ppmlops.training.progress import EPOCHS_FILE, PROGRESS_FILE
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -61,6 +68,114 @@ def ref(folder: Path) -> RunRef:
     return RunRef(pipeline, folder.name, folder.name, f"ppmlops_{pipeline}", None, False)
 
 
+# Each stage with the public record written when it ends, in pipeline order. Private records
+# (private/) are never looked at, not even for their modification time.
+STAGE_DONE = (("ingest", "staged.json"), ("validate", "validated.json"), ("assess", "risk.json"),
+              ("plan", "plan.json"), ("train", "train.json"), ("evaluate", "evaluate.json"),
+              ("gate", "gate.json"), ("deploy", "deploy.json"))
+# Public files a run appends to while a stage runs (the train stage's progress and epoch lines).
+LIVE_FILES = (PROGRESS_FILE, EPOCHS_FILE)
+IN_FLIGHT = ("running", "waiting")
+
+State = Literal["running", "waiting", "stalled", "deployed", "refused", "denied", "rejected"]
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run is. Every field is public: which public records exist, the plan's epoch count,
+    and how many epochs rank 0 has announced (epoch numbers are in train.json's history too)."""
+
+    state: State
+    stage: str  # the stage running, waiting or stalled; for an ended run the stage it ended at
+    words: str  # the state as a person reads it: "training: epoch 3 of 5"
+    last_written: float  # newest public file of the run (POSIX seconds)
+    epoch: int | None = None  # the epoch running (while training; None in a private search)
+    epochs: int | None = None  # the plan's number of epochs
+    epochs_done: int | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in IN_FLIGHT
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "in_flight": self.in_flight}
+
+
+def live_epochs(folder: Path) -> list[dict]:
+    """The epoch lines written so far (one per finished epoch; a retried attempt may repeat one,
+    the newest line of each epoch wins). Only the public keys the lines are made of."""
+    path = folder / EPOCHS_FILE
+    by_epoch: dict[int, dict] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the line being written
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            by_epoch[row["epoch"]] = row
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def state_of(folder: Path, stale_after_s: float, now: float | None = None) -> RunState:
+    """The run's state from its public records (see the module's docstring)."""
+    records = {p.name: p for p in record_files(folder)}
+    live = [folder / n for n in LIVE_FILES if (folder / n).is_file()]
+    last = max((p.stat().st_mtime for p in [*records.values(), *live]), default=0.0)
+
+    def rec(name: str) -> dict:
+        found = load(records[name]) if name in records else {}
+        return found if isinstance(found, dict) else {}
+
+    if "refused.json" in records:
+        stage = str(rec("refused.json").get("stage") or "?")
+        return RunState("refused", stage, f"refused at {stage}", last)
+    if "deploy.json" in records:
+        return RunState("deployed", "deploy", "deployed", last)
+    gate, approval = rec("gate.json"), rec("approval.json")
+    if gate.get("outcome") == "deny":
+        return RunState("denied", "gate", "denied at the deploy gate", last)
+    if approval.get("outcome") == "rejected":
+        return RunState("rejected", "gate", "rejected by a person at the deploy gate", last)
+    if gate.get("outcome") == "needs_approval" and not approval:
+        return RunState("waiting", "gate", "waiting for a person's approval", last)
+    # The stage after the furthest one whose record exists (a folder from before a record existed
+    # may lack an earlier stage's record; it is not sent back to that stage).
+    reached = max((i for i, (_, done) in enumerate(STAGE_DONE) if done in records), default=-1)
+    stage = STAGE_DONE[min(reached + 1, len(STAGE_DONE) - 1)][0]
+    epoch = epochs = done = None
+    words = f"{stage} running"
+    if stage == "train":
+        privacy = rec("plan.json").get("privacy") or {}
+        epochs = privacy.get("epochs") if isinstance(privacy.get("epochs"), int) else None
+        if privacy.get("search"):
+            # A private search announces no epoch or trial (how many trials ran is secret).
+            words = "training: a private search (its progress is not shown: how many trials ran is secret)"
+        else:
+            done = max((e["epoch"] for e in live_epochs(folder)), default=0)
+            epoch = done + 1 if epochs is None or done < epochs else done
+            words = (f"training: epoch {epoch} of {epochs if epochs is not None else '?'}"
+                     + (f" ({done} finished)" if done and done < (epochs or done + 1) else "")
+                     + ("; finishing" if epochs is not None and done >= epochs else ""))
+    now = time.time() if now is None else now
+    if now - last > stale_after_s:
+        quiet = _duration(now - last)
+        return RunState("stalled", stage, f"stalled at {stage}: no end record and nothing written for {quiet} "
+                        "(the DAG run in Airflow says whether its task failed)", last, epoch, epochs, done)
+    return RunState("running", stage, words, last, epoch, epochs, done)
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes // 60
+    return f"{hours} h" if hours < 48 else f"{hours // 24} days"
+
+
 def folders(settings: Settings) -> list[Path]:
     root = settings.runs_dir
     out = []
@@ -74,11 +189,22 @@ def folders(settings: Settings) -> list[Path]:
 class RunIndex:
     """Finds a run's pipeline from its id (and dataset, as two DAGs may share a run id)."""
 
-    def __init__(self, refs: list[RunRef]):
+    def __init__(self, refs: list[RunRef], states: dict[tuple[str, str], RunState] | None = None):
         self._by: dict[tuple[str, str | None], RunRef] = {}
+        self._states = states or {}
         for r in refs:
             self._by[(r.folder, r.dataset_id)] = r
             self._by.setdefault((r.folder, None), r)
+
+    def state(self, ref: RunRef) -> RunState | None:
+        return self._states.get((ref.pipeline, ref.folder))
+
+    def in_flight(self, dataset_id: str | None = None) -> list[tuple[RunRef, RunState]]:
+        """Runs in flight (running or waiting for a person), of one dataset or all, newest first."""
+        found = {(r.pipeline, r.folder): r for r in self._by.values()}
+        out = [(r, self._states[k]) for k, r in found.items() if k in self._states and self._states[k].in_flight
+               and (dataset_id is None or r.dataset_id == dataset_id)]
+        return sorted(out, key=lambda t: t[1].last_written, reverse=True)
 
     def find(self, run_id: Any, dataset_id: str | None = None) -> RunRef | None:
         if not run_id:
@@ -88,7 +214,10 @@ class RunIndex:
 
 
 def index(settings: Settings) -> RunIndex:
-    return RunIndex([ref(f) for f in folders(settings)])
+    found = folders(settings)
+    now = time.time()
+    return RunIndex([ref(f) for f in found],
+                    {(f.parent.name, f.name): state_of(f, settings.run_stale_after_s, now) for f in found})
 
 
 def listing(settings: Settings, limit: int = 50) -> dict:
@@ -101,7 +230,8 @@ def listing(settings: Settings, limit: int = 50) -> dict:
         refused = (folder / "refused.json").exists()
         out.append({**ref(folder).as_dict(), "records": sorted(p.stem for p in record_files(folder)),
                     "modified": mtime, "refused": refused,
-                    "outcome": gate.get("outcome") if isinstance(gate, dict) else None})
+                    "outcome": gate.get("outcome") if isinstance(gate, dict) else None,
+                    "state": state_of(folder, settings.run_stale_after_s).as_dict()})
     return {"runs_dir": str(settings.runs_dir), "runs": out}
 
 
@@ -128,8 +258,12 @@ def detail(settings: Settings, pipeline: str, run_id: str) -> dict:
     records = {p.stem: load(p) for p in files}
     train = records.get("train")
     history = train.get("history") if isinstance(train, dict) else None
+    state = state_of(folder, settings.run_stale_after_s)
+    # While training, the epochs finished so far (their lines; train.json's history replaces them).
+    live = train is None and state.stage == "train"
     return {**ref(folder).as_dict(), "run": folder.name, "run_dir": str(folder), "records": records,
-            "epochs": history if isinstance(history, list) else []}
+            "epochs": history if isinstance(history, list) else (live_epochs(folder) if live else []),
+            "epochs_live": live, "state": state.as_dict()}
 
 
 def retirements(settings: Settings, dataset_id: str) -> dict[str, list[dict]]:

@@ -30,6 +30,7 @@ SHOTS = REPO / ".screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 USERS = {"officer": ("admin", "officer-pw"), "viewer": ("viewer", "viewer-pw")}
 DAG = "ppmlops_demo_churn"
+IN_FLIGHT = "manual__2026-03-23T09:00:00+00:00"
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ def server(tmp_path_factory):
         os.environ["PPMLOPS_HOME"], saved = env["PPMLOPS_HOME"], os.environ["PPMLOPS_HOME"]
         try:
             built = dashboard_data.build(settings_mod.load(), good_run=run_id)
+            dashboard_data.in_flight_run(settings_mod.load(), IN_FLIGHT, epochs_done=2)  # still training
         finally:
             os.environ["PPMLOPS_HOME"] = saved
         yield af, built
@@ -164,6 +166,19 @@ def test_officer_sees_every_page_with_charts_checks_and_inputs(server, browser):
     s.page.locator("a", has_text=built.good_run).first.click()
     s.page.wait_for_url(re.compile("/ppmlops/runs/demo_churn/"))
     assert "Deployed: demo_churn v1" in s.page.inner_text("body") and not s.errors
+    s.page.close()
+
+
+def test_a_run_in_flight_reads_running_with_its_epoch(server, browser):
+    af, _ = server
+    s = Session(browser, af.url, "viewer")
+    s.login_from("/ppmlops/")
+    s.visit("/ppmlops/", "overview-in-flight")
+    running = s.page.locator("h2:text('Runs in flight') + table tr", has_text=IN_FLIGHT)
+    assert running.locator(".badge.b-running").inner_text() == "running"
+    running.locator("a", has_text=IN_FLIGHT).first.click()
+    s.page.wait_for_url(re.compile("/ppmlops/runs/demo_churn/"))
+    assert "epoch 3 of 4" in s.page.locator("p.run-state").inner_text() and not s.errors
     s.page.close()
 
 
