@@ -23,7 +23,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ppmlops import settings as settings_mod
 from ppmlops.dashboard import access, html, queries, run_page as run_view, runs as run_folders
-from ppmlops.dashboard.html_base import error_page
 from ppmlops.dashboard.queries import NotFound, Unavailable
 
 STATIC = Path(__file__).parent / "static"
@@ -205,11 +204,8 @@ def login_url(request: Request) -> str:
 def _error(request: Request, status: int, title: str, message: str, hint: str = "") -> Any:
     if _is_api(request):
         return JSONResponse({"error": message, **({"hint": hint} if hint else {})}, status_code=status)
-    login = login_url(request) if status == 401 else ""
-    body = error_page(title, message, hint=hint, up=_up(request), login=login)
-    if login:  # a browser goes on to the login page by itself
-        body = body.replace("<head>", f'<head><meta http-equiv="refresh" content="2;url={login}">', 1)
-    return HTMLResponse(body, status_code=status)
+    login = login_url(request) if status == 401 else ""  # a browser goes on to the login page by itself
+    return HTMLResponse(html.error_page(title, message, hint=hint, up=_up(request), login=login), status_code=status)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,16 +1,17 @@
 """A run's page: a summary first (epsilon, accuracy, the gate's checks, the approval), then the
 tuner's story per epoch as charts and a readable table, then the decisions; the raw records
-last, folded, for compliance officers only.
+last, folded, for compliance officers only. The markup is templates/run.html and _run.html;
+this module picks out what they show from the run's public records.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from ppmlops.dashboard import access, charts
-from ppmlops.dashboard.html import View, airflow_run_link, approval_cell, chain_box, checks_list, decision_table
-from ppmlops.dashboard.html_base import bar, badge, esc, link, num, section, seg, state_badge, table, OUTCOME_WORDS
+from ppmlops.dashboard import charts, templating
+from ppmlops.dashboard.html import Check, View, checks
+from ppmlops.privacy.block_view import percent
 from ppmlops.run.known import best_known
 from ppmlops.run.records import KnownResult
 
@@ -23,59 +24,26 @@ def _rec(data: dict, name: str) -> dict:
     return r if isinstance(r, dict) and set(r) != {"error"} else {}  # {"error": ...}: unreadable
 
 
-def _card(label: str, value: str, sub: str = "") -> str:
-    return f'<div class="card"><div class="label">{esc(label)}</div><div class="big">{value}</div>' \
-           f'<div class="small muted">{sub}</div></div>'
+@dataclass(frozen=True)
+class Summary:
+    """What the summary cards read: the plan's privacy, the evaluation, the dataset's use now."""
+
+    plan: dict
+    evaluation: dict
+    use: dict
+    epsilon_used: float | None
 
 
-def summary_cards(data: dict) -> str:
-    plan, train, ev = _rec(data, "plan").get("privacy") or {}, _rec(data, "train"), _rec(data, "evaluate")
-    audit = ev.get("audit") or {}
+def summary(data: dict) -> Summary:
+    train = _rec(data, "train")
     used = max((train.get("epsilon_used") or {}).values(), default=None)
-    cards = [
-        _card("ε charged (the run's guarantee)", num(plan.get("epsilon")),
-              f"granted {num(plan.get('run_epsilon'))} at δ {num(plan.get('delta'), '{:.0e}')}; "
-              f"the epochs used {num(used)}"),
-        _use_card(data, plan),
-        evaluation_card(ev),
-        _card("canary audit", "ε ≥ " + num(audit.get("epsilon_lower_bound")),
-              f"lower bound at {num(audit.get('confidence'), '{:.0%}')} confidence, claimed ε {num(plan.get('epsilon'))}; "
-              f"{num(audit.get('correct'))} of {num(audit.get('guesses'))} guesses right"),
-    ]
-    return f'<div class="summary">{"".join(cards)}</div>'
+    return Summary(_rec(data, "plan").get("privacy") or {}, _rec(data, "evaluate"), data.get("dataset_use") or {},
+                   used)
 
 
 def evaluation_card(ev: dict) -> str:
     """The evaluation's noisy releases as its label.task has them (an older record is binary)."""
-    task = ev.get("task") or "binary"
-    if task == "regression":
-        return _card("noisy held-out RMSE", num(ev.get("rmse"), "{:.3g}"),
-                     f"MAE {num(ev.get('mae'), '{:.3g}')}; always predicting the noisy mean "
-                     f"{num(ev.get('baseline_mean'), '{:.3g}')} scores RMSE {num(ev.get('baseline_rmse'), '{:.3g}')}")
-    if task == "multiclass":
-        return _card("noisy held-out accuracy", num(ev.get("accuracy"), "{:.3f}"),
-                     f"majority baseline {num(ev.get('majority_baseline'), '{:.3f}')}; macro-F1 "
-                     f"{num(ev.get('macro_f1'), '{:.3f}')} over {len(ev.get('classes') or [])} classes")
-    return _card("noisy held-out accuracy", num(ev.get("accuracy"), "{:.3f}"),
-                 f"majority baseline {num(ev.get('majority_baseline'), '{:.3f}')}; AUC {num(ev.get('auc'), '{:.3f}')}")
-
-
-def _use_card(data: dict, plan: dict) -> str:
-    """The dataset's figure now (the overview's, ppmlops.privacy.block_view) and this run's part of
-    it. The plan record's shares were taken at plan over the run's own blocks: a different,
-    older number, so it is named as such rather than shown as "the dataset's"."""
-    use = data.get("dataset_use") or {}
-    retired = [r.get("block") for r in plan.get("retired_blocks") or [] if isinstance(r, dict)]
-    retired_words = f"; retired {', '.join(map(str, retired))}" if retired else ""
-    if "error" in use or not use:
-        return _card("dataset's lifetime budget used", "&ndash;",
-                     esc(use.get("error", "the ledger could not be read")) + esc(retired_words))
-    from ppmlops.dashboard.html import _where
-    from ppmlops.privacy.block_view import percent
-
-    return _card("dataset's lifetime budget used (now, worst block)", esc(use["share_text"]),
-                 f"{bar(use['share_used'])}{esc(_where(use))}; this run added {esc(percent(use.get('run_share')))} "
-                 f"to each block it read{esc(retired_words)}")
+    return str(templating.macro("_run.html", "evaluation_card")(ev))
 
 
 def _decision(decisions: Any, decision_id: Any, stage: str) -> dict:
@@ -88,37 +56,33 @@ def _decision(decisions: Any, decision_id: Any, stage: str) -> dict:
     return (staged[0].get("decision") or {}) if staged else {}
 
 
-def _reason_list(v: View, decision: dict, fallback: Any) -> str:
-    reasons = access.reasons(v.reader, decision or {"reasons": fallback})
-    return '<ul class="reasons">' + "".join(f"<li>{esc(r)}</li>" for r in reasons) + "</ul>"
+@dataclass(frozen=True)
+class Gate:
+    """The gate section's facts: where the run was refused, or the gate's outcome, its checks (the
+    policy's own list, matched to the person's answer), the approval and the deploy."""
+
+    refused: dict
+    gate: dict
+    decision: dict  # the audit record's decision, or the record's own reasons when none is found
+    outcome: str | None = None
+    answered: str | None = None  # a person's answer: "approved" / "rejected"
+    checks: list[Check] = field(default_factory=list)
+    approval: dict = field(default_factory=dict)
+    deploy: dict = field(default_factory=dict)
 
 
-def gate_section(v: View, data: dict, decisions: Any) -> str:
+def gate_facts(v: View, data: dict, decisions: Any) -> Gate:
     gate, refused, approval, deploy = (_rec(data, n) for n in ("gate", "refused", "approval", "deploy"))
     if refused:
         decision = _decision(decisions, refused.get("decision_id"), str(refused.get("stage")))
-        return (f"<h2>Refused at {esc(refused.get('stage'))}: {badge('deny')}</h2><p>The run stopped before "
-                f"it trained.</p>{_reason_list(v, decision, refused.get('reasons'))}")
+        return Gate(refused, gate, decision or {"reasons": refused.get("reasons")})
     if not gate:
-        return "<h2>Deploy gate</h2><p class=\"muted\">The run has not reached the deploy gate.</p>"
+        return Gate(refused, gate, {})
     decision = _decision(decisions, gate.get("decision_id"), "gate")
     # A decision from before the policy listed its checks has reasons only.
-    outcome = gate.get("outcome")
     answered = approval.get("outcome") if approval else None
-    checks = checks_list(v, decision.get("result"), answered) or _reason_list(v, decision, gate.get("reasons"))
-    airflow = airflow_run_link(v.up, data["dag_id"], data["run_id"], data["id_known"])
-    if approval:
-        answer = (f"<p>Approval: {approval_cell(approval)} <span class=\"muted small\">via "
-                  f"{esc(approval.get('channel'))}</span></p>")
-    else:
-        answer = f"<p>Waiting for a person's approval in Airflow ({airflow}).</p>" if outcome == "needs_approval" else ""
-    deployed = (f"<p>Deployed: <b>{esc(deploy.get('model_name'))} v{esc(deploy.get('version'))}</b> as "
-                f"<code>{esc(deploy.get('alias'))}</code>.</p>") if deploy else ""
-    # After a person's answer the gate's state is that answer: a run that was approved and deployed
-    # no longer reads "needs approval".
-    state = (f"{badge(answered)} {esc(OUTCOME_WORDS['needs_approval'])}, {esc(OUTCOME_WORDS.get(answered, ''))}"
-             if answered else f"{badge(outcome)} {esc(OUTCOME_WORDS.get(outcome, ''))}")
-    return f"<h2>Deploy gate: {state}</h2>{checks}{answer}{deployed}"
+    return Gate(refused, gate, decision or {"reasons": gate.get("reasons")}, gate.get("outcome"), answered,
+                checks(v, decision.get("result"), answered), approval, deploy)
 
 
 def _changes(prev: dict | None, cur: dict) -> list[str]:
@@ -132,7 +96,7 @@ def _changes(prev: dict | None, cur: dict) -> list[str]:
     return out
 
 
-def epoch_charts(epochs: list[dict]) -> str:
+def epoch_charts(epochs: list[dict]) -> list[charts.Chart]:
     rows = [e for e in epochs if isinstance(e, dict) and isinstance(e.get("epoch"), int)]
     markers = tuple(charts.Marker(e["epoch"], "tuner", f"epoch {e['epoch']}: " + "; ".join(ch) + " — "
                                   + str((e.get("tuner") or {}).get("why", "")))
@@ -140,100 +104,41 @@ def epoch_charts(epochs: list[dict]) -> str:
     figures = []
     for i, (key, words) in enumerate(SETTINGS + (("holdout_accuracy_noisy", "noisy held-out accuracy"),)):
         pts = tuple(charts.Point(e["epoch"], float(e[key])) for e in rows if isinstance(e.get(key), (int, float)))
-        figures.append(charts.svg(charts.Chart(f"{words} per epoch", "epoch", words,
-                                               (charts.Series(words, pts, i + 1),), markers=markers,
-                                               x_kind="integer")))
-    return f'<div class="charts">{"".join(figures)}</div>'
+        figures.append(charts.Chart(f"{words} per epoch", "epoch", words, (charts.Series(words, pts, i + 1),),
+                                    markers=markers, x_kind="integer"))
+    return figures
 
 
-def epoch_table(epochs: list[dict], plan: dict, live: bool = False) -> str:
-    """`live`: the epoch lines of a run still training, which carry no tuner's reason (train.json's
-    history, written when training ends, has it)."""
-    rows, prev = [], None
-    budget = plan.get("epsilon")
-    for e in (x for x in epochs if isinstance(x, dict)):
-        tuner = e.get("tuner") or {}
-        change = _changes(prev, e)
-        why = (esc(tuner.get("why")) if tuner else
-               '<span class="muted">recorded when training ends</span>' if live else
-               '<span class="muted">no tuner: the plan\'s settings</span>')
-        rows.append(
-            f'<tr><td class="num">{esc(e.get("epoch"))}</td>'
-            + "".join(f'<td class="num">{num(e.get(k))}</td>' for k, _ in SETTINGS)
-            + f'<td class="num">{num(e.get("steps"))} at q {num(e.get("sample_rate"), "{:.3g}")}</td>'
-            f'<td class="num">{num(e.get("epsilon_used"))}{" of " + num(budget) if budget is not None else ""}</td>'
-            f'<td class="num">{num(e.get("holdout_accuracy_noisy"), "{:.3f}")}</td>'
-            f'<td>{why}{"<br><span class=small>" + esc("; ".join(change)) + "</span>" if change else ""}</td></tr>')
-        prev = e
-    return table(["epoch", "noise σ", "clip norm", "learning rate", "admitted steps", "ε used so far",
-                  "noisy held-out acc.", "the tuner's reason (and what changed)"], rows,
-                 "No training history in this run.")
+def epoch_rows(epochs: list[dict]) -> list[tuple[dict, list[str]]]:
+    """Each epoch with what the tuner changed from the one before."""
+    rows = [e for e in epochs if isinstance(e, dict)]
+    return [(e, _changes(prev, e)) for prev, e in zip([None, *rows], rows)]
 
 
-def tuning_start(data: dict) -> str:
-    """Where the run's tuning started: earlier runs' released results (warm start) and, for a
-    private search, the chosen trial. All public: charged releases and post-processing of them."""
+@dataclass(frozen=True)
+class Tuning:
+    """Where the run's tuning started (all public: charged releases and post-processing of them)."""
+
+    search: dict | None
+    chosen: dict | None
+    warm: list[dict]
+    best: dict | None
+
+
+def tuning_facts(data: dict) -> Tuning:
     plan_rec, train = _rec(data, "plan"), _rec(data, "train")
     warm = [w for w in plan_rec.get("warm_start") or [] if isinstance(w, dict)]
-    search, chosen = (plan_rec.get("privacy") or {}).get("search"), train.get("search")
-    parts = []
-    if search and chosen:
-        parts.append(
-            f'<p>Private hyperparameter search: trials drawn from the {esc(search.get("distribution"))} '
-            "distribution (how many ran is secret); the best by noisy held-out accuracy "
-            f'({num(chosen.get("holdout_accuracy_noisy"), "{:.3f}")}) was kept: learning rate '
-            f'{num(chosen.get("learning_rate"))}, clip norm {num(chosen.get("max_grad_norm"))}, noise σ '
-            f'{num(chosen.get("noise_multiplier"))}. Its ε covers the whole search.</p>')
-    if not warm:
-        parts.append('<p class="muted small">No earlier run of this pipeline had released results to start from.</p>')
-    else:
-        found = best_known([KnownResult.model_validate(w) for w in warm])
-        best = found.model_dump() if found else None
-        parts.append(f'<p>Started from {len(warm)} results released by earlier runs of this pipeline'
-                     + (f'; the best known: learning rate {num(best.get("learning_rate"))}, clip norm '
-                        f'{num(best.get("max_grad_norm"))} (noisy accuracy {num(best.get("accuracy_noisy"), "{:.3f}")}, '
-                        f'run {esc(best.get("run_id"))}, {esc(best.get("what"))})' if best else "") + ".</p>")
-        rows = [f'<tr><td>{esc(w.get("run_id"))}</td><td>{esc(w.get("what"))}</td>'
-                f'<td class="num">{num(w.get("learning_rate"))}</td><td class="num">{num(w.get("max_grad_norm"))}</td>'
-                f'<td class="num">{num(w.get("accuracy_noisy"), "{:.3f}")}</td></tr>' for w in reversed(warm[-10:])]
-        parts.append(table(["earlier run", "released after", "learning rate", "clip norm", "noisy accuracy"], rows, ""))
-    return "<h2>Where tuning started</h2>" + "".join(parts)
-
-
-def raw_records(v: View, data: dict) -> str:
-    if not v.reader.compliance:
-        return '<p class="muted small">The raw stage records and the run folder are shown to compliance officers.</p>'
-    folded = "".join(f"<details><summary>{esc(name)}.json</summary><pre>"
-                     f"{esc(json.dumps(rec, indent=2, sort_keys=True))}</pre></details>"
-                     for name, rec in data["records"].items())
-    return (f'<p class="muted small">Folder <code>{esc(data["run_dir"])}</code> &middot; '
-            f'{link(v.up + "api/runs/" + seg(data["pipeline"]) + "/" + seg(data["run_id"]), "as JSON")}</p>'
-            + folded)
-
-
-def state_line(state: dict | None) -> str:
-    """Where the run is: its state, the stage reached and, while it trains, epoch k of n."""
-    if not state:
-        return ""
-    epoch = (f' &middot; epoch <b>{esc(state["epoch"])}</b> of {esc(state.get("epochs") or "?")}'
-             if state.get("epoch") is not None and state.get("in_flight") else "")
-    return (f'<p class="run-state">{state_badge(state)} {esc(state.get("words"))} &middot; stage '
-            f'<b>{esc(state.get("stage"))}</b>{epoch}</p>')
+    found = best_known([KnownResult.model_validate(w) for w in warm]) if warm else None
+    return Tuning((plan_rec.get("privacy") or {}).get("search"), train.get("search"), warm,
+                  found.model_dump() if found else None)
 
 
 def run_page(v: View, data: dict, decisions: Any) -> str:
-    plan = _rec(data, "plan").get("privacy") or {}
-    dataset = data.get("dataset_id") or plan.get("dataset_id")
-    stopped = _rec(data, "train").get("stopped_reason")
-    head = (f'<p class="small">Pipeline <b>{esc(data["pipeline"])}</b>'
-            + (f' &middot; dataset {link(v.up + "datasets/" + seg(dataset), dataset)}' if dataset else "")
-            + f' &middot; {airflow_run_link(v.up, data["dag_id"], data["run_id"], data["id_known"])} in Airflow</p>')
-    body = (head + state_line(data.get("state")) + summary_cards(data) + gate_section(v, data, decisions)
-            + "<h2>Training, epoch by epoch</h2><p class=\"muted small\">The settings each epoch ran with, what the "
-            "privacy filter admitted, and the tuner's reason. Marked epochs: the tuner changed a setting."
-            + (f" Training stopped: {esc(stopped)}." if stopped else "") + "</p>"
-            + epoch_charts(data["epochs"]) + epoch_table(data["epochs"], plan, bool(data.get("epochs_live")))
-            + tuning_start(data)
-            + "<h2>Decisions</h2>" + section(decisions, lambda x: chain_box(x["chain"]) + decision_table(v, x))
-            + "<h2>Stage records</h2>" + raw_records(v, data))
-    return v.page(f"Run {data['run_id']}", body)
+    s = summary(data)
+    return v.render("run.html", f"Run {data['run_id']}", data=data, decisions=decisions, summary=s,
+                    dataset=data.get("dataset_id") or s.plan.get("dataset_id"), gate=gate_facts(v, data, decisions),
+                    stopped=_rec(data, "train").get("stopped_reason"), epoch_figures=epoch_charts(data["epochs"]),
+                    epoch_rows=epoch_rows(data["epochs"]), tuning=tuning_facts(data))
+
+
+templating.environment().globals.update(SETTINGS=SETTINGS, percent=percent)
