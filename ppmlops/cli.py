@@ -100,6 +100,7 @@ def _policy_test(args: argparse.Namespace) -> int:
 
 def _print_coverage(coverage, with_lines: bool) -> None:
     from ppmlops.compliance.coverage import row_spans
+    from ppmlops.terminal import print_table
 
     def shown(path: str) -> str:
         try:
@@ -107,16 +108,12 @@ def _print_coverage(coverage, with_lines: bool) -> None:
         except ValueError:
             return path
 
-    rows = [(shown(f.path), f.covered_lines, f.not_covered_lines, f.percent, f.not_covered_rows) for f in coverage.files]
-    width = max([len("total")] + [len(r[0]) for r in rows])
+    rows = [[shown(f.path), f.covered_lines, f.not_covered_lines, f"{f.percent:.1f}%"]
+            + ([row_spans(f.not_covered_rows)] if with_lines else []) for f in coverage.files]
+    total = ["total", coverage.covered_lines, coverage.not_covered_lines, f"{coverage.percent:.1f}%"]
     print("coverage (OPA's cover tracer, in lines):")
-    print(f"  {'file':<{width}}  {'covered':>7}  {'not covered':>11}  {'coverage':>8}")
-    for path, covered, missed, percent, missed_rows in rows:
-        print(f"  {path:<{width}}  {covered:7d}  {missed:11d}  {percent:7.1f}%")
-        if with_lines and missed_rows:
-            print(f"      not covered: {row_spans(missed_rows)}")
-    print(f"  {'total':<{width}}  {coverage.covered_lines:7d}  {coverage.not_covered_lines:11d}  "
-          f"{coverage.percent:7.1f}%")
+    print_table(["file", "covered", "not covered", "coverage"] + (["lines not covered"] if with_lines else []),
+                rows + [total + ([""] if with_lines else [])], sections=[len(rows) - 1])
 
 
 def _audit_log(args: argparse.Namespace):
@@ -195,11 +192,14 @@ def _audit_show(args: argparse.Namespace) -> int:
     from ppmlops.audit.log import AuditLog
 
     records = AuditLog(args.db_url or settings_mod.load().db_url).records(run_id=args.run, dataset_id=args.dataset)
-    text = "\n".join(
-        f"{r['seq']}\t{r['recorded_at']}\t{r['run_id']}\t{r['stage']}\t{r['decision']['query']}\t"
-        f"{r['decision']['outcome']}" + "".join(f"\n\t- {why}" for why in r["decision"]["reasons"])
-        for r in records)
-    _print(records, args.json, text or "no decisions recorded")
+    if args.json or not records:
+        _print(records, args.json, "no decisions recorded")
+        return 0
+    from ppmlops.terminal import print_table
+
+    print_table(["seq", "recorded", "run", "stage", "query", "outcome", "reasons"],
+                [[r["seq"], r["recorded_at"], r["run_id"], r["stage"], r["decision"]["query"], r["decision"]["outcome"],
+                  "; ".join(r["decision"]["reasons"])] for r in records])
     return 0
 
 

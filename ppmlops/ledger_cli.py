@@ -153,14 +153,6 @@ def _print_json(doc: Any) -> None:
     print(json.dumps(_json_safe(doc), indent=2, allow_nan=False))
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _fmt_eps(value: float | None) -> str:
     if value is None:
         return "-"
@@ -182,8 +174,10 @@ def _epsilon(args: argparse.Namespace) -> int:
                          for s in segments],
         })
         return 0
-    print(_table(["segment", "noise_multiplier", "sample_rate", "steps"],
-                 [[i + 1, f"{s.noise_multiplier:g}", f"{s.sample_rate:g}", s.steps] for i, s in enumerate(segments)]))
+    from ppmlops.terminal import print_table
+
+    print_table(["segment", "noise_multiplier", "sample_rate", "steps"],
+                [[i + 1, f"{s.noise_multiplier:g}", f"{s.sample_rate:g}", s.steps] for i, s in enumerate(segments)])
     print(f"\nepsilon = {_fmt_eps(eps)} at delta = {delta:g} (RDP, optimal order {order:g})")
     return 0
 
@@ -201,8 +195,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         _print_json({"noise_multiplier": sigma, "epsilon": achieved, "order": order, "target_epsilon": target,
                      "delta": delta, "sample_rate": q, "steps": steps})
         return 0
-    print(_table(["target_epsilon", "delta", "sample_rate", "steps", "noise_multiplier", "epsilon"],
-                 [[f"{target:g}", f"{delta:g}", f"{q:g}", steps, f"{sigma:.6g}", _fmt_eps(achieved)]]))
+    from ppmlops.terminal import print_table
+
+    print_table(["target_epsilon", "delta", "sample_rate", "steps", "noise_multiplier", "epsilon"],
+                [[f"{target:g}", f"{delta:g}", f"{q:g}", steps, f"{sigma:.6g}", _fmt_eps(achieved)]])
     return 0
 
 
@@ -234,19 +230,21 @@ def _ledger_show(args: argparse.Namespace) -> int:
     if not doc["datasets"]:
         print("privacy ledger is empty")
         return 0
-    blocks = []
-    for ds in doc["datasets"]:
+    from ppmlops.terminal import print_table
+
+    for i, ds in enumerate(doc["datasets"]):
         use = uses[ds["dataset_id"]]
-        head = (f"dataset {ds['dataset_id']}: {use.text()} (Renyi filter at order {use.order:g})" if use else
-                f"dataset {ds['dataset_id']}: not registered (no lifetime budget); its entries are listed below")
+        if i:
+            print()
+        print(f"dataset {ds['dataset_id']}: {use.text()} (Renyi filter at order {use.order:g})" if use else
+              f"dataset {ds['dataset_id']}: not registered (no lifetime budget); its entries are listed below")
         parts = ", ".join(f"{name} {_fmt_eps(eps)}" for name, eps in ds["partitions"].items())
+        if parts:
+            print(f"  epsilon at that order by partition (information): {parts}")
         rows = [[e["id"], e["run_id"], e["partition"], e["kind"], f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
                  e["steps"], e["status"], e["randomness"], e["created_at"], e["note"]] for e in ds["entries"]]
-        table = _table(["id", "run", "partition", "kind", "sigma", "q", "steps", "status", "randomness", "created_at",
-                        "note"], rows)
-        blocks.append(head + (f"\n  epsilon at that order by partition (information): {parts}" if parts else "")
-                      + "\n" + table)
-    print("\n\n".join(blocks))
+        print_table(["id", "run", "partition", "kind", "sigma", "q", "steps", "status", "randomness", "created_at",
+                     "note"], rows)
     return 0
 
 
