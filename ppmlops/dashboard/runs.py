@@ -227,10 +227,13 @@ def listing(settings: Settings, limit: int = 50) -> dict:
     out = []
     for mtime, folder in found[:limit]:
         gate = load(folder / "gate.json") if (folder / "gate.json").exists() else {}
+        approval = load(folder / "approval.json") if (folder / "approval.json").exists() else {}
         refused = (folder / "refused.json").exists()
         out.append({**ref(folder).as_dict(), "records": sorted(p.stem for p in record_files(folder)),
                     "modified": mtime, "refused": refused,
                     "outcome": gate.get("outcome") if isinstance(gate, dict) else None,
+                    # a person's answer to a needs-approval gate: the gate's state once given
+                    "answered": approval.get("outcome") if isinstance(approval, dict) else None,
                     "state": state_of(folder, settings.run_stale_after_s).as_dict()})
     return {"runs_dir": str(settings.runs_dir), "runs": out}
 

@@ -62,6 +62,10 @@ def test_a_run_still_training_reads_running_with_its_epoch(built, client):
     # the finished runs are not in flight: deployed, denied at the gate, refused at plan
     for other in (built.good_run, built.denied_run, built.refused_run):
         assert other not in rows
+    # the approved and deployed run's gate reads the person's answer, not a standing needs_approval
+    recent = overview[overview.index("<h2>Recent runs</h2>"):].split("<h2>", 2)[1]
+    [row] = [line for line in recent.splitlines() if built.good_run in line]
+    assert row.endswith('<td><span class="badge b-allow">approved</span></td></tr>') and "needs_approval" not in row
     finished = {r["run_id"]: r["state"]["state"] for r in client.get("/api/runs").json()["runs"]}
     assert finished == {RUN: "running", built.good_run: "deployed", built.denied_run: "denied",
                         built.refused_run: "refused"}
