@@ -1,5 +1,6 @@
 """Progress of long work counted in units (rows, bytes): a rich progress bar on a terminal, plain
-lines every few seconds anywhere else (a task log, a pipe), and one line when it ends.
+lines every few seconds anywhere else (a task log, a pipe), and one line when it ends (when it
+printed any: a quick piece of work stays quiet).
 
     with ProgressDisplay("risk scan", total=size, unit="bytes") as shown:
         for chunk in chunks:
@@ -55,6 +56,7 @@ class ProgressDisplay:
         self._bar: Progress | None = None
         self._task = None
         self._closed = False
+        self._lines = 0
         if self._terminal:
             columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn()]
             if show_counts:
@@ -68,14 +70,18 @@ class ProgressDisplay:
     def advance(self, units: float) -> None:
         self.update(self.done + units)
 
-    def update(self, done: float) -> None:
+    def update(self, done: float, total: float | None = None) -> None:
+        """`total`: a new estimate of the whole (e.g. rows read over the share of a file read)."""
         self.done = done
+        if total is not None:
+            self.total = total
         if self._bar is not None:
-            self._bar.update(self._task, completed=done)
+            self._bar.update(self._task, completed=done, **({"total": total} if total is not None else {}))
             return
         now = self._clock()
         if now - self._last >= self.every_s:
             self._last = now
+            self._lines += 1
             self._emit(self.line(now))
 
     def close(self) -> None:
@@ -85,7 +91,7 @@ class ProgressDisplay:
         self._closed = True
         if self._bar is not None:
             self._bar.stop()
-        else:
+        elif self._lines:  # work that ended before its first line needs no last one (a quick command stays quiet)
             self._emit(self.line(self._clock(), finished=True))
 
     def __enter__(self) -> "ProgressDisplay":

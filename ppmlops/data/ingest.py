@@ -80,7 +80,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ppmlops.data import quarantine, sql_source
+from ppmlops.data import quarantine, read_progress, sql_source
 from ppmlops.data.sql_source import SqlReader
 from ppmlops.data.person_bound import KEEP, OVER, PersonBound, bound_key
 from ppmlops.data.consent import ConsentRules, today
@@ -839,6 +839,7 @@ class _IngestRun:
                 for chunk in reader.batches(self._read_columns(n)):
                     self._chunk(n, reader, chunk)
                     del chunk  # not held while the reader makes the next one
+                    read_progress.step(n, reader, self.readers)
                 if reader.rows_in == 0:
                     what = {"csv": "has a header but no data rows", "sql": "returned no rows"}.get(
                         reader.format, "has columns but no data rows")

@@ -547,6 +547,15 @@ class SourceReader:
         self._check_unchanged()
         self._done = True
 
+    def fraction_read(self) -> float | None:
+        """How much of the source has been read so far, 0 to 1 (a share, never a count): a CSV's
+        bytes against its size, a Parquet or NPZ file's rows against the rows it holds."""
+        if self.format == "csv":
+            source, size = getattr(self, "_reading", None), self._before.size
+            return None if source is None or not size else min(1.0, source.offset / size)
+        total = getattr(self, "_total_rows", None)
+        return None if not total else min(1.0, self.rows_in / total)
+
     def __iter__(self) -> Iterator[Chunk]:
         for batch in self.batches():
             yield batch.chunk()
@@ -608,7 +617,7 @@ class SourceReader:
                   if self._arrow and _BlockParser.usable(self.delimiter) else None)
         codec = "utf-8" if self.encoding == "utf-8" else CODECS[self.encoding]
         out = _Batches(self.chunk_rows)
-        source = _Source(self.path, self._digest)
+        source = self._reading = _Source(self.path, self._digest)
         collecting = gc.isenabled()
         try:
             gc.disable()
@@ -759,7 +768,9 @@ class SourceReader:
                 self._digest.update(block)
         row = 0
         try:
-            for batch in self._parquet_file().iter_batches(batch_size=self.chunk_rows):
+            parquet = self._parquet_file()
+            self._total_rows = parquet.metadata.num_rows
+            for batch in parquet.iter_batches(batch_size=self.chunk_rows):
                 records = _text_records(batch)
                 rows = _Rows(records, list(range(row + 1, row + 1 + len(records))))
                 yield Batch([(rows, 0, len(records))] if records else [], [])
@@ -845,7 +856,7 @@ class SourceReader:
 
     def _npz_batches(self) -> Iterator[Batch]:
         arrays, labels = self._npz_arrays(self._digest)
-        n = _npz_rows(arrays)
+        n = self._total_rows = _npz_rows(arrays)
         for start in range(0, n, self.chunk_rows):
             end = min(n, start + self.chunk_rows)
             records = self._npz_records(arrays, labels, start, end)

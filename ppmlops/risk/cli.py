@@ -129,7 +129,8 @@ def _report(args: argparse.Namespace):
         if ignored:
             raise BadArgument(ignored[0], "the spec declares this; edit the spec instead")
         spec = load_spec(args.path)
-        return spec, assess_spec(spec, sample_rows=sample_rows, as_of=as_of)
+        with _progress():
+            return spec, assess_spec(spec, sample_rows=sample_rows, as_of=as_of)
     consent = None
     if args.consent_column:
         fields: dict[str, Any] = {"column": args.consent_column, "purposes_column": args.purposes_column,
@@ -148,13 +149,21 @@ def _report(args: argparse.Namespace):
         quasi_identifiers=frozenset(_columns(args.quasi_identifiers)),
         special_categories=frozenset(_columns(args.special_categories)),
         not_sensitive=frozenset(_columns(args.not_sensitive)))
-    report = assess_file(
-        args.path, fmt=args.format, encoding=args.encoding, delimiter=_delimiter(args.delimiter), label=args.label,
-        features=_columns(args.features) or None, consent=consent, declarations=declarations,
-        regulation=args.regulation, delta=_delta(args.delta) if args.delta else None,
-        k=whole_number(args.k, "--k", 2) if args.k else None, sample_rows=sample_rows, as_of=as_of,
-        quarantine=Path(args.quarantine) if args.quarantine else None)
+    with _progress():
+        report = assess_file(
+            args.path, fmt=args.format, encoding=args.encoding, delimiter=_delimiter(args.delimiter), label=args.label,
+            features=_columns(args.features) or None, consent=consent, declarations=declarations,
+            regulation=args.regulation, delta=_delta(args.delta) if args.delta else None,
+            k=whole_number(args.k, "--k", 2) if args.k else None, sample_rows=sample_rows, as_of=as_of,
+            quarantine=Path(args.quarantine) if args.quarantine else None)
     return None, report
+
+
+def _progress():
+    """The scan's progress on stderr: the data owner's own terminal, so rows and rows/s too."""
+    from ppmlops.data import read_progress
+
+    return read_progress.shown("risk scan", public=False)
 
 
 # ---------------------------------------------------------------------------------------------- commands

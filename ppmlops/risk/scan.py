@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ppmlops.data import read_progress
 from ppmlops.data.consent import ConsentRules
 from ppmlops.data.reading import Batch, SourceReader, detect_encoding, may_need_strip, to_csv_line
 from ppmlops.errors import DataError
@@ -205,6 +206,7 @@ def scan_sources(
                 sample.offer(index, len(used), lambda at, batch=batch, used=used: batch.records(used[at].tolist()))
                 if counter is not None and len(used):
                     counter.add(_class_hashes(batch, qi_index, used))
+                read_progress.step(index, reader, readers)
             info.rows_in = reader.rows_in
             info.sha256 = reader.sha256
             info.rows_refused = sum(refusals.values())

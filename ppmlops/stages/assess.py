@@ -16,7 +16,7 @@ with nothing charged.
 
 from __future__ import annotations
 
-from ppmlops.data import ingest as ingest_mod
+from ppmlops.data import ingest as ingest_mod, read_progress
 from ppmlops.errors import PpmlopsError
 from ppmlops.privacy.accountant import calibrate_noise, epsilon_from_rdp
 from ppmlops.privacy.identity import claim_source
@@ -166,7 +166,8 @@ def _exact_report(ctx: RunContext) -> None:
     staged = ctx.store.read(StagedData).result
     # A partitioned window read the files of its interval: the report must scan the same ones.
     partition = staged.window.interval() if staged.window.mode == "partition" else None
-    report = assess(ctx.spec, staged, partition=partition, connections=ctx.settings.source_urls)
+    with read_progress.in_task_log("assess: risk scan of the source"):
+        report = assess(ctx.spec, staged, partition=partition, connections=ctx.settings.source_urls)
     (ctx.store.private_dir / "risk.txt").write_text(report.summary())
     ctx.store.write(ExactRisk(report=report.to_dict()))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ppmlops.data import read_progress
 from ppmlops.data.ingest import ingest
 from ppmlops.errors import BudgetExceeded, PpmlopsError
 from ppmlops.privacy.accountant import Segment, calibrate_noise, segment_rdp
@@ -111,9 +112,11 @@ def run(ctx: RunContext) -> Staged:
     except PpmlopsError as err:
         ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
-    result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
-                    home=ctx.settings.home, screen=DirectIdentifierScreen(), retired=[r.block for r in retired],
-                    connections=ctx.settings.source_urls)
+    # The task log says how much of the source is read (a share and the time, never a row count).
+    with read_progress.in_task_log("ingest: reading the source"):
+        result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
+                        home=ctx.settings.home, screen=DirectIdentifierScreen(), retired=[r.block for r in retired],
+                        connections=ctx.settings.source_urls)
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,
