@@ -37,13 +37,12 @@ def _date(text: str) -> datetime:
 
 def _cost(args: argparse.Namespace) -> int:
     from ppmlops.backfill_cost import estimate, intervals
-    from ppmlops.privacy.ledger import Ledger
+    from ppmlops.privacy.ledger import Ledger, sqlite_file_missing
 
     spec = pipeline_spec(args.pipeline)
     url = settings_mod.load().db_url
     # Reading creates nothing: before the first run there may be no ledger file, and nothing charged.
-    missing = url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):].split("?", 1)[0]).exists()
-    cost = estimate(spec, None if missing else Ledger.reading(url), intervals(spec, args.start, args.end))
+    cost = estimate(spec, None if sqlite_file_missing(url) else Ledger.reading(url), intervals(spec, args.start, args.end))
     if args.json:
         print(json.dumps(cost.model_dump(mode="json") | {"verdict": cost.verdict()}, indent=2))
         return 0

@@ -129,7 +129,7 @@ def build(s: Settings, good_run: str = "manual__2026-03-02T09:00:00+00:00",
     store = RunStore.of(s.runs_dir, PIPELINE, good_run)
     store.write(rec.ApprovalRecord(approved=True, outcome="approved", by="officer", at="2026-03-02T10:00:00+00:00",
                                    channel="airflow-hitl", gate_decision_id=gate.decision_id,
-                                   gate_reasons=gate.reasons))
+                                   gate_reasons=gate.reasons, comment="margin over the baseline <holds>"))
     model = weights or s.home / "weights.pt"
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"weights")

@@ -54,10 +54,11 @@ def budget_words(spec: PipelineSpec) -> str:
     per = " per block of event time" if spec.privacy.blocks is not None else ""
     blocks = (" A block whose budget is spent is retired from a run's window; new blocks start with the full budget."
               if per else "")
-    from ppmlops.dashboard.links import dataset_page_path
+    from ppmlops.dashboard.links import backfill_page_path, dataset_page_path
 
     return (f"Dataset {spec.dataset.id}: {lifetime}{per}. What is left is on the dashboard's dataset page "
-            f"({dataset_page_path(spec.dataset.id)}).{blocks}")
+            f"({dataset_page_path(spec.dataset.id)}); what a backfill of a date range will spend, on its backfill "
+            f"page ({backfill_page_path(spec.name)}).{blocks}")
 
 
 def params(spec: PipelineSpec) -> dict[str, Any]:

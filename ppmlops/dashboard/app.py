@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ppmlops import settings as settings_mod
+from ppmlops.errors import PpmlopsError
 from ppmlops.dashboard import access, html, queries, run_page as run_view, runs as run_folders
 from ppmlops.dashboard.queries import NotFound, Unavailable
 
@@ -158,11 +159,41 @@ def _page_routes(r: APIRouter) -> None:
         decisions = _try(queries.run_decisions, s, data["run_id"], data.get("dataset_id"))
         return HTMLResponse(run_view.run_page(view(request, "../../", run_folders.index(s)), data, decisions))
 
+    @r.api_route("/pipelines/{pipeline}/backfill", methods=GET_HEAD, response_class=HTMLResponse)
+    def backfill_page(request: Request, pipeline: str, start: str = "", end: str = "") -> HTMLResponse:
+        """What a backfill will cost; the DAG's docs link here from beside Airflow's backfill form."""
+        v = view(request, "../../", run_folders.index(settings_mod.load()))
+        try:
+            spec, cost = backfill_estimate(pipeline, start, end)
+        except PpmlopsError as err:
+            return HTMLResponse(html.backfill_page(v, pipeline, start=start, end=end, error=str(err)), status_code=404)
+        except ValueError as err:
+            return HTMLResponse(html.backfill_page(v, pipeline, start=start, end=end, error=str(err)), status_code=400)
+        return HTMLResponse(html.backfill_page(v, pipeline, spec=spec, start=start, end=end, cost=cost))
+
     @r.api_route("/dag-runs/{dag_id}/{run_id}", methods=GET_HEAD)
     def from_airflow(dag_id: str, run_id: str) -> RedirectResponse:
         """Where the "Privacy" tab of an Airflow DAG run points: that run's page."""
         pipeline = dag_id.removeprefix("ppmlops_")
         return RedirectResponse(f"../../runs/{quote(pipeline, safe='')}/{quote(run_id, safe='')}", status_code=307)
+
+
+def backfill_estimate(pipeline: str, start: str, end: str):
+    """(the pipeline's spec, the cost of backfilling [start, end] or None when no range is given)."""
+    from datetime import datetime, timezone
+
+    from ppmlops.backfill_cli import pipeline_spec
+    from ppmlops.backfill_cost import estimate, intervals
+
+    spec = pipeline_spec(pipeline)
+    if not start or not end:
+        return spec, None
+    try:
+        first, last = (datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in (start, end))
+    except ValueError:
+        raise ValueError(f"dates must read YYYY-MM-DD: got {start!r} and {end!r}") from None
+    s = settings_mod.load()
+    return spec, estimate(spec, queries.ledger_or_none(s), intervals(spec, first, last))
 
 
 def _slashes(request: Request) -> int:

@@ -253,6 +253,14 @@ def ledger_page(v: View, data: dict) -> str:
     return v.render("ledger.html", "Ledger tables", data=data)
 
 
+def backfill_page(v: View, pipeline: str, *, spec: Any = None, start: str = "", end: str = "", cost: Any = None,
+                  error: str = "") -> str:
+    """What a backfill of [start, end] will cost (ppmlops.backfill_cost), with the form to ask."""
+    return v.render("backfill.html", f"What a backfill of {pipeline} will cost", pipeline=pipeline,
+                    schedule=getattr(spec, "schedule", None), dataset_id=spec.dataset.id if spec else None,
+                    start=start, end=end, cost=cost, error=error)
+
+
 def block_days(seconds: Any) -> str:
     return "one block (the whole dataset)" if not seconds else f"{seconds / 86400:g} days"
 

@@ -26,3 +26,8 @@ def dataset_page_path(dataset_id: str) -> str:
 def run_page_path(pipeline: str, run_id: str) -> str:
     """The run's dashboard page, as an absolute path on the Airflow API server."""
     return f"{base_path()}{URL_PREFIX}/runs/{quote(pipeline, safe='')}/{quote(run_id, safe='')}"
+
+
+def backfill_page_path(pipeline: str) -> str:
+    """The page saying what a backfill of the pipeline will cost, as an absolute path."""
+    return f"{base_path()}{URL_PREFIX}/pipelines/{quote(pipeline, safe='')}/backfill"

@@ -59,6 +59,13 @@ def _open(db_url: str):
     return Ledger(db_url), AuditLog(db_url)
 
 
+def ledger_or_none(settings: Settings):
+    """The ledger, or None before any pipeline ran (no database yet: nothing charged)."""
+    from ppmlops.privacy.ledger import sqlite_file_missing
+
+    return None if sqlite_file_missing(settings.db_url) else stores(settings)[0]
+
+
 def stores(settings: Settings):
     """(Ledger, AuditLog) on settings.db_url, or Unavailable with a message a person can act on."""
     from ppmlops.privacy.ledger import sqlite_file_missing

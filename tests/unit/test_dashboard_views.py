@@ -146,6 +146,7 @@ def test_run_page_opens_with_the_summary_and_every_gate_check(built):
 def test_run_page_shows_the_approval_and_the_deploy(built):
     page = client_as(VIEWER).get(run_url(built.good_run)).text
     assert "needs_approval" in page and "approved</span> officer" in page
+    assert "via airflow-hitl</span>: &ldquo;margin over the baseline &lt;holds&gt;&rdquo;" in page  # the comment, escaped
     # Approved and deployed: the gate's state is the answer, and the check that asked for a person
     # says it was not met and that a person approved (not a standing "needs approval").
     header = page[page.index("<h2>Deploy gate: "):].split("</h2>", 1)[0]
