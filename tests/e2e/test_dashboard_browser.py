@@ -182,6 +182,24 @@ def test_a_run_in_flight_reads_running_with_its_epoch(server, browser):
     s.page.close()
 
 
+def test_the_backfill_page_says_what_a_range_will_spend(server, browser):
+    """Linked from the DAG's docs beside Airflow's backfill form: a person picks a range and reads
+    the runs it makes, the blocks each reads and whether each fits (issue 30, item 5)."""
+    af, _ = server
+    docs = af.ok("GET", f"/api/v2/dags/{DAG}/details")["doc_md"]
+    assert "/ppmlops/pipelines/demo_churn/backfill" in docs
+    s = Session(browser, af.url, "officer")
+    s.login_from("/ppmlops/pipelines/demo_churn/backfill")
+    s.page.fill("input[name=start]", "2026-11-02")
+    s.page.fill("input[name=end]", "2026-11-23")
+    s.page.click("button[type=submit]")
+    s.page.wait_for_url(re.compile(r"start=2026-11-02"))
+    text = s.page.inner_text("body")
+    assert re.search(r"\d+ of the 3 runs fit|all 3 runs fit", text), text[:2000]
+    assert s.page.locator("h2:text('Runs') + table tr").count() == 4 and not s.errors  # a header and 3 runs
+    s.page.close()
+
+
 def test_viewer_sees_budgets_and_outcomes_only(server, browser):
     af, built = server
     s = Session(browser, af.url, "viewer", scheme="dark")
