@@ -282,6 +282,7 @@ def models(settings: Settings) -> dict:
     from ppmlops.registry.store import Registry, RegistryError
 
     registry = Registry(settings.registry_dir)
+    deployed = _deployed_cards(settings)
     out = []
     try:
         names = registry.model_names()
@@ -299,13 +300,39 @@ def models(settings: Settings) -> dict:
         versions = []
         for version in reversed(registry.versions(name)):
             try:
-                versions.append({"version": version, "card": registry.card(name, version)})
+                versions.append({"version": version, "card": registry.card(name, version),
+                                 "card_check": _card_check(registry, deployed, name, version)})
             except RegistryError as err:
                 versions.append({"version": version, "card": None, "error": str(err)})
         if versions or aliases or error:
             out.append({"model_name": name, "aliases": aliases, "production": aliases.get("production"),
                         "versions": versions, "alias_history": history, "error": error})
     return jsonable({"registry_dir": registry.location, "models": out})
+
+
+def _deployed_cards(settings: Settings) -> dict | None:
+    """(model, version) -> (card sha256, audit seq) as deploy recorded them; None: no audit log to read."""
+    from ppmlops.registry.card_check import recorded
+
+    try:
+        _, log = stores(settings)
+        with _reading(settings):
+            return recorded(log.records())
+    except (Unavailable, PpmlopsError, SQLAlchemyError):
+        return None
+
+
+def _card_check(registry: Any, deployed: dict | None, name: str, version: int) -> dict:
+    """Whether the version's card in MLflow is still the one deploy hashed into the audit log (a
+    card's tags can be edited in MLflow's UI): "intact", "changed" with why, or "not recorded"."""
+    from ppmlops.registry.card_check import version_problem
+
+    if deployed is None or (name, version) not in deployed:
+        return {"state": "not recorded", "why": "no registration record in the audit log (deployed before "
+                                                "cards were hashed, or the log cannot be read)"}
+    sha, seq = deployed[(name, version)]
+    problem = version_problem(registry, name, version, sha, seq)
+    return {"state": "changed", "why": problem} if problem else {"state": "intact", "why": f"matches audit record {seq}"}
 
 
 # -- runs -------------------------------------------------------------------------------------

@@ -84,3 +84,19 @@ def reg_experiment(client, mv) -> str:
 def test_the_hash_is_of_the_card_as_stored():
     assert card_sha256({**CARD, "version": 3}) == card_sha256(CARD)
     assert card_sha256({**CARD, "epsilon": 0.98}) != card_sha256(CARD)
+
+
+def test_the_dashboard_shows_which_cards_changed_in_mlflow(deployed):
+    """The overview's model table says, per version, whether its card is the one deploy recorded."""
+    from fastapi.testclient import TestClient
+
+    from ppmlops.dashboard import create_app
+    from ppmlops.dashboard.queries import models
+
+    reg, client = deployed
+    client.set_model_version_tag("demo_churn", "1", "card.epsilon", "0.1")
+    checks = {v["version"]: v["card_check"] for v in models(settings.load())["models"][0]["versions"]}
+    assert checks[2]["state"] == "intact" and checks[1]["state"] == "changed"
+    assert "card.epsilon says '0.1' not '0.97'" in checks[1]["why"]
+    page = TestClient(create_app()).get("/").text
+    assert "card of demo_churn v1 changed in MLflow since deploy" in page and "card intact" in page
