@@ -72,8 +72,8 @@ profiles := {
 # default does it even for a trigger that Airflow then refuses, and that run would spend budget
 # nobody asked to spend. A run the scheduler starts on time starts within grace_s of its
 # interval's end (a tenth of the interval, at least 5 minutes: Airflow's own rule for unpaused
-# DAGs); a later one is refused before anything is spent. Trigger it by hand if it is wanted, or
-# set refuse_late to false to run such catch-ups.
+# DAGs); a later one is refused before anything is spent, unless a person cleared the run to run
+# it again. Trigger it by hand if it is wanted, or set refuse_late to false to run such catch-ups.
 scheduled_runs := {"refuse_late": true}
 
 # Fields a model card must state before its model may serve.
@@ -236,6 +236,7 @@ _train_deny contains msg if {
 	scheduled_runs.refuse_late
 	trigger := object.get(input.request, "trigger", {})
 	object.get(trigger, "kind", "") == "scheduled"
+	not object.get(trigger, "cleared", false) # a person cleared it to run again: their start, not a catch-up
 	# fails closed: a scheduled run whose lateness is not stated counts as late
 	late := object.get(trigger, "late_s", 1e12)
 	grace := object.get(trigger, "grace_s", 0)

@@ -56,7 +56,7 @@ def run_trigger(ctx) -> RunTrigger:
         return RunTrigger()
     kind = getattr(run.run_type, "value", run.run_type)
     return RunTrigger.of_airflow(str(kind), run.start_date, run.run_after, ctx.get("data_interval_start"),
-                                 ctx.get("data_interval_end"))
+                                 ctx.get("data_interval_end"), cleared=bool(getattr(run, "clear_number", 0)))
 
 
 def failure(err: Exception) -> Exception:

@@ -109,14 +109,18 @@ class RunTrigger:
     kind: str = "cli"  # Airflow's run type (scheduled, manual, backfill, asset_triggered), or cli outside Airflow
     late_s: float = 0.0  # a scheduled run: seconds from its interval's end to its start
     grace_s: float = LATE_FLOOR_S  # how late it may start
+    # A person cleared the run to run it again (Airflow's clear_number): its new start is theirs,
+    # not the scheduler's catching up, however late.
+    cleared: bool = False
 
     @classmethod
-    def of_airflow(cls, run_type: str, started, run_after, interval_start, interval_end) -> "RunTrigger":
+    def of_airflow(cls, run_type: str, started, run_after, interval_start, interval_end,
+                   cleared: bool = False) -> "RunTrigger":
         if run_type != "scheduled" or started is None or run_after is None:
-            return cls(kind=run_type)
+            return cls(kind=run_type, cleared=cleared)
         span = (interval_end - interval_start).total_seconds() if interval_start and interval_end else 0.0
         return cls(kind=run_type, late_s=max(0.0, (started - run_after).total_seconds()),
-                   grace_s=max(LATE_FLOOR_S, LATE_SHARE * span))
+                   grace_s=max(LATE_FLOOR_S, LATE_SHARE * span), cleared=cleared)
 
 
 @dataclass

@@ -171,6 +171,11 @@ test_train_allows_a_scheduled_run_on_time_and_any_late_manual_or_backfill_run if
 	ppmlops.train.allow with input as train_with({"request": {"trigger": {"kind": "backfill", "late_s": 1e6, "grace_s": 300}}})
 }
 
+test_train_allows_a_late_scheduled_run_a_person_cleared_to_run_again if {
+	trigger := {"kind": "scheduled", "late_s": 172800, "grace_s": 60480, "cleared": true}
+	ppmlops.train.allow with input as train_with({"request": {"trigger": trigger}})
+}
+
 test_train_refuses_a_scheduled_run_that_does_not_say_how_late_it_is if {
 	d := ppmlops.train with input as train_with({"request": {"trigger": {"kind": "scheduled"}}})
 	d.allow == false

@@ -244,6 +244,7 @@ def test_a_scheduled_run_the_scheduler_started_late_is_refused_before_any_ledger
     assert RunTrigger.of_airflow("scheduled", end, end, end - timedelta(hours=1), end).grace_s == pytest.approx(360)
     assert RunTrigger.of_airflow("scheduled", end, end, end - timedelta(minutes=10), end).grace_s == 300
     assert RunTrigger.of_airflow("manual", end + timedelta(days=9), end, None, end) == RunTrigger(kind="manual")
+    assert RunTrigger.of_airflow("scheduled", end + timedelta(days=2), end, start, end, cleared=True).cleared
 
     spec = _spec(tmp_path)
     ctx = _ingested(tmp_path, monkeypatch, spec)
