@@ -14,12 +14,10 @@ from ppmlops.errors import PpmlopsError
 
 def pipeline_spec(name_or_file: str):
     """A spec file's spec, or the spec named `name_or_file` in the pipelines folder."""
-    from ppmlops.spec import load_each, load_spec
+    from ppmlops.spec import load_each, load_spec, pipelines_folder
 
     if name_or_file.endswith((".yaml", ".yml")) or Path(name_or_file).is_file():
         return load_spec(name_or_file)
-    from ppmlops.airflow.dag_factory import pipelines_folder
-
     folder = pipelines_folder()
     found = [r.spec for r in load_each(sorted(folder.glob("*.yaml"))) if r.spec is not None and r.spec.name == name_or_file]
     if not found:

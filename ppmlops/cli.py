@@ -254,7 +254,7 @@ def _register_init(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ppmlops import backfill_cli, ledger_cli as privacy_cli
-    from ppmlops.risk import cli as risk_cli
+    from ppmlops import risk_cli
 
     parser = argparse.ArgumentParser(prog="ppmlops", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ppmlops {_version()}")

@@ -22,7 +22,10 @@ from pydantic import (
 )
 
 from ppmlops.errors import SpecError
-from ppmlops.tuning.protocol import TUNER_NAMES
+
+# The one list of tuner names (the spec, the DAG's Param and ppmlops.tuning.registry all read it):
+# here, in the foundation, so that the spec needs no engine.
+TUNER_NAMES: tuple[str, ...] = ("fixed", "rule", "bayes")
 
 Regulation = Literal["gdpr", "hipaa", "ccpa", "none"]
 
@@ -972,6 +975,13 @@ def load_spec(path: Path | str) -> PipelineSpec:
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     return parse_spec(data, path)
+
+
+def pipelines_folder() -> Path:
+    """Where the specs are: PPMLOPS_PIPELINES (a deployment, the test suite), else the project's dags/pipelines."""
+    from ppmlops import settings
+
+    return Path(os.environ.get("PPMLOPS_PIPELINES") or settings.load().project_root / "dags" / "pipelines")
 
 
 def load_specs(folder: Path | str) -> list[tuple[Path, PipelineSpec]]:

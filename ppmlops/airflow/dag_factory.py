@@ -17,21 +17,15 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from ppmlops import settings as settings_mod
 from ppmlops.airflow import trigger_form
 from ppmlops.airflow.approval import APPROVAL_EXTRA_TRIES, DeployApproval
 from ppmlops.airflow.ray_job import TrainOperator
 from ppmlops.airflow.tasks import finish, run_context, run_stage
 from ppmlops.run.records import ApprovalRecord, GateRecord
-from ppmlops.spec import PipelineSpec, load_each
+from ppmlops.spec import PipelineSpec, load_each, pipelines_folder
 from ppmlops.stages import gate as gate_stage
 
 log = logging.getLogger(__name__)
-
-
-def pipelines_folder() -> Path:
-    """Where the specs are: PPMLOPS_PIPELINES (a deployment, the test suite), else the project's dags/pipelines."""
-    return Path(os.environ.get("PPMLOPS_PIPELINES") or settings_mod.load().project_root / "dags" / "pipelines")
 
 
 def pipeline_dags(folder: Path | None = None) -> dict:

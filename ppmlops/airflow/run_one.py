@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppmlops import pipeline
-from ppmlops.airflow.dag_factory import _load_all, build_dag, pipelines_folder
+from ppmlops.airflow.dag_factory import _load_all, build_dag
+from ppmlops.spec import pipelines_folder
 from ppmlops.errors import PpmlopsError
 from ppmlops.run.context import RunContext, RunParams
 from ppmlops.spec import load_spec

@@ -20,7 +20,7 @@ from typing import Any, get_args
 
 from ppmlops.spec import Environment, PipelineSpec
 from ppmlops.run.context import RunParams
-from ppmlops.tuning.protocol import TUNER_NAMES
+from ppmlops.spec import TUNER_NAMES
 
 MAX_EPOCHS, MAX_WORKERS = 1000, 256
 

@@ -66,13 +66,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import numpy as np
 from scipy import stats
 
 from ppmlops.errors import PpmlopsError
 from ppmlops.privacy.randomness import NoiseSource
-from ppmlops.run.records import CanaryAudit, Canaries
 
 # k = fraction x m guesses on each side, each test at level beta / len(GUESS_FRACTIONS). With
 # thousands of canaries the strongest evidence is in the extreme 1-2% of scores (few guesses,
@@ -83,6 +83,28 @@ DEFAULT_CONFIDENCE = 0.95
 
 class AuditError(PpmlopsError):
     """The audit cannot run with these canaries or scores."""
+
+
+class CanaryCoins(Protocol):
+    """What a set of canaries is made of (ppmlops.run.records.Canaries is one): the audit sits below
+    the run's records in the layer table, so it names the fields, not the record."""
+
+    n_features: int
+    units: int
+    included: Sequence[bool]
+
+
+@dataclass(frozen=True)
+class AuditBound:
+    """The audit's result, field for field ppmlops.run.records.CanaryAudit (the evaluate stage
+    records it as one)."""
+
+    canaries: int
+    guesses: int
+    correct: int
+    epsilon_lower_bound: float
+    confidence: float
+    delta: float
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,7 @@ class CanarySet:
                              f"{self.units}, coins of shape {np.shape(self.included)}")
 
     @classmethod
-    def of(cls, record: Canaries) -> "CanarySet":
+    def of(cls, record: CanaryCoins) -> "CanarySet":
         return cls(record.n_features, record.units, np.asarray(record.included, dtype=bool))
 
     def __len__(self) -> int:
@@ -187,7 +209,7 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, beta: float) -> fl
 
 
 def audit(scores: np.ndarray, included: np.ndarray, *, delta: float,
-          confidence: float = DEFAULT_CONFIDENCE) -> CanaryAudit:
+          confidence: float = DEFAULT_CONFIDENCE) -> AuditBound:
     """Guess in/out on the extremes of `scores` (higher: more likely trained on) and certify."""
     scores = np.asarray(scores, dtype=np.float64)
     included = np.asarray(included, dtype=bool)
@@ -198,7 +220,7 @@ def audit(scores: np.ndarray, included: np.ndarray, *, delta: float,
         raise AuditError(f"confidence must be in (0, 1), got {confidence!r}")
     beta = (1 - confidence) / len(GUESS_FRACTIONS)
     order = np.argsort(scores, kind="stable")
-    best = CanaryAudit(canaries=m, guesses=0, correct=0, epsilon_lower_bound=0.0, confidence=confidence,
+    best = AuditBound(canaries=m, guesses=0, correct=0, epsilon_lower_bound=0.0, confidence=confidence,
                        delta=delta)
     for fraction in GUESS_FRACTIONS:
         k = int(fraction * m)
@@ -207,6 +229,6 @@ def audit(scores: np.ndarray, included: np.ndarray, *, delta: float,
         correct = int(np.sum(included[order[-k:]]) + np.sum(~included[order[:k]]))
         bound = epsilon_lower_bound(m, 2 * k, correct, delta, beta)
         if bound >= best.epsilon_lower_bound:
-            best = CanaryAudit(canaries=m, guesses=2 * k, correct=correct, epsilon_lower_bound=bound,
+            best = AuditBound(canaries=m, guesses=2 * k, correct=correct, epsilon_lower_bound=bound,
                                confidence=confidence, delta=delta)
     return best

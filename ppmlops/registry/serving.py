@@ -64,9 +64,7 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         X = self._encoded(model_input)
         task = self.label.task if self.label is not None else "binary"
         if task == "binary":
-            from ppmlops.training.models import predict_proba
-
-            p = predict_proba(self.net, X).numpy()
+            p = predict(self.net, X, task)  # P(class 1)
             # `positive`: the label the spec calls positive (label.positive) is the likelier one.
             return pd.DataFrame({"probability": p, "positive": p >= 0.5})
         if task == "multiclass":

@@ -19,7 +19,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ppmlops.audit.canary import audit
+from ppmlops.audit.canary import AuditBound, audit
 from ppmlops.privacy.ledger import HOLDOUT, Ledger
 from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, sigmas_for
 from ppmlops.privacy.session import PrivacySession
@@ -116,6 +116,11 @@ def _model_and_holdout(ctx: RunContext):
 def canary_audit(ctx: RunContext, n_features: int, delta: float) -> CanaryAudit:
     """The audit from the scores rank 0 kept while training (ppmlops.training.canary_scores) and
     the coins: no model and no row is read."""
+    # ppmlops.audit sits below the run's records: it returns its own result, recorded here.
+    return CanaryAudit.model_validate(_canary_bound(ctx, n_features, delta), from_attributes=True)
+
+
+def _canary_bound(ctx: RunContext, n_features: int, delta: float) -> AuditBound:
     from ppmlops.audit.canary import AuditError
     from ppmlops.training.canary_scores import read_scores
     from ppmlops.training.driver import CANARY_SCORES_FILE, canaries

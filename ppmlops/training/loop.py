@@ -40,9 +40,8 @@ from ppmlops.training.progress import append_epoch
 from ppmlops.training.factory import job_net
 from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
-from ppmlops.tuning.tuners import affordable_floor
 from ppmlops.tuning import signals
-from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner
+from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner, affordable_floor
 
 if TYPE_CHECKING:  # Opacus is imported where a model is wrapped: the driver reads checkpoints without it
     from ppmlops.training.private_model import PrivateModel

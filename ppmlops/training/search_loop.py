@@ -44,7 +44,7 @@ from ppmlops.training.tasks import predict, scores, target_dtype
 from ppmlops.training.sampling import LockstepPoissonSampler
 from ppmlops.tuning import signals
 from ppmlops.tuning.protocol import BudgetView, EpochSettings
-from ppmlops.tuning.tuners import SIGNAL
+from ppmlops.tuning.protocol import SIGNAL
 
 def _draw_settings(job: WorkerJob, source) -> dict[str, float]:
     """One trial's settings, from the plan's public distribution only (never from the data)."""

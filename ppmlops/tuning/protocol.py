@@ -12,14 +12,19 @@ a proposal that does not fit is refused and the run stops cleanly.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ppmlops.errors import TrainingError
+import numpy as np
 
-# The one list of tuner names (the spec, the DAG's Param and the registry all read it).
-TUNER_NAMES: tuple[str, ...] = ("fixed", "rule", "bayes")
+from ppmlops.errors import TrainingError
+from ppmlops.privacy.accountant import Segment, segment_rdp
+
+# The released signals' names in an epoch's history, as the worker writes and a tuner reads them.
+SIGNAL = "holdout_accuracy_noisy"
+CLIP_SIGNAL = "clipped_fraction_noisy"
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,35 @@ class Tuner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# What a BudgetView affords, asked by the worker (is any epoch left?) and by every tuner (the
+# floor of its proposals): here, so that the worker needs no tuner.
+def min_affordable_sigma(remaining: np.ndarray, sample_rate: float, steps: int, epochs_left: int) -> float:
+    """Smallest noise multiplier whose `epochs_left` epochs fit in `remaining` at every order."""
+    def fits(sigma: float) -> bool:
+        return bool(np.all(epochs_left * segment_rdp(Segment(sigma, sample_rate, steps)) <= remaining))
+
+    lo, hi = 0.05, 1.0
+    while not fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            return math.inf  # nothing is affordable: the filter will stop the run
+    # Each probe computes a new RDP curve (about 0.5 ms): stop at 1e-4 relative, which is far
+    # below what the noise's effect on accuracy can resolve.
+    while hi - lo > 1e-4 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi  # always the admissible side
+
+
+def affordable_floor(budget: BudgetView | None) -> float:
+    if budget is None or not budget.remaining:
+        return 0.0
+    return _floor_of(budget)
+
+
+@functools.lru_cache(maxsize=8)
+def _floor_of(budget: BudgetView) -> float:
+    # The worker asks before the tuner does, for the same view: one bisection per epoch.
+    return min_affordable_sigma(np.asarray(budget.remaining), budget.sample_rate, budget.steps, budget.epochs_left)

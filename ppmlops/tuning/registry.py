@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ppmlops.tuning.protocol import TUNER_NAMES, PriorResult, Tuner
+from ppmlops.spec import TUNER_NAMES
+from ppmlops.tuning.protocol import PriorResult, Tuner
 from ppmlops.tuning.tuners import BayesTuner, FixedTuner, RuleTuner
 
 _CLASSES = {"fixed": FixedTuner, "rule": RuleTuner, "bayes": BayesTuner}
-assert tuple(_CLASSES) == TUNER_NAMES, "the registry and protocol.TUNER_NAMES must list the same tuners"
+assert tuple(_CLASSES) == TUNER_NAMES, "the registry and spec.TUNER_NAMES must list the same tuners"
 
 
 def make_tuner(name: str, *, seed: int = 0, learning_rate: float = 0.5, max_grad_norm: float = 1.0,

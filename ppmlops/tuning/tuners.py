@@ -8,8 +8,8 @@ ppmlops.tuning.protocol only; ppmlops.tuning.registry builds them by name.
 
 To keep proposals admissible, a tuner is given before each epoch what the filter has left (a
 BudgetView) and never proposes a noise multiplier below the smallest one that keeps every
-remaining epoch affordable at the same noise (`min_affordable_sigma`). Noise can therefore fall
-below the plan's only when earlier epochs spent less than planned.
+remaining epoch affordable at the same noise (`protocol.min_affordable_sigma`). Noise can
+therefore fall below the plan's only when earlier epochs spent less than planned.
 
 Every proposal carries an explanation (what the tuner saw, why it chose, predicted gain and
 acquisition value where it has them, budget left as epsilon); the worker stores it in the epoch's
@@ -18,7 +18,6 @@ history, prints it on the progress line and saves it with the run.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any
@@ -26,28 +25,8 @@ from typing import Any
 import numpy as np
 
 from ppmlops.privacy.accountant import Segment, epsilon_from_rdp, segment_rdp
-from ppmlops.tuning.protocol import BudgetView, EpochSettings, Proposal
-
-SIGNAL = "holdout_accuracy_noisy"
-CLIP_SIGNAL = "clipped_fraction_noisy"
-
-
-def min_affordable_sigma(remaining: np.ndarray, sample_rate: float, steps: int, epochs_left: int) -> float:
-    """Smallest noise multiplier whose `epochs_left` epochs fit in `remaining` at every order."""
-    def fits(sigma: float) -> bool:
-        return bool(np.all(epochs_left * segment_rdp(Segment(sigma, sample_rate, steps)) <= remaining))
-
-    lo, hi = 0.05, 1.0
-    while not fits(hi):
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            return math.inf  # nothing is affordable: the filter will stop the run
-    # Each probe computes a new RDP curve (about 0.5 ms): stop at 1e-4 relative, which is far
-    # below what the noise's effect on accuracy can resolve.
-    while hi - lo > 1e-4 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    return hi  # always the admissible side
+# The floor lives in the protocol: the worker asks for it too, and depends on no tuner.
+from ppmlops.tuning.protocol import CLIP_SIGNAL, SIGNAL, BudgetView, EpochSettings, Proposal, affordable_floor
 
 
 def _fits(budget: BudgetView | None, sigma: float) -> bool:
@@ -56,18 +35,6 @@ def _fits(budget: BudgetView | None, sigma: float) -> bool:
         return True
     need = budget.epochs_left * segment_rdp(Segment(sigma, budget.sample_rate, budget.steps))
     return bool(np.all(need <= np.asarray(budget.remaining)))
-
-
-def affordable_floor(budget: BudgetView | None) -> float:
-    if budget is None or not budget.remaining:
-        return 0.0
-    return _floor_of(budget)
-
-
-@functools.lru_cache(maxsize=8)
-def _floor_of(budget: BudgetView) -> float:
-    # The worker asks before the tuner does, for the same view: one bisection per epoch.
-    return min_affordable_sigma(np.asarray(budget.remaining), budget.sample_rate, budget.steps, budget.epochs_left)
 
 
 def epsilon_left(budget: BudgetView | None) -> float:

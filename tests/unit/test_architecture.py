@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -153,3 +154,99 @@ def test_no_function_over_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
+
+
+# ----------------------------------------------------------------------------- the layer table
+# docs/architecture.md's table "Packages, in layers" is this test's input: a row per layer, top
+# to bottom, its packages (backticked, outside parentheses) and what they may import. Terms in
+# "may import": `a layer` (all its packages), `package` or `package.module`, "each other" (the
+# row's packages), "each other downward" (those after it in the row), "every layer below".
+LAYER_DOC = REPO / "docs" / "architecture.md"
+LAYER_HEADING = "## Packages, in layers"
+
+
+def _outside_parentheses(text: str) -> str:
+    out, depth = [], 0
+    for ch in text:
+        depth += ch == "("
+        if depth == 0:
+            out.append(ch)
+        depth -= ch == ")" and depth > 0
+    return "".join(out)
+
+
+def _backticked(text: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", _outside_parentheses(text))
+
+
+def _layer_rows(doc: str) -> list[tuple[str, list[str], str]]:
+    """(layer, packages, may import) per row of the table under LAYER_HEADING."""
+    section = doc.split(LAYER_HEADING, 1)[1]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) != 3 or cells[0] in ("layer", "---"):
+            continue
+        rows.append((cells[0], _backticked(cells[1]), cells[2]))
+    return rows
+
+
+def _layer_rules(doc: str) -> dict[str, set[str]]:
+    """package -> the packages and modules (dotted, without `ppmlops.`) it may import."""
+    rows = _layer_rows(doc)
+    by_layer = {layer: packages for layer, packages, _ in rows}
+    allowed: dict[str, set[str]] = {}
+    for i, (layer, packages, may) in enumerate(rows):
+        below = {p for _, lower, _ in rows[i + 1:] for p in lower}
+        terms = _outside_parentheses(may)
+        for j, package in enumerate(packages):
+            ok = set()
+            if "every layer below" in terms:
+                ok |= below
+            if "each other downward" in terms:
+                ok |= set(packages[j + 1:])
+            elif "each other" in terms:
+                ok |= set(packages)
+            for name in _backticked(may):
+                ok |= set(by_layer.get(name, [name]))
+            allowed[package] = ok
+    return allowed
+
+
+def _layer_breaches(graph: dict[str, set[str]], allowed: dict[str, set[str]]) -> list[str]:
+    def package(module: str) -> str:
+        return module.split(".")[1] if "." in module else module
+
+    def may(importer: str, module: str) -> bool:
+        rel = module.split(".", 1)[1] if "." in module else module
+        own = allowed.get(package(importer), set())
+        return (package(module) in (package(importer), "ppmlops")  # its own package; __version__
+                or any(rel == a or rel.startswith(a + ".") for a in own))
+
+    out = [f"{m} is in no row of the layer table" for m in sorted(graph) if m != "ppmlops" and package(m) not in allowed]
+    out += [f"{m} imports {i}" for m in sorted(graph) for i in sorted(graph[m]) if package(m) in allowed and not may(m, i)]
+    return out
+
+
+def test_each_package_imports_only_what_the_layer_table_allows():
+    """docs/architecture.md's layer table is the rule, read from the doc: a package in no row, or an
+    import (at any depth) the table does not allow, is listed."""
+    assert _layer_breaches(_import_graph(), _layer_rules(LAYER_DOC.read_text())) == []
+
+
+def test_the_layer_check_finds_a_breach():
+    doc = f"""{LAYER_HEADING}
+| layer | packages | may import |
+| --- | --- | --- |
+| top | `a` (not `z`), `b` | each other downward, every layer below |
+| low | `c`, `d` | `e.x` (one module) |
+| base | `e` | |
+"""
+    allowed = _layer_rules(doc)
+    assert allowed == {"a": {"b", "c", "d", "e"}, "b": {"c", "d", "e"}, "c": {"e.x"}, "d": {"e.x"}, "e": set()}
+    graph = {"ppmlops.a.m": {"ppmlops.b", "ppmlops.e.y", "ppmlops"}, "ppmlops.b": {"ppmlops.a.m"},
+             "ppmlops.c": {"ppmlops.e.x.deep", "ppmlops.e.y"}, "ppmlops.z": set()}
+    assert _layer_breaches(graph, allowed) == ["ppmlops.z is in no row of the layer table",
+                                               "ppmlops.b imports ppmlops.a.m", "ppmlops.c imports ppmlops.e.y"]

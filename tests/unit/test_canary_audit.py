@@ -237,3 +237,16 @@ if __name__ == "__main__":
     import sys
 
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+
+
+def test_the_audits_result_is_the_evaluate_records_field_for_field():
+    """ppmlops.audit sits below the run's records (docs/architecture.md's layer table), so it returns
+    its own AuditBound and the evaluate stage records it as a CanaryAudit: the two must not drift."""
+    from dataclasses import asdict, fields
+
+    from ppmlops.audit.canary import AuditBound
+    from ppmlops.run.records import CanaryAudit
+
+    assert [f.name for f in fields(AuditBound)] == list(CanaryAudit.model_fields)
+    bound = audit(np.arange(100.0), np.arange(100) >= 50, delta=1e-5)
+    assert CanaryAudit.model_validate(bound, from_attributes=True).model_dump() == asdict(bound)

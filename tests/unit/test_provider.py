@@ -150,14 +150,14 @@ def test_an_installed_package_finds_its_project_in_the_airflow_home(monkeypatch,
     """Outside a source checkout (site-packages has no pyproject.toml beside the package), the
     project is $AIRFLOW_HOME, where `ppmlops init $AIRFLOW_HOME` puts it; PPMLOPS_PROJECT_ROOT wins."""
     from ppmlops import settings as settings_mod
-    from ppmlops.airflow import dag_factory
+    from ppmlops.spec import pipelines_folder
 
     monkeypatch.setattr(settings_mod, "REPO_ROOT", tmp_path / "site-packages")
     monkeypatch.delenv("PPMLOPS_PROJECT_ROOT", raising=False)
     monkeypatch.delenv("PPMLOPS_PIPELINES", raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     assert settings_mod.load().project_root == tmp_path / "airflow"
-    assert dag_factory.pipelines_folder() == tmp_path / "airflow" / "dags" / "pipelines"
+    assert pipelines_folder() == tmp_path / "airflow" / "dags" / "pipelines"
     monkeypatch.setenv("PPMLOPS_PROJECT_ROOT", str(tmp_path / "elsewhere"))
     assert settings_mod.load().policy_path == tmp_path / "elsewhere" / "policies.rego"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ppmlops.data.synthetic import write_demo
-from ppmlops.risk import cli as risk_cli
+from ppmlops import risk_cli
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,10 @@ from ppmlops.privacy.accountant import ORDERS, Segment, segment_rdp
 from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.releases import noisy_counts
 from ppmlops.tuning import signals
-from ppmlops.tuning.protocol import TUNER_NAMES, BudgetView, EpochSettings, Tuner
+from ppmlops.spec import TUNER_NAMES
+from ppmlops.tuning.protocol import BudgetView, EpochSettings, Tuner, min_affordable_sigma
 from ppmlops.tuning.registry import make_tuner, wants_holdout_accuracy
-from ppmlops.tuning.tuners import BayesTuner, FixedTuner, RuleTuner, min_affordable_sigma
+from ppmlops.tuning.tuners import BayesTuner, FixedTuner, RuleTuner
 
 Q, STEPS = 0.01, 100
 PLAN = EpochSettings(1.2, 1.0, 0.5)
