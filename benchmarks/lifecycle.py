@@ -164,7 +164,7 @@ def simulate(way: Way, spec, data, tests, weeks: int, epochs: int, work: Path, c
     from ppmlops.privacy.session import reserve
     from ppmlops.run.grant import charge_records, grant_of
     from ppmlops.run.records import PrivacyPlan
-    from ppmlops.training.job import WorkerJob
+    from ppmlops.training.worker_job import WorkerJob
     from ppmlops.training.loop import Arrays, Comm, DirectoryCheckpoints, read_checkpoint, run_worker
     from ppmlops.training.metrics import evaluate
     from ppmlops.training.models import build_model

@@ -13,7 +13,7 @@ from ppmlops.privacy.search import TrialCount
 from ppmlops.privacy.session import reserve
 from ppmlops.run.grant import charge_records, grant_of
 from ppmlops.run.records import PrivacyPlan, SearchPlan
-from ppmlops.training.job import WorkerJob
+from ppmlops.training.worker_job import WorkerJob
 from ppmlops.training.loop import Arrays
 from ppmlops.tuning.registry import wants_holdout_accuracy
 

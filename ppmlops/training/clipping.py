@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ppmlops.errors import TrainingError
-from ppmlops.training.job import CLIPPING_MODES
+from ppmlops.training.worker_job import CLIPPING_MODES
 from ppmlops.training.tasks import loss_module, loss_sum
 # Parameter-free layers that act on each row alone: a layer mixing rows (a batch statistic) would
 # make a row's gradient depend on other rows, and the closed form would no longer be its gradient.

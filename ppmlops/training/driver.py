@@ -18,7 +18,7 @@ from ppmlops.run.grant import grant_of
 from ppmlops.run.logs import library_logs
 from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, SearchResult, StagedData, TrainRecord
 from ppmlops.run.context import RunContext
-from ppmlops.training.job import WorkerJob
+from ppmlops.training.worker_job import WorkerJob
 from ppmlops.training.progress import PROGRESS_FILE, followed
 
 
@@ -150,7 +150,7 @@ def train_here(ctx: RunContext) -> TrainRecord:
     from ppmlops.training.launch import train_on_ray
 
     from ppmlops.data.features import feature_names
-    from ppmlops.training.job import Snapshot
+    from ppmlops.training.worker_job import Snapshot
 
     planned = ctx.store.read(PlanRecord)
     plan = planned.privacy

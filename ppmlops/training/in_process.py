@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from ppmlops.errors import TrainingError
 from ppmlops.run.records import TrainTimings
-from ppmlops.training.job import TrainOutcome, WorkerJob
+from ppmlops.training.worker_job import TrainOutcome, WorkerJob
 from ppmlops.training.loop import Arrays, Comm, Restored
 from ppmlops.training.progress import append
 

@@ -35,7 +35,7 @@ import numpy as np
 from ppmlops.errors import TrainingError
 from ppmlops.run.logs import verbose
 from ppmlops.run.records import TrainTimings
-from ppmlops.training.job import CLIPPING_MODES, TrainOutcome, WorkerJob
+from ppmlops.training.worker_job import CLIPPING_MODES, TrainOutcome, WorkerJob
 from ppmlops.training.loop import Arrays, read_checkpoint
 from ppmlops.training.models import MODEL_KINDS
 

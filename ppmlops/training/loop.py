@@ -35,7 +35,7 @@ from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
-from ppmlops.training.job import WorkerJob
+from ppmlops.training.worker_job import WorkerJob
 from ppmlops.training.progress import append_epoch
 from ppmlops.training.factory import job_net
 from ppmlops.training.tasks import predict, scores, target_dtype

@@ -34,7 +34,7 @@ import torch
 
 from ppmlops.errors import TrainingError
 from ppmlops.privacy.search import TrialCount
-from ppmlops.training.job import WorkerJob
+from ppmlops.training.worker_job import WorkerJob
 from ppmlops.training.loop import (
     INIT_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Arrays, Checkpoints, Comm, LoopState, WorkerTimes, _randomness,
     as_tensor, say, train_epoch,

@@ -2,7 +2,7 @@
 
 The driver (the train task, or the Ray job's entry point on a cluster) used to read and encode the
 whole snapshot and put it in Ray's object store, so the Airflow worker's memory grew with the
-table (3.2 GB at 1M rows). Now it hands the workers a `Snapshot` (ppmlops.training.job): the snapshot's paths (storage
+table (3.2 GB at 1M rows). Now it hands the workers a `Snapshot` (ppmlops.training.worker_job): the snapshot's paths (storage
 every node reaches, like the checkpoints) and the spec, whose declared ranges and categories are
 all the encoding needs. Rank r of w keeps the rows whose position in the training snapshot is
 r mod w, read in record batches so a worker holds its shard and one batch, never the table; only
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ppmlops.errors import TrainingError
-from ppmlops.training.job import Snapshot
+from ppmlops.training.worker_job import Snapshot
 
 BATCH_ROWS = 65_536
 

@@ -112,7 +112,7 @@ def test_dp_accounting_reproduces_the_search_epsilon_and_the_ledger_keeps_it(sea
 def test_nothing_public_says_how_many_trials_ran(search_run):
     import re
 
-    from ppmlops.training.job import SEARCH_STATE_FILE
+    from ppmlops.training.worker_job import SEARCH_STATE_FILE
     from ppmlops.training.launch import private_temp_root, ray_temp_dir
     from ppmlops.training.search_loop import SearchProgress
 

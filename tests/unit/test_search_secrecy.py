@@ -25,7 +25,7 @@ from ppmlops.errors import TrainingError
 from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.search import TrialCount
 from ppmlops.run.store import RunStore
-from ppmlops.training.job import SEARCH_STATE_FILE
+from ppmlops.training.worker_job import SEARCH_STATE_FILE
 from ppmlops.training.loop import STATE_FILE, Comm, DirectoryCheckpoints, read_checkpoint
 from ppmlops.training.progress import PROGRESS_FILE, append
 from ppmlops.training.search_loop import SearchProgress, run_search_worker

@@ -13,7 +13,7 @@ from ppmlops.errors import TrainingError
 from ppmlops.run.records import Canaries
 from ppmlops.spec import load_spec
 from ppmlops.training import shards
-from ppmlops.training.job import Snapshot
+from ppmlops.training.worker_job import Snapshot
 from ppmlops.training.loop import padded
 from ppmlops.training.shards import shard
 
