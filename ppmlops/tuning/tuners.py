@@ -43,8 +43,9 @@ def epsilon_left(budget: BudgetView | None) -> float:
     return float(epsilon_from_rdp(np.maximum(np.asarray(budget.remaining), 0.0), budget.delta)[0])
 
 
-class Tuner:
-    """Base: raises every proposal to the affordable floor and explains it; subclasses `choose`."""
+class FlooredTuner:
+    """Base of the tuners here (each implements ppmlops.tuning.protocol.Tuner): raises every
+    proposal to the affordable floor and explains it; subclasses `choose`."""
 
     name = "base"
     wants_holdout_accuracy = True
@@ -73,7 +74,7 @@ class Tuner:
         self.seed = int(state.get("seed", self.seed))
 
 
-class FixedTuner(Tuner):
+class FixedTuner(FlooredTuner):
     """The baseline: the plan's calibrated settings for every epoch."""
 
     name = "fixed"
@@ -83,7 +84,7 @@ class FixedTuner(Tuner):
         return current, "fixed: the plan's calibrated settings", {}
 
 
-class RuleTuner(Tuner):
+class RuleTuner(FlooredTuner):
     """The paper's Algorithm 1 on the noisy holdout accuracy and the noisy clipped fraction.
 
     When accuracy fell by more than `tolerance` (risk of divergence), raise the noise and cut the
@@ -125,7 +126,7 @@ class RuleTuner(Tuner):
                 f"rule: {trend}: noise falls gradually; {clip_why}", {})
 
 
-class BayesTuner(Tuner):
+class BayesTuner(FlooredTuner):
     """Bayesian optimisation (bayesian-optimization's UCB on a Gaussian process) of the noisy holdout
     accuracy over (noise above the affordable floor, clip norm, step size), conditioned on progress.
 
