@@ -17,7 +17,7 @@ import pytest
 
 from ppmlops import settings as settings_mod
 from ppmlops.spec import parse_spec
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ppmlops.spec import load_spec
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -73,7 +73,7 @@ def demo_table_run(tmp_path, monkeypatch, run_id: str, rows: int, seed: int = 3,
     import yaml
 
     from ppmlops.spec import parse_spec
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     doc = copy.deepcopy(yaml.safe_load((Path(__file__).resolve().parents[1] / "dags" / "pipelines" / "demo.yaml")

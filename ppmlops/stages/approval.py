@@ -13,7 +13,7 @@ from ppmlops.audit.log import AuditLog
 from ppmlops.errors import PpmlopsError
 from ppmlops.registry import tracking
 from ppmlops.run.records import ApprovalRecord, GateRecord
-from ppmlops.stages.context import RunContext
+from ppmlops.run.context import RunContext
 
 
 # A comment is a person's why, not a document: longer ones are cut (and say so).

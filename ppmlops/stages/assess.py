@@ -33,7 +33,8 @@ from ppmlops.registry import tracking
 from ppmlops.risk.score import K_BY_REGULATION
 from ppmlops.run.records import CountsRelease, ExactRisk, Refusal, RiskAssessment, Staged, StagedData
 from ppmlops.stages import precheck
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 
 # Quarantine bins, fixed in code: a bin per reason whatever the data holds.
 REASONS = (ingest_mod.NO_CONSENT, ingest_mod.INVALID_LABEL, ingest_mod.INVALID_VALUE,

@@ -14,7 +14,7 @@ from ppmlops.run.task_metrics import card_metrics
 from ppmlops.run.records import (
     CountsRelease, EvaluationRecord, ModelCheck, PlanRecord, Pretrained, RiskAssessment, Staged, TrainRecord,
 )
-from ppmlops.stages.context import RunContext
+from ppmlops.run.context import RunContext
 
 
 def run_randomness(ctx: RunContext, plan) -> str:

@@ -1,4 +1,5 @@
-"""What every stage gets (a RunContext, from ppmlops.run.context) and how its record is kept."""
+"""How a stage's record is kept (`timed`). The RunContext every stage gets lives in
+ppmlops.run.context only: one home, one import path."""
 
 from __future__ import annotations
 
@@ -6,10 +7,8 @@ import time
 from functools import wraps
 from typing import Callable, TypeVar
 
-from ppmlops.run.context import RunContext, RunParams
+from ppmlops.run.context import RunContext
 from ppmlops.run.records import Record, RunIdentity
-
-__all__ = ["RunContext", "RunParams", "timed"]
 
 R = TypeVar("R", bound=Record)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from ppmlops.audit.log import AuditLog
 from ppmlops.compliance.engine import Decision, evaluate
-from ppmlops.stages.context import RunContext
+from ppmlops.run.context import RunContext
 
 
 def decide(ctx: RunContext, query: str, policy_input: dict[str, Any], *, stage: str) -> Decision:

@@ -16,7 +16,8 @@ from ppmlops.registry.card_check import card_sha256, registration
 from ppmlops.registry.store import Registry
 from ppmlops.run.records import ApprovalRecord, DeployRecord, GateRecord, ModelCheck, TrainRecord
 from ppmlops.stages.card import model_card
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 
 
 def deployable(gate: GateRecord, approval: ApprovalRecord | None) -> bool:

@@ -25,7 +25,8 @@ from ppmlops.privacy.releases import CountGroup, noisy_counts, release_segment, 
 from ppmlops.privacy.session import PrivacySession
 from ppmlops.run.grant import grant_of
 from ppmlops.run.records import CanaryAudit, EvaluationRecord, PlanRecord, StagedData, TrainRecord
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 
 BINS = 10
 # The confusion matrix's cells, (prediction, true class) at threshold 0.5: one row adds one to one.

@@ -8,7 +8,8 @@ from ppmlops.audit.log import chain_head
 from ppmlops.registry import tracking
 from ppmlops.run.records import GateRecord
 from ppmlops.stages.card import manifest
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 from ppmlops.stages.decide import decide
 
 MANIFEST_FILE = "manifest.json"

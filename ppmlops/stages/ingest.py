@@ -20,10 +20,10 @@ from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
 from ppmlops.window import DataInterval
 from ppmlops.data.lineage import fingerprint
 from ppmlops.risk.screen import DirectIdentifierScreen
-from ppmlops.run.context import ReplayableRandomness
+from ppmlops.run.context import ReplayableRandomness, RunContext
 from ppmlops.run.records import Refusal, RetiredBlock, SourceQuery, Staged, StagedData
 from ppmlops.run.store import RunStore
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.stages.context import timed
 
 
 def earlier_runs(ctx: RunContext) -> list[Path]:

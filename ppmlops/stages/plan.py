@@ -31,7 +31,8 @@ from ppmlops.run.grant import charge_records, grant_of
 from ppmlops.run.records import (
     BlockShare, CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, SearchPlan, Staged,
 )
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 from ppmlops.stages.decide import decide
 from ppmlops.stages.precheck import run_rooms
 from ppmlops.tuning.registry import wants_holdout_accuracy

@@ -47,9 +47,8 @@ from ppmlops.privacy.blocks import unlock_horizon
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, BlockRoom, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget, epsilon_at, expected_budget
 from ppmlops.privacy.planning import EVALUATION_WEIGHT, split_conflict
-from ppmlops.run.context import FLOOR_SLACK, count_release_floor
+from ppmlops.run.context import FLOOR_SLACK, RunContext, count_release_floor
 from ppmlops.run.records import CountsRelease, Staged
-from ppmlops.stages.context import RunContext
 from ppmlops.tuning.registry import wants_holdout_accuracy
 
 # The risk scores asked: the ends of the range the risk score lies in (ppmlops.risk.score).

@@ -11,7 +11,8 @@ from __future__ import annotations
 from ppmlops.registry import tracking
 from ppmlops.registry.live_epochs import logged_live
 from ppmlops.run.records import TrainRecord
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 
 
 @tracking.tracked  # the epochs not logged live, and the record's summary

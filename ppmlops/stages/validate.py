@@ -9,7 +9,8 @@ from __future__ import annotations
 from ppmlops.data.validate import validate
 from ppmlops.run.logs import library_logs
 from ppmlops.run.records import StagedData, Validated
-from ppmlops.stages.context import RunContext, timed
+from ppmlops.run.context import RunContext
+from ppmlops.stages.context import timed
 
 
 @timed

@@ -11,7 +11,7 @@ from ppmlops import pipeline, settings
 from ppmlops.errors import PolicyRefused
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, deploy, ingest, validate
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 E2E_SPEC = Path(__file__).with_name("e2e_small.yaml")

@@ -16,7 +16,7 @@ from ppmlops import pipeline, settings
 from ppmlops.errors import PolicyRefused
 from ppmlops.spec import load_spec
 from ppmlops.stages import deploy, gate
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import pytest
 from ppmlops import pipeline, settings
 from ppmlops.run.records import CountsRelease, PlanRecord, TrainRecord
 from ppmlops.spec import load_spec
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]

@@ -100,7 +100,7 @@ def deployed_run(mlflow_server, tmp_path_factory):
     from policy_floors import lowered_policy
     from ppmlops.pipeline import STAGE_RUNNERS, STAGES
     from ppmlops.spec import parse_spec
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     url, _ = mlflow_server
     tmp = tmp_path_factory.mktemp("tracked-run")

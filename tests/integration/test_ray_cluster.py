@@ -22,7 +22,7 @@ from ppmlops.privacy.ledger import Ledger
 from ppmlops.run.records import StagedData, TrainRecord
 from ppmlops.spec import load_spec
 from ppmlops.stages import assess, evaluate, ingest, plan, train, validate
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 from ppmlops.training.launch import shutdown_local_ray, train_on_ray
 from ppmlops.training.local_cluster import start_local_cluster
 

@@ -324,7 +324,7 @@ def test_ingest_leaves_a_retired_blocks_rows_out_and_names_it(tmp_path):
 
 def _stage_ctx(tmp_path, monkeypatch, run_id: str, spec):
     from ppmlops.run.context import RunParams
-    from ppmlops.stages.context import RunContext
+    from ppmlops.run.context import RunContext
 
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PPMLOPS_DB_URL", f"sqlite:///{tmp_path / 'home' / 'ppmlops.db'}")

@@ -95,7 +95,7 @@ def test_out_of_range_params_are_refused_not_clamped(dagbag, conf, words):
 def test_run_params_refuse_what_the_form_would():
     from ppmlops.errors import PpmlopsError
     from ppmlops.spec import load_spec
-    from ppmlops.stages.context import RunParams
+    from ppmlops.run.context import RunParams
 
     spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
     with pytest.raises(PpmlopsError, match=r"epsilon_cap 5 is not above 0 and at most 1 .*epochs 0 is below 1"):
@@ -110,7 +110,7 @@ def test_run_params_refuse_a_cap_that_cannot_train(cap, minimum, refused):
     from ppmlops.errors import PpmlopsError
     from ppmlops.run.context import count_release_floor
     from ppmlops.spec import load_spec
-    from ppmlops.stages.context import RunParams
+    from ppmlops.run.context import RunParams
 
     spec = load_spec(REPO / "dags" / "pipelines" / "demo.yaml")
     assert 0.1999 < count_release_floor(spec) <= 0.2  # stats_epsilon 0.2, never above it

@@ -13,7 +13,7 @@ from ppmlops.privacy.planning import split_conflict
 from ppmlops.run.records import CountsRelease, Refusal
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 
 def _spec(src, dataset_id: str, label: str = "y"):

@@ -589,7 +589,7 @@ def _earlier_run(runs: Path, spec, name: str, age_days: float) -> Path:
     import os
 
     from ppmlops.stages import ingest as stage
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     ctx = RunContext(spec, name, RunParams.defaults(spec))
     stage.run(ctx)
@@ -601,7 +601,7 @@ def _earlier_run(runs: Path, spec, name: str, age_days: float) -> Path:
 
 def test_old_quarantine_files_of_the_dataset_are_deleted_at_the_next_ingest(tmp_path, monkeypatch):
     from ppmlops.stages import ingest as stage
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     monkeypatch.delenv("PPMLOPS_QUARANTINE_RETENTION_DAYS", raising=False)
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))

@@ -138,7 +138,7 @@ def test_without_a_screen_no_undeclared_column_is_kept(tmp_path):
 def test_the_ingest_stage_screens_undeclared_columns(tmp_path, monkeypatch):
     """The pipeline's ingest stage hands PRAM's screen in: a harmless undeclared column is kept."""
     from ppmlops.stages import ingest as stage
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     src = people(tmp_path / "people.csv", ["Email", "name", "age", "plan", "consent", "y", "contact", "segment"],

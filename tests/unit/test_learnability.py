@@ -12,7 +12,7 @@ from ppmlops.errors import PolicyRefused
 from ppmlops.privacy.ledger import Ledger
 from ppmlops.run.records import PlanRecord, Refusal
 from ppmlops.stages import assess, ingest, plan
-from ppmlops.stages.context import RunContext
+from ppmlops.run.context import RunContext
 from ppmlops.training.learnability import builtin_parameters, estimate
 
 from plans import demo_table_run

@@ -20,7 +20,7 @@ from ppmlops.privacy.ledger import Ledger
 from ppmlops.run.records import CountsRelease, ModelCheck, Refusal, TrainRecord
 from ppmlops.spec import FactoryRef, parse_spec
 from ppmlops.stages import assess, ingest
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 from ppmlops.training.factory import build_net, rebuild, saved_model
 from ppmlops.training.model_check import check
 

@@ -9,7 +9,7 @@ from ppmlops.risk.report import IdentifierInFeatures
 from ppmlops.run.records import ExactRisk, Refusal
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 
 def test_an_email_column_among_features_stops_the_run_naming_it(tmp_path, monkeypatch):

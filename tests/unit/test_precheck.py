@@ -17,7 +17,7 @@ from ppmlops.privacy.ledger import Ledger
 from ppmlops.run.records import CountsRelease, Refusal
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest, precheck
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 REPO = Path(__file__).resolve().parents[2]
 

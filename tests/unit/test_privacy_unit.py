@@ -215,7 +215,7 @@ def test_assess_charges_the_count_release_for_a_whole_person(tmp_path, monkeypat
     charged curve is at least the Gaussian mechanism's with each group moved k times as much."""
     from ppmlops.run.records import CountsRelease
     from ppmlops.stages import assess, ingest as ingest_stage
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", "k" * 32)

@@ -13,11 +13,10 @@ import pytest
 from ppmlops import pipeline
 from ppmlops.privacy.accountant import Segment
 from ppmlops.privacy.ledger import Charge, Ledger
-from ppmlops.run.context import ReplayableRandomness
+from ppmlops.run.context import ReplayableRandomness, RunContext, RunParams
 from ppmlops.run.records import CountsRelease, Refusal
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest
-from ppmlops.stages.context import RunContext, RunParams
 
 
 def _spec(tmp_path, test_data: bool, randomness: str = "secure"):

@@ -80,7 +80,7 @@ def test_the_driver_reads_no_rows(tmp_path, monkeypatch):
     import ppmlops.data.features as features
     from ppmlops.run.context import RunParams
     from ppmlops.stages import assess, ingest, plan, validate
-    from ppmlops.stages.context import RunContext
+    from ppmlops.run.context import RunContext
     from ppmlops.training import driver, launch
 
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))

@@ -384,7 +384,7 @@ def test_the_stages_record_the_query_and_connection_not_the_password(people, tmp
     from ppmlops import settings as settings_mod
     from ppmlops.run.records import Staged
     from ppmlops.stages import assess, ingest as ingest_stage
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     url, _ = people
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
@@ -413,7 +413,7 @@ def test_assess_refuses_a_table_that_changed_since_ingest(people, tmp_path, monk
     from ppmlops import settings as settings_mod
     from ppmlops.errors import DataError
     from ppmlops.stages import assess, ingest as ingest_stage
-    from ppmlops.stages.context import RunContext, RunParams
+    from ppmlops.run.context import RunContext, RunParams
 
     url, _ = people
     monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))

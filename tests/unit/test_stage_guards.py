@@ -19,7 +19,7 @@ from ppmlops.errors import PolicyRefused
 from ppmlops.run.records import ApprovalRecord, GateRecord, StagedData
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, deploy, gate, ingest, plan, validate
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = yaml.safe_load((REPO / "tests" / "e2e" / "e2e_small.yaml").read_text())

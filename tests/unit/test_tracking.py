@@ -14,7 +14,7 @@ from ppmlops.registry import backend, tracking
 from ppmlops.run.records import CountsRelease, ExactRisk, PlanRecord, Refusal, Staged, StagedData, TrackedRun
 from ppmlops.spec import parse_spec
 from ppmlops.stages import assess, ingest, plan, validate
-from ppmlops.stages.context import RunContext, RunParams
+from ppmlops.run.context import RunContext, RunParams
 
 from policy_floors import lowered_policy_file
 
