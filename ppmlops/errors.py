@@ -9,6 +9,12 @@ class SpecError(PpmlopsError):
     """A pipeline spec is missing, malformed or inconsistent."""
 
 
+class AirflowConfigError(PpmlopsError):
+    """An Airflow Connection or Variable that ppmlops reads cannot be used: the message names it and
+    what is wrong, never its secret values. Not a SpecError: the spec is fine, the deployment's
+    Airflow settings are not, and a platform engineer (not the spec's author) fixes them."""
+
+
 class DataError(PpmlopsError):
     """A data source cannot be read or does not have the declared shape."""
 

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from ppmlops.errors import SpecError
+from ppmlops.errors import AirflowConfigError
 from ppmlops.settings import Settings
 
 OPA_CONN_ID = "ppmlops_opa"
@@ -45,7 +45,7 @@ def _url(conn: Any, conn_id: str, default_port: int) -> str | None:
         scheme, host = host.split("://", 1)
     host = host.rstrip("/")
     if scheme not in ("http", "https"):
-        raise SpecError(f"Airflow connection {conn_id}: scheme {scheme!r} is not http or https")
+        raise AirflowConfigError(f"Airflow connection {conn_id}: scheme {scheme!r} is not http or https")
     if ":" in host:  # a port written into the host wins over an empty port field
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{conn.port or default_port}"
@@ -53,7 +53,7 @@ def _url(conn: Any, conn_id: str, default_port: int) -> str | None:
 
 def _refuse_credentials(conn: Any, conn_id: str) -> None:
     if conn.login or conn.password:
-        raise SpecError(f"Airflow connection {conn_id} has a login or password; ppmlops sends no credentials "
+        raise AirflowConfigError(f"Airflow connection {conn_id} has a login or password; ppmlops sends no credentials "
                         "to this service, so put it behind your network's access control and clear them")
 
 
@@ -62,9 +62,9 @@ def _extra(conn: Any, conn_id: str) -> dict:
     try:
         extra = json.loads(conn.extra) if conn.extra else {}
     except ValueError:  # its text may hold secrets, so it is not shown
-        raise SpecError(f"Airflow connection {conn_id}: its extra field is not a JSON object") from None
+        raise AirflowConfigError(f"Airflow connection {conn_id}: its extra field is not a JSON object") from None
     if not isinstance(extra, dict):
-        raise SpecError(f"Airflow connection {conn_id}: its extra field is not a JSON object")
+        raise AirflowConfigError(f"Airflow connection {conn_id}: its extra field is not a JSON object")
     return extra
 
 
@@ -92,7 +92,7 @@ def opa_endpoint(conn: Any, conn_id: str = OPA_CONN_ID) -> OpaEndpoint:
         try:
             timeout = float(extra["timeout_s"])
         except (TypeError, ValueError):
-            raise SpecError(f"Airflow connection {conn_id}: extra timeout_s must be a number") from None
+            raise AirflowConfigError(f"Airflow connection {conn_id}: extra timeout_s must be a number") from None
     return OpaEndpoint(_url(conn, conn_id, 8181), timeout)
 
 
@@ -101,7 +101,7 @@ def ray_endpoint(conn: Any, conn_id: str = RAY_CONN_ID) -> RayEndpoint:
     address = _extra(conn, conn_id).get("address")
     found = RayEndpoint(_url(conn, conn_id, 8265), str(address) if address else None)
     if found.jobs_url is None and found.address is None:
-        raise SpecError(f"Airflow connection {conn_id} names neither a job server (host, port) nor "
+        raise AirflowConfigError(f"Airflow connection {conn_id} names neither a job server (host, port) nor "
                         'a cluster address (extra {"address": "head:6379"})')
     return found
 
@@ -147,10 +147,10 @@ def source_url(conn: Any, conn_id: str) -> str:
     from sqlalchemy.engine import URL
 
     if (conn.conn_type or "").lower() not in SQL_CONN_TYPES:
-        raise SpecError(f"Airflow connection {conn_id}: type {conn.conn_type!r} is not ppmlops_source or postgres "
+        raise AirflowConfigError(f"Airflow connection {conn_id}: type {conn.conn_type!r} is not ppmlops_source or postgres "
                         "(a SQL source reads PostgreSQL)")
     if not (conn.host or "").strip() or not (conn.schema or "").strip():
-        raise SpecError(f"Airflow connection {conn_id}: a SQL source needs its host and its schema (the database)")
+        raise AirflowConfigError(f"Airflow connection {conn_id}: a SQL source needs its host and its schema (the database)")
     # Driver options (sslmode, ...); the form's empty fields are left out rather than sent as "".
     extra = {str(k): str(v) for k, v in _extra(conn, conn_id).items() if v not in (None, "")}
     return URL.create("postgresql+psycopg2", username=conn.login or None, password=conn.password or None,

@@ -16,30 +16,30 @@ from __future__ import annotations
 import json
 import os
 
-from ppmlops.errors import SpecError
+from ppmlops.errors import AirflowConfigError
 
 VARIABLE = "ppmlops_settings"
 ADJUSTABLE = ("PPMLOPS_OPA_TIMEOUT_S", "PPMLOPS_QUARANTINE_RETENTION_DAYS", "PPMLOPS_VERBOSE")
 
 
 def parse(raw: str | None) -> dict[str, str]:
-    """The Variable's settings, or a SpecError that names what is wrong (never its values)."""
+    """The Variable's settings, or an AirflowConfigError that names what is wrong (never its values)."""
     if raw is None or not raw.strip():
         return {}
     try:
         values = json.loads(raw)
     except ValueError:
-        raise SpecError(f"Airflow Variable {VARIABLE} is not JSON: it must be an object such as "
+        raise AirflowConfigError(f"Airflow Variable {VARIABLE} is not JSON: it must be an object such as "
                         '{"PPMLOPS_OPA_TIMEOUT_S": "10"}') from None
     if not isinstance(values, dict):
-        raise SpecError(f"Airflow Variable {VARIABLE} must be a JSON object of setting names to values")
+        raise AirflowConfigError(f"Airflow Variable {VARIABLE} must be a JSON object of setting names to values")
     unknown = sorted(set(values) - set(ADJUSTABLE))
     if unknown:
-        raise SpecError(f"Airflow Variable {VARIABLE} sets {unknown}; only {list(ADJUSTABLE)} may be set there "
+        raise AirflowConfigError(f"Airflow Variable {VARIABLE} sets {unknown}; only {list(ADJUSTABLE)} may be set there "
                         "(the others belong in the deployment's environment)")
     bad = sorted(k for k, v in values.items() if not isinstance(v, (str, int, float)) or isinstance(v, bool))
     if bad:
-        raise SpecError(f"Airflow Variable {VARIABLE}: {bad} must be strings or numbers")
+        raise AirflowConfigError(f"Airflow Variable {VARIABLE}: {bad} must be strings or numbers")
     return {k: str(v) for k, v in values.items()}
 
 

@@ -9,7 +9,7 @@ from airflow.sdk import Connection
 
 from ppmlops import settings as settings_mod
 from ppmlops.airflow import connections
-from ppmlops.errors import SpecError
+from ppmlops.errors import AirflowConfigError
 
 
 @pytest.fixture
@@ -46,21 +46,21 @@ def test_ray_connection_names_a_job_server_or_a_cluster_address(base):
     driver = Connection(conn_id="ppmlops_ray", conn_type="http", extra=json.dumps({"address": "ray-head:6379"}))
     got = connections.apply(base, _lookup(ppmlops_ray=driver))
     assert (got.ray_jobs_url, got.ray_address) == (None, "ray-head:6379")
-    with pytest.raises(SpecError, match="names neither a job server"):
+    with pytest.raises(AirflowConfigError, match="names neither a job server"):
         connections.apply(base, _lookup(ppmlops_ray=Connection(conn_id="ppmlops_ray", conn_type="http")))
 
 
 def test_bad_connections_are_named_without_their_secrets(base):
     secret = Connection(conn_id="ppmlops_opa", conn_type="http", host="opa", login="u", password="hunter2")
-    with pytest.raises(SpecError, match="ppmlops_opa has a login or password") as err:
+    with pytest.raises(AirflowConfigError, match="ppmlops_opa has a login or password") as err:
         connections.apply(base, _lookup(ppmlops_opa=secret))
     assert "hunter2" not in str(err.value)
     bad_extra = Connection(conn_id="ppmlops_ray", conn_type="http", host="h", extra="{not json token=abc")
-    with pytest.raises(SpecError, match="extra field is not a JSON object") as err:
+    with pytest.raises(AirflowConfigError, match="extra field is not a JSON object") as err:
         connections.apply(base, _lookup(ppmlops_ray=bad_extra))
     assert "abc" not in str(err.value)
     ftp = Connection(conn_id="ppmlops_opa", conn_type="http", host="ftp://opa")
-    with pytest.raises(SpecError, match="scheme 'ftp'"):
+    with pytest.raises(AirflowConfigError, match="scheme 'ftp'"):
         connections.apply(base, _lookup(ppmlops_opa=ftp))
 
 
@@ -84,5 +84,5 @@ def test_a_sql_sources_postgres_connection_becomes_its_url():
     assert parsed.query == {"sslmode": "require"}
     assert connections.source_urls(spec, _lookup()) == {}  # undefined: reading the source names it
     http = Connection(conn_id="ppmlops_source", conn_type="http", host="db.internal", schema="warehouse")
-    with pytest.raises(SpecError, match="ppmlops_source: type 'http' is not ppmlops_source or postgres"):
+    with pytest.raises(AirflowConfigError, match="ppmlops_source: type 'http' is not ppmlops_source or postgres"):
         connections.source_urls(spec, _lookup(ppmlops_source=http))

@@ -335,7 +335,7 @@ def test_spec_check_reports_every_file(tmp_path, capsys):
 
 def test_the_settings_variable_accepts_only_operational_settings():
     from ppmlops.airflow.variables import ADJUSTABLE, parse
-    from ppmlops.errors import SpecError
+    from ppmlops.errors import AirflowConfigError
 
     assert parse(None) == {} and parse(" ") == {}
     assert parse('{"PPMLOPS_OPA_TIMEOUT_S": 10, "PPMLOPS_QUARANTINE_RETENTION_DAYS": "7"}') == {
@@ -344,7 +344,7 @@ def test_the_settings_variable_accepts_only_operational_settings():
                          ('{"PPMLOPS_DB_URL": "sqlite:///elsewhere.db"}', "sets ['PPMLOPS_DB_URL']; only"),
                          ('{"PPMLOPS_RANDOMNESS": "reproducible"}', "the others belong in the deployment"),
                          ('{"PPMLOPS_VERBOSE": true}', "must be strings or numbers")]:
-        with pytest.raises(SpecError, match=re.escape(message)) as info:
+        with pytest.raises(AirflowConfigError, match=re.escape(message)) as info:
             parse(raw)
         assert "elsewhere" not in str(info.value)  # names the setting, never echoes the value
     assert "PPMLOPS_DB_URL" not in ADJUSTABLE and "PPMLOPS_POLICY" not in ADJUSTABLE

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from ppmlops.airflow.provider_info import get_provider_info
-from ppmlops.errors import SpecError
+from ppmlops.errors import AirflowConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ def test_hooks_return_what_the_tasks_resolve(monkeypatch, tmp_path):
 
     monkeypatch.setenv("AIRFLOW_CONN_PPMLOPS_OPA", json.dumps({"conn_type": "ppmlops_opa", "host": "opa",
                                                                "login": "u", "password": "hunter2"}))
-    with pytest.raises(SpecError, match="ppmlops_opa has a login or password") as err:
+    with pytest.raises(AirflowConfigError, match="ppmlops_opa has a login or password") as err:
         PpmlopsOpaHook().get_conn()
     assert "hunter2" not in str(err.value)
 
