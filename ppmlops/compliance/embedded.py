@@ -21,9 +21,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ppmlops.compliance.opa_worker import FAULT_ENV
+from ppmlops.compliance.policy_engine import ENGINE_EMBEDDED
 from ppmlops.errors import PolicyError
 
 # Interpreter start, `import opa_bindings` and the Go runtime's start; generous because a busy
@@ -192,30 +193,37 @@ def _replace_worker() -> None:
     _worker = _Worker()
 
 
-def evaluate(path: Path, text: str, digest: str, query: str, input_doc: Any, *, timeout_s: float
-             ) -> tuple[bool, Any]:
-    """(defined, value) of `query` over the policy `text` (sha256 `digest`) read from `path`.
+@dataclass(frozen=True)
+class EmbeddedEngine:
+    """ppmlops.compliance.policy_engine.PolicyEngine on OPA's Go engine in the worker process."""
 
-    The policy text travels only when the worker has not compiled this (path, hash) yet.
-    """
-    key = (str(path), digest)
-    what = f"evaluating {query} over {path}"
-    policy = {"path": key[0], "hash": digest}
-    with _lock:
-        if _worker is None or _worker.owner != os.getpid() or key not in _worker.loaded:
-            policy["text"] = text
-    req = {"op": "eval", "policy": policy, "query": query, "input": input_doc}
-    response = call(req, timeout_s=timeout_s, what=what)
-    if response.get("missing_policy") and "text" not in policy:
-        # A new worker, or it evicted this policy: send the text this time.
-        policy["text"] = text
+    timeout_s: float
+    name: ClassVar[str] = ENGINE_EMBEDDED
+
+    def evaluate(self, path: Path, text: str, digest: str, query: str, input_doc: Any) -> tuple[bool, Any]:
+        """(defined, value) of `query` over the policy `text` (sha256 `digest`) read from `path`.
+
+        The policy text travels only when the worker has not compiled this (path, hash) yet.
+        """
+        timeout_s = self.timeout_s
+        key = (str(path), digest)
+        what = f"evaluating {query} over {path}"
+        policy = {"path": key[0], "hash": digest}
+        with _lock:
+            if _worker is None or _worker.owner != os.getpid() or key not in _worker.loaded:
+                policy["text"] = text
+        req = {"op": "eval", "policy": policy, "query": query, "input": input_doc}
         response = call(req, timeout_s=timeout_s, what=what)
-    if not response["ok"]:
-        raise PolicyError(str(response.get("error") or "OPA engine failed without a message"))
-    with _lock:
-        if _worker is not None:
-            _worker.loaded.add(key)
-    return bool(response["defined"]), response.get("value")
+        if response.get("missing_policy") and "text" not in policy:
+            # A new worker, or it evicted this policy: send the text this time.
+            policy["text"] = text
+            response = call(req, timeout_s=timeout_s, what=what)
+        if not response["ok"]:
+            raise PolicyError(str(response.get("error") or "OPA engine failed without a message"))
+        with _lock:
+            if _worker is not None:
+                _worker.loaded.add(key)
+        return bool(response["defined"]), response.get("value")
 
 
 def run(req: dict, *, timeout_s: float, what: str) -> dict:

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ppmlops import settings
+from ppmlops.compliance.policy_engine import ENGINE_EMBEDDED, ENGINE_OPA, PolicyEngine
 from ppmlops.errors import PolicyError
 
-ENGINE_EMBEDDED = "embedded-opa"
-ENGINE_OPA = "opa-http"
 OUTCOMES = ("allow", "deny", "needs_approval")
 
 _QUERY = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -58,6 +57,22 @@ class Decision:
         return asdict(self)
 
 
+def engine_name(cfg: settings.Settings) -> str:
+    return ENGINE_OPA if cfg.opa_url else ENGINE_EMBEDDED
+
+
+def policy_engine(cfg: settings.Settings) -> PolicyEngine:
+    """The engine `cfg` names: the OPA server at cfg.opa_url when set, else the embedded one; both
+    within cfg.opa_timeout_s."""
+    if cfg.opa_url:
+        from ppmlops.compliance.opa_http import OpaHttpEngine
+
+        return OpaHttpEngine(cfg.opa_url, cfg.opa_timeout_s)
+    from ppmlops.compliance.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(cfg.opa_timeout_s)
+
+
 def evaluate(query: str, input: dict, *, policy_path: Path | None = None,
              cfg: settings.Settings | None = None) -> Decision:
     """Ask the policy `query` (e.g. "data.ppmlops.train") about `input`, on the engine `cfg` names
@@ -74,22 +89,13 @@ def evaluate(query: str, input: dict, *, policy_path: Path | None = None,
                 cfg = settings.load()
             except ValueError as err:
                 raise PolicyError(f"ppmlops settings are invalid: {err}") from None
-        engine = ENGINE_OPA if cfg.opa_url else ENGINE_EMBEDDED
+        engine = engine_name(cfg)
         path = Path(policy_path) if policy_path is not None else cfg.policy_path
         if not isinstance(query, str) or not _QUERY.match(query):
             raise PolicyError(f"query {query!r} is not a rule reference like data.ppmlops.deploy")
         input_doc = _json_copy(input)
         text, policy_hash = read_policy(path)
-        if cfg.opa_url:
-            from ppmlops.compliance import opa_http
-
-            defined, value = opa_http.evaluate(cfg.opa_url, cfg.opa_timeout_s, path, text, policy_hash, query,
-                                               input_doc)
-        else:
-            from ppmlops.compliance import embedded
-
-            defined, value = embedded.evaluate(path, text, policy_hash, query, input_doc,
-                                               timeout_s=cfg.opa_timeout_s)
+        defined, value = policy_engine(cfg).evaluate(path, text, policy_hash, query, input_doc)
         if not defined:
             raise PolicyError(f"{query} is undefined for this input in {path}: the policy gave no decision")
         outcome, reasons = normalise(query, value)

@@ -21,8 +21,9 @@ import re
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 from urllib.parse import urlsplit
 
 import requests
@@ -32,6 +33,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ppmlops.compliance.policy_engine import ENGINE_OPA
 from ppmlops.errors import PolicyError
 
 # Where the policy module lives on an OPA server (PUT /v1/policies/<id>).
@@ -218,22 +220,30 @@ class OpaServer:
                 f"{clip(f'{code}: {message}' if code else f'{type(err).__name__}: {message}')}")
 
 
-def evaluate(url: str, timeout_s: float, path: Path, text: str, digest: str, query: str,
-             input_doc: Any) -> tuple[bool, Any]:
-    """(defined, value) of `query`, from the OPA server at `url`, within `timeout_s` in all."""
-    with OpaServer(url, deadline_s=timeout_s) as opa:
-        opa.push_policy(OPA_POLICY_ID, text, path)
-        body = opa.query(query[len("data."):], input_doc)
-        # Another writer may have replaced the module between our PUT and the query; then the
-        # decision came from a policy whose hash we do not know.
-        raw = opa.policy_raw(OPA_POLICY_ID)
-    if hashlib.sha256(raw.encode("utf-8")).hexdigest() != digest:
-        raise PolicyError(f"the policy module {OPA_POLICY_ID!r} on OPA server {url} changed while {query} was "
-                          f"evaluated; the decision cannot be tied to {path}")
-    if not isinstance(body, dict):
-        raise PolicyError(f"OPA server at {url} answered {clip(json.dumps(body, default=repr))} for {query}, "
-                          "not a Data API response")
-    return "result" in body, body.get("result")
+@dataclass(frozen=True)
+class OpaHttpEngine:
+    """ppmlops.compliance.policy_engine.PolicyEngine on the OPA server at `url`."""
+
+    url: str
+    timeout_s: float
+    name: ClassVar[str] = ENGINE_OPA
+
+    def evaluate(self, path: Path, text: str, digest: str, query: str, input_doc: Any) -> tuple[bool, Any]:
+        """(defined, value) of `query`, from the OPA server, within timeout_s in all."""
+        url, timeout_s = self.url, self.timeout_s
+        with OpaServer(url, deadline_s=timeout_s) as opa:
+            opa.push_policy(OPA_POLICY_ID, text, path)
+            body = opa.query(query[len("data."):], input_doc)
+            # Another writer may have replaced the module between our PUT and the query; then the
+            # decision came from a policy whose hash we do not know.
+            raw = opa.policy_raw(OPA_POLICY_ID)
+        if hashlib.sha256(raw.encode("utf-8")).hexdigest() != digest:
+            raise PolicyError(f"the policy module {OPA_POLICY_ID!r} on OPA server {url} changed while {query} was "
+                              f"evaluated; the decision cannot be tied to {path}")
+        if not isinstance(body, dict):
+            raise PolicyError(f"OPA server at {url} answered {clip(json.dumps(body, default=repr))} for {query}, "
+                              "not a Data API response")
+        return "result" in body, body.get("result")
 
 
 # ---------------------------------------------------------------------------------------------

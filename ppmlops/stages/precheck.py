@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ppmlops.compliance.engine import Decision, evaluate, read_policy
+from ppmlops.compliance.engine import Decision, evaluate, policy_engine, read_policy
 from ppmlops.errors import PolicyRefused
 from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, segment_rdp
 from ppmlops.privacy.blocks import unlock_horizon
@@ -218,14 +218,7 @@ def policy_minimum(regulation: str, cfg=None) -> float | None:
         cfg = cfg or settings_mod.load()
         text, digest = read_policy(cfg.policy_path)
         query = "data.ppmlops.profiles"
-        if cfg.opa_url:
-            from ppmlops.compliance import opa_http
-
-            defined, value = opa_http.evaluate(cfg.opa_url, cfg.opa_timeout_s, cfg.policy_path, text, digest, query, {})
-        else:
-            from ppmlops.compliance import embedded
-
-            defined, value = embedded.evaluate(cfg.policy_path, text, digest, query, {}, timeout_s=cfg.opa_timeout_s)
+        defined, value = policy_engine(cfg).evaluate(cfg.policy_path, text, digest, query, {})
         found = value.get(regulation, {}).get("min_epsilon") if defined and isinstance(value, dict) else None
     except Exception:  # noqa: BLE001 - a form or a check without a readable policy keeps the public floor
         return None

@@ -397,3 +397,25 @@ def test_opa_url_with_a_path_is_refused(monkeypatch):
 def test_invalid_settings_are_deny(monkeypatch):
     monkeypatch.setenv("PPMLOPS_OPA_TIMEOUT_S", "soon")
     assert_failed_closed(evaluate("data.ppmlops.train", TRAIN_INPUT), "settings are invalid")
+
+
+def test_both_engines_implement_one_interface_with_one_argument_order():
+    """ppmlops.compliance.policy_engine.PolicyEngine: the embedded engine and the OPA server's take
+    the same arguments in the same order, and the settings choose between them in one place."""
+    import inspect
+    from dataclasses import replace
+
+    from ppmlops import settings
+    from ppmlops.compliance.embedded import EmbeddedEngine
+    from ppmlops.compliance.opa_http import OpaHttpEngine
+    from ppmlops.compliance.engine import policy_engine
+    from ppmlops.compliance.policy_engine import PolicyEngine
+
+    want = list(inspect.signature(PolicyEngine.evaluate).parameters)
+    assert want == ["self", "path", "text", "digest", "query", "input_doc"]
+    for cls in (EmbeddedEngine, OpaHttpEngine):
+        assert list(inspect.signature(cls.evaluate).parameters) == want
+    cfg = settings.load()
+    assert isinstance(policy_engine(replace(cfg, opa_url=None)), EmbeddedEngine)
+    chosen = policy_engine(replace(cfg, opa_url="http://127.0.0.1:8181"))
+    assert isinstance(chosen, OpaHttpEngine) and chosen.name == ENGINE_OPA
