@@ -94,6 +94,13 @@ class Randomness:
     def reproducible(cls, *parts: object) -> "Randomness":
         return cls("reproducible", tuple(str(p) for p in parts))
 
+    @classmethod
+    def for_run(cls, mode: object, seed: object, run_id: str) -> "Randomness":
+        """A run's randomness in `mode` (the plan's, or the run context's): secure, or keyed from the
+        run's public parts (its seed and run id). The one place that names those parts, so the
+        stages, the workers and a private search draw from the same streams of one run."""
+        return cls.secure() if check_mode(mode) == "secure" else cls.reproducible(seed, run_id)
+
     @property
     def is_secure(self) -> bool:
         return self.mode == "secure"

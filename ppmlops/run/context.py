@@ -181,9 +181,7 @@ class RunContext:
     def draws(self) -> Randomness:
         """The Randomness every release of this run draws from (the one place that chooses it)."""
         self.check_randomness()
-        if self.randomness == "secure":
-            return Randomness.secure()
-        return Randomness.reproducible(self.params.seed, self.run_id)
+        return Randomness.for_run(self.randomness, self.params.seed, self.run_id)
 
 
 class ReplayableRandomness(PpmlopsError):

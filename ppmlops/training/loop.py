@@ -350,12 +350,6 @@ def padded(X: torch.Tensor, columns: int) -> torch.Tensor:
     return torch.nn.functional.pad(X, (0, columns)) if columns else X
 
 
-def _randomness(job: WorkerJob) -> Randomness:
-    if job.plan.randomness == "secure":
-        return Randomness.secure()
-    return Randomness.reproducible(job.seed, job.plan.run_id)
-
-
 def _start(job: WorkerJob, width: int, randomness: Randomness, restored: Restored | None,
            device: torch.device, features: int | None = None) -> tuple[PrivateModel, EpochSettings]:
     """The model (restored or freshly initialised) wrapped for DP-SGD, and the settings to start from."""
@@ -420,7 +414,7 @@ def run_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: Checkpoi
                *, tuner: Tuner | None = None, node: str = "", echo: Callable[[str], None] = say) -> WorkerTimes:
     """Train the run's remaining epochs on this rank (every rank calls this); returns its timings."""
     times, t_setup = WorkerTimes(started_at=time.time()), time.perf_counter()
-    plan, randomness = job.plan, _randomness(job)
+    plan, randomness = job.plan, job.draws()
     X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, target_dtype(job.task))
     restored = checkpoints.restore()
     state = restored.state if restored is not None else LoopState()

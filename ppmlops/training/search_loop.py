@@ -36,7 +36,7 @@ from ppmlops.errors import TrainingError
 from ppmlops.privacy.search import TrialCount
 from ppmlops.training.worker_job import WorkerJob
 from ppmlops.training.loop import (
-    INIT_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Arrays, Checkpoints, Comm, LoopState, WorkerTimes, _randomness,
+    INIT_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Arrays, Checkpoints, Comm, LoopState, WorkerTimes,
     as_tensor, say, train_epoch,
 )
 from ppmlops.training.factory import job_net
@@ -192,7 +192,7 @@ def run_search_worker(job: WorkerJob, arrays: Arrays, comm: Comm, checkpoints: C
     """Run (or continue) the run's private search on this rank; returns its timings. `progress`
     defaults to the job's private search file (WorkerJob.search_state_path)."""
     times, t0 = WorkerTimes(started_at=time.time()), time.perf_counter()
-    plan, randomness = job.plan, _randomness(job)
+    plan, randomness = job.plan, job.draws()
     progress = progress or SearchProgress(job.search_state_path)
     X, y = as_tensor(arrays.X, np.float32), as_tensor(arrays.y, target_dtype(job.task))
     X_holdout, y_holdout = as_tensor(arrays.X_holdout, np.float32), np.asarray(arrays.y_holdout)

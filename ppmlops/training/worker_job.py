@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ppmlops.privacy.randomness import Randomness
 from ppmlops.run.records import Canaries, KnownResult, PrivacyPlan, TrainTimings
 from ppmlops.spec import FactoryRef
 
@@ -91,6 +92,10 @@ class WorkerJob:
     @property
     def run_id(self) -> str:
         return self.plan.run_id
+
+    def draws(self) -> Randomness:
+        """The run's randomness on the workers: the plan's mode, keyed as the stages key it."""
+        return Randomness.for_run(self.plan.randomness, self.seed, self.run_id)
 
     @property
     def search_state_path(self) -> str:

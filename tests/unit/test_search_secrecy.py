@@ -22,7 +22,6 @@ import torch
 
 from plans import make_job, synthetic
 from ppmlops.errors import TrainingError
-from ppmlops.privacy.randomness import Randomness
 from ppmlops.privacy.search import TrialCount
 from ppmlops.run.store import RunStore
 from ppmlops.training.worker_job import SEARCH_STATE_FILE
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _k(job) -> int:
-    return TRIALS.draw(float(Randomness.reproducible(job.seed, job.run_id).source("search-count").uniform(1)[0]))
+    return TRIALS.draw(float(job.draws().source("search-count").uniform(1)[0]))
 
 
 def _search_job(run_dir: Path, seed: int | None = None, **kw):
