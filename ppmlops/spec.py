@@ -845,7 +845,7 @@ class PipelineSpec(_Model):
 
     @property
     def dag_id(self) -> str:
-        return f"ppmlops_{self.name}"
+        return dag_id_of(self.name)
 
     def suite_path(self, repo_root: Path) -> Path:
         rel = self.validation_suite or f"expectations/{self.dataset.id}.json"
@@ -975,6 +975,20 @@ def load_spec(path: Path | str) -> PipelineSpec:
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     return parse_spec(data, path)
+
+
+DAG_ID_PREFIX = "ppmlops_"
+
+
+def dag_id_of(pipeline: str) -> str:
+    """The DAG id of the pipeline named `pipeline` (one DAG per spec): also for a spec that does not
+    validate, whose DAG says what is wrong under the same id."""
+    return DAG_ID_PREFIX + pipeline
+
+
+def pipeline_of(dag_id: str) -> str:
+    """The pipeline name in a DAG id (dag_id_of's inverse); any other id as it is."""
+    return dag_id.removeprefix(DAG_ID_PREFIX)
 
 
 def pipelines_folder() -> Path:

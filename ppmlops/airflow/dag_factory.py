@@ -22,7 +22,7 @@ from ppmlops.airflow.approval import APPROVAL_EXTRA_TRIES, DeployApproval
 from ppmlops.airflow.ray_job import TrainOperator
 from ppmlops.airflow.tasks import finish, run_context, run_stage
 from ppmlops.run.records import ApprovalRecord, GateRecord
-from ppmlops.spec import PipelineSpec, load_each, pipelines_folder
+from ppmlops.spec import PipelineSpec, dag_id_of, load_each, pipelines_folder
 from ppmlops.stages import gate as gate_stage
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def _load_all(folder: Path, log_errors: bool = True) -> dict[str, tuple[Path, Pi
     out: dict[str, tuple[Path, PipelineSpec | None, str | None]] = {}
     for r in load_each(sorted(folder.glob("*.yaml"))):
         error = str(r.error) if r.error is not None else None
-        dag_id = f"ppmlops_{r.name}" if r.name else None
+        dag_id = dag_id_of(r.name) if r.name else None
         if dag_id in out:
             error = (f"{r.path}: pipeline name {r.name!r} is already used by {out[dag_id][0]}; "
                      f"each spec needs its own name (it is the DAG id)")

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from ppmlops import pipeline
 from ppmlops.airflow.dag_factory import _load_all, build_dag
-from ppmlops.spec import pipelines_folder
+from ppmlops.spec import pipeline_of, pipelines_folder
 from ppmlops.errors import PpmlopsError
 from ppmlops.run.context import RunContext, RunParams
 from ppmlops.spec import load_spec
@@ -29,7 +29,7 @@ def pick(argument: str, dags: Mapping[str, Any]):
         except PpmlopsError as err:
             raise SystemExit(str(err)) from None
         return spec, build_dag(spec)
-    found = [(d, v) for d, v in _load_all(folder).items() if argument in (d, d.removeprefix("ppmlops_"))]
+    found = [(d, v) for d, v in _load_all(folder).items() if argument in (d, pipeline_of(d))]
     if not found:
         raise SystemExit(f"no pipeline named {argument!r} in {folder}, and no spec file {argument}")
     [(dag_id, (_, spec, error))] = found
