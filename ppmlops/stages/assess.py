@@ -29,12 +29,12 @@ from ppmlops.risk.categories import DIRECT
 from ppmlops.risk.classify import Classification
 from ppmlops.risk.public import public_assessment, public_classification, quasi_identifier_features
 from ppmlops.risk.report import IdentifierInFeatures
-from ppmlops.registry import tracking
 from ppmlops.risk.score import K_BY_REGULATION
-from ppmlops.run.records import CountsRelease, ExactRisk, Refusal, RiskAssessment, Staged, StagedData
+from ppmlops.run.records import CountsRelease, ExactRisk, RiskAssessment, Staged, StagedData
 from ppmlops.stages import precheck
 from ppmlops.run.context import RunContext
 from ppmlops.stages.context import timed
+from ppmlops.stages.refusal import refuse
 
 # Quarantine bins, fixed in code: a bin per reason whatever the data holds.
 REASONS = (ingest_mod.NO_CONSENT, ingest_mod.INVALID_LABEL, ingest_mod.INVALID_VALUE,
@@ -181,9 +181,7 @@ def run(ctx: RunContext) -> RiskAssessment:
     _exact_report(ctx)
     if leaked:
         err = IdentifierInFeatures(ctx.spec.dataset.id, leaked)
-        ctx.store.write(Refusal(stage="assess", reasons=[str(err)]))
-        tracking.sync_quietly(ctx)
-        raise err
+        refuse(ctx, "assess", [str(err)], err)
     ledger = Ledger(ctx.settings.db_url)
     try:
         check_model(ctx)  # a model that cannot train is refused before anything is charged
@@ -191,7 +189,5 @@ def run(ctx: RunContext) -> RiskAssessment:
         register(ctx, ledger)
         counts = release_counts(ctx, ledger, found)
     except PpmlopsError as err:  # a changed budget in the spec, or a lifetime budget that is spent
-        ctx.store.write(Refusal(stage="assess", reasons=[str(err)]))
-        tracking.sync_quietly(ctx)
-        raise
+        refuse(ctx, "assess", [str(err)], err)
     return public_assessment(ctx.spec, found, counts)

@@ -29,21 +29,20 @@ from ppmlops.privacy.session import reserve
 from ppmlops.registry import tracking
 from ppmlops.run.grant import charge_records, grant_of
 from ppmlops.run.records import (
-    BlockShare, CountsRelease, PlanRecord, PrivacyPlan, Refusal, RiskAssessment, SearchPlan, Staged,
+    BlockShare, CountsRelease, PlanRecord, PrivacyPlan, RiskAssessment, SearchPlan, Staged,
 )
 from ppmlops.run.context import RunContext
 from ppmlops.stages.context import timed
 from ppmlops.stages.decide import decide
 from ppmlops.stages.precheck import run_rooms
+from ppmlops.stages.refusal import refuse
 from ppmlops.tuning.registry import wants_holdout_accuracy
 
 
 
 def _refuse(ctx: RunContext, reasons: list[str], decision_id: str | None = None, action: str = "train",
             by: str = "policy"):
-    ctx.store.write(Refusal(stage="plan", reasons=reasons, decision_id=decision_id))
-    tracking.sync_quietly(ctx)
-    raise PolicyRefused(action, reasons, by)
+    refuse(ctx, "plan", reasons, PolicyRefused(action, reasons, by), decision_id=decision_id)
 
 
 def canaries_for(ctx: RunContext, counts: CountsRelease) -> int:
