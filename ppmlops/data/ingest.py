@@ -92,7 +92,6 @@ from ppmlops.errors import DataError
 from ppmlops.data import tensors
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source, TensorFeature
 
-QUARANTINE_COLUMNS = ("_source", "_line", "_reason", "_raw")
 # Rows of each source whose values decide whether an undeclared column is an identifier (the
 # risk scan's judgement on a sample); later values are still screened one by one.
 SCREEN_SAMPLE_ROWS = 2000
