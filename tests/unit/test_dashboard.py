@@ -4,7 +4,6 @@ what people wrote, failures read as messages, and the Airflow plugin mounts it."
 from __future__ import annotations
 
 import importlib.util
-import json
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -20,6 +19,8 @@ from ppmlops.dashboard import create_app
 from ppmlops.privacy.accountant import Segment
 from ppmlops.privacy.ledger import Charge, Ledger
 from ppmlops.registry import Registry
+from ppmlops.run import records as rec
+from ppmlops.run.store import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "demo_customers"
@@ -80,14 +81,22 @@ def filled(home, tmp_path):
     reg.set_alias("churn", "production", 2)
     reg.set_alias("churn", "staging", 1)
 
-    run = home.runs_dir / "demo" / "manual__2026-01-01T00_00_00_00_00"
-    run.mkdir(parents=True)
-    history = [{"epoch": e, "noise_multiplier": 1.1 - 0.1 * e, "max_grad_norm": 1.0, "learning_rate": 0.1,
-                "epsilon_spent": 0.3 * e, "holdout_accuracy": float("nan") if e == 1 else 0.8,
-                "tuner": {"proposal": "lower noise", "why": "<b>utility plateau</b>"}} for e in (1, 2)]
-    (run / "train.json").write_text(json.dumps({"history": history, "run_epsilon_spent": 0.6}))
-    (run / "gate.json").write_text(json.dumps({"outcome": "needs_approval", "reasons": ["risk"]}))
-    (run / ".deploy.json.tmp").write_text("{half written")
+    # The run folder as the stages leave it: their own record classes, written by RunStore (a
+    # template reading a field the records lack then shows on a page these tests read).
+    raw_id = "manual__2026-01-01T00:00:00+00:00"
+    store = RunStore.of(home.runs_dir, "demo", raw_id).ensure()
+    history = [rec.EpochRecord(epoch=e, noise_multiplier=1.1 - 0.1 * e, max_grad_norm=1.0, learning_rate=0.1,
+                               steps=20, sample_rate=0.02, epsilon_used=0.3 * e,
+                               holdout_accuracy_noisy=float("nan") if e == 1 else 0.8,
+                               tuner=rec.TunerNote(tuner="rule", why="<b>utility plateau</b>",
+                                                   details={"proposal": "lower noise"}))
+               for e in (1, 2)]
+    store.write(rec.TrainRecord(model_path="model.pt", n_features=4, epochs_completed=2, stopped_reason="",
+                                history=history, usage_entries=[], tuner="rule", randomness="secure",
+                                epsilon_used={"train": 0.6}))
+    store.write(rec.GateRecord(outcome="needs_approval", allowed=False, reasons=["risk"], decision_id="0" * 32,
+                               policy_hash="ab" * 32, engine="embedded-regorus"))
+    (store.root / ".deploy.json.tmp").write_text("{half written")  # a crashed write's leftover
     return {"ledger": ledger, "log": log, "registry": reg, "history": history}
 
 
@@ -174,14 +183,18 @@ def test_run_json_and_tuner_history(filled, client):
     raw_id = "manual__2026-01-01T00:00:00+00:00"  # Airflow's run id; the folder has it sanitised
     body = client.get(f"/api/runs/demo/{quote(raw_id, safe='')}").json()
     assert sorted(body["records"]) == ["gate", "train"]  # the half-written temporary is skipped
-    assert [e["tuner"] for e in body["epochs"]] == [h["tuner"] for h in filled["history"]]
-    assert body["epochs"][0]["holdout_accuracy"] == "nan"  # strict JSON, still visible
+    assert [e["tuner"] for e in body["epochs"]] == [h.tuner.model_dump() for h in filled["history"]]
+    assert body["epochs"][0]["holdout_accuracy_noisy"] == "nan"  # strict JSON, still visible
     listed = client.get("/api/runs").json()["runs"]
     assert [(r["pipeline"], r["outcome"]) for r in listed] == [("demo", "needs_approval")]
 
     page = client.get(f"/runs/demo/{quote(raw_id, safe='')}").text
     assert "&lt;b&gt;utility plateau&lt;/b&gt;" in page  # the tuner's reason, escaped
     assert "noise σ ↓ 1 → 0.9" in page  # what it changed, in natural units
+    # Each epoch's row from the record's fields: epsilon used so far, steps at q, noisy accuracy.
+    assert '<td class="num">0.3</td>' in page and '<td class="num">0.6</td>' in page
+    assert '<td class="num">20 at q 0.02</td>' in page and '<td class="num">0.800</td>' in page
+    assert "the epochs used 0.6" in page  # the summary's epsilon used, from train.json's epsilon_used
     assert 'class="outcome-allow"' in page  # the run's decision, found by its sanitised id
     for bad in ("/api/runs/demo/%2E%2E", "/api/runs/%2E%2E/demo", "/api/runs/..%2F..%2Fetc/passwd",
                 "/api/runs/demo/nope"):
