@@ -67,4 +67,4 @@ def approval_body(ctx) -> str:
             + "\n".join(f"- {r}" for r in gate.reasons)
             + "\n\nKey numbers (noisy, already charged):\n\n" + "\n".join(f"- {line}" for line in numbers)
             + f"\n\nRun {ctx.run_id}: [its privacy summary and checks]"
-            f"({run_page_path(ctx.spec.name, ctx.run_id)}); manifest: {ctx.run_dir / 'manifest.json'}")
+            f"({run_page_path(ctx.spec.name, ctx.run_id)}); manifest: {ctx.store.manifest_path}")

@@ -18,7 +18,7 @@ from typing import Iterator
 from ppmlops.registry import backend, tracking
 from ppmlops.run.context import RunContext
 from ppmlops.run.records import TrackedRun
-from ppmlops.training.progress import PROGRESS_FILE, epochs_path, followed
+from ppmlops.training.progress import followed
 
 log = logging.getLogger(__name__)
 
@@ -46,5 +46,5 @@ def logged_live(ctx: RunContext, poll_s: float = 0.5) -> Iterator[None]:
             log.warning("could not log run %s's epochs to MLflow as they ran (%s); they are logged when training "
                         "ends", ctx.run_id, backend.scrub(str(err)))
 
-    with followed(epochs_path(ctx.store.root / PROGRESS_FILE), emit, poll_s):
+    with followed(ctx.store.epochs_path, emit, poll_s):
         yield

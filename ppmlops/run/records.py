@@ -534,7 +534,7 @@ class TrackedRun(Record):
 
 
 PUBLIC_RECORDS: tuple[type[Record], ...] = (
-    RunIdentity, Staged, Validated, CountsRelease, RiskAssessment, ModelCheck, PlanRecord, Refusal, TrainRecord,
-    EvaluationRecord, GateRecord, ApprovalRecord, DeployRecord, TrackedRun,
+    RunIdentity, Staged, Validated, CountsRelease, RiskAssessment, ModelCheck, Pretrained, PlanRecord, Refusal,
+    TrainRecord, EvaluationRecord, GateRecord, ApprovalRecord, DeployRecord, TrackedRun,
 )
 PRIVATE_RECORDS: tuple[type[Record], ...] = (StagedData, ExactRisk, Canaries)

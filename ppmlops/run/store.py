@@ -1,6 +1,9 @@
 """A run's folder: the one place that knows where a run's records, model and private files live.
 
     <runs dir>/<pipeline>/<run folder>/           public records (plan.json, train.json, ...)
+                                      manifest.json  the deploy gate's input (public)
+                                      train_request.json  what a Ray job rebuilds the run from
+                                      progress.log, epochs.jsonl  rank 0's lines while training
                                       model.pt    the DP-trained model (public, post-processing)
                                       private/    exact counts, the exact risk report, snapshots,
                                                   the quarantine file, the canaries' coins, and
@@ -25,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ppmlops.errors import PpmlopsError
 from ppmlops.run.records import PRIVATE_RECORDS, PUBLIC_RECORDS, Record
@@ -35,6 +38,14 @@ R = TypeVar("R", bound=Record)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MODEL_FILE = "model.pt"
+MANIFEST_FILE = "manifest.json"
+REQUEST_FILE = "train_request.json"
+# Rank 0's progress lines and, beside them, one JSON line per finished epoch (public values only:
+# ppmlops.training.progress writes them, the dashboard and the driver follow them).
+PROGRESS_FILE = "progress.log"
+EPOCHS_FILE = "epochs.jsonl"
+# Public JSON files of a run that are documents rather than stage records.
+DOCUMENTS = (MANIFEST_FILE, REQUEST_FILE)
 RAY_STORAGE = "ray"
 PRIVATE_MODE = 0o700
 
@@ -105,6 +116,29 @@ class RunStore:
     def path_of(self, cls: type[Record]) -> Path:
         return (self.private_dir if cls.PRIVATE else self.root) / cls.FILE
 
+    def private_path(self, name: str) -> Path:
+        """A private file of the run (a report, a log, the worker's initial weights), its folder
+        made owner-only first. A plain name: nothing outside private/."""
+        if not _SAFE_NAME.match(name):
+            raise PpmlopsError(f"{name!r} is not a file name of a run's private folder")
+        return self.ensure().private_dir / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+    @property
+    def request_path(self) -> Path:
+        return self.root / REQUEST_FILE
+
+    @property
+    def progress_path(self) -> Path:
+        return self.root / PROGRESS_FILE
+
+    @property
+    def epochs_path(self) -> Path:
+        return self.root / EPOCHS_FILE
+
     # -- records --------------------------------------------------------------------------------
     def write(self, record: R) -> R:
         path = self.path_of(type(record))
@@ -112,13 +146,23 @@ class RunStore:
             private_folder(path.parent)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)  # a crashed write's leftover: os.open's mode applies to new files only
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if record.PRIVATE else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(record.model_dump_json(indent=2))
-        tmp.replace(path)
+        _atomic(path, record.model_dump_json(indent=2), record.PRIVATE)
         return record
+
+    def write_private_text(self, name: str, text: str) -> Path:
+        path = self.private_path(name)
+        _atomic(path, text, private=True)
+        return path
+
+    def write_document(self, name: str, doc: BaseModel | dict) -> Path:
+        """A public JSON document that is not a stage record (DOCUMENTS): the deploy manifest, the
+        Ray job's request. Written as json.dumps(indent=2) has always written them."""
+        if name not in DOCUMENTS:
+            raise PpmlopsError(f"{name} is not a public document of a run (one of {', '.join(DOCUMENTS)})")
+        data = doc.model_dump(mode="json") if isinstance(doc, BaseModel) else doc
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic(self.root / name, json.dumps(data, indent=2, default=str), private=False)
+        return self.root / name
 
     def read(self, cls: type[R]) -> R:
         record = self.read_optional(cls)
@@ -138,18 +182,75 @@ class RunStore:
             raise PpmlopsError(f"{path} is not a valid {cls.__name__} record ({where}: {first['msg']}); "
                                "it was written by another ppmlops version or edited by hand") from None
 
-    def public_records(self) -> dict[str, Record]:
-        """Every public record present, by file stem (what the dashboard and the summary read)."""
-        out = {}
+    def public_records(self, *, unreadable: str = "raise") -> dict[str, Record | PpmlopsError]:
+        """Every public record present, by file stem, in PUBLIC_RECORDS' order (what the dashboard
+        and the summary read); nothing under private/ is opened. With unreadable="keep" a record
+        that does not validate (another ppmlops version's, edited by hand) is its error instead, so
+        one bad file does not hide the others' pages."""
+        out: dict[str, Record | PpmlopsError] = {}
         for cls in PUBLIC_RECORDS:
-            rec = self.read_optional(cls)
+            try:
+                rec = self.read_optional(cls)
+            except (PpmlopsError, OSError, ValueError) as err:
+                if unreadable != "keep":
+                    raise
+                rec = err if isinstance(err, PpmlopsError) else PpmlopsError(f"{cls.FILE} could not be read: {err}")
             if rec is not None:
                 out[cls.FILE.removesuffix(".json")] = rec
         return out
 
-    def read_json(self, name: str) -> dict:
-        """A public JSON file that is not a record (manifest.json), parsed; {} when absent."""
-        if any(cls.FILE == name for cls in PRIVATE_RECORDS) or "/" in name:
-            raise PpmlopsError(f"{name} is not a public file of a run")
+    def read_document(self, name: str) -> dict | None:
+        """A public JSON document (DOCUMENTS) as written; None when absent."""
+        if name not in DOCUMENTS:
+            raise PpmlopsError(f"{name} is not a public document of a run (one of {', '.join(DOCUMENTS)})")
         path = self.root / name
-        return json.loads(path.read_text()) if path.exists() else {}
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def public_files(self) -> list[Path]:
+        """The public JSON files present (records and documents), never a half-written temporary
+        (dot files) and nothing under private/."""
+        known = {cls.FILE for cls in PUBLIC_RECORDS} | set(DOCUMENTS)
+        return [self.root / name for name in sorted(known) if (self.root / name).is_file()]
+
+    def last_written(self) -> float:
+        """The newest public file's modification time (POSIX seconds; 0 for none): its records,
+        documents and the lines training appends. Private files are not looked at, not even their
+        modification time."""
+        files = [*self.public_files(), self.progress_path, self.epochs_path]
+        return max((p.stat().st_mtime for p in files if p.is_file()), default=0.0)
+
+    def epoch_lines(self) -> list[dict]:
+        """The epoch lines rank 0 has appended (ppmlops.training.progress), in file order; a line
+        being written is skipped."""
+        try:
+            text = self.epochs_path.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        rows = []
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+    @classmethod
+    def every(cls, runs_dir: Path) -> list["RunStore"]:
+        """Every run folder under runs_dir that has published a file, by pipeline and name."""
+        root = Path(runs_dir)
+        out = []
+        for pipe in sorted(root.iterdir()) if root.is_dir() else []:
+            if pipe.is_dir() and _SAFE_NAME.match(pipe.name):
+                out += [store for run in sorted(pipe.iterdir()) if run.is_dir() and _SAFE_NAME.match(run.name)
+                        for store in [cls(run)] if store.public_files()]
+        return out
+
+def _atomic(path: Path, text: str, private: bool) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a crashed write's leftover: os.open's mode applies to new files only
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    tmp.replace(path)

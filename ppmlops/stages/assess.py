@@ -169,7 +169,7 @@ def _exact_report(ctx: RunContext) -> None:
     partition = staged.window.interval() if staged.window.mode == "partition" else None
     with read_progress.in_task_log("assess: risk scan of the source"):
         report = assess(ctx.spec, staged, partition=partition, connections=ctx.settings.source_urls)
-    (ctx.store.private_dir / "risk.txt").write_text(report.summary())
+    ctx.store.write_private_text("risk.txt", report.summary())
     ctx.store.write(ExactRisk(report=report.to_dict()))
 
 

@@ -130,7 +130,7 @@ def _canary_bound(ctx: RunContext, n_features: int, delta: float) -> AuditBound:
     found = canaries(ctx, plan.canaries, n_features)
     if not found.included:  # none drawn (a private search): nothing to audit, and the record says so
         return audit(np.zeros(0), np.zeros(0, dtype=bool), delta=delta, confidence=ctx.spec.audit.confidence)
-    path = ctx.store.private_dir / CANARY_SCORES_FILE
+    path = ctx.store.private_path(CANARY_SCORES_FILE)
     if not path.exists():
         raise AuditError(f"the canary audit needs {path}, which the train stage writes; it is missing (the run was "
                          "trained before gradient canaries, or the file was removed): train the run again")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 from ppmlops.audit.log import chain_head
 from ppmlops.registry import tracking
 from ppmlops.run.records import GateRecord
+from ppmlops.run.store import MANIFEST_FILE
 from ppmlops.stages.card import manifest
 from ppmlops.run.context import RunContext
 from ppmlops.stages.context import timed
 from ppmlops.stages.decide import decide
 
-MANIFEST_FILE = "manifest.json"
 
 
 @tracking.tracked  # the MLflow run gets everything released up to the decision
@@ -20,7 +18,7 @@ MANIFEST_FILE = "manifest.json"
 def run(ctx: RunContext) -> GateRecord:
     doc = manifest(ctx)
     decision = decide(ctx, "data.ppmlops.deploy", doc, stage="gate")
-    (ctx.store.root / MANIFEST_FILE).write_text(json.dumps(doc, indent=2, default=str))
+    ctx.store.write_document(MANIFEST_FILE, doc)
     # The audit log's head right after this decision, kept outside the database: `ppmlops audit
     # verify --anchor` with it catches a log cut back to before this run.
     head = chain_head(ctx.settings.db_url)

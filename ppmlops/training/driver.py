@@ -19,7 +19,7 @@ from ppmlops.run.logs import library_logs
 from ppmlops.run.records import Canaries, EpochRecord, PlanRecord, SearchResult, StagedData, TrainRecord
 from ppmlops.run.context import RunContext
 from ppmlops.training.worker_job import WorkerJob
-from ppmlops.training.progress import PROGRESS_FILE, followed
+from ppmlops.training.progress import followed
 
 
 INIT_FILE, CANARY_SCORES_FILE = "model_init.pt", "canary_scores.npy"
@@ -82,8 +82,8 @@ def worker_job(ctx: RunContext, planned: PlanRecord) -> WorkerJob:
                      momentum=spec.training.momentum, max_grad_norm=clip, tuner=ctx.tuner,
                      seed=p.seed, workers=p.workers, use_gpu=p.use_gpu, cpus_per_worker=spec.ray.cpus_per_worker,
                      storage_path=str(ctx.store.ray_storage()), ray_address=ctx.settings.ray_address,
-                     max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_dir / INIT_FILE),
-                     progress_path=str(ctx.store.root / PROGRESS_FILE), physical_batch=spec.training.max_physical_batch,
+                     max_failures=spec.ray.max_failures, init_path=str(ctx.store.private_path(INIT_FILE)),
+                     progress_path=str(ctx.store.progress_path), physical_batch=spec.training.max_physical_batch,
                      task=spec.dataset.label.task, n_outputs=spec.dataset.label.n_outputs,
                      pretrained=str(spec.model.init_path()) if spec.model.init is not None else None,
                      trainable=tuple(spec.model.trainable) if spec.model.trainable else None,
@@ -161,7 +161,7 @@ def train_here(ctx: RunContext) -> TrainRecord:
     kept = canaries(ctx, plan.canaries, len(names))
     session = PrivacySession.open(Ledger(ctx.settings.db_url), grant_of(plan))  # a released grant is reserved again
     job = dataclasses.replace(worker_job(ctx, planned), canaries=kept,
-                              canary_scores_path=str(ctx.store.private_dir / CANARY_SCORES_FILE),
+                              canary_scores_path=str(ctx.store.private_path(CANARY_SCORES_FILE)),
                               snapshot=Snapshot.of(ctx.spec, result.snapshot_train, result.snapshot_test))
     here = in_process(ctx, job)
     try:

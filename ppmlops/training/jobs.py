@@ -20,7 +20,6 @@ in case a Ray version logs them elsewhere.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -30,11 +29,11 @@ from typing import TYPE_CHECKING, Callable
 
 from ppmlops.errors import TrainingError
 from ppmlops.run.records import TrainRecord
+from ppmlops.run.store import REQUEST_FILE
 
 if TYPE_CHECKING:
     from ppmlops.run.context import RunContext
 
-REQUEST_FILE = "train_request.json"
 # Passed to the job so that it writes where this task reads; Ray sets RAY_ADDRESS for the job
 # itself, and PPMLOPS_RAY_JOBS_URL stays out so the job trains in place.
 # Nothing secret goes here: the dashboard shows a job's runtime environment.
@@ -58,9 +57,8 @@ def write_request(ctx: "RunContext") -> str:
     """Everything the job needs to rebuild this run's context; the job reads it from shared storage."""
     from dataclasses import asdict
 
-    path = ctx.run_dir / REQUEST_FILE
-    path.write_text(json.dumps({"spec": ctx.spec.model_dump(mode="json"), "run_id": ctx.run_id,
-                                "params": asdict(ctx.params)}, indent=2))
+    path = ctx.store.write_document(REQUEST_FILE, {"spec": ctx.spec.model_dump(mode="json"), "run_id": ctx.run_id,
+                                                   "params": asdict(ctx.params)})
     return str(path)
 
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-PROGRESS_FILE = "progress.log"
+from ppmlops.run.store import EPOCHS_FILE, PROGRESS_FILE  # noqa: F401  (names in the run folder are RunStore's)
+
 # Beside it, one JSON line per finished epoch for the driver to log to MLflow while training runs
 # (ppmlops.registry.live_epochs): the worker itself never needs to reach MLflow.
-EPOCHS_FILE = "epochs.jsonl"
 # What an epoch line holds, all public (they are train.json's history too): the settings, the
 # epsilon used so far, and the noisy signals, None when the tuner released none. Never an exact
 # metric on private rows.
