@@ -352,9 +352,8 @@ def _run_dataset_use(settings: Settings, data: dict) -> dict:
     (the page then shows why instead of a figure of its own)."""
     from ppmlops.privacy.block_view import dataset_use, run_share
 
-    plan = data["records"].get("plan")
-    privacy = plan.get("privacy") if isinstance(plan, dict) else None
-    dataset_id = data.get("dataset_id") or (privacy.get("dataset_id") if isinstance(privacy, dict) else None)
+    # runs.ref read it from the typed run.json, else the typed plan's privacy (runs from before run.json).
+    dataset_id = data.get("dataset_id")
     if not dataset_id:
         return {"error": "this run's records do not name its dataset"}
     try:

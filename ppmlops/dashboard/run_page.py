@@ -2,6 +2,11 @@
 tuner's story per epoch as charts and a readable table, then the decisions; the raw records
 last, folded, for compliance officers only. The markup is templates/run.html and _run.html;
 this module picks out what they show from the run's public records.
+
+The records arrive as RunStore validated and dumped them (dashboard.runs.detail): every field of
+the record class is a key. The page reads them through `Fields`, whose `.get` of a name the
+record does not have raises: a template reading `epsilon_spent` where the record says
+`epsilon_used` fails a test instead of showing a dash for ever.
 """
 
 from __future__ import annotations
@@ -13,15 +18,44 @@ from ppmlops.dashboard import charts, templating
 from ppmlops.dashboard.html import Check, View, checks
 from ppmlops.privacy.block_view import percent
 from ppmlops.run.known import best_known
-from ppmlops.run.records import KnownResult
+from ppmlops.run.records import EpochRecord, KnownResult
 
 # Epoch settings the tuner chooses, in natural units, with the words a person reads.
 SETTINGS = (("noise_multiplier", "noise σ"), ("max_grad_norm", "clip norm"), ("learning_rate", "learning rate"))
 
 
+class Fields(dict):
+    """A record's fields (all of them: model_dump writes each, None included) as the page reads
+    them. `.get(name)` of a name the record lacks is the page's mistake and raises."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            raise KeyError(f"the run page reads {key!r}, a field this record does not have "
+                           f"(it has {', '.join(map(str, self))})")
+        return super().get(key, default)
+
+
+def fields(value: Any) -> Any:
+    """`value` with every mapping in it read as `Fields`."""
+    if isinstance(value, dict):
+        return Fields({k: fields(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [fields(v) for v in value]
+    return value
+
+
 def _rec(data: dict, name: str) -> dict:
     r = data["records"].get(name)
-    return r if isinstance(r, dict) and set(r) != {"error"} else {}  # {"error": ...}: unreadable
+    return fields(r) if isinstance(r, dict) and set(r) != {"error"} else {}  # {"error": ...}: unreadable
+
+
+def _epochs(data: dict) -> list[dict]:
+    """train.json's history as recorded, or (while training) the epoch lines so far, which hold a
+    subset of an epoch record's fields: the rest read as None, a name no epoch record has raises."""
+    if not data.get("epochs_live"):
+        return fields(data["epochs"])
+    blank = dict.fromkeys(EpochRecord.model_fields)
+    return [Fields(blank | e) if isinstance(e, dict) else e for e in data["epochs"]]
 
 
 @dataclass(frozen=True)
@@ -135,10 +169,11 @@ def tuning_facts(data: dict) -> Tuning:
 
 def run_page(v: View, data: dict, decisions: Any) -> str:
     s = summary(data)
+    epochs = _epochs(data)
     return v.render("run.html", f"Run {data['run_id']}", data=data, decisions=decisions, summary=s,
                     dataset=data.get("dataset_id") or s.plan.get("dataset_id"), gate=gate_facts(v, data, decisions),
-                    stopped=_rec(data, "train").get("stopped_reason"), epoch_figures=epoch_charts(data["epochs"]),
-                    epoch_rows=epoch_rows(data["epochs"]), tuning=tuning_facts(data))
+                    stopped=_rec(data, "train").get("stopped_reason"), epoch_figures=epoch_charts(epochs),
+                    epoch_rows=epoch_rows(epochs), tuning=tuning_facts(data))
 
 
 templating.environment().globals.update(SETTINGS=SETTINGS, percent=percent)

@@ -1,5 +1,6 @@
 """Run folders as the dashboard reads them: which runs exist, under which real run id, and what
-each recorded. Read-only; only public records (private/ is never opened).
+each recorded. Read-only, and only through RunStore (the one reader of a run folder): its typed
+public records (`RunStore.public_records`), never a file of private/.
 
 A run's id is Airflow's (`manual__2026-01-01T00:00:00+00:00`); its folder name is sanitised.
 Pages spell runs by the real id, read from run.json (written before a run's first stage), or
@@ -13,19 +14,18 @@ record that has written nothing for `Settings.run_stale_after_s` reads "stalled"
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ppmlops.dashboard.errors import NotFound
-from ppmlops.run.store import run_folder_name
+from ppmlops.errors import PpmlopsError
+from ppmlops.run.records import (
+    ApprovalRecord, GateRecord, PlanRecord, Record, Refusal, RunIdentity, Staged,
+)
+from ppmlops.run.store import RunStore, run_folder_name
 from ppmlops.settings import Settings
-from ppmlops.training.progress import EPOCHS_FILE, PROGRESS_FILE
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -42,30 +42,28 @@ class RunRef:
                 "dataset_id": self.dataset_id, "id_known": self.id_known}
 
 
-def record_files(folder: Path) -> list[Path]:
-    # Dot files are the stages' half-written temporaries.
-    return [p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith(".")]
+def _store(run: RunStore | Path) -> RunStore:
+    return run if isinstance(run, RunStore) else RunStore(run)
 
 
-def load(path: Path) -> Any:
+def _optional(store: RunStore, cls: type[Record]) -> Any:
+    """A record, or None when it is absent or unreadable (a page then shows what the others say)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        return {"error": f"{path.name} could not be read: {err}"}
+        return store.read_optional(cls)
+    except (PpmlopsError, OSError):
+        return None
 
 
-def ref(folder: Path) -> RunRef:
-    pipeline = folder.parent.name
-    ident = load(folder / "run.json") if (folder / "run.json").exists() else {}
-    if isinstance(ident, dict) and ident.get("run_id"):
-        return RunRef(pipeline, folder.name, str(ident["run_id"]), str(ident.get("dag_id") or f"ppmlops_{pipeline}"),
-                      ident.get("dataset_id"), True)
-    plan = load(folder / "plan.json") if (folder / "plan.json").exists() else {}
-    privacy = plan.get("privacy") if isinstance(plan, dict) else None
-    if isinstance(privacy, dict) and privacy.get("run_id"):
-        return RunRef(pipeline, folder.name, str(privacy["run_id"]), f"ppmlops_{pipeline}",
-                      privacy.get("dataset_id"), True)
-    return RunRef(pipeline, folder.name, folder.name, f"ppmlops_{pipeline}", None, False)
+def ref(run: RunStore | Path) -> RunRef:
+    store = _store(run)
+    folder, pipeline = store.root.name, store.root.parent.name
+    ident = _optional(store, RunIdentity)
+    if ident is not None:
+        return RunRef(pipeline, folder, ident.run_id, ident.dag_id or f"ppmlops_{pipeline}", ident.dataset_id, True)
+    plan = _optional(store, PlanRecord)
+    if plan is not None and plan.privacy.run_id:
+        return RunRef(pipeline, folder, plan.privacy.run_id, f"ppmlops_{pipeline}", plan.privacy.dataset_id, True)
+    return RunRef(pipeline, folder, folder, f"ppmlops_{pipeline}", None, False)
 
 
 # Each stage with the public record written when it ends, in pipeline order. Private records
@@ -73,8 +71,6 @@ def ref(folder: Path) -> RunRef:
 STAGE_DONE = (("ingest", "staged.json"), ("validate", "validated.json"), ("assess", "risk.json"),
               ("plan", "plan.json"), ("train", "train.json"), ("evaluate", "evaluate.json"),
               ("gate", "gate.json"), ("deploy", "deploy.json"))
-# Public files a run appends to while a stage runs (the train stage's progress and epoch lines).
-LIVE_FILES = (PROGRESS_FILE, EPOCHS_FILE)
 IN_FLIGHT = ("running", "waiting")
 
 State = Literal["running", "waiting", "stalled", "deployed", "refused", "denied", "rejected"]
@@ -101,61 +97,46 @@ class RunState:
         return {**asdict(self), "in_flight": self.in_flight}
 
 
-def live_epochs(folder: Path) -> list[dict]:
+def live_epochs(run: RunStore | Path) -> list[dict]:
     """The epoch lines written so far (one per finished epoch; a retried attempt may repeat one,
     the newest line of each epoch wins). Only the public keys the lines are made of."""
-    path = folder / EPOCHS_FILE
-    by_epoch: dict[int, dict] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # the line being written
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            by_epoch[row["epoch"]] = row
+    by_epoch = {row["epoch"]: row for row in _store(run).epoch_lines() if isinstance(row.get("epoch"), int)}
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
-def state_of(folder: Path, stale_after_s: float, now: float | None = None) -> RunState:
+def state_of(run: RunStore | Path, stale_after_s: float, now: float | None = None) -> RunState:
     """The run's state from its public records (see the module's docstring)."""
-    records = {p.name: p for p in record_files(folder)}
-    live = [folder / n for n in LIVE_FILES if (folder / n).is_file()]
-    last = max((p.stat().st_mtime for p in [*records.values(), *live]), default=0.0)
+    store = _store(run)
+    present = {p.name for p in store.public_files()}
+    last = store.last_written()
 
-    def rec(name: str) -> dict:
-        found = load(records[name]) if name in records else {}
-        return found if isinstance(found, dict) else {}
-
-    if "refused.json" in records:
-        stage = str(rec("refused.json").get("stage") or "?")
+    if Refusal.FILE in present:
+        refused = _optional(store, Refusal)
+        stage = refused.stage if refused is not None else "?"
         return RunState("refused", stage, f"refused at {stage}", last)
-    if "deploy.json" in records:
+    if "deploy.json" in present:
         return RunState("deployed", "deploy", "deployed", last)
-    gate, approval = rec("gate.json"), rec("approval.json")
-    if gate.get("outcome") == "deny":
+    gate, approval = _optional(store, GateRecord), _optional(store, ApprovalRecord)
+    if gate is not None and gate.outcome == "deny":
         return RunState("denied", "gate", "denied at the deploy gate", last)
-    if approval.get("outcome") == "rejected":
+    if approval is not None and approval.outcome == "rejected":
         return RunState("rejected", "gate", "rejected by a person at the deploy gate", last)
-    if gate.get("outcome") == "needs_approval" and not approval:
+    if gate is not None and gate.outcome == "needs_approval" and approval is None:
         return RunState("waiting", "gate", "waiting for a person's approval", last)
     # The stage after the furthest one whose record exists (a folder from before a record existed
     # may lack an earlier stage's record; it is not sent back to that stage).
-    reached = max((i for i, (_, done) in enumerate(STAGE_DONE) if done in records), default=-1)
+    reached = max((i for i, (_, done) in enumerate(STAGE_DONE) if done in present), default=-1)
     stage = STAGE_DONE[min(reached + 1, len(STAGE_DONE) - 1)][0]
     epoch = epochs = done = None
     words = f"{stage} running"
     if stage == "train":
-        privacy = rec("plan.json").get("privacy") or {}
-        epochs = privacy.get("epochs") if isinstance(privacy.get("epochs"), int) else None
-        if privacy.get("search"):
+        plan = _optional(store, PlanRecord)
+        epochs = plan.privacy.epochs if plan is not None else None
+        if plan is not None and plan.privacy.search is not None:
             # A private search announces no epoch or trial (how many trials ran is secret).
             words = "training: a private search (its progress is not shown: how many trials ran is secret)"
         else:
-            done = max((e["epoch"] for e in live_epochs(folder)), default=0)
+            done = max((e["epoch"] for e in live_epochs(store)), default=0)
             epoch = done + 1 if epochs is None or done < epochs else done
             words = (f"training: epoch {epoch} of {epochs if epochs is not None else '?'}"
                      + (f" ({done} finished)" if done and done < (epochs or done + 1) else "")
@@ -176,14 +157,9 @@ def _duration(seconds: float) -> str:
     return f"{hours} h" if hours < 48 else f"{hours // 24} days"
 
 
-def folders(settings: Settings) -> list[Path]:
-    root = settings.runs_dir
-    out = []
-    for pipe in sorted(root.iterdir()) if root.is_dir() else []:
-        if pipe.is_dir() and _SAFE_NAME.match(pipe.name):
-            out += [run for run in pipe.iterdir()
-                    if run.is_dir() and _SAFE_NAME.match(run.name) and record_files(run)]
-    return out
+def folders(settings: Settings) -> list[RunStore]:
+    """Every run that has published a file (RunStore.every)."""
+    return RunStore.every(settings.runs_dir)
 
 
 class RunIndex:
@@ -217,55 +193,66 @@ def index(settings: Settings) -> RunIndex:
     found = folders(settings)
     now = time.time()
     return RunIndex([ref(f) for f in found],
-                    {(f.parent.name, f.name): state_of(f, settings.run_stale_after_s, now) for f in found})
+                    {(f.root.parent.name, f.root.name): state_of(f, settings.run_stale_after_s, now) for f in found})
 
 
 def listing(settings: Settings, limit: int = 50) -> dict:
     """Run folders, most recently written first: records present, the gate's outcome."""
-    found = sorted(((max(p.stat().st_mtime for p in record_files(f)), f) for f in folders(settings)),
+    found = sorted(((max(p.stat().st_mtime for p in f.public_files()), f) for f in folders(settings)),
                    key=lambda t: t[0], reverse=True)
     out = []
-    for mtime, folder in found[:limit]:
-        gate = load(folder / "gate.json") if (folder / "gate.json").exists() else {}
-        approval = load(folder / "approval.json") if (folder / "approval.json").exists() else {}
-        refused = (folder / "refused.json").exists()
-        out.append({**ref(folder).as_dict(), "records": sorted(p.stem for p in record_files(folder)),
-                    "modified": mtime, "refused": refused,
-                    "outcome": gate.get("outcome") if isinstance(gate, dict) else None,
+    for mtime, store in found[:limit]:
+        gate, approval = _optional(store, GateRecord), _optional(store, ApprovalRecord)
+        out.append({**ref(store).as_dict(), "records": sorted(p.stem for p in store.public_files()),
+                    "modified": mtime, "refused": store.path_of(Refusal).is_file(),
+                    "outcome": gate.outcome if gate is not None else None,
                     # a person's answer to a needs-approval gate: the gate's state once given
-                    "answered": approval.get("outcome") if isinstance(approval, dict) else None,
-                    "state": state_of(folder, settings.run_stale_after_s).as_dict()})
+                    "answered": approval.outcome if approval is not None else None,
+                    "state": state_of(store, settings.run_stale_after_s).as_dict()})
     return {"runs_dir": str(settings.runs_dir), "runs": out}
 
 
-def folder_of(settings: Settings, pipeline: str, run_id: str) -> Path:
-    """The run's folder; Airflow's run ids and folder names both work. Names that could leave
+def store_of(settings: Settings, pipeline: str, run_id: str) -> RunStore:
+    """The run's store; Airflow's run ids and folder names both work. Names that could leave
     runs_dir are refused."""
-    name = run_folder_name(run_id)
-    for part in (pipeline, name):
-        if not _SAFE_NAME.match(part):
-            raise NotFound(f"no run {pipeline!r}/{run_id!r}: not a pipeline / run folder name")
-    folder = settings.runs_dir / pipeline / name
-    if not folder.is_dir() or not record_files(folder):
+    try:
+        store = RunStore.existing(settings.runs_dir, pipeline, run_folder_name(run_id))
+    except (PpmlopsError, FileNotFoundError) as err:
+        raise NotFound(f"no run {pipeline!r}/{run_id!r}: " + ("not a pipeline / run folder name"
+                                                              if isinstance(err, PpmlopsError) else "no such run")) from None
+    if not store.public_files():
         raise NotFound(f"no run {run_id!r} of pipeline {pipeline!r}")
-    return folder
+    return store
 
 
 def detail(settings: Settings, pipeline: str, run_id: str) -> dict:
-    """Every public JSON record of one run, stages in pipeline order, and train's epochs."""
+    """Every public record of one run, stages in pipeline order, and train's epochs. Records are
+    the typed ones RunStore validated, dumped whole (a field the record lacks is not there to be
+    read); one that does not validate shows its error. The deploy manifest and a Ray job's
+    request are documents beside them."""
     from ppmlops.pipeline import STAGES
+    from ppmlops.run.store import DOCUMENTS
 
-    folder = folder_of(settings, pipeline, run_id)
+    store = store_of(settings, pipeline, run_id)
+    found: dict[str, Any] = {}
+    for name, rec in store.public_records(unreadable="keep").items():
+        found[name] = {"error": str(rec)} if isinstance(rec, Exception) else rec.model_dump(mode="json")
+    for name in DOCUMENTS:
+        try:
+            doc = store.read_document(name)
+        except (OSError, ValueError) as err:
+            doc = {"error": f"{name} could not be read: {err}"}
+        if doc is not None:
+            found[name.removesuffix(".json")] = doc
     order = {name: i for i, name in enumerate(["run", *STAGES])}
-    files = sorted(record_files(folder), key=lambda p: (order.get(p.stem, len(order)), p.stem))
-    records = {p.stem: load(p) for p in files}
+    records = {k: found[k] for k in sorted(found, key=lambda k: (order.get(k, len(order)), k))}
     train = records.get("train")
     history = train.get("history") if isinstance(train, dict) else None
-    state = state_of(folder, settings.run_stale_after_s)
+    state = state_of(store, settings.run_stale_after_s)
     # While training, the epochs finished so far (their lines; train.json's history replaces them).
     live = train is None and state.stage == "train"
-    return {**ref(folder).as_dict(), "run": folder.name, "run_dir": str(folder), "records": records,
-            "epochs": history if isinstance(history, list) else (live_epochs(folder) if live else []),
+    return {**ref(store).as_dict(), "run": store.root.name, "run_dir": str(store.root), "records": records,
+            "epochs": history if isinstance(history, list) else (live_epochs(store) if live else []),
             "epochs_live": live, "state": state.as_dict()}
 
 
@@ -275,16 +262,13 @@ def retirements(settings: Settings, dataset_id: str) -> dict[str, list[dict]]:
     Block bounds come from the calendar, so these are public. Runs whose records do not name
     their dataset (from before run.json) are left out rather than guessed."""
     out: dict[str, list[dict]] = {}
-    for folder in folders(settings):
-        r = ref(folder)
+    for store in folders(settings):
+        r = ref(store)
         if r.dataset_id != dataset_id:
             continue
-        plan = load(folder / "plan.json") if (folder / "plan.json").exists() else {}
-        staged = load(folder / "staged.json") if (folder / "staged.json").exists() else {}
-        privacy = plan.get("privacy") if isinstance(plan, dict) else None
-        found = privacy if isinstance(privacy, dict) and "retired_blocks" in privacy else staged
-        retired = found.get("retired_blocks") if isinstance(found, dict) else None
-        retired = [x for x in retired or [] if isinstance(x, dict) and isinstance(x.get("block"), str)]
+        plan, staged = _optional(store, PlanRecord), _optional(store, Staged)
+        found = plan.privacy if plan is not None else staged
+        retired = [b.model_dump(mode="json") for b in found.retired_blocks] if found is not None else []
         if retired:
             out[r.run_id] = retired
     return out
