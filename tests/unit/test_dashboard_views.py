@@ -30,11 +30,14 @@ VIEWER = Reader("viewer", compliance=False)
 OFFICER = Reader("officer", compliance=True)
 
 
-@pytest.fixture()
-def built(tmp_path, monkeypatch):
-    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PPMLOPS_DB_URL", raising=False)
-    return dashboard_data.build(settings.load())
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One home for the module: building it (ledger, audit log, MLflow registry) was most of these
+    tests' time. The tests only read it; the one that writes a record puts it back."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PPMLOPS_HOME", str(tmp_path_factory.mktemp("views") / "home"))
+        mp.delenv("PPMLOPS_DB_URL", raising=False)
+        yield dashboard_data.build(settings.load())
 
 
 def client_as(reader: Reader) -> TestClient:
@@ -282,8 +285,12 @@ def test_the_run_page_says_where_tuning_started(built):
     assert warm and {w.run_id for w in warm} == {built.good_run}  # the refused run released no results
     assert {w.what for w in warm} >= {"evaluation"} and any(w.what.startswith("epoch") for w in warm)
     store = RunStore.of(s.runs_dir, dashboard_data.PIPELINE, built.denied_run)
-    store.write(store.read(PlanRecord).model_copy(update={"warm_start": warm}))
-    page = client_as(VIEWER).get(run_url(built.denied_run)).text
+    plan = store.read(PlanRecord)
+    store.write(plan.model_copy(update={"warm_start": warm}))
+    try:
+        page = client_as(VIEWER).get(run_url(built.denied_run)).text
+    finally:
+        store.write(plan)  # the module's home is shared: the other tests read the plan as built
     best = best_known(warm)
     assert f"Started from {len(warm)} results released by earlier runs" in page
     assert f"noisy accuracy {best.accuracy_noisy:.3f}" in page
