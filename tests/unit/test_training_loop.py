@@ -176,6 +176,28 @@ def test_a_crash_before_the_checkpoint_is_resumed_without_a_second_charge(tmp_pa
     assert read_checkpoint(os.path.join(ckpt.root, "latest")).state.epoch == 2
 
 
+class WantsOtherNoise:
+    """A resumed attempt's tuner: bayes, but asking for half again the noise it would propose, so
+    the epoch the crashed attempt reserved is proposed a noise the reservation does not have."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.wanted = inner, inner.name, []
+        self.wants_holdout_accuracy = inner.wants_holdout_accuracy
+        self.wants_clipped_fraction = inner.wants_clipped_fraction
+
+    def propose(self, epoch, history, current, budget):
+        proposal = self.inner.propose(epoch, history, current, budget)
+        settings = replace(proposal.settings, noise_multiplier=1.5 * proposal.settings.noise_multiplier)
+        self.wanted.append(settings.noise_multiplier)
+        return replace(proposal, settings=settings)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
 def test_a_resumed_adaptive_run_keeps_the_noise_its_crashed_attempt_reserved(tmp_path, gloo_world_of_one):
     """The tuner proposes again after a crash, but the reserved row's noise is what the epoch
     trains with: the row is adopted, never charged a second time beside a new one."""
@@ -190,12 +212,17 @@ def test_a_resumed_adaptive_run_keeps_the_noise_its_crashed_attempt_reserved(tmp
     [reserved] = [e for e in ledger.entries("synthetic", job.run_id, kind="usage") if e.status == "reserved"
                   and e.partition == "train"]
     lines = []
-    run_worker(job, arrays, Comm(CPU), ckpt, CPU, tuner=make_tuner("bayes", seed=1), echo=lines.append)
+    resumed = WantsOtherNoise(make_tuner("bayes", seed=1))
+    run_worker(job, arrays, Comm(CPU), ckpt, CPU, tuner=resumed, echo=lines.append)
+    # The resumed tuner wanted another noise for the reserved epoch: only keeping the reservation
+    # makes the epoch train with the reserved one.
+    assert resumed.wanted and resumed.wanted[0] != pytest.approx(reserved.noise_multiplier)
     train = [e for e in ledger.entries("synthetic", job.run_id, kind="usage") if e.partition == "train"]
     assert [(e.key, e.status) for e in train] == [("train/epoch-1", "completed"), ("train/epoch-2", "completed")]
     assert train[1].id == reserved.id and train[1].noise_multiplier == reserved.noise_multiplier
     state = read_checkpoint(os.path.join(ckpt.root, "latest")).state
     assert state.epoch == 2 and state.history[-1]["noise_multiplier"] == reserved.noise_multiplier
+    assert "as reserved by the attempt that stopped" in state.history[-1]["tuner"]["why"]
     assert any("resumed from the checkpoint of epoch 1" in line for line in lines)
 
 
