@@ -9,6 +9,7 @@ hash, exact counts, real rows' losses) is in any record, XCom or card that leave
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,10 @@ def test_run_succeeds_with_secure_randomness_and_deploys_to_its_environment(e2e_
 
 
 def test_rows_reconcile_exactly_inside_and_only_noisily_outside(e2e_run):
-    _, _, ctx = e2e_run
+    from ppmlops.registry.store import Registry
+    from ppmlops.stages.assess import _exact_counts
+
+    _, spec, ctx = e2e_run
     staged = ctx.store.read(StagedData).result
     assert staged.rows_in == staged.rows_staged + staged.rows_quarantined and staged.rows_quarantined > 0
     quarantined = Path(staged.quarantine_path).read_text().splitlines()
@@ -48,8 +52,29 @@ def test_rows_reconcile_exactly_inside_and_only_noisily_outside(e2e_run):
     assert Path(staged.quarantine_path).parent == ctx.store.private_dir
     counts = ctx.store.read(CountsRelease)
     sigma = counts.sigma_rows
-    assert abs(counts.rows_train - staged.rows_train) < 6 * sigma  # a noisy count, not an exact one
+    assert abs(counts.rows_train - staged.rows_train) < 6 * sigma  # near the exact count: the noise is as stated
+    assert_released_noisily(_exact_counts(staged, None)["rows"], counts)
     assert counts.ledger_entries and counts.noise_multiplier > 0
+    # The card carries the released counts, not the exact ones.
+    card = Registry(settings.load().registry_dir).card(spec.deploy.model_name, pipeline.summary(ctx)["model_version"])
+    assert (card["rows_train"], card["rows_holdout"]) == (counts.rows_train, counts.rows_holdout)
+
+
+def released_rows(counts: CountsRelease) -> dict[str, int]:
+    """counts.json's row counts, named as assess names the exact ones (stages.assess._exact_counts)."""
+    return ({"train": counts.rows_train, "holdout": counts.rows_holdout}
+            | {f"quarantine:{r}": n for r, n in counts.quarantined.items()})
+
+
+def assert_released_noisily(exact: dict[str, int], counts: CountsRelease) -> None:
+    """Each released row count is its own discrete-Gaussian draw (sigma_rows), so it equals the
+    exact count with probability at most 1 / (sigma sqrt(2 pi)); every one of them equal at once
+    is what exact counts written out look like, and a noisy release all but never does."""
+    released = released_rows(counts)
+    assert set(released) == set(exact)
+    chance = (1 / (counts.sigma_rows * math.sqrt(2 * math.pi))) ** len(exact)
+    assert chance < 1e-4, f"{len(exact)} counts at sigma {counts.sigma_rows:.3g} cannot tell noisy from exact"
+    assert any(released[k] != exact[k] for k in exact), "counts.json holds the exact row counts"
 
 
 def test_dp_accounting_reproduces_the_cards_epsilon_from_the_plan(e2e_run):
