@@ -1,4 +1,5 @@
-"""Example policy inputs, in the shapes ppmlops.stages.plan and ppmlops.stages.card build them.
+"""Example policy inputs, in the shapes ppmlops.stages.plan and ppmlops.stages.card build them
+(valid ppmlops.compliance.documents models: tests/unit/test_policy_documents.py checks).
 
 For people writing policy (`ppmlops policy eval --input`), the engine tests and the latency
 benchmark: one copy of each document.
@@ -23,6 +24,29 @@ TRAIN_INPUT = {
                 "holdout": {"positive": 372, "negative": 801, "smallest": 372}},
 }
 
+# A model card as ppmlops.stages.card.model_card writes it (ppmlops.compliance.documents.ModelCard).
+MODEL_CARD = {
+    "model_name": "demo_customers_mlp", "pipeline": "demo", "run_id": "manual__2026-01-01T00:00:00",
+    "dataset_id": "demo_customers", "data_fingerprint": "hmac-sha256:ab12",
+    "data_window": {"mode": "all", "start": None, "end": None}, "data_queries": [],
+    "rows_train": 4700, "rows_holdout": 1173, "rows_note": "noisy counts (discrete Gaussian, sigma 8.57), charged at assess",
+    "model": {"kind": "mlp", "hidden": [32], "n_features": 18},
+    "epsilon": 1.0, "delta": 1e-5, "epsilon_by_partition": {"train": 1.0, "holdout": 0.6},
+    "epsilon_note": "the run's fixed RDP budget curve (the privacy filter's guarantee), its count release included",
+    "epsilon_used": {"train": 0.97}, "run_epsilon_granted": 1.0, "dataset_share_used": 0.4,
+    "accounting_order": 7.0, "privacy_blocks": ["all"], "retired_blocks": [],
+    "blocks_note": "one block: the whole dataset shares one lifetime budget",
+    "privacy_unit": "unit: one row", "unit_note": "neighbouring datasets differ by one row",
+    "accountant": "rdp", "privacy_filter": True, "sampling": "poisson", "randomness": "secure",
+    "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 20, "epochs": 4, "stopped_reason": "",
+    "epoch_settings": [{"epoch": 1, "noise_multiplier": 1.1, "max_grad_norm": 1.0, "learning_rate": 0.5}],
+    "tuner": "rule", "search": None, "metrics": {"accuracy": 0.81, "auc": 0.86, "majority_baseline": 0.68, "rows": 1173},
+    "metrics_note": "noisy releases on the held-out partition, charged to the ledger",
+    "privacy_audit": {"canaries": 256, "guesses": 102, "correct": 53, "epsilon_lower_bound": 0.0, "confidence": 0.95,
+                      "delta": 1e-5},
+    "intended_use": "demo churn scoring",
+}
+
 DEPLOY_INPUT = {
     "run": {"id": "manual__2026-01-01T00:00:00", "environment": "development"},
     "dataset": DATASET,
@@ -35,7 +59,5 @@ DEPLOY_INPUT = {
                 "positives": 372, "negatives": 801, "class_rows_lower": 340.5},
     "audit": {"canaries": 256, "guesses": 102, "correct": 53, "epsilon_lower_bound": 0.0, "confidence": 0.95,
               "delta": 1e-5},
-    "model_card": {"model_name": "demo_customers_mlp", "dataset_id": "demo_customers",
-                   "data_fingerprint": "hmac-sha256:ab12", "epsilon": 1.0, "delta": 1e-5, "accountant": "rdp",
-                   "metrics": {"accuracy": 0.81}, "intended_use": "demo churn scoring"},
+    "model_card": MODEL_CARD,
 }

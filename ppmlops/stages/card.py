@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppmlops.compliance.documents import DeployManifest, ModelCard
 from ppmlops.compliance.utility_inputs import deploy_metrics
 from ppmlops.run.task_metrics import card_metrics
 from ppmlops.run.records import (
@@ -37,10 +38,10 @@ def _records(ctx: RunContext):
             s.read(EvaluationRecord), s.read(RiskAssessment))
 
 
-def model_card(ctx: RunContext) -> dict[str, Any]:
+def model_card(ctx: RunContext) -> ModelCard:
     staged, counts, plan, trained, evaluated, _ = _records(ctx)
     spec = ctx.spec
-    return {
+    return ModelCard.of({
         "model_name": spec.deploy.model_name, "pipeline": spec.name, "run_id": ctx.run_id,
         "dataset_id": spec.dataset.id, "data_fingerprint": staged.data_fingerprint, "data_window": staged.model_dump(mode="json")["window"],
         "data_queries": [q.model_dump(mode="json", exclude_none=True) for q in staged.queries],
@@ -68,7 +69,7 @@ def model_card(ctx: RunContext) -> dict[str, Any]:
                          f"{evaluated.sigma:.3g}), charged to the ledger"),
         "privacy_audit": evaluated.audit.model_dump(),
         "intended_use": spec.description or f"{spec.name} retraining",
-    }
+    })
 
 
 def model_section(ctx: RunContext, trained: TrainRecord) -> dict[str, Any]:
@@ -162,11 +163,11 @@ def _search(plan, trained: TrainRecord) -> dict[str, Any] | None:
                             "does not cover")}
 
 
-def manifest(ctx: RunContext) -> dict[str, Any]:
+def manifest(ctx: RunContext) -> DeployManifest:
     """The deploy gate's input (data.ppmlops.deploy)."""
     staged, counts, plan, trained, evaluated, risk = _records(ctx)
     spec = ctx.spec
-    return {
+    return DeployManifest.of({
         "run": {"id": ctx.run_id, "environment": ctx.params.environment},
         "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": max(1, counts.rows_train),
                     "epsilon_budget": spec.privacy.epsilon, "delta": plan.delta, "public": spec.dataset.public},
@@ -181,4 +182,4 @@ def manifest(ctx: RunContext) -> dict[str, Any]:
         "metrics": deploy_metrics(evaluated, spec.deploy),
         "audit": evaluated.audit.model_dump(),
         "model_card": model_card(ctx),
-    }
+    })

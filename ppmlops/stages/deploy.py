@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppmlops.audit.log import AuditLog
+from ppmlops.compliance.documents import ModelCard
 from ppmlops.errors import PolicyRefused
 from ppmlops.registry import tracking
 from ppmlops.registry.card_check import card_sha256, registration
@@ -54,11 +55,12 @@ def run(ctx: RunContext) -> DeployRecord:
     if not deployable(gate, approval):
         waiting = ["awaiting a person's approval"] if gate.outcome == "needs_approval" and approval is None else []
         raise PolicyRefused("deploy", gate.reasons + waiting)
-    card = model_card(ctx)
+    card = model_card(ctx).document()
     card["policy_decision"] = {"decision_id": gate.decision_id, "outcome": gate.outcome, "reasons": gate.reasons,
                                "policy_hash": gate.policy_hash, "engine": gate.engine}
     if approval is not None and approval.approved:
         card["approval"] = approval.model_dump(exclude={"seconds"})
+    card = ModelCard.of(card).document()  # the card as registered: its schema, docs/schemas/model_card.json
     name = ctx.spec.deploy.model_name
     registry = Registry(ctx.settings.registry_dir)
     mlflow_run = tracking.sync(ctx)  # the version links to the run (the gate's sync made it)

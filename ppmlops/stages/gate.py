@@ -16,7 +16,7 @@ from ppmlops.stages.decide import decide
 @tracking.tracked  # the MLflow run gets everything released up to the decision
 @timed
 def run(ctx: RunContext) -> GateRecord:
-    doc = manifest(ctx)
+    doc = manifest(ctx).document()
     decision = decide(ctx, "data.ppmlops.deploy", doc, stage="gate")
     ctx.store.write_document(MANIFEST_FILE, doc)
     # The audit log's head right after this decision, kept outside the database: `ppmlops audit

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppmlops.compliance.documents import TrainPolicyInput
 from ppmlops.compliance.utility_inputs import plan_classes
 from ppmlops.errors import BudgetExceeded, PolicyRefused, PpmlopsError
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, BlockRoom, Ledger
@@ -83,10 +84,10 @@ def learnability(ctx: RunContext, rows: float, budget: LifetimeBudget, charged, 
 
 def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, budget: LifetimeBudget,
                  charged, req: RunRequest, room: Room | None = None,
-                 blocks: list[BlockShare] | None = None, learn=None) -> dict[str, Any]:
+                 blocks: list[BlockShare] | None = None, learn=None) -> TrainPolicyInput:
     spec, refused = ctx.spec, max(0, counts.quarantined.get("no consent", 0))
     afford, already = affordable(budget, charged, req, room), released(req)
-    return {
+    return TrainPolicyInput.of({
         "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": max(1, counts.rows_train),
                     "epsilon_budget": budget.epsilon, "delta": budget.delta, "public": spec.dataset.public},
         "ledger": {"epsilon_spent": budget.spent_epsilon(charged), "share_used": budget.share_used(charged),
@@ -108,7 +109,7 @@ def policy_input(ctx: RunContext, counts: CountsRelease, risk: RiskAssessment, b
                     "pipeline_share_used": b.pipeline_share_used, "pipelines": b.pipelines} for b in blocks or []],
         # Can the run learn at the most epsilon it could get (ppmlops.training.learnability)?
         **({"learnability": learn.model_dump()} if learn is not None else {}),
-    }
+    })
 
 
 def _budget(ctx: RunContext, doc: dict[str, Any]) -> tuple[float, list[str], list[str]]:
@@ -151,7 +152,7 @@ def run(ctx: RunContext) -> PlanRecord:
     rooms = run_rooms(ctx, ledger, budget, staged)
     room, shares = Room.of_blocks(budget, rooms), block_shares(rooms)
     doc = policy_input(ctx, counts, risk, budget, charged, req, room, shares,
-                       learnability(ctx, max(1, counts.rows_train), budget, charged, req, room))
+                       learnability(ctx, max(1, counts.rows_train), budget, charged, req, room)).document()
     run_epsilon, reasons, decisions = _budget(ctx, doc)
     warm = _warm_start(ctx)
     try:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ppmlops.compliance.documents import TrainPolicyInput
 from ppmlops.compliance.engine import Decision, evaluate, policy_engine, read_policy
 from ppmlops.errors import PolicyRefused
 from ppmlops.privacy.accountant import ORDERS, Segment, calibrate_noise, segment_rdp
@@ -149,11 +150,11 @@ def run_rooms(ctx: RunContext, ledger: Ledger, budget: LifetimeBudget, staged: S
                               horizon=unlock_horizon(budget.calendar, lookback))
 
 
-def policy_input(ctx: RunContext, facts: PublicFacts, risk_score: float) -> dict[str, Any]:
+def policy_input(ctx: RunContext, facts: PublicFacts, risk_score: float) -> TrainPolicyInput:
     """The plan's policy input with every private number at its most favourable value."""
     spec = ctx.spec
     plenty = {"positive": PLENTY, "negative": PLENTY, "smallest": PLENTY}
-    return {
+    return TrainPolicyInput.of({
         "dataset": {"id": spec.dataset.id, "regulation": spec.dataset.regulation, "rows": 1,
                     "epsilon_budget": facts.epsilon_budget, "delta": facts.delta, "public": spec.dataset.public},
         "ledger": {"epsilon_spent": facts.epsilon_spent, "share_used": facts.share_used,
@@ -165,7 +166,7 @@ def policy_input(ctx: RunContext, facts: PublicFacts, risk_score: float) -> dict
         "request": ctx.request_facts(),
         "classes": {"label": spec.dataset.label.column, "sigma": 1.0, "confidence": spec.deploy.confidence,
                     "train": plenty, "holdout": plenty},
-    }
+    })
 
 
 def _ask(ctx: RunContext, doc: dict[str, Any]) -> Decision | None:
@@ -182,7 +183,7 @@ def refusal(ctx: RunContext, ledger: Ledger) -> tuple[list[str], Decision | None
     facts = public_facts(ctx, ledger)
     if facts.reasons:
         return facts.reasons, None
-    refused = [_ask(ctx, policy_input(ctx, facts, score)) for score in RISK_EXTREMES]
+    refused = [_ask(ctx, policy_input(ctx, facts, score).document()) for score in RISK_EXTREMES]
     if all(d is not None for d in refused):
         return refused[0].reasons, refused[0]
     return [], None
