@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ppmlops.audit import AuditLog
 from ppmlops.compliance.engine import evaluate
-from ppmlops.compliance.examples import DEPLOY_INPUT, TRAIN_INPUT
+from ppmlops.compliance.documents import ModelCard
+from ppmlops.compliance.examples import DEPLOY_INPUT, MODEL_CARD, TRAIN_INPUT
 from ppmlops.privacy.accountant import Segment
 from ppmlops.privacy.ledger import Charge, Ledger
 from ppmlops.registry import Registry
@@ -134,14 +135,18 @@ def build(s: Settings, good_run: str = "manual__2026-03-02T09:00:00+00:00",
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"weights")
     registry = Registry(s.registry_dir)
-    # The fields of ppmlops.stages.card.model_card that the dashboard reads.
-    card = {"model_name": PIPELINE, "pipeline": PIPELINE, "run_id": good_run, "dataset_id": DATASET,
-            "epsilon": 0.98, "delta": 1e-5, "metrics": {"accuracy": 0.72, "auc": 0.81, "majority_baseline": 0.58},
-            "privacy_audit": {"epsilon_lower_bound": 0.12, "confidence": 0.95},
-            "epoch_settings": [{"epoch": i, "noise_multiplier": n, "max_grad_norm": c, "learning_rate": lr}
-                               for i, (n, c, lr, *_r) in enumerate(EPOCHS, start=1)],
-            "policy_decision": {"outcome": gate.outcome}, "approval": {"outcome": "approved", "by": "officer",
-                                                                        "at": "2026-03-02T10:00:00+00:00"}}
+    # A whole card (ppmlops.compliance.documents.ModelCard, as deploy registers it): the example's,
+    # with this run's numbers where the dashboard shows them.
+    card = ModelCard.of(copy.deepcopy(MODEL_CARD) | {
+        "model_name": PIPELINE, "pipeline": PIPELINE, "run_id": good_run, "dataset_id": DATASET,
+        "epsilon": 0.98, "delta": 1e-5, "metrics": {"accuracy": 0.72, "auc": 0.81, "majority_baseline": 0.58},
+        "privacy_audit": {"canaries": 64, "guesses": 20, "correct": 14, "epsilon_lower_bound": 0.12,
+                          "confidence": 0.95, "delta": 1e-5},
+        "epoch_settings": [{"epoch": i, "noise_multiplier": n, "max_grad_norm": c, "learning_rate": lr}
+                           for i, (n, c, lr, *_r) in enumerate(EPOCHS, start=1)],
+        "policy_decision": {"decision_id": gate.decision_id, "outcome": gate.outcome, "reasons": gate.reasons,
+                            "policy_hash": gate.policy_hash, "engine": gate.engine},
+        "approval": {"outcome": "approved", "by": "officer", "at": "2026-03-02T10:00:00+00:00"}}).document()
     version = registry.register(PIPELINE, model, card)
     registry.set_alias(PIPELINE, "production", version)
     store.write(rec.DeployRecord(model_name=PIPELINE, version=version, alias="production", path=str(model)))
