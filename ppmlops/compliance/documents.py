@@ -17,7 +17,7 @@ release or post-processing of one.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict
 

@@ -31,7 +31,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ppmlops.errors import PpmlopsError
-from ppmlops.run.records import PRIVATE_RECORDS, PUBLIC_RECORDS, Record
+from ppmlops.run.records import PUBLIC_RECORDS, Record
 
 R = TypeVar("R", bound=Record)
 
