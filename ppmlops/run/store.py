@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ppmlops.errors import PpmlopsError
 from ppmlops.run.records import PUBLIC_RECORDS, Record
@@ -154,14 +154,14 @@ class RunStore:
         _atomic(path, text, private=True)
         return path
 
-    def write_document(self, name: str, doc: BaseModel | dict) -> Path:
-        """A public JSON document that is not a stage record (DOCUMENTS): the deploy manifest, the
-        Ray job's request. Written as json.dumps(indent=2) has always written them."""
+    def write_document(self, name: str, doc: dict) -> Path:
+        """A public JSON document that is not a stage record (DOCUMENTS): the deploy manifest
+        (a DeployManifest's document()), the Ray job's request. Written as json.dumps(indent=2)
+        has always written them."""
         if name not in DOCUMENTS:
             raise PpmlopsError(f"{name} is not a public document of a run (one of {', '.join(DOCUMENTS)})")
-        data = doc.model_dump(mode="json") if isinstance(doc, BaseModel) else doc
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic(self.root / name, json.dumps(data, indent=2, default=str), private=False)
+        _atomic(self.root / name, json.dumps(doc, indent=2, default=str), private=False)
         return self.root / name
 
     def read(self, cls: type[R]) -> R:
