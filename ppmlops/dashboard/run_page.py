@@ -164,7 +164,7 @@ def tuning_facts(data: dict) -> Tuning:
     warm = [w for w in plan_rec.get("warm_start") or [] if isinstance(w, dict)]
     found = best_known([KnownResult.model_validate(w) for w in warm]) if warm else None
     return Tuning((plan_rec.get("privacy") or {}).get("search"), train.get("search"), warm,
-                  found.model_dump() if found else None)
+                  fields(found.model_dump()) if found else None)
 
 
 def run_page(v: View, data: dict, decisions: Any) -> str:

@@ -94,8 +94,8 @@ def filled(home, tmp_path):
     store.write(rec.TrainRecord(model_path="model.pt", n_features=4, epochs_completed=2, stopped_reason="",
                                 history=history, usage_entries=[], tuner="rule", randomness="secure",
                                 epsilon_used={"train": 0.6}))
-    store.write(rec.GateRecord(outcome="needs_approval", allowed=False, reasons=["risk"], decision_id="0" * 32,
-                               policy_hash="ab" * 32, engine="embedded-regorus"))
+    store.write(rec.GateRecord(outcome="needs_approval", allowed=False, reasons=["risk 0.93 needs a person"],
+                               decision_id="0" * 32, policy_hash="ab" * 32, engine="embedded-regorus"))
     (store.root / ".deploy.json.tmp").write_text("{half written")  # a crashed write's leftover
     return {"ledger": ledger, "log": log, "registry": reg, "history": history}
 
@@ -196,6 +196,8 @@ def test_run_json_and_tuner_history(filled, client):
     assert '<td class="num">20 at q 0.02</td>' in page and '<td class="num">0.800</td>' in page
     assert "the epochs used 0.6" in page  # the summary's epsilon used, from train.json's epsilon_used
     assert 'class="outcome-allow"' in page  # the run's decision, found by its sanitised id
+    # The audit log has no gate decision of this run: the page shows gate.json's own reasons.
+    assert "<li>risk 0.93 needs a person</li>" in page
     for bad in ("/api/runs/demo/%2E%2E", "/api/runs/%2E%2E/demo", "/api/runs/..%2F..%2Fetc/passwd",
                 "/api/runs/demo/nope"):
         assert client.get(bad).status_code == 404
