@@ -102,3 +102,13 @@ def test_where_tuning_started_reads_the_search_and_warm_start_records():
     assert "Started from 1 results" in html
     assert "learning rate 0.25, clip norm 0.75 (noisy accuracy 0.713, run earlier-run, evaluation)" in html
     assert "<td>earlier-run</td><td>evaluation</td>" in html and '<td class="num">0.713</td>' in html
+
+
+def test_a_refusal_without_its_audit_record_shows_the_records_own_reasons():
+    from ppmlops.dashboard import run_page
+    from ppmlops.run.records import Refusal
+
+    data = {"records": {"refused": Refusal(stage="plan", reasons=["nothing left to train with"],
+                                           decision_id="f" * 32).model_dump(mode="json")}}
+    facts = run_page.gate_facts(None, data, {"records": []})
+    assert facts.refused["stage"] == "plan" and facts.decision == {"reasons": ["nothing left to train with"]}
