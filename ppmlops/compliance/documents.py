@@ -81,9 +81,11 @@ class ConsentFacts(Document):
 
 
 class TriggerFacts(Document):
+    """How Airflow started the run (ppmlops.run.context.RunTrigger): policies.rego's scheduled_runs."""
     kind: str
     late_s: Num
     grace_s: Num
+    cleared: bool = False  # a person cleared the run to run it again
 
 
 class RequestFacts(Document):

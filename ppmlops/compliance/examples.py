@@ -18,7 +18,7 @@ TRAIN_INPUT = {
     "risk": {"score": 0.42, "level": "medium", "direct_identifiers_in_features": []},
     "consent": {"rows_in": 6000, "rows_refused": 300, "coverage": 0.95},
     "request": {"run_epsilon": 1.0, "epsilon_cap": 1.0, "environment": "development", "randomness": "secure",
-                "trigger": {"kind": "manual", "late_s": 0.0, "grace_s": 300.0}},
+                "trigger": {"kind": "manual", "late_s": 0.0, "grace_s": 300.0, "cleared": False}},
     "classes": {"label": "churned", "sigma": 40.2, "confidence": 0.95,
                 "train": {"positive": 1490, "negative": 3210, "smallest": 1490},
                 "holdout": {"positive": 372, "negative": 801, "smallest": 372}},
