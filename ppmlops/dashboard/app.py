@@ -25,6 +25,7 @@ from ppmlops import settings as settings_mod
 from ppmlops.errors import PpmlopsError
 from ppmlops.dashboard import access, html, queries, run_page as run_view, runs as run_folders
 from ppmlops.dashboard.queries import NotFound, Unavailable
+from ppmlops.spec import pipeline_of
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {"dashboard.css": "text/css; charset=utf-8", "theme.js": "text/javascript; charset=utf-8"}
@@ -174,7 +175,7 @@ def _page_routes(r: APIRouter) -> None:
     @r.api_route("/dag-runs/{dag_id}/{run_id}", methods=GET_HEAD)
     def from_airflow(dag_id: str, run_id: str) -> RedirectResponse:
         """Where the "Privacy" tab of an Airflow DAG run points: that run's page."""
-        pipeline = dag_id.removeprefix("ppmlops_")
+        pipeline = pipeline_of(dag_id)
         return RedirectResponse(f"../../runs/{quote(pipeline, safe='')}/{quote(run_id, safe='')}", status_code=307)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import re
 from typing import Any, Iterator
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,11 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from ppmlops.dashboard import runs as run_folders
 from ppmlops.dashboard.errors import NotFound, Unavailable
 from ppmlops.errors import PpmlopsError
+from ppmlops.run.store import is_safe_name
 from ppmlops.settings import Settings
 
 __all__ = ["NotFound", "Unavailable"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 
@@ -289,7 +288,7 @@ def models(settings: Settings) -> dict:
     except RegistryError as err:  # the registry cannot be read: say so rather than show no models
         return jsonable({"registry_dir": registry.location, "models": [], "error": str(err)})
     for name in names:
-        if not _SAFE_NAME.match(name):
+        if not is_safe_name(name):
             continue
         try:
             history = registry.alias_history(name)

@@ -25,6 +25,7 @@ from ppmlops.run.records import (
     ApprovalRecord, GateRecord, PlanRecord, Record, Refusal, RunIdentity, Staged,
 )
 from ppmlops.run.store import RunStore, run_folder_name
+from ppmlops.spec import dag_id_of
 from ppmlops.settings import Settings
 
 
@@ -59,11 +60,11 @@ def ref(run: RunStore | Path) -> RunRef:
     folder, pipeline = store.root.name, store.root.parent.name
     ident = _optional(store, RunIdentity)
     if ident is not None:
-        return RunRef(pipeline, folder, ident.run_id, ident.dag_id or f"ppmlops_{pipeline}", ident.dataset_id, True)
+        return RunRef(pipeline, folder, ident.run_id, ident.dag_id or dag_id_of(pipeline), ident.dataset_id, True)
     plan = _optional(store, PlanRecord)
     if plan is not None and plan.privacy.run_id:
-        return RunRef(pipeline, folder, plan.privacy.run_id, f"ppmlops_{pipeline}", plan.privacy.dataset_id, True)
-    return RunRef(pipeline, folder, folder, f"ppmlops_{pipeline}", None, False)
+        return RunRef(pipeline, folder, plan.privacy.run_id, dag_id_of(pipeline), plan.privacy.dataset_id, True)
+    return RunRef(pipeline, folder, folder, dag_id_of(pipeline), None, False)
 
 
 # Each stage with the public record written when it ends, in pipeline order. Private records

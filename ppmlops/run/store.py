@@ -37,6 +37,13 @@ R = TypeVar("R", bound=Record)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether `name` may be one path segment of the runs folder or the registry (a pipeline, a
+    run folder, a model): letters, digits, _ . - only, not starting with . or - (no '..', no '/')."""
+    return bool(_SAFE_NAME.match(name or ""))
+
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 REQUEST_FILE = "train_request.json"
