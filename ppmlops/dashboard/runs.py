@@ -24,7 +24,7 @@ from ppmlops.errors import PpmlopsError
 from ppmlops.run.records import (
     ApprovalRecord, GateRecord, PlanRecord, Record, Refusal, RunIdentity, Staged,
 )
-from ppmlops.run.store import RunStore, run_folder_name
+from ppmlops.run.store import MANIFEST_FILE, RunStore, run_folder_name
 from ppmlops.spec import dag_id_of
 from ppmlops.settings import Settings
 
@@ -243,6 +243,8 @@ def detail(settings: Settings, pipeline: str, run_id: str) -> dict:
             doc = store.read_document(name)
         except (OSError, ValueError) as err:
             doc = {"error": f"{name} could not be read: {err}"}
+        if doc is not None and name == MANIFEST_FILE and "error" not in doc:
+            doc = _typed_manifest(doc)
         if doc is not None:
             found[name.removesuffix(".json")] = doc
     order = {name: i for i, name in enumerate(["run", *STAGES])}
@@ -255,6 +257,22 @@ def detail(settings: Settings, pipeline: str, run_id: str) -> dict:
     return {**ref(store).as_dict(), "run": store.root.name, "run_dir": str(store.root), "records": records,
             "epochs": history if isinstance(history, list) else (live_epochs(store) if live else []),
             "epochs_live": live, "state": state.as_dict()}
+
+
+def _typed_manifest(doc: dict) -> dict:
+    """The deploy manifest read as the DeployManifest the gate validated when it wrote it; one that
+    does not validate (written before manifests had a schema, or edited since) is shown as written,
+    with why, rather than hidden."""
+    from pydantic import ValidationError
+
+    from ppmlops.compliance.documents import DeployManifest
+
+    try:
+        return DeployManifest.model_validate(doc).document()
+    except ValidationError as err:
+        return {**doc, "schema_error": f"not a valid DeployManifest ({err.error_count()} problem(s), e.g. "
+                                      f"{'.'.join(map(str, err.errors()[0]['loc']))}: {err.errors()[0]['msg']}): "
+                                      "written before manifests had a schema, or edited since; shown as written"}
 
 
 def retirements(settings: Settings, dataset_id: str) -> dict[str, list[dict]]:

@@ -64,3 +64,23 @@ def test_last_written_ignores_private_files(store):
     store.epochs_path.write_text('{"epoch": 1}\n{"epo')  # a line being written
     os.utime(store.epochs_path, (future, future))
     assert store.last_written() == future and store.epoch_lines() == [{"epoch": 1}]
+
+
+def test_the_dashboard_reads_the_manifest_as_the_typed_document_it_is(tmp_path, monkeypatch):
+    """A manifest the gate wrote is read back as a DeployManifest (the same document); one that
+    does not validate is shown as written, with why (issue 31, item 1)."""
+    from ppmlops import settings
+    from ppmlops.compliance.documents import DeployManifest
+    from ppmlops.compliance.examples import DEPLOY_INPUT
+    from ppmlops.dashboard.runs import detail
+
+    monkeypatch.setenv("PPMLOPS_HOME", str(tmp_path / "home"))
+    s = settings.load()
+    store = RunStore.of(s.runs_dir, "demo", "manual__1").ensure()
+    store.write(rec.RunIdentity(run_id="manual__1", pipeline="demo", dag_id="ppmlops_demo", dataset_id="ds"))
+    store.write_document(MANIFEST_FILE, DeployManifest.model_validate(DEPLOY_INPUT).document())
+    shown = detail(s, "demo", "manual__1")["records"]["manifest"]
+    assert shown == DeployManifest.model_validate(DEPLOY_INPUT).document() and "schema_error" not in shown
+    store.write_document(MANIFEST_FILE, {**DEPLOY_INPUT, "privacy": {"epsilon": "lots"}})
+    shown = detail(s, "demo", "manual__1")["records"]["manifest"]
+    assert shown["privacy"] == {"epsilon": "lots"} and shown["schema_error"].startswith("not a valid DeployManifest")
