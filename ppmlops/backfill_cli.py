@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from ppmlops import settings as settings_mod
@@ -27,10 +27,9 @@ def pipeline_spec(name_or_file: str):
 
 def _date(text: str) -> datetime:
     try:
-        t = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)  # naive: UTC (backfill_cost.intervals)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date or time (YYYY-MM-DD or ISO 8601)") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
 
 
 def _cost(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ppmlops.privacy.accountant import ORDERS
+from ppmlops.privacy.blocks import as_utc
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget, expected_budget, typical_run_curve
 from ppmlops.spec import PipelineSpec
@@ -49,8 +50,6 @@ class BlockCost(BaseModel):
 class BackfillCost(BaseModel):
     pipeline: str
     dataset_id: str
-    start: datetime
-    end: datetime
     run_epsilon: float  # the most a run may spend (the trigger form's cap may ask for less)
     basis: str  # what each run is priced at
     runs: list[BackfillRun]
@@ -80,7 +79,7 @@ def intervals(spec: PipelineSpec, start: datetime, end: datetime, now: datetime 
         return []
     now = now or datetime.now(timezone.utc)
     table = CronDataIntervalTimetable(spec.schedule, timezone="UTC")
-    restriction = TimeRestriction(earliest=_utc(start), latest=_utc(end), catchup=True)
+    restriction = TimeRestriction(earliest=as_utc(start), latest=as_utc(end), catchup=True)
     out: list[DataInterval] = []
     last = None
     while len(out) <= MAX_RUNS:
@@ -114,8 +113,7 @@ def estimate(spec: PipelineSpec, ledger: Ledger | None, wanted: list[DataInterva
         runs.append(BackfillRun(interval_start=i.start, interval_end=i.end, blocks=list(blocks), fits=fits))
     blocks = [BlockCost(block=b, share_used=budget.share_used(curves.get(b, {})),
                         runs_reading=sum(b in r for r in per_run), runs_it_holds=holds[b]) for b in touched]
-    return BackfillCost(pipeline=spec.name, dataset_id=spec.dataset.id, start=wanted[0].start if wanted else datetime.min,
-                        end=wanted[-1].end if wanted else datetime.min, run_epsilon=spec.privacy.run_epsilon,
+    return BackfillCost(pipeline=spec.name, dataset_id=spec.dataset.id, run_epsilon=spec.privacy.run_epsilon,
                         basis=basis, runs=runs, blocks=blocks)
 
 
@@ -138,10 +136,6 @@ def _basis(spec: PipelineSpec, ledger: Ledger | None, budget: LifetimeBudget) ->
     return (f"no run of this pipeline yet: a run at its run_epsilon {p.run_epsilon:g} on "
             f"{rows} rows{'' if spec.dataset.expected_rows else ' (dataset.expected_rows not given)'}, "
             "training rows only", {TRAIN: curve, HOLDOUT: np.zeros(len(ORDERS))})
-
-
-def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 __all__ = ["BackfillCost", "BackfillRun", "BlockCost", "estimate", "intervals"]

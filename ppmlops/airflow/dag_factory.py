@@ -221,17 +221,17 @@ def _load_all(folder: Path, log_errors: bool = True) -> dict[str, tuple[Path, Pi
 
 def _dag_for(dag_id: str, path: Path, spec: PipelineSpec | None, error: str | None):
     if spec is not None:
-        try:
-            built = build_dag(spec)
-            built.validate()  # what Airflow checks when it bags the DAG (e.g. the schedule)
-            return built
-        except Exception as err:  # noqa: BLE001 - e.g. a schedule Airflow cannot read; only this spec fails
-            what = (f"schedule {spec.schedule!r} is not a schedule Airflow reads (a cron expression, "
-                    f"a preset such as @daily, or null)" if type(err).__name__ == "AirflowTimetableInvalid"
-                    else "Airflow cannot build the DAG")
-            error = f"{path}: {what}: {type(err).__name__}: {err}"
-            log.error("pipeline spec %s: %s", path, error)
-            _forget(spec.dag_id)
+        why = _schedule_problem(spec)  # as report_spec_errors words it
+        if why is None:
+            try:
+                built = build_dag(spec)
+                built.validate()  # what Airflow checks when it bags the DAG
+                return built
+            except Exception as err:  # noqa: BLE001 - only this spec fails
+                why = f"Airflow cannot build the DAG: {type(err).__name__}: {err}"
+                _forget(spec.dag_id)
+        error = f"{path}: {why}"
+        log.error("pipeline spec %s: %s", path, error)
     return invalid_spec_dag(dag_id, path, error or f"{path}: invalid pipeline spec")
 
 

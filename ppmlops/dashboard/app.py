@@ -181,7 +181,7 @@ def _page_routes(r: APIRouter) -> None:
 
 def backfill_estimate(pipeline: str, start: str, end: str):
     """(the pipeline's spec, the cost of backfilling [start, end] or None when no range is given)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from ppmlops.backfill_cli import pipeline_spec
     from ppmlops.backfill_cost import estimate, intervals
@@ -190,7 +190,7 @@ def backfill_estimate(pipeline: str, start: str, end: str):
     if not start or not end:
         return spec, None
     try:
-        first, last = (datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in (start, end))
+        first, last = (datetime.fromisoformat(t) for t in (start, end))  # naive: UTC (intervals)
     except ValueError:
         raise ValueError(f"dates must read YYYY-MM-DD: got {start!r} and {end!r}") from None
     s = settings_mod.load()

@@ -30,7 +30,8 @@ class BlockError(PpmlopsError):
     """A block id, calendar or window that the block calendar cannot use."""
 
 
-def _utc(t: datetime) -> datetime:
+def as_utc(t: datetime) -> datetime:
+    """`t` in UTC; a naive time is taken to be UTC already (Airflow's and the specs' convention)."""
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
@@ -47,7 +48,7 @@ class BlockCalendar:
     origin: datetime = DEFAULT_ORIGIN
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "origin", _utc(self.origin))
+        object.__setattr__(self, "origin", as_utc(self.origin))
         if self.length is not None and self.length <= timedelta(0):
             raise BlockError(f"privacy block length must be positive, got {self.length}")
 
@@ -82,7 +83,7 @@ class BlockCalendar:
 
     def index(self, t: datetime) -> int:
         """floor((t - origin) / length): the block that holds event time t."""
-        return (_micro(_utc(t) - self.origin)) // _micro(self._need_blocks())
+        return (_micro(as_utc(t) - self.origin)) // _micro(self._need_blocks())
 
     def start(self, index: int) -> datetime:
         return self.origin + self._need_blocks() * index
@@ -102,7 +103,7 @@ class BlockCalendar:
         if not isinstance(block_id, str):
             raise BlockError(f"a block id is a string, got {block_id!r}")
         try:
-            t = _utc(datetime.fromisoformat(block_id.replace("Z", "+00:00")))
+            t = as_utc(datetime.fromisoformat(block_id.replace("Z", "+00:00")))
         except ValueError:
             raise BlockError(f"{block_id!r} is not a block id (the block's start, an ISO date or date-time)") from None
         i = self.index(t)
@@ -123,7 +124,7 @@ class BlockCalendar:
             raise BlockError(
                 "a run on a dataset with privacy blocks needs a window with a start: give "
                 "dataset.window.lookback or run it with a data interval (a scheduled run, a backfill)")
-        start, end = _utc(start), _utc(end)
+        start, end = as_utc(start), as_utc(end)
         if not start < end:
             raise BlockError(f"the run's window [{start.isoformat()}, {end.isoformat()}) is empty")
         first, last = self.index(start), self.index(end - timedelta(microseconds=1))
@@ -137,7 +138,7 @@ class BlockCalendar:
         could have read its rows, so it counts against it (entries from before blocks)."""
         if block_id == ALL:
             return True
-        when = _utc(datetime.fromisoformat(when) if isinstance(when, str) else when)
+        when = as_utc(datetime.fromisoformat(when) if isinstance(when, str) else when)
         return self.bounds(block_id)[0] < when
 
     def checked(self, blocks) -> tuple[str, ...]:
@@ -196,7 +197,7 @@ def unlocked_fraction(calendar: BlockCalendar, block: str, end: datetime, horizo
     what the guarantee rests on, whatever is unlocked."""
     if not calendar.blocked or horizon is None or block == ALL:
         return 1.0
-    elapsed = _micro(_utc(end) - calendar.bounds(block)[0])
+    elapsed = _micro(as_utc(end) - calendar.bounds(block)[0])
     if elapsed <= 0:
         return 0.0
     # A block that has begun unlocks at least its first share (length / horizon, as DPF unlocks a

@@ -61,7 +61,7 @@ from ppmlops import db
 
 from ppmlops.errors import BudgetExceeded, PpmlopsError
 from ppmlops.privacy.accountant import ORDERS, Segment, check_delta, epsilon_from_rdp, segment_rdp
-from ppmlops.privacy.blocks import ALL, BlockCalendar, BlockError, unlocked_fraction
+from ppmlops.privacy.blocks import ALL, BlockCalendar, BlockError, as_utc, unlocked_fraction
 from ppmlops.privacy.lifetime import LifetimeBudget, choose_order
 from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
 from ppmlops.privacy.search import TrialCount, search_rdp
@@ -787,7 +787,7 @@ class Ledger:
                 raise PpmlopsError(f"dataset {dataset_id!r}, pipeline {pipeline!r}: {err}") from None
             entries = self._entries(conn, dataset_id)
             runs = self._pipeline_runs(conn, dataset_id)
-        end = _utc_dt(end)
+        end = as_utc(end)
         at, lifetime = budget.index, budget.rdp
         every = block_curves(entries, budget.calendar, blocks)
         sharing = sharing_pipelines(runs, pipeline, end, horizon)
@@ -899,12 +899,8 @@ def _pipeline_summary(entries: list[LedgerEntry], runs: list[PipelineRun], budge
     return out
 
 
-def _utc_dt(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-
-
 def _iso(t: datetime) -> str:
-    return _utc_dt(t).isoformat(timespec="microseconds")
+    return as_utc(t).isoformat(timespec="microseconds")
 
 
 def _check_budget(epsilon_budget: object, delta: object) -> tuple[float, float]:
