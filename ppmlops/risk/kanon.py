@@ -6,8 +6,8 @@ k (those rows can be singled out among fewer than k people by someone who knows 
 quasi-identifiers), and uniqueness is the share of rows alone in their class.
 
 `ClassCounter` counts classes over a stream of any length in bounded memory: each row's
-quasi-identifier tuple is hashed to 64 bits (pandas' hash of the stripped strings) and the hash
-goes to one of 2^b partition files by its top bits; each partition is then counted on its own.
+quasi-identifier tuple is hashed to 64 bits (text_hashes of each stripped string, chained) and
+the hash goes to one of 2^b partition files by its top bits; each partition is then counted on its own.
 Memory is one partition at a time, about 8 bytes x rows / 2^b. Two different tuples share a
 hash with probability about n^2 / 2^65 (3e-6 for ten million rows), which would merge two
 classes and can only understate the risk by that much.
@@ -62,17 +62,82 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: h * MIX + next keep
 def row_hashes(columns: Sequence[Sequence[str]]) -> np.ndarray:
     """One uint64 per row over the given columns' values (strings, already normalized by the caller).
 
-    Each column is hashed by pandas (SipHash of the string, vectorized) and the columns are
-    chained as h = h x MIX + column hash (mod 2^64), so ("a", "bc") and ("ab", "c") differ.
+    Each column's values are hashed by text_hashes and the columns are chained as
+    h = h x MIX + column hash (mod 2^64), so ("a", "bc") and ("ab", "c") differ.
     """
     return chain_hashes(value_hashes(col) for col in columns)
 
 
 def value_hashes(values: Sequence[str]) -> np.ndarray:
-    """The hash row_hashes gives each value of one column (uint64)."""
-    import pandas as pd
+    """The hash row_hashes gives each value of one column (uint64): text_hashes of the values."""
+    import pyarrow as pa
 
-    return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return text_hashes(values)
+    return text_hashes(pa.array(np.asarray(values, dtype=object), type=pa.string()))
+
+
+# splitmix64's finalizer (a bijection of 64-bit words with full avalanche) and the golden-ratio
+# constant that weighs in each value's length.
+_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+_NULL = np.uint64(0x6A09E667F3BCC909)  # a null differs from the empty string
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    h ^= h >> np.uint64(30)
+    h *= _M1
+    h ^= h >> np.uint64(27)
+    h *= _M2
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def text_hashes(array) -> np.ndarray:
+    """A 64-bit hash of each value of a pyarrow string array, from its UTF-8 bytes and length.
+
+    Computed in numpy over the array's own buffers, with no Python object per value: the bytes
+    are laid out zero-padded in 8-byte words (directly, when every value has one length, as a
+    date or a postal code does), and each word is folded in as h = mix(h ^ word), starting from
+    (length + 1) x GOLDEN, over the value's own words only; so equal strings hash equal wherever they
+    are read, and strings that differ
+    in bytes or length differ but for a collision. It is not keyed: it counts classes of the
+    data owner's own table and is never released.
+    """
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_string(array.type):
+        array = array.cast(pa.string())
+    n = len(array)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int32)[array.offset: array.offset + n + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    width = int(lengths.max())
+    words = (width + 7) // 8
+    padded = np.zeros((n, max(words, 1) * 8), dtype=np.uint8)
+    if width and (lengths == width).all():
+        padded[:, :width] = raw[offsets[0]:offsets[-1]].reshape(n, width)
+    elif width:
+        at = np.arange(width)
+        inside = at < lengths[:, None]
+        padded[:, :width][inside] = raw[(offsets[:-1, None] + at)[inside]]
+    folded = padded.view("<u8")
+    with np.errstate(over="ignore"):
+        h = (lengths.astype(np.uint64) + np.uint64(1)) * _GOLDEN
+        for j in range(words):  # a value's own words only: its hash does not depend on the others' widths
+            longer = lengths > 8 * j
+            if longer.all():
+                h = _mix(h ^ folded[:, j])
+            else:
+                h[longer] = _mix(h[longer] ^ folded[longer, j])
+        h = _mix(h)
+        if array.null_count:
+            h[np.asarray(array.is_null())] = _NULL
+    return h
 
 
 def chain_hashes(columns: Iterable[np.ndarray]) -> np.ndarray:

@@ -35,7 +35,7 @@ from ppmlops.data import read_progress
 from ppmlops.data.consent import ConsentRules
 from ppmlops.data.reading import Batch, SourceReader, detect_encoding, may_need_strip, to_csv_line
 from ppmlops.errors import DataError
-from ppmlops.risk.kanon import ClassCounter, ClassStats, chain_hashes, value_hashes
+from ppmlops.risk.kanon import ClassCounter, ClassStats, chain_hashes, text_hashes, value_hashes
 from ppmlops.spec import Consent
 
 MAX_LINES_LISTED = 20
@@ -243,18 +243,26 @@ def class_stats_of(sources: Sequence[SourceInput], qi: Sequence[str], k: int, *,
 
 def _class_hashes(batch: Batch, qi_index: Sequence[int | None], rows: np.ndarray) -> np.ndarray:
     """row_hashes of the stripped quasi-identifier values of `rows` (a column the file lacks
-    counts as empty), hashing each distinct value of a column once."""
+    counts as empty): a column whose values all have one length (a date, a postal code) and need
+    no stripping is hashed as it is read; any other is hashed once per distinct value."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     def column(i: int | None) -> np.ndarray:
         if i is None:
             return np.repeat(value_hashes([""]), len(rows))
-        encoded = pc.dictionary_encode(batch.column(i))
-        values = encoded.dictionary.to_numpy(zero_copy_only=False)
+        values = batch.column(i)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
         # Stripped, so " Male" and "Male" fall in one class, as ingestion would stage them.
-        if may_need_strip(encoded.dictionary):
-            values = [v.strip() for v in values]
-        return value_hashes(values)[encoded.indices.to_numpy(zero_copy_only=False)[rows]]
+        lengths = pc.min_max(pc.binary_length(values)).as_py()
+        if lengths["min"] == lengths["max"] and not may_need_strip(values):
+            return text_hashes(values)[rows]
+        encoded = pc.dictionary_encode(values)
+        distinct = encoded.dictionary
+        if may_need_strip(distinct):
+            distinct = pa.array([v.strip() for v in distinct.to_pylist()], pa.string())
+        return text_hashes(distinct)[encoded.indices.to_numpy(zero_copy_only=False)[rows]]
 
     return chain_hashes(column(i) for i in qi_index)
 

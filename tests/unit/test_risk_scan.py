@@ -174,3 +174,24 @@ def test_a_class_of_exactly_k_is_k_anonymous():
     counter.add(row_hashes([frame["age"], frame["sex"]]))
     streamed = counter.finish(5)
     assert (streamed.classes_below_k, streamed.rows_below_k) == (1, 4)
+
+
+def test_text_hashes_depend_on_the_value_alone():
+    """A value hashes the same in any array (widths, slices, chunks); different values differ."""
+    import pyarrow as pa
+
+    from ppmlops.risk.kanon import text_hashes
+
+    values = ["", "a", "ab", "abcdefgh", "abcdefghi", "é", "zip 10115", "0" * 40, "0" * 39, None]
+    alone = [int(text_hashes(pa.array([v], pa.string()))[0]) for v in values]
+    assert len(set(alone)) == len(values)
+    together = text_hashes(pa.array(values, pa.string())).tolist()
+    assert together == alone
+    sliced = pa.array(["padding that is long", *values], pa.string()).slice(1)
+    assert text_hashes(sliced).tolist() == alone
+    chunked = pa.chunked_array([pa.array(values[:4], pa.string()), pa.array(values[4:], pa.string())])
+    assert text_hashes(chunked).tolist() == alone
+    same_width = pa.array(["10115", "80331", "10115"], pa.string())  # one width: hashed as read
+    assert text_hashes(same_width).tolist() == [int(text_hashes(pa.array([v]))[0]) for v in ["10115", "80331", "10115"]]
+    many = text_hashes(pa.array([str(i) for i in range(200_000)], pa.string()))
+    assert len(np.unique(many)) == 200_000
