@@ -46,7 +46,8 @@ columns (ingest._canonical_columns) byte for byte as the row-wise writer would.
 
 Without a test_source, the test partition is chosen per row by a keyed hash of the row's
 content (key: spec.training.seed), so a row keeps its partition when the dataset grows between
-retraining runs; the ledger's per-partition accounting relies on that.
+retraining runs; the ledger's per-partition accounting relies on that. Which hash is the
+dataset's split rule, fixed in the ledger when it is registered (ppmlops.privacy.split).
 
 Sources are read through ppmlops.data.reading: CSV in the declared encoding with the declared
 or detected delimiter, Parquet as text. A source that changes while it is read (its size,
@@ -81,6 +82,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ppmlops.data import quarantine, read_progress, sql_source
+from ppmlops.privacy.split import DEFAULT_RULE, SplitRules
 from ppmlops.data.sql_source import SqlReader
 from ppmlops.data.person_bound import KEEP, OVER, PersonBound, bound_key
 from ppmlops.data.consent import ConsentRules, today
@@ -130,6 +132,7 @@ class IngestResult:
     dropped_columns: list[str] = field(default_factory=list)  # source columns that were not staged
     sources: list[dict[str, Any]] = field(default_factory=list)  # per file: path, format, sha256, rows
     split: str = ""
+    split_rule: str = ""  # ppmlops.privacy.split's rule of the hash split ("" before rules were recorded)
     # consent refusals by rule (flag, purpose, expired); they add up to quarantine_reasons["no consent"]
     consent_refusals: dict[str, int] = field(default_factory=dict)
     consent_as_of: str = ""  # the date consent expiry was judged on
@@ -490,34 +493,6 @@ def _in_set(text: Any, allowed: set[str]) -> tuple[np.ndarray, Any]:
 # --------------------------------------------------------------------------- staging
 
 
-def _split_key(seed: int) -> bytes:
-    return hashlib.sha256(f"ppmlops-split:{seed}".encode()).digest()  # any int seed, fixed-size key
-
-
-def _is_test(rec: Sequence[str], key: bytes, fraction: float) -> bool:
-    """The keyed hash of the row's content decides its partition (see the module docstring)."""
-    digest = hashlib.blake2b("\x1f".join(rec).encode("utf-8"), digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def _are_test(joined: Iterable[bytes], key: bytes, fraction: float) -> np.ndarray:
-    """`_is_test` of many rows, given each row's fields joined by UNIT as UTF-8.
-
-    The digests are the same; the comparison is done in float64: a uint64 converts to the
-    nearest double (as int / int in Python rounds the exact quotient) and dividing by 2**64 is
-    exact, so the verdicts are the same too.
-    """
-    base = hashlib.blake2b(digest_size=8, key=key)
-    digests = bytearray()  # not a list of 8-byte objects: a chunk's worth would be megabytes
-    copy = base.copy
-    for message in joined:
-        h = copy()
-        h.update(message)
-        digests += h.digest()
-    draws = np.frombuffer(bytes(digests), dtype=">u8").astype(np.float64)
-    return draws / 2.0**64 < fraction
-
-
 def snapshot_columns(spec: PipelineSpec) -> list[str]:
     """Features in spec order, the label, then the pseudonym columns (never features)."""
     ds = spec.dataset
@@ -717,7 +692,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
            chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
            interval: DataInterval | None = None, home: Path | None = None,
            screen: quarantine.IdentifierScreen | None = None, retired: Iterable[str] = (),
-           connections: Mapping[str, str] | None = None) -> IngestResult:
+           connections: Mapping[str, str] | None = None, split_rule: str = DEFAULT_RULE) -> IngestResult:
     """Stage the spec's source(s) in `run_dir`; consent expiry is judged on `as_of` (default: the
     interval's end, else today, UTC). `interval` is the run's data interval: the spec's
     dataset.window selects the rows for it (ppmlops.window). `home` holds the per-dataset
@@ -726,6 +701,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
     `retired` are privacy blocks of the window the run leaves out (ppmlops.privacy.blocks): their
     rows are quarantined with the block named and counted in no release. `connections` maps the
     Airflow Connection ids a SQL source may name to their URLs (ppmlops.airflow.connections).
+    `split_rule` is the dataset's split rule (ppmlops.privacy.split; the ledger's, once registered).
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
     the retention setting are deleted. Streams: each file is read, checked, split and written a
@@ -738,7 +714,7 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
 
         home = settings.load().home
     run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home),
-                     screen or quarantine.WithholdUndeclared(), frozenset(retired), connections)
+                     screen or quarantine.WithholdUndeclared(), frozenset(retired), connections, split_rule)
     run.stage()
     return run.result(quarantine.expire(earlier, run.retention))
 
@@ -748,7 +724,8 @@ class _IngestRun:
 
     def __init__(self, spec: PipelineSpec, run_dir: Path, as_of: date | None, chunk_rows: int,
                  interval: DataInterval | None, home: Path, screen: quarantine.IdentifierScreen,
-                 retired: frozenset[str] = frozenset(), connections: Mapping[str, str] | None = None):
+                 retired: frozenset[str] = frozenset(), connections: Mapping[str, str] | None = None,
+                 split_rule: str = DEFAULT_RULE):
         ds = self.ds = spec.dataset
         self.spec, self.chunk_rows = spec, chunk_rows
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -796,7 +773,8 @@ class _IngestRun:
         self.reasons: Counter = Counter()
         self.refusals: Counter = Counter()
         self.counts = [_Counts() for _ in self.readers]
-        self.split_key, self.fraction = _split_key(spec.training.seed), spec.training.test_fraction
+        self.fraction = spec.training.test_fraction
+        self.split = SplitRules(split_rule, spec.training.seed, self.fraction)
         self.train_hash = hashlib.sha256(_canonical_part("train", self.columns).encode("utf-8"))
 
     def _person_bound(self, home: Path) -> tuple[PersonBound | None, list[int]]:
@@ -1006,16 +984,18 @@ class _IngestRun:
         return out
 
     def _are_test(self, n: int, batch: Batch, rows: np.ndarray) -> np.ndarray:
-        """The split hash's verdict for each of `rows` (see _is_test)."""
+        """The split hash's verdict for each of `rows` (ppmlops.privacy.split)."""
         import pyarrow as pa
 
         if self.bound is not None:  # by person: all of a person's rows in one partition (parallel composition)
             ids = batch.column(self.person_at[n]).take(pa.array(rows)).to_pylist()
-            return _are_test([UNIT.join([p.strip()]).encode("utf-8") for p in ids], self.split_key, self.fraction)
+            return self.split.are_test([UNIT.join([p.strip()]).encode("utf-8") for p in ids])
         joined = batch.joined()
         if len(rows) == len(joined):
-            return _are_test(joined, self.split_key, self.fraction)
-        return _are_test([joined[r] for r in rows.tolist()], self.split_key, self.fraction)
+            return self.split.are_test(joined)
+        messages = np.empty(len(joined), dtype=object)
+        messages[:] = joined
+        return self.split.are_test(messages[rows])
 
     def _quarantine(self, reader, line: int, kind: int, payload, records: dict[int, list[str]],
                     joined: list[bytes]) -> None:
@@ -1087,6 +1067,8 @@ class _IngestRun:
         if self.bound is not None:
             split = (f"keyed hash of each person's {self.bound.column} (seed {self.spec.training.seed}), "
                      f"test fraction {self.fraction:g}")
+        if ds.test_source is None:
+            split += f", rule {self.split.rule} ({self.split.describe()})"
         return IngestResult(
             dataset_id=ds.id, rows_in=sum(r.rows_in for r in readers),
             rows_staged=self.train.rows + self.test.rows, rows_train=self.train.rows, rows_test=self.test.rows,
@@ -1102,7 +1084,7 @@ class _IngestRun:
                 | (r.describe() if r.format == "sql" else {})
                 for r, c in zip(readers, self.counts)
             ],
-            split=split, consent_refusals=dict(sorted(self.refusals.items())),
+            split=split, split_rule=self.split.rule, consent_refusals=dict(sorted(self.refusals.items())),
             consent_as_of=self.as_of.isoformat() if ds.consent is not None else "",
             pseudonymized={c: pseudonym_column(c) for c in ds.pseudonymize},
             quarantine_retention_days=self.retention, quarantine_expired=expired,

@@ -64,6 +64,7 @@ from ppmlops.privacy.accountant import ORDERS, Segment, check_delta, epsilon_fro
 from ppmlops.privacy.blocks import ALL, BlockCalendar, BlockError, as_utc, unlocked_fraction
 from ppmlops.privacy.lifetime import LifetimeBudget, choose_order
 from ppmlops.privacy.randomness import MODES as RANDOMNESS_MODES
+from ppmlops.privacy import split
 from ppmlops.privacy.search import TrialCount, search_rdp
 
 MECHANISMS = ("subsampled_gaussian", "gaussian", "private_search")
@@ -91,6 +92,9 @@ datasets_table = Table(
     # unit_max_rows NULL: registered before units were recorded (the first spec records it).
     Column("unit_column", String(200), nullable=True),
     Column("unit_max_rows", Integer, nullable=True),
+    # The split rule that puts each row in train or test (ppmlops.privacy.split); NULL: registered
+    # before rules were recorded, which is the legacy rule.
+    Column("split_rule", String(40), nullable=True),
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
 )
@@ -142,7 +146,7 @@ runs_table = Table(
 _ADDED = {
     "privacy_datasets": {"accounting_order": "DOUBLE PRECISION", "block_seconds": "DOUBLE PRECISION",
                          "block_origin": "VARCHAR(40)", "unit_column": "VARCHAR(200)",
-                         "unit_max_rows": "INTEGER"},
+                         "unit_max_rows": "INTEGER", "split_rule": "VARCHAR(40)"},
     "privacy_ledger": {"kind": "VARCHAR(16) NOT NULL DEFAULT 'release'", "key": "VARCHAR(200)",
                        "randomness": "VARCHAR(16) NOT NULL DEFAULT 'unrecorded'",
                        "search_mean": "DOUBLE PRECISION", "search_shape": "DOUBLE PRECISION",
@@ -156,6 +160,10 @@ class BudgetMismatch(PpmlopsError):
 
 class BlockMismatch(BudgetMismatch):
     """A spec asks for another block length or origin than the dataset was registered with."""
+
+
+class SplitRuleMismatch(BudgetMismatch):
+    """A run's ingest split rows by another rule than the dataset was registered with."""
 
 
 class UnitMismatch(BudgetMismatch):
@@ -457,7 +465,8 @@ class Ledger:
 
     def register_dataset(self, dataset_id: str, *, epsilon_budget: float, delta: float,
                          order: float | None = None, run_curve: np.ndarray | None = None,
-                         calendar: BlockCalendar | None = None, unit: PrivacyUnit | None = None) -> LifetimeBudget:
+                         calendar: BlockCalendar | None = None, unit: PrivacyUnit | None = None,
+                         split_rule: str | None = None) -> LifetimeBudget:
         """Fix a dataset's lifetime budget and blocks on first use; later calls must ask for the same.
 
         `order` fixes the accounting order; otherwise it is chosen from `run_curve` (a typical
@@ -468,6 +477,9 @@ class Ledger:
         calendar stated (its earlier entries then count conservatively, see block_curves).
         `unit` is the spec's unit of privacy (None: not stated); another than the registered one
         raises UnitMismatch (one registered before units were recorded takes the first stated).
+        `split_rule` is the rule the run's ingest split rows by (None: not known yet); a new
+        dataset records it (or the default), and another than the registered one raises
+        SplitRuleMismatch (see ppmlops.privacy.split: the rule never changes for a dataset).
         """
         dataset_id = _name(dataset_id, "dataset_id")
         epsilon_budget, delta = _check_budget(epsilon_budget, delta)
@@ -483,10 +495,12 @@ class Ledger:
                         conn.execute(datasets_table.insert().values(
                             dataset_id=dataset_id, epsilon_budget=epsilon_budget, delta=delta,
                             accounting_order=chosen, created_at=now, updated_at=now, **_calendar_values(cal),
-                            **_unit_values(unit or PrivacyUnit())))
+                            **_unit_values(unit or PrivacyUnit()), split_rule=split_rule or split.DEFAULT_RULE))
                         return budget
                     if unit is not None:
                         self._check_unit(conn, dataset_id, unit)
+                    if split_rule is not None:
+                        self._check_split_rule(conn, dataset_id, split_rule)
                     if (calendar is not None and existing.epsilon == epsilon_budget and existing.delta == delta
                             and self._stored_calendar(conn, dataset_id) is None):
                         # Registered before blocks: the spec's blocks are recorded now, once.
@@ -576,6 +590,27 @@ class Ledger:
                 f"dataset {dataset_id!r} is registered in the privacy ledger with the unit of privacy "
                 f"{registered.describe()}, and the spec asks for {unit.describe()}. The ledger's charges so far "
                 "were calibrated to the registered unit and never change meaning: restore privacy.unit in the spec")
+
+    def _check_split_rule(self, conn: Connection, dataset_id: str, rule: str) -> None:
+        registered = self._stored_split_rule(conn, dataset_id)
+        if registered != rule:
+            raise SplitRuleMismatch(
+                f"dataset {dataset_id!r} is registered in the privacy ledger with the split rule {registered!r}, "
+                f"and this run's ingest split its rows by {rule!r}. A row must keep its partition (train or "
+                "holdout) for the dataset's life, or parallel composition would not hold: run again, so that "
+                "ingest reads the registered rule")
+
+    def split_rule(self, dataset_id: str) -> str | None:
+        """The dataset's split rule (ppmlops.privacy.split); None: not registered yet."""
+        with self._read() as conn:
+            if self._budget(conn, dataset_id) is None:
+                return None
+            return self._stored_split_rule(conn, dataset_id)
+
+    def _stored_split_rule(self, conn: Connection, dataset_id: str) -> str:
+        rule = conn.execute(select(datasets_table.c.split_rule)
+                            .where(datasets_table.c.dataset_id == dataset_id)).scalar()
+        return rule or split.LEGACY_RULE
 
     def unit(self, dataset_id: str) -> PrivacyUnit | None:
         """The registered unit of privacy (None: not registered, or before units were recorded)."""

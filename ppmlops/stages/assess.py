@@ -48,13 +48,15 @@ def unit_of(privacy) -> PrivacyUnit:
     return PrivacyUnit() if u is None else PrivacyUnit(u.column, u.max_rows)
 
 
-def register(ctx: RunContext, ledger: Ledger) -> LifetimeBudget:
-    """The dataset's lifetime budget and blocks (fixed on first use; a changed spec is refused, not applied)."""
+def register(ctx: RunContext, ledger: Ledger, split_rule: str | None = None) -> LifetimeBudget:
+    """The dataset's lifetime budget, blocks and split rule (fixed on first use; a changed spec is
+    refused, not applied). `split_rule` is the rule the run's ingest used (None: before ingest)."""
     spec = ctx.spec
     claim_source(ctx.settings.db_url, spec, ctx.settings.source_urls)  # a new id over another dataset's rows would reset their budget
     return ledger.register_dataset(spec.dataset.id, epsilon_budget=spec.privacy.epsilon, delta=spec.privacy.delta,
                                    order=spec.privacy.accounting_order, run_curve=spec_run_curve(spec),
-                                   calendar=calendar_of(spec.privacy), unit=unit_of(spec.privacy))
+                                   calendar=calendar_of(spec.privacy), unit=unit_of(spec.privacy),
+                                   split_rule=split_rule)
 
 
 def _exact_counts(result, k_unsafe: int | None) -> dict[str, dict[str, int]]:
@@ -186,7 +188,7 @@ def run(ctx: RunContext) -> RiskAssessment:
     try:
         check_model(ctx)  # a model that cannot train is refused before anything is charged
         precheck.run(ctx, ledger)  # a run that cannot train is refused before its counts are charged
-        register(ctx, ledger)
+        register(ctx, ledger, result.split_rule or None)
         counts = release_counts(ctx, ledger, found)
     except PpmlopsError as err:  # a changed budget in the spec, or a lifetime budget that is spent
         refuse(ctx, "assess", [str(err)], err)

@@ -17,6 +17,7 @@ from ppmlops.privacy.accountant import Segment, calibrate_noise, segment_rdp
 from ppmlops.privacy.blocks import ALL, BlockError, calendar_of
 from ppmlops.privacy.ledger import HOLDOUT, TRAIN, Ledger
 from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
+from ppmlops.privacy.split import DEFAULT_RULE
 from ppmlops.window import DataInterval
 from ppmlops.data.lineage import fingerprint
 from ppmlops.risk.screen import DirectIdentifierScreen
@@ -112,11 +113,14 @@ def run(ctx: RunContext) -> Staged:
     except PpmlopsError as err:
         ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
+    # A registered dataset keeps the split rule it was registered with (ppmlops.privacy.split);
+    # a new one gets the default, which assess records when it registers the dataset.
+    split_rule = Ledger(ctx.settings.db_url).split_rule(ctx.spec.dataset.id) or DEFAULT_RULE
     # The task log says how much of the source is read (a share and the time, never a row count).
     with read_progress.in_task_log("ingest: reading the source"):
         result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
                         home=ctx.settings.home, screen=DirectIdentifierScreen(), retired=[r.block for r in retired],
-                        connections=ctx.settings.source_urls)
+                        connections=ctx.settings.source_urls, split_rule=split_rule)
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,

@@ -515,15 +515,22 @@ def test_consent_expiry_dates_need_ascii_digits():
 
 
 def test_streaming_keeps_the_canonical_hash_and_split(tmp_path):
-    """The values ingest gave before it streamed (e5b07a2, same generated table)."""
+    """The values ingest gave before it streamed (e5b07a2, same generated table), under the split
+    rule of that time (ppmlops.privacy.split's legacy rule, which datasets registered then keep)."""
+    from ppmlops.privacy.split import DEFAULT_RULE, LEGACY_RULE
+
     spec = demo_spec(tmp_path, windowed=False)
-    r = ingest(spec, tmp_path / "run")
+    r = ingest(spec, tmp_path / "run", split_rule=LEGACY_RULE)
     assert r.sha256 == "f7f3145e40ca8e9a7afea7e1acc8fb4d6f04d985ab07afd2adebebbd32a3cec7"
     assert (r.rows_train, r.rows_test, r.rows_quarantined) == (4489, 1091, 420)
-    small = ingest(spec, tmp_path / "small_chunks", chunk_rows=97)  # many chunks, many row groups
+    small = ingest(spec, tmp_path / "small_chunks", chunk_rows=97, split_rule=LEGACY_RULE)  # many row groups
     assert small.sha256 == r.sha256 and small.rows_train == r.rows_train
     assert pq.ParquetFile(small.snapshot_train).num_row_groups > 40
     assert Path(small.quarantine_path).read_text() == Path(r.quarantine_path).read_text()
+    now = ingest(spec, tmp_path / "default_rule")
+    again = ingest(spec, tmp_path / "default_rule_small", chunk_rows=97)
+    assert now.split_rule == again.split_rule == DEFAULT_RULE and now.sha256 == again.sha256 != r.sha256
+    assert now.rows_train + now.rows_test == 4489 + 1091 and abs(now.rows_test - 1091) < 100
 
 
 def test_a_failed_ingest_leaves_no_partial_files(tmp_path):
