@@ -42,7 +42,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 from ppmlops.data.pseudonymize import MIN_KEY_BYTES
 from ppmlops.data.keys import dataset_key
@@ -94,6 +94,31 @@ def record_hmac(key: bytes, fields: Sequence[str]) -> str:
     return hmac.new(key, _CONTEXT + "\x1f".join(fields).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+class _RecordMacs:
+    """record_hmac of many records: HMAC-SHA256 (RFC 2104) from two SHA-256 states prepared once
+    (the key padded and XORed with ipad, then the prefix; the key XORed with opad), copied per
+    record. The same MACs as hmac.new, at half the cost a row: hmac's Python wrapper, not
+    SHA-256, dominates for records of a hundred bytes."""
+
+    def __init__(self, key: bytes):
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key) + _CONTEXT)
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def hexdigests(self, joined: Sequence[bytes]) -> Iterator[str]:
+        """The MAC of each record given as its fields joined by \\x1f in UTF-8."""
+        inner, outer = self._inner.copy, self._outer.copy
+        for record in joined:
+            i = inner()
+            i.update(record)
+            o = outer()
+            o.update(i.digest())
+            yield o.hexdigest()
+
+
 def _csv_cell(value: str) -> str:
     """One cell as csv.writer (this writer's dialect) writes it within a row of several."""
     buf = io.StringIO()
@@ -126,7 +151,7 @@ class QuarantineWriter:
         self._screen = screen
         self.cells_withheld: dict[str, Counter] = {}
         self._key = key
-        self._mac = hmac.new(key, _CONTEXT, hashlib.sha256)  # record_hmac's, its prefix fed once
+        self._macs = _RecordMacs(key)
         self._refused: dict[tuple[str, str], list[str]] = {}  # (source, reason) -> the row's cells as written
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
@@ -149,19 +174,17 @@ class QuarantineWriter:
         and alike: a row is the same cells but for its line and MAC (digits and hex, which csv
         never quotes), so each (source, reason) is rendered by csv once."""
         out = []
-        copy = self._mac.copy
-        for line, reason, record in zip(lines, reasons, joined):
-            mac = copy()
-            mac.update(record)
-            cells = self._refused.get((str(source), reason))
+        source = str(source)
+        for line, reason, mac in zip(lines, reasons, self._macs.hexdigests(joined)):
+            cells = self._refused.get((source, reason))
             if cells is None:
                 if len(self._refused) >= 4096:  # a reason per value of a free-text column: keep memory bounded
                     self._refused.clear()
-                values = {"_source": str(source), "_line": "", "_reason": reason, "_record_hmac": ""}
+                values = {"_source": source, "_line": "", "_reason": reason, "_record_hmac": ""}
                 cells = [_csv_cell(_cell(values[c])) if c in values else "" for c in self.columns]
-                self._refused[(str(source), reason)] = cells
+                self._refused[(source, reason)] = cells
             cells[self._at_line] = str(line)
-            cells[self._at_mac] = mac.hexdigest()
+            cells[self._at_mac] = mac
             out.append(",".join(cells))
         if out:
             self._fh.write("\n".join(out) + "\n")

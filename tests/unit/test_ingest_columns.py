@@ -14,20 +14,9 @@ import pyarrow.compute as pc
 
 from ppmlops.data.consent import ConsentRules
 from ppmlops.data.ingest import (
-    _NUMBER, _PLAIN_NUMBER, _are_test, _canonical_columns, _canonical_rows, _is_test, _split_key,
+    _NUMBER, _PLAIN_NUMBER, _canonical_columns, _canonical_rows,
 )
 from ppmlops.spec import Consent
-
-
-def test_the_split_verdicts_are_those_of_is_test():
-    rng = random.Random(1)
-    records = [["".join(rng.choice("ab1é€ ,\x1f") for _ in range(rng.randint(0, 9))) for _ in range(rng.randint(1, 5))]
-               for _ in range(20_000)]
-    for seed, fraction in ((0, 0.2), (3, 0.5), (7, 0.0), (9, 1.0), (11, 1 / 3)):
-        key = _split_key(seed)
-        expected = [_is_test(r, key, fraction) for r in records]
-        got = _are_test(("\x1f".join(r).encode("utf-8") for r in records), key, fraction)
-        assert got.tolist() == expected
 
 
 def test_the_split_comparison_is_exact_at_the_edges():
@@ -103,3 +92,15 @@ def test_consent_refusals_are_check_per_row():
     columns = {i: pa.array([r[i] for r in records]) for i in range(3)}
     codes, found = rules.refusals(columns.__getitem__, len(records))
     assert [None if c < 0 else found[c] for c in codes] == [rules.check(r) for r in records]
+
+
+def test_the_refusals_macs_are_record_hmac_for_any_key_length():
+    from ppmlops.data.quarantine import _RecordMacs, record_hmac
+
+    rng = random.Random(5)
+    records = [["".join(rng.choice("ab1é€ ,") for _ in range(rng.randint(0, 30))) for _ in range(rng.randint(1, 6))]
+               for _ in range(200)]
+    for size in (0, 1, 16, 32, 63, 64, 65, 200):
+        key = bytes(rng.getrandbits(8) for _ in range(size))
+        got = list(_RecordMacs(key).hexdigests(["\x1f".join(r).encode("utf-8") for r in records]))
+        assert got == [record_hmac(key, r) for r in records]
