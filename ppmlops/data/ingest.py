@@ -725,20 +725,31 @@ class _IngestRun:
     def __init__(self, spec: PipelineSpec, run_dir: Path, as_of: date | None, chunk_rows: int,
                  interval: DataInterval | None, home: Path, screen: quarantine.IdentifierScreen,
                  retired: frozenset[str] = frozenset(), connections: Mapping[str, str] | None = None,
-                 split_rule: str = DEFAULT_RULE):
+                 split_rule: str = DEFAULT_RULE, *,
+                 readers: list[SourceReader] | None = None, keys: tuple[bytes | None, bytes] | None = None,
+                 withheld: Mapping[str, str] | None = None):
+        """`readers`, `keys` (the pseudonym key, the quarantine key) and `withheld` (the screen's
+        verdicts) are given where a part of a source is ingested by itself (ppmlops.data.
+        ray_ingest): the part's reader, and what the whole run decided once."""
         ds = self.ds = spec.dataset
         self.spec, self.chunk_rows = spec, chunk_rows
         run_dir.mkdir(parents=True, exist_ok=True)
         self.window, self.selected = _window(spec, interval)
         self.as_of = as_of or (self.selected.as_of if self.selected is not None else today())
         # Read the key before any data: a run that cannot pseudonymize must not stage anything.
-        key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
+        if keys is None:
+            key = load_key(ds.pseudonym_key_env) if ds.pseudonymize else None
+        else:
+            key = keys[0]
         self.retention = quarantine.retention_days()
         partition = self.selected if self.window is not None and self.window.partition else None
         opened = dict(connections=connections, window=self.window, interval=self.selected)
-        self.readers = [open_source(ds.source, chunk_rows, partition, **opened)]
-        if ds.test_source is not None:
-            self.readers.append(open_source(ds.test_source, chunk_rows, partition, **opened))
+        if readers is not None:
+            self.readers = list(readers)
+        else:
+            self.readers = [open_source(ds.source, chunk_rows, partition, **opened)]
+            if ds.test_source is not None:
+                self.readers.append(open_source(ds.test_source, chunk_rows, partition, **opened))
         declared = declared_columns(spec)
         self.renamed: dict[str, str] = {}
         for r in self.readers:
@@ -761,9 +772,10 @@ class _IngestRun:
         self.train = _Snapshot(run_dir / "snapshot_train.parquet", spec, self.columns)
         self.test = _Snapshot(run_dir / "snapshot_test.parquet", spec, self.columns)
         self.quarantine_path = run_dir / quarantine.FILE_NAME
-        q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, home)
+        q_key = quarantine.hmac_key(ds.id, ds.pseudonym_key_env, home) if keys is None else keys[1]
         undeclared = list(dict.fromkeys(c for r in self.readers for c in r.header if c not in set(declared)))
-        withheld = _screen_columns(self.readers, undeclared, screen)
+        if withheld is None:
+            withheld = _screen_columns(self.readers, undeclared, screen)
         self.bound, self.person_at = self._person_bound(home)
         # The person column never reaches the quarantine file: rows there are traced by HMAC only.
         person = [spec.privacy.unit.column] if spec.privacy.unit is not None else []

@@ -308,11 +308,27 @@ class _Batches:
         return Batch(taken, ragged)
 
 
+@dataclass(frozen=True)
+class Part:
+    """A piece of a source read by itself (ppmlops.data.ray_ingest reads a file's parts on a Ray
+    cluster): for CSV the bytes [start, end), which begin at a line boundary after the header, the
+    first of them on line `first_line`; for Parquet the row groups [start, end), the first row
+    numbered `first_line`. Records, lines and rows are those of the whole file; `state` is the
+    file as it was planned (a change since then is SourceChanged); the reader's sha256 covers the
+    part's bytes only (none for Parquet)."""
+
+    start: int
+    end: int
+    first_line: int
+    state: "FileState | None" = None
+
+
 class _Source:
     """A file's bytes, read forward in large pieces and hashed as they are read; `line` counts
-    the physical lines consumed (a line ends at CRLF, CR or LF, as io's newline="" splits)."""
+    the physical lines consumed (a line ends at CRLF, CR or LF, as io's newline="" splits).
+    With a `part`, only its bytes are read, as if the file ended where it does."""
 
-    def __init__(self, path: Path, digest: Any):
+    def __init__(self, path: Path, digest: Any, part: Part | None = None):
         self._fh = open(path, "rb", buffering=0)
         self._digest = digest
         self.buf = b""
@@ -320,6 +336,10 @@ class _Source:
         self.base = 0  # the file offset of buf[0]
         self.eof = False
         self.line = 0
+        self._left: int | None = None  # bytes of the part not yet read (None: to the file's end)
+        if part is not None:
+            self._fh.seek(part.start)
+            self.base, self.line, self._left = part.start, part.first_line - 1, part.end - part.start
 
     @property
     def offset(self) -> int:
@@ -336,7 +356,12 @@ class _Source:
         parts = [self.buf[self.pos:]] if have else []
         self.base += self.pos
         while have < want:
-            data = self._fh.read(max(want - have, READ_BYTES))
+            size = max(want - have, READ_BYTES)
+            if self._left is not None:
+                size = min(size, self._left)
+            data = self._fh.read(size) if size else b""
+            if self._left is not None:
+                self._left -= len(data)
             if not data:
                 self.eof = True
                 break
@@ -481,8 +506,10 @@ class SourceReader:
     """
 
     def __init__(self, path: Path | str, fmt: str = "csv", encoding: str = "utf-8",
-                 delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS, labels: Path | str | None = None):
+                 delimiter: str | None = None, chunk_rows: int = CHUNK_ROWS, labels: Path | str | None = None,
+                 part: Part | None = None):
         self.path = Path(path)
+        self.part = part  # read only this piece of the file (see Part)
         self.labels = Path(labels) if labels is not None else None
         self.format = fmt
         self.encoding = encoding
@@ -496,7 +523,9 @@ class SourceReader:
         before = FileState.of(self.path)
         if before is None:
             raise DataError(f"{self.path}: data source not found")
-        self._before = before
+        self._before = before if part is None or part.state is None else part.state
+        if part is not None and fmt not in ("csv", "parquet"):
+            raise DataError(f"{self.path}: only a CSV or Parquet file is read in parts, not {fmt}")
         if fmt == "csv":
             if encoding not in CODECS:
                 raise DataError(f"{self.path}: unsupported encoding {encoding!r}; use one of {sorted(CODECS)}")
@@ -520,7 +549,7 @@ class SourceReader:
     def again(self) -> "SourceReader":
         """A fresh reader of the same file (its own read, rows and hash)."""
         return SourceReader(self.path, self.format, self.encoding, self.delimiter, chunk_rows=self.chunk_rows,
-                            labels=self.labels)
+                            labels=self.labels, part=self.part)
 
     @property
     def sha256(self) -> str:
@@ -617,16 +646,13 @@ class SourceReader:
                   if self._arrow and _BlockParser.usable(self.delimiter) else None)
         codec = "utf-8" if self.encoding == "utf-8" else CODECS[self.encoding]
         out = _Batches(self.chunk_rows)
-        source = self._reading = _Source(self.path, self._digest)
+        source = self._reading = _Source(self.path, self._digest, self.part)
         collecting = gc.isenabled()
         try:
             gc.disable()
             with self._decoding():
-                if self.encoding == "utf-8":
-                    source.fill(len(codecs.BOM_UTF8))
-                    if source.buf.startswith(codecs.BOM_UTF8):
-                        source.pos = len(codecs.BOM_UTF8)  # as the utf-8-sig codec does
-                self._skip_header(source, codec)
+                if self.part is None:
+                    self._skip_bom_and_header(source, codec)
                 while True:
                     end = source.block_end(BLOCK_BYTES)
                     start = source.pos
@@ -663,6 +689,25 @@ class SourceReader:
         last = out.rest()
         if last is not None:
             yield last
+
+    def _skip_bom_and_header(self, source: _Source, codec: str) -> None:
+        if self.encoding == "utf-8":
+            source.fill(len(codecs.BOM_UTF8))
+            if source.buf.startswith(codecs.BOM_UTF8):
+                source.pos = len(codecs.BOM_UTF8)  # as the utf-8-sig codec does
+        self._skip_header(source, codec)
+
+    def data_start(self) -> tuple[int, int]:
+        """(the byte offset where a CSV file's data lines begin, the lines before it): what the
+        header, any blank lines before it and a byte-order mark take up. Where a Part may start."""
+        codec = "utf-8" if self.encoding == "utf-8" else CODECS[self.encoding]
+        source = _Source(self.path, hashlib.sha256())
+        try:
+            with self._decoding():
+                self._skip_bom_and_header(source, codec)
+            return source.offset, source.line
+        finally:
+            source.close()
 
     def _skip_header(self, source: _Source, codec: str) -> None:
         """Consume the lines up to and including the header's (blank ones may come before it)."""
@@ -763,14 +808,16 @@ class SourceReader:
     def _parquet_batches(self) -> Iterator[Batch]:
         import pyarrow as pa
 
-        with open(self.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                self._digest.update(block)
-        row = 0
+        if self.part is None:
+            with open(self.path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    self._digest.update(block)
+        row = 0 if self.part is None else self.part.first_line - 1
+        groups = None if self.part is None else list(range(self.part.start, self.part.end))
         try:
             parquet = self._parquet_file()
             self._total_rows = parquet.metadata.num_rows
-            for batch in parquet.iter_batches(batch_size=self.chunk_rows):
+            for batch in parquet.iter_batches(batch_size=self.chunk_rows, row_groups=groups):
                 records = _text_records(batch)
                 rows = _Rows(records, list(range(row + 1, row + 1 + len(records))))
                 yield Batch([(rows, 0, len(records))] if records else [], [])
