@@ -32,6 +32,7 @@ class Environment(BaseSettings):
     opa_timeout_s: float = Field(5.0, gt=0, validation_alias="PPMLOPS_OPA_TIMEOUT_S")
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
     ray_jobs_url: str | None = Field(None, validation_alias="PPMLOPS_RAY_JOBS_URL")
+    ray_ingest: bool = Field(True, validation_alias="PPMLOPS_RAY_INGEST")
     # None: follow the spec; 'secure' or 'reproducible' forces it (benchmarks).
     randomness: Literal["secure", "reproducible"] | None = Field(None, validation_alias="PPMLOPS_RANDOMNESS")
     project_root: Path | None = Field(None, validation_alias="PPMLOPS_PROJECT_ROOT")
@@ -81,6 +82,8 @@ class Settings:
     # A run with no end record that wrote nothing for this long reads "stalled" on the dashboard,
     # not "running" (no record says a task failed; a private search writes nothing until it ends).
     run_stale_after_s: float = 3600.0
+    # With ray_address: ingest a CSV or Parquet file source on the cluster (ppmlops.data.ray_ingest).
+    ray_ingest: bool = True
     project_root: Path = Path(__file__).resolve().parent.parent  # holds expectations/, policies.rego, dags/pipelines/
     # SQL sources' Airflow Connections, id -> SQLAlchemy URL (ppmlops.airflow.connections.source_urls);
     # a URL may hold a password, so it is in no repr.
@@ -136,5 +139,6 @@ def load() -> Settings:
         ray_jobs_url=env.ray_jobs_url,
         randomness=env.randomness,
         run_stale_after_s=env.run_stale_after_s,
+        ray_ingest=env.ray_ingest,
         project_root=root,
     )

@@ -8,9 +8,10 @@ out of every release. A run whose every block is retired is refused here, before
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from ppmlops.data import read_progress
+from ppmlops.data import ray_ingest, read_progress
 from ppmlops.data.ingest import ingest
 from ppmlops.errors import BudgetExceeded, PpmlopsError
 from ppmlops.privacy.accountant import Segment, calibrate_noise, segment_rdp
@@ -25,6 +26,8 @@ from ppmlops.run.context import ReplayableRandomness, RunContext
 from ppmlops.run.records import Refusal, RetiredBlock, SourceQuery, Staged, StagedData
 from ppmlops.run.store import RunStore
 from ppmlops.stages.context import timed
+
+log = logging.getLogger(__name__)
 
 
 def earlier_runs(ctx: RunContext) -> list[Path]:
@@ -96,6 +99,20 @@ def open_blocks(ctx: RunContext) -> tuple[list[str], list[RetiredBlock]]:
     return kept, retired
 
 
+def stage_source(ctx: RunContext, retired: list[str], split_rule: str):
+    """ingest, on the Ray cluster (ppmlops.data.ray_ingest) when one is configured and
+    PPMLOPS_RAY_INGEST is not off, for the sources it can read in parts; in this process else."""
+    given = dict(earlier=earlier_runs(ctx), interval=ctx.interval, home=ctx.settings.home,
+                 screen=DirectIdentifierScreen(), retired=retired, split_rule=split_rule)
+    address = ctx.settings.ray_address
+    if address and ctx.settings.ray_ingest:
+        why = ray_ingest.local_reason(ctx.spec)
+        if why is None:
+            return ray_ingest.ingest_on_cluster(ctx.spec, ctx.store.private_dir, address, **given)
+        log.info("ingest: read in this process, not on the Ray cluster: %s", why)
+    return ingest(ctx.spec, ctx.store.private_dir, connections=ctx.settings.source_urls, **given)
+
+
 @timed
 def run(ctx: RunContext) -> Staged:
     try:
@@ -118,9 +135,7 @@ def run(ctx: RunContext) -> Staged:
     split_rule = Ledger(ctx.settings.db_url).split_rule(ctx.spec.dataset.id) or DEFAULT_RULE
     # The task log says how much of the source is read (a share and the time, never a row count).
     with read_progress.in_task_log("ingest: reading the source"):
-        result = ingest(ctx.spec, ctx.store.private_dir, earlier=earlier_runs(ctx), interval=ctx.interval,
-                        home=ctx.settings.home, screen=DirectIdentifierScreen(), retired=[r.block for r in retired],
-                        connections=ctx.settings.source_urls, split_rule=split_rule)
+        result = stage_source(ctx, [r.block for r in retired], split_rule)
     ctx.store.write(StagedData(result=result))
     return Staged(data_fingerprint=fingerprint(ctx.settings.home, result.sha256), columns=result.columns,
                   sources=[str(s["path"]) for s in result.sources], split=result.split,
