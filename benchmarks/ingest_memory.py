@@ -66,7 +66,7 @@ def ingest_child(path: Path, run_dir: Path) -> dict:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "rows": r.rows_in, "train": r.rows_train, "test": r.rows_test,
-            "quarantined": r.rows_quarantined, "reasons": r.quarantine_reasons,
+            "quarantined": r.rows_quarantined, "reasons": r.quarantine_reasons, "sha256": r.sha256,
             "peak_rss_mb": peak_kb / 1024, "rss_after_imports_mb": base_kb / 1024,
             "snapshot_mb": (Path(r.snapshot_train).stat().st_size + Path(r.snapshot_test).stat().st_size) / 2**20,
             "quarantine_mb": Path(r.quarantine_path).stat().st_size / 2**20}
