@@ -501,19 +501,20 @@ def _part_options() -> dict[str, Any]:
     return {"max_retries": 2}
 
 
-def _parts_on_ray_data(job: _Job, parts: list[Part]) -> list[dict[str, Any]]:
-    """Each part ingested by a Ray Data map task (one Ray Data block per part, spread over the
-    nodes); the replies in source order."""
+def parts_on_ray_data(job: Any, parts: list[Part], fn: Callable[..., dict[str, Any]] | None = None,
+                      extra: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """`fn(row, job)` (default: ingest the part) for each part, by a Ray Data map task (one Ray
+    Data block per part, spread over the nodes); the replies in source order."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
     context.enable_progress_bars = False  # a bar counts rows of parts: quiet, though no private row
     try:
-        items = [{"index": i, "start": p.start, "end": p.end, "first_line": p.first_line}
+        items = [{"index": i, "start": p.start, "end": p.end, "first_line": p.first_line} | (extra[i] if extra else {})
                  for i, p in enumerate(parts)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        rows = ds.map(_part_row, fn_kwargs={"job": job}, num_cpus=1, ray_remote_args_fn=_part_options).take_all()
+        rows = ds.map(fn or _part_row, fn_kwargs={"job": job}, num_cpus=1, ray_remote_args_fn=_part_options).take_all()
     finally:
         context.enable_progress_bars = saved
     return [json.loads(r["reply"]) for r in sorted(rows, key=lambda r: r["index"])]
@@ -566,7 +567,7 @@ def ingest_on_cluster(spec: PipelineSpec, run_dir: Path, address: str, as_of: da
         # Public: how the file is read, never how many parts (a measure of its size).
         log.info("ingest: %s is read on the Ray cluster with Ray Data, %s", job.path,
                  how if how.startswith("one part") else "in parts cut at line breaks or row groups")
-        replies = [_value(r) for r in _parts_on_ray_data(job, parts)]
+        replies = [_value(r) for r in parts_on_ray_data(job, parts)]
         merging = _guarded(lambda: f"{job.path}: merging the parts", _merge)
         source_sha = _value(cluster.ray.get(hashed))
         merged = _merged(spec, job, plan, run_dir, selected, window, source_sha)

@@ -75,17 +75,18 @@ def _input(source: Source, partition=None, *, connections=None, window=None, int
 
 
 def assess(spec: PipelineSpec, ingest: IngestResult, *, sample_rows: int = SAMPLE_ROWS,
-           partition=None, connections=None) -> RiskReport:
+           partition=None, connections=None, scan=scan_sources) -> RiskReport:
     """`partition`: the interval a partitioned window read (the files ingestion staged from).
     A SQL source's query is run again over the window ingest read (`connections`: its Airflow
-    Connections' URLs), and must give the same rows."""
+    Connections' URLs), and must give the same rows. `scan` reads the sources (scan_sources'
+    arguments and ScanData; ppmlops.risk.ray_scan's on a cluster)."""
     ds = spec.dataset
     pushed = dict(connections=connections, window=ds.window,
                   interval=ingest.window.interval() if ingest.window.mode == "column" else None)
     sources = [_input(ds.source, partition, **pushed)]
     sources += [_input(ds.test_source, partition, **pushed)] if ds.test_source else []
     as_of = date.fromisoformat(ingest.consent_as_of) if ingest.consent_as_of else today()
-    data = scan_sources(sources, consent=ds.consent, as_of=as_of, sample_rows=sample_rows)
+    data = scan(sources, consent=ds.consent, as_of=as_of, sample_rows=sample_rows)
     digest = source_sha256(data.files)
     if digest != ingest.source_sha256:
         raise DataError(f"{', '.join(str(f.path) for f in data.files)}: source changed since ingestion "

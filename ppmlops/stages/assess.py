@@ -169,8 +169,15 @@ def _exact_report(ctx: RunContext) -> None:
     staged = ctx.store.read(StagedData).result
     # A partitioned window read the files of its interval: the report must scan the same ones.
     partition = staged.window.interval() if staged.window.mode == "partition" else None
+    scan = {}
+    if ctx.settings.ray_address and ctx.settings.ray_ingest:  # on the cluster, as ingest read it
+        from functools import partial
+
+        from ppmlops.risk.ray_scan import scan_on_cluster
+
+        scan = {"scan": partial(scan_on_cluster, address=ctx.settings.ray_address)}
     with read_progress.in_task_log("assess: risk scan of the source"):
-        report = assess(ctx.spec, staged, partition=partition, connections=ctx.settings.source_urls)
+        report = assess(ctx.spec, staged, partition=partition, connections=ctx.settings.source_urls, **scan)
     ctx.store.write_private_text("risk.txt", report.summary())
     ctx.store.write(ExactRisk(report=report.to_dict()))
 

@@ -165,3 +165,17 @@ def test_an_undecodable_byte_fails_as_local_ingest_does_and_stages_nothing(clust
                                      home=tmp_path / "home", part_bytes=20_000)
     assert str(remote.value) == str(local.value) and "byte 0xff" in str(remote.value)
     assert sorted(p.name for p in (tmp_path / "cluster").iterdir()) == []
+
+
+def test_the_risk_scan_on_two_nodes_is_the_local_scan(cluster, tmp_path):
+    from ppmlops.risk.ray_scan import scan_on_cluster
+    from ppmlops.risk.scan import SourceInput, scan_sources
+
+    src = messy_csv(tmp_path / "customers.csv", rows=4000)
+    spec = spec_for(src)
+    given = dict(consent=spec.dataset.consent, as_of=MADE_ON, sample_rows=700, seed=3, chunk_rows=300)
+    sources = [SourceInput(src, "csv", "utf-8", None)]
+    local = scan_sources(sources, **given)
+    remote = scan_on_cluster(sources, address=cluster.address, part_bytes=40_000, **given)
+    assert dataclasses.asdict(remote) == dataclasses.asdict(local)
+    assert local.sample_rows == 700 and local.rows_refused > 0 and local.files[0].rows_malformed > 20
