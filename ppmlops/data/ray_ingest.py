@@ -58,6 +58,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -514,7 +515,10 @@ def parts_on_ray_data(job: Any, parts: list[Part], fn: Callable[..., dict[str, A
         items = [{"index": i, "start": p.start, "end": p.end, "first_line": p.first_line} | (extra[i] if extra else {})
                  for i, p in enumerate(parts)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        rows = ds.map(fn or _part_row, fn_kwargs={"job": job}, num_cpus=1, ray_remote_args_fn=_part_options).take_all()
+        with warnings.catch_warnings():  # Ray 2.60 names no other way to bound a map task's retries
+            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn. is deprecated")
+            mapped = ds.map(fn or _part_row, fn_kwargs={"job": job}, num_cpus=1, ray_remote_args_fn=_part_options)
+        rows = mapped.take_all()
     finally:
         context.enable_progress_bars = saved
     return [json.loads(r["reply"]) for r in sorted(rows, key=lambda r: r["index"])]

@@ -72,3 +72,48 @@ def test_parquet_parts_are_whole_row_groups_numbered_from_their_first_row(tmp_pa
     for p in parts:
         pieces += _records(SourceReader(path, "parquet", chunk_rows=7, part=p))
     assert pieces == _records(SourceReader(path, "parquet"))
+
+
+def test_what_stays_on_the_local_path_says_why(tmp_path):
+    import copy
+
+    import yaml
+
+    from ppmlops.data.ray_ingest import local_reason
+    from ppmlops.risk.ray_scan import cluster_reason
+    from ppmlops.risk.scan import SourceInput
+    from ppmlops.spec import parse_spec
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "dags" / "pipelines" / "demo.yaml").read_text())
+    doc["dataset"]["source"] = {"path": str(tmp_path / "c.csv")}
+    assert local_reason(parse_spec(doc)) is None
+    bound = copy.deepcopy(doc)
+    bound["privacy"]["unit"] = {"column": "customer_id", "max_rows": 2}
+    assert "per-person bound" in local_reason(parse_spec(bound))
+    held = copy.deepcopy(doc)
+    held["dataset"]["test_source"] = {"path": str(tmp_path / "h.csv")}
+    assert "test_source" in local_reason(parse_spec(held))
+    npz = copy.deepcopy(doc)
+    npz["dataset"]["source"] = {"path": str(tmp_path / "c.npz")}
+    assert "read whole" in local_reason(parse_spec(npz))
+    one = [SourceInput(tmp_path / "c.csv")]
+    assert cluster_reason(one, None, None) is None
+    assert cluster_reason(one * 2, None, None) == "several sources"
+    assert cluster_reason(one, ["age"], None) and cluster_reason(one, None, tmp_path / "q.csv")
+
+
+def test_the_stage_reads_on_the_cluster_only_when_one_is_configured_and_not_switched_off(monkeypatch):
+    from types import SimpleNamespace
+
+    from ppmlops.stages import ingest as stage
+
+    calls = []
+    monkeypatch.setattr(stage, "earlier_runs", lambda ctx: [])
+    monkeypatch.setattr(stage, "ingest", lambda spec, folder, **kw: calls.append("local"))
+    monkeypatch.setattr(stage.ray_ingest, "ingest_on_cluster", lambda spec, folder, address, **kw: calls.append(address))
+    monkeypatch.setattr(stage.ray_ingest, "local_reason", lambda spec: None)
+    for address, on in ((None, True), ("h:6379", True), ("h:6379", False)):
+        settings = SimpleNamespace(ray_address=address, ray_ingest=on, home=Path("/h"), source_urls={})
+        stage.stage_source(SimpleNamespace(spec=None, settings=settings, interval=None,
+                                           store=SimpleNamespace(private_dir=Path("/p"))), [])
+    assert calls == ["local", "h:6379", "local"]
