@@ -73,6 +73,7 @@ from ppmlops.data.ingest import (INGEST_CHUNK_ROWS, IngestResult, _Counts, _Inge
 from ppmlops.data.pseudonymize import load_key
 from ppmlops.data.reading import FileState, Part, SourceChanged, SourceReader
 from ppmlops.errors import DataError
+from ppmlops.privacy.split import DEFAULT_RULE, SplitRules
 from ppmlops.spec import PipelineSpec
 from ppmlops.window import DataInterval
 
@@ -115,6 +116,7 @@ class _Job:
     keys: tuple[bytes | None, bytes]
     chunk_rows: int
     part_bytes: int
+    split_rule: str = DEFAULT_RULE
     withheld: dict[str, str] | None = None
     # From the plan: the source as opened.
     path: str = ""
@@ -133,7 +135,8 @@ class _Job:
 
     def run(self, folder: Path, reader: SourceReader, withheld: Mapping[str, str] | None) -> _IngestRun:
         return _IngestRun(self.spec, folder, self.as_of, self.chunk_rows, self.interval, self.home, self.screen,
-                          self.retired, readers=[reader], keys=self.keys, withheld=withheld)
+                          self.retired, split_rule=self.split_rule, readers=[reader], keys=self.keys,
+                          withheld=withheld)
 
 
 def _guarded(what: str, fn: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
@@ -424,6 +427,7 @@ class _Merged:
     renamed: dict[str, str]
     retention: int
     fraction: float
+    split: SplitRules
     digest: str = ""
     reasons: Counter = field(default_factory=Counter)
     refusals: Counter = field(default_factory=Counter)
@@ -528,7 +532,7 @@ def ingest_on_cluster(spec: PipelineSpec, run_dir: Path, address: str, as_of: da
                       chunk_rows: int = INGEST_CHUNK_ROWS, earlier: Iterable[Path] = (),
                       interval: DataInterval | None = None, home: Path | None = None,
                       screen: quarantine.IdentifierScreen | None = None, retired: Iterable[str] = (),
-                      part_bytes: int = PART_BYTES) -> IngestResult:
+                      split_rule: str = DEFAULT_RULE, part_bytes: int = PART_BYTES) -> IngestResult:
     """ingest.ingest's result for a CSV or Parquet file source, computed on the Ray cluster at
     `address` (see the module docstring); `local_reason(spec)` must be None."""
     why = local_reason(spec)
@@ -550,7 +554,7 @@ def ingest_on_cluster(spec: PipelineSpec, run_dir: Path, address: str, as_of: da
     keys = (load_key(ds.pseudonym_key_env) if ds.pseudonymize else None,
             quarantine.hmac_key(ds.id, ds.pseudonym_key_env, home))
     job = _Job(spec, run_dir, as_of, interval, home, screen or quarantine.WithholdUndeclared(),
-               frozenset(retired), keys, chunk_rows, part_bytes)
+               frozenset(retired), keys, chunk_rows, part_bytes, split_rule)
     partition = selected if window is not None and window.partition else None
     cluster = _Cluster(address)
     try:
@@ -599,7 +603,8 @@ def _merged(spec: PipelineSpec, job: _Job, plan: dict[str, Any], run_dir: Path, 
                    _Staged(run_dir / "snapshot_train.parquet"), _Staged(run_dir / "snapshot_test.parquet"),
                    _Quarantine(withheld=dict(plan["withheld"])), run_dir / quarantine.FILE_NAME, job.as_of, window,
                    selected, sorted(job.retired), dict(plan["renamed"]), quarantine.retention_days(),
-                   spec.training.test_fraction)
+                   spec.training.test_fraction,
+                   SplitRules(job.split_rule, spec.training.seed, spec.training.test_fraction))
 
 
 def _log_screen(spec: PipelineSpec, header: list[str], screen: quarantine.IdentifierScreen) -> None:

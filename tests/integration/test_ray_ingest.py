@@ -23,6 +23,7 @@ from ppmlops.data.ingest import ingest, snapshot_sha256
 from ppmlops.data.synthetic import generate
 from ppmlops.errors import DataError
 from ppmlops.privacy.blocks import calendar_of
+from ppmlops.privacy.split import DEFAULT_RULE, LEGACY_RULE
 from ppmlops.risk.screen import DirectIdentifierScreen
 from ppmlops.spec import parse_spec
 from ppmlops.training.local_cluster import start_local_cluster
@@ -88,12 +89,13 @@ def messy_csv(path: Path, rows: int = 6000) -> Path:
     return path
 
 
-def both_ways(spec, tmp_path: Path, cluster, monkeypatch, part_bytes: int, chunk_rows: int = 400):
+def both_ways(spec, tmp_path: Path, cluster, monkeypatch, part_bytes: int, chunk_rows: int = 400,
+              split_rule: str = DEFAULT_RULE):
     monkeypatch.setenv("PPMLOPS_PSEUDONYM_KEY", KEY)
     selected = INTERVAL.with_lookback(spec.dataset.window.lookback)
     blocks = calendar_of(spec.privacy).touching(selected.start, selected.end)
     given = dict(interval=INTERVAL, home=tmp_path / "home", screen=DirectIdentifierScreen(), retired=[blocks[1]],
-                 chunk_rows=chunk_rows)
+                 chunk_rows=chunk_rows, split_rule=split_rule)
     local = ingest(spec, tmp_path / "local", **given)
     remote = ray_ingest.ingest_on_cluster(spec, tmp_path / "cluster", cluster.address, part_bytes=part_bytes, **given)
     return local, remote
@@ -132,8 +134,11 @@ def test_a_parquet_source_is_read_by_row_groups(cluster, tmp_path, monkeypatch):
     df = demo_rows(3000)
     df.loc[df.index % 41 == 0, "age"] = "abc"
     pq.write_table(__import__("pyarrow").Table.from_pandas(df, preserve_index=False), src, row_group_size=250)
-    local, remote = both_ways(spec_for(src), tmp_path, cluster, monkeypatch, part_bytes=1)
+    # Under the legacy split rule (a dataset registered before rules were recorded): the parts split as
+    # the local path does under it, and not as the default would.
+    local, remote = both_ways(spec_for(src), tmp_path, cluster, monkeypatch, part_bytes=1, split_rule=LEGACY_RULE)
     record = assert_same(local, remote, tmp_path)
+    assert remote.split_rule == LEGACY_RULE and "rule blake2b" in remote.split
     assert len(record["parts"]) == 12 and [p["first_line"] for p in record["parts"]][:3] == [1, 251, 501]
 
 

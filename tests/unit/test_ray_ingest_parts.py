@@ -109,11 +109,13 @@ def test_the_stage_reads_on_the_cluster_only_when_one_is_configured_and_not_swit
 
     calls = []
     monkeypatch.setattr(stage, "earlier_runs", lambda ctx: [])
-    monkeypatch.setattr(stage, "ingest", lambda spec, folder, **kw: calls.append("local"))
-    monkeypatch.setattr(stage.ray_ingest, "ingest_on_cluster", lambda spec, folder, address, **kw: calls.append(address))
+    monkeypatch.setattr(stage, "ingest", lambda spec, folder, **kw: calls.append(("local", kw["split_rule"])))
+    monkeypatch.setattr(stage.ray_ingest, "ingest_on_cluster",
+                        lambda spec, folder, address, **kw: calls.append((address, kw["split_rule"])))
     monkeypatch.setattr(stage.ray_ingest, "local_reason", lambda spec: None)
     for address, on in ((None, True), ("h:6379", True), ("h:6379", False)):
         settings = SimpleNamespace(ray_address=address, ray_ingest=on, home=Path("/h"), source_urls={})
         stage.stage_source(SimpleNamespace(spec=None, settings=settings, interval=None,
-                                           store=SimpleNamespace(private_dir=Path("/p"))), [])
-    assert calls == ["local", "h:6379", "local"]
+                                           store=SimpleNamespace(private_dir=Path("/p"))), [], "blake2b")
+    # Both paths split by the rule the stage read from the ledger.
+    assert calls == [("local", "blake2b"), ("h:6379", "blake2b"), ("local", "blake2b")]
