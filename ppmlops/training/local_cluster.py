@@ -2,7 +2,7 @@
 
 For the cluster tests and the scaling benchmark, and for trying RAY_ADDRESS or
 PPMLOPS_RAY_JOBS_URL without Docker. Every node runs `ray start --block` in its own process
-group on 127.0.0.1 with free ports; `stop()` (or leaving the `with` block) drains and ends them.
+group on 127.0.0.1 with free ports; `stop()` (or leaving the `with` block) ends them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppmlops.errors import TrainingError
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (a node started with start_new_session)."""
+    victims = {sid}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == sid:  # after the state: ppid, pgrp, session
+            victims.add(int(stat.parent.name))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def free_port() -> int:
@@ -42,16 +59,23 @@ class LocalCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stop(self) -> None:
-        # `ray start --block` drains and stops its node's processes on SIGTERM; workers first.
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+    def stop(self, grace_s: float = 5.0) -> None:
+        # `ray start --block` drains its node on SIGTERM, one process type after another with a
+        # second's grace each: some 32 s a node. This cluster's state is thrown away, so each
+        # node gets `grace_s`, then every process of its session (raylet, GCS, dashboard, and
+        # workers that made process groups of their own) is killed.
+        running = [proc for proc in self._procs if proc.poll() is None]
+        for proc in running:
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in running:
+            _kill_session(proc.pid)
+            proc.wait()
         self._procs.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
