@@ -13,7 +13,9 @@ private search's loop) the way a Ray worker does, with:
   resumes from the newest one that reads whole, as RayCheckpoints does after a crash;
 * one torch thread while it trains (two threads were ten times slower under load here), the
   umask 077 and the quiet loggers of a Ray worker (ray_worker._keep_counts_private), all
-  restored afterwards: this is the caller's process, an Airflow task.
+  restored afterwards: this is the caller's process, an Airflow task;
+* no Ray at all: nothing here imports it (tests/unit/test_in_process.py checks in a fresh
+  process), as a one-worker demo would otherwise pay Ray's import for a logger's level.
 
 Chosen by ppmlops.training.driver when the spec asks for one worker and no Ray cluster is
 configured (`ray.in_process`, default auto); a multi-worker or cluster run goes through Ray Train.
@@ -83,7 +85,7 @@ def _worker_process(search: bool) -> Iterator[None]:
     levels = {n: logging.getLogger(n).level for n in ("", "ray", "ray.train", "opacus", "torch")}
     torch.set_num_threads(1)
     try:
-        _keep_counts_private(search)
+        _keep_counts_private(search, ray_train=False)
         yield
     finally:
         torch.set_num_threads(threads)

@@ -60,7 +60,7 @@ def _on_storage(run_storage: str) -> list[Restored]:
     return out
 
 
-def _keep_counts_private(search: bool) -> None:
+def _keep_counts_private(search: bool, ray_train: bool = True) -> None:
     """What this worker process writes is its owner's only (Ray's checkpoint uploads, the search's
     files; on a cluster, whatever umask the node's Ray was started with), and no log line counts
     a private search's trials.
@@ -70,14 +70,18 @@ def _keep_counts_private(search: bool) -> None:
     the driver's output with log_to_driver (the task log on a cluster, the terminal with --verbose).
     A search reports once however many trials ran, but a library may log at INFO each model it
     builds or wraps (Opacus does for its own ghost clipping), i.e. per trial: in a search worker
-    nothing below WARNING is logged at all."""
-    os.umask(0o077)
-    try:
-        from ray.train.v2._internal.execution import context as train_context
+    nothing below WARNING is logged at all.
 
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:  # another Ray layout: the report count still says nothing of K (one report)
-        pass
+    `ray_train=False`: a process that reports nothing to Ray Train (ppmlops.training.in_process)
+    leaves Ray Train's logger alone, since naming it imports Ray (half a second) for nothing."""
+    os.umask(0o077)
+    if ray_train:
+        try:
+            from ray.train.v2._internal.execution import context as train_context
+
+            logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+        except ImportError:  # another Ray layout: the report count still says nothing of K (one report)
+            pass
     if search:
         for name in ("", "ray", "ray.train", "opacus", "torch"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -9,8 +9,13 @@ process (an Airflow task) gets its thread count, umask and process group back.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +97,25 @@ def test_more_than_one_worker_is_refused(tmp_path):
     job, arrays = _job(tmp_path)
     with pytest.raises(TrainingError, match="one worker"):
         train_in_process(dataclasses.replace(job, workers=2), arrays)
+
+
+def test_it_never_imports_ray(tmp_path):
+    """One worker, no cluster: Ray is not loaded at all (a fresh process trains, then lists what it
+    imported), as a Ray worker's quiet loggers once imported Ray Train for a logger's name."""
+    script = textwrap.dedent(f"""
+        import dataclasses, json, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        from plans import make_job, synthetic
+        from ppmlops.training.in_process import train_in_process
+
+        arrays = synthetic()
+        job = make_job({f"sqlite:///{tmp_path / 'l.db'}"!r}, arrays, epochs=1)
+        job = dataclasses.replace(job, storage_path={str(tmp_path / "ray")!r})
+        _, outcome = train_in_process(job, arrays)
+        print(json.dumps([outcome.epochs_completed, sorted(m for m in sys.modules if m.split(".")[0] == "ray")]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    epochs, ray_modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert epochs == 1 and ray_modules == []
