@@ -17,6 +17,8 @@ import logging
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -192,7 +194,7 @@ def _creating_embedded_store(uri: str) -> Iterator[None]:
     and the file is left half-migrated, so every retry fails too. An exclusive lock beside the file
     lets one process migrate while the others wait, then find the tables made.
     """
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])  # sqlite:////abs/path?opts: the file's own path
+    db = _db_file(uri)
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".init-lock"), "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -200,6 +202,36 @@ def _creating_embedded_store(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _db_file(uri: str) -> Path:
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])  # sqlite:////abs/path?opts: the file's own path
+
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+_CREATE = "import sys; from ppmlops.registry.backend import client; client(sys.argv[1])"
+
+
+def start_creating(uri: str) -> subprocess.Popen | None:
+    """Create a new embedded store's tables in a helper process, for a process that opens the
+    store later (a whole DAG run in one process: ppmlops.airflow.run_one): MLflow's schema
+    migrations on an empty file (about 1.5 s, plus MLflow's import) then run on another core while
+    the first tasks run. None when there is nothing to make: a server, or a store already there.
+
+    Nothing can see a half-made store: the helper makes it as `client` does, under the lock beside
+    the file (_creating_embedded_store), which `client` in this process waits for. The helper's
+    failure is its own (its output is discarded): `client` then makes the tables itself, and
+    says what fails."""
+    if not is_embedded(uri) or _db_file(uri).exists():
+        return None
+    env = dict(os.environ)
+    # The helper must import this same ppmlops, not whatever else is on its path.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    try:
+        return subprocess.Popen([sys.executable, "-c", _CREATE, uri], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    except OSError:
+        return None
 
 
 def experiment_id(uri: str, root: Path, model_name: str) -> str:
