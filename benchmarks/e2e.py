@@ -81,8 +81,10 @@ def _command(repo: Path) -> list[str]:
 
 def _one_run(env: dict[str, str], repo: Path, pipeline: str, conf: str) -> tuple[float, dict, dict]:
     t0 = time.perf_counter()
-    proc = subprocess.run([*_command(repo), pipeline, "--json", "--conf", conf], env=env, capture_output=True,
-                          text=True)
+    # In the checkout, as `./dev demo` runs: Ray puts the driver's working directory first on its
+    # workers' path, so from elsewhere they would import another checkout's ppmlops.
+    proc = subprocess.run([*_command(repo), pipeline, "--json", "--conf", conf], env=env, cwd=repo,
+                          capture_output=True, text=True)
     total = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stdout.write(proc.stdout[-3000:] + "\n" + proc.stderr[-3000:] + "\n")
