@@ -15,7 +15,7 @@ def test_it_starts_the_mlflow_store_early_tunes_the_collector_and_loads_torch(tm
     threshold = gc.get_threshold()
     try:
         helper = run_one.prepare_process()
-        assert gc.get_threshold()[0] == 50_000 and gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (50_000, 100, 100) and gc.get_freeze_count() > 0
         assert helper is not None and helper.wait(timeout=240) == 0
         assert (tmp_path / "mlflow" / "mlflow.db").exists()  # made by the helper, before any task
         assert "torch" in sys.modules
