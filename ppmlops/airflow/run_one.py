@@ -104,8 +104,12 @@ def main(dags: Mapping[str, Any], argv: list[str] | None = None) -> None:
     try:
         run = the_dag.test(run_conf=json.loads(args.conf))
     finally:
-        if helper is not None:
-            helper.wait()
+        if helper is not None:  # long done by now (seconds, against a whole run); never left behind
+            try:
+                helper.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
     ctx = RunContext(spec=spec, run_id=run.run_id, params=RunParams.from_mapping(spec, json.loads(args.conf)))
     result = pipeline.summary(ctx)
     result["dag_run_state"] = str(run.state)
