@@ -171,10 +171,17 @@ def _plan(job: _Job, partition: DataInterval | None) -> dict[str, Any]:
     run = job.run(scratch, reader, None)
     run.q.abort()
     shutil.rmtree(scratch, ignore_errors=True)
+    return source_layout(reader) | {"header": run.readers[0].header, "renamed": run.renamed,
+                                    "withheld": dict(run.q.withheld)}
+
+
+def source_layout(reader: SourceReader) -> dict[str, Any]:
+    """How a source opened by `reader` is read in parts: its path, format, encoding, delimiter,
+    header, file state and size, and where its data begin (CSV: the byte after the header and
+    the header's lines; Parquet: each row group's rows and uncompressed bytes)."""
     out: dict[str, Any] = {"path": str(reader.path), "format": reader.format, "encoding": reader.encoding,
-                           "delimiter": reader.delimiter, "header": run.readers[0].header,
-                           "renamed": run.renamed, "withheld": dict(run.q.withheld),
-                           "state": reader._before, "size": reader._before.size}
+                           "delimiter": reader.delimiter, "header": reader.header, "state": reader._before,
+                           "size": reader._before.size}
     if reader.format == "csv":
         out["data_start"], out["header_lines"] = reader.data_start()
     else:
@@ -391,6 +398,20 @@ def _csv_parts(job: _Job, plan: dict[str, Any], remote: Callable) -> tuple[list[
     return parts or [whole], f"{len(parts or [whole])} part(s) cut at line breaks"
 
 
+def hash_and_cut(cluster: "_Cluster", job: Any, plan: dict[str, Any]) -> tuple[Any, list[Part], str]:
+    """Start hashing the whole source on the cluster (a Ray object reference to the reply), and
+    cut it into parts (CSV: ranges counted on the cluster; Parquet: whole row groups); how."""
+    hashed = cluster.ray.remote(_guarded(lambda: f"{job.path}: hashing", _hash_file)).options(
+        num_cpus=1, max_retries=1).remote(job.path, job.state)
+    if job.format == "csv":
+        parts, how = _csv_parts(job, plan, lambda fn, args: cluster.many(
+            _guarded(lambda: f"{job.path}: counting lines", fn), args))
+    else:
+        parts = [Part(p.start, p.end, p.first_line, job.state) for p in group_row_groups(plan["groups"], job.part_bytes)]
+        how = f"{len(parts)} part(s) of whole row groups"
+    return hashed, parts, how
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 
@@ -563,15 +584,7 @@ def ingest_on_cluster(spec: PipelineSpec, run_dir: Path, address: str, as_of: da
         job.path, job.format, job.encoding = plan["path"], plan["format"], plan["encoding"]
         job.delimiter, job.state, job.withheld = plan["delimiter"], plan["state"], plan["withheld"]
         _log_screen(spec, plan["header"], job.screen)
-        hashed = cluster.ray.remote(_guarded(lambda: f"{job.path}: hashing", _hash_file)).options(
-            num_cpus=1, max_retries=1).remote(job.path, job.state)
-        if job.format == "csv":
-            parts, how = _csv_parts(job, plan, lambda fn, args: cluster.many(
-                _guarded(lambda: f"{job.path}: counting lines", fn), args))
-        else:
-            parts = [Part(p.start, p.end, p.first_line, job.state)
-                     for p in group_row_groups(plan["groups"], part_bytes)]
-            how = f"{len(parts)} part(s) of whole row groups"
+        hashed, parts, how = hash_and_cut(cluster, job, plan)
         # Public: how the file is read, never how many parts (a measure of its size).
         log.info("ingest: %s is read on the Ray cluster with Ray Data, %s", job.path,
                  how if how.startswith("one part") else "in parts cut at line breaks or row groups")

@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppmlops.data.consent import ConsentRules
-from ppmlops.data.ray_ingest import (PART_BYTES, _Cluster, _csv_parts, _guarded, _hash_file, _value,
-                                     group_row_groups, parts_on_ray_data)
+from ppmlops.data.ray_ingest import (PART_BYTES, _Cluster, _guarded, _value, hash_and_cut, parts_on_ray_data,
+                                     source_layout)
 from ppmlops.data.reading import Part, SourceReader, detect_encoding
 from ppmlops.errors import DataError
 from ppmlops.risk.scan import MAX_LINES_LISTED, FileScan, ScanData, SourceInput, _Sample, scan_sources
@@ -56,17 +56,7 @@ def cluster_reason(sources: Sequence[Any], qi_columns: Sequence[str] | None, qua
 
 def _plan(src: SourceInput, chunk_rows: int) -> dict[str, Any]:
     encoding = detect_encoding(src.path) if src.format == "csv" and src.encoding == "auto" else src.encoding
-    reader = SourceReader(src.path, src.format, encoding, src.delimiter, chunk_rows)
-    out = {"path": str(reader.path), "format": reader.format, "encoding": reader.encoding,
-           "delimiter": reader.delimiter, "header": reader.header, "state": reader._before,
-           "size": reader._before.size}
-    if reader.format == "csv":
-        out["data_start"], out["header_lines"] = reader.data_start()
-    else:
-        meta = reader._parquet_file().metadata
-        out["groups"] = [(meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
-                         for g in range(meta.num_row_groups)]
-    return out
+    return source_layout(SourceReader(src.path, src.format, encoding, src.delimiter, chunk_rows))
 
 
 def _reader(job: Any, row: dict[str, Any]) -> tuple[SourceReader, ConsentRules | None]:
@@ -136,13 +126,7 @@ def scan_on_cluster(sources: Sequence[SourceInput], *, address: str, consent=Non
         job = SimpleNamespace(**{k: plan[k] for k in ("path", "format", "encoding", "delimiter", "state")},
                               part_bytes=part_bytes, chunk_rows=chunk_rows, consent=consent, as_of=as_of,
                               sample_rows=sample_rows, seed=seed)
-        hashed = cluster.ray.remote(_guarded(lambda: f"{job.path}: hashing", _hash_file)).options(
-            num_cpus=1, max_retries=1).remote(job.path, job.state)
-        if job.format == "csv":
-            parts, _ = _csv_parts(job, plan, lambda fn, args: cluster.many(
-                _guarded(lambda: f"{job.path}: counting lines", fn), args))
-        else:
-            parts = [Part(p.start, p.end, p.first_line, job.state) for p in group_row_groups(plan["groups"], part_bytes)]
+        hashed, parts, _ = hash_and_cut(cluster, job, plan)
         counts = [_value(r) for r in parts_on_ray_data(job, parts, _map(_count_part))]
         before = np.concatenate([[0], np.cumsum([c["used"] for c in counts])[:-1]]).astype(int).tolist()
         samples = [_value(r) for r in parts_on_ray_data(job, parts, _map(_sample_part),
