@@ -3,7 +3,12 @@
 Run one DAG in-process with `python dags/ppmlops_retrain.py demo_churn`: Airflow's dag.test() on
 the configured metadata database (SQLite by default).
 """
-from ppmlops.airflow import pipeline_dags
+if __name__ == "__main__":  # the whole run in this process: see ppmlops.airflow.run_one.prepare_process
+    import gc
+
+    gc.set_threshold(50_000, 100, 100)  # before the imports below, which allocate a million objects
+
+from ppmlops.airflow import pipeline_dags  # noqa: E402
 
 globals().update(pipeline_dags())
 
