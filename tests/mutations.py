@@ -152,6 +152,18 @@ MUTATIONS = (
              "    if count != f.size:\n        raise _Bad(", "    if False:\n        raise _Bad(", (TENSORS,)),
     Mutation("a non-finite tensor value is staged", "ppmlops/data/tensors.py",
              "    if not finite.all():\n", "    if False:\n", (TENSORS,)),
+    Mutation("ingest ignores the dataset's registered split rule", "ppmlops/stages/ingest.py",
+             "split_rule = Ledger(ctx.settings.db_url).split_rule(ctx.spec.dataset.id) or DEFAULT_RULE",
+             "split_rule = DEFAULT_RULE", ("tests/unit/test_split_rules.py",)),
+    Mutation("the ledger accepts another split rule", "ppmlops/privacy/ledger.py",
+             "        if registered != rule:\n            raise SplitRuleMismatch(",
+             "        if False:\n            raise SplitRuleMismatch(", ("tests/unit/test_split_rules.py",)),
+    Mutation("a value hashes by its array's widest value", "ppmlops/risk/kanon.py",
+             "            longer = lengths > 8 * j\n", "            longer = lengths >= 0\n",
+             ("tests/unit/test_risk_scan.py",)),
+    Mutation("a cluster part's lines counted from the wrong place", "ppmlops/data/ray_ingest.py",
+             "    parts, line = [], header_lines + 1\n", "    parts, line = [], header_lines\n",
+             ("tests/unit/test_ray_ingest_parts.py",)),
 )
 
 
