@@ -402,6 +402,17 @@ def _decoded_lines(source: _Source, codec: str) -> Iterator[str]:
         yield line.decode(codec)
 
 
+def _has_blank_line(data: bytes, eol: bytes) -> bool:
+    """Whether `data` (whole lines, each ending at `eol`; under CRLF every LF follows a CR) has
+    an empty line: it starts with a line break or two LFs are len(eol) apart. Not `eol + eol in
+    data`: CPython finds a two-byte needle with a memchr per line break, 0.1 us a line, three
+    times what this costs on a block of 100-byte lines."""
+    if data.startswith(eol):
+        return True
+    breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    return bool(len(breaks) > 1 and (np.diff(breaks) == len(eol)).any())
+
+
 class _BlockParser:
     """pyarrow's CSV parser with quoting off, for blocks where it reads what the csv module would."""
 
@@ -457,7 +468,7 @@ class _BlockParser:
                 return None  # a lone CR breaks a line too; mixed line breaks are left to the csv module
             eol = b"\r\n"
         # pyarrow reads a blank line as a record of empty fields; the csv module skips it.
-        if not (data.startswith(eol) or eol + eol in data):
+        if not _has_blank_line(data, eol):
             # pyarrow raises on a line with another number of fields: then each line is looked at.
             # Otherwise each line is one of its rows (a line ends at LF or CRLF, for both).
             table = self._table(data, None)
