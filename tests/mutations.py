@@ -164,6 +164,13 @@ MUTATIONS = (
     Mutation("a cluster part's lines counted from the wrong place", "ppmlops/data/ray_ingest.py",
              "    parts, line = [], header_lines + 1\n", "    parts, line = [], header_lines\n",
              ("tests/unit/test_ray_ingest_parts.py",)),
+    Mutation("a number column is cast whole whatever its bytes", "ppmlops/data/ingest.py",
+             "        if _DECIMAL_BYTE[np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]].all():\n",
+             "        if True:\n", ("tests/unit/test_ingest_numbers.py",)),
+    Mutation("a blank line in a block goes unseen", "ppmlops/data/reading.py",
+             "    return bool(len(breaks) > 1 and (np.diff(breaks) == len(eol)).any())\n",
+             "    return bool(len(breaks) > 1 and (np.diff(breaks) == 1 + len(eol)).any())\n",
+             ("tests/unit/test_block_reader.py",)),
 )
 
 

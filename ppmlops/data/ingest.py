@@ -73,6 +73,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -316,20 +317,47 @@ def _screen_columns(readers: Sequence[SourceReader], undeclared: list[str],
     return withheld
 
 
-def _in_range(text, bounds: tuple[float, float]) -> np.ndarray:
-    """Rows whose text is a plain number inside [low, high] (certainly accepted; others are decided
-    by _RowChecker.check)."""
+# The bytes of a decimal without sign '+' or exponent: '-', '.' and the digits (45 to 57 but '/').
+_DECIMAL_BYTE = np.zeros(256, dtype=bool)
+_DECIMAL_BYTE[[45, 46, *range(48, 58)]] = True
+
+
+def _numbers(text) -> tuple[np.ndarray, np.ndarray]:
+    """(per row whether its text is a plain number, _PLAIN_NUMBER's form; its value, else 0).
+
+    A column whose bytes are all '-', '.' or digits is cast by pyarrow whole, without the regex:
+    for such text pyarrow's cast succeeds exactly where _NUMBER matches and gives float()'s value
+    (tests/unit/test_ingest_numbers.py checks every string of up to four of those characters
+    and long random ones), and one value it refuses sends the column to the regex."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    lo, hi = bounds
+    rows = len(text)
+    data = text.buffers()[2] if rows and not text.null_count and text.type == pa.string() else None
+    if data is not None:
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset: text.offset + rows + 1]
+        if _DECIMAL_BYTE[np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]].all():
+            try:
+                x = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid:  # e.g. "1.2.3" or an empty value: the regex finds which
+                pass
+            else:
+                return np.ones(rows, dtype=bool), x
     plain = pc.fill_null(pc.match_substring_regex(text, _PLAIN_NUMBER), False)
     try:
         x = pc.cast(pc.if_else(plain, text, "0"), pa.float64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:
-        return np.zeros(len(text), dtype=bool)
+    except pa.ArrowInvalid:  # not expected for the _NUMBER form; `check` then decides every row
+        return np.zeros(rows, dtype=bool), np.zeros(rows)
+    return plain.to_numpy(zero_copy_only=False), x
+
+
+def _in_range(text, bounds: tuple[float, float]) -> np.ndarray:
+    """Rows whose text is a plain number inside [low, high] (certainly accepted; others are decided
+    by _RowChecker.check)."""
+    lo, hi = bounds
+    plain, x = _numbers(text)
     with np.errstate(invalid="ignore"):
-        return plain.to_numpy(zero_copy_only=False) & np.isfinite(x) & (lo <= x) & (x <= hi)
+        return plain & np.isfinite(x) & (lo <= x) & (x <= hi)
 
 
 def _range_problem(text: str, bounds: tuple[float, float]) -> str | None:
@@ -388,9 +416,6 @@ class _RowChecker:
         accepted; numbers as float64, text as pyarrow strings), consent refusal per row (an
         index into the (kind, reason) list, -1 for none; None without consent rules), that
         list). A row not certainly accepted may still be (e.g. " 30 "): `check` decides it."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         rows = batch.num_rows
         ok = np.ones(rows, dtype=bool)
         refusal, refusals = None, []
@@ -405,15 +430,9 @@ class _RowChecker:
             good, staged[col] = _in_range(batch.column(i), self.label_range), batch.column(i)
         ok &= good
         for col, i, (lo, hi) in self.numeric:
-            text = batch.column(i)
-            plain = pc.match_substring_regex(text, _PLAIN_NUMBER)
-            try:
-                x = pc.cast(pc.if_else(plain, text, "0"), pa.float64()).to_numpy(zero_copy_only=False)
-            except pa.ArrowInvalid:  # not expected for the _NUMBER form; `check` then decides every row
-                ok[:] = False
-                x = np.zeros(rows)
+            plain, x = _numbers(batch.column(i))
             with np.errstate(invalid="ignore"):
-                ok &= plain.to_numpy(zero_copy_only=False) & np.isfinite(x) & (lo <= x) & (x <= hi)
+                ok &= plain & np.isfinite(x) & (lo <= x) & (x <= hi)
             staged[col] = x
         for col, i, allowed in self.categorical:
             good, staged[col] = _in_set(batch.column(i), allowed)
@@ -631,6 +650,13 @@ def snapshot_sha256(train_path: str | Path, test_path: str | Path) -> str:
     return h.hexdigest()
 
 
+# How a staged snapshot is written. No column statistics: nothing reads them (a snapshot is read
+# whole), they are a quarter of the write's cost (benchmarks/ingest_phases.py), and each row
+# group's minimum and maximum of private values would sit in the footer, which tools read
+# without reading any rows.
+SNAPSHOT_PARQUET: dict[str, Any] = {"write_statistics": False}
+
+
 class _Snapshot:
     """One partition's Parquet snapshot, written a row group per chunk into a temporary file."""
 
@@ -649,7 +675,7 @@ class _Snapshot:
         if not rows:
             return
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, self._schema)
+            self._writer = pq.ParquetWriter(self._tmp, self._schema, **SNAPSHOT_PARQUET)
         table = pa.table({c: tensors.to_arrow(columns[c], self._tensors[c]) if c in self._tensors else columns[c]
                           for c in self.columns}, schema=self._schema)
         self._writer.write_table(table)
@@ -788,6 +814,10 @@ class _IngestRun:
         self.fraction = spec.training.test_fraction
         self.split = SplitRules(split_rule, spec.training.seed, self.fraction)
         self.train_hash = hashlib.sha256(_canonical_part("train", self.columns).encode("utf-8"))
+        # The test rows' canonical text, which the hash takes after all the training rows': kept
+        # as it is staged (memory, then a file in the private run folder past 16 MiB) rather
+        # than read back from the snapshot, which costs twice as much a row.
+        self.test_text: Any = tempfile.SpooledTemporaryFile(max_size=16 << 20, dir=run_dir)
 
     def _person_bound(self, home: Path) -> tuple[PersonBound | None, list[int]]:
         unit = self.spec.privacy.unit
@@ -845,6 +875,7 @@ class _IngestRun:
                 self.q.abort()
             self.train.abort()
             self.test.abort()
+            self.test_text.close()
             raise
 
     def _chunk(self, n: int, reader, batch: Batch) -> None:
@@ -946,13 +977,16 @@ class _IngestRun:
             columns = {c: v[picked] if isinstance(v, np.ndarray) else v.take(pa.array(picked))
                        for c, v in values.items()}
             part.write(columns, len(picked))
-            if part is self.train and len(picked):
+            if len(picked):
                 text = _canonical_columns([columns[c] for c in self.columns])
                 if text is None:  # not expected for a snapshot's columns
                     listed = [v.tolist() if isinstance(v, np.ndarray) else v.to_pylist()
                               for v in (columns[c] for c in self.columns)]
                     text = _canonical_rows(zip(*listed)).encode("utf-8")
-                self.train_hash.update(text)
+                if part is self.train:
+                    self.train_hash.update(text)
+                else:
+                    self.test_text.write(text)
 
     def _refused(self, reader, lines: np.ndarray, rows: np.ndarray, refusal: np.ndarray | None,
                  refusals: list[tuple[str, str]], joined: list[bytes]) -> None:
@@ -1064,8 +1098,10 @@ class _IngestRun:
     def _sha256(self) -> str:
         h = self.train_hash
         h.update(_canonical_part("test", self.columns).encode("utf-8"))
-        for text in _parquet_canonical(self.test.path, self.chunk_rows):
-            h.update(text)
+        with self.test_text as text:
+            text.seek(0)
+            for block in iter(lambda: text.read(1 << 22), b""):
+                h.update(block)
         return h.hexdigest()
 
     def result(self, expired: list[str]) -> IngestResult:

@@ -68,8 +68,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ppmlops.data import quarantine
 from ppmlops.data.consent import today
 from ppmlops.data.ingest import (INGEST_CHUNK_ROWS, IngestResult, _Counts, _IngestRun, _arrow_schema,
-                                 _canonical_part, _parquet_canonical, _window, declared_columns, open_source,
-                                 snapshot_columns)
+                                 SNAPSHOT_PARQUET, _canonical_part, _window, declared_columns,
+                                 open_source, snapshot_columns)
 from ppmlops.data.pseudonymize import load_key
 from ppmlops.data.reading import FileState, Part, SourceChanged, SourceReader
 from ppmlops.errors import DataError
@@ -264,20 +264,20 @@ def _ingest_part(job: _Job, index: int, part: Part) -> dict[str, Any]:
     reader = job.reader(part)
     run = job.run(folder, reader, job.withheld)
     run.train_hash = _Sink(folder / "train.canon")
+    run.test_text.close()
+    run.test_text = open(folder / "test.canon", "wb")
     try:
         for batch in reader.batches(run._read_columns(0)):
             run._chunk(0, reader, batch)
             del batch
         run.train_hash.close()
+        run.test_text.close()
         run.q.commit()
         for snapshot in (run.train, run.test):
             snapshot.commit() if snapshot.rows else snapshot.abort()
-        with open(folder / "test.canon", "wb") as fh:
-            if run.test.rows:
-                for text in _parquet_canonical(run.test.path, job.chunk_rows):
-                    fh.write(text)
     except BaseException:
         run.train_hash.close()
+        run.test_text.close()
         run.q.abort()
         run.train.abort()
         run.test.abort()
@@ -326,7 +326,7 @@ def _merge(job: _Job, parts: list[dict[str, Any]], snapshots: bool) -> str:
             for name in ("train", "test"):
                 final = job.run_dir / f"snapshot_{name}.parquet"
                 written.append((final.with_name(final.name + tmp), final))
-                with pq.ParquetWriter(written[-1][0], schema) as writer:
+                with pq.ParquetWriter(written[-1][0], schema, **SNAPSHOT_PARQUET) as writer:
                     for p in parts:
                         path = Path(p["folder"]) / f"snapshot_{name}.parquet"
                         if p[f"rows_{name}"]:

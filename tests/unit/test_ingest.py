@@ -143,6 +143,15 @@ def test_demo_snapshot_has_only_features_and_label(demo):
     assert set(r.dropped_columns) == set(spec.dataset.identifiers) | {"consent", "event_time"}
 
 
+def test_snapshot_footers_hold_no_minimum_or_maximum_of_private_values(demo):
+    _, r, _ = demo
+    for path in (r.snapshot_train, r.snapshot_test):
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                assert not meta.row_group(g).column(c).is_stats_set
+
+
 def test_demo_hash_is_canonical_and_deterministic(demo, tmp_path):
     spec, r, _ = demo
     assert snapshot_sha256(r.snapshot_train, r.snapshot_test) == r.sha256
