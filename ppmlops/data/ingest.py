@@ -651,9 +651,8 @@ def snapshot_sha256(train_path: str | Path, test_path: str | Path) -> str:
 
 
 # How a staged snapshot is written. No column statistics: nothing reads them (a snapshot is read
-# whole), they are a quarter of the write's cost (benchmarks/ingest_phases.py), and each row
-# group's minimum and maximum of private values would sit in the footer, which tools read
-# without reading any rows.
+# whole), computing them is part of every row group's write, and each row group's minimum and
+# maximum of private values would sit in the footer, which tools read without reading any rows.
 SNAPSHOT_PARQUET: dict[str, Any] = {"write_statistics": False}
 
 
@@ -816,7 +815,8 @@ class _IngestRun:
         self.train_hash = hashlib.sha256(_canonical_part("train", self.columns).encode("utf-8"))
         # The test rows' canonical text, which the hash takes after all the training rows': kept
         # as it is staged (memory, then a file in the private run folder past 16 MiB) rather
-        # than read back from the snapshot, which costs twice as much a row.
+        # than read back from the snapshot, which would cost a Parquet read and a second
+        # conversion to text.
         self.test_text: Any = tempfile.SpooledTemporaryFile(max_size=16 << 20, dir=run_dir)
 
     def _person_bound(self, home: Path) -> tuple[PersonBound | None, list[int]]:
