@@ -153,7 +153,7 @@ MUTATIONS = (
     Mutation("a non-finite tensor value is staged", "ppmlops/data/tensors.py",
              "    if not finite.all():\n", "    if False:\n", (TENSORS,)),
     Mutation("ingest ignores the dataset's registered split rule", "ppmlops/stages/ingest.py",
-             "split_rule = Ledger(ctx.settings.db_url).split_rule(ctx.spec.dataset.id) or DEFAULT_RULE",
+             "split_rule = ledger.split_rule(ctx.spec.dataset.id) or DEFAULT_RULE",
              "split_rule = DEFAULT_RULE", ("tests/unit/test_split_rules.py",)),
     Mutation("the ledger accepts another split rule", "ppmlops/privacy/ledger.py",
              "        if registered != rule:\n            raise SplitRuleMismatch(",

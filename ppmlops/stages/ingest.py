@@ -66,7 +66,7 @@ def run_need(budget: LifetimeBudget, ctx: RunContext) -> dict[str, float]:
     return need
 
 
-def open_blocks(ctx: RunContext) -> tuple[list[str], list[RetiredBlock]]:
+def open_blocks(ctx: RunContext, ledger: Ledger) -> tuple[list[str], list[RetiredBlock]]:
     """The privacy blocks the run reads and the ones of its window it retires (see the module)."""
     spec = ctx.spec
     calendar = calendar_of(spec.privacy)
@@ -77,7 +77,6 @@ def open_blocks(ctx: RunContext) -> tuple[list[str], list[RetiredBlock]]:
         touched = calendar.touching(selected.start, selected.end)
     except BlockError as err:
         raise PpmlopsError(f"run {ctx.run_id!r} on dataset {spec.dataset.id!r}: {err}") from None
-    ledger = Ledger(ctx.settings.db_url)
     if ledger.budget(spec.dataset.id) is None:
         return list(touched), []  # not registered yet: nothing charged, every block has its budget
     from ppmlops.stages.assess import register
@@ -121,7 +120,8 @@ def run(ctx: RunContext) -> Staged:
         ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
     try:
-        blocks, retired = open_blocks(ctx)
+        ledger = Ledger(ctx.settings.db_url)
+        blocks, retired = open_blocks(ctx, ledger)
         if not blocks:
             raise BudgetExceeded(
                 f"run {ctx.run_id!r} on dataset {ctx.spec.dataset.id!r}: every privacy block of its window is "
@@ -132,7 +132,7 @@ def run(ctx: RunContext) -> Staged:
         raise
     # A registered dataset keeps the split rule it was registered with (ppmlops.privacy.split);
     # a new one gets the default, which assess records when it registers the dataset.
-    split_rule = Ledger(ctx.settings.db_url).split_rule(ctx.spec.dataset.id) or DEFAULT_RULE
+    split_rule = ledger.split_rule(ctx.spec.dataset.id) or DEFAULT_RULE
     # The task log says how much of the source is read (a share and the time, never a row count).
     with read_progress.in_task_log("ingest: reading the source"):
         result = stage_source(ctx, [r.block for r in retired], split_rule)
