@@ -4,9 +4,9 @@ Run one DAG in-process with `python dags/ppmlops_retrain.py demo_churn`: Airflow
 the configured metadata database (SQLite by default).
 """
 if __name__ == "__main__":  # the whole run in this process: see ppmlops.airflow.run_one.prepare_process
-    import gc
+    from ppmlops.airflow import gc_tuning
 
-    gc.set_threshold(50_000, 100, 100)  # before the imports below, which allocate a million objects
+    gc_tuning.tune()  # before the imports below, which allocate a million objects
 
 from ppmlops.airflow import pipeline_dags  # noqa: E402
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppmlops import pipeline
+from ppmlops.airflow import gc_tuning
 from ppmlops.airflow.dag_factory import _load_all, build_dag
 from ppmlops.spec import pipeline_of, pipelines_folder
 from ppmlops.errors import PpmlopsError
@@ -67,7 +68,7 @@ def prepare_process() -> subprocess.Popen | None:
     except (OSError, ValueError, PpmlopsError):  # settings a task will report on; nothing to start early
         helper = None
     gc.freeze()
-    gc.set_threshold(50_000, 100, 100)
+    gc_tuning.tune()
     import torch  # noqa: F401
 
     return helper

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import sys
 
-from ppmlops.airflow import run_one
+from ppmlops.airflow import gc_tuning, run_one
 
 
 def test_it_starts_the_mlflow_store_early_tunes_the_collector_and_loads_torch(tmp_path, monkeypatch):
@@ -15,7 +15,7 @@ def test_it_starts_the_mlflow_store_early_tunes_the_collector_and_loads_torch(tm
     threshold = gc.get_threshold()
     try:
         helper = run_one.prepare_process()
-        assert gc.get_threshold() == (50_000, 100, 100) and gc.get_freeze_count() > 0
+        assert gc.get_threshold() == gc_tuning.THRESHOLDS == (50_000, 100, 100) and gc.get_freeze_count() > 0
         assert helper is not None and helper.wait(timeout=240) == 0
         assert (tmp_path / "mlflow" / "mlflow.db").exists()  # made by the helper, before any task
         assert "torch" in sys.modules
@@ -23,3 +23,14 @@ def test_it_starts_the_mlflow_store_early_tunes_the_collector_and_loads_torch(tm
     finally:  # this test process's collector as it was
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_the_dag_file_tunes_the_collector_before_any_heavy_import():
+    """The DAG file run as a script imports gc_tuning first: that import must load no library
+    (Airflow, pandas, torch), or the million objects it allocates meet the default thresholds."""
+    import subprocess
+
+    probe = ("import sys; import ppmlops.airflow.gc_tuning as t; t.tune(); import gc; "
+             "print(sorted(m for m in ('airflow', 'pandas', 'torch', 'numpy') if m in sys.modules), gc.get_threshold())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[] (50000, 100, 100)"
