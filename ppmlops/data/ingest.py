@@ -90,7 +90,8 @@ from ppmlops.data.consent import ConsentRules, today
 from ppmlops.privacy.blocks import BlockCalendar, calendar_of
 from ppmlops.window import DataInterval, RowWindow, parse_timestamp
 from ppmlops.data.pseudonymize import load_key, pseudonym, pseudonym_column
-from ppmlops.data.reading import CHUNK_ROWS, UNIT, Batch, SourceReader, by_value, match_declared, missing_columns
+from ppmlops.data.reading import (CHUNK_ROWS, UNIT, Batch, SourceReader, by_value, match_declared, may_need_strip,
+                                  missing_columns)
 from ppmlops.errors import DataError
 from ppmlops.data import tensors
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source, TensorFeature
@@ -502,7 +503,13 @@ class _RowChecker:
 def _in_set(text: Any, allowed: set[str]) -> tuple[np.ndarray, Any]:
     """Per row whether value.strip() is allowed, and value.strip() (as `check` stages it)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
+    if not text.null_count and all(v == v.strip() for v in allowed):
+        good = pc.is_in(text, value_set=pa.array(sorted(allowed), pa.string()))
+        # Every value allowed: each is its own .strip(), as the allowed ones are. Or none needs it.
+        if pc.all(good).as_py() or not may_need_strip(text):
+            return good.to_numpy(zero_copy_only=False), text
     codes, values = by_value(text)
     stripped = [v.strip() for v in values]
     good = np.array([v in allowed for v in stripped], dtype=bool)
@@ -541,6 +548,34 @@ def _canonical_rows(rows: Iterable[Sequence[Any]], floats: bool = True) -> str:
     return buf.getvalue()
 
 
+def _float_reprs(values: np.ndarray) -> Any:
+    """repr() of each float64 of `values`, as a pyarrow string array: pyarrow's cast to text
+    where it writes what repr writes, repr itself elsewhere (a quarter of the cost: repr's
+    shortest round-trip search is 0.24 us a value).
+
+    Both write the shortest digits that round-trip; they differ in notation only. pyarrow writes
+    a whole number without ".0" (one is added) and switches to an exponent at other magnitudes,
+    so its text is taken only for a finite value from 1e-4 to below 1e16 (repr's range without
+    an exponent) whose text has no "e", a whole one only below 2**53. tests/unit/
+    test_ingest_numbers.py holds the result to repr on random bit patterns and decimals."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    text = pc.cast(pa.array(values), pa.string())
+    with np.errstate(invalid="ignore"):
+        size = np.abs(values)
+        whole = np.trunc(values) == values
+        taken = ((size >= 1e-4) & (size < 1e16) & ~(whole & (size >= 2.0**53))
+                 & ~pc.match_substring(text, "e").to_numpy(zero_copy_only=False))
+    if (taken & whole).any():
+        text = pc.if_else(pa.array(taken & whole), pc.binary_join_element_wise(text, ".0", ""), text)
+    if not taken.all():
+        rest = ~taken
+        text = pc.replace_with_mask(text, pa.array(rest), pa.array([repr(v) for v in values[rest].tolist()], pa.string()))
+    return text
+
+
 def _float_text(x: np.ndarray) -> Any:
     """repr() of each float64 (as _canonical_rows writes them), computed once per distinct bit
     pattern (so -0.0 and 0.0 stay apart), as a pyarrow string array."""
@@ -548,8 +583,7 @@ def _float_text(x: np.ndarray) -> Any:
     import pyarrow as pa
 
     codes, distinct = pd.factorize(np.ascontiguousarray(x, dtype=np.float64).view(np.int64))
-    texts = pa.array([repr(v) for v in distinct.view(np.float64).tolist()], pa.string())
-    return texts.take(pa.array(codes))
+    return _float_reprs(distinct.view(np.float64)).take(pa.array(codes))
 
 
 def _csv_field(value: str) -> str:
@@ -962,22 +996,20 @@ class _IngestRun:
 
     def _stage_rows(self, n: int, batch: Batch, taken: np.ndarray, staged: dict[str, Any],
                     late: dict[int, dict[str, Any]]) -> None:
-        """Split the accepted rows `taken`, append them to the snapshots, hash the training ones."""
-        import pyarrow as pa
-
+        """Split the accepted rows `taken`, append them to the snapshots and their canonical text
+        to the content hash's (the test rows' kept for after the training rows')."""
         if n == 1:
             test = np.ones(len(taken), dtype=bool)
         elif self.ds.test_source is not None:
             test = np.zeros(len(taken), dtype=bool)
         else:
             test = self._are_test(n, batch, taken)
-        values = self._staged(n, batch, taken, staged, late)
         for part, where in ((self.train, ~test), (self.test, test)):
-            picked = np.flatnonzero(where)
-            columns = {c: v[picked] if isinstance(v, np.ndarray) else v.take(pa.array(picked))
-                       for c, v in values.items()}
-            part.write(columns, len(picked))
-            if len(picked):
+            rows = taken[where]  # each partition's rows taken from the batch at once, not twice
+            mine = set(rows.tolist()) if late else set()
+            columns = self._staged(n, batch, rows, staged, {r: v for r, v in late.items() if r in mine})
+            part.write(columns, len(rows))
+            if len(rows):
                 text = _canonical_columns([columns[c] for c in self.columns])
                 if text is None:  # not expected for a snapshot's columns
                     listed = [v.tolist() if isinstance(v, np.ndarray) else v.to_pylist()
@@ -1002,8 +1034,9 @@ class _IngestRun:
 
     def _staged(self, n: int, batch: Batch, taken: np.ndarray, staged: dict[str, Any],
                 late: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        """The snapshot columns of the accepted rows `taken`: from the columns' staged values,
-        with those of the rows `check` accepted (`late`) put in their places."""
+        """The snapshot columns of the accepted rows `taken` (ascending): from the columns' staged
+        values, with those of the rows `check` accepted (`late`, some of `taken`) put in their
+        places."""
         import pyarrow as pa
         import pyarrow.compute as pc
 

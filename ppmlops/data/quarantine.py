@@ -132,6 +132,14 @@ def _cell(value: str) -> str:
     return value[:CELL_LIMIT] + f"...[{len(value) - CELL_LIMIT} more characters cut]"
 
 
+def _around(cells: list[str], *at: int) -> tuple[str, str, str]:
+    """The text of a row of `cells` before, between and after the two cells at `at` (either order),
+    with their commas: a refused row is written by putting its line and MAC in between."""
+    a, b = sorted(at)
+    return (",".join(cells[:a]) + ("," if a else ""), "," + ",".join(cells[a + 1:b]) + ("," if b > a + 1 else ""),
+            ("," if b + 1 < len(cells) else "") + ",".join(cells[b + 1:]))
+
+
 class QuarantineWriter:
     """Streams quarantined rows to `path` (written next to it, moved in place by `commit`)."""
 
@@ -152,7 +160,7 @@ class QuarantineWriter:
         self.cells_withheld: dict[str, Counter] = {}
         self._key = key
         self._macs = _RecordMacs(key)
-        self._refused: dict[tuple[str, str], list[str]] = {}  # (source, reason) -> the row's cells as written
+        self._refused: dict[tuple[str, str], tuple[str, str, str]] = {}  # (source, reason) -> see _around
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._fh, lineterminator="\n")
@@ -176,16 +184,16 @@ class QuarantineWriter:
         out = []
         source = str(source)
         for line, reason, mac in zip(lines, reasons, self._macs.hexdigests(joined)):
-            cells = self._refused.get((source, reason))
-            if cells is None:
+            around = self._refused.get((source, reason))
+            if around is None:
                 if len(self._refused) >= 4096:  # a reason per value of a free-text column: keep memory bounded
                     self._refused.clear()
                 values = {"_source": source, "_line": "", "_reason": reason, "_record_hmac": ""}
                 cells = [_csv_cell(_cell(values[c])) if c in values else "" for c in self.columns]
-                self._refused[(source, reason)] = cells
-            cells[self._at_line] = str(line)
-            cells[self._at_mac] = mac
-            out.append(",".join(cells))
+                around = self._refused[(source, reason)] = _around(cells, self._at_line, self._at_mac)
+            first, middle, last = around
+            out.append(f"{first}{line}{middle}{mac}{last}" if self._at_line < self._at_mac
+                       else f"{first}{mac}{middle}{line}{last}")
         if out:
             self._fh.write("\n".join(out) + "\n")
             self.rows += len(out)

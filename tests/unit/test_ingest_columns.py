@@ -104,3 +104,48 @@ def test_the_refusals_macs_are_record_hmac_for_any_key_length():
         key = bytes(rng.getrandbits(8) for _ in range(size))
         got = list(_RecordMacs(key).hexdigests(["\x1f".join(r).encode("utf-8") for r in records]))
         assert got == [record_hmac(key, r) for r in records]
+
+
+def test_refusals_written_together_are_the_rows_refused_writes_one_by_one(tmp_path):
+    """refused_many puts each row's line and MAC between text it renders once per (source,
+    reason): the file must be the one csv.writer makes row by row, quoting included."""
+    from pathlib import Path
+
+    from ppmlops.data.quarantine import QuarantineWriter
+
+    rng = random.Random(8)
+    key = b"k" * 32
+    headers = [["email", "age", "plan", "consent"], ["age", "extra,col", "consent", "note"]]
+    sources = [Path('/data/a "quoted", file.csv'), Path("/data/plain.csv")]
+    reasons = ["consent column consent is 'no'", 'purpose "training" not granted, see policy', "plain"]
+    rows = [(rng.choice(sources), rng.randint(2, 10**6), rng.choice(reasons),
+             [rng.choice(["x", "é,", '"q"', ""]) for _ in range(4)]) for _ in range(300)]
+    one = QuarantineWriter(tmp_path / "one.csv", headers, ["email"], key)
+    many = QuarantineWriter(tmp_path / "many.csv", headers, ["email"], key)
+    for source, line, reason, record in rows:
+        one.refused(source, line, reason, record)
+    for source in sources:  # refused_many takes one source's rows at a time
+        mine = [r for r in rows if r[0] == source]
+        many.refused_many(source, [r[1] for r in mine], [r[2] for r in mine],
+                          ["\x1f".join(r[3]).encode("utf-8") for r in mine])
+    one.commit()
+    many.commit()
+    by_source = sorted(range(len(rows)), key=lambda i: sources.index(rows[i][0]))
+    one_lines = (tmp_path / "one.csv").read_text().splitlines()
+    assert (tmp_path / "many.csv").read_text().splitlines() == [one_lines[0]] + [one_lines[1 + i] for i in by_source]
+
+
+def test_a_category_column_is_judged_and_staged_as_check_does():
+    """_in_set: per row whether value.strip() is a declared category, and value.strip() to stage,
+    for a column of only good values (the fast path), one with spaces and one with bad values."""
+    from ppmlops.data.ingest import _in_set
+
+    rng = random.Random(9)
+    allowed = {"basic", "premium"}
+    pools = [["basic", "premium"], ["basic", " premium", "basic\t", "premium"],
+             ["basic", "Basic", "", "premium", "gold"], ["basic", " x ", "premium\u2003", "\u00a0basic"]]
+    for pool in pools:
+        values = [rng.choice(pool) for _ in range(2000)]
+        good, staged = _in_set(pa.array(values, pa.string()), allowed)
+        assert good.tolist() == [v.strip() in allowed for v in values]
+        assert [s for s, g in zip(staged.to_pylist(), good) if g] == [v.strip() for v in values if v.strip() in allowed]

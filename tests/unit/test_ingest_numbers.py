@@ -72,3 +72,19 @@ def test_a_plain_slice_is_cast_whole_whatever_its_buffer_holds(monkeypatch):
     column = pa.array(["x", "1.5", "2", "y"], pa.string()).slice(1, 2)
     plain, x = _numbers(column)
     assert plain.tolist() == [True, True] and x.tolist() == [1.5, 2.0]
+
+
+def test_float_texts_are_repr_whatever_the_value():
+    """The canonical hash writes floats with repr(); _float_reprs takes pyarrow's text where it
+    agrees and repr elsewhere: random bit patterns (every magnitude, NaN and infinities among
+    them), prices, whole numbers up to 2**60, tiny values, and each boundary of the rule."""
+    from ppmlops.data.ingest import _float_reprs
+
+    rng = np.random.default_rng(2)
+    values = np.concatenate([
+        rng.integers(0, 2**64, 100_000, dtype=np.uint64).view(np.float64),
+        np.round(rng.uniform(0, 1e4, 20_000), 2), rng.lognormal(0, 8, 20_000),
+        rng.integers(-2**60, 2**60, 20_000).astype(np.float64), rng.uniform(0, 1e-3, 10_000),
+        [0.0, -0.0, 1e-4, -1e-4, np.nextafter(1e-4, 0), 1e16, np.nextafter(1e16, 0), 2.0**53, 2.0**53 - 1,
+         2.0**53 + 2, np.inf, -np.inf, np.nan, 5e-324, 1.7976931348623157e308, 0.1, 1 / 3, 100.0, 1e15, -7.0]])
+    assert _float_reprs(values).to_pylist() == [repr(v) for v in values.tolist()]
