@@ -764,9 +764,10 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
 
     `earlier` are the folders of earlier runs of this dataset: their quarantine files older than
     the retention setting are deleted. Streams: each file is read, checked, split and written a
-    chunk of rows at a time (memory does not grow with the file). The training partition's
-    content hash is taken as its rows are written; the test partition's is read back from its
-    snapshot at the end, because the canonical hash puts every training row first.
+    chunk of rows at a time (memory does not grow with the file). The content hash takes the
+    training rows' canonical text as they are written; the test rows' is kept aside (a spooled
+    file in `run_dir`) and taken at the end, because the canonical hash puts every training row
+    first.
     """
     if home is None:
         from ppmlops import settings
@@ -775,7 +776,10 @@ def ingest(spec: PipelineSpec, run_dir: Path, as_of: date | None = None,
     run = _IngestRun(spec, Path(run_dir), as_of, chunk_rows, interval, Path(home),
                      screen or quarantine.WithholdUndeclared(), frozenset(retired), connections, split_rule)
     run.stage()
-    return run.result(quarantine.expire(earlier, run.retention))
+    try:
+        return run.result(quarantine.expire(earlier, run.retention))
+    finally:
+        run.test_text.close()
 
 
 class _IngestRun:
@@ -1006,8 +1010,8 @@ class _IngestRun:
             test = self._are_test(n, batch, taken)
         for part, where in ((self.train, ~test), (self.test, test)):
             rows = taken[where]  # each partition's rows taken from the batch at once, not twice
-            mine = set(rows.tolist()) if late else set()
-            columns = self._staged(n, batch, rows, staged, {r: v for r, v in late.items() if r in mine})
+            mine = {r: v for r, v in late.items() if where[np.searchsorted(taken, r)]}  # late rows are in taken
+            columns = self._staged(n, batch, rows, staged, mine)
             part.write(columns, len(rows))
             if len(rows):
                 text = _canonical_columns([columns[c] for c in self.columns])

@@ -263,10 +263,10 @@ def _ingest_part(job: _Job, index: int, part: Part) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)  # a retried task starts over
     reader = job.reader(part)
     run = job.run(folder, reader, job.withheld)
-    run.train_hash = _Sink(folder / "train.canon")
     run.test_text.close()
-    run.test_text = open(folder / "test.canon", "wb")
     try:
+        run.train_hash = _Sink(folder / "train.canon")
+        run.test_text = open(folder / "test.canon", "wb")
         for batch in reader.batches(run._read_columns(0)):
             run._chunk(0, reader, batch)
             del batch
@@ -276,7 +276,8 @@ def _ingest_part(job: _Job, index: int, part: Part) -> dict[str, Any]:
         for snapshot in (run.train, run.test):
             snapshot.commit() if snapshot.rows else snapshot.abort()
     except BaseException:
-        run.train_hash.close()
+        if isinstance(run.train_hash, _Sink):  # else the hash object its opening replaced
+            run.train_hash.close()
         run.test_text.close()
         run.q.abort()
         run.train.abort()

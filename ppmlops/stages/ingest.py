@@ -21,6 +21,7 @@ from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
 from ppmlops.privacy.split import DEFAULT_RULE
 from ppmlops.window import DataInterval
 from ppmlops.data.lineage import fingerprint
+from ppmlops.db import DatabaseUnavailable
 from ppmlops.risk.screen import DirectIdentifierScreen
 from ppmlops.run.context import ReplayableRandomness, RunContext
 from ppmlops.run.records import Refusal, RetiredBlock, SourceQuery, Staged, StagedData
@@ -119,8 +120,8 @@ def run(ctx: RunContext) -> Staged:
     except ReplayableRandomness as err:
         ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
+    ledger = Ledger(ctx.settings.db_url)
     try:
-        ledger = Ledger(ctx.settings.db_url)
         blocks, retired = open_blocks(ctx, ledger)
         if not blocks:
             raise BudgetExceeded(
@@ -128,7 +129,10 @@ def run(ctx: RunContext) -> Staged:
                 f"retired ({', '.join(r.block + ' ' + r.why for r in retired)}); the run would have no rows. "
                 "New blocks get fresh budget as data arrives")
     except PpmlopsError as err:
-        ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
+        # A database that is down for now refuses nothing: Airflow retries the task, and a Refusal
+        # record would outlive the retry that passes.
+        if not (isinstance(err, DatabaseUnavailable) and err.transient):
+            ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
     # A registered dataset keeps the split rule it was registered with (ppmlops.privacy.split);
     # a new one gets the default, which assess records when it registers the dataset.

@@ -66,3 +66,30 @@ def test_a_server_that_is_down_is_retried():
         Ledger("postgresql+psycopg2://ppmlops:secret@127.0.0.1:1/ppmlops").summary()
     assert err.value.transient and retried(err.value) and failure(err.value) is err.value
     assert "secret" not in str(err.value)
+
+
+def test_a_ledger_that_is_down_at_ingest_refuses_nothing(tmp_path, monkeypatch):
+    """A server that is down fails the ingest task for a retry and writes no Refusal record, which
+    would outlive the retry that passes and mark the run refused; a fault a retry cannot fix
+    while the blocks are opened is still recorded as the run's refusal."""
+    from plans import demo_table_run
+
+    from ppmlops.run.records import Refusal
+    from ppmlops.stages import ingest as ingest_stage
+
+    monkeypatch.setenv("PPMLOPS_DB_URL", "postgresql+psycopg2://ppmlops:secret@127.0.0.1:1/ppmlops")
+    ctx = demo_table_run(tmp_path, monkeypatch, "down", rows=200)
+    with pytest.raises(DatabaseUnavailable) as err:
+        ingest_stage.run(ctx)
+    assert err.value.transient and ctx.store.read_optional(Refusal) is None
+
+    monkeypatch.delenv("PPMLOPS_DB_URL")
+    for transient in (True, False):
+        ctx = demo_table_run(tmp_path, monkeypatch, f"opening-{transient}", rows=200)
+        def opening_fails(ctx, ledger, transient=transient):
+            raise DatabaseUnavailable("cannot read the privacy ledger in the database at somewhere", transient=transient)
+
+        monkeypatch.setattr(ingest_stage, "open_blocks", opening_fails)
+        with pytest.raises(DatabaseUnavailable):
+            ingest_stage.run(ctx)
+        assert (ctx.store.read_optional(Refusal) is None) == transient

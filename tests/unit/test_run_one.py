@@ -26,10 +26,18 @@ def test_it_starts_the_mlflow_store_early_tunes_the_collector_and_loads_torch(tm
 
 
 def test_the_dag_file_tunes_the_collector_before_any_heavy_import():
-    """The DAG file run as a script imports gc_tuning first: that import must load no library
-    (Airflow, pandas, torch), or the million objects it allocates meet the default thresholds."""
+    """The DAG file run as a script tunes the collector before its first import of the DAG
+    factory, through gc_tuning, whose import loads no library (Airflow, pandas, torch), or the
+    million objects those imports allocate would meet the default thresholds."""
+    import ast
     import subprocess
+    from pathlib import Path
 
+    dag_file = Path(__file__).resolve().parents[2] / "dags" / "ppmlops_retrain.py"
+    tree = ast.parse(dag_file.read_text())
+    first_main, factory = next((i, n) for i, n in enumerate(tree.body) if isinstance(n, ast.If)), next(
+        i for i, n in enumerate(tree.body) if isinstance(n, ast.ImportFrom) and n.module == "ppmlops.airflow")
+    assert first_main[0] < factory and "gc_tuning.tune()" in ast.unparse(first_main[1])
     probe = ("import sys; import ppmlops.airflow.gc_tuning as t; t.tune(); import gc; "
              "print(sorted(m for m in ('airflow', 'pandas', 'torch', 'numpy') if m in sys.modules), gc.get_threshold())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
