@@ -34,7 +34,7 @@ from ppmlops.run.records import CountsRelease, ExactRisk, RiskAssessment, Staged
 from ppmlops.stages import precheck
 from ppmlops.run.context import RunContext
 from ppmlops.stages.context import timed
-from ppmlops.stages.refusal import refuse
+from ppmlops.stages.refusal import refuse, refuses
 
 # Quarantine bins, fixed in code: a bin per reason whatever the data holds.
 REASONS = (ingest_mod.NO_CONSENT, ingest_mod.INVALID_LABEL, ingest_mod.INVALID_VALUE,
@@ -198,5 +198,7 @@ def run(ctx: RunContext) -> RiskAssessment:
         register(ctx, ledger, result.split_rule or None)
         counts = release_counts(ctx, ledger, found)
     except PpmlopsError as err:  # a changed budget in the spec, or a lifetime budget that is spent
+        if not refuses(err):
+            raise
         refuse(ctx, "assess", [str(err)], err)
     return public_assessment(ctx.spec, found, counts)

@@ -21,12 +21,12 @@ from ppmlops.privacy.lifetime import LifetimeBudget, typical_run_curve
 from ppmlops.privacy.split import DEFAULT_RULE
 from ppmlops.window import DataInterval
 from ppmlops.data.lineage import fingerprint
-from ppmlops.db import DatabaseUnavailable
 from ppmlops.risk.screen import DirectIdentifierScreen
 from ppmlops.run.context import ReplayableRandomness, RunContext
 from ppmlops.run.records import Refusal, RetiredBlock, SourceQuery, Staged, StagedData
 from ppmlops.run.store import RunStore
 from ppmlops.stages.context import timed
+from ppmlops.stages.refusal import refuses
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,7 @@ def run(ctx: RunContext) -> Staged:
                 f"retired ({', '.join(r.block + ' ' + r.why for r in retired)}); the run would have no rows. "
                 "New blocks get fresh budget as data arrives")
     except PpmlopsError as err:
-        # A database that is down for now refuses nothing: Airflow retries the task, and a Refusal
-        # record would outlive the retry that passes.
-        if not (isinstance(err, DatabaseUnavailable) and err.transient):
+        if refuses(err):
             ctx.store.write(Refusal(stage="ingest", reasons=[str(err)]))
         raise
     # A registered dataset keeps the split rule it was registered with (ppmlops.privacy.split);

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+from ppmlops.db import DatabaseUnavailable
 from ppmlops.registry import tracking
 from ppmlops.run.context import RunContext
 from ppmlops.run.records import Refusal
+
+
+def refuses(err: BaseException) -> bool:
+    """Whether a stage's error refuses the run. A database that is down for now (a server down, a
+    lock held: DatabaseUnavailable, transient) refuses nothing: the task fails for Airflow to
+    retry, and a Refusal record would outlive the retry that passes and mark the run refused."""
+    return not (isinstance(err, DatabaseUnavailable) and err.transient)
 
 
 def refuse(ctx: RunContext, stage: str, reasons: list[str], error: BaseException, *,

@@ -93,3 +93,25 @@ def test_a_ledger_that_is_down_at_ingest_refuses_nothing(tmp_path, monkeypatch):
         with pytest.raises(DatabaseUnavailable):
             ingest_stage.run(ctx)
         assert (ctx.store.read_optional(Refusal) is None) == transient
+
+
+def test_a_ledger_that_is_down_at_assess_refuses_nothing(tmp_path, monkeypatch):
+    """The same rule at assess (ppmlops.stages.refusal.refuses), where the ledger is read and
+    charged: a fault a retry can pass writes no Refusal; one it cannot is the run's refusal."""
+    from plans import demo_table_run
+
+    from ppmlops.run.records import Refusal
+    from ppmlops.stages import assess, ingest as ingest_stage
+
+    for transient in (True, False):
+        ctx = demo_table_run(tmp_path, monkeypatch, f"assess-{transient}", rows=300)
+        ingest_stage.run(ctx)
+
+        def precheck_fails(ctx, ledger, transient=transient):
+            raise DatabaseUnavailable("cannot read the privacy ledger in the database at somewhere", transient=transient)
+
+        monkeypatch.setattr(assess.precheck, "run", precheck_fails)
+        with pytest.raises(DatabaseUnavailable):
+            assess.run(ctx)
+        refusal = ctx.store.read_optional(Refusal)
+        assert refusal is None if transient else refusal.stage == "assess"
