@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -54,3 +55,32 @@ def print_reference(what: str, r: dict, arrow: dict | int) -> None:
     print(f"pyarrow.csv.open_csv alone (all columns as text, one thread): {arrow['rows']} rows in "
           f"{arrow['seconds']:.1f}s = {theirs:,.0f} rows/s, {theirs_cpu:,.0f} rows per CPU-second; "
           f"{what} runs at {ours / theirs:.2f}x that ({ours_cpu / theirs_cpu:.2f}x per CPU-second)")
+
+
+def sibling(name: str):
+    """Another script of benchmarks/ as a module (the folder is not a package)."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location(f"{name}_bench", Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+def customer_file(source: str | None, size_mb: float, work: Path) -> Path:
+    """The customer CSV to measure: `source` when given (one `risk_scan.py --keep` wrote), else
+    one of `size_mb` generated into `work` by benchmarks/risk_scan.py."""
+    if source:
+        return Path(source).resolve()
+    path = work / "customers.csv"
+    start = time.perf_counter()
+    rows = sibling("risk_scan").generate(path, int(size_mb * 1024 * 1024))
+    print(f"generated {path}: {path.stat().st_size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - start:.1f}s")
+    return path
+
+
+def ppmlops_env(work: Path, path: Path) -> dict[str, str]:
+    """The environment a child (or this process) runs ppmlops in: this checkout's package, a
+    PPMLOPS_HOME of its own under `work`, and `work` and the file's folder as data roots."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PPMLOPS_HOME": str(work / "home"),
+            "PPMLOPS_DATA_ROOTS": os.pathsep.join([str(work), str(path.parent)])}

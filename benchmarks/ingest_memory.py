@@ -16,9 +16,7 @@ with the ingest's rate as a share of it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -26,9 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from child import arrow_parse, print_rate_and_memory, print_reference, run_child  # noqa: E402  benchmarks/ is this script's folder
-
-HERE = Path(__file__).resolve().parent
+from child import arrow_parse, customer_file, ppmlops_env, print_rate_and_memory, print_reference, run_child  # noqa: E402  benchmarks/ is this script's folder
 
 SPEC = {
     "name": "ingest_memory",
@@ -87,19 +83,11 @@ def main() -> int:
         print(json.dumps(arrow_parse(Path(args.arrow_only))))
         return 0
 
-    loader = importlib.util.spec_from_file_location("risk_scan_bench", HERE / "risk_scan.py")
-    risk_scan = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(risk_scan)
     work = Path(tempfile.mkdtemp(prefix="ppmlops-ingest-bench-", dir="/tmp"))
     try:
-        path = Path(args.source).resolve() if args.source else work / "customers.csv"
-        if not args.source:
-            t = time.perf_counter()
-            rows = risk_scan.generate(path, int(args.size_mb * 1024 * 1024))
-            print(f"generated {path}: {path.stat().st_size / 2**20:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s")
+        path = customer_file(args.source, args.size_mb, work)
         size = path.stat().st_size
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent), "PPMLOPS_HOME": str(work / "home"),
-               "PPMLOPS_DATA_ROOTS": os.pathsep.join([str(work), str(path.parent)])}
+        env = ppmlops_env(work, path)
         r = run_child([__file__, "--child", str(path), str(work / "run")], env)
         if isinstance(r, int):
             return r

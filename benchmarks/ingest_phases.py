@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import customer_file, ppmlops_env, sibling  # noqa: E402  benchmarks/ is this script's folder
 
 # (object path, method, label): the phases, in the order they are printed.
 PHASES = [
@@ -42,13 +43,6 @@ PHASES = [
     ("ingest", "_canonical_columns", "  of it: canonical hash's text"),
     ("ingest._Snapshot", "write", "  of it: Parquet"),
 ]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _wrap(modules: dict, spent: collections.Counter) -> None:
@@ -75,17 +69,14 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ppmlops-ingest-phases-", dir="/tmp"))
     try:
-        path = Path(args.source).resolve() if args.source else work / "customers.csv"
-        if not args.source:
-            rows = _load("risk_scan").generate(path, int(args.size_mb * 1024 * 1024))
-            print(f"generated {path}: {path.stat().st_size / 2**20:.0f} MiB, {rows} rows")
-        os.environ.update(PPMLOPS_HOME=str(work / "home"), PPMLOPS_DATA_ROOTS=os.pathsep.join([str(work), str(path.parent)]))
+        path = customer_file(args.source, args.size_mb, work)
+        os.environ.update(ppmlops_env(work, path))
         sys.path.insert(0, str(HERE.parent))
         from ppmlops.data import ingest, reading
         from ppmlops.privacy import split
         from ppmlops.spec import parse_spec
 
-        doc = json.loads(json.dumps(_load("ingest_memory").SPEC))
+        doc = json.loads(json.dumps(sibling("ingest_memory").SPEC))
         doc["dataset"]["source"]["path"] = str(path)
         spec = parse_spec(doc)
         spent: collections.Counter = collections.Counter()

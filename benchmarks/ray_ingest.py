@@ -15,7 +15,6 @@ the cluster's own processes and the two nodes share them: the per-core rate is a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -25,16 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from child import run_child  # noqa: E402  benchmarks/ is this script's folder
+from child import customer_file, ppmlops_env, run_child, sibling  # noqa: E402  benchmarks/ is this script's folder
 
 HERE = Path(__file__).resolve().parent
-
-
-def _module(name: str):
-    loader = importlib.util.spec_from_file_location(f"{name}_bench", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    return module
 
 
 def main() -> int:
@@ -43,16 +35,12 @@ def main() -> int:
     ap.add_argument("--part-mb", type=float, default=16, help="bytes per part on the cluster (default 16 MiB)")
     ap.add_argument("--source", metavar="PATH", help="ingest this file instead of generating one")
     args = ap.parse_args()
-    ingest_memory = _module("ingest_memory")
+    ingest_memory = sibling("ingest_memory")
     work = Path(tempfile.mkdtemp(prefix="ppmlops-ray-ingest-bench-", dir="/tmp"))
     try:
-        path = Path(args.source).resolve() if args.source else work / "customers.csv"
-        if not args.source:
-            rows = _module("risk_scan").generate(path, int(args.size_mb * 1024 * 1024))
-            print(f"generated {path}: {path.stat().st_size / 2**20:.0f} MiB, {rows} rows")
+        path = customer_file(args.source, args.size_mb, work)
         size_mib = path.stat().st_size / 2**20
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent), "PPMLOPS_HOME": str(work / "home"),
-               "PPMLOPS_DATA_ROOTS": os.pathsep.join([str(work), str(path.parent)])}
+        env = ppmlops_env(work, path)
         os.environ.update({k: env[k] for k in ("PYTHONPATH", "PPMLOPS_HOME", "PPMLOPS_DATA_ROOTS")})
         local = run_child([str(HERE / "ingest_memory.py"), "--child", str(path), str(work / "local")], env)
         if isinstance(local, int):

@@ -550,8 +550,8 @@ def _canonical_rows(rows: Iterable[Sequence[Any]], floats: bool = True) -> str:
 
 def _float_reprs(values: np.ndarray) -> Any:
     """repr() of each float64 of `values`, as a pyarrow string array: pyarrow's cast to text
-    where it writes what repr writes, repr itself elsewhere (a quarter of the cost: repr's
-    shortest round-trip search is 0.24 us a value).
+    where it writes what repr writes, repr itself elsewhere (repr's shortest round-trip search
+    per value is most of the cost of a float column's text).
 
     Both write the shortest digits that round-trip; they differ in notation only. pyarrow writes
     a whole number without ".0" (one is added) and switches to an exponent at other magnitudes,

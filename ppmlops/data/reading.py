@@ -461,7 +461,7 @@ class _BlockParser:
         # both; the csv module skips a blank line, and pyarrow is told to). So its rows are the
         # block's lines one for one unless a line was blank, which the count of line breaks
         # shows: then, too, each line is looked at. (Counting in numpy: searching the block for
-        # two line breaks in a row costs CPython a memchr per line, 0.1 us a line.)
+        # two line breaks in a row costs CPython a memchr call per line.)
         table = self._table(data, None)
         if table is not None:
             n_lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10)) + (not data.endswith(b"\n"))
