@@ -14,11 +14,10 @@ import contextlib
 import fcntl
 import functools
 import logging
+import multiprocessing
 import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -208,30 +207,36 @@ def _db_file(uri: str) -> Path:
     return Path(uri[len("sqlite:///"):].split("?", 1)[0])  # sqlite:////abs/path?opts: the file's own path
 
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
-_CREATE = "import sys; from ppmlops.registry.backend import client; client(sys.argv[1])"
-
-
-def start_creating(uri: str) -> subprocess.Popen | None:
+def start_creating(uri: str) -> multiprocessing.Process | None:
     """Create a new embedded store's tables in a helper process, for a process that opens the
     store later (a whole DAG run in one process: ppmlops.airflow.run_one): MLflow's schema
-    migrations on an empty file (about 1.5 s, plus MLflow's import) then run on another core while
-    the first tasks run. None when there is nothing to make: a server, or a store already there.
+    migrations on an empty file (about 1.5 s, plus MLflow's import) then run on the other core,
+    at a lower priority than the tasks, while the first tasks run. None when there is nothing to
+    make: a server, or a store already there.
 
-    Nothing can see a half-made store: the helper makes it as `client` does, under the lock beside
-    the file (_creating_embedded_store), which `client` in this process waits for. The helper's
-    failure is its own (its output is discarded): `client` then makes the tables itself, and
-    says what fails."""
+    The helper is forked (before the caller starts any thread): it shares the SQLAlchemy and
+    pydantic the parent has loaded, and leaves through os._exit, touching nothing the parent
+    holds. Nothing can see a half-made store: the helper makes it as `client` does, under the
+    lock beside the file (_creating_embedded_store), which `client` in this process waits for.
+    The helper's failure is its own (its output is discarded): `client` then makes the tables
+    itself, and says what fails."""
     if not is_embedded(uri) or _db_file(uri).exists():
         return None
-    env = dict(os.environ)
-    # The helper must import this same ppmlops, not whatever else is on its path.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    fork = multiprocessing.get_context("fork")
+    helper = fork.Process(target=_create, args=(uri,), name="ppmlops-mlflow-store", daemon=True)
     try:
-        return subprocess.Popen([sys.executable, "-c", _CREATE, uri], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        helper.start()
     except OSError:
         return None
+    return helper
+
+
+def _create(uri: str) -> None:
+    os.nice(10)  # the other core's spare time: the parent's tasks come first
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    client(uri)
 
 
 def experiment_id(uri: str, root: Path, model_name: str) -> str:

@@ -35,7 +35,7 @@ def test_processes_opening_a_new_embedded_store_at_once_all_succeed(tmp_path):
 
 
 def test_a_helper_started_early_makes_the_store_and_this_process_opens_it_meanwhile(tmp_path):
-    """ppmlops.airflow.run_one starts the helper before a whole DAG run; the plan task may open the
+    """ppmlops.airflow.run_one forks the helper before a whole DAG run; the plan task may open the
     store while the helper is still at it: the lock makes one wait for the other."""
     uri = backend.resolve_uri(tmp_path / "registry")
     helper = backend.start_creating(uri)
@@ -45,7 +45,8 @@ def test_a_helper_started_early_makes_the_store_and_this_process_opens_it_meanwh
         backend.client(uri).search_experiments(max_results=1)
     finally:
         backend._client.cache_clear()
-    assert helper.wait(timeout=240) == 0
+    helper.join(timeout=240)
+    assert helper.exitcode == 0
     assert (tmp_path / "registry" / "mlflow.db").exists()
     assert backend.start_creating(uri) is None  # a store already there: nothing to make
     assert backend.start_creating("http://localhost:5000") is None  # a server makes its own
