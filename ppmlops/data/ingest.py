@@ -946,7 +946,9 @@ class _IngestRun:
         self._stage_rows(n, batch, taken, staged, late)
         self.counts[n].accepted += len(taken)
         self.counts[n].quarantined += len(events) + len(refused)
-        joined = batch.joined() if len(refused) or bound is not None else []
+        # The HMACs' input, for the rows quarantined by where or why only (no values kept).
+        joined = batch.joined_at(sorted({*refused.tolist(), *(p[0] for _, kind, p in events if kind == 3 or (
+            kind == 1 and p[1][0] == NO_CONSENT))}))
         if not events:  # only refusals: written in one go, in line order (rows are)
             self._refused(reader, batch.lines[refused], refused, refusal, refusals, joined)
             return
@@ -1025,7 +1027,7 @@ class _IngestRun:
                     self.test_text.write(text)
 
     def _refused(self, reader, lines: np.ndarray, rows: np.ndarray, refusal: np.ndarray | None,
-                 refusals: list[tuple[str, str]], joined: list[bytes]) -> None:
+                 refusals: list[tuple[str, str]], joined: dict[int, bytes]) -> None:
         """Rows refused by their consent values (what _quarantine does for each), together."""
         if not len(rows):
             return
@@ -1073,18 +1075,14 @@ class _IngestRun:
         if self.bound is not None:  # by person: all of a person's rows in one partition (parallel composition)
             ids = batch.column(self.person_at[n]).take(pa.array(rows)).to_pylist()
             return self.split.are_test([UNIT.join([p.strip()]).encode("utf-8") for p in ids])
-        joined = batch.joined()
-        if len(rows) == len(joined):
-            return self.split.are_test(joined)
-        messages = np.empty(len(joined), dtype=object)
-        messages[:] = joined
-        return self.split.are_test(messages[rows])
+        hashes = batch.split_hashes(self.split.hashes, self.split.line_hashes)
+        return self.split.verdicts(hashes if len(rows) == len(hashes) else hashes[rows])
 
     def _quarantine(self, reader, line: int, kind: int, payload, records: dict[int, list[str]],
-                    joined: list[bytes]) -> None:
+                    joined: dict[int, bytes]) -> None:
         """One quarantined row: `records` holds the whole records of the rows whose values are
-        kept (kind 2 and kind 1 but a refusal), `joined` every row's joined fields (for the HMAC
-        of the rest)."""
+        kept (kind 2 and kind 1 but a refusal), `joined` the joined fields of the rest (for their
+        HMAC)."""
         if kind == 0:
             fields, why = payload
             self.q.malformed(reader.path, line, why, fields)

@@ -44,7 +44,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -121,14 +121,17 @@ class _Block:
     __slots__ = ("data", "eol", "delimiter", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined", "_ends")
 
     def __init__(self, data: bytes, eol: bytes, delimiter: str, unit: bytes, table: Any, n_lines: int,
-                 lines: np.ndarray, rows: list[int] | None, ragged: list[tuple[int, list[str], str]]):
+                 lines: np.ndarray, rows: list[int] | None, ragged: list[tuple[int, list[str], str]],
+                 breaks: np.ndarray | None = None):
         self.data, self.eol, self.delimiter, self.unit, self.table = data, eol, delimiter, unit, table
         self.n_lines = n_lines
         self.lines = lines  # line number of each record
         self.rows = rows  # which of the block's lines are records (None: every one)
         self.ragged = ragged
         self._joined: list[bytes] | None = None
-        self._ends: np.ndarray | None = None
+        self._ends: np.ndarray | None = None  # each line's end: its LF (or one past the data)
+        if breaks is not None:
+            self._ends = self._line_ends(breaks)
 
     def joined(self) -> list[bytes]:
         """Each record's fields joined by UNIT, UTF-8: the line with its delimiters replaced."""
@@ -139,18 +142,46 @@ class _Block:
             self._joined = parts if self.rows is None else [parts[i] for i in self.rows]
         return self._joined
 
+    def hashes(self, of_lines: Callable[[bytes, bytes, bytes], np.ndarray | None]) -> np.ndarray | None:
+        """Each record's hash by `of_lines(data, eol, delimiter)` (ppmlops.privacy.split's
+        line_hashes), which reads the block's lines in place; None where it cannot."""
+        if self._joined is not None:  # the bytes are made already: the caller hashes those
+            return None
+        hashes = of_lines(self.data, self.eol, self.delimiter.encode("utf-8"))
+        if hashes is None or self.rows is None:
+            return hashes
+        return hashes[np.asarray(self.rows, dtype=np.int64)]
+
+    def joined_at(self, at: np.ndarray) -> list[bytes]:
+        """joined()[i] for each i of `at`, from those records' lines alone."""
+        if self._joined is not None:
+            return [self._joined[i] for i in at.tolist()]
+        starts, ends = self._bounds(at)
+        data, unit = self.data, self.unit
+        return [data[s:e].translate(unit) for s, e in zip(starts.tolist(), ends.tolist())]
+
     def record(self, at: int) -> list[str]:
         """Record `at` as a list of strings. Its line is found by the line breaks' offsets rather
         than by splitting the block: a sample asks for few records of most blocks."""
         if self._joined is not None:
             return self._joined[at].decode("utf-8").split(UNIT)
+        return self._line(at).decode("utf-8").split(self.delimiter)
+
+    def _line(self, at: int) -> bytes:
+        """Record `at`'s line without its line break."""
+        starts, ends = self._bounds(np.array([at]))
+        return self.data[int(starts[0]):int(ends[0])]
+
+    def _line_ends(self, breaks: np.ndarray) -> np.ndarray:
+        return breaks if len(breaks) == self.n_lines else np.append(breaks, len(self.data) + len(self.eol) - 1)
+
+    def _bounds(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the lines of records `at` start and end (before the line break) in the block."""
         if self._ends is None:
-            ends = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == 10)
-            self._ends = ends if len(ends) == self.n_lines else np.append(ends, len(self.data) + len(self.eol) - 1)
-        i = at if self.rows is None else self.rows[at]
-        start = 0 if i == 0 else int(self._ends[i - 1]) + 1
-        end = int(self._ends[i]) + 1 - len(self.eol)
-        return self.data[start:end].decode("utf-8").split(self.delimiter)
+            self._ends = self._line_ends(np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == 10))
+        i = at if self.rows is None else np.asarray(self.rows, dtype=np.int64)[at]
+        starts = np.where(i == 0, 0, self._ends[np.maximum(i - 1, 0)] + 1)
+        return starts, self._ends[i] + 1 - len(self.eol)
 
 
 class _Rows:
@@ -220,21 +251,51 @@ class Batch:
             self._joined = out
         return self._joined
 
+    def split_hashes(self, of_joined: Callable[[list[bytes]], np.ndarray],
+                     of_lines: Callable[[bytes, bytes, bytes], np.ndarray | None]) -> np.ndarray:
+        """`of_joined(self.joined())`, each parsed block's part by `of_lines` from its bytes where
+        that can be (no bytes object per record: ppmlops.privacy.split.line_hashes)."""
+        out = []
+        for p, a, b in self._pieces:
+            hashes = p.hashes(of_lines) if isinstance(p, _Block) else None
+            if hashes is None:
+                joined = (p.joined()[a:b] if isinstance(p, _Block)
+                          else [UNIT.join(r).encode("utf-8") for r in p.records[a:b]])
+                out.append(of_joined(joined))
+            else:
+                out.append(hashes[a:b])
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
+
+    def joined_at(self, rows: Sequence[int]) -> dict[int, bytes]:
+        """joined()[row] for each of `rows` (ascending), without joining the others."""
+        if self._joined is not None:
+            return {row: self._joined[row] for row in rows}
+        rows = np.asarray(rows, dtype=np.int64)
+        out: dict[int, bytes] = {}
+        first = 0
+        for p, a, b in self._pieces:  # each piece's rows at once
+            mine = rows[(rows >= first) & (rows < first + b - a)]
+            at = mine - first + a
+            joined = (p.joined_at(at) if isinstance(p, _Block)
+                      else [UNIT.join(p.records[i]).encode("utf-8") for i in at.tolist()])
+            out.update(zip(mine.tolist(), joined))
+            first += b - a
+        return out
+
     def records(self, rows: Sequence[int] | None = None) -> list[list[str]]:
         """The records at `rows` (ascending; default all) as lists of strings."""
         if rows is None:
             rows = range(self.num_rows)
+        return [piece.record(at) if isinstance(piece, _Block) else piece.records[at]
+                for _, piece, at in self._located(rows)]
+
+    def _located(self, rows: Iterable[int]) -> Iterator[tuple[int, Any, int]]:
+        """(row, its piece, its index there) for each of `rows`."""
         ends = list(itertools.accumulate(b - a for _, a, b in self._pieces))
-        out: list[list[str]] = []
         for row in rows:
             k = bisect.bisect_right(ends, row)
             piece, a, _ = self._pieces[k]
-            at = a + row - (ends[k - 1] if k else 0)
-            if isinstance(piece, _Block):
-                out.append(piece.record(at))
-            else:
-                out.append(piece.records[at])
-        return out
+            yield row, piece, a + row - (ends[k - 1] if k else 0)
 
     def chunk(self) -> Chunk:
         return Chunk(self.records(), self.lines.tolist(), list(self.ragged))
@@ -464,10 +525,12 @@ class _BlockParser:
         # two line breaks in a row costs CPython a memchr call per line.)
         table = self._table(data, None)
         if table is not None:
-            n_lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10)) + (not data.endswith(b"\n"))
+            # The line breaks' offsets, kept: the rows quarantined by their MAC are read from them.
+            breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+            n_lines = len(breaks) + (not data.endswith(b"\n"))
             if table.num_rows == n_lines:
                 lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
-                return _Block(data, eol, self.delimiter, self.unit, table, n_lines, lines, None, [])
+                return _Block(data, eol, self.delimiter, self.unit, table, n_lines, lines, None, [], breaks)
         parts = data.split(eol)
         if data.endswith(eol):
             parts.pop()

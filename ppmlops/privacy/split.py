@@ -22,6 +22,13 @@ that is the same in every run, not secrecy; the key only makes two pipelines' sp
              SipHash reference vectors, so a pandas release that computed something else would
              fail there rather than move rows. The rule of every dataset registered since.
 
+Under "siphash", ingest hashes a block of CSV lines read without quoting in C
+(ppmlops/privacy/_splithash.c, `line_hashes`): the line with each delimiter read as \x1f is
+the record's fields joined by \x1f, so the hash is computed in place, with no bytes object per
+row (translating, splitting and handing pandas a Python object per row cost more than the hash
+itself). The extension is optional; without it the same hashes come from the joined fields.
+tests/unit/test_split_accelerator.py holds the two to each other.
+
 The verdict compares in float64: a uint64 converts to the nearest double and dividing by 2^64 is
 exact, so the verdict is that of the exact quotient rounded as Python's int / int rounds it.
 """
@@ -32,6 +39,11 @@ import hashlib
 from typing import Iterable, Sequence
 
 import numpy as np
+
+try:  # compiled by the install (pyproject.toml's ext-modules), optional: see line_hashes
+    from ppmlops.privacy._splithash import siphash_lines as _siphash_lines
+except ImportError:
+    _siphash_lines = None
 
 BLAKE2B, SIPHASH = "blake2b", "siphash"
 RULES = (BLAKE2B, SIPHASH)
@@ -54,7 +66,22 @@ class SplitRules:
     def are_test(self, joined: Sequence[bytes] | Iterable[bytes]) -> np.ndarray:
         """The verdict for each row, given its fields joined by \\x1f as UTF-8 (True: test); a
         numpy object array of bytes is hashed as it is."""
-        return self.hashes(joined).astype(np.float64) / 2.0**64 < self.fraction
+        return self.verdicts(self.hashes(joined))
+
+    def verdicts(self, hashes: np.ndarray) -> np.ndarray:
+        """The verdict for each row given its hash (`hashes` or `line_hashes`)."""
+        return hashes.astype(np.float64) / 2.0**64 < self.fraction
+
+    def line_hashes(self, data: bytes, eol: bytes, delimiter: bytes) -> np.ndarray | None:
+        """`hashes` of each line of `data` (data.split(eol), the empty part after a final eol
+        dropped) with each `delimiter` byte read as \\x1f: a record's fields joined by \\x1f where
+        its line holds no quoting. Computed in place by the C extension; None where it cannot be
+        (the legacy rule, the extension not built, a delimiter of more than one byte), and the
+        caller hashes the joined fields instead."""
+        if self.rule != SIPHASH or _siphash_lines is None or len(delimiter) != 1 or not eol:
+            return None
+        out = _siphash_lines(data, eol, delimiter[0], self._key.hex()[:16].encode())
+        return np.frombuffer(out, dtype=np.uint64)
 
     def is_test(self, record: Sequence[str]) -> bool:
         """The verdict for one record of text fields."""

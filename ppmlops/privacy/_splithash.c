@@ -1,0 +1,154 @@
+/* The split rule's hash of each line of a parsed CSV block, without a Python object per line.
+ *
+ * ppmlops.privacy.split hashes a record as pandas.util.hash_array does an object array of
+ * bytes: SipHash-2-4 (keyed with the 16 bytes given) of the record's fields joined by \x1f, then
+ * pandas' 64-bit finaliser. For a block whose lines are its records (no quoting: see
+ * ppmlops.data.reading._BlockParser), a record's fields joined by \x1f are its line with each
+ * delimiter byte read as \x1f. The Python path builds that bytes object per line (the block
+ * translated, then split); this reads the block in place. Both give the same numbers:
+ * tests/unit/test_split_accelerator.py holds this to pandas on random and edge-case lines.
+ *
+ * siphash_lines(data, eol, delimiter, key) -> bytes: one uint64 (native byte order) per part of
+ * data.split(eol), the empty part after a final eol dropped, as the reader drops it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+
+typedef struct {
+    uint64_t v0, v1, v2, v3;
+} sip_state;
+
+static inline void sip_round(sip_state *s) {
+    s->v0 += s->v1; s->v1 = ROTL(s->v1, 13); s->v1 ^= s->v0; s->v0 = ROTL(s->v0, 32);
+    s->v2 += s->v3; s->v3 = ROTL(s->v3, 16); s->v3 ^= s->v2;
+    s->v0 += s->v3; s->v3 = ROTL(s->v3, 21); s->v3 ^= s->v0;
+    s->v2 += s->v1; s->v1 = ROTL(s->v1, 17); s->v1 ^= s->v2; s->v2 = ROTL(s->v2, 32);
+}
+
+static inline uint64_t load_le64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i]; /* compiled to one load on little-endian machines */
+    return v;
+}
+
+/* Eight bytes of the line as a little-endian word, each delimiter byte read as 0x1f: the bytes
+ * equal to the delimiter are found all at once (an exact zero-byte test on x ^ delimiters, which
+ * carries nothing between bytes) and replaced through a mask. */
+static inline uint64_t unit_word(uint64_t x, uint64_t delimiters) {
+    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+    uint64_t t = x ^ delimiters;
+    uint64_t zero = ~(((t & low7) + low7) | t | low7); /* 0x80 in each byte of t that is 0 */
+    uint64_t mask = (zero >> 7) * 0xFF;
+    return (x & ~mask) | (0x1F1F1F1F1F1F1F1FULL & mask);
+}
+
+static inline sip_state sip_start(uint64_t k0, uint64_t k1) {
+    sip_state s = {0x736f6d6570736575ULL ^ k0, 0x646f72616e646f6dULL ^ k1,
+                   0x6c7967656e657261ULL ^ k0, 0x7465646279746573ULL ^ k1};
+    return s;
+}
+
+static inline void sip_word(sip_state *s, uint64_t m) {
+    s->v3 ^= m;
+    sip_round(s);
+    sip_round(s);
+    s->v0 ^= m;
+}
+
+/* The last, partial word and the finalisation, then pandas' redistribution of the hash over the
+ * 64-bit space (pandas.core.util.hashing). `in` is the line's start, `len` its length. */
+static inline uint64_t sip_finish(sip_state *s, const uint8_t *in, size_t len, uint64_t delimiters) {
+    uint8_t tail[8] = {0};
+    memcpy(tail, in + (len - (len & 7)), len & 7);
+    /* the zero bytes past the line's end stay zero: only a delimiter byte becomes 0x1f */
+    uint64_t tail_mask = (len & 7) ? (~0ULL >> (64 - 8 * (len & 7))) : 0;
+    uint64_t b = ((uint64_t)len) << 56 | (unit_word(load_le64(tail), delimiters) & tail_mask);
+    s->v3 ^= b;
+    sip_round(s);
+    sip_round(s);
+    s->v0 ^= b;
+    s->v2 ^= 0xff;
+    sip_round(s);
+    sip_round(s);
+    sip_round(s);
+    sip_round(s);
+    b = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+    b ^= b >> 30;
+    b *= 0xBF58476D1CE4E5B9ULL;
+    b ^= b >> 27;
+    b *= 0x94D049BB133111EBULL;
+    b ^= b >> 31;
+    return b;
+}
+
+static uint64_t siphash_line(const uint8_t *in, size_t len, uint64_t delimiters, uint64_t k0, uint64_t k1) {
+    sip_state s = sip_start(k0, k1);
+    for (size_t j = 0; j < len / 8; j++) sip_word(&s, unit_word(load_le64(in + 8 * j), delimiters));
+    return sip_finish(&s, in, len, delimiters);
+}
+
+/* Where the next occurrence of eol starts at or after `from`, or `size` when there is none. */
+static Py_ssize_t find_eol(const uint8_t *data, Py_ssize_t from, Py_ssize_t size, const uint8_t *eol, Py_ssize_t n) {
+    Py_ssize_t at = from;
+    while (at + n <= size) {
+        const uint8_t *hit = memchr(data + at, eol[0], (size_t)(size - at - n + 1));
+        if (hit == NULL) return size;
+        at = hit - data;
+        if (memcmp(hit, eol, (size_t)n) == 0) return at;
+        at += 1;
+    }
+    return size;
+}
+
+static PyObject *siphash_lines(PyObject *self, PyObject *args) {
+    Py_buffer data, eol, key;
+    int delimiter;
+    if (!PyArg_ParseTuple(args, "y*y*iy*", &data, &eol, &delimiter, &key)) return NULL;
+    PyObject *out = NULL;
+    if (key.len != 16 || eol.len < 1 || delimiter < 0 || delimiter > 255) {
+        PyErr_SetString(PyExc_ValueError, "siphash_lines: a 16-byte key, a non-empty eol and a byte delimiter");
+        goto done;
+    }
+    const uint8_t *p = data.buf, *e = eol.buf, *k = key.buf;
+    Py_ssize_t size = data.len, n = eol.len;
+    /* Parts of data.split(eol): one more than the eols; the last one dropped when data ends in eol. */
+    Py_ssize_t parts = 1;
+    for (Py_ssize_t at = find_eol(p, 0, size, e, n); at < size; at = find_eol(p, at + n, size, e, n)) parts++;
+    if (size >= n && memcmp(p + size - n, e, (size_t)n) == 0) parts--;
+    out = PyBytes_FromStringAndSize(NULL, parts * 8);
+    if (out == NULL) goto done;
+    uint64_t *hashes = (uint64_t *)PyBytes_AS_STRING(out);
+    uint64_t k0 = load_le64(k), k1 = load_le64(k + 8);
+    uint64_t delimiters = 0x0101010101010101ULL * (uint64_t)delimiter;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i < parts; i++) {
+        Py_ssize_t stop = find_eol(p, start, size, e, n);
+        uint64_t h = siphash_line(p + start, (size_t)(stop - start), delimiters, k0, k1);
+        memcpy(hashes + i, &h, 8);
+        start = stop + n;
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&eol);
+    PyBuffer_Release(&key);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"siphash_lines", siphash_lines, METH_VARARGS,
+     "siphash_lines(data, eol, delimiter, key) -> bytes: pandas.util.hash_array's SipHash of each "
+     "line of data.split(eol) with the delimiter byte read as \\x1f, as native uint64s."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_splithash",
+                                    "The split rule's SipHash of a block's lines (ppmlops.privacy.split).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__splithash(void) { return PyModule_Create(&module); }
