@@ -182,6 +182,16 @@ MUTATIONS = (
     Mutation("a blank line in a block goes unseen", "ppmlops/data/reading.py",
              "            if table.num_rows == n_lines:\n", "            if table.num_rows <= n_lines:\n",
              ("tests/unit/test_block_reader.py",)),
+    Mutation("a block's hashes taken without its rows' filter", "ppmlops/data/reading.py",
+             "        if hashes is None or self.rows is None:\n", "        if True:\n",
+             ("tests/unit/test_split_accelerator.py",)),
+    Mutation("a refusal's HMAC input taken from the next line", "ppmlops/data/reading.py",
+             "        starts = np.where(i == 0, 0, self._ends[np.maximum(i - 1, 0)] + 1)\n",
+             "        starts = np.where(i == 0, 0, self._ends[np.maximum(i, 0)] + 1)\n",
+             ("tests/unit/test_split_accelerator.py",)),
+    Mutation("the validation helper's error raised as another class", "ppmlops/stages/validate_helper.py",
+             "    if isinstance(kind, type) and issubclass(kind, errors.PpmlopsError):\n", "    if False:\n",
+             ("tests/unit/test_validate_helper.py",)),
 )
 
 
