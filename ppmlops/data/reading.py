@@ -114,6 +114,10 @@ class Chunk:
         return len(self.records) + len(self.ragged)
 
 
+# (data, eol, delimiter) -> (a hash per line, where each line ends), or None: SplitRules.line_hashes
+LineHashes = Callable[[bytes, bytes, bytes], "tuple[np.ndarray, np.ndarray] | None"]
+
+
 class _Block:
     """A block of whole lines parsed by pyarrow: the records' wanted columns, their line numbers,
     and the ragged lines among them."""
@@ -121,17 +125,14 @@ class _Block:
     __slots__ = ("data", "eol", "delimiter", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined", "_ends")
 
     def __init__(self, data: bytes, eol: bytes, delimiter: str, unit: bytes, table: Any, n_lines: int,
-                 lines: np.ndarray, rows: list[int] | None, ragged: list[tuple[int, list[str], str]],
-                 breaks: np.ndarray | None = None):
+                 lines: np.ndarray, rows: list[int] | None, ragged: list[tuple[int, list[str], str]]):
         self.data, self.eol, self.delimiter, self.unit, self.table = data, eol, delimiter, unit, table
         self.n_lines = n_lines
         self.lines = lines  # line number of each record
         self.rows = rows  # which of the block's lines are records (None: every one)
         self.ragged = ragged
         self._joined: list[bytes] | None = None
-        self._ends: np.ndarray | None = None  # each line's end: its LF (or one past the data)
-        if breaks is not None:
-            self._ends = self._line_ends(breaks)
+        self._ends: np.ndarray | None = None  # each line's end: its LF (or where that would be)
 
     def joined(self) -> list[bytes]:
         """Each record's fields joined by UNIT, UTF-8: the line with its delimiters replaced."""
@@ -142,15 +143,19 @@ class _Block:
             self._joined = parts if self.rows is None else [parts[i] for i in self.rows]
         return self._joined
 
-    def hashes(self, of_lines: Callable[[bytes, bytes, bytes], np.ndarray | None]) -> np.ndarray | None:
+    def hashes(self, of_lines: LineHashes) -> np.ndarray | None:
         """Each record's hash by `of_lines(data, eol, delimiter)` (ppmlops.privacy.split's
-        line_hashes), which reads the block's lines in place; None where it cannot."""
+        line_hashes), which reads the block's lines in place and says where each ends (kept, to
+        find a quarantined row's line); None where it cannot."""
         if self._joined is not None:  # the bytes are made already: the caller hashes those
             return None
-        hashes = of_lines(self.data, self.eol, self.delimiter.encode("utf-8"))
-        if hashes is None or self.rows is None:
-            return hashes
-        return hashes[np.asarray(self.rows, dtype=np.int64)]
+        found = of_lines(self.data, self.eol, self.delimiter.encode("utf-8"))
+        if found is None:
+            return None
+        hashes, ends = found
+        if self._ends is None:
+            self._ends = ends
+        return hashes if self.rows is None else hashes[np.asarray(self.rows, dtype=np.int64)]
 
     def joined_at(self, at: np.ndarray) -> list[bytes]:
         """joined()[i] for each i of `at`, from those records' lines alone."""
@@ -251,8 +256,7 @@ class Batch:
             self._joined = out
         return self._joined
 
-    def split_hashes(self, of_joined: Callable[[list[bytes]], np.ndarray],
-                     of_lines: Callable[[bytes, bytes, bytes], np.ndarray | None]) -> np.ndarray:
+    def split_hashes(self, of_joined: Callable[[list[bytes]], np.ndarray], of_lines: LineHashes) -> np.ndarray:
         """`of_joined(self.joined())`, each parsed block's part by `of_lines` from its bytes where
         that can be (no bytes object per record: ppmlops.privacy.split.line_hashes)."""
         out = []
@@ -525,12 +529,10 @@ class _BlockParser:
         # two line breaks in a row costs CPython a memchr call per line.)
         table = self._table(data, None)
         if table is not None:
-            # The line breaks' offsets, kept: the rows quarantined by their MAC are read from them.
-            breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-            n_lines = len(breaks) + (not data.endswith(b"\n"))
+            n_lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10)) + (not data.endswith(b"\n"))
             if table.num_rows == n_lines:
                 lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
-                return _Block(data, eol, self.delimiter, self.unit, table, n_lines, lines, None, [], breaks)
+                return _Block(data, eol, self.delimiter, self.unit, table, n_lines, lines, None, [])
         parts = data.split(eol)
         if data.endswith(eol):
             parts.pop()

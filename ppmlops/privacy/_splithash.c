@@ -8,8 +8,10 @@
  * translated, then split); this reads the block in place. Both give the same numbers:
  * tests/unit/test_split_accelerator.py holds this to pandas on random and edge-case lines.
  *
- * siphash_lines(data, eol, delimiter, key) -> bytes: one uint64 (native byte order) per part of
- * data.split(eol), the empty part after a final eol dropped, as the reader drops it.
+ * siphash_lines(data, eol, delimiter, key) -> (hashes, ends): for each part of data.split(eol)
+ * (the empty part after a final eol dropped, as the reader drops it) its hash, a uint64, and
+ * where it ends, an int64: the offset of its eol's last byte (one past the data for a last part
+ * without an eol), which the reader keeps to find a line again. Native byte order.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -108,7 +110,7 @@ static PyObject *siphash_lines(PyObject *self, PyObject *args) {
     Py_buffer data, eol, key;
     int delimiter;
     if (!PyArg_ParseTuple(args, "y*y*iy*", &data, &eol, &delimiter, &key)) return NULL;
-    PyObject *out = NULL;
+    PyObject *out = NULL, *hashes_out = NULL, *ends_out = NULL;
     if (key.len != 16 || eol.len < 1 || delimiter < 0 || delimiter > 255) {
         PyErr_SetString(PyExc_ValueError, "siphash_lines: a 16-byte key, a non-empty eol and a byte delimiter");
         goto done;
@@ -119,9 +121,11 @@ static PyObject *siphash_lines(PyObject *self, PyObject *args) {
     Py_ssize_t parts = 1;
     for (Py_ssize_t at = find_eol(p, 0, size, e, n); at < size; at = find_eol(p, at + n, size, e, n)) parts++;
     if (size >= n && memcmp(p + size - n, e, (size_t)n) == 0) parts--;
-    out = PyBytes_FromStringAndSize(NULL, parts * 8);
-    if (out == NULL) goto done;
-    uint64_t *hashes = (uint64_t *)PyBytes_AS_STRING(out);
+    hashes_out = PyBytes_FromStringAndSize(NULL, parts * 8);
+    ends_out = PyBytes_FromStringAndSize(NULL, parts * 8);
+    if (hashes_out == NULL || ends_out == NULL) goto done;
+    uint64_t *hashes = (uint64_t *)PyBytes_AS_STRING(hashes_out);
+    int64_t *ends = (int64_t *)PyBytes_AS_STRING(ends_out);
     uint64_t k0 = load_le64(k), k1 = load_le64(k + 8);
     uint64_t delimiters = 0x0101010101010101ULL * (uint64_t)delimiter;
     Py_BEGIN_ALLOW_THREADS
@@ -129,11 +133,16 @@ static PyObject *siphash_lines(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < parts; i++) {
         Py_ssize_t stop = find_eol(p, start, size, e, n);
         uint64_t h = siphash_line(p + start, (size_t)(stop - start), delimiters, k0, k1);
+        int64_t last = (int64_t)(stop + n - 1); /* its eol's last byte, or where it would be */
         memcpy(hashes + i, &h, 8);
+        memcpy(ends + i, &last, 8);
         start = stop + n;
     }
     Py_END_ALLOW_THREADS
+    out = PyTuple_Pack(2, hashes_out, ends_out);
 done:
+    Py_XDECREF(hashes_out);
+    Py_XDECREF(ends_out);
     PyBuffer_Release(&data);
     PyBuffer_Release(&eol);
     PyBuffer_Release(&key);
@@ -142,8 +151,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"siphash_lines", siphash_lines, METH_VARARGS,
-     "siphash_lines(data, eol, delimiter, key) -> bytes: pandas.util.hash_array's SipHash of each "
-     "line of data.split(eol) with the delimiter byte read as \\x1f, as native uint64s."},
+     "siphash_lines(data, eol, delimiter, key) -> (hashes, ends): pandas.util.hash_array's SipHash of "
+     "each line of data.split(eol) with the delimiter byte read as \\x1f (native uint64s), and the offset "
+     "of each line's eol's last byte (native int64s)."},
     {NULL, NULL, 0, NULL},
 };
 

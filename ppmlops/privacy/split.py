@@ -72,16 +72,17 @@ class SplitRules:
         """The verdict for each row given its hash (`hashes` or `line_hashes`)."""
         return hashes.astype(np.float64) / 2.0**64 < self.fraction
 
-    def line_hashes(self, data: bytes, eol: bytes, delimiter: bytes) -> np.ndarray | None:
+    def line_hashes(self, data: bytes, eol: bytes, delimiter: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         """`hashes` of each line of `data` (data.split(eol), the empty part after a final eol
-        dropped) with each `delimiter` byte read as \\x1f: a record's fields joined by \\x1f where
-        its line holds no quoting. Computed in place by the C extension; None where it cannot be
-        (the legacy rule, the extension not built, a delimiter of more than one byte), and the
-        caller hashes the joined fields instead."""
+        dropped) with each `delimiter` byte read as \\x1f, which is a record's fields joined by
+        \\x1f where its line holds no quoting; and where each line ends (the offset of its eol's
+        last byte, or where that would be). Computed in place by the C extension; None where it
+        cannot be (the legacy rule, the extension not built, a delimiter of more than one byte),
+        and the caller hashes the joined fields instead."""
         if self.rule != SIPHASH or _siphash_lines is None or len(delimiter) != 1 or not eol:
             return None
-        out = _siphash_lines(data, eol, delimiter[0], self._key.hex()[:16].encode())
-        return np.frombuffer(out, dtype=np.uint64)
+        hashes, ends = _siphash_lines(data, eol, delimiter[0], self._key.hex()[:16].encode())
+        return np.frombuffer(hashes, dtype=np.uint64), np.frombuffer(ends, dtype=np.int64)
 
     def is_test(self, record: Sequence[str]) -> bool:
         """The verdict for one record of text fields."""

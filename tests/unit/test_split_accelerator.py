@@ -43,8 +43,11 @@ def test_line_hashes_are_the_joined_fields_hashes(seed):
         parts = data.translate(bytes.maketrans(delimiter, b"\x1f")).split(eol)
         if data.endswith(eol):
             parts.pop()
-        got = rules.line_hashes(data, eol, delimiter)
-        assert got is not None and got.tolist() == rules.hashes(parts).tolist(), (data, eol, delimiter)
+        got, ends = rules.line_hashes(data, eol, delimiter)
+        assert got.tolist() == rules.hashes(parts).tolist(), (data, eol, delimiter)
+        # where each line ends: its eol's last byte, or where that would be after the data
+        breaks = [i + len(eol) - 1 for i in range(len(data)) if data.startswith(eol, i)]
+        assert ends.tolist() == (breaks + [len(data) + len(eol) - 1])[:len(parts)], (data, eol)
     assert SplitRules(split.BLAKE2B, 1, 0.2).line_hashes(b"a,b\n", b"\n", b",") is None  # the legacy rule: Python
 
 
