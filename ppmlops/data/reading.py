@@ -122,7 +122,8 @@ class _Block:
     """A block of whole lines parsed by pyarrow: the records' wanted columns, their line numbers,
     and the ragged lines among them."""
 
-    __slots__ = ("data", "eol", "delimiter", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined", "_ends")
+    __slots__ = ("data", "eol", "delimiter", "unit", "table", "n_lines", "lines", "rows", "ragged", "_joined", "_ends",
+                 "_hashed")
 
     def __init__(self, data: bytes, eol: bytes, delimiter: str, unit: bytes, table: Any, n_lines: int,
                  lines: np.ndarray, rows: list[int] | None, ragged: list[tuple[int, list[str], str]]):
@@ -133,6 +134,7 @@ class _Block:
         self.ragged = ragged
         self._joined: list[bytes] | None = None
         self._ends: np.ndarray | None = None  # each line's end: its LF (or where that would be)
+        self._hashed: tuple[LineHashes, np.ndarray] | None = None  # a block may span two batches
 
     def joined(self) -> list[bytes]:
         """Each record's fields joined by UNIT, UTF-8: the line with its delimiters replaced."""
@@ -147,6 +149,8 @@ class _Block:
         """Each record's hash by `of_lines(data, eol, delimiter)` (ppmlops.privacy.split's
         line_hashes), which reads the block's lines in place and says where each ends (kept, to
         find a quarantined row's line); None where it cannot."""
+        if self._hashed is not None and self._hashed[0] == of_lines:
+            return self._hashed[1]
         if self._joined is not None:  # the bytes are made already: the caller hashes those
             return None
         found = of_lines(self.data, self.eol, self.delimiter.encode("utf-8"))
@@ -155,7 +159,9 @@ class _Block:
         hashes, ends = found
         if self._ends is None:
             self._ends = ends
-        return hashes if self.rows is None else hashes[np.asarray(self.rows, dtype=np.int64)]
+        hashes = hashes if self.rows is None else hashes[np.asarray(self.rows, dtype=np.int64)]
+        self._hashed = (of_lines, hashes)
+        return hashes
 
     def joined_at(self, at: np.ndarray) -> list[bytes]:
         """joined()[i] for each i of `at`, from those records' lines alone."""
