@@ -12,6 +12,9 @@
  * (the empty part after a final eol dropped, as the reader drops it) its hash, a uint64, and
  * where it ends, an int64: the offset of its eol's last byte (one past the data for a last part
  * without an eol), which the reader keeps to find a line again. Native byte order.
+ *
+ * Where the CPU has AVX2 (and PPMLOPS_SPLITHASH_SCALAR is unset when the module is imported: the
+ * tests run both paths) four lines are hashed at once; the module's `avx2` says which path runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -93,6 +96,58 @@ static uint64_t siphash_line(const uint8_t *in, size_t len, uint64_t delimiters,
     return sip_finish(&s, in, len, delimiters);
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define SPLITHASH_AVX2 1
+
+/* Four lines at once in AVX2's four 64-bit lanes, for their words in common; each lane then
+ * finishes alone. The same arithmetic as siphash_line, lane by lane (a rotation by 32 is a swap
+ * of 32-bit halves; the delimiter bytes found by a byte compare and blended to 0x1f). Used only
+ * where the CPU has AVX2 (checked at import); about twice as fast as one line at a time. */
+#define ROTL4(x, b) _mm256_or_si256(_mm256_slli_epi64((x), (b)), _mm256_srli_epi64((x), 64 - (b)))
+#define SWAP32(x) _mm256_shuffle_epi32((x), 0xB1)
+#define ROUND4                                                                                        \
+    do {                                                                                              \
+        v0 = _mm256_add_epi64(v0, v1); v1 = ROTL4(v1, 13); v1 = _mm256_xor_si256(v1, v0); v0 = SWAP32(v0); \
+        v2 = _mm256_add_epi64(v2, v3); v3 = ROTL4(v3, 16); v3 = _mm256_xor_si256(v3, v2);                \
+        v0 = _mm256_add_epi64(v0, v3); v3 = ROTL4(v3, 21); v3 = _mm256_xor_si256(v3, v0);                \
+        v2 = _mm256_add_epi64(v2, v1); v1 = ROTL4(v1, 17); v1 = _mm256_xor_si256(v1, v2); v2 = SWAP32(v2); \
+    } while (0)
+
+__attribute__((target("avx2"))) static void siphash_four(const uint8_t *const in[4], const size_t len[4],
+                                                         uint64_t delimiters, uint64_t k0, uint64_t k1, uint64_t out[4]) {
+    __m256i v0 = _mm256_set1_epi64x((long long)(0x736f6d6570736575ULL ^ k0));
+    __m256i v1 = _mm256_set1_epi64x((long long)(0x646f72616e646f6dULL ^ k1));
+    __m256i v2 = _mm256_set1_epi64x((long long)(0x6c7967656e657261ULL ^ k0));
+    __m256i v3 = _mm256_set1_epi64x((long long)(0x7465646279746573ULL ^ k1));
+    const __m256i delim = _mm256_set1_epi8((char)(delimiters & 0xFF)), unit = _mm256_set1_epi8(0x1F);
+    size_t words = len[0] / 8;
+    for (int lane = 1; lane < 4; lane++)
+        if (len[lane] / 8 < words) words = len[lane] / 8;
+    for (size_t j = 0; j < words; j++) {
+        __m256i m = _mm256_set_epi64x((long long)load_le64(in[3] + 8 * j), (long long)load_le64(in[2] + 8 * j),
+                                      (long long)load_le64(in[1] + 8 * j), (long long)load_le64(in[0] + 8 * j));
+        m = _mm256_blendv_epi8(m, unit, _mm256_cmpeq_epi8(m, delim));
+        v3 = _mm256_xor_si256(v3, m);
+        ROUND4;
+        ROUND4;
+        v0 = _mm256_xor_si256(v0, m);
+    }
+    uint64_t a0[4], a1[4], a2[4], a3[4];
+    _mm256_storeu_si256((__m256i *)a0, v0);
+    _mm256_storeu_si256((__m256i *)a1, v1);
+    _mm256_storeu_si256((__m256i *)a2, v2);
+    _mm256_storeu_si256((__m256i *)a3, v3);
+    for (int lane = 0; lane < 4; lane++) {
+        sip_state s = {a0[lane], a1[lane], a2[lane], a3[lane]};
+        for (size_t j = words; j < len[lane] / 8; j++) sip_word(&s, unit_word(load_le64(in[lane] + 8 * j), delimiters));
+        out[lane] = sip_finish(&s, in[lane], len[lane], delimiters);
+    }
+}
+#endif
+
+static int use_avx2 = 0;
+
 /* Where the next occurrence of eol starts at or after `from`, or `size` when there is none. */
 static Py_ssize_t find_eol(const uint8_t *data, Py_ssize_t from, Py_ssize_t size, const uint8_t *eol, Py_ssize_t n) {
     Py_ssize_t at = from;
@@ -129,8 +184,22 @@ static PyObject *siphash_lines(PyObject *self, PyObject *args) {
     uint64_t k0 = load_le64(k), k1 = load_le64(k + 8);
     uint64_t delimiters = 0x0101010101010101ULL * (uint64_t)delimiter;
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t start = 0;
-    for (Py_ssize_t i = 0; i < parts; i++) {
+    Py_ssize_t start = 0, i = 0;
+#ifdef SPLITHASH_AVX2
+    for (; use_avx2 && i + 4 <= parts; i += 4) {
+        const uint8_t *in[4];
+        size_t len[4];
+        for (int lane = 0; lane < 4; lane++) {
+            Py_ssize_t stop = find_eol(p, start, size, e, n);
+            in[lane] = p + start;
+            len[lane] = (size_t)(stop - start);
+            ends[i + lane] = (int64_t)(stop + n - 1);
+            start = stop + n;
+        }
+        siphash_four(in, len, delimiters, k0, k1, hashes + i);
+    }
+#endif
+    for (; i < parts; i++) {
         Py_ssize_t stop = find_eol(p, start, size, e, n);
         uint64_t h = siphash_line(p + start, (size_t)(stop - start), delimiters, k0, k1);
         int64_t last = (int64_t)(stop + n - 1); /* its eol's last byte, or where it would be */
@@ -161,4 +230,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_splithash",
                                     "The split rule's SipHash of a block's lines (ppmlops.privacy.split).", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__splithash(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__splithash(void) {
+#ifdef SPLITHASH_AVX2
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2") && getenv("PPMLOPS_SPLITHASH_SCALAR") == NULL;
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "avx2", use_avx2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

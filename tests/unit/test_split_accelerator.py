@@ -5,6 +5,7 @@ block the reader parses, so ingest stages and quarantines the same rows with it 
 from __future__ import annotations
 
 import copy
+import os
 import random
 from pathlib import Path
 
@@ -49,6 +50,27 @@ def test_line_hashes_are_the_joined_fields_hashes(seed):
         breaks = [i + len(eol) - 1 for i in range(len(data)) if data.startswith(eol, i)]
         assert ends.tolist() == (breaks + [len(data) + len(eol) - 1])[:len(parts)], (data, eol)
     assert SplitRules(split.BLAKE2B, 1, 0.2).line_hashes(b"a,b\n", b"\n", b",") is None  # the legacy rule: Python
+
+
+def test_the_one_line_path_gives_the_same_hashes_as_the_four_line_one():
+    """PPMLOPS_SPLITHASH_SCALAR turns the AVX2 path off at import: a fresh process compares."""
+    import subprocess
+    import sys
+
+    probe = """
+import random
+from ppmlops.privacy import split
+from ppmlops.privacy._splithash import avx2
+rules, rng = split.SplitRules(split.SIPHASH, 3, 0.2), random.Random(5)
+data = b"".join(bytes(rng.choice(b"ab,;1\\x1f") for _ in range(rng.randint(0, 70))) + b"\\n" for _ in range(3001))
+print(avx2, rules.line_hashes(data, b"\\n", b",")[0].tolist() == rules.hashes(data.replace(b",", b"\\x1f").split(b"\\n")[:-1]).tolist())
+"""
+    for scalar, want in (("1", "0 True"), ("", None)):
+        env = {k: v for k, v in os.environ.items() if k != "PPMLOPS_SPLITHASH_SCALAR"}
+        if scalar:
+            env["PPMLOPS_SPLITHASH_SCALAR"] = scalar
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split()[-1] == "True" and (want is None or out.stdout.strip() == want), out.stdout
 
 
 def _messy_csv(rng: random.Random, delimiter: str) -> str:
