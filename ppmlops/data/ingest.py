@@ -96,6 +96,11 @@ from ppmlops.errors import DataError
 from ppmlops.data import tensors
 from ppmlops.spec import CategoricalFeature, NumericFeature, PipelineSpec, Source, TensorFeature
 
+try:  # compiled by the install (pyproject.toml's ext-modules), optional: see _canonical_columns
+    from ppmlops.data._rowtext import join_rows as _join_rows
+except ImportError:
+    _join_rows = None
+
 # Rows of each source whose values decide whether an undeclared column is an identifier (the
 # risk scan's judgement on a sample); later values are still screened one by one.
 SCREEN_SAMPLE_ROWS = 2000
@@ -639,10 +644,20 @@ def _canonical_columns(columns: Sequence[Any]) -> bytes | None:
             return None
     if len(texts[0]) == 0:
         return b""
+    if _join_rows is not None:  # one pass in C; pyarrow's two joins below write the same bytes
+        return _join_rows([_offsets_and_data(t) for t in texts], len(texts[0]))
     texts[-1] = pc.binary_join_element_wise(texts[-1], "\n", "")
     lines = pc.binary_join_element_wise(*texts, ",")
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset: lines.offset + len(lines) + 1]
     return lines.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+
+
+def _offsets_and_data(text: Any) -> tuple[np.ndarray, Any]:
+    """A pyarrow string array's offsets (its own offset applied) and data buffer."""
+    import pyarrow as pa
+
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset: text.offset + len(text) + 1]
+    return offsets, text.buffers()[2] or pa.py_buffer(b"")
 
 
 def canonical_sha256(partitions: Iterable[tuple[str, Sequence[str], Iterable[Sequence[Any]]]]) -> str:

@@ -9,6 +9,7 @@ import struct
 from datetime import date
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,7 +40,16 @@ def _floats() -> list[float]:
     return special + [x for x in randoms if math.isfinite(x)] + money
 
 
-def test_canonical_columns_write_what_the_row_writer_writes():
+@pytest.mark.parametrize("joined_in", ["C", "pyarrow"])
+def test_canonical_columns_write_what_the_row_writer_writes(joined_in, monkeypatch):
+    """Whether the rows' texts are joined by the C extension (ppmlops/data/_rowtext.c) or by
+    pyarrow, and for slices whose arrays start mid-buffer."""
+    from ppmlops.data import ingest
+
+    if joined_in == "C":
+        assert ingest._join_rows is not None, "ppmlops.data._rowtext was not built (see docs/development.md)"
+    else:
+        monkeypatch.setattr(ingest, "_join_rows", None)
     rng = random.Random(4)
     xs = _floats()
     n = len(xs)
@@ -52,6 +62,11 @@ def test_canonical_columns_write_what_the_row_writer_writes():
     # from Parquet, the same columns as pyarrow arrays
     assert _canonical_columns([pa.array(c) if isinstance(c, np.ndarray) else c for c in columns]) == \
         _canonical_columns(columns)
+    start, stop = 1234, n - 777  # arrays that start mid-buffer, as a partition's taken rows may
+    sliced = [c[start:stop] for c in columns]
+    rows = zip(*(c.tolist() if isinstance(c, np.ndarray) else c.to_pylist() for c in sliced))
+    assert _canonical_columns(sliced) == _canonical_rows(rows).encode("utf-8")
+    assert _canonical_columns([pa.array(["", ""]), pa.array(["", ""])]) == b",\n,\n"  # empty values: no data buffer
     assert _canonical_columns([np.array(xs)]) is None  # one column: left to the row writer
     assert _canonical_columns([pa.array([1, 2]), pa.array(["a", "b"])]) is None  # not float64 or text
 
