@@ -105,7 +105,10 @@ def _error(answer: dict[str, Any]) -> Exception:
     kind = getattr(errors, str(answer.get("error")), None)
     message = str(answer.get("message") or "")
     if isinstance(kind, type) and issubclass(kind, errors.PpmlopsError):
-        return kind(message)
+        try:
+            return kind(message)
+        except TypeError:  # a class made from more than a message (not one validate raises)
+            pass
     return RuntimeError(f"validation failed in the helper process: {answer.get('error')}: {message}")
 
 

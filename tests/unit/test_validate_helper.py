@@ -100,3 +100,10 @@ def test_an_unused_helper_is_stopped_and_a_forked_child_never_takes_its_parents(
     helper.owner = os.getpid()
     validate_helper.stop()
     assert not helper.proc.is_alive() and validate_helper.take() is None
+
+
+def test_an_error_the_helper_names_is_raised_as_its_class_where_a_message_makes_one():
+    assert type(validate_helper._error({"ok": False, "error": "DataError", "message": "m"})) is DataError
+    for other in ("PolicyRefused", "KeyError", "os"):  # more than a message; not ppmlops'; not a class
+        err = validate_helper._error({"ok": False, "error": other, "message": "m"})
+        assert type(err) is RuntimeError and str(err) == f"validation failed in the helper process: {other}: m"
