@@ -62,7 +62,8 @@ MUTATIONS = (
     Mutation("range low == high", "ppmlops/spec.py", "        if not v[0] < v[1]:", "        if not v[0] <= v[1]:",
              ("tests/unit/test_spec.py",)),
     Mutation("held-out validation ignored", "ppmlops/stages/validate.py",
-             "validate([staged.snapshot_train, staged.snapshot_test], suite", "validate([staged.snapshot_train], suite",
+             "snapshots, private = [staged.snapshot_train, staged.snapshot_test], ctx.store.private_dir",
+             "snapshots, private = [staged.snapshot_train], ctx.store.private_dir",
              (STAGE_GUARDS,)),
     # issue 26, item 4: the noise and the sampling must be what the ledger charges for.
     Mutation("discrete Gaussian sigma^2 rounded down", "ppmlops/privacy/randomness.py",
