@@ -51,8 +51,8 @@ def prepare_process() -> multiprocessing.Process | None:
     and before any thread starts, and share what this process has loaded:
     * Great Expectations, which only the validate task uses, is imported by a helper that then
       validates there (ppmlops.stages.validate_helper); while it does, this process imports what the
-      later tasks will (import_ahead), so the two cores work at once. (Measured with
-      benchmarks/e2e.py: the demo's whole run 15.2 s before, 13.4 s with it.)
+      later tasks will (import_ahead), so the two cores work at once (benchmarks/e2e.py prints
+      the validate stage's and the whole run's seconds; docs/benchmarks.md has the figures).
     * The embedded MLflow store, when the run will make it (a fresh PPMLOPS_HOME): its tables are
       made by a helper while ingest and validate run, rather than by the plan task
       (ppmlops.registry.backend.start_creating).
@@ -93,7 +93,7 @@ def import_ahead() -> None:
     from ppmlops.training import driver, in_process, private_model  # noqa: F401
     from ppmlops.tuning import registry, tuners  # noqa: F401
 
-    tuners._gp_libraries()  # bayes_opt and scikit-learn, which the Bayesian tuner imports when made
+    tuners.gp_libraries()  # bayes_opt and scikit-learn, which the Bayesian tuner imports when made
 
 
 def main(dags: Mapping[str, Any], argv: list[str] | None = None) -> None:

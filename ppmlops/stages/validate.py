@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 
 from ppmlops.stages import validate_helper
-from ppmlops.data.validate import validate
-from ppmlops.run.logs import library_logs
 from ppmlops.run.records import StagedData, Validated
 from ppmlops.run.context import RunContext
 from ppmlops.stages.context import timed
@@ -31,7 +29,6 @@ def run(ctx: RunContext) -> Validated:
         except validate_helper.HelperFailed as err:
             log.warning("%s; validating in this process", err)
     if summary is None:
-        with library_logs(private, "gx"):
-            summary = validate(snapshots, suite, private)
+        summary = validate_helper.validated(snapshots, suite, private)
     return Validated(suite=summary["suite"], suite_path=summary["suite_path"], evaluated=summary["evaluated"],
                      great_expectations_version=summary["great_expectations_version"])

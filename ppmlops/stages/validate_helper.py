@@ -141,14 +141,23 @@ def stop() -> None:
         helper.close(wait_s=0)
 
 
+def validated(snapshot_paths: Sequence[str | Path], suite_path: Path, private_dir: Path) -> dict[str, Any]:
+    """The suite run on the snapshots as the validate task runs it, in this process: results in
+    `private_dir`, GX's log records in its logs."""
+    from ppmlops.data.validate import validate
+    from ppmlops.run.logs import library_logs
+
+    with library_logs(Path(private_dir), "gx"):
+        return validate(snapshot_paths, Path(suite_path), Path(private_dir))
+
+
 def _serve(conn) -> None:
     """The helper's body: GX imported first, then one request answered."""
     os.nice(10)  # the other core's spare time: the parent's tasks come first
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations  # noqa: F401  (the point of the helper: imported before it is asked)
 
-    from ppmlops.data.validate import validate
-    from ppmlops.run.logs import library_logs
+    import ppmlops.data.validate  # noqa: F401
 
     try:
         request = conn.recv()
@@ -160,9 +169,7 @@ def _serve(conn) -> None:
         conn.send("not an answer")
         return
     try:
-        with library_logs(Path(request["private_dir"]), "gx"):
-            summary = validate(request["snapshots"], Path(request["suite"]), Path(request["private_dir"]))
-        answer = {"ok": True, "summary": summary}
+        answer = {"ok": True, "summary": validated(request["snapshots"], request["suite"], request["private_dir"])}
     except Exception as err:  # every error goes back to the task, which raises it there
         answer = {"ok": False, "error": type(err).__name__, "message": str(err)}
     conn.send(answer)

@@ -161,7 +161,7 @@ class BayesTuner(FlooredTuner):
         self.prior = [(dict(p), float(t)) for p, t in (prior or [])]
         self.pending: dict | None = None
         self._epochs = 1
-        _gp_libraries()  # imported at the worker's set-up, not inside its first epoch
+        gp_libraries()  # imported at the worker's set-up, not inside its first epoch
 
     def _bounds(self) -> dict[str, tuple[float, float]]:
         # Searched: the noise above the affordable floor (only a little: every bit more is budget
@@ -191,7 +191,7 @@ class BayesTuner(FlooredTuner):
         return [(params[k] - lo) / (hi - lo) for k, (lo, hi) in b.items()] + [params.get("progress", 1.0)]
 
     def _suggest(self, progress: float) -> tuple[dict, dict[str, Any]]:
-        acquisition, GaussianProcessRegressor, Matern, ConvergenceWarning = _gp_libraries()
+        acquisition, GaussianProcessRegressor, Matern, ConvergenceWarning = gp_libraries()
         seen = self.prior + self.points
         X = np.array([self._unit(p) for p, _ in seen])
         y = np.array([t for _, t in seen])
@@ -258,7 +258,7 @@ class BayesTuner(FlooredTuner):
         self.tune_noise = bool(state.get("tune_noise", self.tune_noise))
 
 
-def _gp_libraries():
+def gp_libraries():
     """bayes_opt and scikit-learn (about half a second to import the first time)."""
     from bayes_opt import acquisition
     from sklearn.exceptions import ConvergenceWarning
