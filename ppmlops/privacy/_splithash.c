@@ -103,7 +103,8 @@ static uint64_t siphash_line(const uint8_t *in, size_t len, uint64_t delimiters,
 /* Four lines at once in AVX2's four 64-bit lanes, for their words in common; each lane then
  * finishes alone. The same arithmetic as siphash_line, lane by lane (a rotation by 32 is a swap
  * of 32-bit halves; the delimiter bytes found by a byte compare and blended to 0x1f). Used only
- * where the CPU has AVX2 (checked at import); about twice as fast as one line at a time. */
+ * where the CPU has AVX2 (checked at import): more of the CPU's units busy than one line's chain of
+ * dependent operations keeps. */
 #define ROTL4(x, b) _mm256_or_si256(_mm256_slli_epi64((x), (b)), _mm256_srli_epi64((x), 64 - (b)))
 #define SWAP32(x) _mm256_shuffle_epi32((x), 0xB1)
 #define ROUND4                                                                                        \

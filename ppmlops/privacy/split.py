@@ -12,13 +12,13 @@ Two rules, both keyed from the public spec seed (the split needs a uniform hash 
 that is the same in every run, not secrecy; the key only makes two pipelines' splits differ):
 
   "blake2b"  keyed BLAKE2b with an 8-byte digest, key sha256("ppmlops-split:<seed>"). One hashlib
-             call per row from Python: 0.38 us a row (benchmarks/ingest_phases.py), the slowest
-             part of ingest. The rule of every dataset registered before split rules were
+             call per row from Python, the slowest part of ingest under this rule
+             (benchmarks/ingest_phases.py prints both rules' costs). The rule of every dataset registered before split rules were
              recorded (their ledger row has none).
   "siphash"  SipHash-2-4 (Aumasson & Bernstein 2012; a PRF for short inputs) of the same bytes,
              key the first 16 hex digits of that sha256, then splitmix64's finalizer (a bijection
              of 64-bit words): pandas.util.hash_array computes exactly this in C for a whole
-             chunk at once, 0.06 us a row. tests/unit/test_split_rules.py pins it to the
+             chunk at once. tests/unit/test_split_rules.py pins it to the
              SipHash reference vectors, so a pandas release that computed something else would
              fail there rather than move rows. The rule of every dataset registered since.
 

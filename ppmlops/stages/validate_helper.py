@@ -8,7 +8,7 @@ validates there this process does what it was given to do meanwhile (run_one: th
 imports), so the two cores work at once instead of one after the other.
 
 Forked, not started afresh: the child shares what the parent has loaded (pandas, pyarrow,
-pydantic), so it imports only GX's own modules, a third of a fresh interpreter's import. It is
+pydantic), so it imports only GX's own modules, not the libraries GX shares with the tasks. It is
 forked before the parent has started any thread of its own, runs nothing of Airflow's, and leaves
 through os._exit (multiprocessing's), so it closes nothing the parent holds.
 
